@@ -1,0 +1,86 @@
+"""Reading plan files: TOML, YAML and JSON, all into :class:`~tel400.PlanSet`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+
+from .exceptions import PlanError
+from .plans import PlanSet
+
+FORMATS = ("toml", "yaml", "json")
+_EXTENSIONS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
+#: Plan files larger than this are refused rather than parsed (a typo'd path
+#: to a log file should not take the router's memory).
+MAX_PLAN_BYTES = 64 * 1024 * 1024
+
+
+def load_plans(path: str | os.PathLike[str]) -> PlanSet:
+    """Load and validate a plan file; the format follows the extension.
+
+    Args:
+        path: a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file.
+
+    Raises:
+        PlanError: the file cannot be read or parsed, or a plan is invalid;
+            the message names the file (and, for syntax errors, the line).
+    """
+    source = os.fspath(path)
+    fmt = _EXTENSIONS.get(os.path.splitext(source)[1].lower())
+    if fmt is None:
+        raise PlanError(
+            f"unknown plan file type; expected one of {', '.join(sorted(_EXTENSIONS))}", source=source
+        )
+    try:
+        if os.path.getsize(source) > MAX_PLAN_BYTES:
+            raise PlanError(f"file is larger than {MAX_PLAN_BYTES} bytes", source=source)
+        with open(source, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise PlanError(f"cannot read plan file: {exc.strerror}", source=source) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"not UTF-8 text (byte {exc.start})", source=source) from None
+    return loads_plans(text, fmt, source=source, base_dir=os.path.dirname(os.path.abspath(source)))
+
+
+def loads_plans(text: str, fmt: str = "toml", *, source: str | None = None, base_dir: str | None = None) -> PlanSet:
+    """Parse and validate plans from text in ``toml``, ``yaml`` or ``json``."""
+    source = source or f"<{fmt}>"
+    return PlanSet.from_dict(parse_text(text, fmt, source), source=source, base_dir=base_dir)
+
+
+def parse_text(text: str, fmt: str, source: str) -> object:
+    """The plain tree in a plan text, before validation."""
+    try:
+        return _parse(text, fmt, source)
+    except RecursionError:
+        raise PlanError("nested too deeply to be a plan", source=source) from None
+
+
+def _parse(text: str, fmt: str, source: str) -> object:
+    if fmt == "toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PlanError(f"invalid TOML: {exc}", source=source) from None
+    if fmt == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source) from None
+    if fmt == "yaml":
+        try:
+            import yaml
+        except ImportError:
+            raise PlanError("YAML plans need PyYAML: pip install 'tel400[yaml]'", source=source) from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise PlanError(f"invalid YAML{where}: {problem}", source=source) from None
+    raise PlanError(f"unknown plan format {fmt!r}; expected one of {', '.join(FORMATS)}", source=source)

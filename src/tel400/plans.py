@@ -1,0 +1,752 @@
+"""Routing plans: the schema of design.md as frozen attrs classes.
+
+:meth:`PlanSet.from_dict` validates a plan tree (from TOML, YAML, JSON or
+Python) and raises :class:`~tel400.PlanError` naming the file, the 400
+number, the rule and the field of the first mistake, with what was expected.
+Everything a plan accepts is checked here, once, so that the router can
+trust its input: in particular no target, prompt, queue or room can carry
+characters that SIP or the Event Socket would read as syntax.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import attrs
+
+from . import pins, provinces
+from ._numbers_py import normalize
+from .exceptions import NumberError, PlanError, SegmentError
+from .timespec import DateRanges, Days, TimeSlots, parse_date_list, parse_dates, parse_days, parse_time
+from .workdays import OfficialCalendar
+
+ACTIONS = ("bridge", "reject", "queue", "conference")
+CONNECTING_ACTIONS = frozenset({"bridge", "queue", "conference"})
+STRATEGIES = ("weighted", "round_robin", "sequential", "sticky")
+CHANNELS = ("voice", "sms", "any")
+METRICS = ("calls", "minutes", "cost")
+PERIODS = ("hour", "day", "week", "month")
+SCOPES = ("number", "caller")
+BACKEND_POLICIES = ("allow", "reject")
+#: Prompt names a plan's ``prompts`` table may rename, each the default
+#: prompt of the decision of the same name (``limit_reached`` for caps,
+#: ``enter_pin`` for ``collect_pin``).
+PROMPT_KEYS = (
+    "unknown_number",
+    "blacklisted",
+    "bad_caller",
+    "enter_pin",
+    "bad_pin",
+    "pin_locked",
+    "closed",
+    "limit_reached",
+    "backend_error",
+)
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+MAX_WEIGHT = 1_000_000
+
+# A target is a number (digits, optionally led by + * #) or user@host[:port];
+# nothing else, so that no dial string, SIP header or ESL command can be
+# smuggled through it (| , { } are FreeSWITCH dial-string syntax).
+_NUMBER_TARGET = re.compile(r"^[+*#]?[0-9*#]{1,32}$")
+_URI_TARGET = re.compile(r"^[A-Za-z0-9._-]{1,64}@[A-Za-z0-9._-]{1,253}(?::([0-9]{1,5}))?$")
+_PROMPT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")  # queues and rooms
+_RULE_NAME = re.compile(r"^[\w.:-]{1,64}$")  # \w: letters of any script, digits, _
+
+# --- value objects -----------------------------------------------------------
+
+
+@attrs.frozen
+class Target:
+    """A destination: a number or ``user@host[:port]``, with a share weight."""
+
+    to: str
+    weight: int = 1
+
+
+@attrs.frozen
+class Action:
+    """What a rule (or a plan's default) does with a call."""
+
+    kind: str = "reject"
+    targets: tuple[Target, ...] = ()
+    strategy: str = "weighted"
+    queue: str | None = None
+    room: str | None = None
+    prompt: str | None = None
+
+    @property
+    def connects(self) -> bool:
+        return self.kind in CONNECTING_ACTIONS
+
+
+@attrs.frozen
+class Rule:
+    """Conditions (all must hold; none given matches every call) and an action."""
+
+    name: str
+    action: Action
+    provinces: frozenset[str] | None = None
+    days: Days | None = None
+    time: TimeSlots | None = None
+    dates: DateRanges | None = None
+    channel: str = "any"
+
+
+@attrs.frozen
+class Cap:
+    """At most ``limit`` calls, minutes or cost per calendar period."""
+
+    metric: str
+    per: str
+    limit: Decimal
+    scope: str = "number"
+    prompt: str = "limit_reached"
+    channel: str = "any"
+
+    @property
+    def limit_units(self) -> int:
+        """The limit in counter units: calls, billed seconds, or micro-units of cost."""
+        return to_units(self.metric, self.limit)
+
+
+def to_units(metric: str, amount: Decimal) -> int:
+    """Counter units of an amount: calls as is, minutes in seconds, cost in millionths."""
+    if metric == "calls":
+        return int(amount)
+    if metric == "minutes":
+        return int(amount * 60)
+    return int(amount * 1_000_000)
+
+
+def from_units(metric: str, units: int) -> Decimal:
+    if metric == "calls":
+        return Decimal(units)
+    if metric == "minutes":
+        return Decimal(units) / 60
+    return Decimal(units) / 1_000_000
+
+
+@attrs.frozen
+class Tariff:
+    """Per-minute rates (currency units) and the billing increment."""
+
+    local: Decimal
+    long_distance: Decimal
+    increment_s: int = 60
+
+
+@attrs.frozen
+class CalendarSpec:
+    """An operator's additions to the official calendar."""
+
+    holidays: tuple[_dt.date, ...] = ()
+    workdays: tuple[_dt.date, ...] = ()
+
+    def merged(self, other: CalendarSpec) -> CalendarSpec:
+        return CalendarSpec(
+            tuple(sorted(set(self.holidays) | set(other.holidays))),
+            tuple(sorted(set(self.workdays) | set(other.workdays))),
+        )
+
+    def build(self) -> OfficialCalendar:
+        return OfficialCalendar(self.holidays, self.workdays)
+
+
+@attrs.frozen
+class NumberPlan:
+    """Everything about one 400 number."""
+
+    number: str
+    rules: tuple[Rule, ...] = ()
+    default: Action = Action()
+    timezone: str = DEFAULT_TIMEZONE
+    pin: str | None = attrs.field(default=None, repr=False)
+    pin_hash: str | None = attrs.field(default=None, repr=False)
+    blacklist: tuple[str, ...] = ()
+    caps: tuple[Cap, ...] = ()
+    prompts: tuple[tuple[str, str], ...] = ()
+    reject_unknown_callers: bool = False
+    on_backend_error: str = "allow"
+    tariff: Tariff | None = None
+    calendar: CalendarSpec = CalendarSpec()
+
+    @property
+    def has_pin(self) -> bool:
+        return self.pin is not None or self.pin_hash is not None
+
+
+@attrs.frozen
+class PlanSet:
+    """All numbers a router serves, plus what applies to every number."""
+
+    numbers: tuple[NumberPlan, ...] = ()
+    blacklist: tuple[str, ...] = ()
+    prompts: tuple[tuple[str, str], ...] = ()
+    calendar: CalendarSpec = CalendarSpec()
+    segments: str | None = None
+    source: str | None = attrs.field(default=None, eq=False)
+
+    def get(self, number: str) -> NumberPlan | None:
+        """The plan of a number (any written form), or ``None``.  O(numbers)."""
+        try:
+            wanted = normalize(number)
+        except NumberError:
+            return None
+        for plan in self.numbers:
+            if plan.number == wanted:
+                return plan
+        return None
+
+    @classmethod
+    def from_dict(
+        cls, obj: object, *, source: str | None = None, base_dir: str | None = None
+    ) -> PlanSet:
+        """Validate a plan tree and build the plan set.
+
+        Args:
+            obj: a mapping with ``numbers`` (a list of number tables) and
+                optionally ``blacklist``, ``prompts``, ``calendar`` and
+                ``segments`` that apply to every number.
+            source: where the tree came from, for error messages.
+            base_dir: directory that a relative ``segments`` path is read from.
+
+        Raises:
+            PlanError: on the first mistake, naming where it is.
+        """
+        return _Parser(source).plan_set(obj, base_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan set as a plain tree that :meth:`from_dict` reads back."""
+        return _dump_plan_set(self)
+
+    def with_number(self, plan: NumberPlan) -> PlanSet:
+        """A copy with ``plan`` added or replacing the plan of the same number."""
+        others = tuple(p for p in self.numbers if p.number != plan.number)
+        return attrs.evolve(self, numbers=others + (plan,))
+
+    def without_number(self, number: str) -> PlanSet:
+        """A copy without the plan of ``number``."""
+        wanted = normalize(number)
+        return attrs.evolve(self, numbers=tuple(p for p in self.numbers if p.number != wanted))
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+class _Parser:
+    """Walks a plan tree, keeping track of where it is for error messages."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.number: str | None = None
+        self.rule: str | None = None
+
+    def error(self, field: str | None, message: str) -> PlanError:
+        return PlanError(message, source=self.source, number=self.number, rule=self.rule, field=field)
+
+    def table(self, obj: object, field: str | None, allowed: tuple[str, ...], what: str) -> dict:
+        if not isinstance(obj, Mapping):
+            raise self.error(field, f"expected {what} as a table, got {_show(obj)}")
+        for key in obj:
+            if key not in allowed:
+                raise self.error(
+                    f"{field}.{key}" if field else str(key),
+                    f"unknown field; expected one of {', '.join(allowed)}",
+                )
+        return dict(obj)
+
+    def choice(self, value: object, field: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.error(field, f"got {_show(value)}, expected one of {', '.join(options)}")
+        return value  # type: ignore[return-value]
+
+    def string(self, value: object, field: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(field, f"expected a string, got {_show(value)}")
+        return value
+
+    def boolean(self, value: object, field: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(field, f"expected true or false, got {_show(value)}")
+        return value
+
+    def decimal(self, value: object, field: str, *, minimum: Decimal = Decimal(0)) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+            raise self.error(field, f"expected a number, got {_show(value)}")
+        try:
+            amount = Decimal(str(value))
+        except InvalidOperation:
+            raise self.error(field, f"expected a number, got {_show(value)}") from None
+        if not amount.is_finite() or amount < minimum:
+            raise self.error(field, f"expected a number of at least {minimum}, got {_show(value)}")
+        return amount
+
+    def whole(self, value: object, field: str, *, minimum: int, maximum: int, hint: str = "") -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(field, f"expected a whole number, got {_show(value)}{hint}")
+        if not minimum <= value <= maximum:
+            raise self.error(field, f"expected a whole number from {minimum} to {maximum}, got {value}")
+        return value
+
+    def parsed(self, parse, value: object, field: str):
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise self.error(field, str(exc)) from None
+
+    def prompt(self, value: object, field: str) -> str:
+        text = self.string(value, field)
+        if not _PROMPT.match(text):
+            raise self.error(
+                field,
+                f"bad prompt name {text!r}: expected 1-64 of A-Z a-z 0-9 _ . - "
+                "(no spaces, quotes, ; < > or line breaks)",
+            )
+        return text
+
+    # -- the tree ---------------------------------------------------------
+
+    def plan_set(self, obj: object, base_dir: str | None) -> PlanSet:
+        data = self.table(
+            obj, None, ("numbers", "blacklist", "prompts", "calendar", "segments"), "a plan set"
+        )
+        numbers_raw = data.get("numbers", [])
+        if not isinstance(numbers_raw, list):
+            raise self.error("numbers", f"expected a list of number tables, got {_show(numbers_raw)}")
+        blacklist = self.blacklist(data.get("blacklist", []), "blacklist")
+        prompts = self.prompts(data.get("prompts", {}), "prompts")
+        calendar = self.calendar(data.get("calendar", {}), "calendar")
+        segments = None
+        if "segments" in data:
+            segments = self.segments(data["segments"], base_dir)
+        numbers = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(numbers_raw):
+            plan = self.number_plan(raw, i, calendar)
+            if plan.number in seen:
+                raise self.error(
+                    "number",
+                    f"duplicate number (also numbers[{seen[plan.number]}]); "
+                    "each number has one plan",
+                )
+            seen[plan.number] = i
+            numbers.append(plan)
+            self.number = None
+        return PlanSet(tuple(numbers), blacklist, prompts, calendar, segments, self.source)
+
+    def segments(self, value: object, base_dir: str | None) -> str:
+        from .segments import load_segments_cached
+
+        path = self.string(value, "segments")
+        if base_dir and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        try:
+            load_segments_cached(path)
+        except SegmentError as exc:
+            raise self.error("segments", str(exc)) from None
+        return path
+
+    def number_plan(self, raw: object, index: int, global_calendar: CalendarSpec) -> NumberPlan:
+        field = f"numbers[{index}]"
+        data = self.table(
+            raw,
+            field,
+            (
+                "number", "timezone", "pin", "pin_hash", "blacklist", "default", "caps", "rules",
+                "prompts", "reject_unknown_callers", "on_backend_error", "tariff", "calendar",
+            ),
+            "a number",
+        )
+        if "number" not in data:
+            raise self.error(f"{field}.number", "missing: every plan names its 400 number")
+        number_raw = data["number"]
+        if isinstance(number_raw, int) and not isinstance(number_raw, bool):
+            number_raw = str(number_raw)
+        try:
+            number = normalize(self.string(number_raw, "number"))
+        except NumberError as exc:
+            raise self.error(f"{field}.number", str(exc)) from None
+        if number.startswith("+"):
+            raise self.error("number", f"{number} is a foreign number; plans route Chinese numbers")
+        self.number = number
+
+        timezone = self.string(data.get("timezone", DEFAULT_TIMEZONE), "timezone")
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise self.error("timezone", f"unknown time zone {timezone!r}; expected an IANA name like Asia/Shanghai") from None
+
+        pin = pin_hash = None
+        if "pin" in data and "pin_hash" in data:
+            raise self.error("pin", "give pin or pin_hash, not both")
+        if "pin" in data:
+            pin_raw = data["pin"]
+            if isinstance(pin_raw, int) and not isinstance(pin_raw, bool):
+                raise self.error("pin", "write the PIN as a string (\"0123\"), so leading zeros survive")
+            pin = self.string(pin_raw, "pin")
+            if not pins.PIN_RE.match(pin):
+                raise self.error("pin", "expected 4 to 8 digits")
+        if "pin_hash" in data:
+            pin_hash = self.string(data["pin_hash"], "pin_hash")
+            self.parsed(pins.check_hash_format, pin_hash, "pin_hash")
+
+        prompts = self.prompts(data.get("prompts", {}), "prompts")
+        tariff = self.tariff(data["tariff"]) if "tariff" in data else None
+        caps = self.caps(data.get("caps", []), tariff)
+        rules = self.rules(data.get("rules", []))
+        default = self.action(data.get("default", {"action": "reject"}), "default", default_kind="reject")
+        calendar = self.calendar(data.get("calendar", {}), "calendar")
+        # Checked here so that a contradiction between the global and this
+        # number's calendar is reported against this number.
+        self.parsed(lambda spec: spec.build(), global_calendar.merged(calendar), "calendar")
+        return NumberPlan(
+            number=number,
+            rules=rules,
+            default=default,
+            timezone=timezone,
+            pin=pin,
+            pin_hash=pin_hash,
+            blacklist=self.blacklist(data.get("blacklist", []), "blacklist"),
+            caps=caps,
+            prompts=prompts,
+            reject_unknown_callers=self.boolean(data.get("reject_unknown_callers", False), "reject_unknown_callers"),
+            on_backend_error=self.choice(data.get("on_backend_error", "allow"), "on_backend_error", BACKEND_POLICIES),
+            tariff=tariff,
+            calendar=calendar,
+        )
+
+    def blacklist(self, value: object, field: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.error(field, f"expected a list of numbers, got {_show(value)}")
+        entries = []
+        for i, item in enumerate(value):
+            where = f"{field}[{i}]"
+            text = self.string(item, where).strip()
+            if text.lower() == "anonymous":
+                entries.append("anonymous")
+                continue
+            if text.endswith("*"):
+                entries.append(self.blacklist_prefix(text, where))
+                continue
+            try:
+                entries.append(normalize(text))
+            except NumberError as exc:
+                raise self.error(where, f"{exc}; expected a number, a prefix ending in *, or anonymous") from None
+        return tuple(dict.fromkeys(entries))
+
+    def blacklist_prefix(self, text: str, where: str) -> str:
+        digits = re.sub(r"[\s()-]", "", text[:-1])
+        if digits.startswith("+86"):
+            digits = digits[3:]
+        elif digits.startswith("0086"):
+            digits = digits[4:]
+        if not (digits.isascii() and digits.isdigit()):
+            raise self.error(
+                where, f"bad prefix {text!r}: expected digits then *, written like a national number (1710*, 0571*)"
+            )
+        return digits + "*"
+
+    def prompts(self, value: object, field: str) -> tuple[tuple[str, str], ...]:
+        data = self.table(value, field, PROMPT_KEYS, "prompt names")
+        return tuple(sorted((key, self.prompt(name, f"{field}.{key}")) for key, name in data.items()))
+
+    def calendar(self, value: object, field: str) -> CalendarSpec:
+        data = self.table(value, field, ("holidays", "workdays"), "calendar additions")
+        days = {}
+        for key in ("holidays", "workdays"):
+            raw = data.get(key)
+            ranges = self.parsed(lambda v: parse_date_list(v, key), raw, f"{field}.{key}") if raw else []
+            expanded = set()
+            for start, end in ranges:
+                if (end - start).days > 366:
+                    raise self.error(f"{field}.{key}", f"range {start}..{end} is longer than a year")
+                expanded.update(start + _dt.timedelta(days=k) for k in range((end - start).days + 1))
+            days[key] = tuple(sorted(expanded))
+        spec = CalendarSpec(days["holidays"], days["workdays"])
+        self.parsed(lambda s: s.build(), spec, field)
+        return spec
+
+    def tariff(self, value: object) -> Tariff:
+        data = self.table(value, "tariff", ("local", "long_distance", "increment_s"), "a tariff")
+        for key in ("local", "long_distance"):
+            if key not in data:
+                raise self.error(f"tariff.{key}", "missing: a tariff gives local and long_distance rates per minute")
+        return Tariff(
+            self.decimal(data["local"], "tariff.local"),
+            self.decimal(data["long_distance"], "tariff.long_distance"),
+            self.whole(data.get("increment_s", 60), "tariff.increment_s", minimum=1, maximum=3600),
+        )
+
+    def caps(self, value: object, tariff: Tariff | None) -> tuple[Cap, ...]:
+        if not isinstance(value, list):
+            raise self.error("caps", f"expected a list of cap tables, got {_show(value)}")
+        caps = []
+        for i, raw in enumerate(value):
+            field = f"caps[{i}]"
+            data = self.table(raw, field, ("metric", "per", "limit", "scope", "prompt", "channel"), "a cap")
+            for key in ("metric", "per", "limit"):
+                if key not in data:
+                    raise self.error(f"{field}.{key}", "missing: a cap needs metric, per and limit")
+            metric = self.choice(data["metric"], f"{field}.metric", METRICS)
+            per = self.choice(data["per"], f"{field}.per", PERIODS)
+            if metric == "calls":
+                limit = Decimal(self.whole(data["limit"], f"{field}.limit", minimum=0, maximum=10**12))
+            else:
+                limit = self.decimal(data["limit"], f"{field}.limit")
+            if metric == "cost" and tariff is None:
+                raise self.error(f"{field}.metric", "a cost cap needs the number's tariff (tariff = { local = …, long_distance = … })")
+            caps.append(
+                Cap(
+                    metric=metric,
+                    per=per,
+                    limit=limit,
+                    scope=self.choice(data.get("scope", "number"), f"{field}.scope", SCOPES),
+                    prompt=self.prompt(data.get("prompt", "limit_reached"), f"{field}.prompt"),
+                    channel=self.choice(data.get("channel", "any"), f"{field}.channel", CHANNELS),
+                )
+            )
+        return tuple(caps)
+
+    def rules(self, value: object) -> tuple[Rule, ...]:
+        if not isinstance(value, list):
+            raise self.error("rules", f"expected a list of rule tables, got {_show(value)}")
+        rules = []
+        names: set[str] = set()
+        for i, raw in enumerate(value):
+            rule = self.rule_at(raw, i)
+            if rule.name in names:
+                raise self.error("name", "two rules have this name; rule names are unique per number")
+            names.add(rule.name)
+            rules.append(rule)
+            self.rule = None
+        return tuple(rules)
+
+    def rule_at(self, raw: object, index: int) -> Rule:
+        field = f"rules[{index}]"
+        data = self.table(
+            raw,
+            field,
+            (
+                "name", "provinces", "days", "time", "dates", "channel",
+                "action", "strategy", "targets", "queue", "room", "prompt",
+            ),
+            "a rule",
+        )
+        name = data.get("name", f"rule-{index + 1}")
+        name = self.string(name, f"{field}.name")
+        if not _RULE_NAME.match(name):
+            raise self.error(f"{field}.name", f"bad rule name {name!r}: expected 1-64 letters, digits, _ . : -")
+        self.rule = name
+        provinces_ = None
+        if "provinces" in data:
+            provinces_ = self.provinces(data["provinces"])
+        days = self.parsed(parse_days, data["days"], "days") if "days" in data else None
+        time = self.parsed(parse_time, data["time"], "time") if "time" in data else None
+        dates = self.parsed(parse_dates, data["dates"], "dates") if "dates" in data else None
+        channel = self.choice(data.get("channel", "any"), "channel", CHANNELS)
+        action = self.action(
+            {k: data[k] for k in ("action", "strategy", "targets", "queue", "room", "prompt") if k in data},
+            None,
+            default_kind="bridge",
+        )
+        return Rule(name, action, provinces_, days, time, dates, channel)
+
+    def provinces(self, value: object) -> frozenset[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.error("provinces", f"expected a list of provinces, got {_show(value)}")
+        codes = set()
+        for item in items:
+            code = provinces.resolve(item) if isinstance(item, str) else None
+            if code is None:
+                raise self.error(
+                    "provinces",
+                    f"unknown province {_show(item)}; expected an ISO 3166-2:CN code (CN-BJ), "
+                    "a Chinese name (北京) or an English name (Beijing)",
+                )
+            codes.add(code)
+        return frozenset(codes)
+
+    def action(self, value: object, field: str | None, *, default_kind: str) -> Action:
+        def at(key: str) -> str:
+            return f"{field}.{key}" if field else key
+
+        data = self.table(
+            value, field, ("action", "strategy", "targets", "queue", "room", "prompt"), "an action"
+        )
+        kind = self.choice(data.get("action", default_kind), at("action"), ACTIONS)
+        allowed = {
+            "bridge": {"action", "strategy", "targets"},
+            "reject": {"action", "prompt"},
+            "queue": {"action", "queue"},
+            "conference": {"action", "room"},
+        }[kind]
+        for key in data:
+            if key not in allowed:
+                raise self.error(at(key), f"does not apply to action {kind!r} (it takes {', '.join(sorted(allowed - {'action'})) or 'nothing more'})")
+        if kind == "bridge":
+            strategy = self.choice(data.get("strategy", "weighted"), at("strategy"), STRATEGIES)
+            if "targets" not in data:
+                raise self.error(at("targets"), "missing: a bridge needs at least one target")
+            return Action("bridge", self.targets(data["targets"], at("targets")), strategy)
+        if kind == "reject":
+            prompt = self.prompt(data["prompt"], at("prompt")) if "prompt" in data else None
+            return Action("reject", prompt=prompt)
+        key = "queue" if kind == "queue" else "room"
+        if key not in data:
+            raise self.error(at(key), f"missing: action {kind!r} needs {key} = \"…\"")
+        name = data[key]
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)
+        name = self.string(name, at(key))
+        if not _NAME.match(name):
+            raise self.error(at(key), f"bad {key} name {name!r}: expected 1-64 of A-Z a-z 0-9 _ . @ -")
+        return Action(kind, **{key: name})
+
+    def targets(self, value: object, field: str) -> tuple[Target, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.error(field, f"expected a non-empty list of targets, got {_show(value)}")
+        targets = []
+        for i, raw in enumerate(value):
+            where = f"{field}[{i}]"
+            if isinstance(raw, str):
+                to, weight = raw, 1
+            else:
+                data = self.table(raw, where, ("to", "weight"), "a target")
+                if "to" not in data:
+                    raise self.error(f"{where}.to", "missing: a target says where to send the call")
+                to = self.string(data["to"], f"{where}.to")
+                weight_raw = data.get("weight", 1)
+                if isinstance(weight_raw, int) and not isinstance(weight_raw, bool) and weight_raw < 0:
+                    raise self.error(
+                        f"{where}.weight", "a weight cannot be negative (0 keeps a target for failover only)"
+                    )
+                weight = self.whole(
+                    weight_raw, f"{where}.weight", minimum=0, maximum=MAX_WEIGHT,
+                    hint=" (weights are whole numbers: 30 and 70 for a 30/70 split)",
+                )
+            self.check_target(to, where)
+            if any(t.to == to for t in targets):
+                raise self.error(where, f"target {to} is listed twice")
+            targets.append(Target(to, weight))
+        if not any(t.weight for t in targets):
+            raise self.error(field, "all weights are zero; at least one target must take calls")
+        return tuple(targets)
+
+    def check_target(self, to: str, field: str) -> None:
+        if _NUMBER_TARGET.match(to):
+            return
+        m = _URI_TARGET.match(to)
+        if m and (m.group(1) is None or 0 < int(m.group(1)) < 65536):
+            return
+        raise self.error(
+            field,
+            f"bad target {to!r}: expected a number (digits, optionally led by + * #) or "
+            "user@host[:port] of A-Z a-z 0-9 . _ - (no spaces, quotes, ; < > | , {{ }} or line breaks)",
+        )
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- dumping -------------------------------------------------------------------
+
+
+def _dump_action(action: Action) -> dict[str, Any]:
+    out: dict[str, Any] = {"action": action.kind}
+    if action.kind == "bridge":
+        out["strategy"] = action.strategy
+        out["targets"] = [{"to": t.to, "weight": t.weight} for t in action.targets]
+    elif action.kind == "queue":
+        out["queue"] = action.queue
+    elif action.kind == "conference":
+        out["room"] = action.room
+    elif action.prompt is not None:
+        out["prompt"] = action.prompt
+    return out
+
+
+def _dump_calendar(spec: CalendarSpec) -> dict[str, Any]:
+    out = {}
+    if spec.holidays:
+        out["holidays"] = [d.isoformat() for d in spec.holidays]
+    if spec.workdays:
+        out["workdays"] = [d.isoformat() for d in spec.workdays]
+    return out
+
+
+def _dump_plan(plan: NumberPlan) -> dict[str, Any]:
+    out: dict[str, Any] = {"number": plan.number, "timezone": plan.timezone}
+    if plan.pin is not None:
+        out["pin"] = plan.pin
+    if plan.pin_hash is not None:
+        out["pin_hash"] = plan.pin_hash
+    if plan.blacklist:
+        out["blacklist"] = list(plan.blacklist)
+    if plan.reject_unknown_callers:
+        out["reject_unknown_callers"] = True
+    if plan.on_backend_error != "allow":
+        out["on_backend_error"] = plan.on_backend_error
+    if plan.prompts:
+        out["prompts"] = dict(plan.prompts)
+    if plan.tariff is not None:
+        out["tariff"] = {
+            "local": str(plan.tariff.local),
+            "long_distance": str(plan.tariff.long_distance),
+            "increment_s": plan.tariff.increment_s,
+        }
+    if plan.calendar != CalendarSpec():
+        out["calendar"] = _dump_calendar(plan.calendar)
+    out["default"] = _dump_action(plan.default)
+    if plan.caps:
+        out["caps"] = [
+            {
+                "metric": c.metric,
+                "per": c.per,
+                "limit": int(c.limit) if c.metric == "calls" else str(c.limit),
+                "scope": c.scope,
+                "prompt": c.prompt,
+                "channel": c.channel,
+            }
+            for c in plan.caps
+        ]
+    rules = []
+    for rule in plan.rules:
+        r: dict[str, Any] = {"name": rule.name}
+        if rule.provinces is not None:
+            r["provinces"] = sorted(rule.provinces)
+        if rule.days is not None:
+            r["days"] = rule.days.text
+        if rule.time is not None:
+            r["time"] = rule.time.text
+        if rule.dates is not None:
+            r["dates"] = rule.dates.text
+        if rule.channel != "any":
+            r["channel"] = rule.channel
+        r.update(_dump_action(rule.action))
+        rules.append(r)
+    out["rules"] = rules
+    return out
+
+
+def _dump_plan_set(plans: PlanSet) -> dict[str, Any]:
+    out: dict[str, Any] = {"numbers": [_dump_plan(p) for p in plans.numbers]}
+    if plans.blacklist:
+        out["blacklist"] = list(plans.blacklist)
+    if plans.prompts:
+        out["prompts"] = dict(plans.prompts)
+    if plans.calendar != CalendarSpec():
+        out["calendar"] = _dump_calendar(plans.calendar)
+    if plans.segments is not None:
+        out["segments"] = plans.segments
+    return out

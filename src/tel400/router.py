@@ -1,0 +1,189 @@
+"""The public router: plans in, decisions out."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import weakref
+
+import structlog
+
+from . import numbers
+from ._impl import Engine, Shared
+from .calls import CallRegistry
+from .counters import CounterBackend, open_counters
+from .decision import Charge, Decision
+from .plans import PlanSet
+from .segments import PrefixTable, load_segments_cached
+
+_log = structlog.get_logger("tel400.router")
+_routers: weakref.WeakSet[Router] = weakref.WeakSet()
+
+
+class Router:
+    """Routes calls to 400 numbers by a :class:`~tel400.PlanSet`.
+
+    Args:
+        plans: the plans to route by.
+        counters: a :class:`~tel400.counters.CounterBackend` or a URL
+            (``"memory://"``, the default).
+        prefixes: the prefix table for callers' provinces; by default the
+            plan set's ``segments`` laid over the built-in table, or the
+            process default (:func:`tel400.use_segments`).
+        seed: seed for the random choices of ``weighted`` rules (tests and
+            simulations); ``None`` seeds from the OS.  Children forked after
+            the router was made are reseeded so they do not repeat each other.
+
+    A router is safe to share between threads.  :meth:`reload` swaps the
+    plans atomically while other threads route.
+    """
+
+    def __init__(
+        self,
+        plans: PlanSet,
+        counters: CounterBackend | str | None = None,
+        *,
+        prefixes: PrefixTable | None = None,
+        seed: int | None = None,
+        calls: CallRegistry | None = None,
+    ) -> None:
+        if not isinstance(plans, PlanSet):
+            raise TypeError(f"plans: expected a PlanSet (see tel400.load_plans), got {type(plans).__name__}")
+        self._seed = seed
+        self._prefixes = prefixes
+        self._shared = Shared(open_counters(counters), random.Random(seed), calls or CallRegistry())
+        self._engine = self._compile(plans)
+        self.reloads = 0
+        _routers.add(self)
+
+    def _compile(self, plans: PlanSet) -> Engine:
+        prefixes = self._prefixes
+        if prefixes is None:
+            prefixes = load_segments_cached(plans.segments) if plans.segments else numbers.default_segments()
+        return Engine(plans, prefixes, self._shared)
+
+    # -- routing ----------------------------------------------------------
+
+    def route(self, dialed, caller, at=None, channel="voice", pin=None, call_id=None, explain=False) -> Decision:
+        """Decide what happens to one call or message.
+
+        Args:
+            dialed: the number called, in any written form (``"4001012345"``,
+                ``"400-101-2345"``, ``"+86 4001012345"``, ``"106574001012345"``
+                for SMS).
+            caller: the caller's number in any form; ``None``, ``""``,
+                ``"anonymous"`` or garbage mean a caller without a usable
+                number (a defined decision, never an exception).
+            at: when: an aware ``datetime``, a POSIX time, a naive
+                ``datetime`` (read in the plan's zone), or ``None`` for now.
+            channel: ``"voice"`` or ``"sms"``.
+            pin: the PIN the caller keyed, if the plan asks for one.
+            call_id: the switch's id for the call; needed to charge minutes
+                and cost caps with :meth:`call_ended`.
+            explain: attach the trace of every check to ``Decision.explain``.
+
+        Returns:
+            The :class:`~tel400.Decision`.  A connecting decision has been
+            counted against the plan's caps.
+
+        Raises:
+            ValueError: ``channel`` is not ``voice`` or ``sms``, or ``at`` is
+                not a finite time.  Bad numbers never raise.
+
+        Cost: O(rules tried + caps + targets); independent of the number of
+        plans and of the size of the prefix table (one binary search).
+        """
+        return self._engine.route(dialed, caller, at, channel, pin, call_id, explain)
+
+    def explain(self, dialed, caller, at=None, channel="voice", pin=None) -> Decision:
+        """What :meth:`route` would decide, with the trace, changing nothing.
+
+        Nothing is counted, no PIN failure is recorded and round robin does
+        not advance; a ``weighted`` pick is still random.
+        """
+        return self._engine.route(dialed, caller, at, channel, pin, None, True, True)
+
+    def call_ended(self, call_id, duration_s: float, target: str | None = None) -> Charge | None:
+        """Report a routed call's end: charges its minutes and cost caps.
+
+        Args:
+            call_id: the id given to :meth:`route`.
+            duration_s: the talk time in seconds (billed in whole increments
+                of the plan's tariff, 60 s by default).
+            target: the target that answered, if not the first one; it
+                decides local or long-distance rates.
+
+        Returns:
+            The :class:`~tel400.Charge`, or ``None`` if the call is unknown
+            (never routed with this id, already ended, or expired).
+
+        Raises:
+            ValueError: ``duration_s`` is negative or not a finite number.
+        """
+        if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s < 0:
+            raise ValueError(f"duration_s: expected a finite number of seconds >= 0, got {duration_s!r}")
+        record = self._shared.calls.pop(call_id)
+        if record is None:
+            _log.debug("call_end_unknown", call_id=str(call_id))
+            return None
+        return self._engine.charge(record, duration_s, target)
+
+    # -- plans ------------------------------------------------------------
+
+    def reload(self, plans: PlanSet) -> None:
+        """Route by new plans from now on.
+
+        The new plans are compiled first; calls being routed meanwhile use
+        the old ones; then one reference is swapped.  Counters, PIN lockouts,
+        calls in progress and the round-robin position of unchanged rules
+        carry over.  If compiling fails, the old plans stay and the error
+        propagates.
+        """
+        if not isinstance(plans, PlanSet):
+            raise TypeError(f"plans: expected a PlanSet, got {type(plans).__name__}")
+        engine = self._compile(plans)
+        self._engine = engine
+        self.reloads += 1
+        _log.info("plans_reloaded", numbers=len(plans.numbers), source=plans.source)
+
+    @property
+    def plans(self) -> PlanSet:
+        """The plan set being routed by."""
+        return self._engine.plans
+
+    @property
+    def prefixes(self) -> PrefixTable:
+        """The prefix table callers are located with."""
+        return self._engine.prefixes
+
+    @property
+    def counters(self) -> CounterBackend:
+        return self._shared.counters
+
+    @property
+    def calls_in_progress(self) -> int:
+        return len(self._shared.calls)
+
+    def decision_counts(self) -> dict[tuple[str, str, str], int]:
+        """Decisions so far by (number, action, reason); unknown numbers as ``unknown``."""
+        return dict(self._shared.decisions)
+
+    def backend_error_counts(self) -> dict[str, int]:
+        """Counter backend failures so far, by the policy that was applied."""
+        return dict(self._shared.backend_errors)
+
+    def _reseed(self) -> None:
+        if self._seed is None:
+            self._shared.rng.seed(os.urandom(16))
+        else:
+            self._shared.rng.seed(f"{self._seed}:{os.getpid()}")
+
+
+def _reseed_after_fork() -> None:
+    for router in list(_routers):
+        router._reseed()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_after_fork)
