@@ -1,0 +1,193 @@
+"""The ``tel400`` command: check plans, route a call, locate a number, simulate traffic."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from . import __version__, provinces
+from .exceptions import NumberError, PlanError, SegmentError
+from .loading import load_plans
+from .numbers import locate, normalize, use_segments
+from .pins import make_hash
+from .router import Router
+from .segments import load_segments
+from .simulate import simulate
+from .workdays import describe_years
+
+
+def _cmd_check(args) -> int:
+    plans = load_plans(args.file)
+    rules = sum(len(p.rules) for p in plans.numbers)
+    print(f"ok: {args.file}: {len(plans.numbers)} numbers, {rules} rules")
+    for plan in plans.numbers:
+        extras = [f"{len(plan.rules)} rules"]
+        if plan.caps:
+            extras.append(f"{len(plan.caps)} caps")
+        if plan.has_pin:
+            extras.append("PIN")
+        if plan.blacklist:
+            extras.append(f"{len(plan.blacklist)} blacklisted")
+        print(f"  {plan.number}: {', '.join(extras)}")
+    return 0
+
+
+def _parse_at(text: str | None):
+    if text is None:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"tel400: --at: expected an ISO date and time like 2026-11-24T09:30+08:00, got {text!r}")
+
+
+def _cmd_route(args) -> int:
+    plans = load_plans(args.file)
+    router = Router(plans)
+    decision = router.route(
+        args.dialed, args.caller, at=_parse_at(args.at), channel=args.channel, pin=args.pin, explain=args.explain
+    )
+    if args.json:
+        print(json.dumps(decision.as_dict(), ensure_ascii=False, indent=2))
+        return 0
+    print(f"action:   {decision.action}")
+    print(f"targets:  {', '.join(decision.targets) or '-'}")
+    print(f"prompt:   {decision.prompt or '-'}")
+    print(f"reason:   {decision.reason}")
+    print(f"rule:     {decision.rule or '-'}")
+    print(f"province: {decision.province or '-'}")
+    if args.explain:
+        print("why:")
+        for step in decision.explain or ():
+            print(f"  {step}")
+    return 0
+
+
+def _cmd_locate(args) -> int:
+    if args.segments:
+        use_segments(load_segments(args.segments))
+    status = 0
+    for raw in args.numbers:
+        try:
+            normal = normalize(raw)
+        except NumberError as exc:
+            print(f"{raw}: {exc}")
+            status = 1
+            continue
+        code = locate(normal)
+        if code is None:
+            print(f"{raw}: {normal} -> unknown province")
+        else:
+            print(f"{raw}: {normal} -> {code} {provinces.CHINESE_NAMES[code]} {provinces.ENGLISH_NAMES[code]}")
+    return status
+
+
+def _cmd_simulate(args) -> int:
+    plans = load_plans(args.file)
+    start = _dt.date.fromisoformat(args.start) if args.start else None
+    report = simulate(plans, args.calls, seed=args.seed, start=start)
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(report.render())
+    return 0
+
+
+def _cmd_calendar(args) -> int:
+    calendar = None
+    if args.plans:
+        plans = load_plans(args.plans)
+        calendar = plans.calendar.build()
+    for year, source in describe_years(calendar):
+        print(f"{year}: {source}")
+    if args.date:
+        from .workdays import OfficialCalendar
+
+        day = _dt.date.fromisoformat(args.date)
+        is_workday = (calendar or OfficialCalendar()).is_workday(day.toordinal())
+        print(f"{day.isoformat()}: {'workday' if is_workday else 'holiday'}")
+    return 0
+
+
+def _cmd_pin_hash(args) -> int:
+    try:
+        print(make_hash(args.pin))
+    except ValueError as exc:
+        print(f"tel400: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tel400", description="Call routing for Chinese 400 numbers.")
+    parser.add_argument("--version", action="version", version=f"tel400 {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a plan file (exit 1 with the error)")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("route", help="route one call and print the decision")
+    p.add_argument("file")
+    p.add_argument("dialed")
+    p.add_argument("caller")
+    p.add_argument("--at", help="ISO date and time (default: now; without an offset: the plan's zone)")
+    p.add_argument("--pin")
+    p.add_argument("--channel", choices=("voice", "sms"), default="voice")
+    p.add_argument("--explain", action="store_true", help="show every check")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_route)
+
+    p = sub.add_parser("locate", help="normalise numbers and name their province")
+    p.add_argument("numbers", nargs="+")
+    p.add_argument("--segments", help="an operator's segment CSV laid over the built-in table")
+    p.set_defaults(func=_cmd_locate)
+
+    p = sub.add_parser("simulate", help="route synthetic calls and tabulate the outcomes")
+    p.add_argument("file")
+    p.add_argument("--calls", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", help="first day of the simulated week (default: this week's Monday)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("calendar", help="which years the official calendar covers")
+    p.add_argument("--plans", help="include a plan file's calendar additions")
+    p.add_argument("--date", help="say whether this date is a working day")
+    p.set_defaults(func=_cmd_calendar)
+
+    p = sub.add_parser("pin-hash", help="hash a PIN for a plan's pin_hash field")
+    p.add_argument("pin")
+    p.set_defaults(func=_cmd_pin_hash)
+    return parser
+
+
+def _configure_logging() -> None:
+    """Warnings and errors only, on stderr: the command's output is its answer."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        return args.func(args)
+    except (PlanError, SegmentError) as exc:
+        print(f"tel400: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"tel400: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Synthetic traffic: route many realistic calls through a plan set.
+
+Callers are drawn from the prefix table itself (mobile segments in
+proportion to how many numbers they hold, some fixed lines by area code, a
+few withheld numbers), spread uniformly over one week in each plan's zone,
+with a share of SMS.  Plans with a PIN are answered with the right PIN most
+of the time.  Connected calls end after an exponential talk time so that
+minutes and cost caps are exercised too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+import zoneinfo
+from bisect import bisect_right
+from collections import Counter
+
+import attrs
+
+from .plans import PlanSet
+from .router import Router
+from .segments import KEY_SPACE, PrefixTable
+
+# Keys from 13000000000 to 19999999999 are mobile segments; the others are
+# fixed lines by area code (10 Beijing, 2x, 3xx-9xx).
+_MOBILE_KEYS = range(13 * 10**9, 20 * 10**9)
+_WITHHELD_SHARE = 0.02
+_FIXED_SHARE = 0.15
+_SMS_SHARE = 0.05
+_RIGHT_PIN_SHARE = 0.85
+_MEAN_TALK_S = 150.0
+
+
+class CallerSampler:
+    """Draws caller numbers whose provinces follow the prefix table."""
+
+    def __init__(self, table: PrefixTable, rng: random.Random) -> None:
+        self._rng = rng
+        bounds = table.starts[1:] + (KEY_SPACE,)
+        mobile, fixed = [], []
+        for start, end, code in zip(table.starts, bounds, table.codes):
+            if code == 0:
+                continue
+            (mobile if start in _MOBILE_KEYS else fixed).append((start, end))
+        self._mobile = self._weighted(mobile)
+        self._fixed = self._weighted(fixed)
+
+    @staticmethod
+    def _weighted(intervals):
+        cumulative, total = [], 0
+        for start, end in intervals:
+            total += end - start
+            cumulative.append(total)
+        return intervals, cumulative, total
+
+    def _key(self, pool) -> int:
+        intervals, cumulative, total = pool
+        r = self._rng.randrange(total)
+        start, end = intervals[bisect_right(cumulative, r)]
+        return self._rng.randrange(start, end)
+
+    def caller(self) -> str:
+        u = self._rng.random()
+        if u < _WITHHELD_SHARE:
+            return "anonymous"
+        if u < _WITHHELD_SHARE + _FIXED_SHARE and self._fixed[2]:
+            nsn = str(self._key(self._fixed)).rjust(11, "0")
+            # Two-digit area codes (10, 2x) have 8-digit subscribers.
+            length = 10 if nsn[0] == "2" or nsn.startswith("10") else 11
+            return "0" + nsn[:length]
+        return str(self._key(self._mobile))
+
+
+@attrs.frozen
+class SimulationReport:
+    calls: int
+    start: _dt.date
+    seed: int
+    outcomes: Counter  # (number, rule, action, reason) -> count
+    targets: Counter  # (number, target) -> connected calls it was picked for
+    reasons: Counter  # reason -> count
+    provinces: Counter  # province code or "unknown" -> count
+    minutes: float
+    cost: float
+
+    def as_dict(self) -> dict:
+        return {
+            "calls": self.calls,
+            "start": self.start.isoformat(),
+            "seed": self.seed,
+            "outcomes": [
+                {"number": n, "rule": r, "action": a, "reason": why, "calls": c}
+                for (n, r, a, why), c in sorted(self.outcomes.items(), key=_order)
+            ],
+            "targets": [
+                {"number": n, "target": t, "calls": c} for (n, t), c in sorted(self.targets.items())
+            ],
+            "reasons": dict(self.reasons.most_common()),
+            "minutes": round(self.minutes, 2),
+            "cost": round(self.cost, 6),
+        }
+
+    def render(self) -> str:
+        lines = [
+            f"Simulated {self.calls} calls over the week from {self.start.isoformat()} (seed {self.seed})",
+            "",
+            f"{'number':<16}{'rule':<22}{'action':<13}{'reason':<16}{'calls':>7}{'share':>8}",
+        ]
+        for (number, rule, action, reason), count in sorted(self.outcomes.items(), key=_order):
+            lines.append(
+                f"{number:<16}{rule or '(none)':<22}{action:<13}{reason:<16}{count:>7}{count / self.calls:>8.1%}"
+            )
+        lines += ["", f"{'number':<16}{'first target':<22}{'calls':>7}{'share of number':>17}"]
+        per_number = Counter()
+        for (number, _), count in self.targets.items():
+            per_number[number] += count
+        for (number, target), count in sorted(self.targets.items()):
+            lines.append(f"{number:<16}{target:<22}{count:>7}{count / per_number[number]:>17.1%}")
+        lines += ["", f"{'reason':<16}{'calls':>7}{'share':>8}"]
+        for reason, count in self.reasons.most_common():
+            lines.append(f"{reason:<16}{count:>7}{count / self.calls:>8.1%}")
+        top = ", ".join(f"{p} {c / self.calls:.0%}" for p, c in self.provinces.most_common(6))
+        lines += ["", f"callers by province: {top}, …", f"charged: {self.minutes:.1f} min, cost {self.cost:.2f}"]
+        return "\n".join(lines)
+
+
+def _order(item):
+    (number, rule, action, reason), count = item
+    return (number, -count, rule or "", action, reason)
+
+
+def simulate(plans: PlanSet, calls: int, *, seed: int = 0, start: _dt.date | None = None,
+             counters=None) -> SimulationReport:
+    """Route ``calls`` synthetic calls through a fresh router over ``plans``."""
+    if calls < 1:
+        raise ValueError("calls: expected at least 1")
+    if not plans.numbers:
+        raise ValueError("the plan set has no numbers to call")
+    rng = random.Random(seed)
+    router = Router(plans, counters, seed=seed)
+    sampler = CallerSampler(router.prefixes, rng)
+    if start is None:
+        today = _dt.date.today()
+        start = today - _dt.timedelta(days=today.weekday())
+    numbers = [p.number for p in plans.numbers]
+    pins = {p.number: p.pin for p in plans.numbers if p.has_pin}
+    zones = {p.number: zoneinfo.ZoneInfo(p.timezone) for p in plans.numbers}
+    outcomes: Counter = Counter()
+    targets: Counter = Counter()
+    reasons: Counter = Counter()
+    located: Counter = Counter()
+    minutes = cost = 0.0
+    week_s = 7 * 86400
+    for i in range(calls):
+        number = rng.choice(numbers)
+        caller = sampler.caller()
+        midnight = _dt.datetime.combine(start, _dt.time(), zones[number])
+        at = midnight.timestamp() + rng.random() * week_s
+        channel = "sms" if rng.random() < _SMS_SHARE else "voice"
+        dialed = "10657" + number if channel == "sms" else number
+        call_id = f"sim-{i}"
+        decision = router.route(dialed, caller, at=at, channel=channel, call_id=call_id)
+        if decision.action == "collect_pin":
+            right = pins.get(number)
+            pin = right if right and rng.random() < _RIGHT_PIN_SHARE else f"{rng.randrange(10**4):04d}"
+            decision = router.route(dialed, caller, at=at, channel=channel, pin=pin, call_id=call_id)
+        outcomes[(number, decision.rule, decision.action, decision.reason)] += 1
+        reasons[decision.reason] += 1
+        located[decision.province or "unknown"] += 1
+        if decision.connects:
+            targets[(number, decision.targets[0])] += 1
+            if channel == "voice":
+                charge = router.call_ended(call_id, rng.expovariate(1 / _MEAN_TALK_S))
+                if charge is not None:
+                    minutes += charge.billed_s / 60
+                    cost += float(charge.cost or 0)
+    return SimulationReport(calls, start, seed, outcomes, targets, reasons, located, minutes, cost)
+
+
+__all__ = ["CallerSampler", "SimulationReport", "simulate"]
