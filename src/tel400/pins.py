@@ -24,7 +24,7 @@ import re
 import threading
 from collections import OrderedDict
 
-PIN_RE = re.compile(r"^[0-9]{4,8}$")
+PIN_RE = re.compile(r"\A[0-9]{4,8}\Z")
 
 #: Wrong PINs from one caller to one number that lock the caller out …
 LOCKOUT_FAILURES = 5
@@ -33,9 +33,9 @@ LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW_S = 3600
 
 _HASH_RE = re.compile(
-    r"^(?:scrypt:(?P<n>\d+):(?P<r>\d+):(?P<p>\d+)"
-    r"|pbkdf2:(?P<digest>sha256|sha512):(?P<iterations>\d+))"
-    r"\$(?P<salt>[^$]{1,128})\$(?P<hash>[0-9a-f]{32,256})$"
+    r"\A(?:scrypt:(?P<n>[0-9]+):(?P<r>[0-9]+):(?P<p>[0-9]+)"
+    r"|pbkdf2:(?P<digest>sha256|sha512):(?P<iterations>[0-9]+))"
+    r"\$(?P<salt>[^$\x00-\x20]{1,128})\$(?P<hash>[0-9a-f]{32,256})\Z"
 )
 _PROCESS_KEY = os.urandom(32)
 

@@ -54,11 +54,11 @@ MAX_WEIGHT = 1_000_000
 # A target is a number (digits, optionally led by + * #) or user@host[:port];
 # nothing else, so that no dial string, SIP header or ESL command can be
 # smuggled through it (| , { } are FreeSWITCH dial-string syntax).
-_NUMBER_TARGET = re.compile(r"^[+*#]?[0-9*#]{1,32}$")
-_URI_TARGET = re.compile(r"^[A-Za-z0-9._-]{1,64}@[A-Za-z0-9._-]{1,253}(?::([0-9]{1,5}))?$")
-_PROMPT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")  # queues and rooms
-_RULE_NAME = re.compile(r"^[\w.:-]{1,64}$")  # \w: letters of any script, digits, _
+_NUMBER_TARGET = re.compile(r"\A[+*#]?[0-9*#]{1,32}\Z")
+_URI_TARGET = re.compile(r"\A[A-Za-z0-9._-]{1,64}@[A-Za-z0-9._-]{1,253}(?::([0-9]{1,5}))?\Z")
+_PROMPT = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+_NAME = re.compile(r"\A[A-Za-z0-9_.@-]{1,64}\Z")  # queues and rooms
+_RULE_NAME = re.compile(r"\A[\w.:-]{1,64}\Z")  # \w: letters of any script, digits, _
 
 # --- value objects -----------------------------------------------------------
 

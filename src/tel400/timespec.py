@@ -31,7 +31,7 @@ _WEEKDAY_ALIASES = {
 }
 ALL_WEEKDAYS = 0b1111111
 
-_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_TIME = re.compile(r"\A([01]?[0-9]|2[0-3]):([0-5][0-9])\Z")
 
 
 def _items(value: object, what: str) -> list[str]:
