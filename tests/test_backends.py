@@ -1,0 +1,99 @@
+"""The memory counter backend and the calls registry."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import tel400
+from tel400.calls import CallRegistry
+from tel400.counters import CapCheck, MemoryCounters, open_counters
+
+
+def check(key="k", period=1, limit=3, increment=1):
+    return CapCheck(key, period, limit, increment, 3600)
+
+
+def test_acquire_is_all_or_nothing():
+    c = MemoryCounters()
+    assert c.acquire([check("a", limit=2), check("b", limit=1)]) == -1
+    assert c.acquire([check("a", limit=2), check("b", limit=1)]) == 1
+    assert c.value("a", 1) == 1 and c.value("b", 1) == 1  # the failed call counted nowhere
+    assert c.acquire([check("a", limit=2)], dry_run=True) == -1
+    assert c.value("a", 1) == 1
+
+
+def test_periods_reset_and_zero_increments_only_check():
+    c = MemoryCounters()
+    c.add("m", 5, 100, 60)
+    assert c.acquire([check("m", period=5, limit=100, increment=0)]) == 0
+    assert c.acquire([check("m", period=6, limit=100, increment=0)]) == -1
+    assert c.value("m", 6) == 0
+
+
+def test_exact_under_threads():
+    c = MemoryCounters()
+    admitted = []
+
+    def worker():
+        n = 0
+        for _ in range(2000):
+            n += c.acquire([check("x", limit=5000)]) == -1
+        admitted.append(n)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 5000 and c.value("x", 1) == 5000
+
+
+def test_sweep_drops_expired_entries():
+    now = [1000.0]
+    c = MemoryCounters(sweep_every=10, clock=lambda: now[0])
+    for i in range(5):
+        c.add(f"old{i}", 1, 1, 60)
+    now[0] += 3600
+    for i in range(5):
+        c.add(f"new{i}", 1, 1, 60)
+    assert len(c) == 5
+
+
+def test_pin_window():
+    c = MemoryCounters()
+    assert c.add_pin_failure("p", 0, 3600) == 1
+    assert c.add_pin_failure("p", 10, 3600) == 2
+    assert c.pin_failures("p", 3599, 3600) == 2
+    assert c.pin_failures("p", 3600, 3600) == 0
+    assert c.add_pin_failure("p", 3600, 3600) == 1
+    c.clear_pin_failures("p")
+    assert c.pin_failures("p", 3601, 3600) == 0
+
+
+def test_open_counters():
+    assert isinstance(open_counters(None), MemoryCounters)
+    assert isinstance(open_counters("memory://"), MemoryCounters)
+    backend = MemoryCounters()
+    assert open_counters(backend) is backend
+    with pytest.raises(ValueError, match="unsupported"):
+        open_counters("carrier-pigeon://loft")
+    with pytest.raises(TypeError):
+        open_counters(42)
+
+
+def test_router_accepts_a_url():
+    plans = tel400.PlanSet.from_dict({"numbers": [{"number": "4001012345"}]})
+    assert isinstance(tel400.Router(plans, "memory://").counters, MemoryCounters)
+
+
+def test_call_registry_bounds():
+    now = [0.0]
+    reg = CallRegistry(max_calls=3, max_age_s=100, clock=lambda: now[0])
+    for i in range(5):
+        reg.remember(f"c{i}", None, None, 0, (), None, "voice")
+    assert len(reg) == 3 and reg.dropped == 2 and "c0" not in reg
+    now[0] = 150
+    reg.remember("late", None, None, 0, (), None, "voice")
+    assert len(reg) == 1 and reg.pop("late") is not None and reg.pop("late") is None

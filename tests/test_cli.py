@@ -1,0 +1,109 @@
+"""The tel400 command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tel400.cli import main
+
+from .conftest import EXAMPLES, ROOT
+
+MANUAL = str(EXAMPLES / "manual.toml")
+
+
+def test_check_ok(capsys):
+    assert main(["check", MANUAL]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+
+def test_check_bad_plan_exits_1_with_the_plan_error(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[numbers]]\nnumber = "4001012345"\n[[numbers.rules]]\nname = "x"\ntime = "25:00-26:00"\ntargets = ["1"]\n')
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.toml: number 4001012345: rule 'x': field 'time': bad time '25:00'" in err
+
+
+def test_route_with_explain(capsys):
+    assert main(["route", MANUAL, "4001012345", "+86 139 0101 2345", "--at", "2026-11-24T09:00+08:00", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "action:   bridge" in out and "13901010001" in out and "rule:     beijing" in out
+    assert "✗ rule sms-desk: channel voice is not sms" in out
+
+
+def test_route_json_and_pin(capsys):
+    assert main(["route", MANUAL, "4001532532", "13902001234", "--pin", "1234", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["action"] == "conference" and out["province"] == "CN-TJ"
+
+
+def test_route_bad_at(capsys):
+    with pytest.raises(SystemExit, match="--at"):
+        main(["route", MANUAL, "4001012345", "1", "--at", "yesterday"])
+
+
+def test_locate(capsys, tmp_path):
+    assert main(["locate", "13901012345", "0571-8888-8888"]) == 0
+    out = capsys.readouterr().out
+    assert "13901012345 -> CN-BJ 北京 Beijing" in out and "057188888888 -> CN-ZJ" in out
+    assert main(["locate", "junk"]) == 1
+    csv = tmp_path / "ops.csv"
+    csv.write_text("1390101,CN-SH\n")
+    assert main(["locate", "13901012345", "--segments", str(csv)]) == 0
+    assert "CN-SH" in capsys.readouterr().out
+    import tel400
+
+    tel400.use_segments(None)
+
+
+def test_simulate_table_and_json(capsys):
+    assert main(["simulate", MANUAL, "--calls", "2000", "--start", "2026-11-23", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Simulated 2000 calls over the week from 2026-11-23 (seed 3)" in out
+    for fragment in ("morning-split", "closed", "conference", "support-hours", "callers by province"):
+        assert fragment in out
+    assert main(["simulate", MANUAL, "--calls", "2000", "--start", "2026-11-23", "--seed", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sum(o["calls"] for o in report["outcomes"]) == 2000
+    assert sum(report["reasons"].values()) == 2000
+    assert report["minutes"] > 0
+
+
+def test_simulate_is_deterministic_for_a_seed(capsys):
+    main(["simulate", MANUAL, "--calls", "500", "--start", "2026-11-23", "--json"])
+    first = capsys.readouterr().out
+    main(["simulate", MANUAL, "--calls", "500", "--start", "2026-11-23", "--json"])
+    assert capsys.readouterr().out == first
+
+
+def test_calendar(capsys):
+    assert main(["calendar", "--date", "2026-10-10"]) == 0
+    out = capsys.readouterr().out
+    assert "2026: chinese-calendar" in out and "2026-10-10: workday" in out
+    assert main(["calendar", "--plans", str(EXAMPLES / "calendar.toml"), "--date", "2027-01-01"]) == 0
+    out = capsys.readouterr().out
+    assert "2027: plan" in out and "2027-01-01: holiday" in out
+
+
+def test_pin_hash_round_trip(capsys):
+    assert main(["pin-hash", "2468"]) == 0
+    from tel400.pins import PinCheck
+
+    digest = capsys.readouterr().out.strip()
+    assert PinCheck(pin_hash=digest)("2468")
+    assert main(["pin-hash", "12"]) == 2
+
+
+def test_console_script_runs_the_main_job():
+    """The README's main job, as a subprocess: the installed console script."""
+    exe = ROOT / ".venv" / "bin" / "tel400"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tel400.cli"]
+    result = subprocess.run(
+        [*cmd, "simulate", MANUAL, "--calls", "1000"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Simulated 1000 calls" in result.stdout

@@ -1,0 +1,697 @@
+"""The router: design.md's decision order, one feature of the manual at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import zoneinfo
+from collections import Counter
+from decimal import Decimal
+
+import pytest
+
+import tel400
+from tel400 import pins
+
+from .conftest import EXAMPLES, SHANGHAI, at, one_number
+
+BJ, SH, GD, TJ = "13901012345", "02112345678", "02087654321", "13902001234"
+TUESDAY_10 = at(2026, 11, 24, 10, 0)
+
+
+def bridge(*targets, **extra):
+    return {"targets": list(targets), **extra}
+
+
+# --- 1. the number --------------------------------------------------------------
+
+
+def test_unknown_number(make_router):
+    router = make_router(one_number(rules=[bridge("13901010001")]))
+    d = router.route("4009999999", BJ, at=TUESDAY_10)
+    assert (d.action, d.reason, d.prompt, d.targets, d.rule) == ("reject", "unknown_number", "unknown_number", (), None)
+    assert d.province == "CN-BJ"  # filled whatever the decision
+    assert router.route("garbage", BJ).reason == "unknown_number"
+    assert router.route("", None).reason == "unknown_number"
+
+
+def test_dialed_number_in_any_form_and_sms_access_code(make_router):
+    router = make_router(one_number(rules=[bridge("13901010001")]))
+    for dialed in ("4001012345", "400-101-2345", "+86 400 101 2345", "106574001012345"):
+        d = router.route(dialed, BJ, at=TUESDAY_10, channel="sms" if dialed.startswith("10657") else "voice")
+        assert d.action == "bridge", dialed
+        assert d.number == "4001012345"
+
+
+def test_global_unknown_number_prompt_renamed(make_router):
+    router = make_router({"prompts": {"unknown_number": "no_such_number"}, **one_number()})
+    assert router.route("4009999999", BJ).prompt == "no_such_number"
+
+
+# --- 2. blacklist and callers without a number ------------------------------------
+
+
+def test_blacklists_exact_prefix_global_anonymous(make_router):
+    router = make_router(
+        {
+            "blacklist": ["+86 138-0000-0000"],
+            **one_number(blacklist=["1710*", "021 1234 5678", "anonymous"], rules=[bridge("13901010001")]),
+        }
+    )
+    for caller in ("13800000000", "8613800000000", "17101234567", "+86 21 1234 5678", None, "", "anonymous", "x"):
+        d = router.route("4001012345", caller, at=TUESDAY_10)
+        assert (d.action, d.reason, d.prompt) == ("reject", "blacklisted", "blacklisted"), caller
+    assert router.route("4001012345", "17111234567", at=TUESDAY_10).action == "bridge"
+
+
+def test_blacklist_comes_before_everything_else(make_router):
+    router = make_router(one_number(blacklist=["13901012345"], pin="1234", rules=[bridge("13901010001")]))
+    d = router.route("4001012345", BJ, pin="1234", at=TUESDAY_10)
+    assert d.reason == "blacklisted"
+
+
+def test_callers_without_a_number(make_router):
+    rules = [bridge("13901010001", provinces=["CN-BJ"], name="bj"), bridge("13901010002", name="rest")]
+    router = make_router(one_number(rules=rules))
+    for caller in (None, "", "anonymous", "not a number", "+86 12"):
+        d = router.route("4001012345", caller, at=TUESDAY_10)
+        assert (d.rule, d.province, d.caller) == ("rest", None, None), caller
+    strict = make_router(one_number(rules=rules, reject_unknown_callers=True))
+    d = strict.route("4001012345", "anonymous", at=TUESDAY_10)
+    assert (d.action, d.reason, d.prompt) == ("reject", "bad_caller", "bad_caller")
+    assert strict.route("4001012345", BJ, at=TUESDAY_10).rule == "bj"
+
+
+# --- 3. PIN ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["clear", "hashed"])
+def pin_plan(request):
+    secret = "4821"
+    field = {"pin": secret} if request.param == "clear" else {"pin_hash": pins.make_hash(secret, n=1 << 4)}
+    return one_number(rules=[bridge("13901010001")], **field), secret
+
+
+def test_pin_required_then_accepted(make_router, pin_plan):
+    tree, secret = pin_plan
+    router = make_router(tree)
+    d = router.route("4001012345", BJ, at=TUESDAY_10)
+    assert (d.action, d.reason, d.prompt, d.targets) == ("collect_pin", "pin_required", "enter_pin", ())
+    assert router.route("4001012345", BJ, pin=secret, at=TUESDAY_10).action == "bridge"
+    wrong = router.route("4001012345", BJ, pin="0000", at=TUESDAY_10)
+    assert (wrong.action, wrong.reason, wrong.prompt) == ("reject", "bad_pin", "bad_pin")
+    assert router.route("4001012345", BJ, pin="48211", at=TUESDAY_10).reason == "bad_pin"
+    assert router.route("4001012345", BJ, pin="", at=TUESDAY_10).reason == "bad_pin"
+
+
+def test_pin_lockout_after_five_failures_for_an_hour(make_router, pin_plan):
+    tree, secret = pin_plan
+    router = make_router(tree)
+    t0 = TUESDAY_10.timestamp()
+    reasons = [router.route("4001012345", BJ, pin="0000", at=t0 + i).reason for i in range(5)]
+    assert reasons == ["bad_pin"] * 4 + ["pin_locked"]
+    # Locked even with the right PIN, and without one.
+    assert router.route("4001012345", BJ, pin=secret, at=t0 + 60).reason == "pin_locked"
+    assert router.route("4001012345", BJ, at=t0 + 60).reason == "pin_locked"
+    # Other callers are not locked out.
+    assert router.route("4001012345", SH, pin=secret, at=t0 + 60).action == "bridge"
+    # An hour after the first failure the lock is gone.
+    assert router.route("4001012345", BJ, pin=secret, at=t0 + 3599).reason == "pin_locked"
+    assert router.route("4001012345", BJ, pin=secret, at=t0 + 3600).action == "bridge"
+
+
+def test_right_pin_clears_the_failures(make_router, pin_plan):
+    tree, secret = pin_plan
+    router = make_router(tree)
+    t0 = TUESDAY_10.timestamp()
+    for i in range(4):
+        router.route("4001012345", BJ, pin="0000", at=t0 + i)
+    assert router.route("4001012345", BJ, pin=secret, at=t0 + 5).action == "bridge"
+    assert [router.route("4001012345", BJ, pin="0000", at=t0 + 10 + i).reason for i in range(4)] == ["bad_pin"] * 4
+
+
+def test_pin_compare_is_constant_time_by_construction():
+    """A clear PIN is compared as a fixed-length digest with hmac.compare_digest."""
+    check = pins.PinCheck(pin="4821")
+    assert check("4821") and not check("4820") and not check("482") and not check(None)
+    assert check._clear_digest is not None and len(check._clear_digest) == 32
+
+
+def test_hashed_pin_derives_once_per_candidate(monkeypatch):
+    calls = Counter()
+    real = pins._derive
+
+    def counting(pin_hash, candidate):
+        calls[candidate] += 1
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", counting)
+    check = pins.PinCheck(pin_hash=pins.make_hash("4821", n=1 << 4))
+    assert all(check("4821") for _ in range(5))
+    assert not any(check("1111") for _ in range(5))
+    assert calls == {"4821": 1, "1111": 1}
+
+
+def test_werkzeug_style_pbkdf2_hash():
+    import hashlib
+
+    salt = "saltsalt"
+    key = hashlib.pbkdf2_hmac("sha256", b"2468", salt.encode(), 1000)
+    check = pins.PinCheck(pin_hash=f"pbkdf2:sha256:1000${salt}${key.hex()}")
+    assert check("2468") and not check("2469")
+
+
+# --- 4. rules: province, time, days, calendar, dates, channel -------------------
+
+
+def manual_province_plan():
+    return one_number(
+        rules=[
+            bridge("13901010001", name="beijing", provinces=["北京"]),
+            bridge("02161234567", name="shanghai", provinces=["上海"]),
+            bridge("02087654321", name="guangzhou", provinces=["广东"]),
+        ],
+        default={"action": "bridge", "targets": ["4008000000"]},
+    )
+
+
+@pytest.mark.parametrize(
+    "caller, target, rule",
+    [(BJ, "13901010001", "beijing"), (SH, "02161234567", "shanghai"), (GD, "02087654321", "guangzhou"), (TJ, "4008000000", None)],
+)
+def test_route_by_caller_province(make_router, caller, target, rule):
+    d = make_router(manual_province_plan()).route("4001012345", caller, at=TUESDAY_10)
+    assert (d.action, d.targets, d.rule, d.reason) == ("bridge", (target,), rule, "ok")
+
+
+def manual_time_plan():
+    return one_number(
+        rules=[bridge("13901010001", name="A", time="08:00-11:59"), bridge("13901010002", name="B", time="12:00-19:59")],
+        default={"action": "reject", "prompt": "closed"},
+    )
+
+
+@pytest.mark.parametrize(
+    "hour, minute, expected",
+    [(8, 0, "A"), (11, 59, "A"), (12, 0, "B"), (19, 59, "B"), (20, 0, None), (23, 30, None), (0, 0, None), (7, 59, None)],
+)
+def test_route_by_time_slot_to_the_minute(make_router, hour, minute, expected):
+    d = make_router(manual_time_plan()).route("4001012345", BJ, at=at(2026, 11, 24, hour, minute))
+    assert d.rule == expected
+    if expected is None:
+        assert (d.action, d.reason, d.prompt) == ("reject", "closed", "closed")
+
+
+def test_slot_wrapping_midnight_with_weekdays(make_router):
+    """design.md: 20:00-07:59 on mon-fri matches Friday 23:00 and Monday 02:00, not Saturday 02:00."""
+    router = make_router(one_number(rules=[bridge("13901010001", name="night", days="mon-fri", time="20:00-07:59")]))
+    assert router.route("4001012345", BJ, at=at(2026, 11, 27, 23, 0)).rule == "night"  # Friday
+    assert router.route("4001012345", BJ, at=at(2026, 11, 23, 2, 0)).rule == "night"  # Monday
+    assert router.route("4001012345", BJ, at=at(2026, 11, 28, 2, 0)).rule is None  # Saturday
+
+
+def test_week_schedule_and_official_calendar(make_router):
+    router = make_router(
+        one_number(
+            rules=[
+                bridge("13901010001", name="workdays", days="workday", time="09:00-17:59"),
+                bridge("13901010002", name="weekend", days="sat,sun"),
+                bridge("13901010003", name="holidays", days="holiday"),
+            ]
+        )
+    )
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 10)).rule == "workdays"  # Tuesday
+    assert router.route("4001012345", BJ, at=at(2026, 10, 10, 10)).rule == "workdays"  # Saturday, 调休 working day
+    assert router.route("4001012345", BJ, at=at(2026, 10, 1, 10)).rule == "holidays"  # National Day, Thursday
+    assert router.route("4001012345", BJ, at=at(2026, 11, 28, 10)).rule == "weekend"  # ordinary Saturday
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 19)).rule is None  # workday, after hours
+
+
+def test_plan_calendar_additions(make_router):
+    tree = one_number(rules=[bridge("13901010001", name="open", days="workday")])
+    tree["calendar"] = {"holidays": ["2026-11-24"]}  # a company holiday
+    tree["numbers"][0]["calendar"] = {"workdays": ["2026-11-28"]}
+    router = make_router(tree)
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 10)).rule is None
+    assert router.route("4001012345", BJ, at=at(2026, 11, 28, 10)).rule == "open"
+    assert router.route("4001012345", BJ, at=at(2026, 11, 25, 10)).rule == "open"
+
+
+def test_date_ranges(make_router):
+    router = make_router(
+        one_number(rules=[bridge("13901010001", name="promo", dates="2026-12-01..2026-12-31", time="08:00-11:59")])
+    )
+    assert router.route("4001012345", BJ, at=at(2026, 12, 1, 8)).rule == "promo"
+    assert router.route("4001012345", BJ, at=at(2026, 12, 31, 11, 59)).rule == "promo"
+    assert router.route("4001012345", BJ, at=at(2026, 12, 31, 12)).rule is None
+    assert router.route("4001012345", BJ, at=at(2027, 1, 1, 9)).rule is None
+    assert router.route("4001012345", BJ, at=at(2026, 11, 30, 9)).rule is None
+
+
+def test_channel_voice_and_sms(make_router):
+    router = make_router(
+        one_number(rules=[bridge("13901010009", name="sms", channel="sms"), bridge("13901010001", name="voice", channel="voice")])
+    )
+    assert router.route("4001012345", BJ, channel="sms").rule == "sms"
+    assert router.route("106574001012345", BJ, channel="sms").targets == ("13901010009",)
+    assert router.route("4001012345", BJ, channel="voice").rule == "voice"
+    with pytest.raises(ValueError, match="channel"):
+        router.route("4001012345", BJ, channel="fax")
+
+
+def test_first_matching_rule_wins_and_rule_without_conditions_matches_all(make_router):
+    router = make_router(one_number(rules=[bridge("1", name="first"), bridge("2", name="second")]))
+    assert router.route("4001012345", None).rule == "first"
+
+
+# --- time zones ------------------------------------------------------------------
+
+
+def test_times_are_read_in_the_plans_zone(make_router):
+    tree = {
+        "numbers": [
+            {"number": "4001012345", "timezone": "America/New_York", "rules": [bridge("1", name="office", time="09:00-16:59")]}
+        ]
+    }
+    router = make_router(tree)
+    new_york = zoneinfo.ZoneInfo("America/New_York")
+    # 09:30 in New York is 13:30 UTC in summer (EDT) and 14:30 UTC in winter (EST).
+    summer = dt.datetime(2026, 7, 1, 13, 30, tzinfo=dt.timezone.utc)
+    winter = dt.datetime(2026, 12, 1, 14, 30, tzinfo=dt.timezone.utc)
+    assert router.route("4001012345", BJ, at=summer).rule == "office"
+    assert router.route("4001012345", BJ, at=winter).rule == "office"
+    assert router.route("4001012345", BJ, at=dt.datetime(2026, 12, 1, 13, 30, tzinfo=dt.timezone.utc)).rule is None
+    # The same instants as POSIX times, and as naive local times.
+    assert router.route("4001012345", BJ, at=summer.timestamp()).rule == "office"
+    assert router.route("4001012345", BJ, at=dt.datetime(2026, 3, 8, 9, 0)).rule == "office"  # DST starts at 02:00
+    # Just after the spring-forward gap: 03:00 EDT is 07:00 UTC.
+    assert router.route("4001012345", BJ, at=dt.datetime(2026, 3, 8, 7, 0, tzinfo=dt.timezone.utc)).rule is None
+    assert dt.datetime(2026, 3, 8, 7, 0, tzinfo=dt.timezone.utc).astimezone(new_york).hour == 3
+
+
+def test_at_none_means_now_and_bad_at_is_an_error(make_router):
+    router = make_router(one_number(rules=[bridge("1")]))
+    assert router.route("4001012345", BJ).action == "bridge"
+    with pytest.raises(ValueError):
+        router.route("4001012345", BJ, at=float("nan"))
+    with pytest.raises(TypeError):
+        router.route("4001012345", BJ, at="tomorrow")
+
+
+# --- selection ---------------------------------------------------------------------
+
+
+def split_plan(strategy, weights=(30, 70), targets=("02150001000", "02150002000")):
+    return one_number(
+        rules=[{"name": "split", "strategy": strategy, "targets": [{"to": t, "weight": w} for t, w in zip(targets, weights)]}]
+    )
+
+
+def test_round_robin_gives_exactly_3_of_every_10(make_router):
+    router = make_router(split_plan("round_robin"))
+    picks = [router.route("4001012345", BJ, at=TUESDAY_10).targets[0] for _ in range(100)]
+    for start in range(0, 100, 10):
+        window = Counter(picks[start : start + 10])
+        assert window == {"02150001000": 3, "02150002000": 7}
+    # Smooth: A's three calls are spread out, never bunched.
+    assert "".join("A" if p == "02150001000" else "B" for p in picks[:10]) == "BABBABBBAB"
+
+
+def test_weighted_split_is_about_30_70(make_router):
+    router = make_router(split_plan("weighted"), seed=7)
+    n = 20000
+    picks = Counter(router.route("4001012345", BJ, at=TUESDAY_10).targets[0] for _ in range(n))
+    share = picks["02150001000"] / n
+    # 30 % with a standard deviation of 0.32 %: six sigma either way.
+    assert 0.281 < share < 0.319
+
+
+def test_targets_list_every_target_once_pick_first_then_by_weight(make_router):
+    targets = ("t1@a", "t2@a", "t3@a", "t4@a")
+    router = make_router(split_plan("weighted", (10, 50, 50, 0), targets), seed=3)
+    orders = {router.route("4001012345", BJ, at=TUESDAY_10).targets for _ in range(300)}
+    assert orders == {
+        ("t1@a", "t2@a", "t3@a", "t4@a"),
+        ("t2@a", "t3@a", "t1@a", "t4@a"),
+        ("t3@a", "t2@a", "t1@a", "t4@a"),
+    }  # a zero weight is failover only: never first
+
+
+def test_sequential_keeps_listed_order(make_router):
+    router = make_router(split_plan("sequential", (1, 5, 9), ("a@x", "b@x", "c@x")))
+    assert {router.route("4001012345", BJ).targets for _ in range(20)} == {("a@x", "b@x", "c@x")}
+
+
+def test_sticky_keeps_a_caller_and_moves_few_when_a_target_is_added(make_router):
+    callers = [f"139{i:08d}" for i in range(2000)]
+    three = make_router(split_plan("sticky", (1, 1, 1), ("a@x", "b@x", "c@x")))
+    four = make_router(split_plan("sticky", (1, 1, 1, 1), ("a@x", "b@x", "c@x", "d@x")))
+    before = {c: three.route("4001012345", c).targets for c in callers}
+    assert all(three.route("4001012345", c).targets == before[c] for c in callers[:200])
+    after = {c: four.route("4001012345", c).targets[0] for c in callers}
+    moved = [c for c in callers if after[c] != before[c][0]]
+    assert all(after[c] == "d@x" for c in moved)  # only to the new target
+    assert 0.18 < len(moved) / len(callers) < 0.32  # about a quarter
+    spread = Counter(before[c][0] for c in callers)
+    assert all(550 < spread[t] < 790 for t in ("a@x", "b@x", "c@x"))
+
+
+def test_sticky_respects_weights(make_router):
+    router = make_router(split_plan("sticky", (1, 3), ("a@x", "b@x")))
+    counts = Counter(router.route("4001012345", f"139{i:08d}").targets[0] for i in range(4000))
+    assert 0.70 < counts["b@x"] / 4000 < 0.80
+
+
+def test_queue_and_conference(make_router):
+    router = make_router(
+        one_number(
+            rules=[{"name": "q", "channel": "voice", "action": "queue", "queue": "sales"}],
+            default={"action": "conference", "room": "4001"},
+        )
+    )
+    assert router.route("4001012345", BJ).targets == ("sales",)
+    d = router.route("4001012345", BJ, channel="sms")
+    assert (d.action, d.targets, d.reason, d.rule) == ("conference", ("4001",), "ok", None)
+
+
+def test_rule_reject_reason_and_prompt(make_router):
+    router = make_router(one_number(rules=[{"name": "no", "action": "reject", "prompt": "maintenance"}]))
+    d = router.route("4001012345", BJ)
+    assert (d.action, d.reason, d.prompt, d.rule) == ("reject", "rule_reject", "maintenance", "no")
+
+
+def test_prompts_table_renames_standard_prompts(make_router):
+    router = make_router(
+        one_number(
+            prompts={"closed": "after_hours", "limit_reached": "too_busy", "blacklisted": "go_away"},
+            blacklist=["13800000000"],
+            caps=[{"metric": "calls", "per": "day", "limit": 0}],
+            rules=[bridge("1", time="08:00-08:59")],
+        )
+    )
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 20)).prompt == "after_hours"
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 8)).prompt == "too_busy"
+    assert router.route("4001012345", "13800000000").prompt == "go_away"
+
+
+# --- 5. caps ------------------------------------------------------------------------
+
+
+def test_calls_cap_admits_exactly_n_per_day_in_the_plans_zone(make_router):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "calls", "per": "day", "limit": 3}]))
+    day = [router.route("4001012345", BJ, at=at(2026, 11, 24, 23, 59)) for _ in range(5)]
+    assert [d.reason for d in day] == ["ok"] * 3 + ["cap_exceeded"] * 2
+    assert (day[-1].action, day[-1].prompt, day[-1].rule) == ("reject", "limit_reached", "rule-1")
+    # Local midnight in Shanghai (16:00 UTC) opens a new period.
+    assert router.route("4001012345", BJ, at=at(2026, 11, 25, 0, 0)).reason == "ok"
+
+
+@pytest.mark.parametrize(
+    "per, same, next_",
+    [
+        ("hour", at(2026, 11, 24, 10, 59), at(2026, 11, 24, 11, 0)),
+        ("week", at(2026, 11, 29, 23, 59), at(2026, 11, 30, 0, 0)),  # Sunday → Monday
+        ("month", at(2026, 11, 30, 23, 59), at(2026, 12, 1, 0, 0)),
+    ],
+)
+def test_cap_periods(make_router, per, same, next_):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "calls", "per": per, "limit": 1}]))
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 10, 0)).reason == "ok"
+    assert router.route("4001012345", BJ, at=same).reason == "cap_exceeded"
+    assert router.route("4001012345", BJ, at=next_).reason == "ok"
+
+
+def test_caller_scoped_cap(make_router):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "calls", "per": "day", "limit": 1, "scope": "caller"}]))
+    assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "ok"
+    assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"
+    assert router.route("4001012345", SH, at=TUESDAY_10).reason == "ok"
+    assert router.route("4001012345", None, at=TUESDAY_10).reason == "ok"
+    assert router.route("4001012345", "anonymous", at=TUESDAY_10).reason == "cap_exceeded"
+
+
+def test_caps_are_all_or_nothing_and_first_reached_gives_the_prompt(make_router):
+    router = make_router(
+        one_number(
+            rules=[bridge("1")],
+            caps=[
+                {"metric": "calls", "per": "day", "limit": 5, "prompt": "day_full"},
+                {"metric": "calls", "per": "day", "limit": 2, "scope": "caller", "prompt": "you_again"},
+                {"metric": "calls", "per": "hour", "limit": 3, "prompt": "hour_full"},
+            ],
+        )
+    )
+    results = [router.route("4001012345", BJ, at=TUESDAY_10) for _ in range(3)]
+    assert [(d.reason, d.prompt) for d in results] == [("ok", None), ("ok", None), ("cap_exceeded", "you_again")]
+    # The rejected call counted in no cap: the hour cap still has one place.
+    assert router.route("4001012345", SH, at=TUESDAY_10).reason == "ok"
+    d = router.route("4001012345", GD, at=TUESDAY_10)
+    assert (d.reason, d.prompt) == ("cap_exceeded", "hour_full")
+    router2 = make_router(
+        one_number(rules=[bridge("1")], caps=[{"metric": "calls", "per": "day", "limit": 0, "prompt": "a"},
+                                               {"metric": "calls", "per": "day", "limit": 0, "scope": "caller", "prompt": "b"}])
+    )
+    assert router2.route("4001012345", BJ).prompt == "a"
+
+
+def test_rejected_calls_count_nothing(make_router):
+    router = make_router(
+        one_number(rules=[bridge("1", time="08:00-08:59")], caps=[{"metric": "calls", "per": "day", "limit": 1}])
+    )
+    for _ in range(5):
+        assert router.route("4001012345", BJ, at=at(2026, 11, 24, 20)).reason == "closed"
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 8)).reason == "ok"
+
+
+def test_cap_channel(make_router):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "calls", "per": "day", "limit": 1, "channel": "sms"}]))
+    assert all(router.route("4001012345", BJ, channel="voice", at=TUESDAY_10).reason == "ok" for _ in range(3))
+    assert router.route("4001012345", BJ, channel="sms", at=TUESDAY_10).reason == "ok"
+    assert router.route("4001012345", BJ, channel="sms", at=TUESDAY_10).reason == "cap_exceeded"
+
+
+def test_minutes_cap_charged_at_call_end(make_router):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "minutes", "per": "day", "limit": 5}]))
+    assert router.route("4001012345", BJ, at=TUESDAY_10, call_id="c1").reason == "ok"
+    charge = router.call_ended("c1", 181)  # 3 min 1 s → 4 started minutes
+    assert charge.billed_s == 240 and charge.minutes == 4 and charge.cost is None
+    assert router.route("4001012345", BJ, at=TUESDAY_10, call_id="c2").reason == "ok"  # 4 < 5
+    router.call_ended("c2", 30)
+    assert router.route("4001012345", BJ, at=TUESDAY_10, call_id="c3").reason == "cap_exceeded"
+    assert router.call_ended("c3", 10) is None  # rejected calls are not remembered
+    assert router.call_ended("c1", 10) is None  # ended twice
+    assert router.call_ended("never", 10) is None
+
+
+def test_call_end_charges_the_period_it_was_routed_in(make_router):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "minutes", "per": "day", "limit": 1}]))
+    router.route("4001012345", BJ, at=at(2026, 11, 24, 23, 59), call_id="late")
+    router.call_ended("late", 600)  # ends the next day
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 23, 59)).reason == "cap_exceeded"
+    assert router.route("4001012345", BJ, at=at(2026, 11, 25, 0, 5)).reason == "ok"
+
+
+def test_cost_cap_with_local_and_long_distance_tariff(make_router):
+    tree = one_number(
+        rules=[bridge("13901010001", "02161234567", strategy="sequential")],
+        tariff={"local": "0.1", "long_distance": "0.3", "increment_s": 6},
+        caps=[{"metric": "cost", "per": "month", "limit": 1}],
+    )
+    router = make_router(tree)
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="local")
+    local = router.call_ended("local", 60)  # Beijing caller, Beijing target: 1 min local
+    assert (local.long_distance, local.cost, local.billed_s) == (False, Decimal("0.1"), 60)
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="far")
+    far = router.call_ended("far", 61, target="02161234567")  # answered by the Shanghai failover
+    assert (far.long_distance, far.billed_s, far.cost) == (True, 66, Decimal("0.33"))
+    router.route("4001012345", None, at=TUESDAY_10, call_id="anon")
+    assert router.call_ended("anon", 120).long_distance  # unknown caller province counts as long distance
+    # 0.1 + 0.33 + 0.6 = 1.03 ≥ 1: the month is full
+    assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"
+    assert router.route("4001012345", BJ, at=at(2026, 12, 1, 10)).reason == "ok"
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "60", None, True])
+def test_call_ended_rejects_bad_durations(make_router, bad):
+    router = make_router(one_number(rules=[bridge("1")]))
+    with pytest.raises(ValueError, match="duration_s"):
+        router.call_ended("x", bad)
+
+
+# --- backends that fail --------------------------------------------------------------
+
+
+class BrokenCounters(tel400.MemoryCounters):
+    def acquire(self, checks, *, dry_run=False):
+        raise tel400.BackendError("redis timed out after 20 ms")
+
+    def pin_failures(self, key, now, window_s):
+        raise tel400.BackendError("redis timed out after 20 ms")
+
+    def add_pin_failure(self, key, now, window_s):
+        raise tel400.BackendError("redis timed out after 20 ms")
+
+    def add(self, key, period, amount, ttl_s):
+        raise tel400.BackendError("redis timed out after 20 ms")
+
+
+@pytest.mark.parametrize("policy, expected", [("allow", ("bridge", "ok")), ("reject", ("reject", "backend_error"))])
+def test_backend_failure_applies_the_plans_policy(make_router, policy, expected):
+    router = make_router(
+        one_number(rules=[bridge("1")], caps=[{"metric": "minutes", "per": "day", "limit": 1}], on_backend_error=policy),
+        BrokenCounters(),
+    )
+    d = router.route("4001012345", BJ, at=TUESDAY_10, call_id="c")
+    assert (d.action, d.reason) == expected
+    if policy == "allow":
+        assert router.call_ended("c", 60).billed_s == 60  # charged nowhere, but never raises
+    assert router.backend_error_counts()[policy] >= 1
+
+
+def test_backend_failure_during_pin_check(make_router):
+    router = make_router(one_number(rules=[bridge("1")], pin="4821", on_backend_error="allow"), BrokenCounters())
+    assert router.route("4001012345", BJ, pin="4821").action == "bridge"
+    assert router.route("4001012345", BJ, pin="0000").reason == "bad_pin"
+    strict = make_router(one_number(rules=[bridge("1")], pin="4821", on_backend_error="reject"), BrokenCounters())
+    assert strict.route("4001012345", BJ, pin="4821").reason == "backend_error"
+
+
+# --- explain ---------------------------------------------------------------------------
+
+
+def test_explain_names_each_rule_and_the_first_failed_condition(make_router):
+    router = make_router(
+        one_number(
+            rules=[
+                bridge("1", name="sms-only", channel="sms"),
+                bridge("1", name="shanghai", provinces=["CN-SH"]),
+                bridge("1", name="december", dates="2026-12-01..2026-12-31"),
+                bridge("1", name="weekend", days="sat,sun"),
+                bridge("1", name="morning", time="08:00-09:59"),
+                bridge("1", name="later", time="10:00-10:59"),
+            ],
+            caps=[{"metric": "calls", "per": "day", "limit": 10}],
+        )
+    )
+    d = router.route("4001012345", BJ, at=TUESDAY_10, explain=True)
+    text = d.explain_text()
+    assert "rule sms-only: channel voice is not sms" in text
+    assert "rule shanghai: province CN-BJ not in CN-SH" in text
+    assert "rule december: date 2026-11-24 not in 2026-12-01..2026-12-31" in text
+    assert "rule weekend: day tue not in sat,sun" in text
+    assert "rule morning: time 10:00 not in 08:00-09:59" in text
+    assert "✓ rule later: matched" in text
+    assert "✓ cap calls/day/number: 1 of 10" in text
+    assert [s.check for s in d.explain] == ["number"] + ["rule"] * 6 + ["select", "cap"]
+
+
+def test_explain_without_counting(make_router):
+    router = make_router(
+        one_number(rules=[bridge("1")], pin="4821", caps=[{"metric": "calls", "per": "day", "limit": 1}])
+    )
+    for _ in range(10):
+        d = router.explain("4001012345", BJ, at=TUESDAY_10, pin="0000")
+        assert d.reason == "bad_pin"
+        assert router.explain("4001012345", BJ, at=TUESDAY_10, pin="4821").reason == "ok"
+    assert router.route("4001012345", BJ, at=TUESDAY_10, pin="4821").reason == "ok"  # not locked, not capped
+    d = router.explain("4001012345", BJ, at=TUESDAY_10, pin="4821")
+    assert d.reason == "cap_exceeded"
+    assert "✗ cap calls/day/number: 1 of 1: limit reached" in d.explain_text()
+    assert router.decision_counts() == {("4001012345", "bridge", "ok"): 1}
+
+
+def test_explain_blacklist_and_default(make_router):
+    router = make_router(one_number(blacklist=["1710*"], rules=[bridge("1", time="08:00-08:59")]))
+    assert "caller matches 1710*" in router.route("4001012345", "17101234567", explain=True).explain_text()
+    text = router.route("4001012345", BJ, at=TUESDAY_10, explain=True).explain_text()
+    assert "default: no rule matched" in text
+
+
+# --- reload -------------------------------------------------------------------------------
+
+
+def test_reload_swaps_plans_and_keeps_counts_and_round_robin(make_router):
+    tree = split_plan("round_robin")
+    tree["numbers"][0]["caps"] = [{"metric": "calls", "per": "day", "limit": 4}]
+    router = make_router(tree)
+    first = [router.route("4001012345", BJ, at=TUESDAY_10).targets[0] for _ in range(3)]
+    tree["numbers"][0]["default"] = {"action": "reject", "prompt": "changed"}
+    router.reload(tel400.PlanSet.from_dict(tree))
+    assert router.reloads == 1
+    after = router.route("4001012345", BJ, at=TUESDAY_10)
+    assert after.reason == "ok" and [*first, after.targets[0]] == [
+        "02150002000", "02150001000", "02150002000", "02150002000"
+    ]  # the round robin went on where it was
+    assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"  # the count went on too
+
+
+def test_bad_reload_keeps_the_old_plans(make_router):
+    router = make_router(one_number(rules=[bridge("1")]))
+    with pytest.raises(TypeError):
+        router.reload({"numbers": []})
+    assert router.route("4001012345", BJ).action == "bridge"
+
+
+def test_reload_while_routing_from_threads_never_mixes_plans(make_router):
+    """Two plan sets that differ in every number: each decision must be wholly one or the other."""
+    def plans(version):
+        return tel400.PlanSet.from_dict(
+            {"numbers": [{"number": f"40010{i:05d}", "rules": [bridge(f"{version}{i:04d}", name=f"v{version}")]} for i in range(50)]}
+        )
+
+    a, b = plans(1), plans(2)
+    router = make_router(a)
+    errors = []
+    stop = threading.Event()
+
+    def worker():
+        i = 0
+        while not stop.is_set():
+            n = i % 50
+            d = router.route(f"40010{n:05d}", BJ)
+            version = d.rule[1]
+            if d.action != "bridge" or d.targets != (f"{version}{n:04d}",):
+                errors.append(d)
+            i += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for k in range(200):
+        router.reload(b if k % 2 == 0 else a)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# --- the manual's example plan -------------------------------------------------------------
+
+
+def test_manual_example_plan(make_router):
+    router = make_router(tel400.load_plans(EXAMPLES / "manual.toml"), seed=1)
+    route = router.route
+    assert route("4001012345", BJ, at=at(2026, 11, 24, 9)).targets == ("13901010001",)
+    assert route("4001012345", "02161234567", at=at(2026, 11, 24, 9)).rule == "shanghai"
+    assert route("4001012345", GD, at=at(2026, 11, 24, 9)).rule == "guangdong"
+    assert route("4001012345", TJ, at=at(2026, 11, 24, 9)).rule == "morning-split"
+    assert route("4001012345", TJ, at=at(2026, 11, 24, 13)).targets == ("13901010003", "13901010001")
+    assert route("4001012345", TJ, at=at(2026, 11, 24, 21)).reason == "closed"
+    assert route("4001012345", "13800000000").reason == "blacklisted"
+    assert route("106574001012345", TJ, channel="sms").targets == ("13901010009",)
+    assert route("4001532532", TJ).action == "collect_pin"
+    assert route("4001532532", TJ, pin="1234").action == "conference"
+    assert route("4001100868", TJ, at=at(2026, 10, 10, 10)).action == "queue"  # 调休 Saturday
+    assert route("4001100868", TJ, at=at(2026, 10, 2, 10)).reason == "closed"  # National Day
+
+
+def test_decision_as_dict_is_json_ready(make_router):
+    import json
+
+    d = make_router(one_number(rules=[bridge("1")])).route("4001012345", BJ, explain=True, call_id="abc")
+    out = json.loads(json.dumps(d.as_dict()))
+    assert out["action"] == "bridge" and out["call_id"] == "abc" and out["explain"]
+
+
+def test_shanghai_default_zone():
+    assert SHANGHAI.key == "Asia/Shanghai"
