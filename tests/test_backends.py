@@ -50,15 +50,29 @@ def test_exact_under_threads():
     assert sum(admitted) == 5000 and c.value("x", 1) == 5000
 
 
-def test_sweep_drops_expired_entries():
+def test_expired_entries_are_evicted_as_writes_go_on():
     now = [1000.0]
-    c = MemoryCounters(sweep_every=10, clock=lambda: now[0])
-    for i in range(5):
-        c.add(f"old{i}", 1, 1, 60)
-    now[0] += 3600
-    for i in range(5):
-        c.add(f"new{i}", 1, 1, 60)
-    assert len(c) == 5
+    c = MemoryCounters(clock=lambda: now[0])
+    for i in range(50):
+        c.add(f"caller{i}", 1, 1, 60)
+        c.add_pin_failure(f"pin{i}", now[0], 60)
+    assert len(c) == 100
+    now[0] += 61
+    for i in range(60):
+        c.add(f"fresh{i}", 1, 1, 60)
+    assert len(c) == 60  # every expired entry went, two per write
+    assert c.value("caller0", 1) == 0 and c.value("fresh0", 1) == 1
+
+
+def test_a_renewed_entry_is_not_evicted_by_its_old_expiry():
+    now = [0.0]
+    c = MemoryCounters(clock=lambda: now[0])
+    c.add("k", 1, 5, 60)
+    now[0] = 59
+    c.add("k", 2, 7, 60)  # a new period: expires at 119
+    now[0] = 61
+    c.add("other", 1, 1, 60)
+    assert c.value("k", 2) == 7
 
 
 def test_pin_window():

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from sortedcontainers import SortedList
+
 from .exceptions import BackendError
 
 #: How long a period's counter must outlive its first write, by period: the
@@ -84,20 +86,24 @@ class MemoryCounters(CounterBackend):
     """Counters in this process's memory (``memory://``).
 
     Exact within one process and thread-safe; processes do not share them
-    (use ``shm://`` or ``redis://`` for that).  Expired entries are swept
-    when the table grows, so per-caller caps do not grow memory without bound.
+    (use ``shm://`` or ``redis://`` for that).  Entries expire a period's
+    lifetime after their first write; expired entries are evicted a few at
+    a time on every write, in expiry order, so per-caller caps do not grow
+    memory without bound and no call ever waits for a full sweep.
     """
 
     url = "memory://"
+    _EVICT_PER_WRITE = 2
 
-    def __init__(self, *, sweep_every: int = 65536, clock=time.time) -> None:
+    def __init__(self, *, clock=time.time) -> None:
         self._lock = threading.Lock()
         # key -> [period, value, expires_at]
         self._counters: dict[str, list] = {}
-        # key -> [window_opened_at, failures]
+        # key -> [window_opened_at, failures, expires_at]
         self._pins: dict[str, list] = {}
-        self._sweep_every = sweep_every
-        self._writes = 0
+        # (expires_at, table, key) in expiry order; an item whose entry has
+        # since been replaced (a new period, a new window) is skipped.
+        self._expiry: SortedList = SortedList()
         self._clock = clock
 
     def _current(self, key: str, period: int) -> int:
@@ -115,22 +121,32 @@ class MemoryCounters(CounterBackend):
                 now = self._clock()
                 for check in checks:
                     if check.increment:
-                        self._bump(check.key, check.period, check.increment, now + check.ttl_s)
+                        self._bump(check.key, check.period, check.increment, now, check.ttl_s)
             return -1
 
-    def _bump(self, key: str, period: int, amount: int, expires: float) -> int:
+    def _bump(self, key: str, period: int, amount: int, now: float, ttl_s: int) -> int:
         entry = self._counters.get(key)
         if entry is None or entry[0] != period:
-            entry = self._counters[key] = [period, 0, expires]
+            entry = self._counters[key] = [period, 0, now + ttl_s]
+            self._expiry.add((now + ttl_s, 0, key))
         entry[1] += amount
-        self._writes += 1
-        if self._writes % self._sweep_every == 0:
-            self._sweep()
+        self._evict(now)
         return entry[1]
+
+    def _evict(self, now: float) -> None:
+        expiry = self._expiry
+        for _ in range(self._EVICT_PER_WRITE):
+            if not expiry or expiry[0][0] > now:
+                return
+            expires, table, key = expiry.pop(0)
+            entries = self._counters if table == 0 else self._pins
+            entry = entries.get(key)
+            if entry is not None and entry[2] == expires:
+                del entries[key]
 
     def add(self, key: str, period: int, amount: int, ttl_s: int) -> int:
         with self._lock:
-            return self._bump(key, period, amount, self._clock() + ttl_s)
+            return self._bump(key, period, amount, self._clock(), ttl_s)
 
     def value(self, key: str, period: int) -> int:
         with self._lock:
@@ -147,22 +163,16 @@ class MemoryCounters(CounterBackend):
         with self._lock:
             entry = self._pins.get(key)
             if entry is None or now - entry[0] >= window_s:
-                entry = self._pins[key] = [now, 0]
+                expires = self._clock() + window_s
+                entry = self._pins[key] = [now, 0, expires]
+                self._expiry.add((expires, 1, key))
             entry[1] += 1
-            self._writes += 1
-            if self._writes % self._sweep_every == 0:
-                self._sweep()
+            self._evict(self._clock())
             return entry[1]
 
     def clear_pin_failures(self, key: str) -> None:
         with self._lock:
             self._pins.pop(key, None)
-
-    def _sweep(self) -> None:
-        now = self._clock()
-        self._counters = {k: e for k, e in self._counters.items() if e[2] > now}
-        # PIN windows are at most a few hours; an hour-old window is dead.
-        self._pins = {k: e for k, e in self._pins.items() if now - e[0] < 6 * 3600}
 
     def __len__(self) -> int:
         return len(self._counters) + len(self._pins)

@@ -165,6 +165,11 @@ class Router:
     def calls_in_progress(self) -> int:
         return len(self._shared.calls)
 
+    @property
+    def calls_dropped(self) -> int:
+        """Calls forgotten before their end was reported (too old or too many)."""
+        return self._shared.calls.dropped
+
     def decision_counts(self) -> dict[tuple[str, str, str], int]:
         """Decisions so far by (number, action, reason); unknown numbers as ``unknown``."""
         return dict(self._shared.decisions)

@@ -1,0 +1,33 @@
+"""Prometheus metrics read from the router's own counts."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+import tel400
+import tel400.metrics
+from tel400 import workdays
+
+from .conftest import at, one_number
+
+
+def test_metrics_follow_decisions_and_calendar_fallbacks(make_router):
+    router = make_router(
+        one_number(rules=[{"days": "workday", "targets": ["1"]}], caps=[{"metric": "minutes", "per": "day", "limit": 10}])
+    )
+    registry = CollectorRegistry()
+    tel400.metrics.register(router, registry)
+    router.route("4001012345", "13901012345", at=at(2026, 11, 24), call_id="a")
+    router.route("4001012345", "13901012345", at=at(2026, 11, 28))
+    router.route("4009999999", "13901012345")
+    router.route("4001012345", "13901012345", at=at(2043, 1, 5), call_id="b")
+    router.reload(router.plans)
+    text = generate_latest(registry).decode()
+    assert 'tel400_decisions_total{action="bridge",number="4001012345",reason="ok"} 2.0' in text
+    assert 'tel400_decisions_total{action="reject",number="4001012345",reason="closed"} 1.0' in text
+    assert 'tel400_decisions_total{action="reject",number="unknown",reason="unknown_number"} 1.0' in text
+    assert "tel400_reloads_total 1.0" in text
+    assert "tel400_calls_in_progress 2.0" in text
+    assert f'tel400_calendar_fallback_total{{year="2043"}} {float(workdays.FALLBACK_LOOKUPS[2043])}' in text
+    router.call_ended("a", 30)
+    assert "tel400_calls_in_progress 1.0" in generate_latest(registry).decode()
