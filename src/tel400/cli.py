@@ -172,7 +172,8 @@ def _configure_logging() -> None:
     """Warnings and errors only, on stderr: the command's output is its answer."""
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # Looked up per message, so a replaced sys.stderr is honoured.
+        logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
     )
 
 
