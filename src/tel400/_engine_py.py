@@ -30,6 +30,7 @@ from .plans import Action, Cap, NumberPlan, PlanSet, Rule, to_units
 from .segments import PrefixTable
 
 _EMPTY: tuple[str, ...] = ()
+_new_decision = tuple.__new__  # Decision(...) without the keyword-argument machinery
 _CHANNELS = ("voice", "sms")
 #: The SMS access code: messages to a 400 number arrive as 10657 + number.
 SMS_ACCESS_PREFIX = "10657"
@@ -306,8 +307,8 @@ class Engine:
             if not dry_run:
                 shared.decisions[(number_label, action, reason)] += 1
             number = plan.number if plan is not None else dialed_n
-            return Decision(action, targets, prompt, reason, rule, province, number, caller_n,
-                            channel, call_id, tuple(trace) if trace is not None else None)
+            return _new_decision(Decision, (action, targets, prompt, reason, rule, province, number, caller_n,
+                                            channel, call_id, tuple(trace) if trace is not None else None))
 
         if plan is None:
             if trace is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import attrs
 
 #: Every reason a decision can carry (design.md, plus ``backend_error``).
@@ -43,9 +45,12 @@ class Step:
         return f"{mark} {self.check}{subject}: {self.detail}"
 
 
-@attrs.frozen(slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The router's answer for one call.
+
+    An immutable named tuple (a decision is built for every call, and a
+    tuple is the cheapest immutable object Python makes).  Two decisions
+    are equal when everything but ``explain`` is.
 
     Attributes:
         action: ``bridge``, ``reject``, ``collect_pin``, ``queue`` or ``conference``.
@@ -75,7 +80,20 @@ class Decision:
     caller: str | None = None
     channel: str = "voice"
     call_id: str | None = None
-    explain: tuple[Step, ...] | None = attrs.field(default=None, eq=False, repr=False)
+    explain: tuple[Step, ...] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Decision):
+            return self[:10] == other[:10]
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        if isinstance(other, Decision):
+            return self[:10] != other[:10]
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self[:10])
 
     @property
     def connects(self) -> bool:
