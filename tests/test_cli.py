@@ -94,7 +94,9 @@ def test_calendar(capsys):
     assert "2026: chinese-calendar" in out and "2026-10-10: workday" in out
     assert main(["calendar", "--plans", str(EXAMPLES / "calendar.toml"), "--date", "2027-01-01"]) == 0
     out = capsys.readouterr().out
-    assert "2027: plan" in out and "2027-01-01: holiday" in out
+    assert "2027: fallback: Monday-Friday" in out and "2027-01-01: holiday" in out  # added, not complete
+    assert main(["calendar", "--plans", str(EXAMPLES / "calendar.toml"), "--number", "4001012345", "--date", "2026-12-24"]) == 0
+    assert "2026-12-24: holiday" in capsys.readouterr().out  # the number's own addition
 
 
 def test_pin_hash_round_trip(capsys):

@@ -120,6 +120,8 @@ def test_number_level_mistakes():
     expect_error(one_number(blacklist=["not-a-number"]), "blacklist[0]", "anonymous")
     expect_error(one_number(blacklist=["17x*"]), "blacklist[0]", "bad prefix")
     expect_error(one_number(prompts={"goodbye": "x"}), "prompts.goodbye", "unknown field")
+    expect_error(one_number(prompts={"unknown_number": "x"}), "prompts.unknown_number", "top-level prompts")
+    expect_error(one_number(calendar={"years": ["2027"]}), "calendar.years", "[2027]")
     expect_error(one_number(tariff={"local": 0.1}), "tariff.long_distance", "missing")
     expect_error(one_number(tariff={"local": -1, "long_distance": 1}), "tariff.local", "at least 0")
     expect_error(one_number(calendar={"holidays": ["2027-01-01"], "workdays": ["2027-01-01"]}), "field 'calendar'", "both")
@@ -160,7 +162,7 @@ def test_defaults():
     assert rule.name == "rule-1" and rule.channel == "any" and rule.action.strategy == "weighted"
     assert rule.action.targets[0].weight == 1
     cap = plan.caps[0]
-    assert cap.scope == "number" and cap.prompt == "limit_reached"
+    assert cap.scope == "number" and cap.prompt is None  # the plan's limit_reached prompt
     assert plan.on_backend_error == "allow"
 
 
@@ -233,6 +235,15 @@ def test_with_and_without_number():
     assert bigger.get("400-999-0000") == extra
     assert bigger.without_number("4009990000") == plans
     assert plans.get("not a number") is None
+
+
+@pytest.mark.parametrize(
+    "entry, stored",
+    [("1710*", "1710*"), ("+86 1710*", "1710*"), ("+86 21*", "021*"), ("0086 10*", "010*"), ("0571*", "0571*"), ("021-*", "021*")],
+)
+def test_blacklist_prefixes_are_written_like_normalised_numbers(entry, stored):
+    plans = tel400.PlanSet.from_dict(one_number(blacklist=[entry]))
+    assert plans.numbers[0].blacklist == (stored,)
 
 
 def test_plan_repr_hides_the_pin():

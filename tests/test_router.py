@@ -296,6 +296,8 @@ def test_at_none_means_now_and_bad_at_is_an_error(make_router):
         router.route("4001012345", BJ, at=float("nan"))
     with pytest.raises(TypeError):
         router.route("4001012345", BJ, at="tomorrow")
+    with pytest.raises(TypeError):  # refused whatever the rest of the call
+        router.route("4009999999", BJ, at="tomorrow")
 
 
 # --- selection ---------------------------------------------------------------------
@@ -340,6 +342,8 @@ def test_targets_list_every_target_once_pick_first_then_by_weight(make_router):
 def test_sequential_keeps_listed_order(make_router):
     router = make_router(split_plan("sequential", (1, 5, 9), ("a@x", "b@x", "c@x")))
     assert {router.route("4001012345", BJ).targets for _ in range(20)} == {("a@x", "b@x", "c@x")}
+    spare_first = make_router(split_plan("sequential", (0, 5, 9), ("spare@x", "b@x", "c@x")))
+    assert spare_first.route("4001012345", BJ).targets == ("b@x", "c@x", "spare@x")  # weight 0: failover only
 
 
 def test_sticky_keeps_a_caller_and_moves_few_when_a_target_is_added(make_router):
@@ -392,6 +396,19 @@ def test_prompts_table_renames_standard_prompts(make_router):
     assert router.route("4001012345", BJ, at=at(2026, 11, 24, 20)).prompt == "after_hours"
     assert router.route("4001012345", BJ, at=at(2026, 11, 24, 8)).prompt == "too_busy"
     assert router.route("4001012345", "13800000000").prompt == "go_away"
+
+
+def test_prompts_written_in_the_plan_are_used_as_written(make_router):
+    router = make_router(
+        one_number(
+            prompts={"closed": "after_hours", "limit_reached": "too_busy"},
+            caps=[{"metric": "calls", "per": "day", "limit": 0, "prompt": "limit_reached"}],
+            rules=[bridge("1", time="08:00-08:59")],
+            default={"action": "reject", "prompt": "closed"},
+        )
+    )
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 20)).prompt == "closed"
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 8)).prompt == "limit_reached"
 
 
 # --- 5. caps ------------------------------------------------------------------------
@@ -483,6 +500,16 @@ def test_minutes_cap_charged_at_call_end(make_router):
     assert router.call_ended("never", 10) is None
 
 
+def test_every_connected_call_with_an_id_can_be_ended(make_router):
+    """Plans without minutes or cost caps still report the call's charge (for call records)."""
+    router = make_router(one_number(rules=[bridge("13901010001")]))
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="plain")
+    charge = router.call_ended("plain", 59)
+    assert (charge.number, charge.target, charge.billed_s, charge.cost, charge.province) == (
+        "4001012345", "13901010001", 60, None, "CN-BJ"
+    )
+
+
 def test_call_end_charges_the_period_it_was_routed_in(make_router):
     router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "minutes", "per": "day", "limit": 1}]))
     router.route("4001012345", BJ, at=at(2026, 11, 24, 23, 59), call_id="late")
@@ -554,6 +581,18 @@ def test_backend_failure_during_pin_check(make_router):
     assert router.route("4001012345", BJ, pin="0000").reason == "bad_pin"
     strict = make_router(one_number(rules=[bridge("1")], pin="4821", on_backend_error="reject"), BrokenCounters())
     assert strict.route("4001012345", BJ, pin="4821").reason == "backend_error"
+
+
+class UncountablePinFailures(tel400.MemoryCounters):
+    def add_pin_failure(self, key, now, window_s):
+        raise tel400.BackendError("write failed")
+
+
+@pytest.mark.parametrize("policy, reason", [("allow", "bad_pin"), ("reject", "backend_error")])
+def test_wrong_pin_that_cannot_be_counted(make_router, policy, reason):
+    router = make_router(one_number(rules=[bridge("1")], pin="4821", on_backend_error=policy), UncountablePinFailures())
+    assert router.route("4001012345", BJ, pin="0000").reason == reason
+    assert router.route("4001012345", BJ, pin="4821").reason == "ok"
 
 
 # --- explain ---------------------------------------------------------------------------

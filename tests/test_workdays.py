@@ -68,7 +68,9 @@ def test_uncovered_year_falls_back_to_monday_friday_and_warns_once():
 def test_operator_described_year_does_not_warn():
     year = 2042
     workdays._warned.discard(year)
-    calendar = OfficialCalendar(holidays=[dt.date(year, 1, 1)])
+    partial = OfficialCalendar(holidays=[dt.date(year, 1, 1)])
+    assert not partial.covers(year)  # an added date alone does not describe the year
+    calendar = OfficialCalendar(holidays=[dt.date(year, 1, 1)], years=[year])
     assert calendar.covers(year)
     with structlog.testing.capture_logs() as logs:
         assert not calendar.is_workday(od(year, 1, 1))

@@ -8,9 +8,9 @@ Sources (both MIT/Apache-compatible, credited in src/tel400/data/NOTICE):
    city/province text.  It is the authority: wherever it names a province,
    the table says what it says.
 2. The segment database of the ``phone`` package (``phone.dat``, ~500,000
-   seven-digit mobile segments, MIT): it fills the segments libphonenumber
-   knows only as "China" (162, 165–167, 170, 190–199 …).  It never overrides
-   libphonenumber.
+   seven-digit mobile segments, MIT): of those, it takes the ~170,000 that
+   libphonenumber knows only as "China" (162, 165–167, 170, 190–199 …).  It
+   never overrides libphonenumber.
 
 Run with both packages installed (``pip install phonenumbers phone``):
 

@@ -51,6 +51,17 @@ class Shared:
         self.round_robin: dict[tuple, list[int]] = {}
 
 
+def check_at(at) -> None:
+    """Refuse an ``at`` that is not a time, whatever the rest of the call."""
+    if at is None or isinstance(at, _dt.datetime):
+        return
+    if isinstance(at, (int, float)) and not isinstance(at, bool):
+        if not math.isfinite(at):
+            raise ValueError(f"at: expected a finite POSIX time, got {at!r}")
+        return
+    raise TypeError(f"at: expected a datetime, a POSIX time or None, got {type(at).__name__}")
+
+
 class Moment:
     """The call's local time in one plan's zone (fields computed once)."""
 
@@ -67,13 +78,9 @@ class Moment:
             else:
                 ts = at.timestamp()
                 local = at.astimezone(zone)
-        elif isinstance(at, (int, float)) and not isinstance(at, bool):
-            if not math.isfinite(at):
-                raise ValueError(f"at: expected a finite POSIX time, got {at!r}")
+        else:  # a POSIX time, checked by check_at
             ts = float(at)
             local = _dt.datetime.fromtimestamp(ts, zone)
-        else:
-            raise TypeError(f"at: expected a datetime, a POSIX time or None, got {type(at).__name__}")
         self.ts = ts
         self.ordinal = local.toordinal()
         self.weekday = local.weekday()
@@ -216,7 +223,7 @@ class Blacklist:
 class CompiledPlan:
     __slots__ = (
         "number", "zone", "calendar", "blacklist", "reject_unknown", "pin_check", "rules",
-        "default", "caps", "prompts", "fail_open", "tariff", "tracks_calls", "pin_key",
+        "default", "caps", "prompts", "fail_open", "tariff", "pin_key",
     )
 
     def __init__(self, plan: NumberPlan, plans: PlanSet, old_rr: dict, new_rr: dict) -> None:
@@ -243,10 +250,9 @@ class CompiledPlan:
         for cap in plan.caps:
             ident = (cap.metric, cap.per, cap.scope, cap.channel)
             seen[ident] += 1
-            prompt = prompts["limit_reached"] if cap.prompt == "limit_reached" else cap.prompt
+            prompt = prompts["limit_reached"] if cap.prompt is None else cap.prompt
             caps.append(CompiledCap(plan.number, cap, seen[ident], prompt))
         self.caps = tuple(caps)
-        self.tracks_calls = plan.tariff is not None or any(c.metric != "calls" for c in plan.caps)
 
     def _action(self, plan: NumberPlan, action: Action, rule: str | None, old_rr: dict, new_rr: dict) -> CompiledAction:
         if action.kind == "reject":
@@ -295,6 +301,7 @@ class Engine:
               explain=False, dry_run=False) -> Decision:
         if channel not in _CHANNELS:
             raise ValueError(f"channel: expected 'voice' or 'sms', got {channel!r}")
+        check_at(at)
         trace: list[Step] | None = [] if (explain or dry_run) else None
         caller_n = normalize_or_none(caller)
         province_index = self.prefixes.index_of_key(national_key(caller_n)) if caller_n else 0
@@ -383,7 +390,7 @@ class Engine:
                 if over >= 0:
                     return done("reject", _EMPTY, caps[over].prompt, "cap_exceeded", rule_name, number)
 
-        if call_id is not None and plan.tracks_calls and not dry_run:
+        if call_id is not None and not dry_run:
             shared.calls.remember(call_id, plan, caller_n, province_index, targets, moment, channel)
         return done(action.kind, targets, None, "ok", rule_name, number)
 
@@ -423,7 +430,9 @@ class Engine:
             try:
                 failures = counters.add_pin_failure(key, moment.ts, window)
             except BackendError as exc:
-                self._backend_failed(plan, exc, trace, dry_run)
+                # The failure could not be counted towards a lockout.
+                if self._backend_failed(plan, exc, trace, dry_run) == -2:
+                    return ("backend_error", "reject")
                 failures += 1
         if failures >= pins.LOCKOUT_FAILURES:
             if trace is not None:
@@ -507,8 +516,9 @@ def _describe_failure(rule: CompiledRule, failed: str, channel: str, province: s
     if failed == "date":
         return f"date {_dt.date.fromordinal(moment.ordinal).isoformat()} not in {rule.dates.text}"
     if failed == "day":
-        kind = "workday" if moment.workday else "holiday"
         day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[moment.weekday]
-        extra = f" ({kind})" if rule.uses_calendar else ""
+        # Only a rule that asked the calendar has an answer to show (and
+        # asking it again here must not count a second fallback lookup).
+        extra = f" ({'workday' if moment.workday else 'holiday'})" if rule.uses_calendar else ""
         return f"day {day}{extra} not in {rule.days.text}"
     return f"time {moment.minute // 60:02d}:{moment.minute % 60:02d} not in {rule.time.text}"

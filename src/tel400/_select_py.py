@@ -63,7 +63,10 @@ class Sequential:
     strategy = "sequential"
 
     def __init__(self, targets: Sequence[str], weights: Sequence[int]) -> None:
-        self._order = tuple(targets)
+        # Listed order; a zero weight means failover only, so those go last.
+        self._order = tuple(t for t, w in zip(targets, weights) if w) + tuple(
+            t for t, w in zip(targets, weights) if not w
+        )
 
     def order(self, caller_key: str, rng, advance: bool = True) -> tuple[str, ...]:
         return self._order

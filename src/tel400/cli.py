@@ -103,7 +103,15 @@ def _cmd_calendar(args) -> int:
     calendar = None
     if args.plans:
         plans = load_plans(args.plans)
-        calendar = plans.calendar.build()
+        spec = plans.calendar
+        if args.number:
+            plan = plans.get(args.number)
+            if plan is None:
+                raise ValueError(f"--number: {args.number} has no plan in {args.plans}")
+            spec = spec.merged(plan.calendar)
+        calendar = spec.build()
+    elif args.number:
+        raise ValueError("--number needs --plans")
     for year, source in describe_years(calendar):
         print(f"{year}: {source}")
     if args.date:
@@ -159,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calendar", help="which years the official calendar covers")
     p.add_argument("--plans", help="include a plan file's calendar additions")
+    p.add_argument("--number", help="with --plans: include this number's own additions too")
     p.add_argument("--date", help="say whether this date is a working day")
     p.set_defaults(func=_cmd_calendar)
 

@@ -108,7 +108,7 @@ class Cap:
     per: str
     limit: Decimal
     scope: str = "number"
-    prompt: str = "limit_reached"
+    prompt: str | None = None  # None: the plan's limit_reached prompt
     channel: str = "any"
 
     @property
@@ -149,15 +149,19 @@ class CalendarSpec:
 
     holidays: tuple[_dt.date, ...] = ()
     workdays: tuple[_dt.date, ...] = ()
+    #: Years these lists describe completely (a State Council notice copied
+    #: in): no fallback warning for them.
+    years: tuple[int, ...] = ()
 
     def merged(self, other: CalendarSpec) -> CalendarSpec:
         return CalendarSpec(
             tuple(sorted(set(self.holidays) | set(other.holidays))),
             tuple(sorted(set(self.workdays) | set(other.workdays))),
+            tuple(sorted(set(self.years) | set(other.years))),
         )
 
     def build(self) -> OfficialCalendar:
-        return OfficialCalendar(self.holidays, self.workdays)
+        return OfficialCalendar(self.holidays, self.workdays, self.years)
 
 
 @attrs.frozen
@@ -399,6 +403,11 @@ class _Parser:
             self.parsed(pins.check_hash_format, pin_hash, "pin_hash")
 
         prompts = self.prompts(data.get("prompts", {}), "prompts")
+        if any(key == "unknown_number" for key, _ in prompts):
+            raise self.error(
+                "prompts.unknown_number",
+                "a number's own plan never answers unknown_number; set it in the top-level prompts table",
+            )
         tariff = self.tariff(data["tariff"]) if "tariff" in data else None
         caps = self.caps(data.get("caps", []), tariff)
         rules = self.rules(data.get("rules", []))
@@ -444,14 +453,16 @@ class _Parser:
 
     def blacklist_prefix(self, text: str, where: str) -> str:
         digits = re.sub(r"[\s()-]", "", text[:-1])
-        if digits.startswith("+86"):
-            digits = digits[3:]
-        elif digits.startswith("0086"):
-            digits = digits[4:]
-        if not (digits.isascii() and digits.isdigit()):
+        international = digits.startswith(("+86", "0086"))
+        if international:
+            digits = digits[3:] if digits.startswith("+") else digits[4:]
+        if not (digits and digits.isascii() and digits.isdigit()):
             raise self.error(
                 where, f"bad prefix {text!r}: expected digits then *, written like a national number (1710*, 0571*)"
             )
+        mobile = digits[0] == "1" and (len(digits) == 1 or digits[1] in "3456789")
+        if international and not mobile and digits[0] != "0":
+            digits = "0" + digits  # +86 21* is the Shanghai area code: 021*, as numbers are normalised
         return digits + "*"
 
     def prompts(self, value: object, field: str) -> tuple[tuple[str, str], ...]:
@@ -459,7 +470,12 @@ class _Parser:
         return tuple(sorted((key, self.prompt(name, f"{field}.{key}")) for key, name in data.items()))
 
     def calendar(self, value: object, field: str) -> CalendarSpec:
-        data = self.table(value, field, ("holidays", "workdays"), "calendar additions")
+        data = self.table(value, field, ("holidays", "workdays", "years"), "calendar additions")
+        years = data.get("years", [])
+        if not isinstance(years, list) or not all(
+            isinstance(y, int) and not isinstance(y, bool) and 1900 <= y <= 2200 for y in years
+        ):
+            raise self.error(f"{field}.years", f"expected a list of years like [2027], got {_show(years)}")
         days = {}
         for key in ("holidays", "workdays"):
             raw = data.get(key)
@@ -470,7 +486,7 @@ class _Parser:
                     raise self.error(f"{field}.{key}", f"range {start}..{end} is longer than a year")
                 expanded.update(start + _dt.timedelta(days=k) for k in range((end - start).days + 1))
             days[key] = tuple(sorted(expanded))
-        spec = CalendarSpec(days["holidays"], days["workdays"])
+        spec = CalendarSpec(days["holidays"], days["workdays"], tuple(sorted(set(years))))
         self.parsed(lambda s: s.build(), spec, field)
         return spec
 
@@ -509,7 +525,7 @@ class _Parser:
                     per=per,
                     limit=limit,
                     scope=self.choice(data.get("scope", "number"), f"{field}.scope", SCOPES),
-                    prompt=self.prompt(data.get("prompt", "limit_reached"), f"{field}.prompt"),
+                    prompt=self.prompt(data["prompt"], f"{field}.prompt") if "prompt" in data else None,
                     channel=self.choice(data.get("channel", "any"), f"{field}.channel", CHANNELS),
                 )
             )
@@ -650,7 +666,7 @@ class _Parser:
         raise self.error(
             field,
             f"bad target {to!r}: expected a number (digits, optionally led by + * #) or "
-            "user@host[:port] of A-Z a-z 0-9 . _ - (no spaces, quotes, ; < > | , {{ }} or line breaks)",
+            "user@host[:port] of A-Z a-z 0-9 . _ - (no spaces, quotes, ; < > | , { } or line breaks)",
         )
 
 
@@ -682,6 +698,8 @@ def _dump_calendar(spec: CalendarSpec) -> dict[str, Any]:
         out["holidays"] = [d.isoformat() for d in spec.holidays]
     if spec.workdays:
         out["workdays"] = [d.isoformat() for d in spec.workdays]
+    if spec.years:
+        out["years"] = list(spec.years)
     return out
 
 
@@ -715,8 +733,8 @@ def _dump_plan(plan: NumberPlan) -> dict[str, Any]:
                 "per": c.per,
                 "limit": int(c.limit) if c.metric == "calls" else str(c.limit),
                 "scope": c.scope,
-                "prompt": c.prompt,
                 "channel": c.channel,
+                **({"prompt": c.prompt} if c.prompt is not None else {}),
             }
             for c in plan.caps
         ]

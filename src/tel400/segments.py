@@ -5,8 +5,8 @@ padded on the right to :data:`KEY_WIDTH` digits) into intervals, each with a
 province index (:data:`tel400.provinces.CODES`; 0 is "unknown").  Prefixes
 nest (``139`` contains ``1390101``), and the longest prefix wins, so a set of
 prefixes flattens into such a partition with one sweep; adjacent intervals of
-the same province merge.  Province-level data for all of China collapses to
-about ten thousand intervals, and a lookup is one binary search.
+the same province merge.  The built-in province-level table for all of China
+is about 24,000 intervals, and a lookup is one binary search.
 
 Segment files are CSV, one ``prefix,province`` per line, prefixes written the
 way numbers are normalised: mobiles from their first digits (``1390101``),

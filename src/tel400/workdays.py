@@ -11,8 +11,10 @@ The package lags the State Council by a release.  For a year it does not
 cover, and the operator has not described in the plan, a working day falls
 back to Monday–Friday; the first lookup in such a year logs a warning and
 every such lookup counts in a metric (``tel400_calendar_fallback_total``).
-Operators fill the gap with ``calendar = { holidays = [...], workdays = [...] }``
-in the plan file: a year with any such entry counts as described by them.
+Operators fill the gap in the plan file with
+``calendar = { holidays = [...], workdays = [...], years = [2027] }``: the
+dates are added to the calendar in any year, and ``years`` says which years
+they describe completely, so that those stop counting as fallbacks.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class OfficialCalendar:
     Args:
         holidays: extra days off (dates), e.g. for a year the package lacks.
         workdays: extra working days (dates), e.g. an adjusted weekend.
+        years: years the operator's lists describe completely; lookups in
+            them are not fallbacks (no warning, no metric).
 
     An operator's date wins over the package.  Immutable; equal inputs give
     equal calendars, so routers can share one per distinct override set.
@@ -69,7 +73,9 @@ class OfficialCalendar:
 
     __slots__ = ("_extra_holidays", "_extra_workdays", "_operator_years", "_first", "_last", "_ph", "_pw", "_lo", "_hi")
 
-    def __init__(self, holidays: Iterable[_dt.date] = (), workdays: Iterable[_dt.date] = ()) -> None:
+    def __init__(
+        self, holidays: Iterable[_dt.date] = (), workdays: Iterable[_dt.date] = (), years: Iterable[int] = ()
+    ) -> None:
         extra_holidays = frozenset(d.toordinal() for d in holidays)
         extra_workdays = frozenset(d.toordinal() for d in workdays)
         both = extra_holidays & extra_workdays
@@ -78,9 +84,7 @@ class OfficialCalendar:
             raise ValueError(f"{day.isoformat()} is listed both as a holiday and as a working day")
         self._extra_holidays = extra_holidays
         self._extra_workdays = extra_workdays
-        self._operator_years = frozenset(
-            _dt.date.fromordinal(o).year for o in extra_holidays | extra_workdays
-        )
+        self._operator_years = frozenset(years)
         self._ph, self._pw, self._first, self._last = _package_data()
         self._lo = _dt.date(self._first, 1, 1).toordinal()
         self._hi = _dt.date(self._last, 12, 31).toordinal()
@@ -122,13 +126,14 @@ class OfficialCalendar:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OfficialCalendar):
             return NotImplemented
-        return (self._extra_holidays, self._extra_workdays) == (
+        return (self._extra_holidays, self._extra_workdays, self._operator_years) == (
             other._extra_holidays,
             other._extra_workdays,
+            other._operator_years,
         )
 
     def __hash__(self) -> int:
-        return hash((self._extra_holidays, self._extra_workdays))
+        return hash((self._extra_holidays, self._extra_workdays, self._operator_years))
 
     def __repr__(self) -> str:
         return (
