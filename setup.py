@@ -1,6 +1,45 @@
 """Build script: setuptools reads pyproject.toml; this file declares the
-compiled extensions (none yet: the Cython hot path lands in src/tel400/_fast/)."""
+compiled hot path in src/tel400/_fast/.
+
+Environment:
+    TEL400_NO_EXTENSIONS=1   build nothing (the pure-Python reference runs)
+    TEL400_DEBUG_BUILD=1     -O0 -g and line tracing, for debuggers and coverage
+"""
+
+import os
 
 from setuptools import setup
 
-setup(ext_modules=[])
+MODULES = ["_numbers", "_segments", "_clock", "_select", "_counters", "_engine"]
+
+
+def extensions():
+    if os.environ.get("TEL400_NO_EXTENSIONS"):
+        return []
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    debug = bool(os.environ.get("TEL400_DEBUG_BUILD"))
+    macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if debug else []
+    flags = ["-O0", "-g"] if debug else ["-O2"]
+    exts = [
+        Extension(
+            f"tel400._fast.{name}",
+            [f"src/tel400/_fast/{name}.pyx"],
+            define_macros=macros,
+            extra_compile_args=flags,
+        )
+        for name in MODULES
+        if os.path.exists(f"src/tel400/_fast/{name}.pyx")
+    ]
+    return cythonize(
+        exts,
+        compiler_directives={
+            "language_level": 3,
+            "embedsignature": True,
+            "linetrace": debug,
+        },
+    )
+
+
+setup(ext_modules=extensions())

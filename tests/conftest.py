@@ -1,8 +1,11 @@
 """Shared fixtures.
 
-Tests build routers through ``make_router`` and plans through ``plans_from``
-so that one place decides which implementation runs (the compiled twin joins
-the parametrisation when it exists).
+Every test that routes runs once per implementation: the ``impl`` fixture is
+parametrised over the compiled engine and the pure-Python reference (as the
+aio-libs projects do), and tests build routers through ``make_router``.
+``--no-c-extensions`` runs the reference alone; so does
+``TEL400_NO_EXTENSIONS=1``, which also makes the reference the default
+everywhere else (normalize, locate, memory counters).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import zoneinfo
 import pytest
 
 import tel400
+from tel400 import _impl
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -26,12 +30,24 @@ def at(year, month, day, hour=10, minute=0, tz=SHANGHAI) -> dt.datetime:
     return dt.datetime(year, month, day, hour, minute, tzinfo=tz)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--no-c-extensions", action="store_true", help="test the pure-Python reference only")
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" in metafunc.fixturenames:
+        names = list(_impl.ENGINES)
+        if metafunc.config.getoption("--no-c-extensions"):
+            names = ["python"]
+        metafunc.parametrize("impl", [_impl.ENGINES[n] for n in names], ids=names, scope="session")
+
+
 @pytest.fixture
-def make_router():
+def make_router(impl):
     def make(plans, counters=None, **kwargs):
         if isinstance(plans, (dict, str)):
             plans = plans_from(plans)
-        return tel400.Router(plans, counters, **kwargs)
+        return tel400.Router(plans, counters, implementation=impl.name, **kwargs)
 
     return make
 

@@ -8,15 +8,15 @@ import pytest
 
 import tel400
 from tel400.calls import CallRegistry
-from tel400.counters import CapCheck, MemoryCounters, open_counters
+from tel400.counters import CapCheck, CounterBackend, open_counters
 
 
 def check(key="k", period=1, limit=3, increment=1):
     return CapCheck(key, period, limit, increment, 3600)
 
 
-def test_acquire_is_all_or_nothing():
-    c = MemoryCounters()
+def test_acquire_is_all_or_nothing(impl):
+    c = impl.MemoryCounters()
     assert c.acquire([check("a", limit=2), check("b", limit=1)]) == -1
     assert c.acquire([check("a", limit=2), check("b", limit=1)]) == 1
     assert c.value("a", 1) == 1 and c.value("b", 1) == 1  # the failed call counted nowhere
@@ -24,16 +24,16 @@ def test_acquire_is_all_or_nothing():
     assert c.value("a", 1) == 1
 
 
-def test_periods_reset_and_zero_increments_only_check():
-    c = MemoryCounters()
+def test_periods_reset_and_zero_increments_only_check(impl):
+    c = impl.MemoryCounters()
     c.add("m", 5, 100, 60)
     assert c.acquire([check("m", period=5, limit=100, increment=0)]) == 0
     assert c.acquire([check("m", period=6, limit=100, increment=0)]) == -1
     assert c.value("m", 6) == 0
 
 
-def test_exact_under_threads():
-    c = MemoryCounters()
+def test_exact_under_threads(impl):
+    c = impl.MemoryCounters()
     admitted = []
 
     def worker():
@@ -50,9 +50,9 @@ def test_exact_under_threads():
     assert sum(admitted) == 5000 and c.value("x", 1) == 5000
 
 
-def test_expired_entries_are_evicted_as_writes_go_on():
+def test_expired_entries_are_evicted_as_writes_go_on(impl):
     now = [1000.0]
-    c = MemoryCounters(clock=lambda: now[0])
+    c = impl.MemoryCounters(clock=lambda: now[0])
     for i in range(50):
         c.add(f"caller{i}", 1, 1, 60)
         c.add_pin_failure(f"pin{i}", now[0], 60)
@@ -64,9 +64,9 @@ def test_expired_entries_are_evicted_as_writes_go_on():
     assert c.value("caller0", 1) == 0 and c.value("fresh0", 1) == 1
 
 
-def test_a_renewed_entry_is_not_evicted_by_its_old_expiry():
+def test_a_renewed_entry_is_not_evicted_by_its_old_expiry(impl):
     now = [0.0]
-    c = MemoryCounters(clock=lambda: now[0])
+    c = impl.MemoryCounters(clock=lambda: now[0])
     c.add("k", 1, 5, 60)
     now[0] = 59
     c.add("k", 2, 7, 60)  # a new period: expires at 119
@@ -75,8 +75,8 @@ def test_a_renewed_entry_is_not_evicted_by_its_old_expiry():
     assert c.value("k", 2) == 7
 
 
-def test_pin_window():
-    c = MemoryCounters()
+def test_pin_window(impl):
+    c = impl.MemoryCounters()
     assert c.add_pin_failure("p", 0, 3600) == 1
     assert c.add_pin_failure("p", 10, 3600) == 2
     assert c.pin_failures("p", 3599, 3600) == 2
@@ -86,10 +86,13 @@ def test_pin_window():
     assert c.pin_failures("p", 3601, 3600) == 0
 
 
-def test_open_counters():
-    assert isinstance(open_counters(None), MemoryCounters)
-    assert isinstance(open_counters("memory://"), MemoryCounters)
-    backend = MemoryCounters()
+def test_open_counters(impl):
+    from tel400 import _impl
+
+    assert isinstance(open_counters(None), _impl.MemoryCounters)  # the active implementation's
+    assert isinstance(open_counters("memory://", memory=impl.MemoryCounters), impl.MemoryCounters)
+    assert isinstance(impl.MemoryCounters(), CounterBackend)
+    backend = impl.MemoryCounters()
     assert open_counters(backend) is backend
     with pytest.raises(ValueError, match="unsupported"):
         open_counters("carrier-pigeon://loft")
@@ -97,17 +100,24 @@ def test_open_counters():
         open_counters(42)
 
 
-def test_router_accepts_a_url():
+def test_router_accepts_a_url(impl):
     plans = tel400.PlanSet.from_dict({"numbers": [{"number": "4001012345"}]})
-    assert isinstance(tel400.Router(plans, "memory://").counters, MemoryCounters)
+    router = tel400.Router(plans, "memory://", implementation=impl.name)
+    assert isinstance(router.counters, impl.MemoryCounters)
+
+
+def record(call_id):
+    from tel400._common import CallRecord
+
+    return CallRecord(call_id, "4001012345", None, 0, (), "voice", 0.0, None, (), True)
 
 
 def test_call_registry_bounds():
     now = [0.0]
     reg = CallRegistry(max_calls=3, max_age_s=100, clock=lambda: now[0])
     for i in range(5):
-        reg.remember(f"c{i}", None, None, 0, (), None, "voice")
+        reg.remember(record(f"c{i}"))
     assert len(reg) == 3 and reg.dropped == 2 and "c0" not in reg
     now[0] = 150
-    reg.remember("late", None, None, 0, (), None, "voice")
+    reg.remember(record("late"))
     assert len(reg) == 1 and reg.pop("late") is not None and reg.pop("late") is None

@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tel400
-from tel400._numbers_py import national_key
 
 MOBILE = "13901012345"
 
@@ -28,8 +27,8 @@ MOBILE = "13901012345"
         13901012345,
     ],
 )
-def test_mobile_forms(raw):
-    assert tel400.normalize(raw) == MOBILE
+def test_mobile_forms(impl, raw):
+    assert impl.normalize(raw) == MOBILE
 
 
 @pytest.mark.parametrize(
@@ -50,8 +49,8 @@ def test_mobile_forms(raw):
         ("0755 1234567", "07551234567"),  # 7-digit subscriber
     ],
 )
-def test_fixed_line_forms(raw, expected):
-    assert tel400.normalize(raw) == expected
+def test_fixed_line_forms(impl, raw, expected):
+    assert impl.normalize(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -72,8 +71,8 @@ def test_fixed_line_forms(raw, expected):
         ("+44 20 7946 0958", "+442079460958"),
     ],
 )
-def test_other_numbers(raw, expected):
-    assert tel400.normalize(raw) == expected
+def test_other_numbers(impl, raw, expected):
+    assert impl.normalize(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -106,20 +105,20 @@ def test_other_numbers(raw, expected):
         b"13901012345",
     ],
 )
-def test_garbage_raises_number_error(raw):
+def test_garbage_raises_number_error(impl, raw):
     with pytest.raises(tel400.NumberError) as info:
-        tel400.normalize(raw)
+        impl.normalize(raw)
     assert isinstance(info.value, ValueError)
     assert "not a telephone number" in str(info.value)
 
 
-def test_national_key():
-    assert national_key("13901012345") == 13901012345
-    assert national_key("02112345678") == 21123456780
-    assert national_key("057188888888") == 57188888888
-    assert national_key("4001012345") == -1
-    assert national_key("10086") == -1
-    assert national_key("+14155552671") == -1
+def test_national_key(impl):
+    assert impl.national_key("13901012345") == 13901012345
+    assert impl.national_key("02112345678") == 21123456780
+    assert impl.national_key("057188888888") == 57188888888
+    assert impl.national_key("4001012345") == -1
+    assert impl.national_key("10086") == -1
+    assert impl.national_key("+14155552671") == -1
 
 
 mobiles = st.from_regex(r"\A1[3-9][0-9]{9}\Z")
@@ -127,23 +126,42 @@ separators = st.sampled_from(["", " ", "-", "  ", " - "])
 
 
 @given(mobiles, st.sampled_from(["", "+86", "86", "0086", "+86 ", "0"]), separators)
-def test_every_written_form_of_a_mobile_is_the_same_number(number, prefix, sep):
+def test_every_written_form_of_a_mobile_is_the_same_number(impl, number, prefix, sep):
     written = prefix + sep.join([number[:3], number[3:7], number[7:]])
-    assert tel400.normalize(written) == number
+    assert impl.normalize(written) == number
 
 
 @given(st.text(max_size=24))
-def test_normalize_never_fails_otherwise_and_is_idempotent(text):
+def test_normalize_never_fails_otherwise_and_is_idempotent(impl, text):
     try:
-        normal = tel400.normalize(text)
+        normal = impl.normalize(text)
     except tel400.NumberError:
         return
-    assert tel400.normalize(normal) == normal
+    assert impl.normalize(normal) == normal
     assert normal.lstrip("+").isdigit()
 
 
 # (Area codes x0y are left out: +86 400… and +86 800… are toll-free numbers.)
 @given(st.from_regex(r"\A0(10|2[0-9]|[3-9][1-9][0-9])[1-9][0-9]{6,7}\Z"))
-def test_fixed_lines_keep_trunk_zero(number):
-    assert tel400.normalize(number) == number
-    assert tel400.normalize("+86" + number[1:]) == number
+def test_fixed_lines_keep_trunk_zero(impl, number):
+    assert impl.normalize(number) == number
+    assert impl.normalize("+86" + number[1:]) == number
+
+
+@given(st.one_of(st.text(max_size=30), st.from_regex(r"\A[+0-9 ()-]{0,24}\Z"), st.integers(-10, 10**16)))
+def test_compiled_normalize_is_the_reference(text):
+    """Same normal form, or the same NumberError message, for any input."""
+    from tel400 import _impl, _numbers_py
+
+    for impl in _impl.ENGINES.values():
+        try:
+            expected = _numbers_py.normalize(text)
+        except tel400.NumberError as exc:
+            with pytest.raises(tel400.NumberError) as info:
+                impl.normalize(text)
+            assert str(info.value) == str(exc)
+            assert impl.normalize_or_none(text) is None
+        else:
+            assert impl.normalize(text) == expected
+            assert impl.normalize_or_none(text) == expected
+            assert impl.national_key(expected) == _numbers_py.national_key(expected)

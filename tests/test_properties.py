@@ -62,7 +62,7 @@ def oracle_time(start, end, local: dt.datetime) -> bool:
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(ZONES), day_tokens, clock, clock, instants)
-def test_time_conditions_against_datetime_oracle(zone, tokens, start, end, instant):
+def test_time_conditions_against_datetime_oracle(impl, zone, tokens, start, end, instant):
     time_text = f"{start[0]:02d}:{start[1]:02d}-{end[0]:02d}:{end[1]:02d}"
     plans = tel400.PlanSet.from_dict(
         {
@@ -75,7 +75,7 @@ def test_time_conditions_against_datetime_oracle(zone, tokens, start, end, insta
             ]
         }
     )
-    router = tel400.Router(plans)
+    router = tel400.Router(plans, implementation=impl.name)
     local = instant.astimezone(zoneinfo.ZoneInfo(zone))
     expected = oracle_days(tokens, local) and oracle_time(start, end, local)
     got = router.route("4001012345", "13901012345", at=instant.timestamp()).rule == "r"
@@ -89,12 +89,13 @@ weights = st.lists(st.integers(0, 20), min_size=1, max_size=6).filter(any)
 
 @settings(max_examples=100, deadline=None)
 @given(weights)
-def test_round_robin_gives_exact_shares_each_cycle(ws):
+def test_round_robin_gives_exact_shares_each_cycle(impl, ws):
     targets = [f"t{i}@x" for i in range(len(ws))]
     router = tel400.Router(
         tel400.PlanSet.from_dict(
             one_number(rules=[{"strategy": "round_robin", "targets": [{"to": t, "weight": w} for t, w in zip(targets, ws)]}])
-        )
+        ),
+        implementation=impl.name,
     )
     cycle = sum(ws)
     for _ in range(2):
@@ -104,13 +105,14 @@ def test_round_robin_gives_exact_shares_each_cycle(ws):
 
 @settings(max_examples=25, deadline=None)
 @given(weights, st.integers(0, 2**32))
-def test_weighted_shares_within_statistical_bounds(ws, seed):
+def test_weighted_shares_within_statistical_bounds(impl, ws, seed):
     targets = [f"t{i}@x" for i in range(len(ws))]
     router = tel400.Router(
         tel400.PlanSet.from_dict(
             one_number(rules=[{"targets": [{"to": t, "weight": w} for t, w in zip(targets, ws)]}])
         ),
         seed=seed,
+        implementation=impl.name,
     )
     n = 4000
     picks = Counter(router.route("4001012345", None).targets[0] for _ in range(n))
@@ -127,9 +129,10 @@ def test_weighted_shares_within_statistical_bounds(ws, seed):
     st.lists(st.integers(0, 3 * 86400 - 1), min_size=1, max_size=60),
     st.sampled_from(["hour", "day", "week", "month"]),
 )
-def test_calls_cap_admits_exactly_the_limit_per_period(limit, offsets, per):
+def test_calls_cap_admits_exactly_the_limit_per_period(impl, limit, offsets, per):
     router = tel400.Router(
-        tel400.PlanSet.from_dict(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": per, "limit": limit}]))
+        tel400.PlanSet.from_dict(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": per, "limit": limit}])),
+        implementation=impl.name,
     )
     shanghai = zoneinfo.ZoneInfo("Asia/Shanghai")
     base = dt.datetime(2026, 11, 29, 12, tzinfo=shanghai)  # a Sunday: weeks change mid-run

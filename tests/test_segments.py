@@ -218,3 +218,19 @@ def test_prefix_interval_bounds():
     assert prefix_interval("0571") == (57100000000, 57200000000)
     start, end = prefix_interval("9")
     assert end <= KEY_SPACE
+
+
+@given(st.lists(st.integers(0, KEY_SPACE - 1), min_size=0, max_size=50, unique=True), st.lists(st.integers(-5, KEY_SPACE + 5), max_size=50))
+def test_interval_lookups_agree_with_bisect(starts, keys):
+    """Both implementations of the partition lookup against an obvious oracle."""
+    import bisect
+
+    from tel400 import _impl
+
+    starts = sorted(set(starts) | {0})
+    codes = [i % 35 for i in range(len(starts))]
+    for impl in _impl.ENGINES.values():
+        lookup = impl.IntervalLookup(starts, codes)
+        for key in keys:
+            expected = 0 if key < 0 else codes[bisect.bisect_right(starts, key) - 1]
+            assert lookup.index_of_key(key) == expected

@@ -2,64 +2,38 @@
 
 An :class:`Engine` is one immutable compilation of a :class:`~tel400.PlanSet`
 (everything a call needs, looked up by the dialed number) plus references to
-the router's shared, mutable state (counters, random source, statistics,
-the calls in progress).  :meth:`tel400.Router.reload` compiles a new engine
-and swaps one reference, so a call sees either the old plans or the new ones,
-never a mixture.
+the router's shared, mutable state (:class:`tel400._common.Shared`).
+:meth:`tel400.Router.reload` compiles a new engine and swaps one reference,
+so a call sees either the old plans or the new ones, never a mixture.
 
-The order of checks is design.md's "Decision order"; each step's choices
-are documented there and in docs/routing.md.
+The order of checks is design.md's "Decision order"; docs/routing.md
+documents each step.  ``tel400._fast._engine`` is the compiled twin; it
+hands ``explain`` and dry runs to this one, so the trace has one author.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import time
 import zoneinfo
 from collections import Counter
-from decimal import ROUND_CEILING, Decimal
 
 from . import pins, provinces
+from ._common import (
+    OUTCOME_INDEX, SMS_ACCESS_PREFIX, STANDARD_PROMPTS, UNKNOWN_LABEL, CallRecord, cap_key, charge_call,
+    check_at, pin_key,
+)
 from ._numbers_py import national_key, normalize_or_none
 from ._select_py import make_selector
 from .counters import PERIOD_TTL_S, CapCheck
-from .decision import Charge, Decision, Step
+from .decision import Decision, Step
 from .exceptions import BackendError
-from .plans import Action, Cap, NumberPlan, PlanSet, Rule, to_units
-from .segments import PrefixTable
+from .plans import Action, Cap, NumberPlan, PlanSet, Rule
 
 _EMPTY: tuple[str, ...] = ()
 _new_decision = tuple.__new__  # Decision(...) without the keyword-argument machinery
 _CHANNELS = ("voice", "sms")
-#: The SMS access code: messages to a 400 number arrive as 10657 + number.
-SMS_ACCESS_PREFIX = "10657"
-
-
-class Shared:
-    """Router state that outlives a reload: counters, randomness, statistics."""
-
-    def __init__(self, counters, rng, calls) -> None:
-        self.counters = counters
-        self.rng = rng
-        self.calls = calls
-        #: (number, action, reason) -> decisions, read by the metrics collector.
-        self.decisions: Counter[tuple[str, str, str]] = Counter()
-        #: backend failures by kind, and the policy applied.
-        self.backend_errors: Counter[str] = Counter()
-        #: round-robin state by (number, rule, targets, weights), kept over reloads.
-        self.round_robin: dict[tuple, list[int]] = {}
-
-
-def check_at(at) -> None:
-    """Refuse an ``at`` that is not a time, whatever the rest of the call."""
-    if at is None or isinstance(at, _dt.datetime):
-        return
-    if isinstance(at, (int, float)) and not isinstance(at, bool):
-        if not math.isfinite(at):
-            raise ValueError(f"at: expected a finite POSIX time, got {at!r}")
-        return
-    raise TypeError(f"at: expected a datetime, a POSIX time or None, got {type(at).__name__}")
+_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class Moment:
@@ -109,7 +83,7 @@ class Moment:
 
     def describe(self) -> str:
         day = _dt.date.fromordinal(self.ordinal)
-        return f"{day.isoformat()} {('Mon','Tue','Wed','Thu','Fri','Sat','Sun')[self.weekday]} {self.minute // 60:02d}:{self.minute % 60:02d}"
+        return f"{day.isoformat()} {_DAY_NAMES[self.weekday].title()} {self.minute // 60:02d}:{self.minute % 60:02d}"
 
 
 class CompiledAction:
@@ -157,9 +131,11 @@ class CompiledRule:
             return "province"
         if self.dates is not None and not self.dates.matches(moment.ordinal):
             return "date"
-        if self.days is not None:
-            workday = moment.workday if self.uses_calendar else False
-            if not self.days.matches(moment.weekday, workday):
+        days = self.days
+        if days is not None and not days.weekdays >> moment.weekday & 1:
+            # The calendar is consulted only when the weekday alone does not
+            # decide (each lookup in an uncovered year counts as a fallback).
+            if not days.needs_calendar or not (days.workday if moment.workday else days.holiday):
                 return "day"
         if self.time is not None and not self.time.matches(moment.minute):
             return "time"
@@ -167,26 +143,30 @@ class CompiledRule:
 
 
 class CompiledCap:
-    __slots__ = ("key", "metric", "per", "limit", "scope", "prompt", "channel", "label")
+    __slots__ = ("key", "metric", "per", "limit", "scope", "prompt", "channel", "label", "ttl_s")
 
     def __init__(self, number: str, cap: Cap, occurrence: int, prompt: str) -> None:
-        # Keys name the cap by what it counts, not by its place in the list, so
-        # a reload that leaves a cap alone keeps its count.
-        self.key = f"tel400:cap:{number}:{cap.metric}:{cap.per}:{cap.scope}:{cap.channel}:{occurrence}"
+        self.key = cap_key(number, cap, occurrence)
         self.metric = cap.metric
         self.per = cap.per
         self.limit = cap.limit_units
         self.scope = cap.scope
         self.prompt = prompt
         self.channel = cap.channel
+        self.ttl_s = PERIOD_TTL_S[cap.per]
         self.label = f"{cap.metric}/{cap.per}/{cap.scope}" + (f"/{cap.channel}" if cap.channel != "any" else "")
 
     def applies(self, channel: str) -> bool:
         return self.channel == "any" or self.channel == channel
 
+    def key_for(self, scope_key: str) -> str:
+        return self.key if self.scope == "number" else f"{self.key}:{scope_key}"
+
     def check(self, moment: Moment, scope_key: str) -> CapCheck:
-        key = self.key if self.scope == "number" else f"{self.key}:{scope_key}"
-        return CapCheck(key, moment.period(self.per), self.limit, 1 if self.metric == "calls" else 0, PERIOD_TTL_S[self.per])
+        return CapCheck(
+            self.key_for(scope_key), moment.period(self.per), self.limit,
+            1 if self.metric == "calls" else 0, self.ttl_s,
+        )
 
 
 class Blacklist:
@@ -220,31 +200,42 @@ class Blacklist:
         return None
 
 
+def plan_prompts(plans: PlanSet, plan: NumberPlan) -> dict[str, str]:
+    """A number's prompt names: standard, renamed globally, renamed by the number."""
+    prompts = {key: key for key in STANDARD_PROMPTS}
+    prompts.update(plans.prompts)
+    prompts.update(plan.prompts)
+    return prompts
+
+
+def action_prompt(action: Action, prompts: dict[str, str]) -> str | None:
+    """The prompt a reject action plays: as written, else the plan's ``closed``."""
+    if action.kind != "reject":
+        return None
+    return action.prompt or prompts["closed"]
+
+
 class CompiledPlan:
     __slots__ = (
         "number", "zone", "calendar", "blacklist", "reject_unknown", "pin_check", "rules",
-        "default", "caps", "prompts", "fail_open", "tariff", "pin_key",
+        "default", "caps", "prompts", "fail_open", "tariff", "outcomes",
     )
 
-    def __init__(self, plan: NumberPlan, plans: PlanSet, old_rr: dict, new_rr: dict) -> None:
+    def __init__(self, plan: NumberPlan, plans: PlanSet, shared, carried_rr: dict) -> None:
         self.number = plan.number
         self.zone = zoneinfo.ZoneInfo(plan.timezone)
         self.calendar = plans.calendar.merged(plan.calendar).build()
         self.blacklist = Blacklist(plans.blacklist + plan.blacklist)
         self.reject_unknown = plan.reject_unknown_callers
         self.pin_check = pins.PinCheck(plan.pin, plan.pin_hash) if plan.has_pin else None
-        self.pin_key = f"tel400:pin:{plan.number}:"
-        prompts = {key: key for key in ("unknown_number", "blacklisted", "bad_caller", "enter_pin", "bad_pin", "pin_locked", "closed", "limit_reached", "backend_error")}
-        prompts.update(plans.prompts)
-        prompts.update(plan.prompts)
-        self.prompts = prompts
+        self.prompts = prompts = plan_prompts(plans, plan)
         self.fail_open = plan.on_backend_error == "allow"
         self.tariff = plan.tariff
+        self.outcomes = shared.outcome_counts(plan.number)
         self.rules = tuple(
-            CompiledRule(rule, self._action(plan, rule.action, rule.name, old_rr, new_rr))
-            for rule in plan.rules
+            CompiledRule(rule, self._action(plan, rule.action, rule.name, shared, carried_rr)) for rule in plan.rules
         )
-        self.default = self._action(plan, plan.default, None, old_rr, new_rr)
+        self.default = self._action(plan, plan.default, None, shared, carried_rr)
         seen: Counter[tuple] = Counter()
         caps = []
         for cap in plan.caps:
@@ -254,13 +245,10 @@ class CompiledPlan:
             caps.append(CompiledCap(plan.number, cap, seen[ident], prompt))
         self.caps = tuple(caps)
 
-    def _action(self, plan: NumberPlan, action: Action, rule: str | None, old_rr: dict, new_rr: dict) -> CompiledAction:
+    def _action(self, plan: NumberPlan, action: Action, rule: str | None, shared, carried_rr: dict) -> CompiledAction:
         if action.kind == "reject":
-            if rule is None:
-                reason, prompt = "closed", action.prompt or self.prompts["closed"]
-            else:
-                reason, prompt = "rule_reject", action.prompt or self.prompts["closed"]
-            return CompiledAction(action, reason=reason, prompt=prompt)
+            reason = "closed" if rule is None else "rule_reject"
+            return CompiledAction(action, reason=reason, prompt=action_prompt(action, self.prompts))
         selector = None
         if action.kind == "bridge":
             targets = [t.to for t in action.targets]
@@ -268,32 +256,36 @@ class CompiledPlan:
             state = None
             if action.strategy == "round_robin":
                 ident = (plan.number, rule, tuple(targets), tuple(weights))
-                state = old_rr.get(ident) or [0] * len(targets)
-                new_rr[ident] = state
+                state = shared.round_robin_state(ident, len(targets), carried_rr)
             selector = make_selector(action.strategy, targets, weights, state)
         return CompiledAction(action, reason="ok", prompt=None, selector=selector)
 
 
 class Engine:
-    """A compiled plan set that routes calls.  Build with :func:`compile_engine`."""
+    """A compiled plan set that routes calls."""
 
-    def __init__(self, plans: PlanSet, prefixes: PrefixTable, shared: Shared) -> None:
+    def __init__(self, plans: PlanSet, prefixes, shared) -> None:
         self.plans = plans
         self.prefixes = prefixes
         self.shared = shared
-        carried_rr: dict[tuple, list[int]] = {}
+        #: round-robin states of this plan set; the router adopts them once
+        #: the engine is in service, so a failed compile keeps the old ones.
+        self.rr_states: dict[tuple, object] = {}
         compiled: dict[str, CompiledPlan] = {}
         for plan in plans.numbers:
-            compiled[plan.number] = CompiledPlan(plan, plans, shared.round_robin, carried_rr)
-        # SMS to a 400 number arrives as 10657 + the number.
-        for number, cp in list(compiled.items()):
-            compiled.setdefault(SMS_ACCESS_PREFIX + number, cp)
+            compiled[plan.number] = CompiledPlan(plan, plans, shared, self.rr_states)
         self.by_number = compiled
-        global_prompts = {"unknown_number": "unknown_number"}
-        global_prompts.update(plans.prompts)
-        self.unknown_prompt = global_prompts["unknown_number"]
-        # Only now that every plan compiled: a failed reload keeps the old state.
-        shared.round_robin = carried_rr
+        self.unknown_prompt = dict(plans.prompts).get("unknown_number", "unknown_number")
+        self.unknown_outcomes = shared.outcome_counts(UNKNOWN_LABEL)
+
+    def plan_for(self, dialed_n: str | None) -> CompiledPlan | None:
+        """The plan of a normalised dialed number; SMS arrive as 10657 + the number."""
+        if dialed_n is None:
+            return None
+        plan = self.by_number.get(dialed_n)
+        if plan is None and dialed_n.startswith(SMS_ACCESS_PREFIX):
+            plan = self.by_number.get(dialed_n[len(SMS_ACCESS_PREFIX):])
+        return plan
 
     # -- the decision ---------------------------------------------------------
 
@@ -307,12 +299,13 @@ class Engine:
         province_index = self.prefixes.index_of_key(national_key(caller_n)) if caller_n else 0
         province = provinces.CODES[province_index]
         dialed_n = normalize_or_none(dialed)
-        plan = self.by_number.get(dialed_n) if dialed_n else None
+        plan = self.plan_for(dialed_n)
         shared = self.shared
 
-        def done(action, targets, prompt, reason, rule, number_label):
+        def done(action, targets, prompt, reason, rule):
             if not dry_run:
-                shared.decisions[(number_label, action, reason)] += 1
+                counts = plan.outcomes if plan is not None else self.unknown_outcomes
+                counts[OUTCOME_INDEX[(action, reason)]] += 1
             number = plan.number if plan is not None else dialed_n
             return _new_decision(Decision, (action, targets, prompt, reason, rule, province, number, caller_n,
                                             channel, call_id, tuple(trace) if trace is not None else None))
@@ -320,20 +313,19 @@ class Engine:
         if plan is None:
             if trace is not None:
                 trace.append(Step("number", None, False, f"no plan for {dialed!r}"))
-            return done("reject", _EMPTY, self.unknown_prompt, "unknown_number", None, "unknown")
-        number = plan.number
+            return done("reject", _EMPTY, self.unknown_prompt, "unknown_number", None)
         if trace is not None:
-            trace.append(Step("number", None, True, f"plan {number}; caller {caller_n or 'withheld'} in {province or 'unknown province'}"))
+            trace.append(Step("number", None, True, f"plan {plan.number}; caller {caller_n or 'withheld'} in {province or 'unknown province'}"))
 
         blocked = plan.blacklist.matches(caller_n)
         if blocked is not None:
             if trace is not None:
                 trace.append(Step("blacklist", None, False, f"caller matches {blocked}"))
-            return done("reject", _EMPTY, plan.prompts["blacklisted"], "blacklisted", None, number)
+            return done("reject", _EMPTY, plan.prompts["blacklisted"], "blacklisted", None)
         if caller_n is None and plan.reject_unknown:
             if trace is not None:
                 trace.append(Step("caller", None, False, f"no usable caller number ({caller!r}) and reject_unknown_callers"))
-            return done("reject", _EMPTY, plan.prompts["bad_caller"], "bad_caller", None, number)
+            return done("reject", _EMPTY, plan.prompts["bad_caller"], "bad_caller", None)
 
         moment = Moment(at, plan.zone, plan.calendar)
 
@@ -342,7 +334,7 @@ class Engine:
             if outcome is not None:
                 reason, action = outcome
                 prompt = plan.prompts["enter_pin" if action == "collect_pin" else reason]
-                return done(action, _EMPTY, prompt, reason, None, number)
+                return done(action, _EMPTY, prompt, reason, None)
 
         chosen = None
         for rule in plan.rules:
@@ -362,7 +354,7 @@ class Engine:
                 trace.append(Step("default", None, True, f"no rule matched: default {action.kind}"))
 
         if not action.connects:
-            return done(action.kind, _EMPTY, action.prompt, action.reason, rule_name, number)
+            return done(action.kind, _EMPTY, action.prompt, action.reason, rule_name)
 
         caller_key = caller_n or "anonymous"
         if action.selector is not None:
@@ -384,20 +376,28 @@ class Engine:
                 except BackendError as exc:
                     over = self._backend_failed(plan, exc, trace, dry_run)
                     if over == -2:
-                        return done("reject", _EMPTY, plan.prompts["backend_error"], "backend_error", rule_name, number)
+                        return done("reject", _EMPTY, plan.prompts["backend_error"], "backend_error", rule_name)
                 if trace is not None:
                     self._trace_caps(trace, caps, checks, over)
                 if over >= 0:
-                    return done("reject", _EMPTY, caps[over].prompt, "cap_exceeded", rule_name, number)
+                    return done("reject", _EMPTY, caps[over].prompt, "cap_exceeded", rule_name)
 
         if call_id is not None and not dry_run:
-            shared.calls.remember(call_id, plan, caller_n, province_index, targets, moment, channel)
-        return done(action.kind, targets, None, "ok", rule_name, number)
+            charges = tuple(
+                (cap.metric, cap.key_for(caller_key), moment.period(cap.per), cap.ttl_s)
+                for cap in plan.caps
+                if cap.metric != "calls" and cap.applies(channel)
+            )
+            shared.calls.remember(CallRecord(
+                str(call_id), plan.number, caller_n, province_index, targets, channel, moment.ts,
+                plan.tariff, charges, plan.fail_open,
+            ))
+        return done(action.kind, targets, None, "ok", rule_name)
 
     def _pin(self, plan: CompiledPlan, caller_n, pin, moment: Moment, trace, dry_run):
         """None when the caller may go on; else (reason, action)."""
         counters = self.shared.counters
-        key = plan.pin_key + (caller_n or "anonymous")
+        key = pin_key(plan.number, caller_n)
         window = pins.LOCKOUT_WINDOW_S
         try:
             failures = counters.pin_failures(key, moment.ts, window)
@@ -467,36 +467,9 @@ class Engine:
 
     # -- call end ---------------------------------------------------------
 
-    def charge(self, record, duration_s: float, target: str | None) -> Charge:
-        """Charge a finished call's minutes and cost to its routing period."""
-        plan: CompiledPlan = record.plan
-        tariff = plan.tariff
-        increment = tariff.increment_s if tariff is not None else 60
-        billed = math.ceil(duration_s / increment) * increment if duration_s > 0 else 0
-        if target is None or target not in record.targets:
-            target = record.targets[0] if record.targets else None
-        target_n = normalize_or_none(target) if target is not None else None
-        target_province = self.prefixes.index_of_key(national_key(target_n)) if target_n else 0
-        long_distance = record.province == 0 or target_province != record.province
-        cost = None
-        if tariff is not None:
-            rate = tariff.long_distance if long_distance else tariff.local
-            cost = (rate * billed / 60).quantize(Decimal("0.000001"), rounding=ROUND_CEILING)
-        counters = self.shared.counters
-        for cap in plan.caps:
-            if cap.metric == "calls" or not cap.applies(record.channel):
-                continue
-            amount = billed if cap.metric == "minutes" else to_units("cost", cost)
-            if amount:
-                check = cap.check(record.moment, record.caller or "anonymous")
-                try:
-                    counters.add(check.key, check.period, amount, check.ttl_s)
-                except BackendError as exc:
-                    self._backend_failed(plan, exc, None, False)
-        return Charge(
-            record.call_id, plan.number, record.caller, provinces.CODES[record.province],
-            target, record.moment.ts, duration_s, billed, cost, long_distance,
-        )
+    def charge(self, record: CallRecord, duration_s: float, target: str | None):
+        """Charge a finished call (see :func:`tel400._common.charge_call`)."""
+        return charge_call(record, duration_s, target, self.prefixes, self.shared.counters, self.shared.backend_errors)
 
 
 def _show_units(metric: str, units: int) -> str:
@@ -516,7 +489,7 @@ def _describe_failure(rule: CompiledRule, failed: str, channel: str, province: s
     if failed == "date":
         return f"date {_dt.date.fromordinal(moment.ordinal).isoformat()} not in {rule.dates.text}"
     if failed == "day":
-        day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[moment.weekday]
+        day = _DAY_NAMES[moment.weekday]
         # Only a rule that asked the calendar has an answer to show (and
         # asking it again here must not count a second fallback lookup).
         extra = f" ({'workday' if moment.workday else 'holiday'})" if rule.uses_calendar else ""

@@ -1,17 +1,88 @@
-"""Picks the implementation of the hot path.
+"""Picks the implementation of the hot path: compiled (``_fast``) or reference.
 
-This is the only module that decides which implementation runs; everything
-else imports the hot-path pieces from here.  Today only the plain-Python
-reference exists; the Cython twins in ``_fast/`` will be chosen here (with
-``TEL400_NO_EXTENSIONS=1`` forcing the reference).
+This is the only module that decides; everything else imports the hot-path
+pieces from here.  ``TEL400_NO_EXTENSIONS=1`` or a non-CPython interpreter
+forces the reference; compiled modules that fail to import fall back to it
+with one warning.  Both stay importable side by side (:data:`ENGINES`), so
+the test suite can run every test against each.
 """
 
 from __future__ import annotations
 
-from ._engine_py import Engine, Shared
-from ._numbers_py import national_key, normalize, normalize_or_none
+import os
+import platform
+import warnings
+
+from . import _engine_py, _numbers_py
+from ._lookup_py import IntervalLookup as _PyLookup
+from .counters import MemoryCounters as _PyMemoryCounters
+
+
+class Implementation:
+    """The hot-path pieces of one implementation."""
+
+    def __init__(self, name, engine, memory_counters, lookup, normalize, normalize_or_none, national_key):
+        self.name = name
+        self.Engine = engine
+        self.MemoryCounters = memory_counters
+        self.IntervalLookup = lookup
+        self.normalize = normalize
+        self.normalize_or_none = normalize_or_none
+        self.national_key = national_key
+
+    def __repr__(self) -> str:
+        return f"<tel400 implementation {self.name}>"
+
+
+PYTHON = Implementation(
+    "python", _engine_py.Engine, _PyMemoryCounters, _PyLookup,
+    _numbers_py.normalize, _numbers_py.normalize_or_none, _numbers_py.national_key,
+)
+
+
+def _load_compiled() -> Implementation | None:
+    if os.environ.get("TEL400_NO_EXTENSIONS") or platform.python_implementation() != "CPython":
+        return None
+    try:
+        from ._fast import _counters, _engine, _numbers, _segments
+    except ImportError as exc:
+        warnings.warn(
+            f"tel400: the compiled hot path is not available ({exc}); using the pure-Python reference",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return Implementation(
+        "cython", _engine.Engine, _counters.MemoryCounters, _segments.IntervalLookup,
+        _numbers.normalize, _numbers.normalize_or_none, _numbers.national_key,
+    )
+
+
+CYTHON = _load_compiled()
+
+#: Every implementation importable here, by name.
+ENGINES = {impl.name: impl for impl in (PYTHON, CYTHON) if impl is not None}
+
+ACTIVE = CYTHON or PYTHON
 
 #: ``"cython"`` when the compiled hot path is in use, else ``"python"``.
-IMPLEMENTATION = "python"
+IMPLEMENTATION = ACTIVE.name
 
-__all__ = ["Engine", "IMPLEMENTATION", "Shared", "national_key", "normalize", "normalize_or_none"]
+normalize = ACTIVE.normalize
+normalize_or_none = ACTIVE.normalize_or_none
+national_key = ACTIVE.national_key
+IntervalLookup = ACTIVE.IntervalLookup
+MemoryCounters = ACTIVE.MemoryCounters
+Engine = ACTIVE.Engine
+
+
+def get(name: str | None) -> Implementation:
+    """An implementation by name (``None``: the active one)."""
+    if name is None:
+        return ACTIVE
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise ValueError(
+            f"implementation {name!r} is not available here; have {', '.join(ENGINES)}"
+        ) from None

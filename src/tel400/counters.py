@@ -178,21 +178,28 @@ class MemoryCounters(CounterBackend):
         return len(self._counters) + len(self._pins)
 
 
-def open_counters(spec: CounterBackend | str | None) -> CounterBackend:
+def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterBackend:
     """A counter backend from an object or a URL (``None`` means ``memory://``).
+
+    Args:
+        spec: a backend, a URL, or ``None``.
+        memory: the class that serves ``memory://`` (default: the active
+            implementation's, compiled when available).
 
     Raises:
         ValueError: for a URL this version cannot open.
     """
+    if memory is None:
+        from ._impl import MemoryCounters as memory
     if spec is None:
-        return MemoryCounters()
+        return memory()
     if isinstance(spec, CounterBackend):
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"counters: expected a backend or a URL, got {type(spec).__name__}")
     scheme = urlsplit(spec).scheme
     if scheme == "memory":
-        return MemoryCounters()
+        return memory()
     raise ValueError(f"counters: unsupported URL {spec!r}; this version supports memory://")
 
 

@@ -6,7 +6,7 @@ import os
 import threading
 
 from . import provinces
-from ._impl import national_key, normalize, normalize_or_none
+from ._impl import normalize
 from .segments import PrefixTable, load_segments
 
 _default: PrefixTable | None = None
@@ -15,10 +15,13 @@ _default_lock = threading.Lock()
 
 def default_segments() -> PrefixTable:
     """The process's default prefix table: built-in unless :func:`use_segments` changed it."""
+    global _default
     table = _default
     if table is None:
         with _default_lock:
-            table = _default or PrefixTable.builtin()
+            if _default is None:
+                _default = PrefixTable.builtin()
+            table = _default
     return table
 
 
@@ -36,7 +39,7 @@ def use_segments(table: PrefixTable | str | os.PathLike[str] | None) -> PrefixTa
     if table is not None and not isinstance(table, PrefixTable):
         table = load_segments(table)
     with _default_lock:
-        _default = table
+        _default = table  # None: the built-in table, loaded on next use
     return default_segments()
 
 
@@ -54,11 +57,7 @@ def locate(number: object, table: PrefixTable | None = None) -> str | None:
 
     Cost: O(length of the number) to normalise, plus one binary search.
     """
-    normal = normalize_or_none(number)
-    if normal is None:
-        return None
-    table = table or default_segments()
-    return provinces.CODES[table.index_of_key(national_key(normal))]
+    return provinces.CODES[(table or default_segments()).lookup.index_of_number(number)]
 
 
 __all__ = ["default_segments", "locate", "normalize", "use_segments"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import sys
 import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -460,6 +461,8 @@ class _Parser:
             raise self.error(
                 where, f"bad prefix {text!r}: expected digits then *, written like a national number (1710*, 0571*)"
             )
+        if len(digits) > 18:
+            raise self.error(where, f"bad prefix {text!r}: at most 18 digits before the *")
         mobile = digits[0] == "1" and (len(digits) == 1 or digits[1] in "3456789")
         if international and not mobile and digits[0] != "0":
             digits = "0" + digits  # +86 21* is the Shanghai area code: 021*, as numbers are normalised
@@ -557,7 +560,9 @@ class _Parser:
             "a rule",
         )
         name = data.get("name", f"rule-{index + 1}")
-        name = self.string(name, f"{field}.name")
+        # Interned: thousands of plans reuse a few names ("office", "night"),
+        # and each decision carries one; shared objects stay in the CPU cache.
+        name = sys.intern(self.string(name, f"{field}.name"))
         if not _RULE_NAME.match(name):
             raise self.error(f"{field}.name", f"bad rule name {name!r}: expected 1-64 letters, digits, _ . : -")
         self.rule = name

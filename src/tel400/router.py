@@ -9,8 +9,8 @@ import weakref
 
 import structlog
 
-from . import numbers
-from ._impl import Engine, Shared
+from . import _impl, numbers
+from ._common import Shared
 from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
@@ -34,6 +34,8 @@ class Router:
         seed: seed for the random choices of ``weighted`` rules (tests and
             simulations); ``None`` seeds from the OS.  Children forked after
             the router was made are reseeded so they do not repeat each other.
+        implementation: ``"cython"`` or ``"python"`` to pick an engine
+            (tests and debugging); ``None`` uses ``tel400.IMPLEMENTATION``.
 
     A router is safe to share between threads.  :meth:`reload` swaps the
     plans atomically while other threads route.
@@ -47,21 +49,36 @@ class Router:
         prefixes: PrefixTable | None = None,
         seed: int | None = None,
         calls: CallRegistry | None = None,
+        implementation: str | None = None,
     ) -> None:
         if not isinstance(plans, PlanSet):
             raise TypeError(f"plans: expected a PlanSet (see tel400.load_plans), got {type(plans).__name__}")
+        self._impl = _impl.get(implementation)
         self._seed = seed
         self._prefixes = prefixes
-        self._shared = Shared(open_counters(counters), random.Random(seed), calls or CallRegistry())
+        backend = open_counters(counters, memory=self._impl.MemoryCounters)
+        self._shared = Shared(backend, random.Random(seed), calls or CallRegistry())
         self._engine = self._compile(plans)
         self.reloads = 0
         _routers.add(self)
 
-    def _compile(self, plans: PlanSet) -> Engine:
+    @property
+    def implementation(self) -> str:
+        """``"cython"`` or ``"python"``: which engine routes (see ``tel400.IMPLEMENTATION``)."""
+        return self._impl.name
+
+    def _compile(self, plans: PlanSet):
         prefixes = self._prefixes
         if prefixes is None:
             prefixes = load_segments_cached(plans.segments) if plans.segments else numbers.default_segments()
-        return Engine(plans, prefixes, self._shared)
+        engine = self._impl.Engine(plans, prefixes, self._shared)
+        # Adopted only once compiled: a failed reload keeps the old positions.
+        self._shared.round_robin = engine.rr_states
+        # The engine's own bound method, stored on the instance so that a call
+        # to router.route skips this class's wrapper (a Python frame, ~60 ns).
+        # Rebinding it is one atomic store, like the engine reference itself.
+        self.route = engine.route
+        return engine
 
     # -- routing ----------------------------------------------------------
 
@@ -172,17 +189,20 @@ class Router:
 
     def decision_counts(self) -> dict[tuple[str, str, str], int]:
         """Decisions so far by (number, action, reason); unknown numbers as ``unknown``."""
-        return dict(self._shared.decisions)
+        return self._shared.decision_counts()
 
     def backend_error_counts(self) -> dict[str, int]:
         """Counter backend failures so far, by the policy that was applied."""
         return dict(self._shared.backend_errors)
 
     def _reseed(self) -> None:
+        shared = self._shared
         if self._seed is None:
-            self._shared.rng.seed(os.urandom(16))
+            shared.rng.seed(os.urandom(16))
         else:
-            self._shared.rng.seed(f"{self._seed}:{os.getpid()}")
+            shared.rng.seed(f"{self._seed}:{os.getpid()}")
+        if shared.fast_rng is not None:
+            shared.fast_rng.seed(shared.rng.getrandbits(64))
 
 
 def _reseed_after_fork() -> None:

@@ -21,12 +21,11 @@ import csv
 import functools
 import io
 import os
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 
 from . import provinces
-from ._numbers_py import KEY_WIDTH, national_key
+from ._numbers_py import KEY_WIDTH
 from .exceptions import SegmentError
 
 KEY_SPACE = 10**KEY_WIDTH
@@ -149,13 +148,17 @@ class PrefixTable:
     lay an operator's table over another with :meth:`overlay`.
     """
 
-    __slots__ = ("_starts", "_codes", "source")
+    __slots__ = ("_starts", "_codes", "source", "lookup")
 
     def __init__(self, starts: Sequence[int], codes: Sequence[int], source: str = "") -> None:
+        from ._impl import IntervalLookup
+
         self._starts = tuple(starts)
         self._codes = tuple(codes)
         self.source = source
         self._check()
+        #: The searchable form (C arrays when compiled); engines use it directly.
+        self.lookup = IntervalLookup(self._starts, self._codes)
 
     # -- building ---------------------------------------------------------
 
@@ -207,13 +210,11 @@ class PrefixTable:
 
         Cost: O(log n), one binary search over the intervals.
         """
-        if key < 0:
-            return 0
-        return self._codes[bisect_right(self._starts, key) - 1]
+        return self.lookup.index_of_key(key)
 
-    def locate(self, number: str) -> str | None:
-        """ISO code of a *normalised* number's province, or ``None``."""
-        return provinces.CODES[self.index_of_key(national_key(number))]
+    def locate(self, number: object) -> str | None:
+        """ISO code of a number's province (any written form), or ``None``."""
+        return provinces.CODES[self.lookup.index_of_number(number)]
 
     # -- inspection -------------------------------------------------------
 

@@ -96,6 +96,9 @@ class TimeSlots:
         return self.text
 
 
+MAX_ENTRIES = 1000  # slots or date ranges in one condition
+
+
 def parse_time(value: object) -> TimeSlots:
     """``"08:00-11:59"``, ``"20:00-07:59"``, ``"08:00-11:59,14:00-17:59"`` or a list."""
     slots = []
@@ -104,6 +107,8 @@ def parse_time(value: object) -> TimeSlots:
         if not sep:
             raise ValueError(f"bad time slot {token!r}: expected 'HH:MM-HH:MM'")
         slots.append((_minute(start, token), _minute(end, token)))
+    if len(slots) > MAX_ENTRIES:
+        raise ValueError(f"at most {MAX_ENTRIES} time slots in one rule")
     return TimeSlots(",".join(f"{_hhmm(s)}-{_hhmm(e)}" for s, e in slots), tuple(slots))
 
 
@@ -243,5 +248,7 @@ def parse_date_list(value: object, what: str = "dates") -> list[tuple[_dt.date, 
 def parse_dates(value: object) -> DateRanges:
     """``"2026-12-01..2026-12-31"``, ``"2026-12-25"``, lists of those, TOML dates."""
     ranges = parse_date_list(value)
+    if len(ranges) > MAX_ENTRIES:
+        raise ValueError(f"at most {MAX_ENTRIES} date ranges in one rule")
     text = ",".join(s.isoformat() if s == e else f"{s.isoformat()}..{e.isoformat()}" for s, e in ranges)
     return DateRanges(text, tuple((s.toordinal(), e.toordinal()) for s, e in ranges))

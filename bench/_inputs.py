@@ -1,0 +1,70 @@
+"""Inputs shared by the benchmarks, built outside any timed region."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import pathlib
+import random
+import zoneinfo
+
+import tel400
+from tel400 import provinces
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MANUAL = ROOT / "examples" / "manual.toml"
+#: A Tuesday morning in Shanghai: the manual plan's province and split rules are open.
+TUESDAY_10 = dt.datetime(2026, 11, 24, 10, tzinfo=zoneinfo.ZoneInfo("Asia/Shanghai")).timestamp()
+BATCH = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def callers(n: int = BATCH, seed: int = 1) -> tuple[str, ...]:
+    """Realistic normalised callers (mobiles and fixed lines from every province)."""
+    from tel400.simulate import CallerSampler
+
+    sampler = CallerSampler(tel400.default_segments(), random.Random(seed))
+    out = []
+    while len(out) < n:
+        c = sampler.caller()
+        if c != "anonymous":
+            out.append(c)
+    return tuple(out)
+
+
+def manual_plans() -> tel400.PlanSet:
+    """The manual's plan with its daily calls cap raised out of reach, so that
+    the benchmark measures counting, not refusing."""
+    tree = tel400.load_plans(MANUAL).to_dict()
+    tree["numbers"][0]["caps"][0]["limit"] = 10**12
+    return tel400.PlanSet.from_dict(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def many_plans(n_plans: int, n_rules: int = 20, seed: int = 1) -> tel400.PlanSet:
+    """``n_plans`` numbers of ``n_rules`` rules each: provinces, slots, days, 2 targets, a cap."""
+    rng = random.Random(seed)
+    codes = [c for c in provinces.CODES if c]
+    numbers = []
+    for i in range(n_plans):
+        rules = []
+        for k in range(n_rules):
+            start, end = rng.randrange(1440), rng.randrange(1440)
+            rules.append({
+                "name": f"r{k}",
+                "provinces": rng.sample(codes, 3),
+                "time": f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}",
+                "days": rng.choice(["mon-fri", "workday", "sat,sun", "any"]),
+                "targets": [{"to": f"139{rng.randrange(10**8):08d}", "weight": rng.randrange(1, 10)} for _ in range(2)],
+            })
+        numbers.append({
+            "number": f"400{i:07d}",
+            "rules": rules,
+            "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
+        })
+    return tel400.PlanSet.from_dict({"numbers": numbers})
+
+
+def dialed_sample(n_plans: int, n: int = BATCH, seed: int = 2) -> tuple[str, ...]:
+    rng = random.Random(seed)
+    return tuple(f"400{rng.randrange(n_plans):07d}" for _ in range(n))

@@ -1,0 +1,44 @@
+"""route(): compiled beside the reference, on the manual's plan and on many plans."""
+
+from __future__ import annotations
+
+import pytest
+
+import tel400
+from tel400 import _impl
+
+from _inputs import BATCH, TUESDAY_10, callers, dialed_sample, manual_plans, many_plans
+
+IMPLS = list(_impl.ENGINES)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_route_manual_plan(benchmark, impl):
+    """Province + time slot + 30/70 split + blacklist + calls cap, per BATCH calls."""
+    router = tel400.Router(manual_plans(), seed=1, implementation=impl)
+    route = router.route
+    sample = callers()
+
+    def batch():
+        for caller in sample:
+            route("4001012345", caller, TUESDAY_10)
+
+    benchmark.extra_info.update(impl=impl, calls=BATCH)
+    benchmark(batch)
+    assert router.decision_counts()[("4001012345", "bridge", "ok")] > 0
+
+
+@pytest.mark.parametrize("n_plans", [10, 10_000])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_route_many_plans(benchmark, impl, n_plans):
+    """20 rules per plan, the full prefix table: the cost must not grow with plans."""
+    router = tel400.Router(many_plans(n_plans), seed=1, implementation=impl)
+    route = router.route
+    calls = list(zip(dialed_sample(n_plans), callers()))
+
+    def batch():
+        for dialed, caller in calls:
+            route(dialed, caller, TUESDAY_10)
+
+    benchmark.extra_info.update(impl=impl, calls=BATCH, plans=n_plans)
+    benchmark(batch)

@@ -1,0 +1,163 @@
+"""What both engine implementations share: router state, outcomes, billing.
+
+Nothing here runs per call except through the engines; keeping it in one
+place is what makes the reference and the compiled engine agree on keys,
+statistics and charges by construction.
+"""
+
+from __future__ import annotations
+
+import array
+import datetime as _dt
+import math
+from collections import Counter
+from decimal import ROUND_CEILING, Decimal
+
+from . import provinces
+from .decision import Charge
+from .exceptions import BackendError
+from .plans import Cap, to_units
+
+#: The SMS access code: messages to a 400 number arrive as 10657 + number.
+SMS_ACCESS_PREFIX = "10657"
+
+#: Prompts a plan may rename, each defaulting to its own name.
+STANDARD_PROMPTS = (
+    "unknown_number", "blacklisted", "bad_caller", "enter_pin", "bad_pin",
+    "pin_locked", "closed", "limit_reached", "backend_error",
+)
+
+#: Every (action, reason) a decision can have, in a fixed order: statistics
+#: are arrays indexed by position here.
+OUTCOMES = (
+    ("bridge", "ok"),
+    ("queue", "ok"),
+    ("conference", "ok"),
+    ("collect_pin", "pin_required"),
+    ("reject", "unknown_number"),
+    ("reject", "blacklisted"),
+    ("reject", "bad_caller"),
+    ("reject", "bad_pin"),
+    ("reject", "pin_locked"),
+    ("reject", "closed"),
+    ("reject", "rule_reject"),
+    ("reject", "cap_exceeded"),
+    ("reject", "backend_error"),
+)
+OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(OUTCOMES)}
+UNKNOWN_LABEL = "unknown"  # statistics label for dialed numbers without a plan
+
+
+class Shared:
+    """Router state that outlives a reload: counters, randomness, statistics."""
+
+    def __init__(self, counters, rng, calls) -> None:
+        self.counters = counters
+        self.rng = rng
+        #: The compiled engine's generator, seeded from ``rng`` when first needed.
+        self.fast_rng = None
+        self.calls = calls
+        #: number -> array('q') of decisions by OUTCOMES position.
+        self.outcomes: dict[str, array.array] = {}
+        #: backend failures, by the policy that was applied.
+        self.backend_errors: Counter[str] = Counter()
+        #: round-robin state by (number, rule, targets, weights), kept over reloads.
+        self.round_robin: dict[tuple, array.array] = {}
+
+    def outcome_counts(self, label: str) -> array.array:
+        counts = self.outcomes.get(label)
+        if counts is None:
+            counts = self.outcomes.setdefault(label, array.array("q", bytes(8 * len(OUTCOMES))))
+        return counts
+
+    def decision_counts(self) -> dict[tuple[str, str, str], int]:
+        out = {}
+        for label, counts in list(self.outcomes.items()):
+            for (action, reason), count in zip(OUTCOMES, counts):
+                if count:
+                    out[(label, action, reason)] = count
+        return out
+
+    def round_robin_state(self, ident: tuple, n: int, carried: dict) -> array.array:
+        """The state of a round-robin rule: kept if the rule is unchanged."""
+        state = self.round_robin.get(ident)
+        if state is None or len(state) != n:
+            state = array.array("q", bytes(8 * n))
+        carried[ident] = state
+        return state
+
+
+def check_at(at) -> None:
+    """Refuse an ``at`` that is not a time, whatever the rest of the call."""
+    if at is None or isinstance(at, _dt.datetime):
+        return
+    if isinstance(at, (int, float)) and not isinstance(at, bool):
+        if not math.isfinite(at):
+            raise ValueError(f"at: expected a finite POSIX time, got {at!r}")
+        return
+    raise TypeError(f"at: expected a datetime, a POSIX time or None, got {type(at).__name__}")
+
+
+def cap_key(number: str, cap: Cap, occurrence: int) -> str:
+    """The counter key of a cap.
+
+    Caps are named by what they count, not by their place in the list, so a
+    reload that leaves a cap alone keeps its count.
+    """
+    return f"tel400:cap:{number}:{cap.metric}:{cap.per}:{cap.scope}:{cap.channel}:{occurrence}"
+
+
+def pin_key(number: str, caller: str | None) -> str:
+    return f"tel400:pin:{number}:{caller or 'anonymous'}"
+
+
+class CallRecord:
+    """A routed call, remembered until its end is reported."""
+
+    __slots__ = (
+        "call_id", "number", "caller", "province", "targets", "channel", "ts",
+        "tariff", "charges", "fail_open", "remembered_at",
+    )
+
+    def __init__(self, call_id, number, caller, province, targets, channel, ts, tariff, charges, fail_open):
+        self.call_id = call_id
+        self.number = number
+        self.caller = caller
+        self.province = province  # index into provinces.CODES
+        self.targets = targets
+        self.channel = channel
+        self.ts = ts
+        self.tariff = tariff
+        #: (metric, key, period, ttl_s) for each minutes or cost cap of the call
+        self.charges = charges
+        self.fail_open = fail_open
+        self.remembered_at = 0.0
+
+
+def charge_call(record: CallRecord, duration_s: float, target, prefixes, counters, backend_errors) -> Charge:
+    """Charge a finished call's minutes and cost to the period it was routed in."""
+    from ._impl import national_key, normalize_or_none
+
+    tariff = record.tariff
+    increment = tariff.increment_s if tariff is not None else 60
+    billed = math.ceil(duration_s / increment) * increment if duration_s > 0 else 0
+    if target is None or target not in record.targets:
+        target = record.targets[0] if record.targets else None
+    target_n = normalize_or_none(target) if target is not None else None
+    target_province = prefixes.index_of_key(national_key(target_n)) if target_n else 0
+    long_distance = record.province == 0 or target_province != record.province
+    cost = None
+    if tariff is not None:
+        rate = tariff.long_distance if long_distance else tariff.local
+        cost = (rate * billed / 60).quantize(Decimal("0.000001"), rounding=ROUND_CEILING)
+    for metric, key, period, ttl_s in record.charges:
+        amount = billed if metric == "minutes" else to_units("cost", cost)
+        if amount:
+            try:
+                counters.add(key, period, amount, ttl_s)
+            except BackendError:
+                backend_errors["allow" if record.fail_open else "reject"] += 1
+    return Charge(
+        record.call_id, record.number, record.caller, provinces.CODES[record.province],
+        target, record.ts, duration_s, billed, cost, long_distance,
+    )

@@ -1,0 +1,24 @@
+from .._common import CallRecord, Shared
+from ..decision import Charge, Decision
+from ..plans import PlanSet
+from ..segments import PrefixTable
+
+class Engine:
+    plans: PlanSet
+    prefixes: PrefixTable
+    shared: Shared
+    rr_states: dict[tuple, object]
+    by_number: dict[str, object]
+    def __init__(self, plans: PlanSet, prefixes: PrefixTable, shared: Shared) -> None: ...
+    def route(
+        self,
+        dialed: object,
+        caller: object,
+        at: object = None,
+        channel: str = "voice",
+        pin: str | None = None,
+        call_id: object = None,
+        explain: bool = False,
+        dry_run: bool = False,
+    ) -> Decision: ...
+    def charge(self, record: CallRecord, duration_s: float, target: str | None) -> Charge: ...
