@@ -68,3 +68,11 @@ def many_plans(n_plans: int, n_rules: int = 20, seed: int = 1) -> tel400.PlanSet
 def dialed_sample(n_plans: int, n: int = BATCH, seed: int = 2) -> tuple[str, ...]:
     rng = random.Random(seed)
     return tuple(f"400{rng.randrange(n_plans):07d}" for _ in range(n))
+
+
+def dialed_skewed(n_plans: int, n: int = BATCH, seed: int = 3) -> tuple[str, ...]:
+    """Dialed numbers with Zipf-like popularity (s = 1), as real 400 traffic is."""
+    rng = random.Random(seed)
+    weights = [1 / (rank + 1) for rank in range(n_plans)]
+    picks = rng.choices(range(n_plans), weights=weights, k=n)
+    return tuple(f"400{i:07d}" for i in picks)

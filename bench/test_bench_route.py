@@ -42,3 +42,20 @@ def test_route_many_plans(benchmark, impl, n_plans):
 
     benchmark.extra_info.update(impl=impl, calls=BATCH, plans=n_plans)
     benchmark(batch)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_route_10000_plans_skewed_traffic(benchmark, impl):
+    """As above with 10,000 plans, but callers dial popular numbers more often (Zipf, s = 1)."""
+    from _inputs import dialed_skewed
+
+    router = tel400.Router(many_plans(10_000), seed=1, implementation=impl)
+    route = router.route
+    calls = list(zip(dialed_skewed(10_000), callers()))
+
+    def batch():
+        for dialed, caller in calls:
+            route(dialed, caller, TUESDAY_10)
+
+    benchmark.extra_info.update(impl=impl, calls=BATCH, plans=10_000, traffic="zipf")
+    benchmark(batch)

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Run the benchmarks, print the table for docs/performance.md, guard the ratios.
+
+    python bench/report.py            # every benchmark, the markdown table
+    python bench/report.py --guard    # CI: a short run, exit 1 if a ratio falls below its floor
+
+The guard compares ratios measured in one run (compiled against reference,
+tel400 against phonenumbers, 10,000 plans against 10), never absolute times:
+CI machines are shared and noisy, but both sides of a ratio share the noise.
+Floors sit below the targets (docs/performance.md) so that noise alone does
+not fail a build; a real regression (a lost fast path, a per-call cost that
+grows with the number of plans) falls far below them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+BENCH = pathlib.Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+GUARD_TESTS = [
+    "bench/test_bench_route.py::test_route_manual_plan",
+    "bench/test_bench_route.py::test_route_many_plans[cython-10]",
+    "bench/test_bench_route.py::test_route_many_plans[cython-10000]",
+    "bench/test_bench_numbers.py::test_locate[cython]",
+    "bench/test_bench_numbers.py::test_peer_phonenumbers_geocoder_preparsed",
+]
+
+# (label, numerator test, denominator test, floor, target): numerator / denominator >= floor
+RATIOS = [
+    ("route(): reference / compiled", "test_route_manual_plan[python]", "test_route_manual_plan[cython]", 8.0, 15.0),
+    ("locate(): phonenumbers geocoder / compiled", "test_peer_phonenumbers_geocoder_preparsed", "test_locate[cython]", 25.0, 50.0),
+]
+# (label, numerator, denominator, ceiling, target): numerator / denominator <= ceiling
+CEILINGS = [
+    ("route(): 10,000 plans / 10 plans (compiled)", "test_route_many_plans[cython-10000]",
+     "test_route_many_plans[cython-10]", 3.0, 1.5),
+]
+
+
+def run(tests: list[str], quick: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "bench.json"
+        args = [
+            sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider",
+            "--benchmark-enable", f"--benchmark-json={out}",
+        ]
+        if quick:
+            args += ["--benchmark-max-time=0.5", "--benchmark-min-rounds=5"]
+        subprocess.run(args, cwd=ROOT, check=True)
+        return json.loads(out.read_text())
+
+
+def medians(report: dict) -> dict[str, dict]:
+    return {b["name"]: {"median": b["stats"]["median"], "extra": b.get("extra_info", {})} for b in report["benchmarks"]}
+
+
+def per_call_ns(entry: dict) -> float:
+    return entry["median"] / entry["extra"].get("calls", 1) * 1e9
+
+
+def table(results: dict[str, dict], machine: dict) -> str:
+    lines = [
+        f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} cores, "
+        f"Python {machine.get('python_version', '?')}",
+        "",
+        "| benchmark | median per call | note |",
+        "|---|---:|---|",
+    ]
+    for name in sorted(results):
+        entry = results[name]
+        extra = entry["extra"]
+        if "calls" in extra:
+            value = f"{per_call_ns(entry):,.0f} ns"
+        else:
+            value = f"{entry['median'] * 1e3:,.1f} ms"
+        note = ", ".join(f"{k}={v}" for k, v in sorted(extra.items()) if k != "calls")
+        lines.append(f"| `{name}` | {value} | {note} |")
+    return "\n".join(lines)
+
+
+def check(results: dict[str, dict]) -> list[str]:
+    lines, failures = [], []
+    for label, num, den, floor, target in RATIOS:
+        if num in results and den in results:
+            ratio = per_call_ns(results[num]) / per_call_ns(results[den])
+            ok = ratio >= floor
+            lines.append(f"{'ok  ' if ok else 'FAIL'} {label}: {ratio:.1f}x (floor {floor}x, target {target}x)")
+            if not ok:
+                failures.append(label)
+    for label, num, den, ceiling, target in CEILINGS:
+        if num in results and den in results:
+            ratio = per_call_ns(results[num]) / per_call_ns(results[den])
+            ok = ratio <= ceiling
+            lines.append(f"{'ok  ' if ok else 'FAIL'} {label}: {ratio:.2f}x (ceiling {ceiling}x, target {target}x)")
+            if not ok:
+                failures.append(label)
+    print("\n".join(lines))
+    return failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guard", action="store_true", help="short run of the guarded benchmarks; exit 1 on a bad ratio")
+    args = parser.parse_args()
+    report = run(GUARD_TESTS if args.guard else ["bench/"], quick=args.guard)
+    results = medians(report)
+    if not args.guard:
+        print(table(results, report.get("machine_info", {})))
+        print()
+    failures = check(results)
+    if args.guard and failures:
+        print(f"bench guard: {len(failures)} ratio(s) out of bounds", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
