@@ -179,7 +179,7 @@ def edge_times(draw, plans: tel400.PlanSet) -> list[float]:
     return out
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(plan_sets(), st.lists(calls(), min_size=1, max_size=25), st.data())
 def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
     plans = tel400.PlanSet.from_dict(tree)

@@ -672,36 +672,46 @@ def test_bad_reload_keeps_the_old_plans(make_router):
 
 
 def test_reload_while_routing_from_threads_never_mixes_plans(make_router):
-    """Two plan sets that differ in every number: each decision must be wholly one or the other."""
+    """Two plan sets of 2,000 numbers that differ in every target: while one
+    compiles, threads keep routing from the other, and each decision is wholly
+    one version or the other, never missing."""
+    size = 2000
+
     def plans(version):
         return tel400.PlanSet.from_dict(
-            {"numbers": [{"number": f"40010{i:05d}", "rules": [bridge(f"{version}{i:04d}", name=f"v{version}")]} for i in range(50)]}
+            {"numbers": [{"number": f"40010{i:05d}", "rules": [bridge(f"{version}{i:04d}", name=f"v{version}")]} for i in range(size)]}
         )
 
     a, b = plans(1), plans(2)
     router = make_router(a)
     errors = []
+    routed = [0]
     stop = threading.Event()
 
-    def worker():
-        i = 0
+    def worker(offset):
+        i = offset
         while not stop.is_set():
-            n = i % 50
+            n = i % size
             d = router.route(f"40010{n:05d}", BJ)
-            version = d.rule[1]
+            version = d.rule[1] if d.rule else "?"
             if d.action != "bridge" or d.targets != (f"{version}{n:04d}",):
                 errors.append(d)
-            i += 1
+            routed[0] += 1
+            i += 7
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    for k in range(200):
-        router.reload(b if k % 2 == 0 else a)
+    during = []
+    for k in range(4):
+        before = routed[0]
+        router.reload(b if k % 2 == 0 else a)  # compiles 2,000 plans while the threads route
+        during.append(routed[0] - before)
     stop.set()
     for t in threads:
         t.join()
     assert not errors
+    assert all(count > 0 for count in during), during  # routing went on during every compile
 
 
 # --- the manual's example plan -------------------------------------------------------------
