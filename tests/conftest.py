@@ -62,3 +62,24 @@ def plans_from(spec) -> tel400.PlanSet:
 def one_number(**fields) -> dict:
     """A plan tree with a single number 4001012345 and the given fields."""
     return {"numbers": [{"number": "4001012345", **fields}]}
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One redis-server for the session (tests that stop Redis start their own)."""
+    from .servers import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A clean database on the session's server."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url

@@ -22,6 +22,8 @@ from .numbers import default_segments, locate, normalize, use_segments
 from .plans import Action, Cap, CalendarSpec, NumberPlan, PlanSet, Rule, Target, Tariff
 from .router import Router
 from .segments import PrefixTable, load_segments
+from .stores import FileStore, PlanStore, RedisStore, SqliteStore, open_store
+from .watch import PlanWatcher
 from .workdays import OfficialCalendar
 
 __version__ = "0.1.0"
@@ -35,16 +37,21 @@ __all__ = [
     "Charge",
     "CounterBackend",
     "Decision",
+    "FileStore",
     "MemoryCounters",
     "NumberError",
     "NumberPlan",
     "OfficialCalendar",
     "PlanError",
     "PlanSet",
+    "PlanStore",
+    "PlanWatcher",
     "PrefixTable",
+    "RedisStore",
     "Router",
     "Rule",
     "SegmentError",
+    "SqliteStore",
     "Step",
     "Target",
     "Tariff",
@@ -57,5 +64,6 @@ __all__ = [
     "locate",
     "normalize",
     "open_counters",
+    "open_store",
     "use_segments",
 ]

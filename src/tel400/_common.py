@@ -102,13 +102,15 @@ def cap_key(number: str, cap: Cap, occurrence: int) -> str:
     """The counter key of a cap.
 
     Caps are named by what they count, not by their place in the list, so a
-    reload that leaves a cap alone keeps its count.
+    reload that leaves a cap alone keeps its count.  The number is in braces,
+    Redis Cluster's hash tag: every key of one number's calls lands in one
+    slot, so one script can count them together.
     """
-    return f"tel400:cap:{number}:{cap.metric}:{cap.per}:{cap.scope}:{cap.channel}:{occurrence}"
+    return f"tel400:{{{number}}}:cap:{cap.metric}:{cap.per}:{cap.scope}:{cap.channel}:{occurrence}"
 
 
 def pin_key(number: str, caller: str | None) -> str:
-    return f"tel400:pin:{number}:{caller or 'anonymous'}"
+    return f"tel400:{{{number}}}:pin:{caller or 'anonymous'}"
 
 
 class CallRecord:

@@ -44,7 +44,7 @@ def _load_compiled() -> Implementation | None:
     if os.environ.get("TEL400_NO_EXTENSIONS") or platform.python_implementation() != "CPython":
         return None
     try:
-        from ._fast import _counters, _engine, _numbers, _segments
+        from ._fast import _counters, _engine, _numbers, _segments, _shm  # noqa: F401
     except ImportError as exc:
         warnings.warn(
             f"tel400: the compiled hot path is not available ({exc}); using the pure-Python reference",

@@ -6,7 +6,10 @@ atomically: *do all of these caps still have room, and if so count the call
 in all of them* (:meth:`CounterBackend.acquire`).  The router builds the keys;
 backends know nothing of plans.
 
-This module has the interface and the one-process ``memory://`` backend.
+This module has the interface, the one-process ``memory://`` backend and
+:func:`open_counters`, which also opens ``shm:///path`` (processes on one
+host, :mod:`tel400._fast._shm`) and ``redis://`` (a cluster of hosts,
+:mod:`tel400.redis_counters`).
 Backends that fail or time out raise :class:`~tel400.BackendError`; the
 router then applies the plan's ``on_backend_error`` policy.
 """
@@ -197,10 +200,37 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"counters: expected a backend or a URL, got {type(spec).__name__}")
-    scheme = urlsplit(spec).scheme
+    parts = urlsplit(spec)
+    scheme = parts.scheme
     if scheme == "memory":
         return memory()
-    raise ValueError(f"counters: unsupported URL {spec!r}; this version supports memory://")
+    if scheme == "shm":
+        return _open_shm(parts)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis_counters import RedisCounters
+
+        return RedisCounters(spec)
+    raise ValueError(f"counters: unsupported URL {spec!r}; expected memory://, shm:///path or redis://host:port/db")
+
+
+def _open_shm(parts) -> CounterBackend:
+    from urllib.parse import parse_qs
+
+    try:
+        from ._fast._shm import DEFAULT_SLOTS, ShmCounters
+    except ImportError:
+        raise ValueError(
+            "counters: shm:// needs tel400's compiled extension (atomic operations on shared memory), "
+            "which is not built here; use redis:// or install tel400 with a C compiler"
+        ) from None
+    if not parts.path:
+        raise ValueError("counters: shm:// needs a file path, e.g. shm:///dev/shm/tel400.counters")
+    query = parse_qs(parts.query)
+    try:
+        slots = int(query.get("slots", [DEFAULT_SLOTS])[0])
+    except ValueError:
+        raise ValueError(f"counters: shm:// slots must be a whole number, got {query['slots'][0]!r}") from None
+    return ShmCounters(parts.path, slots)
 
 
 __all__ = ["BackendError", "CapCheck", "CounterBackend", "MemoryCounters", "PERIOD_TTL_S", "open_counters"]

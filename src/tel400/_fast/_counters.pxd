@@ -9,7 +9,13 @@ cdef class Entry:
     cdef double opened     # PIN windows: when the window opened (the call's time)
 
 
-cdef class MemoryCounters:
+cdef class CCounters:
+    """Counter backends the compiled engine can call with C arrays."""
+    cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
+                       const int64_t* increments, const int64_t* ttls, int n) except -2
+
+
+cdef class MemoryCounters(CCounters):
     cdef dict _counters
     cdef dict _pins
     cdef list _expiry

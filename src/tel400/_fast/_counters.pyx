@@ -34,7 +34,17 @@ cdef class Entry:
     pass
 
 
-cdef class MemoryCounters:
+cdef class CCounters:
+    cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
+                       const int64_t* increments, const int64_t* ttls, int n) except -2:
+        """Like ``acquire``: -1 all admitted and counted, else the first index at its limit.
+
+        May raise :class:`~tel400.BackendError`.  ``keys`` are borrowed.
+        """
+        raise NotImplementedError
+
+
+cdef class MemoryCounters(CCounters):
     """Counters in this process's memory; exact within one process."""
 
     def __cinit__(self, *, clock=time.time):

@@ -24,7 +24,7 @@ from libc.math cimport isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 from ._clock cimport CalendarTable, LocalTime, ZoneTable, calendar_table, zone_table
-from ._counters cimport MemoryCounters as FastCounters
+from ._counters cimport CCounters as FastCounters
 from ._numbers cimport c_normalize_or_none
 from ._segments cimport IntervalLookup
 from ._select cimport FastRandom, Selector
@@ -640,7 +640,10 @@ cdef class Engine:
                 n += 1
             if n == 0:
                 return -1
-            return self.fast_counters.c_acquire(keys, periods, limits, increments, ttls, n)
+            try:
+                return self.fast_counters.c_acquire(keys, periods, limits, increments, ttls, n)
+            except BackendError:
+                return self._backend_failed(plan)
         checks = []
         for cap in plan.caps:
             if cap.channel != CH_ANY and cap.channel != ch:

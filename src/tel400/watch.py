@@ -1,0 +1,142 @@
+"""Keeping a router's plans in step with their store.
+
+A :class:`PlanWatcher` asks the store for its version (cheap) at most every
+``interval_s`` seconds and reloads the router when it changed.  Use it one of
+two ways:
+
+* ``watcher.start()``: a daemon thread polls in the background.  It restarts
+  itself in children forked with :func:`os.fork` (``multiprocessing``,
+  gunicorn).
+* ``watcher.poll()`` from the request path: a clock comparison when nothing
+  is due, so it can run on every call.  This is the way for processes a C
+  program forks without telling Python (Kamailio's workers).
+
+A change that does not validate is refused: the router keeps its plans, the
+refusal is logged once per bad version (``plan_change_refused``, with the
+PlanError text) and counted; the next good version is taken as usual.  A
+store that cannot be reached is retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+
+import structlog
+
+from .exceptions import BackendError, PlanError
+from .stores import PlanStore, open_store
+
+_log = structlog.get_logger("tel400.watch")
+_watchers: weakref.WeakSet[PlanWatcher] = weakref.WeakSet()
+
+
+class PlanWatcher:
+    """Reloads ``router`` from ``store`` when the store's version changes.
+
+    Args:
+        router: the :class:`~tel400.Router` to keep current.
+        store: a :class:`~tel400.stores.PlanStore`, or a path or URL for
+            :func:`~tel400.stores.open_store`.
+        interval_s: how often to ask the store (0.5 s: a change reaches every
+            process within about a second).
+        version: the version the router's plans came from, if known (then the
+            first poll does not reload the same plans again).
+    """
+
+    def __init__(self, router, store: PlanStore | str, *, interval_s: float = 0.5, version=None,
+                 clock=time.monotonic) -> None:
+        self.router = router
+        self.store = open_store(store) if not isinstance(store, PlanStore) else store
+        self.interval_s = interval_s
+        self._clock = clock
+        self._due = 0.0
+        self._version = version
+        self._refused = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.reloads = 0
+        self.refusals = 0
+        self.errors = 0
+        _watchers.add(self)
+
+    def poll(self, *, force: bool = False) -> bool:
+        """Reload if the store changed and the interval has passed; ``True`` if it reloaded."""
+        now = self._clock()
+        if not force and now < self._due:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False  # another thread of this process is polling right now
+        try:
+            self._due = now + self.interval_s
+            return self._check()
+        finally:
+            self._lock.release()
+
+    def _check(self) -> bool:
+        try:
+            version = self.store.version()
+        except BackendError as exc:
+            self.errors += 1
+            _log.warning("plan_store_unavailable", store=self.store.url, error=str(exc))
+            return False
+        if version == self._version:
+            return False
+        try:
+            plans = self.store.load()
+        except PlanError as exc:
+            if version != self._refused:
+                self._refused = version
+                self.refusals += 1
+                _log.error("plan_change_refused", store=self.store.url, error=str(exc),
+                           kept=len(self.router.plans.numbers))
+            return False
+        except BackendError as exc:
+            self.errors += 1
+            _log.warning("plan_store_unavailable", store=self.store.url, error=str(exc))
+            return False
+        self.router.reload(plans)
+        self._version = version
+        self.reloads += 1
+        return True
+
+    # -- background thread --------------------------------------------------------
+
+    def start(self) -> PlanWatcher:
+        """Poll in a daemon thread; returns ``self``."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tel400-plan-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll(force=True)
+            except Exception:  # never let the thread die: the next interval tries again
+                self.errors += 1
+                _log.exception("plan_watcher_failed", store=self.store.url)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        if self._thread is not None:  # threads do not survive a fork: start ours again
+            self._thread = None
+            self.start()
+
+
+def _restart_after_fork() -> None:
+    for watcher in list(_watchers):
+        watcher._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_after_fork)

@@ -1,0 +1,274 @@
+"""Counters shared between processes (shm://) and hosts (redis://), with the real parts.
+
+redis-server comes from Debian's package and runs on 127.0.0.1, started and
+stopped by these tests; shm tables live in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import tel400
+from tel400 import _impl
+from tel400.counters import CapCheck
+
+from .conftest import one_number
+from .servers import RedisServer
+
+needs_shm = pytest.mark.skipif("cython" not in _impl.ENGINES, reason="shm:// is part of the compiled extension")
+FORK = multiprocessing.get_context("fork")
+BJ = "13901012345"
+
+
+def check(key, limit, increment=1, period=7):
+    return CapCheck(key, period, limit, increment, 3600)
+
+
+def calls_today(counters, number="4001012345"):
+    """The value of a number's first daily calls cap, as a counter backend holds it."""
+    import datetime as dt
+    import zoneinfo
+
+    cap = tel400.PlanSet.from_dict(one_number(caps=[{"metric": "calls", "per": "day", "limit": 1}])).numbers[0].caps[0]
+    today = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Shanghai")).toordinal()
+    return counters.value(tel400._common.cap_key(number, cap, 1), today)
+
+
+@pytest.fixture(params=["memory", "shm", "redis"])
+def backend(request, tmp_path, impl):
+    if request.param == "memory":
+        yield impl.MemoryCounters()
+    elif request.param == "shm":
+        if "cython" not in _impl.ENGINES:
+            pytest.skip("shm:// is part of the compiled extension")
+        counters = tel400.open_counters(f"shm://{tmp_path}/counters?slots=4096")
+        yield counters
+        counters.close()
+    else:
+        counters = tel400.open_counters(request.getfixturevalue("redis_url"))
+        yield counters
+        counters.close()
+
+
+# --- the interface, the same on every backend ----------------------------------------
+
+
+def test_acquire_all_or_nothing(backend):
+    assert backend.acquire([check("a", 2), check("b", 1)]) == -1
+    assert backend.acquire([check("a", 2), check("b", 1)]) == 1
+    assert (backend.value("a", 7), backend.value("b", 7)) == (1, 1)
+    assert backend.acquire([check("a", 2)], dry_run=True) == -1
+    assert backend.value("a", 7) == 1
+    assert backend.acquire([check("a", 2), check("c", 5)]) == -1
+    assert backend.acquire([check("c", 5), check("a", 2)]) == 1
+    assert backend.value("c", 7) == 1  # taken back
+
+
+def test_periods_are_separate_and_zero_increments_only_check(backend):
+    backend.add("m", 1, 90, 60)
+    assert backend.add("m", 1, 30, 60) == 120
+    assert backend.acquire([check("m", 100, increment=0, period=1)]) == 0
+    assert backend.acquire([check("m", 100, increment=0, period=2)]) == -1
+    assert backend.value("m", 2) == 0
+    assert backend.acquire([check("zero", 0)]) == 0  # a limit of 0 admits nothing
+
+
+def test_pin_failures(backend):
+    now = time.time()
+    assert backend.pin_failures("p", now, 3600) == 0
+    assert backend.add_pin_failure("p", now, 3600) == 1
+    assert backend.add_pin_failure("p", now + 1, 3600) == 2
+    assert backend.pin_failures("p", now + 2, 3600) == 2
+    backend.clear_pin_failures("p")
+    assert backend.pin_failures("p", now + 3, 3600) == 0
+
+
+def test_routers_count_through_every_backend(backend, make_router):
+    router = make_router(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 3}]),
+                         backend)
+    assert [router.route("4001012345", BJ).reason for _ in range(4)] == ["ok"] * 3 + ["cap_exceeded"]
+
+
+# --- shm ------------------------------------------------------------------------------------
+
+
+@needs_shm
+def test_shm_table_full_is_an_error_and_counted(tmp_path, make_router):
+    counters = tel400.open_counters(f"shm://{tmp_path}/small?slots=16")
+    for i in range(16):
+        counters.add(f"k{i}", 1, 1, 60)
+    with pytest.raises(tel400.BackendError, match="is full"):
+        counters.add("one-too-many", 1, 1, 60)
+    assert counters.stats()["full_events"] == 1
+    router = make_router(
+        one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 9, "scope": "caller"}],
+                   on_backend_error="reject"),
+        counters,
+    )
+    assert router.route("4001012345", BJ).reason == "backend_error"  # the plan's policy, never silent loss
+    assert counters.stats()["full_events"] == 2
+
+
+@needs_shm
+def test_shm_refuses_a_table_of_another_size(tmp_path):
+    tel400.open_counters(f"shm://{tmp_path}/t?slots=1024")
+    with pytest.raises(tel400.BackendError, match="another size"):
+        tel400.open_counters(f"shm://{tmp_path}/t?slots=2048")
+    (tmp_path / "junk").write_bytes(b"x" * (64 + 24 * 16))
+    with pytest.raises(tel400.BackendError, match="not a tel400 counter table"):
+        tel400.open_counters(f"shm://{tmp_path}/junk?slots=16")
+
+
+@needs_shm
+def test_shm_reuses_slots_a_day_after_they_expired(tmp_path):
+    counters = tel400.open_counters(f"shm://{tmp_path}/reuse?slots=16")
+    for i in range(40):  # more keys than slots, each long expired when the next arrives
+        counters.add(f"k{i}", 1, 1, -2 * 86400)
+    assert counters.add("fresh", 1, 5, 60) == 5
+    stats = counters.stats()
+    assert stats["full_events"] == 0 and stats["reuses"] >= 25 and stats["used"] <= 16
+    assert counters.value("fresh", 1) == 5
+
+
+def _route_many(url, plans_tree, calls, implementation, results):
+    router = tel400.Router(tel400.PlanSet.from_dict(plans_tree), url, implementation=implementation)
+    bridged = sum(router.route("4001012345", f"139{os.getpid() % 1000:03d}{i:05d}").action == "bridge" for i in range(calls))
+    results.put(bridged)
+
+
+def _exactness(url, implementation):
+    tree = one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 20_000}])
+    # The parent makes a router first: children are forked after it, like Kamailio's workers.
+    parent = tel400.Router(tel400.PlanSet.from_dict(tree), url, implementation=implementation)
+    results = FORK.Queue()
+    workers = [FORK.Process(target=_route_many, args=(url, tree, 12_500, implementation, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    totals = [results.get(timeout=300) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert sum(totals) == 20_000
+    assert parent.route("4001012345", BJ).reason == "cap_exceeded"
+
+
+@needs_shm
+def test_shm_exact_across_four_processes(tmp_path, impl):
+    _exactness(f"shm://{tmp_path}/exact?slots=1024", impl.name)
+
+
+def test_redis_exact_across_four_processes(redis_url, impl):
+    _exactness(redis_url, impl.name)
+
+
+def _route_and_report(url, admitted, index):
+    router = tel400.Router(
+        tel400.PlanSet.from_dict(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 10**9}])),
+        url,
+    )
+    while True:
+        if router.route("4001012345", BJ).action == "bridge":
+            with admitted.get_lock():
+                admitted[index] += 1
+
+
+@needs_shm
+def test_shm_worker_killed_mid_run_loses_no_committed_count(tmp_path):
+    url = f"shm://{tmp_path}/kill?slots=1024"
+    admitted = FORK.Array("q", 3)
+    workers = [FORK.Process(target=_route_and_report, args=(url, admitted, i)) for i in range(3)]
+    for w in workers:
+        w.start()
+    time.sleep(1.0)
+    os.kill(workers[0].pid, signal.SIGKILL)  # mid-run, possibly between a commit and its report
+    time.sleep(0.5)
+    for w in workers[1:]:
+        w.terminate()
+    for w in workers:
+        w.join(timeout=30)
+    counters = tel400.open_counters(url)
+    committed = calls_today(counters)
+    reported = sum(admitted)
+    assert reported > 1000
+    # Terminated workers may die between counting and reporting too: one call each at most.
+    assert reported <= committed <= reported + 3
+    assert counters.acquire([check("after", 1)]) == -1  # no lock was left behind
+
+
+# --- redis failures -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def _timed_routes(router, n, caller=BJ):
+    worst, decisions = 0.0, []
+    for _ in range(n):
+        t = time.perf_counter()
+        decisions.append(router.route("4001012345", caller))
+        worst = max(worst, time.perf_counter() - t)
+    return worst, decisions
+
+
+@pytest.mark.parametrize("policy", ["allow", "reject"])
+def test_redis_stopped_mid_run_then_back(own_redis, policy, make_router):
+    url = own_redis.url + "?timeout_ms=20&backoff_ms=300"
+    router = make_router(
+        one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 1000}],
+                   on_backend_error=policy),
+        url,
+    )
+    worst, decisions = _timed_routes(router, 20)
+    assert {d.reason for d in decisions} == {"ok"}
+    own_redis.stop()
+    worst, decisions = _timed_routes(router, 50)
+    expected = ("bridge", "ok") if policy == "allow" else ("reject", "backend_error")
+    assert {(d.action, d.reason) for d in decisions} == {expected}
+    assert worst < 0.25  # the 20 ms bound, with room for a loaded CI machine
+    assert router.backend_error_counts()[policy] == 50
+    own_redis.start()  # same port, empty: Redis without persistence forgets
+    time.sleep(0.4)  # past the backoff
+    _, decisions = _timed_routes(router, 5)
+    assert {d.reason for d in decisions} == {"ok"}
+    assert calls_today(router.counters) == 5  # counting resumed (the restarted Redis started empty)
+
+
+def test_redis_slow_server_keeps_the_bound(own_redis, make_router):
+    router = make_router(
+        one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 1000}],
+                   on_backend_error="allow"),
+        own_redis.url + "?timeout_ms=20&backoff_ms=100",
+    )
+    assert router.route("4001012345", BJ).reason == "ok"
+    sleeper = threading.Thread(target=own_redis.cli, args=("DEBUG", "SLEEP", "1.0"))
+    sleeper.start()
+    time.sleep(0.1)
+    worst, decisions = _timed_routes(router, 30)
+    sleeper.join()
+    assert worst < 0.25
+    assert all(d.action == "bridge" for d in decisions)
+    assert router.backend_error_counts()["allow"] >= 1
+    time.sleep(0.2)
+    assert router.route("4001012345", BJ).reason == "ok"
+
+
+def test_redis_minutes_and_pins_through_the_router(redis_url, make_router):
+    router = make_router(
+        one_number(rules=[{"targets": ["1"]}], pin="4821", caps=[{"metric": "minutes", "per": "day", "limit": 3}]),
+        redis_url,
+    )
+    shanghai = "02161234567"
+    assert [router.route("4001012345", shanghai, pin="0000").reason for _ in range(6)] == ["bad_pin"] * 4 + ["pin_locked"] * 2
+    assert router.route("4001012345", BJ, pin="4821", call_id="x").reason == "ok"
+    router.call_ended("x", 185)  # 4 minutes
+    assert router.route("4001012345", BJ, pin="4821").reason == "cap_exceeded"
