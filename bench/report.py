@@ -30,6 +30,8 @@ GUARD_TESTS = [
     "bench/test_bench_route.py::test_route_many_plans[cython-10000]",
     "bench/test_bench_numbers.py::test_locate[cython]",
     "bench/test_bench_numbers.py::test_peer_phonenumbers_geocoder_preparsed",
+    "bench/test_bench_route.py::test_route_counters_backend[memory]",
+    "bench/test_bench_route.py::test_route_counters_backend[shm]",
 ]
 
 # (label, numerator test, denominator test, floor, target): numerator / denominator >= floor
@@ -41,6 +43,8 @@ RATIOS = [
 CEILINGS = [
     ("route(): 10,000 plans / 10 plans (compiled)", "test_route_many_plans[cython-10000]",
      "test_route_many_plans[cython-10]", 3.0, 1.5),
+    ("route(): shm:// counters / memory:// counters", "test_route_counters_backend[shm]",
+     "test_route_counters_backend[memory]", 2.0, 1.9),
 ]
 
 

@@ -59,3 +59,36 @@ def test_route_10000_plans_skewed_traffic(benchmark, impl):
 
     benchmark.extra_info.update(impl=impl, calls=BATCH, plans=10_000, traffic="zipf")
     benchmark(batch)
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    from tel400.testing import RedisServer
+
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.mark.parametrize("backend", ["memory", "shm", "redis"])
+def test_route_counters_backend(benchmark, backend, tmp_path_factory, request):
+    """The manual's plan with each counter backend (compiled engine when built)."""
+    if backend == "memory":
+        url = "memory://"
+    elif backend == "shm":
+        if "cython" not in _impl.ENGINES:
+            pytest.skip("shm:// is part of the compiled extension")
+        url = f"shm://{tmp_path_factory.mktemp('shm')}/counters?slots=65536"
+    else:
+        url = request.getfixturevalue("redis_url") + "?timeout_ms=200"
+    router = tel400.Router(manual_plans(), url, seed=1)
+    route = router.route
+    sample = callers()
+
+    def batch():
+        for caller in sample:
+            route("4001012345", caller, TUESDAY_10)
+
+    benchmark.extra_info.update(impl=router.implementation, backend=backend, calls=BATCH)
+    benchmark(batch)
+    assert not router.backend_error_counts()

@@ -67,7 +67,7 @@ def one_number(**fields) -> dict:
 @pytest.fixture(scope="session")
 def redis_server():
     """One redis-server for the session (tests that stop Redis start their own)."""
-    from .servers import RedisServer
+    from tel400.testing import RedisServer
 
     server = RedisServer().start()
     yield server

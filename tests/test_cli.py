@@ -117,3 +117,21 @@ def test_console_script_runs_the_main_job():
     )
     assert result.returncode == 0, result.stderr
     assert "Simulated 1000 calls" in result.stdout
+
+
+def test_store_import_export_audit(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path}/plans.db"
+    assert main(["store", "import", MANUAL, db, "--actor", "ops"]) == 0
+    assert "imported 3 numbers" in capsys.readouterr().out
+    assert main(["check", db]) == 0
+    assert "3 numbers" in capsys.readouterr().out
+    assert main(["store", "export", db]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert sorted(n["number"] for n in exported["numbers"]) == ["4001012345", "4001100868", "4001532532"]
+    assert main(["store", "audit", db]) == 0
+    out = capsys.readouterr().out
+    assert "ops" in out and "replace_all" in out
+    assert main(["route", db, "4001532532", "13902001234", "--pin", "1234"]) == 0
+    assert "conference" in capsys.readouterr().out
+    assert main(["store", "import", MANUAL, MANUAL]) == 2  # a file is not a writable store
+    assert "not a writable store" in capsys.readouterr().err

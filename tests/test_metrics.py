@@ -31,3 +31,27 @@ def test_metrics_follow_decisions_and_calendar_fallbacks(make_router):
     assert f'tel400_calendar_fallback_total{{year="2043"}} {float(workdays.FALLBACK_LOOKUPS[2043])}' in text
     router.call_ended("a", 30)
     assert "tel400_calls_in_progress 1.0" in generate_latest(registry).decode()
+
+
+def test_backend_and_watcher_metrics(tmp_path, redis_url):
+    registry = CollectorRegistry()
+    plans = tel400.PlanSet.from_dict(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 9}]))
+    path = tmp_path / "p.json"
+    path.write_text('{"numbers": [{"number": "4001012345", "rules": [{"time": "25:00-26:00", "targets": ["1"]}]}]}')
+    router = tel400.Router(plans, "redis://127.0.0.1:1/0?timeout_ms=5")
+    watcher = tel400.PlanWatcher(router, str(path), interval_s=0)
+    watcher.poll()
+    tel400.metrics.register(router, registry, watcher=watcher)
+    router.route("4001012345", "13901012345")
+    text = generate_latest(registry).decode()
+    assert 'tel400_counter_backend_failures_total{kind="connection"} 1.0' in text
+    assert "tel400_plan_changes_refused_total 1.0" in text
+    from tel400 import _impl
+
+    if "cython" in _impl.ENGINES:
+        shm_router = tel400.Router(plans, f"shm://{tmp_path}/c?slots=1024")
+        shm_router.route("4001012345", "13901012345")
+        shm_registry = CollectorRegistry()
+        tel400.metrics.register(shm_router, shm_registry)
+        text = generate_latest(shm_registry).decode()
+        assert "tel400_shm_slots 1024.0" in text and "tel400_shm_slots_used 1.0" in text

@@ -19,7 +19,7 @@ from tel400 import _impl
 from tel400.counters import CapCheck
 
 from .conftest import one_number
-from .servers import RedisServer
+from tel400.testing import RedisServer
 
 needs_shm = pytest.mark.skipif("cython" not in _impl.ENGINES, reason="shm:// is part of the compiled extension")
 FORK = multiprocessing.get_context("fork")
@@ -272,3 +272,30 @@ def test_redis_minutes_and_pins_through_the_router(redis_url, make_router):
     assert router.route("4001012345", BJ, pin="4821", call_id="x").reason == "ok"
     router.call_ended("x", 185)  # 4 minutes
     assert router.route("4001012345", BJ, pin="4821").reason == "cap_exceeded"
+
+
+def test_redis_one_round_trip_per_connecting_call(redis_url, make_router):
+    """One EVALSHA per connecting call, nothing for calls refused before the caps."""
+    import redis
+
+    router = make_router(
+        one_number(blacklist=["13800000000"], rules=[{"targets": ["1"]}],
+                   caps=[{"metric": "calls", "per": "day", "limit": 100}, {"metric": "calls", "per": "hour", "limit": 100},
+                         {"metric": "calls", "per": "day", "limit": 5, "scope": "caller"}]),
+        redis_url,
+    )
+    router.route("4001012345", BJ)  # loads the script once
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    for i in range(20):
+        router.route("4001012345", f"1390101{i:04d}")
+    for _ in range(5):
+        router.route("4001012345", "13800000000")  # blacklisted: no round trip
+    stats = client.info("commandstats")
+    client.close()
+    commands = {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.items()}
+    commands.pop("config|resetstat", None)
+    commands.pop("info", None)
+    assert commands.pop("evalsha") == 20  # the round trips
+    # What the script itself ran on the server: three caps read, counted, given a lifetime.
+    assert commands == {"get": 60, "incrby": 60, "expire": 20}

@@ -12,18 +12,18 @@ from collections.abc import Sequence
 import structlog
 
 from . import __version__, provinces
-from .exceptions import NumberError, PlanError, SegmentError
-from .loading import load_plans
+from .exceptions import BackendError, NumberError, PlanError, SegmentError
 from .numbers import locate, normalize, use_segments
 from .pins import make_hash
 from .router import Router
 from .segments import load_segments
 from .simulate import simulate
+from .stores import open_store
 from .workdays import describe_years
 
 
 def _cmd_check(args) -> int:
-    plans = load_plans(args.file)
+    plans = open_store(args.file).load()
     rules = sum(len(p.rules) for p in plans.numbers)
     print(f"ok: {args.file}: {len(plans.numbers)} numbers, {rules} rules")
     for plan in plans.numbers:
@@ -48,7 +48,7 @@ def _parse_at(text: str | None):
 
 
 def _cmd_route(args) -> int:
-    plans = load_plans(args.file)
+    plans = open_store(args.file).load()
     router = Router(plans)
     decision = router.route(
         args.dialed, args.caller, at=_parse_at(args.at), channel=args.channel, pin=args.pin, explain=args.explain
@@ -89,7 +89,7 @@ def _cmd_locate(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    plans = load_plans(args.file)
+    plans = open_store(args.file).load()
     start = _dt.date.fromisoformat(args.start) if args.start else None
     report = simulate(plans, args.calls, seed=args.seed, start=start)
     if args.json:
@@ -102,7 +102,7 @@ def _cmd_simulate(args) -> int:
 def _cmd_calendar(args) -> int:
     calendar = None
     if args.plans:
-        plans = load_plans(args.plans)
+        plans = open_store(args.plans).load()
         spec = plans.calendar
         if args.number:
             plan = plans.get(args.number)
@@ -120,6 +120,31 @@ def _cmd_calendar(args) -> int:
         day = _dt.date.fromisoformat(args.date)
         is_workday = (calendar or OfficialCalendar()).is_workday(day.toordinal())
         print(f"{day.isoformat()}: {'workday' if is_workday else 'holiday'}")
+    return 0
+
+
+def _cmd_store_import(args) -> int:
+    plans = open_store(args.source).load()
+    store = open_store(args.dest)
+    if not store.writable:
+        raise ValueError(f"{args.dest} is not a writable store (sqlite:///… or redis://…)")
+    store.replace_all(plans, actor=args.actor)
+    print(f"imported {len(plans.numbers)} numbers from {args.source} into {args.dest}")
+    return 0
+
+
+def _cmd_store_export(args) -> int:
+    print(json.dumps(open_store(args.store).load().to_dict(), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _cmd_store_audit(args) -> int:
+    store = open_store(args.store)
+    if not store.writable:
+        raise ValueError(f"{args.store} keeps no audit log (only sqlite:// and redis:// stores do)")
+    for entry in store.audit(args.number, args.limit):
+        at = _dt.datetime.fromtimestamp(entry["at"]).isoformat(timespec="seconds")
+        print(f"{at}  {entry['actor']:<12} {entry['action']:<12} {entry['number'] or '-'}")
     return 0
 
 
@@ -171,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="say whether this date is a working day")
     p.set_defaults(func=_cmd_calendar)
 
+    p = sub.add_parser("store", help="copy plans into a SQLite or Redis store, export them, read the audit log")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("import", help="replace a store's plans with those of a file or another store")
+    q.add_argument("source")
+    q.add_argument("dest")
+    q.add_argument("--actor", default="tel400-cli")
+    q.set_defaults(func=_cmd_store_import)
+    q = store_sub.add_parser("export", help="print a store's plans as JSON")
+    q.add_argument("store")
+    q.set_defaults(func=_cmd_store_export)
+    q = store_sub.add_parser("audit", help="the latest changes to a store")
+    q.add_argument("store")
+    q.add_argument("--number")
+    q.add_argument("--limit", type=int, default=20)
+    q.set_defaults(func=_cmd_store_audit)
+
     p = sub.add_parser("pin-hash", help="hash a PIN for a plan's pin_hash field")
     p.add_argument("pin")
     p.set_defaults(func=_cmd_pin_hash)
@@ -194,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanError, SegmentError) as exc:
         print(f"tel400: {exc}", file=sys.stderr)
         return 1
+    except BackendError as exc:
+        print(f"tel400: {exc}", file=sys.stderr)
+        return 3
     except ValueError as exc:
         print(f"tel400: {exc}", file=sys.stderr)
         return 2

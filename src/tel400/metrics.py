@@ -17,10 +17,12 @@ from .router import Router
 
 
 class RouterCollector:
-    """Exposes one router's statistics (and the process-wide calendar fallbacks)."""
+    """Exposes one router's statistics (and the process-wide calendar fallbacks),
+    its counter backend's and, if given, its plan watcher's."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, watcher=None) -> None:
         self._router = router
+        self._watcher = watcher
 
     def collect(self):
         router = self._router
@@ -57,10 +59,34 @@ class RouterCollector:
         for year, count in sorted(workdays.FALLBACK_LOOKUPS.items()):
             fallback.add_metric([str(year)], count)
         yield fallback
+        yield from self._backend_metrics(router.counters)
+        if self._watcher is not None:
+            w = self._watcher
+            yield CounterMetricFamily("tel400_plan_changes_refused", "Plan changes refused as invalid (running plans kept).",
+                                      value=w.refusals)
+            yield CounterMetricFamily("tel400_plan_store_errors", "Plan store reads that failed.", value=w.errors)
+
+    @staticmethod
+    def _backend_metrics(counters):
+        failures = getattr(counters, "failures", None)  # redis://
+        if failures is not None:
+            family = CounterMetricFamily(
+                "tel400_counter_backend_failures", "Counter backend calls that failed, by kind.", labels=["kind"]
+            )
+            for kind, count in sorted(failures.items()):
+                family.add_metric([kind], count)
+            yield family
+        stats = getattr(counters, "stats", None)  # shm://
+        if stats is not None:
+            table = stats()
+            yield GaugeMetricFamily("tel400_shm_slots", "Slots in the shared counter table.", value=table["slots"])
+            yield GaugeMetricFamily("tel400_shm_slots_used", "Slots holding a counter.", value=table["used"])
+            yield CounterMetricFamily("tel400_shm_table_full", "Counters refused because the table was full.",
+                                      value=table["full_events"])
 
 
-def register(router: Router, registry: CollectorRegistry = REGISTRY) -> RouterCollector:
-    """Register a collector for ``router`` and return it (unregister it with the registry)."""
-    collector = RouterCollector(router)
+def register(router: Router, registry: CollectorRegistry = REGISTRY, *, watcher=None) -> RouterCollector:
+    """Register a collector for ``router`` (and its ``watcher``) and return it."""
+    collector = RouterCollector(router, watcher)
     registry.register(collector)
     return collector

@@ -1,4 +1,10 @@
-"""Real servers for the tests: started on a free loopback port, stopped after."""
+"""Helpers for testing an integration with tel400 (and for tel400's own tests).
+
+* :class:`RedisServer` starts Debian's ``redis-server`` on a free loopback
+  port, without persistence, and stops it: real counters and plan stores
+  in a test, no mocks.
+* :func:`free_port` finds a free TCP port on 127.0.0.1.
+"""
 
 from __future__ import annotations
 
