@@ -744,3 +744,21 @@ def test_decision_as_dict_is_json_ready(make_router):
 
 def test_shanghai_default_zone():
     assert SHANGHAI.key == "Asia/Shanghai"
+
+
+def test_a_call_can_end_in_another_process(make_router):
+    """export_call() hands the call over; call_ended(record=...) charges it anywhere."""
+    tree = one_number(rules=[bridge("13901010001")], tariff={"local": "0.1", "long_distance": "0.3"},
+                      caps=[{"metric": "minutes", "per": "day", "limit": 2}])
+    routing = make_router(tree)
+    ending = make_router(tree, routing.counters)  # another worker, sharing the counters
+    routing.route("4001012345", BJ, at=TUESDAY_10, call_id="k1")
+    token = routing.export_call("k1")
+    assert routing.export_call("k1") is None and routing.call_ended("k1", 10) is None  # handed over
+    charge = ending.call_ended("k1", 150, record=token)
+    assert (charge.billed_s, charge.cost, charge.province) == (180, Decimal("0.3"), "CN-BJ")
+    assert routing.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"  # 3 min > 2, counted
+    with pytest.raises(ValueError, match="another call"):
+        ending.call_ended("other", 1, record=token)
+    with pytest.raises(ValueError, match="not a call record"):
+        ending.call_ended("k1", 1, record='{"v": 1}')

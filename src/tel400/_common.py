@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import datetime as _dt
+import json
 import math
 from collections import Counter
 from decimal import ROUND_CEILING, Decimal
@@ -16,7 +17,7 @@ from decimal import ROUND_CEILING, Decimal
 from . import provinces
 from .decision import Charge
 from .exceptions import BackendError
-from .plans import Cap, to_units
+from .plans import Cap, Tariff, to_units
 
 #: The SMS access code: messages to a 400 number arrive as 10657 + number.
 SMS_ACCESS_PREFIX = "10657"
@@ -134,6 +135,43 @@ class CallRecord:
         self.charges = charges
         self.fail_open = fail_open
         self.remembered_at = 0.0
+
+    def to_token(self) -> str:
+        """The record as compact JSON (see :meth:`tel400.Router.export_call`)."""
+        tariff = self.tariff
+        return json.dumps(
+            {
+                "v": 1, "id": self.call_id, "n": self.number, "c": self.caller, "p": self.province,
+                "t": list(self.targets), "ch": self.channel, "ts": self.ts, "fo": self.fail_open,
+                "tar": None if tariff is None else [str(tariff.local), str(tariff.long_distance), tariff.increment_s],
+                "k": [list(c) for c in self.charges],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_token(cls, token: str) -> CallRecord:
+        try:
+            data = json.loads(token)
+            if data.get("v") != 1:
+                raise ValueError("unknown version")
+            tariff = None
+            if data["tar"] is not None:
+                local, long_distance, increment = data["tar"]
+                tariff = Tariff(Decimal(local), Decimal(long_distance), int(increment))
+            charges = tuple(
+                (str(metric), str(key), int(period), int(ttl)) for metric, key, period, ttl in data["k"]
+                if metric in ("minutes", "cost")
+            )
+            province = int(data["p"])
+            if not 0 <= province < len(provinces.CODES):
+                raise ValueError("province out of range")
+            return cls(
+                str(data["id"]), str(data["n"]), data["c"], province, tuple(str(t) for t in data["t"]),
+                str(data["ch"]), float(data["ts"]), tariff, charges, bool(data["fo"]),
+            )
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+            raise ValueError(f"record: not a call record ({exc})") from None
 
 
 def charge_call(record: CallRecord, duration_s: float, target, prefixes, counters, backend_errors) -> Charge:

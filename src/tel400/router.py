@@ -10,7 +10,7 @@ import weakref
 import structlog
 
 from . import _impl, numbers
-from ._common import Shared
+from ._common import CallRecord, Shared
 from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
@@ -77,7 +77,9 @@ class Router:
         # The engine's own bound method, stored on the instance so that a call
         # to router.route skips this class's wrapper (a Python frame, ~60 ns).
         # Rebinding it is one atomic store, like the engine reference itself.
-        self.route = engine.route
+        # A subclass that overrides route() keeps its own.
+        if type(self).route is Router.route:
+            self.route = engine.route
         return engine
 
     # -- routing ----------------------------------------------------------
@@ -121,7 +123,8 @@ class Router:
         """
         return self._engine.route(dialed, caller, at, channel, pin, None, True, True)
 
-    def call_ended(self, call_id, duration_s: float, target: str | None = None) -> Charge | None:
+    def call_ended(self, call_id, duration_s: float, target: str | None = None, *,
+                   record: str | None = None) -> Charge | None:
         """Report a routed call's end: charges its minutes and cost caps.
 
         Args:
@@ -130,21 +133,40 @@ class Router:
                 of the plan's tariff, 60 s by default).
             target: the target that answered, if not the first one; it
                 decides local or long-distance rates.
+            record: what :meth:`export_call` returned, when the call ends in
+                another process than the one that routed it (Kamailio's
+                workers); then this router need not know the call.
 
         Returns:
             The :class:`~tel400.Charge`, or ``None`` if the call is unknown
             (never routed with this id, already ended, or expired).
 
         Raises:
-            ValueError: ``duration_s`` is negative or not a finite number.
+            ValueError: ``duration_s`` is negative or not a finite number, or
+                ``record`` is not one :meth:`export_call` made.
         """
         if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s < 0:
             raise ValueError(f"duration_s: expected a finite number of seconds >= 0, got {duration_s!r}")
-        record = self._shared.calls.pop(call_id)
-        if record is None:
+        found = self._shared.calls.pop(call_id)
+        if found is None and record is not None:
+            found = CallRecord.from_token(record)
+            if found.call_id != str(call_id):
+                raise ValueError("record: it belongs to another call")
+        if found is None:
             _log.debug("call_end_unknown", call_id=str(call_id))
             return None
-        return self._engine.charge(record, duration_s, target)
+        return self._engine.charge(found, duration_s, target)
+
+    def export_call(self, call_id) -> str | None:
+        """Hand a routed call over to whoever will report its end.
+
+        Removes the call from this router and returns it as a short string
+        (JSON) to keep with the call, e.g. in a Kamailio dialog variable;
+        :meth:`call_ended` in any process of the same deployment takes it
+        back as ``record=``.  ``None`` if the call is unknown.
+        """
+        found = self._shared.calls.pop(call_id)
+        return None if found is None else found.to_token()
 
     # -- plans ------------------------------------------------------------
 
@@ -194,6 +216,12 @@ class Router:
     def backend_error_counts(self) -> dict[str, int]:
         """Counter backend failures so far, by the policy that was applied."""
         return dict(self._shared.backend_errors)
+
+    def reseed(self) -> None:
+        """Draw new random seeds: call it in each process a C program forks
+        without telling Python (Kamailio's child_init); :func:`os.fork`
+        children are reseeded by themselves."""
+        self._reseed()
 
     def _reseed(self) -> None:
         shared = self._shared

@@ -1,0 +1,274 @@
+"""tel400 inside Kamailio: a KEMI script for app_python3.
+
+Load it with::
+
+    loadmodule "app_python3.so"
+    modparam("app_python3", "load", "/path/to/tel400_kemi.py")
+    cfgengine "python"
+
+and configure it with environment variables, read once at ``mod_init``
+(docs/kamailio.md has the full list):
+
+    TEL400_PLANS          plans: a file, sqlite:///path or redis://host/db (required)
+    TEL400_COUNTERS       counter backend URL shared by the workers
+                          (default shm:///dev/shm/tel400-kamailio.counters)
+    TEL400_GATEWAY        host[:port] that number targets are sent to
+    TEL400_MEDIA_SERVER   SIP URI for notices, PIN entry, queues, conferences
+    TEL400_REPLY_MODE     proxy (default) or redirect
+    TEL400_RING_TIMEOUT   seconds a branch may ring before failover (default 20)
+    TEL400_CAP_REPLY      486 (default) or 480 for cap_exceeded
+    TEL400_ON_ERROR       500 (default) or media: what a failure inside tel400 answers
+    TEL400_SITE_PACKAGES  site-packages directories to add (os.pathsep separated)
+    TEL400_ROUTER_FACTORY module:function(store, counters) -> Router, to customise
+
+Every request gets an answer: a Python exception inside tel400 is logged and
+answered (500, or the media server), never left to drop the request.
+"""
+
+import os
+import site
+import sys
+import time
+
+for _path in filter(None, os.environ.get("TEL400_SITE_PACKAGES", "").split(os.pathsep)):
+    site.addsitedir(_path)  # addsitedir, not sys.path: editable installs need their .pth files
+
+import KSR  # noqa: E402  (provided by app_python3)
+
+import tel400  # noqa: E402
+from tel400 import sip  # noqa: E402
+
+RETRY_CODES = frozenset({408, 480, 486})  # and every 5xx
+FAILURE_ROUTE = "ksr_tel400_failure"
+DEFAULT_COUNTERS = "shm:///dev/shm/tel400-kamailio.counters"
+
+
+class Settings:
+    def __init__(self, env):
+        self.plans = env.get("TEL400_PLANS")
+        if not self.plans:
+            raise RuntimeError("tel400: set TEL400_PLANS to a plan file, sqlite:///path or redis://host/db")
+        self.counters = env.get("TEL400_COUNTERS", DEFAULT_COUNTERS)
+        self.gateway = env.get("TEL400_GATEWAY") or None
+        if self.gateway:
+            sip.check_gateway(self.gateway)
+        self.media_server = env.get("TEL400_MEDIA_SERVER") or None
+        if self.media_server and not self.media_server.startswith(("sip:", "sips:")):
+            raise RuntimeError("tel400: TEL400_MEDIA_SERVER must be a SIP URI (sip:host:port)")
+        self.mode = env.get("TEL400_REPLY_MODE", "proxy")
+        if self.mode not in ("proxy", "redirect"):
+            raise RuntimeError("tel400: TEL400_REPLY_MODE is proxy or redirect")
+        self.ring_ms = int(float(env.get("TEL400_RING_TIMEOUT", "20")) * 1000)
+        self.cap_code = int(env.get("TEL400_CAP_REPLY", "486"))
+        if self.cap_code not in (480, 486):
+            raise RuntimeError("tel400: TEL400_CAP_REPLY is 486 or 480")
+        self.on_error = env.get("TEL400_ON_ERROR", "500")
+        self.factory = env.get("TEL400_ROUTER_FACTORY") or None
+
+
+def _default_factory(store, counters):
+    return tel400.Router(store.load(), counters)
+
+
+def _load_factory(spec):
+    if not spec:
+        return _default_factory
+    module, _, name = spec.partition(":")
+    __import__(module)
+    return getattr(sys.modules[module], name)
+
+
+def mod_init():
+    settings = Settings(os.environ)
+    store = tel400.open_store(settings.plans)
+    router = _load_factory(settings.factory)(store, settings.counters)
+    if router.counters.url.startswith("memory:"):
+        KSR.warn("tel400: memory:// counters are per worker; caps will not hold across workers\n")
+    KSR.info(f"tel400 {tel400.__version__} ({tel400.IMPLEMENTATION}): {len(router.plans.numbers)} numbers "
+             f"from {store.url}, counters {router.counters.url}, mode {settings.mode}\n")
+    return Tel400(settings, router, tel400.PlanWatcher(router, store))
+
+
+class Tel400:
+    """The app_python3 handler: one per Kamailio process (forked after mod_init)."""
+
+    def __init__(self, settings, router, watcher):
+        self.s = settings
+        self.router = router
+        self.watcher = watcher
+
+    def child_init(self, rank):
+        self.router.reseed()  # Kamailio forks without Python's fork hooks
+        return 0
+
+    # -- requests -------------------------------------------------------------------
+
+    def ksr_request_route(self, msg):
+        try:
+            self._request()
+        except Exception as exc:  # never let a request go unanswered
+            self._failed("request", exc)
+        return 1
+
+    def _request(self):
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return
+        if KSR.is_OPTIONS() and KSR.corex.has_ruri_user() < 0:
+            KSR.sl.sl_send_reply(200, "OK")
+            return
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return
+        if KSR.siputils.has_totag() > 0:
+            self._in_dialog()
+            return
+        if KSR.tmx.t_precheck_trans() > 0:
+            KSR.tm.t_check_trans()
+            return  # a retransmission of a request another worker is routing right now
+        if KSR.tm.t_check_trans() == 0:
+            return  # a retransmission, absorbed by tm
+        if KSR.is_ACK():
+            return  # an ACK for a reply we sent statelessly
+        self.watcher.poll()  # a clock comparison unless a plan check is due
+        if KSR.is_INVITE():
+            self._new_call("voice")
+        elif KSR.is_MESSAGE():
+            self._new_call("sms")
+        else:
+            KSR.hdr.append_to_reply("Allow: INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS\r\n")
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+
+    def _in_dialog(self):
+        if KSR.rr.loose_route() > 0:
+            if KSR.tm.t_relay() < 0:
+                KSR.sl.sl_reply_error()
+            return
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return
+        KSR.sl.sl_send_reply(404, "Not Here")
+
+    def _new_call(self, channel):
+        dialed = KSR.pv.get("$rU")
+        caller = KSR.pv.get("$fU")
+        call_id = KSR.pv.get("$ci") if channel == "voice" else None
+        decision = self.router.route(dialed, caller, None, channel, None, call_id)
+        if decision.action == "bridge":
+            if self.s.mode == "redirect" and channel == "voice":
+                self._redirect(decision, call_id)
+            else:
+                self._proxy(decision, call_id)
+        elif self.s.media_server and channel == "voice":
+            self._to_media_server(decision)
+        else:
+            self._refuse(decision)
+
+    def _refuse(self, decision):
+        code, phrase = sip.reply_for(decision, cap_code=self.s.cap_code)
+        KSR.hdr.append_to_reply(f"X-Tel400-Reason: {sip.header_value(decision.reason)}\r\n")
+        KSR.sl.sl_send_reply(code, phrase)
+
+    def _redirect(self, decision, call_id):
+        self.router.export_call(call_id)  # no call of ours to end: the caller takes it elsewhere
+        KSR.hdr.append_to_reply(f"Contact: {sip.contacts(decision, self.s.gateway)}\r\n")
+        # Stateful: a retransmitted INVITE (the 302 lost on the way) is
+        # answered from the transaction instead of being routed and counted again.
+        KSR.tm.t_newtran()
+        KSR.tm.t_reply(302, "Moved Temporarily")
+
+    def _proxy(self, decision, call_id):
+        first, rest = decision.targets[0], decision.targets[1:]
+        if KSR.is_INVITE():
+            KSR.rr.record_route()
+            KSR.dialog.dlg_manage()
+            record = self.router.export_call(call_id)
+            if record:
+                KSR.pv.sets("$dlg_var(tel400_call)", record)
+            KSR.pv.sets("$dlg_var(tel400_target)", first)
+        KSR.pv.sets("$avp(tel400_next)", ",".join(rest))
+        self._relay_to(first)
+
+    def _relay_to(self, target):
+        KSR.pv.sets("$ru", sip.target_uri(target, self.s.gateway))
+        KSR.tm.t_set_fr(self.s.ring_ms, 0)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+
+    def _to_media_server(self, decision):
+        for name, value in sip.decision_headers(decision):
+            KSR.hdr.append(f"{name}: {value}\r\n")
+        KSR.rr.record_route()
+        KSR.pv.sets("$ru", self.s.media_server)
+        KSR.tm.t_set_fr(self.s.ring_ms, 0)
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+
+    # -- failover -----------------------------------------------------------------
+
+    def ksr_tel400_failure(self, msg):
+        try:
+            self._failure()
+        except Exception as exc:
+            self._failed("failure", exc)
+        return 1
+
+    def _failure(self):
+        if KSR.tm.t_is_canceled() > 0:
+            return
+        code = KSR.pv.get("$T_reply_code") or 0
+        if code not in RETRY_CODES and not 500 <= code < 600:
+            return  # a final answer such as 404 or 603 goes back to the caller
+        pending = KSR.pv.get("$avp(tel400_next)") or ""
+        if not pending:
+            return
+        target, _, rest = pending.partition(",")
+        KSR.pv.sets("$avp(tel400_next)", rest)
+        if KSR.is_INVITE():
+            KSR.pv.sets("$dlg_var(tel400_target)", target)
+        self._relay_to(target)
+
+    # -- call end -----------------------------------------------------------------------
+
+    def ksr_dialog_event(self, msg, event):
+        try:
+            if event == "dialog:end":
+                self._dialog_end()
+        except Exception as exc:
+            self._failed("dialog", exc)
+        return 1
+
+    def _dialog_end(self):
+        record = KSR.pv.get("$dlg_var(tel400_call)")
+        if not record:
+            return
+        started = KSR.pv.get("$dlg(start_ts)") or 0
+        duration = max(0, int(time.time()) - int(started)) if started else 0
+        self.router.call_ended(KSR.pv.get("$dlg(callid)"), duration, KSR.pv.get("$dlg_var(tel400_target)"),
+                               record=record)
+
+    # -- the rest -------------------------------------------------------------------------
+
+    def _failed(self, where, exc):
+        """Log a failure inside tel400 and, for a request, still answer it."""
+        KSR.err(f"tel400: {where} failed: {type(exc).__name__}: {exc}\n")
+        if where != "request" or KSR.is_ACK() or KSR.is_CANCEL():
+            return  # failure and dialog routes answer nothing themselves; ACK/CANCEL get no answer
+        try:
+            if self.s.on_error == "media" and self.s.media_server and KSR.is_INVITE():
+                KSR.hdr.append("X-Tel400-Action: reject\r\nX-Tel400-Reason: error\r\n")
+                KSR.pv.sets("$ru", self.s.media_server)
+                if KSR.tm.t_relay() > 0:
+                    return
+        except Exception as again:
+            KSR.err(f"tel400: the error fallback failed too: {again}\n")
+        KSR.sl.send_reply(500, "Server Internal Error")  # stateful if a transaction exists
+
+    def ksr_reply_route(self, msg):
+        return 1  # Kamailio 5.6 needs it defined (see docs/kamailio.md)
+
+    def ksr_onsend_route(self, msg):
+        return 1

@@ -1,0 +1,284 @@
+"""The Kamailio adapter with the real parts: Kamailio 5.6 (Debian), sipp callers and targets.
+
+One Kamailio with four workers serves a plan with a number per scenario;
+sipp instances on loopback ports are the targets (``name@127.0.0.1:port``
+targets) and the callers.  Counters are shared through shm://.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import zoneinfo
+
+import pytest
+
+from .kamailio_harness import Kamailio, SippUAS, answers, options_ping, sipp_uac
+
+SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
+BEIJING_CALLERS = [f"1390101{i:04d}" for i in range(50)]  # CN-BJ segment
+SHANGHAI_CALLERS = [f"0216123{i:04d}" for i in range(50)]
+TIANJIN_CALLERS = [f"1390200{i:04d}" for i in range(50)]  # CN-TJ segment
+CHILDREN = 4
+
+FACTORY = '''
+import tel400
+
+class FailingRouter(tel400.Router):
+    """Raises inside route() for one number, to show a failure is answered."""
+
+    def route(self, dialed, caller, *args, **kwargs):
+        if dialed == "4001000008":
+            raise RuntimeError("simulated failure inside tel400")
+        return super().route(dialed, caller, *args, **kwargs)
+
+
+def make(store, counters):
+    return FailingRouter(store.load(), counters)
+'''
+
+
+def slot_around_now(minutes: int) -> str:
+    now = dt.datetime.now(SHANGHAI)
+    start = (now - dt.timedelta(minutes=minutes)).strftime("%H:%M")
+    end = (now + dt.timedelta(minutes=minutes)).strftime("%H:%M")
+    return f"{start}-{end}"
+
+
+def slot_far_from_now() -> str:
+    now = dt.datetime.now(SHANGHAI)
+    start = (now + dt.timedelta(hours=6)).strftime("%H:%M")
+    end = (now + dt.timedelta(hours=7)).strftime("%H:%M")
+    return f"{start}-{end}"
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sipp")
+    uas = {
+        "a": SippUAS(workdir, "uas_answer"),
+        "b": SippUAS(workdir, "uas_answer"),
+        "c": SippUAS(workdir, "uas_answer"),
+        "busy": SippUAS(workdir, "uas_busy"),
+        "sms": SippUAS(workdir, "uas_message"),
+    }
+    for server in uas.values():
+        server.start()
+    yield uas
+    for server in uas.values():
+        server.stop()
+
+
+def at(uas, name: str) -> str:
+    return f"{name}@127.0.0.1:{uas[name].port}"
+
+
+@pytest.fixture(scope="module")
+def kamailio(tmp_path_factory, targets):
+    workdir = tmp_path_factory.mktemp("kamailio")
+    t = targets
+    plans = {
+        "blacklist": ["13800000000"],
+        "numbers": [
+            {"number": "4001000001", "rules": [  # province routing
+                {"name": "beijing", "provinces": ["北京"], "targets": [at(t, "a")]},
+                {"name": "shanghai", "provinces": ["上海"], "targets": [at(t, "b")]},
+            ], "default": {"action": "bridge", "targets": [at(t, "c")]}},
+            {"number": "4001000010", "rules": [  # time routing
+                {"name": "now", "time": slot_around_now(20), "targets": [at(t, "b")]},
+                {"name": "later", "time": slot_far_from_now(), "targets": [at(t, "a")]},
+            ]},
+            {"number": "4001000002", "rules": [{"name": "split", "targets": [
+                {"to": at(t, "a"), "weight": 30}, {"to": at(t, "b"), "weight": 70}]}]},
+            {"number": "4001000003", "rules": [{"name": "exact", "strategy": "round_robin", "targets": [
+                {"to": at(t, "a"), "weight": 30}, {"to": at(t, "b"), "weight": 70}]}]},
+            {"number": "4001000005", "rules": [{"targets": [at(t, "c")]}],
+             "caps": [{"metric": "calls", "per": "day", "limit": 50}]},
+            {"number": "4001000006", "rules": [{"name": "failover", "strategy": "sequential",
+                                                "targets": [at(t, "busy"), at(t, "c")]}]},
+            {"number": "4001000007", "rules": [{"name": "sms", "channel": "sms", "targets": [at(t, "sms")]}]},
+            {"number": "4001000008", "rules": [{"targets": [at(t, "c")]}]},
+            {"number": "4001000009", "rules": [{"targets": [at(t, "c")]}],
+             "tariff": {"local": "0.1", "long_distance": "0.3", "increment_s": 1},
+             "caps": [{"metric": "minutes", "per": "day", "limit": "0.05"}]},  # 3 seconds
+            {"number": "4001000011", "default": {"action": "reject", "prompt": "closed"}},
+        ],
+    }
+    plan_file = workdir / "plans.json"
+    plan_file.write_text(json.dumps(plans, ensure_ascii=False))
+    (workdir / "tel400_test_factory.py").write_text(FACTORY)
+    import sysconfig
+
+    server = Kamailio(workdir, {
+        "TEL400_PLANS": str(plan_file),
+        "TEL400_COUNTERS": f"shm://{workdir}/counters?slots=4096",
+        "TEL400_RING_TIMEOUT": "5",
+        "TEL400_ROUTER_FACTORY": "tel400_test_factory:make",
+        "TEL400_SITE_PACKAGES": f"{sysconfig.get_paths()['purelib']}:{workdir}",
+    }, children=CHILDREN)
+    server.start()
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log() or "simulated failure" in server.log()
+
+
+def test_options_answered(kamailio):
+    assert options_ping(kamailio.port).startswith("SIP/2.0 200")
+
+
+def test_province_routing_reaches_the_right_target(kamailio, targets, tmp_path):
+    before = {name: targets[name].calls() for name in ("a", "b", "c")}
+    for callers, expected in ((BEIJING_CALLERS, "a"), (SHANGHAI_CALLERS, "b"), (TIANJIN_CALLERS, "c")):
+        counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000001", callers[:10], calls=10)
+        assert answers(counts) == {200: 10}, counts
+    after = {name: targets[name].calls() for name in ("a", "b", "c")}
+    assert {name: after[name] - before[name] for name in after} == {"a": 10, "b": 10, "c": 10}
+
+
+def test_time_routing(kamailio, targets, tmp_path):
+    before = targets["b"].calls()
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000010", TIANJIN_CALLERS[:5], calls=5)
+    assert answers(counts) == {200: 5}
+    assert targets["b"].calls() - before == 5
+
+
+def _split(kamailio, targets, tmp_path, number):
+    before = {n: targets[n].calls() for n in ("a", "b")}
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, number, TIANJIN_CALLERS, calls=1000, rate=400)
+    assert answers(counts) == {200: 1000}
+    after = {n: targets[n].calls() for n in ("a", "b")}
+    return after["a"] - before["a"], after["b"] - before["b"]
+
+
+def test_weighted_30_70_over_1000_calls(kamailio, targets, tmp_path):
+    a, b = _split(kamailio, targets, tmp_path, "4001000002")
+    assert a + b == 1000
+    assert abs(a - 300) <= 5 * (1000 * 0.3 * 0.7) ** 0.5  # five standard deviations
+
+
+def test_round_robin_30_70_is_exact_per_worker(kamailio, targets, tmp_path):
+    a, b = _split(kamailio, targets, tmp_path, "4001000003")
+    assert a + b == 1000
+    # Each worker keeps its own round-robin position, exact over each 10 of its
+    # calls: the total can be off by at most one call per worker.
+    assert abs(a - 300) <= CHILDREN
+
+
+def test_blacklisted_caller_gets_403(kamailio, tmp_path):
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000001", ["13800000000"], calls=3)
+    assert answers(counts) == {403: 3}
+
+
+def test_unknown_number_404_and_closed_480(kamailio, tmp_path):
+    assert answers(sipp_uac(tmp_path, "uac_call", kamailio.port, "4009999999", BEIJING_CALLERS, calls=2)) == {404: 2}
+    assert answers(sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000011", BEIJING_CALLERS, calls=2)) == {480: 2}
+
+
+def test_calls_cap_is_exact_across_workers(kamailio, targets, tmp_path):
+    before = targets["c"].calls()
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000005", TIANJIN_CALLERS, calls=80, rate=400)
+    assert answers(counts) == {200: 50, 486: 30}
+    assert targets["c"].calls() - before == 50
+
+
+def test_failover_on_486(kamailio, targets, tmp_path):
+    busy_before, c_before = targets["busy"].calls(), targets["c"].calls()
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000006", BEIJING_CALLERS, calls=5)
+    assert answers(counts) == {200: 5}
+    assert targets["busy"].calls() - busy_before == 5
+    assert targets["c"].calls() - c_before == 5
+
+
+def test_sms_relayed(kamailio, targets, tmp_path):
+    before = targets["sms"].calls()
+    counts = sipp_uac(tmp_path, "uac_message", kamailio.port, "106574001000007", BEIJING_CALLERS, calls=5)
+    assert counts.get("4_200_Recv") == 5, counts
+    assert targets["sms"].calls() - before == 5
+
+
+def test_a_python_failure_is_answered_500(kamailio, tmp_path):
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000008", BEIJING_CALLERS, calls=3)
+    assert answers(counts) == {500: 3}
+    assert "simulated failure inside tel400" in kamailio.log()
+    # the workers are alive and keep routing
+    assert answers(sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000001", BEIJING_CALLERS, calls=4)) == {200: 4}
+
+
+def test_call_end_charges_the_minutes_cap(kamailio, tmp_path):
+    first = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000009", BEIJING_CALLERS, calls=1, duration_ms=4000)
+    assert answers(first) == {200: 1}
+    # 4 s were charged at the BYE (dialog:end), over the 3 s cap: the next call is refused
+    second = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000009", BEIJING_CALLERS, calls=1)
+    assert answers(second) == {486: 1}
+
+
+@pytest.fixture(scope="module")
+def redirecting(tmp_path_factory):
+    """A second Kamailio: redirect mode, numbers sent to a gateway, a media server."""
+    from .kamailio_harness import CapturingMediaServer
+
+    media = CapturingMediaServer()
+    workdir = tmp_path_factory.mktemp("kamailio-redirect")
+    plans = {"numbers": [
+        {"number": "4001000002", "rules": [{"name": "split", "strategy": "sequential", "targets": [
+            {"to": "13901010001", "weight": 30}, {"to": "13901010002", "weight": 70}, {"to": "desk@pbx.example"}]}]},
+        {"number": "4001000011", "default": {"action": "reject", "prompt": "closed"}},
+        {"number": "4001000012", "pin": "2468", "default": {"action": "conference", "room": "4001"}},
+        {"number": "4001000013", "rules": [{"name": "support", "action": "queue", "queue": "support"}]},
+        {"number": "4001000014", "blacklist": ["13800000000"], "rules": [{"targets": ["13901010001"]}]},
+    ]}
+    plan_file = workdir / "plans.json"
+    plan_file.write_text(json.dumps(plans))
+    server = Kamailio(workdir, {
+        "TEL400_PLANS": str(plan_file),
+        "TEL400_COUNTERS": f"shm://{workdir}/counters?slots=1024",
+        "TEL400_REPLY_MODE": "redirect",
+        "TEL400_GATEWAY": "gw.example.net:5060",
+        "TEL400_MEDIA_SERVER": f"sip:media@127.0.0.1:{media.port}",
+    }, children=2)
+    server.start()
+    yield server, media
+    server.stop()
+    media.stop()
+
+
+def test_redirect_mode_answers_302_with_contacts_in_failover_order(redirecting):
+    from .kamailio_harness import invite
+
+    server, _ = redirecting
+    status, headers = invite(server.port, "4001000002", "13901012345")
+    assert status == "SIP/2.0 302 Moved Temporarily"
+    assert headers["contact"] == [
+        "<sip:13901010001@gw.example.net:5060>;q=1.0, <sip:13901010002@gw.example.net:5060>;q=0.9, "
+        "<sip:desk@pbx.example>;q=0.8"
+    ]
+
+
+def test_refusals_go_to_the_media_server_with_the_prompt(redirecting):
+    from .kamailio_harness import invite
+
+    server, media = redirecting
+    cases = [
+        ("4001000011", "13901012345", {"x-tel400-action": ["reject"], "x-tel400-reason": ["closed"],
+                                       "x-tel400-prompt": ["closed"]}),
+        ("4001000012", "13901012345", {"x-tel400-action": ["collect_pin"], "x-tel400-reason": ["pin_required"],
+                                       "x-tel400-prompt": ["enter_pin"]}),
+        ("4001000013", "13901012345", {"x-tel400-action": ["queue"], "x-tel400-target": ["support"],
+                                       "x-tel400-rule": ["support"]}),
+        ("4001000014", "13800000000", {"x-tel400-action": ["reject"], "x-tel400-reason": ["blacklisted"]}),
+    ]
+    for dialed, caller, expected in cases:
+        before = len(media.invites)
+        status, _ = invite(server.port, dialed, caller)
+        assert status == "SIP/2.0 486 Busy Here"  # the media server's answer, relayed
+        got = media.invites[before]
+        assert {name: got.get(name) for name in expected} == expected
+        assert got["x-tel400-number"] == [dialed]
+
+
+def test_unknown_number_without_media_server_gets_404_and_the_reason(kamailio):
+    from .kamailio_harness import invite
+
+    status, headers = invite(kamailio.port, "4009999999", "13901012345")
+    assert status == "SIP/2.0 404 Not Found"
+    assert headers["x-tel400-reason"] == ["unknown_number"]
