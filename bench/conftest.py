@@ -13,3 +13,5 @@ import sys
 import pathlib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests.kamailio_harness

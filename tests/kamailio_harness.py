@@ -37,6 +37,14 @@ def free_udp_port() -> int:
         return port
 
 
+def modules_dir() -> str:
+    """Kamailio's module directory (its path names the architecture)."""
+    found = sorted(pathlib.Path("/usr/lib").glob("*/kamailio/modules/app_python3.so"))
+    if not found:
+        raise RuntimeError("kamailio-python3-modules is not installed")
+    return str(found[0].parent)
+
+
 def options_ping(port: int, timeout: float = 0.3) -> str | None:
     """Send an OPTIONS over UDP; the status line of the answer, or None."""
     call_id = uuid.uuid4().hex
@@ -61,12 +69,15 @@ def options_ping(port: int, timeout: float = 0.3) -> str | None:
 class Kamailio:
     """Kamailio with the tel400 script, on 127.0.0.1:<port>."""
 
-    def __init__(self, workdir: pathlib.Path, env: dict[str, str], *, children: int = 4) -> None:
+    def __init__(self, workdir: pathlib.Path, env: dict[str, str], *, children: int = 4, shm_mb: int = 256,
+                 script: pathlib.Path | None = None) -> None:
         if shutil.which("kamailio") is None:
             raise RuntimeError("kamailio is not installed (apt-get install kamailio kamailio-python3-modules)")
         self.dir = workdir
         self.port = free_udp_port()
         self.children = children
+        self.shm_mb = shm_mb
+        self.script = script or ADAPTER / "tel400_kemi.py"
         self.env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # the embedded Python must find the system's stdlib
             "TEL400_SITE_PACKAGES": sysconfig.get_paths()["purelib"],
@@ -78,11 +89,13 @@ class Kamailio:
     def start(self) -> Kamailio:
         defines = {
             "TEL400_LISTEN": f"udp:127.0.0.1:{self.port}",
-            "TEL400_SCRIPT": f'"{ADAPTER / "tel400_kemi.py"}"',
+            "TEL400_SCRIPT": f'"{self.script}"',
             "TEL400_RUNDIR": f'"{self.dir}"',
             "TEL400_CHILDREN": str(self.children),
+            "TEL400_MODULES": f'"{modules_dir()}/"',
         }
-        command = ["kamailio", "-f", str(ADAPTER / "kamailio.cfg"), "-DD", "-E", "-x", "tlsf", "-w", str(self.dir)]
+        command = ["kamailio", "-f", str(ADAPTER / "kamailio.cfg"), "-DD", "-E", "-x", "tlsf", "-m", str(self.shm_mb),
+                   "-w", str(self.dir)]
         for name, value in defines.items():
             command += ["-A", f"{name}={value}"]
         self._log = open(self.log_path, "w")

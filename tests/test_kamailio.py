@@ -249,7 +249,7 @@ def test_redirect_mode_answers_302_with_contacts_in_failover_order(redirecting):
     status, headers = invite(server.port, "4001000002", "13901012345")
     assert status == "SIP/2.0 302 Moved Temporarily"
     assert headers["contact"] == [
-        "<sip:13901010001@gw.example.net:5060>;q=1.0, <sip:13901010002@gw.example.net:5060>;q=0.9, "
+        "<sip:13901010001@gw.example.net:5060>;q=1, <sip:13901010002@gw.example.net:5060>;q=0.9, "
         "<sip:desk@pbx.example>;q=0.8"
     ]
 

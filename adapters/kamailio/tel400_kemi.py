@@ -96,6 +96,9 @@ class Tel400:
         self.s = settings
         self.router = router
         self.watcher = watcher
+        self.stateful = settings.mode == "proxy"
+        self._branch_cache = {}
+        self._uri_cache = {}
 
     def child_init(self, rank):
         self.router.reseed()  # Kamailio forks without Python's fork hooks
@@ -111,50 +114,59 @@ class Tel400:
         return 1
 
     def _request(self):
-        if KSR.maxfwd.process_maxfwd(10) < 0:
+        method = KSR.pv.get("$rm")  # one call instead of an is_X() per method
+        if self.stateful and KSR.maxfwd.process_maxfwd(10) < 0:  # a redirect forwards nothing
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return
-        if KSR.is_OPTIONS() and KSR.corex.has_ruri_user() < 0:
+        if method == "OPTIONS" and KSR.corex.has_ruri_user() < 0:
             KSR.sl.sl_send_reply(200, "OK")
             return
-        if KSR.is_CANCEL():
+        if method == "CANCEL":
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
             return
         if KSR.siputils.has_totag() > 0:
-            self._in_dialog()
+            self._in_dialog(method)
             return
-        if KSR.tmx.t_precheck_trans() > 0:
-            KSR.tm.t_check_trans()
-            return  # a retransmission of a request another worker is routing right now
-        if KSR.tm.t_check_trans() == 0:
-            return  # a retransmission, absorbed by tm
-        if KSR.is_ACK():
-            return  # an ACK for a reply we sent statelessly
+        if method == "ACK":
+            return  # no transaction and no dialog: nothing to do
+        if self.stateful or method == "MESSAGE":
+            # Retransmissions of requests we relay are matched to their
+            # transaction (or to a worker routing them right now), not routed
+            # again.  A redirect server answers statelessly and needs neither.
+            if KSR.tmx.t_precheck_trans() > 0:
+                KSR.tm.t_check_trans()
+                return
+            if KSR.tm.t_check_trans() == 0:
+                return
         self.watcher.poll()  # a clock comparison unless a plan check is due
-        if KSR.is_INVITE():
+        if method == "INVITE":
             self._new_call("voice")
-        elif KSR.is_MESSAGE():
+        elif method == "MESSAGE":
             self._new_call("sms")
         else:
             KSR.hdr.append_to_reply("Allow: INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS\r\n")
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
 
-    def _in_dialog(self):
+    def _in_dialog(self, method):
         if KSR.rr.loose_route() > 0:
             if KSR.tm.t_relay() < 0:
                 KSR.sl.sl_reply_error()
             return
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
-            return
+        if method == "ACK":
+            if self.stateful:
+                # An ACK to a negative answer we relayed: tm matches and absorbs it.
+                KSR.tm.t_check_trans()
+            return  # in redirect mode: the ACK to our stateless 302
         KSR.sl.sl_send_reply(404, "Not Here")
 
     def _new_call(self, channel):
         dialed = KSR.pv.get("$rU")
         caller = KSR.pv.get("$fU")
-        call_id = KSR.pv.get("$ci") if channel == "voice" else None
+        # Calls are tracked (for minutes and cost at their end) only when this
+        # proxy stays on the path: a redirected call ends elsewhere.
+        tracked = channel == "voice" and self.s.mode == "proxy"
+        call_id = KSR.pv.get("$ci") if tracked else None
         decision = self.router.route(dialed, caller, None, channel, None, call_id)
         if decision.action == "bridge":
             if self.s.mode == "redirect" and channel == "voice":
@@ -172,12 +184,30 @@ class Tel400:
         KSR.sl.sl_send_reply(code, phrase)
 
     def _redirect(self, decision, call_id):
-        self.router.export_call(call_id)  # no call of ours to end: the caller takes it elsewhere
-        KSR.hdr.append_to_reply(f"Contact: {sip.contacts(decision, self.s.gateway)}\r\n")
-        # Stateful: a retransmitted INVITE (the 302 lost on the way) is
-        # answered from the transaction instead of being routed and counted again.
-        KSR.tm.t_newtran()
-        KSR.tm.t_reply(302, "Moved Temporarily")
+        # The targets become branches and sl builds the Contact header from
+        # them.  Stateless, as redirect servers are: an INVITE retransmitted
+        # because the 302 was lost is routed, and counted, once more (a count
+        # can only err high, so a cap is never exceeded).
+        for uri, q in self._branches(decision.targets):
+            KSR.corex.append_branch_uri_q(uri, q)
+        KSR.sl.sl_send_reply(302, "Moved Temporarily")
+
+    def _branches(self, targets):
+        """Redirect branches for a target list, computed once per list (plans are finite)."""
+        branches = self._branch_cache.get(targets)
+        if branches is None:
+            if len(self._branch_cache) > 100_000:
+                self._branch_cache.clear()
+            branches = self._branch_cache[targets] = sip.redirect_branches_of(targets, self.s.gateway)
+        return branches
+
+    def _uri(self, target):
+        uri = self._uri_cache.get(target)
+        if uri is None:
+            if len(self._uri_cache) > 100_000:
+                self._uri_cache.clear()
+            uri = self._uri_cache[target] = sip.target_uri(target, self.s.gateway)
+        return uri
 
     def _proxy(self, decision, call_id):
         first, rest = decision.targets[0], decision.targets[1:]
@@ -192,7 +222,7 @@ class Tel400:
         self._relay_to(first)
 
     def _relay_to(self, target):
-        KSR.pv.sets("$ru", sip.target_uri(target, self.s.gateway))
+        KSR.pv.sets("$ru", self._uri(target))
         KSR.tm.t_set_fr(self.s.ring_ms, 0)
         KSR.tm.t_on_failure(FAILURE_ROUTE)
         if KSR.tm.t_relay() < 0:

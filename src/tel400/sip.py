@@ -68,13 +68,19 @@ def reply_for(decision: Decision, *, cap_code: int = 486) -> tuple[int, str]:
     return REPLIES.get(decision.reason, (500, "Server Internal Error"))
 
 
+def redirect_branches_of(targets: tuple[str, ...], gateway: str | None) -> list[tuple[str, str]]:
+    """(URI, q) of each target for a 302, q falling in failover order (1.0, 0.9, … 0.1)."""
+    return [(target_uri(target, gateway), f"{max(1.0 - 0.1 * i, 0.1):.1f}") for i, target in enumerate(targets)]
+
+
+def redirect_branches(decision: Decision, gateway: str | None) -> list[tuple[str, str]]:
+    """:func:`redirect_branches_of` a decision's targets."""
+    return redirect_branches_of(decision.targets, gateway)
+
+
 def contacts(decision: Decision, gateway: str | None) -> str:
     """A 302's Contact header value: every target, q-values in failover order."""
-    parts = []
-    for i, target in enumerate(decision.targets):
-        q = max(1.0 - 0.1 * i, 0.1)
-        parts.append(f"<{target_uri(target, gateway)}>;q={q:.1f}")
-    return ", ".join(parts)
+    return ", ".join(f"<{uri}>;q={q}" for uri, q in redirect_branches(decision, gateway))
 
 
 def header_value(value: object) -> str:
