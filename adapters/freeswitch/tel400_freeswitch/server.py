@@ -1,0 +1,436 @@
+"""``tel400-esl``: an Event Socket outbound server that carries out every decision.
+
+FreeSWITCH hands a call over with
+``<action application="socket" data="127.0.0.1:8040 async full"/>``; for
+each connection this server asks for the channel's data, subscribes to its
+events, routes with ``Router.route()`` and makes FreeSWITCH do it:
+
+* ``bridge`` — ``multiset continue_on_fail=true hangup_after_bridge=true``,
+  then ``bridge`` with the targets as a ``|`` failover dial string (each leg
+  with its ring timeout, the caller ID set); if no target answers, the
+  ``unavailable`` notice and a hangup;
+* ``reject`` — ``answer``, ``playback`` of the prompt's sound file,
+  ``hangup`` with a fitting cause;
+* ``collect_pin`` — ``play_and_get_digits`` (4–8 digits), then routing again
+  with the PIN, a few attempts per call, lockout honoured;
+* ``queue`` — ``callcenter``; ``conference`` — ``conference``;
+* at ``CHANNEL_HANGUP_COMPLETE`` — ``router.call_ended(uuid, billsec)``.
+
+Every path ends with the call bridged or hung up: a failure inside tel400, a
+missing reply, a protocol error all end in the fallback notice and a hangup
+when the socket still works, and the socket is closed only after that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import re
+import signal
+import sys
+import uuid as uuidlib
+
+import structlog
+
+import tel400
+
+from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
+
+_log = structlog.get_logger("tel400.esl")
+
+#: FreeSWITCH hangup cause for each refusal.
+HANGUP_CAUSES = {
+    "unknown_number": "UNALLOCATED_NUMBER",
+    "blacklisted": "CALL_REJECTED",
+    "bad_caller": "CALL_REJECTED",
+    "bad_pin": "CALL_REJECTED",
+    "pin_locked": "CALL_REJECTED",
+    "closed": "NORMAL_CLEARING",
+    "rule_reject": "NORMAL_CLEARING",
+    "cap_exceeded": "USER_BUSY",
+    "backend_error": "NORMAL_TEMPORARY_FAILURE",
+    "pin_required": "CALL_REJECTED",
+}
+_NUMBER = re.compile(r"\A[+*#]?[0-9*#]{1,32}\Z")
+
+
+class Hangup(Exception):
+    """The channel hung up (or the connection went away) while we waited."""
+
+
+class Settings:
+    """What an ESL server does with decisions; every field has a command-line option."""
+
+    def __init__(self, *, gateway: str = "gw1", number_template: str = "sofia/gateway/{gateway}/{target}",
+                 uri_template: str = "sofia/external/{target}", prompt_dir: str = "/usr/share/freeswitch/sounds/tel400",
+                 prompt_ext: str = "wav", ring_timeout_s: int = 20, pin_attempts: int = 3, pin_timeout_ms: int = 5000,
+                 queue_template: str = "{queue}@default", conference_template: str = "{room}@default",
+                 caller_id: str = "caller", fallback_prompt: str = "unavailable", reply_timeout_s: float = 10.0,
+                 max_call_s: float = 4 * 3600) -> None:
+        self.gateway = gateway
+        self.number_template = number_template
+        self.uri_template = uri_template
+        self.prompt_dir = prompt_dir.rstrip("/")
+        self.prompt_ext = prompt_ext
+        self.ring_timeout_s = ring_timeout_s
+        self.pin_attempts = pin_attempts
+        self.pin_timeout_ms = pin_timeout_ms
+        self.queue_template = queue_template
+        self.conference_template = conference_template
+        if caller_id not in ("caller", "number"):
+            raise ValueError("caller_id: 'caller' (the caller's number) or 'number' (the 400 number)")
+        self.caller_id = caller_id
+        self.fallback_prompt = fallback_prompt
+        self.reply_timeout_s = reply_timeout_s
+        self.max_call_s = max_call_s
+
+    def sound(self, prompt: str) -> str:
+        """The sound file of a prompt name (names are [A-Za-z0-9_.-], checked by the plans)."""
+        return f"{self.prompt_dir}/{prompt}.{self.prompt_ext}"
+
+    def leg(self, target: str) -> str:
+        template = self.number_template if _NUMBER.match(target) else self.uri_template
+        return f"[leg_timeout={int(self.ring_timeout_s)}]" + template.format(gateway=self.gateway, target=target)
+
+    def dial_string(self, decision: tel400.Decision) -> str:
+        """The bridge argument: every target, ``|`` for failover, the caller ID in ``{}``."""
+        if self.caller_id == "caller" and decision.caller and _NUMBER.match(decision.caller):
+            shown = decision.caller
+        else:
+            shown = decision.number or ""
+        head = f"{{origination_caller_id_number={shown}}}" if _NUMBER.match(shown) else ""
+        return head + "|".join(self.leg(t) for t in decision.targets)
+
+
+class EslCall:
+    """One connection from FreeSWITCH: one call, carried out to its end."""
+
+    _event_uuids = itertools.count()
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, router, settings: Settings) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.router = router
+        self.s = settings
+        self.protocol = EslProtocol()
+        self.replies: list[asyncio.Future] = []
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.hungup = False
+        self.hangup_event: Event | None = None
+        self.gone = False
+        self.uuid: str | None = None
+        self.targets: tuple[str, ...] = ()
+        self.answered = False
+
+    # -- plumbing -----------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                self.protocol.receive_data(data)
+                if not data:
+                    break
+                for frame in self.protocol.frames():
+                    self._dispatch(frame)
+        except (ProtocolError, ConnectionError) as exc:
+            _log.warning("esl_connection_broken", uuid=self.uuid, error=str(exc))
+        finally:
+            self.gone = True
+            for future in self.replies:
+                if not future.done():
+                    future.set_exception(Hangup("connection closed"))
+            self.replies.clear()
+            self.events.put_nowait(None)
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.is_reply:
+            if self.replies:
+                future = self.replies.pop(0)
+                if not future.done():
+                    future.set_result(frame)
+            return
+        if frame.is_disconnect:
+            self.events.put_nowait(frame)
+            return
+        if frame.event is not None:
+            name = frame.event.name
+            if name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"):
+                self.hungup = True
+                if name == "CHANNEL_HANGUP_COMPLETE":
+                    self.hangup_event = frame.event
+            self.events.put_nowait(frame.event)
+
+    async def _send(self, data: bytes) -> Frame:
+        if self.gone:
+            raise Hangup("connection closed")
+        future = asyncio.get_running_loop().create_future()
+        self.replies.append(future)
+        self.writer.write(data)
+        await self.writer.drain()
+        try:
+            return await asyncio.wait_for(future, self.s.reply_timeout_s)
+        except asyncio.TimeoutError:
+            raise Hangup("FreeSWITCH did not reply in time") from None
+
+    async def execute(self, app: str, arg: str = "") -> Event:
+        """Run an application and wait for it to complete (or the channel to end)."""
+        if self.hungup:
+            raise Hangup("channel already hung up")
+        event_uuid = f"tel400-{next(self._event_uuids)}-{uuidlib.uuid4().hex[:8]}"
+        reply = await self._send(sendmsg(app, arg, event_uuid=event_uuid))
+        if not reply.ok:
+            raise Hangup(f"{app} refused: {reply.reply_text}")
+        while True:
+            event = await self._next_event(self.s.max_call_s)
+            if event.name == "CHANNEL_EXECUTE_COMPLETE" and event.get("Application-UUID") == event_uuid:
+                return event
+            if self.hungup and event.name == "CHANNEL_HANGUP_COMPLETE":
+                raise Hangup("channel hung up")
+
+    async def _next_event(self, timeout: float) -> Event:
+        while True:
+            try:
+                item = await asyncio.wait_for(self.events.get(), timeout)
+            except asyncio.TimeoutError:
+                raise Hangup("no event in time") from None
+            if item is None:
+                raise Hangup("connection closed")
+            if isinstance(item, Event):
+                return item
+            # a disconnect notice: linger means the channel is gone, the socket stays
+            if item.disposition == "linger":
+                self.hungup = True
+                continue
+            raise Hangup("FreeSWITCH disconnected")
+
+    async def _hangup(self, cause: str) -> None:
+        if not self.hungup and not self.gone:
+            await self._send(hangup(cause))
+
+    # -- the call -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read())
+        try:
+            await self._run()
+        except Hangup as exc:
+            _log.debug("esl_call_ended_early", uuid=self.uuid, why=str(exc))
+        except Exception as exc:  # never leave a call parked: fall back to a notice and a hangup
+            _log.error("esl_call_failed", uuid=self.uuid, error=f"{type(exc).__name__}: {exc}")
+            await self._fallback()
+        finally:
+            await self._finish()
+            reader.cancel()
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    async def _run(self) -> None:
+        channel = await self._send(command("connect"))
+        headers = channel.headers
+        self.uuid = headers.get("Unique-ID") or headers.get("Channel-Call-UUID")
+        await self._send(command("myevents"))
+        lingering = (await self._send(command("linger"))).ok
+        if not lingering:
+            # Without "full" in the socket data FreeSWITCH answers -ERR command not found:
+            # the call still routes, but its end (and so minutes and cost) can be missed.
+            _log.warning("esl_no_linger", uuid=self.uuid, hint='use data="host:port async full"')
+        dialed = headers.get("Caller-Destination-Number") or headers.get("variable_sip_req_user")
+        caller = headers.get("Caller-Caller-ID-Number") or headers.get("variable_sip_from_user")
+        try:
+            decision = self.router.route(dialed, caller, None, "voice", None, self.uuid)
+        except Exception as exc:
+            _log.error("esl_route_failed", uuid=self.uuid, error=f"{type(exc).__name__}: {exc}")
+            await self._fallback()
+            return
+        await self._carry_out(decision, dialed, caller)
+
+    async def _carry_out(self, decision, dialed, caller) -> None:
+        if decision.action == "collect_pin":
+            ask = decision.prompt  # "enter_pin", or the plan's name for it
+            for attempt in range(1, self.s.pin_attempts + 1):
+                pin = await self._collect_pin(ask)
+                decision = self.router.route(dialed, caller, None, "voice", pin, self.uuid)
+                if decision.reason != "bad_pin" or attempt == self.s.pin_attempts:
+                    break
+                await self.execute("playback", self.s.sound(decision.prompt))  # wrong: say so, ask again
+            # ok → carried out below; bad_pin (attempts used up) or pin_locked → their notice
+        if decision.action == "bridge":
+            await self._bridge(decision)
+        elif decision.action == "queue":
+            self.targets = decision.targets
+            await self.execute("callcenter", self.s.queue_template.format(queue=decision.targets[0]))
+            await self._hangup("NORMAL_CLEARING")
+        elif decision.action == "conference":
+            self.targets = decision.targets
+            await self._answer()
+            await self.execute("conference", self.s.conference_template.format(room=decision.targets[0]))
+            await self._hangup("NORMAL_CLEARING")
+        else:
+            await self._notice(decision.prompt, HANGUP_CAUSES.get(decision.reason, "CALL_REJECTED"))
+
+    async def _answer(self) -> None:
+        if not self.answered:
+            await self.execute("answer")
+            self.answered = True
+
+    async def _collect_pin(self, prompt: str | None) -> str:
+        await self._answer()
+        s = self.s
+        arg = (f"4 8 3 {s.pin_timeout_ms} # {s.sound(prompt or 'enter_pin')} {s.sound('bad_pin_format')} "
+               "tel400_pin \\d{4,8}")
+        event = await self.execute("play_and_get_digits", arg)
+        return event.get("variable_tel400_pin") or ""
+
+    async def _bridge(self, decision) -> None:
+        self.targets = decision.targets
+        await self.execute("multiset", "continue_on_fail=true hangup_after_bridge=true")
+        done = await self.execute("bridge", self.s.dial_string(decision))
+        if self.hungup:
+            return  # answered and over (hangup_after_bridge), or the caller gave up
+        disposition = done.get("variable_originate_disposition") or done.get("Application-Response")
+        _log.info("esl_bridge_failed", uuid=self.uuid, disposition=disposition)
+        await self._notice(self.s.fallback_prompt, "NORMAL_TEMPORARY_FAILURE")
+
+    async def _notice(self, prompt: str | None, cause: str) -> None:
+        await self._answer()
+        if prompt:
+            await self.execute("playback", self.s.sound(prompt))
+        await self._hangup(cause)
+
+    async def _fallback(self) -> None:
+        try:
+            await self._notice(self.s.fallback_prompt, "NORMAL_TEMPORARY_FAILURE")
+        except Hangup:
+            pass
+        except Exception as exc:
+            _log.error("esl_fallback_failed", uuid=self.uuid, error=str(exc))
+            try:
+                await self._hangup("NORMAL_TEMPORARY_FAILURE")
+            except Exception:
+                pass
+
+    async def _finish(self) -> None:
+        """Wait for the channel's end (charging it), then say goodbye."""
+        try:
+            while not self.hangup_event and not self.gone:
+                await self._next_event(self.s.max_call_s)
+        except Hangup:
+            pass
+        if self.hangup_event is not None and self.uuid:
+            billsec = self.hangup_event.get("variable_billsec") or "0"
+            answered = self.hangup_event.get("variable_bridge_channel") or ""
+            target = next((t for t in self.targets if answered.endswith(t)), None)
+            try:
+                self.router.call_ended(self.uuid, int(billsec) if billsec.isdigit() else 0, target)
+            except Exception as exc:
+                _log.error("esl_call_end_failed", uuid=self.uuid, error=str(exc))
+        if not self.gone:
+            try:
+                await self._send(command("exit"))  # "+OK bye"; FreeSWITCH then closes its side
+            except (Hangup, ConnectionError, OSError):
+                pass
+
+
+class EslServer:
+    """Accepts FreeSWITCH's outbound connections; one :class:`EslCall` each."""
+
+    def __init__(self, router, settings: Settings | None = None) -> None:
+        self.router = router
+        self.settings = settings or Settings()
+        self.handled = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._calls: set[asyncio.Task] = set()
+
+    @property
+    def active(self) -> int:
+        return len(self._calls)
+
+    async def _handle(self, reader, writer) -> None:
+        task = asyncio.current_task()
+        self._calls.add(task)
+        try:
+            await EslCall(reader, writer, self.router, self.settings).run()
+        finally:
+            self._calls.discard(task)
+            self.handled += 1
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8040) -> asyncio.AbstractServer:
+        self._server = await asyncio.start_server(self._handle, host, port, limit=1 << 20, backlog=1024)
+        return self._server
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self, grace_s: float = 30.0) -> None:
+        """Stop accepting calls, let the calls in progress finish (up to ``grace_s``)."""
+        if self._server is not None:
+            self._server.close()
+        if self._calls:
+            _, pending = await asyncio.wait(set(self._calls), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tel400-esl", description="tel400's FreeSWITCH Event Socket outbound server")
+    p.add_argument("--plans", required=True, help="a plan file, sqlite:///path or redis://host/db")
+    p.add_argument("--port", type=int, default=8040)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--counters", default="memory://", help="counter backend URL (shm:///path, redis://host/db)")
+    p.add_argument("--gateway", default="gw1", help="the sofia gateway that number targets are sent to")
+    p.add_argument("--number-template", default="sofia/gateway/{gateway}/{target}")
+    p.add_argument("--uri-template", default="sofia/external/{target}", help="for user@host targets")
+    p.add_argument("--prompt-dir", default="/usr/share/freeswitch/sounds/tel400")
+    p.add_argument("--prompt-ext", default="wav")
+    p.add_argument("--ring-timeout", type=int, default=20, help="seconds per target before failover")
+    p.add_argument("--pin-attempts", type=int, default=3)
+    p.add_argument("--queue-template", default="{queue}@default")
+    p.add_argument("--conference-template", default="{room}@default")
+    p.add_argument("--caller-id", choices=("caller", "number"), default="caller",
+                   help="what the targets see: the caller's number or the 400 number")
+    p.add_argument("--fallback-prompt", default="unavailable", help="played when a bridge fails or tel400 does")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                        logger_factory=lambda *a: structlog.PrintLogger(sys.stderr))
+    store = tel400.open_store(args.plans)
+    router = tel400.Router(store.load(), args.counters)
+    tel400.PlanWatcher(router, store).start()
+    settings = Settings(
+        gateway=args.gateway, number_template=args.number_template, uri_template=args.uri_template,
+        prompt_dir=args.prompt_dir, prompt_ext=args.prompt_ext, ring_timeout_s=args.ring_timeout,
+        pin_attempts=args.pin_attempts, queue_template=args.queue_template,
+        conference_template=args.conference_template, caller_id=args.caller_id, fallback_prompt=args.fallback_prompt,
+    )
+
+    async def serve() -> None:
+        server = EslServer(router, settings)
+        await server.start(args.host, args.port)
+        print(f"tel400-esl: {len(router.plans.numbers)} numbers from {store.url}, listening on "
+              f"{args.host}:{server.port} ({tel400.IMPLEMENTATION})", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

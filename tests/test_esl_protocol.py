@@ -1,0 +1,207 @@
+"""The Event Socket protocol core: frames in, commands out, nothing injected."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tel400_freeswitch.peer import GOODBYE, event_frame, reply_frame, serialize
+from tel400_freeswitch.protocol import (
+    EslProtocol, ProtocolError, command, hangup, parse_event, sendmsg, url_decode, url_encode,
+)
+
+# A connect reply as mod_event_socket sends it (switch_event_serialize with
+# encode=TRUE): every value URL-encoded, Content-Type near the end, no
+# Content-Length.
+CONNECT_REPLY = (
+    b"Event-Name: CHANNEL_DATA\n"
+    b"Core-UUID: 7610dcfe-e294-11e8-b372-4b084ebbf04f\n"
+    b"FreeSWITCH-IPv6: %3A%3A1\n"
+    b"Event-Date-Local: 2018-11-07%2016%3A59%3A11\n"
+    b"Event-Date-GMT: Wed,%2007%20Nov%202018%2015%3A59%3A11%20GMT\n"
+    b"Channel-Name: sofia/internal/1000%40192.168.1.146%3A5060\n"
+    b"Unique-ID: 102037b6-e2a6-11e8-b44d-4b084ebbf04f\n"
+    b"Caller-Caller-ID-Name: M%C3%BCller\n"
+    b"Caller-Caller-ID-Number: %2B8613901012345\n"
+    b"Caller-Destination-Number: 4001012345\n"
+    b"variable_sip_h_X-Note: a%0D%0Ab\n"
+    b"variable_codecs: ARRAY::PCMU|:PCMA\n"
+    b"Content-Type: command/reply\n"
+    b"Reply-Text: %2BOK%0A\n"
+    b"Socket-Mode: async\n"
+    b"Control: full\n"
+    b"\n"
+)
+EVENT_BODY = (
+    b"Event-Name: CHANNEL_EXECUTE_COMPLETE\n"
+    b"Unique-ID: 102037b6-e2a6-11e8-b44d-4b084ebbf04f\n"
+    b"Application: bridge\n"
+    b"Application-UUID: tel400-1-abc\n"
+    b"variable_billsec: 42\n"
+    b"Content-Length: 11\n"
+    b"\n"
+    b"hello\nworld"
+)
+EVENT = b"Content-Length: %d\nContent-Type: text/event-plain\n\n%s" % (len(EVENT_BODY), EVENT_BODY)
+LINGER = (b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: 102037b6\n"
+          b"Content-Disposition: linger\nChannel-Name: sofia/internal/1000@x\nLinger-Time: 600\nContent-Length: 0\n\n")
+FINAL = (b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: 102037b6\n"
+         b"Content-Disposition: disconnect\nContent-Length: 67\n\n" + GOODBYE)
+API = b"Content-Type: api/response\nContent-Length: 13\n\n+OK 12345678\n"
+STREAM = CONNECT_REPLY + reply_frame("+OK Events Enabled") + EVENT + reply_frame("+OK will linger") + API + LINGER + FINAL
+
+
+def parse(data: bytes, *, chunk: int | None = None):
+    proto = EslProtocol()
+    frames = []
+    step = chunk or len(data)
+    for i in range(0, len(data), step):
+        proto.receive_data(data[i:i + step])
+        frames.extend(proto.frames())
+    return frames
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 7, 64], ids=["whole", "byte-by-byte", "2", "7", "64"])
+def test_a_session_parses_the_same_however_it_is_split(chunk):
+    frames = parse(STREAM, chunk=chunk)
+    assert [f.content_type for f in frames] == [
+        "command/reply", "command/reply", "text/event-plain", "command/reply", "api/response",
+        "text/disconnect-notice", "text/disconnect-notice",
+    ]
+    connect = frames[0]
+    assert connect.ok and connect.reply_text == "+OK\n" and connect.body is None
+    assert connect.headers.get("Channel-Name") == "sofia/internal/1000@192.168.1.146:5060"
+    assert connect.headers.get("Caller-Caller-ID-Name") == "Müller"
+    assert connect.headers.get("caller-caller-id-number") == "+8613901012345"  # case-insensitive
+    assert connect.headers.get("FreeSWITCH-IPv6") == "::1"
+    assert connect.headers.get("Event-Date-GMT") == "Wed, 07 Nov 2018 15:59:11 GMT"
+    assert connect.headers.get("variable_sip_h_X-Note") == "a\r\nb"
+    assert connect.headers.get("variable_codecs") == "ARRAY::PCMU|:PCMA"
+    assert frames[1].reply_text == "+OK Events Enabled"
+    event = frames[2].event
+    assert event.name == "CHANNEL_EXECUTE_COMPLETE" and event.get("variable_billsec") == "42"
+    assert event.body == b"hello\nworld"
+    assert frames[4].reply_text == "+OK 12345678\n" and frames[4].is_reply
+    assert frames[5].disposition == "linger" and frames[5].body == b""
+    assert frames[6].disposition == "disconnect" and frames[6].body == GOODBYE
+
+
+def test_crlf_line_ends_are_tolerated():
+    frames = parse(b"Content-Type: command/reply\r\nReply-Text: +OK\r\n\r\n")
+    assert frames[0].ok
+
+
+@pytest.mark.parametrize(
+    "garbage, message",
+    [
+        (b"\x00\x01 this is not a frame\n\n", "not a header line"),
+        (b"Content-Type: text/event-plain\nContent-Length: -1\n\n", "bad Content-Length"),
+        (b"Content-Type: text/event-plain\nContent-Length: 99999999999\n\n", "over the limit"),
+        (b"Content-Type: api/response\nContent-Length: 12abc\n\n", "bad Content-Length"),
+        (b"No colon here\n\n", "not a header line"),
+        (b"Content-Length: 5\nContent-Type: text/event-plain\n\nAb c\n", "not a header line"),
+    ],
+)
+def test_garbage_is_a_protocol_error(garbage, message):
+    with pytest.raises(ProtocolError, match=message):
+        parse(garbage)
+
+
+def test_oversized_header_block_is_a_protocol_error():
+    proto = EslProtocol(max_header_bytes=1024)
+    with pytest.raises(ProtocolError, match="header block over"):
+        proto.receive_data(b"X-Long: " + b"a" * 2000)
+        list(proto.frames())
+
+
+def test_an_event_body_shorter_than_its_inner_length():
+    with pytest.raises(ProtocolError, match="inner body shorter"):
+        parse_event(b"Event-Name: X\nContent-Length: 50\n\nshort")
+
+
+# FreeSWITCH's switch_url_encode, checked against values seen in real captures.
+@pytest.mark.parametrize(
+    "raw, encoded",
+    [
+        ("sofia/external/nobody@192.168.1.235:5060", "sofia/external/nobody%40192.168.1.235%3A5060"),
+        ("::1", "%3A%3A1"),
+        ("2018-11-07 16:59:11", "2018-11-07%2016%3A59%3A11"),
+        ("Wed, 07 Nov 2018 15:59:11 GMT", "Wed,%2007%20Nov%202018%2015%3A59%3A11%20GMT"),
+        ("+OK\n", "%2BOK%0A"),
+        ("a\r\nb", "a%0D%0Ab"),
+        ("Müller", "M%C3%BCller"),
+        ('x"y<z>;|{}', "x%22y%3Cz%3E%3B%7C%7B%7D"),
+        ("100%41", "100%41"),  # an existing %XX escape is left alone, as FreeSWITCH does
+    ],
+)
+def test_url_encoding_matches_freeswitch(raw, encoded):
+    assert url_encode(raw) == encoded
+    if "%41" not in raw:
+        assert url_decode(encoded.encode()) == raw
+
+
+@given(st.text(max_size=60))
+def test_decode_undoes_encode(text):
+    if "%" in text:
+        return  # FreeSWITCH leaves existing %XX escapes alone, which is lossy
+    assert url_decode(url_encode(text).encode()) == text
+
+
+@given(st.lists(st.tuples(st.from_regex(r"\A[A-Za-z][A-Za-z0-9_-]{0,20}\Z"), st.text(max_size=40)), min_size=1, max_size=8),
+       st.binary(max_size=40), st.integers(1, 13))
+def test_peer_frames_round_trip_through_the_parser(headers, body, chunk):
+    frames = parse(event_frame(headers, body or None), chunk=chunk)
+    assert len(frames) == 1
+    event = frames[0].event
+    for name, value in headers:
+        assert event.get(name) is not None
+    if body:
+        assert event.body == body
+
+
+def test_serialize_puts_the_body_after_its_length():
+    assert serialize([("Event-Name", "X")], b"abc") == b"Event-Name: X\nContent-Length: 3\n\nabc"
+    assert serialize([("Event-Name", "X")]) == b"Event-Name: X\n\n"
+
+
+# -- commands: nothing the adapter writes can inject a header or a command ------------------
+
+
+def test_commands():
+    assert command("connect") == b"connect\n\n"
+    assert command("event", "plain", "CHANNEL_HANGUP_COMPLETE") == b"event plain CHANNEL_HANGUP_COMPLETE\n\n"
+    with pytest.raises(ValueError):
+        command("linger\n\nexit")
+
+
+def test_sendmsg_layout():
+    data = sendmsg("bridge", "{origination_caller_id_number=4001012345}sofia/gateway/gw1/13800138000|sofia/gateway/gw1/1",
+                   event_uuid="e-1")
+    assert data == (
+        b"sendmsg\ncall-command: execute\nexecute-app-name: bridge\n"
+        b"execute-app-arg: {origination_caller_id_number=4001012345}sofia/gateway/gw1/13800138000|sofia/gateway/gw1/1\n"
+        b"event-lock: true\nEvent-UUID: e-1\n\n"
+    )
+
+
+@pytest.mark.parametrize("arg", ["x\nexecute-app-name: hangup", "a\r\n\r\nexit", "\n\napi shutdown"])
+def test_an_argument_with_line_breaks_goes_as_a_body(arg):
+    data = sendmsg("playback", arg)
+    head, _, body = data.partition(b"\n\n")
+    assert body == arg.encode()
+    assert b"content-length: %d" % len(arg.encode()) in head
+    # parsed by FreeSWITCH's rules, it is one command whose headers stay its own
+    assert head.count(b"execute-app-name") == 1 and b"exit" not in head
+
+
+@pytest.mark.parametrize("bad", ["play back", "bridge\nexit", "", "a;b"])
+def test_application_names_are_checked(bad):
+    with pytest.raises(ValueError):
+        sendmsg(bad, "x")
+
+
+def test_hangup():
+    assert hangup("USER_BUSY") == b"sendmsg\ncall-command: hangup\nhangup-cause: USER_BUSY\n\n"
+    with pytest.raises(ValueError):
+        hangup("NORMAL\nexit")

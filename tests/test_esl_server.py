@@ -1,0 +1,212 @@
+"""The Event Socket server against the FreeSWITCH peer: every decision carried out,
+no call ever left parked."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import tel400
+from tel400.testing import free_port
+from tel400_freeswitch.peer import Call, FreeSwitchPeer
+from tel400_freeswitch.server import EslServer, Settings
+
+from .conftest import EXAMPLES, ROOT
+
+SOUNDS = "/usr/share/freeswitch/sounds/tel400"
+PLANS = {
+    "numbers": [
+        {"number": "4001012345", "rules": [
+            {"name": "bj", "provinces": ["CN-BJ"], "strategy": "sequential",
+             "targets": ["13901010001", "13901010002", "desk@pbx.example"]},
+        ], "default": {"action": "reject", "prompt": "closed"},
+         "caps": [{"metric": "minutes", "per": "day", "limit": 2}]},
+        {"number": "4001532532", "pin": "2468", "default": {"action": "conference", "room": "4001"}},
+        {"number": "4001100868", "rules": [{"action": "queue", "queue": "support"}]},
+        {"number": "4001000001", "blacklist": ["13800000000"], "rules": [{"targets": ["13901010001"]}],
+         "caps": [{"metric": "calls", "per": "day", "limit": 1}]},
+    ]
+}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def with_server(router, scenario, settings=None):
+    server = EslServer(router, settings or Settings(gateway="gw1", prompt_dir=SOUNDS))
+    await server.start("127.0.0.1", 0)
+    try:
+        return await scenario(server, FreeSwitchPeer())
+    finally:
+        await server.close()
+
+
+def one_call(router, call, settings=None):
+    async def scenario(server, peer):
+        return await peer.play("127.0.0.1", server.port, call)
+
+    return run(with_server(router, scenario, settings))
+
+
+@pytest.fixture
+def router(make_router):
+    return make_router(PLANS)
+
+
+def test_bridge_with_failover_dial_string_and_charging(router):
+    call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (legs[1], 61)))
+    assert call.apps == [
+        ("multiset", "continue_on_fail=true hangup_after_bridge=true"),
+        ("bridge", "{origination_caller_id_number=13901012345}"
+                   "[leg_timeout=20]sofia/gateway/gw1/13901010001|[leg_timeout=20]sofia/gateway/gw1/13901010002|"
+                   "[leg_timeout=20]sofia/external/desk@pbx.example"),
+    ]
+    assert call.commands[:3] == ["connect", "myevents", "linger"] and call.commands[-1] == "exit"
+    assert not call.parked and call.hangup_cause == "NORMAL_CLEARING"
+    # 61 s were charged at CHANNEL_HANGUP_COMPLETE: 2 minutes (rounded up) fill the cap
+    assert router.route("4001012345", "13901012345").reason == "cap_exceeded"
+
+
+def test_bridge_failure_falls_back_to_a_notice(router):
+    call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (None, 0)))
+    assert [app for app, _ in call.apps] == ["multiset", "bridge", "answer", "playback"]
+    assert call.apps[-1] == ("playback", f"{SOUNDS}/unavailable.wav")
+    assert call.hangup_cause == "NORMAL_TEMPORARY_FAILURE" and not call.parked
+
+
+@pytest.mark.parametrize("caller, dialed, prompt, cause", [
+    ("13902001234", "4001012345", "closed", "NORMAL_CLEARING"),  # not Beijing: the closed notice
+    ("13800000000", "4001000001", "blacklisted", "CALL_REJECTED"),
+    ("13901012345", "4009999999", "unknown_number", "UNALLOCATED_NUMBER"),
+])
+def test_refusals_play_their_notice_and_hang_up(router, caller, dialed, prompt, cause):
+    call = one_call(router, Call(caller=caller, destination=dialed))
+    assert call.apps == [("answer", ""), ("playback", f"{SOUNDS}/{prompt}.wav")]
+    assert call.hangup_cause == cause and not call.parked
+
+
+def test_cap_exceeded_is_user_busy(router):
+    first = one_call(router, Call(destination="4001000001", bridge=lambda legs: (legs[0], 5)))
+    assert first.apps[-1][0] == "bridge"
+    second = one_call(router, Call(destination="4001000001"))
+    assert second.apps[-1] == ("playback", f"{SOUNDS}/limit_reached.wav") and second.hangup_cause == "USER_BUSY"
+
+
+def test_pin_success(router):
+    call = one_call(router, Call(destination="4001532532", digits=["2468"], talk_s=33))
+    apps = [app for app, _ in call.apps]
+    assert apps == ["answer", "play_and_get_digits", "conference"]
+    assert call.apps[1][1] == (f"4 8 3 5000 # {SOUNDS}/enter_pin.wav {SOUNDS}/bad_pin_format.wav "
+                               "tel400_pin \\d{4,8}")
+    assert call.apps[2] == ("conference", "4001@default") and not call.parked
+
+
+def test_pin_wrong_then_right(router):
+    call = one_call(router, Call(destination="4001532532", digits=["1111", "2468"]))
+    assert [app for app, _ in call.apps] == [
+        "answer", "play_and_get_digits", "playback", "play_and_get_digits", "conference"]
+    assert call.apps[2] == ("playback", f"{SOUNDS}/bad_pin.wav")
+
+
+def test_pin_failures_end_the_call_and_lock_out(router):
+    call = one_call(router, Call(caller="13901012345", destination="4001532532", digits=["1111"] * 3))
+    assert [app for app, _ in call.apps][-2:] == ["play_and_get_digits", "playback"]
+    assert call.apps[-1] == ("playback", f"{SOUNDS}/bad_pin.wav") and call.hangup_cause == "CALL_REJECTED"
+    # two more wrong PINs on the next call make five: locked out, even with the right one after
+    second = one_call(router, Call(caller="13901012345", destination="4001532532", digits=["1111", "1111", "2468"]))
+    assert second.apps[-1] == ("playback", f"{SOUNDS}/pin_locked.wav")
+    third = one_call(router, Call(caller="13901012345", destination="4001532532", digits=["2468"]))
+    assert third.apps == [("answer", ""), ("playback", f"{SOUNDS}/pin_locked.wav")]  # locked before asking
+
+
+def test_queue_goes_to_callcenter(router):
+    call = one_call(router, Call(destination="4001100868"))
+    assert call.apps == [("callcenter", "support@default")] and not call.parked
+
+
+def test_frames_split_at_every_byte_with_events_before_replies(router):
+    call = one_call(router, Call(caller="13901012345", split_bytes=True, interleave=True,
+                                 bridge=lambda legs: (legs[0], 10)))
+    assert [app for app, _ in call.apps] == ["multiset", "bridge"] and not call.parked
+
+
+def test_without_full_linger_is_refused_and_the_call_still_routes(router):
+    call = one_call(router, Call(caller="13901012345", full=False, bridge=lambda legs: (legs[0], 10)))
+    assert "linger" in call.commands and [app for app, _ in call.apps] == ["multiset", "bridge"]
+    assert not call.parked
+
+
+def test_a_peer_that_disconnects_mid_call(router):
+    async def scenario(server, peer):
+        gone = await peer.play("127.0.0.1", server.port, Call(caller="13902001234", disconnect_after_apps=1))
+        after = await peer.play("127.0.0.1", server.port, Call(caller="13902001234"))
+        return gone, after
+
+    gone, after = run(with_server(router, scenario))
+    assert len(gone.apps) == 1
+    assert after.apps == [("answer", ""), ("playback", f"{SOUNDS}/closed.wav")]  # the server carried on
+
+
+def test_a_malformed_frame_closes_only_its_own_connection(router):
+    async def scenario(server, peer):
+        good = [Call(caller="13901012345", bridge=lambda legs: (legs[0], 1)) for _ in range(20)]
+        bad = Call(caller="13901012345", garbage_after_connect=True)
+        results = await asyncio.gather(*(peer.play("127.0.0.1", server.port, c) for c in good + [bad]))
+        return results[:-1], results[-1]
+
+    good, bad = run(with_server(router, scenario))
+    assert all(c.apps[-1][0] == "bridge" and not c.parked for c in good)
+    assert bad.closed_by_adapter and bad.apps == []
+
+
+def test_a_router_failure_ends_in_the_fallback_notice(router):
+    class Broken:
+        def route(self, *args, **kwargs):
+            raise RuntimeError("simulated")
+
+        def call_ended(self, *args, **kwargs):
+            return None
+
+    call = one_call(Broken(), Call(caller="13901012345"))
+    assert call.apps == [("answer", ""), ("playback", f"{SOUNDS}/unavailable.wav")]
+    assert call.hangup_cause == "NORMAL_TEMPORARY_FAILURE" and not call.parked
+
+
+def test_500_concurrent_calls(make_router):
+    router = make_router({"numbers": [{"number": "4001012345", "rules": [
+        {"strategy": "round_robin", "targets": [{"to": "13901010001", "weight": 3}, {"to": "13901010002", "weight": 7}]}]}]})
+
+    async def scenario(server, peer):
+        calls = [Call(caller=f"139010{i:05d}", bridge=lambda legs: (legs[0], 1)) for i in range(500)]
+        return await asyncio.gather(*(peer.play("127.0.0.1", server.port, c, timeout=60) for c in calls))
+
+    calls = run(with_server(router, scenario))
+    assert all(c.hangup_cause == "NORMAL_CLEARING" and not c.parked for c in calls)
+    firsts = [c.apps[-1][1].split("|")[0].rsplit("/", 1)[1] for c in calls]
+    assert firsts.count("13901010001") == 150 and firsts.count("13901010002") == 350
+
+
+def test_the_tel400_esl_command(tmp_path):
+    port = free_port()
+    exe = ROOT / ".venv" / "bin" / "tel400-esl"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tel400_freeswitch.server"]
+    process = subprocess.Popen(
+        [*cmd, "--plans", str(EXAMPLES / "manual.toml"), "--port", str(port), "--gateway", "gw9",
+         "--prompt-dir", "/sounds", "--prompt-ext", "mp3"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        assert "listening on 127.0.0.1:" in line
+        call = asyncio.run(FreeSwitchPeer().play("127.0.0.1", port, Call(caller="13800000000")))
+        assert call.apps == [("answer", ""), ("playback", "/sounds/blacklisted.mp3")]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+        process.stderr.close()
+    assert code == 0
