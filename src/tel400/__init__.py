@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ._impl import IMPLEMENTATION
 from .counters import CounterBackend, MemoryCounters, open_counters
-from .decision import Charge, Decision, Step
+from .decision import REASONS, Charge, Decision, Step
 from .exceptions import BackendError, NumberError, PlanError, SegmentError, Tel400Error
 from .loading import load_plans, loads_plans
 from .numbers import default_segments, locate, normalize, use_segments
@@ -47,6 +47,7 @@ __all__ = [
     "PlanStore",
     "PlanWatcher",
     "PrefixTable",
+    "REASONS",
     "RedisStore",
     "Router",
     "Rule",

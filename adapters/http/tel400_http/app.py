@@ -1,0 +1,697 @@
+"""The service: one :class:`Service` per process, an ASGI application.
+
+Every decision comes from :meth:`tel400.Router.route`; this module only reads
+requests, checks who may do what, and writes answers.  Endpoints:
+
+========================================  =====================================================
+``POST /v1/route``                        a decision as JSON
+``POST /v1/calls/{call_id}/end``          a call's end: charges minutes and cost caps
+``POST /freeswitch/dialplan``             mod_xml_curl: the extension that carries it out
+``POST /kamailio/rtjson``                 an rtjson routing document
+``GET /v1/numbers``                       the numbers a token may manage           (token)
+``GET|PUT|DELETE /v1/numbers/{n}``        one number's plan                         (token)
+``GET /v1/numbers/{n}/blacklist``         its blacklist; ``PUT|DELETE …/{entry}``   (token)
+``PUT|DELETE /v1/numbers/{n}/pin``        its PIN                                   (token)
+``GET /v1/numbers/{n}/audit``             who changed what, when                    (token)
+``GET /v1/numbers/{n}/report?month=``     the month's calls, minutes and cost       (token)
+``GET /v1/numbers/{n}/calls``             the latest call records                   (token)
+``GET /metrics /healthz /readyz``         operations
+``GET /openapi.json /v1/ping``            the API description; a trivial endpoint
+========================================  =====================================================
+
+Routing runs on the event loop when it cannot block (memory and shm
+counters, no hashed PIN to derive); with Redis counters, or a PIN to check,
+it runs in a worker thread so that a slow backend never holds other
+requests.  Admin writes always run in a thread (SQLite, scrypt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import re
+import threading
+import time
+import zoneinfo
+
+import structlog
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+import tel400
+from tel400 import pins
+from tel400.metrics import RouterCollector
+from tel400.stores import WritableStore
+from tel400.sip import check_gateway
+from tel400_freeswitch.server import Settings as FreeSwitchSettings
+
+from . import openapi, switches
+from .asgi import ClientGone, HttpError, Request, encode_json, field, send
+from .auth import Tokens
+from .records import CallRecords, check_month
+
+_log = structlog.get_logger("tel400.http")
+
+_CALL_ID = re.compile(r"\A[\x21-\x7e]{1,128}\Z")  # printable ASCII, no spaces: safe in logs and URLs
+_ROUTE_FIELDS = frozenset({"dialed", "caller", "at", "channel", "pin", "call_id", "explain"})
+_KAMAILIO_FIELDS = frozenset({"dialed", "caller", "call_id", "method", "at"})
+_END_FIELDS = frozenset({"duration", "target"})
+_PLAN_SECRETS = ("pin", "pin_hash")
+PLAIN = b"text/plain; charset=utf-8"
+
+
+class Service:
+    """tel400 over HTTP.
+
+    Args:
+        router: the :class:`tel400.Router` that decides.
+        store: where plans live; admin writes need a writable one (SQLite,
+            Redis).  ``None``: the admin API only reads the router's plans.
+        watcher: a :class:`tel400.PlanWatcher` of ``store``: started with the
+            service, polled at once after each admin write.
+        records: :class:`~tel400_http.records.CallRecords`, or ``None`` (no
+            records, no reports).
+        tokens: who may use the admin API (:class:`~tel400_http.auth.Tokens`);
+            ``None`` refuses every admin request.
+        freeswitch: how decisions become FreeSWITCH applications.
+        gateway, media_server, ring_timeout_ms, cap_code: for Kamailio rtjson.
+        end_url: this service's URL as FreeSWITCH reaches it; set, bridges
+            report their end to it.
+        max_body: the largest body accepted (plans); decision requests are
+            held to 16 KiB.
+        offload: route in a worker thread (default: when the counters are
+            Redis, whose calls may wait on the network).
+    """
+
+    ROUTE_BODY = 16 * 1024
+
+    def __init__(self, router: tel400.Router, *, store=None, watcher=None, records: CallRecords | None = None,
+                 tokens: Tokens | None = None, freeswitch: FreeSwitchSettings | None = None,
+                 gateway: str | None = None, media_server: str | None = None, ring_timeout_ms: int = 30000,
+                 cap_code: int = 486, end_url: str | None = None, max_body: int = 1 << 20,
+                 offload: bool | None = None) -> None:
+        self.router = router
+        self.store = store
+        self.watcher = watcher
+        self.records = records
+        self.tokens = tokens or Tokens([])
+        self.freeswitch = freeswitch or FreeSwitchSettings()
+        self.gateway = check_gateway(gateway) if gateway else None
+        self.media_server = media_server
+        self.ring_timeout_ms = ring_timeout_ms
+        self.cap_code = cap_code
+        self.end_url = end_url.rstrip("/") if end_url else None
+        self.max_body = max_body
+        if offload is None:
+            offload = type(router.counters).__module__.endswith("redis_counters")
+        self.offload = offload
+        self.draining = False
+        self.started = False
+        self._write_lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(RouterCollector(router, watcher))
+        self.registry.register(_ServiceCollector(self))
+        ProcessCollector(registry=self.registry)
+        self.route_seconds = Histogram(
+            "tel400_http_route_seconds", "Time to decide one call (router.route and recording), by endpoint.",
+            ["endpoint"], registry=self.registry,
+            buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+        )
+        self._observe = {name: self.route_seconds.labels(name).observe for name in ("route", "freeswitch", "kamailio")}
+        self._static = {
+            ("POST", "/v1/route"): ("route", self.h_route),
+            ("POST", "/freeswitch/dialplan"): ("freeswitch", self.h_freeswitch),
+            ("POST", "/kamailio/rtjson"): ("kamailio", self.h_kamailio),
+            ("GET", "/v1/ping"): ("ping", self.h_ping),
+            ("GET", "/healthz"): ("healthz", self.h_healthz),
+            ("GET", "/readyz"): ("readyz", self.h_readyz),
+            ("GET", "/metrics"): ("metrics", self.h_metrics),
+            ("GET", "/openapi.json"): ("openapi", self.h_openapi),
+            ("GET", "/v1/numbers"): ("numbers.list", self.h_list_numbers),
+        }
+        self._static_paths = {path for _, path in self._static}
+        n = r"(?P<number>[^/]+)"
+        self._patterns = [
+            (re.compile(r"\A/v1/calls/(?P<call_id>[^/]+)/end\Z"), {"POST": ("calls.end", self.h_call_end)}),
+            (re.compile(rf"\A/v1/numbers/{n}\Z"), {"GET": ("numbers.get", self.h_get_number),
+                                                    "PUT": ("numbers.put", self.h_put_number),
+                                                    "DELETE": ("numbers.delete", self.h_delete_number)}),
+            (re.compile(rf"\A/v1/numbers/{n}/blacklist\Z"), {"GET": ("blacklist.get", self.h_get_blacklist)}),
+            (re.compile(rf"\A/v1/numbers/{n}/blacklist/(?P<entry>[^/]+)\Z"),
+             {"PUT": ("blacklist.add", self.h_blacklist_add), "DELETE": ("blacklist.remove", self.h_blacklist_remove)}),
+            (re.compile(rf"\A/v1/numbers/{n}/pin\Z"), {"PUT": ("pin.put", self.h_put_pin),
+                                                        "DELETE": ("pin.delete", self.h_delete_pin)}),
+            (re.compile(rf"\A/v1/numbers/{n}/audit\Z"), {"GET": ("audit", self.h_audit)}),
+            (re.compile(rf"\A/v1/numbers/{n}/report\Z"), {"GET": ("report", self.h_report)}),
+            (re.compile(rf"\A/v1/numbers/{n}/calls\Z"), {"GET": ("calls.list", self.h_calls)}),
+        ]
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send_) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send_)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send_)
+
+    async def _lifespan(self, receive, send_) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start()
+                await send_({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.stop)
+                await send_({"type": "lifespan.shutdown.complete"})
+                return
+
+    def start(self) -> None:
+        """Start the plan watcher (once)."""
+        if not self.started:
+            self.started = True
+            if self.watcher is not None:
+                self.watcher.start()
+
+    def stop(self) -> None:
+        """Stop watching plans and write the call records still queued."""
+        self.draining = True
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.records is not None:
+            self.records.close()
+
+    async def _http(self, scope, receive, send_) -> None:
+        method, path = scope["method"], scope["path"]
+        found = self._static.get((method, path))
+        params = None
+        if found is None:
+            found, params = self._match(method, path)
+        name, handler = found
+        req = Request(scope, receive, params)
+        try:
+            status, body, content_type, headers = await handler(req)
+        except HttpError as exc:
+            status, body, content_type, headers = exc.status, encode_json(exc.body()), b"application/json", exc.headers
+        except ClientGone:
+            return
+        except Exception:
+            _log.exception("request_failed", endpoint=name, method=method, path=path)
+            status, content_type, headers = 500, b"application/json", None
+            body = encode_json({"error": "internal_error", "message": "tel400 failed on this request; see its log"})
+        key = (name, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        await send(send_, status, body, content_type, headers)
+
+    def _match(self, method: str, path: str):
+        allowed: list[str] = []
+        for pattern, methods in self._patterns:
+            m = pattern.match(path)
+            if m:
+                if method in methods:
+                    return methods[method], m.groupdict()
+                allowed = list(methods)
+                break
+        if not allowed:
+            allowed = [meth for meth, p in self._static if p == path]
+        if allowed:
+            return ("method_not_allowed", _refuse(405, "method_not_allowed", f"{method} is not allowed on {path}",
+                                                  headers=[(b"allow", ", ".join(allowed).encode())])), None
+        return ("not_found", _refuse(404, "not_found", f"no endpoint {path}")), None
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def _decide(self, endpoint, dialed, caller, at, channel, pin, call_id, explain=False) -> tel400.Decision:
+        t0 = time.perf_counter()
+        try:
+            decision = self.router.route(dialed, caller, at, channel, pin, call_id, explain)
+        except ValueError as exc:  # a bad channel or time: the request's mistake
+            raise HttpError(422, "bad_request", str(exc)) from None
+        if self.records is not None:
+            self.records.decision(decision, self._started(decision, at))
+        self._observe[endpoint](time.perf_counter() - t0)
+        return decision
+
+    async def _decide_async(self, endpoint, dialed, caller, at, channel, pin, call_id, explain=False):
+        if self.offload or pin is not None:
+            return await asyncio.to_thread(self._decide, endpoint, dialed, caller, at, channel, pin, call_id, explain)
+        return self._decide(endpoint, dialed, caller, at, channel, pin, call_id, explain)
+
+    def _started(self, decision, at) -> float:
+        if at is None:
+            return time.time()
+        if isinstance(at, dt.datetime):
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=self._zone_of(decision.number))
+            return at.timestamp()
+        return float(at)
+
+    def _zone_of(self, number):
+        plan = self.router.plans.get(number) if number else None
+        return zoneinfo.ZoneInfo(plan.timezone if plan else "Asia/Shanghai")
+
+    @staticmethod
+    def _at(value):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                return dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise HttpError(422, "wrong_type", f"at: expected an ISO 8601 time, got {value!r}",
+                                field="at") from None
+        if not math.isfinite(value):
+            raise HttpError(422, "wrong_type", "at: expected a finite POSIX time", field="at")
+        return value
+
+    async def h_route(self, req: Request):
+        await req.read(self.ROUTE_BODY)
+        data = req.json()
+        _only(data, _ROUTE_FIELDS)
+        dialed = field(data, "dialed", str, required=True)
+        caller = field(data, "caller", str)
+        at = self._at(field(data, "at", (str, int, float)))
+        channel = field(data, "channel", str, default="voice")
+        pin = field(data, "pin", str)
+        call_id = _call_id(field(data, "call_id", str))
+        explain = field(data, "explain", bool, default=False)
+        decision = await self._decide_async("route", dialed, caller, at, channel, pin, call_id, explain)
+        return 200, encode_json(decision.as_dict()), b"application/json", None
+
+    async def h_call_end(self, req: Request):
+        call_id = _call_id(req.params["call_id"])
+        await req.read(self.ROUTE_BODY)
+        if req.is_form():
+            data = req.form()
+            _only(data, _END_FIELDS)
+            try:
+                duration = float(data["duration"])
+            except KeyError:
+                raise HttpError(422, "missing_field", "duration: required", field="duration") from None
+            except ValueError:
+                raise HttpError(422, "wrong_type", "duration: expected seconds", field="duration") from None
+            target = data.get("target") or None
+        else:
+            data = req.json()
+            _only(data, _END_FIELDS)
+            duration = field(data, "duration", (int, float), required=True)
+            target = field(data, "target", str)
+        if not math.isfinite(duration) or duration < 0:
+            raise HttpError(422, "bad_request", "duration: expected a finite number of seconds >= 0", field="duration")
+        if self.offload:
+            charge = await asyncio.to_thread(self.router.call_ended, call_id, duration, target)
+        else:
+            charge = self.router.call_ended(call_id, duration, target)
+        if charge is None:
+            raise HttpError(404, "unknown_call", f"no routed call {call_id!r} is waiting for its end "
+                                                 "(never routed with this call_id, already ended, or expired)")
+        if self.records is not None:
+            self.records.ended(charge)
+        return 200, encode_json({
+            "call_id": charge.call_id, "number": charge.number, "target": charge.target,
+            "duration_s": charge.duration_s, "billed_s": charge.billed_s,
+            "cost": None if charge.cost is None else str(charge.cost), "long_distance": charge.long_distance,
+        }), b"application/json", None
+
+    async def h_freeswitch(self, req: Request):
+        await req.read(self.ROUTE_BODY)
+        fs = switches.freeswitch_request(req.form())
+        if fs.section != "dialplan" or not fs.dialed:
+            return 200, switches.NOT_FOUND, switches.XML, None
+        decision = await self._decide_async("freeswitch", fs.dialed, fs.caller, None, "voice", fs.pin, fs.uuid)
+        if decision.reason == "unknown_number":
+            return 200, switches.NOT_FOUND, switches.XML, None  # FreeSWITCH goes on with its own dialplan
+        return 200, switches.freeswitch_xml(decision, fs, self.freeswitch, end_url=self.end_url), switches.XML, None
+
+    async def h_kamailio(self, req: Request):
+        await req.read(self.ROUTE_BODY)
+        data = req.json()
+        _only(data, _KAMAILIO_FIELDS)
+        dialed = field(data, "dialed", str, required=True)
+        caller = field(data, "caller", str)
+        call_id = _call_id(field(data, "call_id", str))
+        method = field(data, "method", str, default="INVITE").upper()
+        if method not in ("INVITE", "MESSAGE"):
+            raise HttpError(422, "bad_request", f"method: expected INVITE or MESSAGE, got {method!r}", field="method")
+        at = self._at(field(data, "at", (str, int, float)))
+        channel = "sms" if method == "MESSAGE" else "voice"
+        decision = await self._decide_async("kamailio", dialed, caller, at, channel, None, call_id)
+        doc = switches.kamailio_rtjson(decision, gateway=self.gateway, media_server=self.media_server,
+                                       ring_timeout_ms=self.ring_timeout_ms, cap_code=self.cap_code)
+        return 200, encode_json(doc), b"application/json", None
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def h_ping(self, req: Request):
+        return 200, b'{"pong":true}', b"application/json", None
+
+    async def h_healthz(self, req: Request):
+        return 200, b'{"status":"ok"}', b"application/json", None
+
+    async def h_readyz(self, req: Request):
+        problems = []
+        if self.draining:
+            problems.append("shutting down")
+        if self.records is not None and not self.records.alive:
+            problems.append("the call record writer stopped")
+        body = {"status": "not ready" if problems else "ready", "problems": problems,
+                "numbers": len(self.router.plans.numbers), "implementation": self.router.implementation}
+        return (503 if problems else 200), encode_json(body), b"application/json", None
+
+    async def h_metrics(self, req: Request):
+        return 200, generate_latest(self.registry), b"text/plain; version=0.0.4; charset=utf-8", None
+
+    async def h_openapi(self, req: Request):
+        return 200, openapi.document(), b"application/json", None
+
+    # -- the admin API -----------------------------------------------------------------------
+
+    def _number(self, req: Request, token) -> str:
+        raw = req.params["number"]
+        try:
+            number = tel400.normalize(raw)
+        except tel400.NumberError:
+            raise HttpError(404, "not_found", f"{raw!r} is not a telephone number") from None
+        if not token.may(number):
+            raise HttpError(403, "forbidden", f"this token may not manage {number}")
+        return number
+
+    def _auth(self, req: Request):
+        return self.tokens.check(req.header(b"authorization"))
+
+    def _writable(self) -> WritableStore:
+        if not isinstance(self.store, WritableStore):
+            source = getattr(self.store, "url", None) or self.router.plans.source or "their source"
+            raise HttpError(409, "read_only", f"plans come from {source}, which this service does not write; "
+                                              "run it with --plans sqlite:///… or redis://… to manage them here")
+        return self.store
+
+    def _plan_tree(self, number: str) -> dict | None:
+        if isinstance(self.store, WritableStore):
+            return self.store.get_number(number)
+        plan = self.router.plans.get(number)
+        return None if plan is None else tel400.PlanSet(numbers=(plan,)).to_dict()["numbers"][0]
+
+    def _applied(self) -> None:
+        """This process routes by the change at once; the others within their watcher's interval."""
+        if self.watcher is not None:
+            self.watcher.poll(force=True)
+        elif isinstance(self.store, WritableStore):
+            self.router.reload(self.store.load())
+
+    async def _in_thread(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    async def h_list_numbers(self, req: Request):
+        token = self._auth(req)
+        numbers = [p.number for p in self.router.plans.numbers if token.may(p.number)]
+        return 200, encode_json({"numbers": sorted(numbers)}), b"application/json", None
+
+    async def h_get_number(self, req: Request):
+        number = self._number(req, self._auth(req))
+        tree = await self._in_thread(self._plan_tree, number)
+        if tree is None:
+            raise HttpError(404, "unknown_number", f"{number} has no plan")
+        return 200, encode_json(_redacted(tree)), b"application/json", None
+
+    async def h_put_number(self, req: Request):
+        token = self._auth(req)
+        number = self._number(req, token)
+        await req.read(self.max_body)
+        plan = req.json()
+        if "number" in plan:
+            try:
+                given = tel400.normalize(str(plan["number"]))
+            except tel400.NumberError:
+                given = None
+            if given != number:
+                raise HttpError(422, "invalid_plan", f"number: the body is for {plan['number']!r}, the path for {number}",
+                                field="number")
+        store = self._writable()
+
+        def write():
+            with self._write_lock:
+                before = store.get_number(number)
+                body = {k: v for k, v in plan.items() if k != "has_pin"}
+                body["number"] = number
+                if not any(k in body for k in _PLAN_SECRETS) and before is not None:
+                    for key in _PLAN_SECRETS:  # the PIN is managed at …/pin; a plan without one keeps it
+                        if key in before:
+                            body[key] = before[key]
+                if isinstance(body.get("pin"), str) and pins.PIN_RE.match(body["pin"]):
+                    body["pin_hash"] = pins.make_hash(body.pop("pin"))  # never kept in clear
+                store.put_number(body, actor=token.name)
+                self._applied()
+                return before is None, store.get_number(number)
+
+        created, stored = await self._in_thread(_plan_errors(write))
+        _log.info("plan_changed", number=number, actor=token.name, created=created)
+        return (201 if created else 200), encode_json(_redacted(stored)), b"application/json", None
+
+    async def h_delete_number(self, req: Request):
+        token = self._auth(req)
+        number = self._number(req, token)
+        store = self._writable()
+
+        def delete():
+            with self._write_lock:
+                gone = store.delete_number(number, actor=token.name)
+                if gone:
+                    self._applied()
+                return gone
+
+        if not await self._in_thread(_plan_errors(delete)):
+            raise HttpError(404, "unknown_number", f"{number} has no plan")
+        _log.info("plan_deleted", number=number, actor=token.name)
+        return 204, b"", b"application/json", None
+
+    async def _edit(self, token, number: str, change) -> dict:
+        """Read one number's stored plan, change it, write it back; 404 without a plan."""
+        store = self._writable()
+
+        def edit():
+            with self._write_lock:
+                tree = store.get_number(number)
+                if tree is None:
+                    raise HttpError(404, "unknown_number", f"{number} has no plan")
+                changed = change(dict(tree))
+                store.put_number(changed, actor=token.name)
+                self._applied()
+                return store.get_number(number)
+
+        return await self._in_thread(_plan_errors(edit))
+
+    async def h_get_blacklist(self, req: Request):
+        number = self._number(req, self._auth(req))
+        tree = await self._in_thread(self._plan_tree, number)
+        if tree is None:
+            raise HttpError(404, "unknown_number", f"{number} has no plan")
+        return 200, encode_json({"number": number, "blacklist": tree.get("blacklist", [])}), b"application/json", None
+
+    async def h_blacklist_add(self, req: Request):
+        token = self._auth(req)
+        number = self._number(req, token)
+        entry = req.params["entry"]
+
+        def add(tree):
+            entries = list(tree.get("blacklist", []))
+            if not any(_same_entry(entry, e) for e in entries):
+                entries.append(entry)
+            tree["blacklist"] = entries
+            return tree
+
+        stored = await self._edit(token, number, add)
+        return 200, encode_json({"number": number, "blacklist": stored.get("blacklist", [])}), b"application/json", None
+
+    async def h_blacklist_remove(self, req: Request):
+        token = self._auth(req)
+        number = self._number(req, token)
+        entry = req.params["entry"]
+
+        def remove(tree):
+            entries = list(tree.get("blacklist", []))
+            kept = [e for e in entries if not _same_entry(entry, e)]
+            if len(kept) == len(entries):
+                raise HttpError(404, "not_blacklisted", f"{entry!r} is not on {number}'s blacklist")
+            tree["blacklist"] = kept
+            return tree
+
+        stored = await self._edit(token, number, remove)
+        return 200, encode_json({"number": number, "blacklist": stored.get("blacklist", [])}), b"application/json", None
+
+    async def h_put_pin(self, req: Request):
+        token = self._auth(req)
+        number = self._number(req, token)
+        await req.read(self.ROUTE_BODY)
+        data = req.json()
+        _only(data, frozenset({"pin"}))
+        pin = field(data, "pin", str, required=True)
+        if not pins.PIN_RE.match(pin):
+            raise HttpError(422, "invalid_plan", "pin: expected 4 to 8 digits", field="pin")
+
+        def set_pin(tree):
+            tree.pop("pin", None)
+            tree["pin_hash"] = pins.make_hash(pin)
+            return tree
+
+        await self._edit(token, number, set_pin)
+        _log.info("pin_changed", number=number, actor=token.name)
+        return 204, b"", b"application/json", None
+
+    async def h_delete_pin(self, req: Request):
+        token = self._auth(req)
+        number = self._number(req, token)
+
+        def clear(tree):
+            if not any(k in tree for k in _PLAN_SECRETS):
+                raise HttpError(404, "no_pin", f"{number} has no PIN")
+            for key in _PLAN_SECRETS:
+                tree.pop(key, None)
+            return tree
+
+        await self._edit(token, number, clear)
+        _log.info("pin_removed", number=number, actor=token.name)
+        return 204, b"", b"application/json", None
+
+    async def h_audit(self, req: Request):
+        number = self._number(req, self._auth(req))
+        limit = _int_param(req, "limit", 100, 1, 1000)
+        if not isinstance(self.store, WritableStore):
+            entries = []
+        else:
+            entries = await self._in_thread(lambda: self.store.audit(number, limit))
+        out = [{**e, "at": _iso(e["at"]), "before": _redacted(e["before"]), "after": _redacted(e["after"])}
+               for e in entries]
+        return 200, encode_json({"number": number, "entries": out}), b"application/json", None
+
+    def _records(self) -> CallRecords:
+        if self.records is None:
+            raise HttpError(409, "records_off", "this service keeps no call records (--records none)")
+        return self.records
+
+    async def h_report(self, req: Request):
+        number = self._number(req, self._auth(req))
+        records = self._records()
+        month = req.query.get("month")
+        if month is None:
+            month = dt.datetime.now(self._zone_of(number)).strftime("%Y-%m")
+        try:
+            check_month(month)
+        except ValueError as exc:
+            raise HttpError(422, "bad_request", str(exc), field="month") from None
+
+        def report():
+            records.flush()
+            return records.report(number, month)
+
+        return 200, encode_json(await self._in_thread(report)), b"application/json", None
+
+    async def h_calls(self, req: Request):
+        number = self._number(req, self._auth(req))
+        records = self._records()
+        limit = _int_param(req, "limit", 100, 1, 1000)
+        before = _int_param(req, "before", None, 1, 2**62)
+
+        def listing():
+            records.flush()
+            return records.calls(number, limit=limit, before_id=before)
+
+        return 200, encode_json({"number": number, "calls": await self._in_thread(listing)}), b"application/json", None
+
+
+class _ServiceCollector:
+    """Requests by endpoint and status, and the call record writer's state."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def collect(self):
+        s = self._service
+        requests = CounterMetricFamily("tel400_http_requests", "HTTP requests by endpoint and status.",
+                                       labels=["endpoint", "status"])
+        for (endpoint, status), count in sorted(s.requests.items()):
+            requests.add_metric([endpoint, str(status)], count)
+        yield requests
+        if s.records is not None:
+            r = s.records
+            yield CounterMetricFamily("tel400_http_records_dropped", "Call records dropped: the writer fell behind.",
+                                      value=r.dropped)
+            yield CounterMetricFamily("tel400_http_record_errors", "Call record writes that failed.", value=r.errors)
+            yield GaugeMetricFamily("tel400_http_records_pending", "Call records waiting to be written.",
+                                    value=r.pending)
+
+
+def create_app(router: tel400.Router, **options) -> Service:
+    """The ASGI application for ``router`` (see :class:`Service` for the options)."""
+    return Service(router, **options)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _refuse(status: int, code: str, message: str, headers=None):
+    async def handler(req: Request):
+        raise HttpError(status, code, message, headers=headers)
+
+    return handler
+
+
+def _only(data: dict, allowed: frozenset) -> None:
+    unknown = set(data) - allowed
+    if unknown:
+        raise HttpError(422, "unknown_field", f"unknown fields {sorted(unknown)}; expected {', '.join(sorted(allowed))}",
+                        field=sorted(unknown)[0])
+
+
+def _call_id(value: str | None) -> str | None:
+    if value is not None and not _CALL_ID.match(value):
+        raise HttpError(422, "bad_request", "call_id: expected 1 to 128 printable ASCII characters without spaces",
+                        field="call_id")
+    return value
+
+
+def _int_param(req: Request, name: str, default, low: int, high: int):
+    raw = req.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HttpError(422, "bad_request", f"{name}: expected a whole number from {low} to {high}", field=name)
+    return int(raw)
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+
+
+def _redacted(tree):
+    """A plan tree for an answer: never the PIN or its hash, only whether there is one."""
+    if not isinstance(tree, dict) or "number" not in tree:
+        return tree
+    out = {k: v for k, v in tree.items() if k not in _PLAN_SECRETS}
+    out["has_pin"] = any(k in tree for k in _PLAN_SECRETS)
+    return out
+
+
+def _same_entry(given: str, stored: str) -> bool:
+    if given == stored:
+        return True
+    try:
+        return tel400.normalize(given) == stored
+    except tel400.NumberError:
+        return False
+
+
+def _plan_errors(fn):
+    """``fn`` with a refused plan answered 422, naming the field (the running plans stay)."""
+
+    def run():
+        try:
+            return fn()
+        except tel400.PlanError as exc:
+            raise HttpError(422, "invalid_plan", str(exc), field=exc.field, rule=exc.rule) from None
+        except tel400.BackendError as exc:
+            raise HttpError(503, "store_unavailable", str(exc)) from None
+
+    return run

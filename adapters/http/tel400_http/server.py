@@ -1,0 +1,186 @@
+"""``tel400-http``: the HTTP microservice on uvicorn.
+
+    tel400-http                                   # embedded defaults, see below
+    tel400-http --plans plans.toml --port 8400    # plans from a file (the admin API reads them only)
+    tel400-http --plans sqlite:///plans.db --tokens tokens.toml --counters shm:///dev/shm/tel400
+
+Embedded defaults, for a first look on a fresh machine: a data directory
+(``./tel400-data``) with an SQLite plan store seeded with the carrier manual's
+example plan, the call records, and an operator token (``admin-token``, made
+on first start); memory counters.  The command prints where to send requests.
+
+uvicorn with httptools and uvloop serves the raw ASGI application; SIGTERM or
+SIGINT stops accepting connections, finishes the requests in flight (up to
+``--grace`` seconds), writes the queued call records and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import logging
+import os
+import pathlib
+import sys
+
+import structlog
+
+import tel400
+from tel400 import pins
+from tel400_freeswitch.server import Settings as FreeSwitchSettings
+
+from .app import Service
+from .auth import Tokens, hash_token, new_token
+from .records import CallRecords
+
+DEFAULT_PORT = 8400
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tel400-http", description="tel400's HTTP microservice")
+    p.add_argument("--plans", help="a plan file, sqlite:///path or redis://host/db (default: an SQLite store in "
+                                   "--data, seeded with the carrier manual's example plan)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--counters", default="memory://", help="counter backend URL (shm:///path, redis://host/db)")
+    p.add_argument("--data", default="tel400-data", help="directory for the embedded defaults (plans, records, token)")
+    p.add_argument("--records", default=None,
+                   help="call records database (default: DATA/records.db); 'none' keeps no records")
+    p.add_argument("--retention-days", type=float, default=180, help="call records older than this are deleted")
+    p.add_argument("--max-records", type=int, default=5_000_000, help="at most this many call records are kept")
+    p.add_argument("--tokens", help="admin API tokens (TOML, see docs/http.md); default: DATA/admin-token, "
+                                    "one operator token made on first start")
+    p.add_argument("--gateway", default="gw1",
+                   help="where number targets go: a sofia gateway name (FreeSWITCH) and host[:port] (Kamailio)")
+    p.add_argument("--media-server", help="Kamailio rtjson: SIP URI of the media server for notices and PINs")
+    p.add_argument("--ring-timeout", type=int, default=20, help="seconds per target before failover")
+    p.add_argument("--cap-code", type=int, choices=(480, 486), default=486, help="SIP code for cap_exceeded")
+    p.add_argument("--prompt-dir", default="/usr/share/freeswitch/sounds/tel400")
+    p.add_argument("--prompt-ext", default="wav")
+    p.add_argument("--end-url", help="this service's URL as FreeSWITCH reaches it: bridges then report their end")
+    p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes")
+    p.add_argument("--grace", type=float, default=30, help="seconds to finish requests in flight on shutdown")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
+    return p
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr: one object per event, with its level and an ISO timestamp."""
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer(ensure_ascii=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def example_plans() -> tel400.PlanSet:
+    """The carrier manual's example plan, shipped with the package."""
+    resource = importlib.resources.files("tel400.data") / "manual.toml"
+    with importlib.resources.as_file(resource) as path:
+        return tel400.load_plans(path)
+
+
+def seed(store, plans: tel400.PlanSet) -> None:
+    """Store ``plans`` with every clear PIN replaced by its hash."""
+    tree = plans.to_dict()
+    for plan in tree["numbers"]:
+        if "pin" in plan:
+            plan["pin_hash"] = pins.make_hash(plan.pop("pin"))
+    store.replace_all(tel400.PlanSet.from_dict(tree, source=store.url), actor="tel400-http (seed)")
+
+
+def admin_token(data: pathlib.Path) -> str:
+    """The operator token kept in ``DATA/admin-token`` (made, readable by its owner only, on first start)."""
+    path = data / "admin-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_token() + "\n")
+    return path.read_text().strip()
+
+
+def build_service(args) -> Service:
+    data = pathlib.Path(args.data)
+    if args.plans is None or args.records is None or args.tokens is None:
+        data.mkdir(parents=True, exist_ok=True)
+    store = tel400.open_store(args.plans or f"sqlite:///{data / 'plans.db'}")
+    if args.plans is None and not store.numbers():
+        seed(store, example_plans())
+    router = tel400.Router(store.load(), args.counters)
+    watcher = tel400.PlanWatcher(router, store, version=store.version())
+    if args.tokens:
+        tokens = Tokens.from_file(args.tokens)
+    else:
+        tokens = Tokens.single(admin_token(data))
+    records = None
+    if (args.records or "").lower() != "none":
+        records = CallRecords(args.records or str(data / "records.db"), zone_of=_zone_of(router),
+                              retention_days=args.retention_days, max_rows=args.max_records)
+    freeswitch = FreeSwitchSettings(gateway=args.gateway, prompt_dir=args.prompt_dir, prompt_ext=args.prompt_ext,
+                                    ring_timeout_s=args.ring_timeout)
+    return Service(router, store=store, watcher=watcher, records=records, tokens=tokens, freeswitch=freeswitch,
+                   gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
+                   cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body)
+
+
+def _zone_of(router):
+    import zoneinfo
+
+    def zone_of(number):
+        plan = router.plans.get(number)
+        return zoneinfo.ZoneInfo(plan.timezone) if plan else None
+
+    return zone_of
+
+
+def banner(service: Service, url: str, args) -> str:
+    numbers = len(service.router.plans.numbers)
+    token = (f'"Authorization: Bearer $(cat {pathlib.Path(args.data) / "admin-token"})"' if not args.tokens
+             else '"Authorization: Bearer $TOKEN"')
+    return "\n".join([
+        f"tel400-http {tel400.__version__}: {numbers} numbers from {service.store.url} "
+        f"({service.router.implementation}), listening on {url}",
+        f"  route:   curl -s {url}/v1/route -d '{{\"dialed\": \"4001012345\", \"caller\": \"13901012345\"}}'",
+        f"  admin:   curl -s -H {token} {url}/v1/numbers",
+        f"  report:  curl -s -H {token} {url}/v1/numbers/4001012345/report",
+        f"  also:    {url}/metrics  {url}/readyz  {url}/openapi.json   (docs/http.md)",
+    ])
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.hash_token is not None:
+        print(hash_token(args.hash_token))
+        return 0
+    configure_logging(args.log_level)
+    try:
+        service = build_service(args)
+    except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+        print(f"tel400-http: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            service.draining = True  # /readyz answers 503 while requests in flight finish
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                print(banner(service, f"http://{host}:{port}", args), flush=True)
+
+    config = uvicorn.Config(service, host=args.host, port=args.port, lifespan="on", access_log=False,
+                            log_level="warning", timeout_graceful_shutdown=args.grace, server_header=False,
+                            date_header=False)
+    Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
