@@ -97,6 +97,7 @@ class ServerProcess:
         self.args = args
         self.proc: subprocess.Popen | None = None
         self.banner = ""
+        self._stderr = ""
 
     @property
     def url(self) -> str:
@@ -118,7 +119,7 @@ class ServerProcess:
                 self.banner = "".join(lines)
                 return self
         self.stop()
-        raise RuntimeError(f"tel400-http did not start: {''.join(lines)} {self.proc.stderr.read()}")
+        raise RuntimeError(f"tel400-http did not start: {''.join(lines)} {self._stderr}")
 
     def stop(self, timeout_s: float = 30) -> int:
         if self.proc is None:
@@ -126,13 +127,19 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout_s)
+            code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        if not self.proc.stderr.closed:
+            self._stderr = self.proc.stderr.read()
+            self.proc.stderr.close()
+            self.proc.stdout.close()
+        return code
 
     def stderr(self) -> str:
-        return self.proc.stderr.read() if self.proc and self.proc.stderr else ""
+        """What the server logged (after :meth:`stop`)."""
+        return self._stderr
 
     def request(self, method: str, path: str, body: bytes | None = None, headers=None):
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})

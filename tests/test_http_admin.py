@@ -269,3 +269,15 @@ def test_records_dropped_when_the_writer_falls_behind_are_counted(tmp_path):
     assert records.dropped == 15
     records.close()
     assert len(records.calls("4001012345", limit=100)) == 10
+
+
+def test_the_record_writer_outlives_a_bad_record(tmp_path):
+    records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: None, interval_s=0.05)
+    d = tel400.Decision("reject", (), "closed", "closed", None, None, "4001012345", None, "voice", None)
+    records.decision(d, -2.3e16)           # no calendar holds it: kept, under the day "unknown"
+    records._put(("d", "broken"))          # a malformed item: only it is lost, and counted
+    records.decision(d, 1_800_000_000.0)   # in the same batch, still written
+    records.flush()
+    assert records.alive and records.errors == 1
+    assert len(records.calls("4001012345")) == 2
+    records.close()

@@ -58,7 +58,7 @@ _ROUTE_FIELDS = frozenset({"dialed", "caller", "at", "channel", "pin", "call_id"
 _KAMAILIO_FIELDS = frozenset({"dialed", "caller", "call_id", "method", "at"})
 _END_FIELDS = frozenset({"duration", "target"})
 _PLAN_SECRETS = ("pin", "pin_hash")
-PLAIN = b"text/plain; charset=utf-8"
+_YEAR_10000 = 253402300800  # POSIX time of 10000-01-01: beyond, no calendar (nor datetime) holds it
 
 
 class Service:
@@ -262,8 +262,8 @@ class Service:
             except ValueError:
                 raise HttpError(422, "wrong_type", f"at: expected an ISO 8601 time, got {value!r}",
                                 field="at") from None
-        if not math.isfinite(value):
-            raise HttpError(422, "wrong_type", "at: expected a finite POSIX time", field="at")
+        if not math.isfinite(value) or not 0 <= value < _YEAR_10000:
+            raise HttpError(422, "wrong_type", "at: expected a POSIX time from 1970 to 9999", field="at")
         return value
 
     async def h_route(self, req: Request):

@@ -42,13 +42,13 @@ _SCHEMAS = {
             "dialed": {"type": "string", "description": "the number called, any written form", "example": "4001012345"},
             "caller": {"type": "string", "nullable": True, "description": "the caller; absent or null when withheld",
                        "example": "13901012345"},
-            "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}], "nullable": True,
+            "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 253402300799}], "nullable": True,
                    "description": "ISO 8601 (naive: the plan's zone) or POSIX time; default now"},
-            "channel": {"type": "string", "enum": ["voice", "sms"], "default": "voice"},
+            "channel": {"type": "string", "enum": ["voice", "sms", None], "default": "voice", "nullable": True},
             "pin": {"type": "string", "nullable": True},
             "call_id": {"type": "string", "nullable": True, "pattern": "^[\\x21-\\x7e]{1,128}$",
                         "description": "the switch's id for the call, to report its end"},
-            "explain": {"type": "boolean", "default": False},
+            "explain": {"type": "boolean", "default": False, "nullable": True},
         },
     },
     "Decision": {
@@ -87,8 +87,9 @@ _SCHEMAS = {
         "properties": {"dialed": {"type": "string", "description": "$rU"},
                        "caller": {"type": "string", "nullable": True, "description": "$fU"},
                        "call_id": {"type": "string", "nullable": True, "pattern": "^[\\x21-\\x7e]{1,128}$"},
-                       "method": {"type": "string", "enum": ["INVITE", "MESSAGE"], "default": "INVITE"},
-                       "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+                       "method": {"type": "string", "enum": ["INVITE", "MESSAGE", None], "default": "INVITE",
+                                  "nullable": True},
+                       "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 253402300799}],
                               "nullable": True}},
     },
     "RtJson": {
@@ -148,7 +149,7 @@ _PATHS = {
     }},
     "/freeswitch/dialplan": {"post": {
         "summary": "FreeSWITCH mod_xml_curl dialplan lookup", "operationId": "freeswitchDialplan",
-        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+        "requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": {
             "type": "object", "properties": {"section": {"type": "string"},
                                              "Caller-Destination-Number": {"type": "string"},
                                              "Caller-Caller-ID-Number": {"type": "string"},
@@ -221,7 +222,7 @@ _PATHS = {
         "get": {"summary": "The month's calls by day, province, target and reason; minutes and cost",
                 "operationId": "report", "security": _ADMIN,
                 "parameters": [{"name": "month", "in": "query", "schema": {"type": "string",
-                                                                           "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                                                                           "pattern": "^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"},
                                 "description": "YYYY-MM; default: this month in the number's zone"}],
                 "responses": {"200": _json({"$ref": "#/components/schemas/Report"}),
                               **_errors(401, 403, 404, 409, 422)}},

@@ -33,7 +33,7 @@ import structlog
 _log = structlog.get_logger("tel400.http.records")
 
 CONNECTS = ("bridge", "queue", "conference")
-_MONTH = re.compile(r"\A(\d{4})-(0[1-9]|1[0-2])\Z")
+_MONTH = re.compile(r"\A([1-9][0-9]{3})-(0[1-9]|1[0-2])\Z")
 _MICRO = Decimal(1_000_000)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -55,8 +55,8 @@ def check_month(month: str) -> tuple[str, str]:
     if not m:
         raise ValueError(f"month: expected YYYY-MM, got {month!r}")
     year, mon = int(m.group(1)), int(m.group(2))
-    after = dt.date(year + (mon == 12), mon % 12 + 1, 1)
-    return f"{month}-01", after.isoformat()
+    after = f"{year + 1:04d}-01-01" if mon == 12 else f"{year:04d}-{mon + 1:02d}-01"  # compared as text
+    return f"{month}-01", after
 
 
 def _money(micro: int | None) -> str:
@@ -147,7 +147,11 @@ class CallRecords:
         while True:
             self._wake.wait(self._interval_s)
             self._wake.clear()
-            self._drain()
+            try:
+                self._drain()
+            except Exception:  # the writer must outlive any one bad batch
+                self.errors += 1
+                _log.exception("records_writer_failed")
             if self._stop and not self._queue:
                 return
 
@@ -158,9 +162,8 @@ class CallRecords:
                 items.append(self._queue.popleft())
             try:
                 self._write(items)
-            except sqlite3.Error as exc:
-                self.errors += 1
-                _log.error("records_write_failed", error=str(exc), lost=len(items))
+            except Exception:
+                self._write_one_by_one(items)  # only what cannot be written is lost
             with self._done:
                 self._written += len(items)
                 self._done.notify_all()
@@ -173,6 +176,14 @@ class CallRecords:
                 self.errors += 1
                 _log.error("records_prune_failed", error=str(exc))
 
+    def _write_one_by_one(self, items) -> None:
+        for item in items:
+            try:
+                self._write([item])
+            except Exception as exc:
+                self.errors += 1
+                _log.error("record_write_failed", error=repr(exc), record=repr(item)[:200])
+
     def _day(self, number: str | None, started: float) -> str:
         zone = self._zones.get(number) if number else None
         if zone is None:
@@ -180,7 +191,10 @@ class CallRecords:
             zone = zone or zoneinfo.ZoneInfo("Asia/Shanghai")
             if number:
                 self._zones[number] = zone
-        return dt.datetime.fromtimestamp(started, zone).date().isoformat()
+        try:
+            return dt.datetime.fromtimestamp(started, zone).date().isoformat()
+        except (ValueError, OverflowError, OSError):  # a time no calendar holds: kept, never in a month
+            return "unknown"
 
     def _write(self, items) -> None:
         db = self._db()

@@ -168,6 +168,9 @@ def main(argv=None) -> int:
         def handle_exit(self, sig, frame) -> None:
             service.draining = True  # /readyz answers 503 while requests in flight finish
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after its graceful shutdown, so the
+            # process would die "killed by SIGTERM"; a clean stop exits 0.
+            getattr(self, "_captured_signals", []).clear()
 
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)

@@ -1,0 +1,130 @@
+"""``tel400-http`` as users run it: embedded defaults, a real socket, two processes
+sharing a plan store, graceful shutdown, JSON logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .http_harness import ServerProcess
+
+EXE = os.path.join(os.path.dirname(sys.executable), "tel400-http")
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_defaults_serve_the_documented_requests(tmp_path):
+    server = ServerProcess(tmp_path).start()
+    try:
+        assert f"listening on {server.url}" in server.banner and "3 numbers" in server.banner
+        token_file = tmp_path / "tel400-data" / "admin-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        # the banner's curl examples, as a user would paste them
+        status, body = server.request("POST", "/v1/route", b'{"dialed": "4001012345", "caller": "13901012345"}')
+        decision = json.loads(body)
+        assert status == 200 and decision["number"] == "4001012345" and decision["province"] == "CN-BJ"
+        assert decision["reason"] in ("ok", "closed")  # depends on the hour in Beijing
+        auth = {"Authorization": f"Bearer {token}"}
+        status, body = server.request("GET", "/v1/numbers", headers=auth)
+        assert (status, json.loads(body)) == (200, {"numbers": ["4001012345", "4001100868", "4001532532"]})
+        status, body = server.request("GET", "/v1/numbers/4001012345/report", headers=auth)
+        assert status == 200 and json.loads(body)["calls"] == 1
+        assert server.request("GET", "/v1/numbers", headers={"Authorization": "Bearer nope"})[0] == 401
+        # the seeded PIN is stored hashed
+        with sqlite3.connect(tmp_path / "tel400-data" / "plans.db") as db:
+            (body,) = db.execute("SELECT body FROM plans WHERE number = '4001532532'").fetchone()
+        assert '"pin_hash": "scrypt:' in body and '"pin":' not in body
+        metrics = server.request("GET", "/metrics")[1].decode()
+        assert 'tel400_decisions_total{action=' in metrics and "process_cpu_seconds_total" in metrics
+    finally:
+        assert server.stop() == 0
+    # a second start keeps the store, the token and the records
+    again = ServerProcess(tmp_path).start()
+    try:
+        status, body = again.request("GET", "/v1/numbers/4001012345/report",
+                                     headers={"Authorization": f"Bearer {token}"})
+        assert json.loads(body)["calls"] == 1
+    finally:
+        again.stop()
+
+
+def test_graceful_shutdown_finishes_the_request_in_flight(tmp_path):
+    server = ServerProcess(tmp_path).start()
+    body = b'{"dialed": "4001012345", "caller": "13901012345", "call_id": "in-flight"}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None  # still finishing our request
+        with pytest.raises(OSError):  # but no longer taking new connections
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+        s.sendall(body[10:])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["call_id"] == "in-flight"
+    assert server.stop(15) == 0
+    with sqlite3.connect(tmp_path / "tel400-data" / "records.db") as db:  # the queued record was written
+        assert db.execute("SELECT COUNT(*) FROM records WHERE call_id = 'in-flight'").fetchone() == (1,)
+
+
+def test_a_change_through_one_process_reaches_another_within_two_seconds(tmp_path):
+    a = ServerProcess(tmp_path, "--data", "a").start()
+    store = f"sqlite:///{tmp_path / 'a' / 'plans.db'}"
+    b = ServerProcess(tmp_path, "--data", "b", "--plans", store, "--tokens", str(_tokens(tmp_path))).start()
+    try:
+        token = (tmp_path / "a" / "admin-token").read_text().strip()
+        route = b'{"dialed": "4001100868", "caller": "13901012345", "at": "2026-11-24T10:00"}'
+        assert json.loads(b.request("POST", "/v1/route", route)[1])["action"] == "queue"
+        plan = {"rules": [{"name": "all", "targets": ["13901010007"]}]}
+        status, _ = a.request("PUT", "/v1/numbers/4001100868", json.dumps(plan).encode(),
+                              {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        assert status == 200
+        changed = time.monotonic()
+        while json.loads(b.request("POST", "/v1/route", route)[1])["action"] != "bridge":
+            assert time.monotonic() - changed < 2.0, "the change did not reach the other process in 2 s"
+            time.sleep(0.05)
+        # and the other process's admin API, with its own tokens file, shows it
+        status, body = b.request("GET", "/v1/numbers/4001100868", headers={"Authorization": "Bearer b-secret"})
+        assert status == 200 and json.loads(body)["rules"][0]["name"] == "all"
+    finally:
+        a.stop()
+        b.stop()
+    logs = [json.loads(line) for line in a.stderr().splitlines() if line.startswith("{")]
+    assert any(e["event"] == "plan_changed" and e["actor"] == "admin" and e["level"] == "info" for e in logs)
+
+
+def _tokens(tmp_path):
+    path = tmp_path / "tokens.toml"
+    digest = hashlib.sha256(b"b-secret").hexdigest()
+    path.write_text(f'[[tokens]]\nname = "ops"\nsha256 = "{digest}"\nnumbers = ["*"]\n')
+    return path
+
+
+def test_command_line(tmp_path):
+    out = subprocess.run([EXE, "--hash-token", "s3cret"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == hashlib.sha256(b"s3cret").hexdigest()
+    (tmp_path / "bad.toml").write_text('[[numbers]]\nnumber = "4001012345"\nrules = [{ time = "25:00" }]\n')
+    bad = subprocess.run([EXE, "--plans", str(tmp_path / "bad.toml"), "--data", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "bad.toml" in bad.stderr and "time" in bad.stderr
+    (tmp_path / "tokens.toml").write_text("[[tokens]]\n")
+    bad = subprocess.run([EXE, "--tokens", str(tmp_path / "tokens.toml"), "--data", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "tokens" in bad.stderr
