@@ -63,6 +63,13 @@ def _money(micro: int | None) -> str:
     return str((Decimal(micro or 0) / _MICRO).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
+def _utc(ts: float) -> str | None:
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def _minutes(billed_s: int | None) -> float:
     return round((billed_s or 0) / 60, 2)
 
@@ -303,7 +310,7 @@ class CallRecords:
         return [
             {"id": rid, "call_id": call_id, "caller": caller, "province": province, "rule": rule, "target": target,
              "action": action, "reason": reason, "channel": channel,
-             "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
+             "started": _utc(started),
              "duration_s": duration, "billed_s": billed, "cost": None if cost is None else _money(cost)}
             for rid, call_id, caller, province, rule, target, action, reason, channel, started, duration, billed, cost
             in rows
