@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 
 from .conftest import ROOT
 
@@ -14,10 +17,42 @@ def command(marker: str) -> str:
     return match.group(1)
 
 
-def test_main_command_sets_up_and_runs_the_simulation():
+def test_main_command_sets_up_and_starts_the_service():
     cmd = command("main-command")
-    assert "pip install" in cmd and "tel400 simulate examples/manual.toml" in cmd
+    assert "pip install" in cmd and '.[http]' in cmd and cmd.endswith(".venv/bin/tel400-http")
     assert (ROOT / "examples" / "manual.toml").exists()
+
+
+def test_the_readme_curl_examples_work_against_the_service(tmp_path):
+    """Each line of the README's examples, run by bash against ``tel400-http`` on embedded defaults."""
+    from .http_harness import ServerProcess
+
+    lines = command("http-examples").splitlines()
+    server = ServerProcess(tmp_path).start()
+    try:
+        outputs = []
+        env = {"PATH": os.environ["PATH"]}
+        script = []
+        for line in lines:
+            script.append(line.replace("http://127.0.0.1:8400", server.url))
+            if not line.startswith("curl"):
+                continue
+            done = subprocess.run(["bash", "-c", "set -eo pipefail\n" + "\n".join(script)], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, (line, done.stderr)
+            outputs.append(done.stdout)
+            script = [s for s in script if not s.startswith("curl")]  # keep the assignments
+    finally:
+        server.stop()
+    route, end, plan, blacklist, _pin, report, dialplan, rtjson, metrics = outputs
+    assert json.loads(route)["targets"] == ["13901010001"]
+    assert json.loads(end)["billed_s"] == 180
+    assert json.loads(plan)["number"] == "4001012345"
+    assert "13912345678" in json.loads(blacklist)["blacklist"]
+    assert json.loads(report)["calls"] >= 1
+    assert '<document type="freeswitch/xml">' in dialplan and 'expression="^4001012345$"' in dialplan
+    assert json.loads(rtjson)["version"] == "1.0"
+    assert 'tel400_decisions_total{action="bridge",number="4001012345",reason="ok"}' in metrics
 
 
 def test_test_command_installs_test_extras_and_runs_pytest():

@@ -282,8 +282,9 @@ class Service:
 
     async def h_call_end(self, req: Request):
         call_id = _call_id(req.params["call_id"])
-        await req.read(self.ROUTE_BODY)
-        if req.is_form():
+        body = await req.read(self.ROUTE_BODY)
+        # FreeSWITCH's curl posts a form; `curl -d '{…}'` labels JSON as a form too
+        if req.is_form() and not body.lstrip().startswith(b"{"):
             data = req.form()
             _only(data, _END_FIELDS)
             try:
