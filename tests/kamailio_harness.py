@@ -70,7 +70,8 @@ class Kamailio:
     """Kamailio with the tel400 script, on 127.0.0.1:<port>."""
 
     def __init__(self, workdir: pathlib.Path, env: dict[str, str], *, children: int = 4, shm_mb: int = 256,
-                 script: pathlib.Path | None = None) -> None:
+                 script: pathlib.Path | None = None, cfg: pathlib.Path | None = None,
+                 defines: dict[str, str] | None = None) -> None:
         if shutil.which("kamailio") is None:
             raise RuntimeError("kamailio is not installed (apt-get install kamailio kamailio-python3-modules)")
         self.dir = workdir
@@ -78,6 +79,8 @@ class Kamailio:
         self.children = children
         self.shm_mb = shm_mb
         self.script = script or ADAPTER / "tel400_kemi.py"
+        self.cfg = cfg or ADAPTER / "kamailio.cfg"
+        self.defines = defines or {}
         self.env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # the embedded Python must find the system's stdlib
             "TEL400_SITE_PACKAGES": sysconfig.get_paths()["purelib"],
@@ -93,8 +96,9 @@ class Kamailio:
             "TEL400_RUNDIR": f'"{self.dir}"',
             "TEL400_CHILDREN": str(self.children),
             "TEL400_MODULES": f'"{modules_dir()}/"',
+            **self.defines,
         }
-        command = ["kamailio", "-f", str(ADAPTER / "kamailio.cfg"), "-DD", "-E", "-x", "tlsf", "-m", str(self.shm_mb),
+        command = ["kamailio", "-f", str(self.cfg), "-DD", "-E", "-x", "tlsf", "-m", str(self.shm_mb),
                    "-w", str(self.dir)]
         for name, value in defines.items():
             command += ["-A", f"{name}={value}"]
