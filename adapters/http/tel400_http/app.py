@@ -402,9 +402,6 @@ class Service:
         elif isinstance(self.store, WritableStore):
             self.router.reload(self.store.load())
 
-    async def _in_thread(self, fn, *args):
-        return await asyncio.to_thread(fn, *args)
-
     async def h_list_numbers(self, req: Request):
         token = self._auth(req)
         numbers = [p.number for p in self.router.plans.numbers if token.may(p.number)]
@@ -412,7 +409,7 @@ class Service:
 
     async def h_get_number(self, req: Request):
         number = self._number(req, self._auth(req))
-        tree = await self._in_thread(self._plan_tree, number)
+        tree = await asyncio.to_thread(self._plan_tree, number)
         if tree is None:
             raise HttpError(404, "unknown_number", f"{number} has no plan")
         return 200, encode_json(_redacted(tree)), b"application/json", None
@@ -447,7 +444,7 @@ class Service:
                 self._applied()
                 return before is None, store.get_number(number)
 
-        created, stored = await self._in_thread(_plan_errors(write))
+        created, stored = await asyncio.to_thread(_plan_errors(write))
         _log.info("plan_changed", number=number, actor=token.name, created=created)
         return (201 if created else 200), encode_json(_redacted(stored)), b"application/json", None
 
@@ -463,7 +460,7 @@ class Service:
                     self._applied()
                 return gone
 
-        if not await self._in_thread(_plan_errors(delete)):
+        if not await asyncio.to_thread(_plan_errors(delete)):
             raise HttpError(404, "unknown_number", f"{number} has no plan")
         _log.info("plan_deleted", number=number, actor=token.name)
         return 204, b"", b"application/json", None
@@ -482,11 +479,11 @@ class Service:
                 self._applied()
                 return store.get_number(number)
 
-        return await self._in_thread(_plan_errors(edit))
+        return await asyncio.to_thread(_plan_errors(edit))
 
     async def h_get_blacklist(self, req: Request):
         number = self._number(req, self._auth(req))
-        tree = await self._in_thread(self._plan_tree, number)
+        tree = await asyncio.to_thread(self._plan_tree, number)
         if tree is None:
             raise HttpError(404, "unknown_number", f"{number} has no plan")
         return 200, encode_json({"number": number, "blacklist": tree.get("blacklist", [])}), b"application/json", None
@@ -562,7 +559,7 @@ class Service:
         if not isinstance(self.store, WritableStore):
             entries = []
         else:
-            entries = await self._in_thread(lambda: self.store.audit(number, limit))
+            entries = await asyncio.to_thread(lambda: self.store.audit(number, limit))
         out = [{**e, "at": _iso(e["at"]), "before": _redacted(e["before"]), "after": _redacted(e["after"])}
                for e in entries]
         return 200, encode_json({"number": number, "entries": out}), b"application/json", None
@@ -587,7 +584,7 @@ class Service:
             records.flush()
             return records.report(number, month)
 
-        return 200, encode_json(await self._in_thread(report)), b"application/json", None
+        return 200, encode_json(await asyncio.to_thread(report)), b"application/json", None
 
     async def h_calls(self, req: Request):
         number = self._number(req, self._auth(req))
@@ -599,7 +596,7 @@ class Service:
             records.flush()
             return records.calls(number, limit=limit, before_id=before)
 
-        return 200, encode_json({"number": number, "calls": await self._in_thread(listing)}), b"application/json", None
+        return 200, encode_json({"number": number, "calls": await asyncio.to_thread(listing)}), b"application/json", None
 
 
 class _ServiceCollector:
