@@ -103,6 +103,7 @@ class CallRecords:
         self.dropped = 0
         self.errors = 0
         self._zones: dict[str, dt.tzinfo] = {}
+        self._days: dict[str | None, tuple[float, float, str]] = {}
         self._local = threading.local()
         self._stop = False
         self._next_prune = 0.0
@@ -192,6 +193,11 @@ class CallRecords:
                 _log.error("record_write_failed", error=repr(exc), record=repr(item)[:200])
 
     def _day(self, number: str | None, started: float) -> str:
+        # Most records of a batch fall on the day of the one before: the day's
+        # bounds are kept per number, and a date is computed only on a new day.
+        known = self._days.get(number)
+        if known is not None and known[0] <= started < known[1]:
+            return known[2]
         zone = self._zones.get(number) if number else None
         if zone is None:
             zone = self._zone_of(number) if number else None
@@ -199,9 +205,15 @@ class CallRecords:
             if number:
                 self._zones[number] = zone
         try:
-            return dt.datetime.fromtimestamp(started, zone).date().isoformat()
+            local = dt.datetime.fromtimestamp(started, zone)
+            midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            start = midnight.timestamp()
+            end = (midnight + dt.timedelta(days=1)).timestamp()  # wall clock: a DST day is 23 or 25 h
         except (ValueError, OverflowError, OSError):  # a time no calendar holds: kept, never in a month
             return "unknown"
+        day = local.date().isoformat()
+        self._days[number] = (start, end, day)
+        return day
 
     def _write(self, items) -> None:
         db = self._db()
@@ -229,6 +241,7 @@ class CallRecords:
             db.execute("ROLLBACK")
             raise
         self._zones.clear()  # plans may have changed their zone; look again next batch
+        self._days.clear()
 
     def prune(self) -> int:
         """Delete what retention no longer keeps; returns how many records went."""
