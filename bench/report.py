@@ -32,6 +32,7 @@ GUARD_TESTS = [
     "bench/test_bench_numbers.py::test_peer_phonenumbers_geocoder_preparsed",
     "bench/test_bench_route.py::test_route_counters_backend[memory]",
     "bench/test_bench_route.py::test_route_counters_backend[shm]",
+    "bench/test_bench_http.py::test_http_requests_per_second",
 ]
 
 # (label, numerator test, denominator test, floor, target): numerator / denominator >= floor
@@ -45,6 +46,11 @@ CEILINGS = [
      "test_route_many_plans[cython-10]", 3.0, 1.5),
     ("route(): shm:// counters / memory:// counters", "test_route_counters_backend[shm]",
      "test_route_counters_backend[memory]", 2.0, 1.9),
+]
+
+# (label, test, extra_info key, floor, target): a ratio a benchmark measured itself (wrk's runs)
+MEASURED = [
+    ("HTTP: POST /v1/route req/s / GET /v1/ping req/s", "test_http_requests_per_second", "route_over_ping", 0.6, 0.8),
 ]
 
 
@@ -103,6 +109,13 @@ def check(results: dict[str, dict]) -> list[str]:
             ratio = per_call_ns(results[num]) / per_call_ns(results[den])
             ok = ratio <= ceiling
             lines.append(f"{'ok  ' if ok else 'FAIL'} {label}: {ratio:.2f}x (ceiling {ceiling}x, target {target}x)")
+            if not ok:
+                failures.append(label)
+    for label, name, key, floor, target in MEASURED:
+        if name in results and key in results[name]["extra"]:
+            ratio = results[name]["extra"][key]
+            ok = ratio >= floor
+            lines.append(f"{'ok  ' if ok else 'FAIL'} {label}: {ratio:.2f} (floor {floor}, target {target})")
             if not ok:
                 failures.append(label)
     print("\n".join(lines))

@@ -56,7 +56,7 @@ DIALED = "4001012345"
 # route req/s over ping req/s: the target is 0.8; the floor sits below the noise of a shared
 # 2-core machine (medians of 0.52-0.55 measured there), so that only a real regression fails
 RATIO_TARGET = 0.8
-RATIO_FLOOR = 0.4
+RATIO_FLOOR = 0.6  # below the 0.8 target by the noise seen here; bench/report.py --guard checks it too
 
 _DONE = r"""
 done = function(summary, latency, requests)

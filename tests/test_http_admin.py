@@ -272,7 +272,8 @@ def test_records_dropped_when_the_writer_falls_behind_are_counted(tmp_path):
 
 
 def test_the_record_writer_outlives_a_bad_record(tmp_path):
-    records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: None, interval_s=0.05)
+    # retention long enough that the hourly prune keeps the ancient record, whenever it runs
+    records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: None, interval_s=0.05, retention_days=1e12)
     d = tel400.Decision("reject", (), "closed", "closed", None, None, "4001012345", None, "voice", None)
     records.decision(d, -2.3e16)           # no calendar holds it: kept, under the day "unknown"
     records._put(("d", "broken"))          # a malformed item: only it is lost, and counted
