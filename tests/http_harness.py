@@ -45,7 +45,9 @@ def make_service(tmp_path, impl_name: str | None = None, *, records: bool = True
     watcher = tel400.PlanWatcher(router, store, version=store.version(), interval_s=0.1)
     call_records = None
     if records:
-        call_records = CallRecords(str(tmp_path / "records.db"), zone_of=lambda n: None, interval_s=0.05)
+        # the tests route at fixed dates in 2026: a retention that keeps them whenever the tests run
+        call_records = CallRecords(str(tmp_path / "records.db"), zone_of=lambda n: None, interval_s=0.05,
+                                   retention_days=100 * 365)
     service = Service(router, store=store, watcher=watcher, records=call_records, tokens=tokens(),
                       gateway="gw.example:5060", **options)
     return service

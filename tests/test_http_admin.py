@@ -262,7 +262,8 @@ def test_records_are_kept_for_their_retention_only(tmp_path):
 
 
 def test_records_dropped_when_the_writer_falls_behind_are_counted(tmp_path):
-    records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: None, queue_max=10, interval_s=60)
+    records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: None, queue_max=10, interval_s=60,
+                          retention_days=100 * 365)
     d = tel400.Decision("reject", (), "closed", "closed", None, None, "4001012345", None, "voice", None)
     for _ in range(25):
         records.decision(d, 1_800_000_000.0)
