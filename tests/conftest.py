@@ -83,3 +83,20 @@ def redis_url(redis_server):
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture
+def http_service(tmp_path, impl):
+    """The HTTP service on the manual's plan in a temporary SQLite store (tests/http_harness.py)."""
+    from .http_harness import make_service
+
+    service = make_service(tmp_path, impl.name)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def http_client(http_service):
+    from .http_harness import Client
+
+    return Client(http_service)

@@ -11,21 +11,9 @@ import tel400
 from tel400_http.auth import Tokens, hash_token
 from tel400_http.records import CallRecords
 
-from .http_harness import ACME, ADMIN, OTHER, Client, make_service
+from .http_harness import ACME, ADMIN, OTHER, Client
 
 MORNING = "2026-11-24T09:00"
-
-
-@pytest.fixture
-def service(tmp_path, impl):
-    s = make_service(tmp_path, impl.name)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def client(service):
-    return Client(service)
 
 
 # -- authentication and scope ------------------------------------------------------------------
@@ -33,30 +21,30 @@ def client(service):
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN}"},
                                      {"Authorization": "Bearer "}, {"Authorization": ADMIN}])
-def test_admin_endpoints_need_a_valid_bearer_token(client, headers):
+def test_admin_endpoints_need_a_valid_bearer_token(http_client, headers):
     for method, path in [("GET", "/v1/numbers"), ("GET", "/v1/numbers/4001012345"),
                          ("PUT", "/v1/numbers/4001012345/pin"), ("GET", "/v1/numbers/4001012345/report")]:
-        r = client.request(method, path, headers=headers, json={"pin": "1111"})
+        r = http_client.request(method, path, headers=headers, json={"pin": "1111"})
         assert r.status_code == 401, (method, path, r.text)
         assert r.headers["www-authenticate"] == 'Bearer realm="tel400"'
         assert r.json()["error"] in ("missing_token", "bad_token")
 
 
-def test_a_token_sees_and_touches_only_its_numbers(client):
-    assert client.get("/v1/numbers", token=ADMIN).json() == {"numbers": ["4001012345", "4001100868", "4001532532"]}
-    assert client.get("/v1/numbers", token=ACME).json() == {"numbers": ["4001012345"]}
-    assert client.get("/v1/numbers", token=OTHER).json() == {"numbers": ["4001100868"]}
-    assert client.get("/v1/numbers/4001012345", token=ACME).status_code == 200
-    assert client.get("/v1/numbers/400-101-2345", token=ACME).status_code == 200  # any written form
+def test_a_token_sees_and_touches_only_its_numbers(http_client):
+    assert http_client.get("/v1/numbers", token=ADMIN).json() == {"numbers": ["4001012345", "4001100868", "4001532532"]}
+    assert http_client.get("/v1/numbers", token=ACME).json() == {"numbers": ["4001012345"]}
+    assert http_client.get("/v1/numbers", token=OTHER).json() == {"numbers": ["4001100868"]}
+    assert http_client.get("/v1/numbers/4001012345", token=ACME).status_code == 200
+    assert http_client.get("/v1/numbers/400-101-2345", token=ACME).status_code == 200  # any written form
     for method, path in [("GET", "/v1/numbers/4001012345"), ("PUT", "/v1/numbers/4001012345"),
                          ("DELETE", "/v1/numbers/4001012345"), ("PUT", "/v1/numbers/4001012345/blacklist/139"),
                          ("PUT", "/v1/numbers/4001012345/pin"), ("GET", "/v1/numbers/4001012345/report"),
                          ("GET", "/v1/numbers/4001012345/audit"), ("GET", "/v1/numbers/4001012345/calls")]:
-        r = client.request(method, path, token=OTHER, json={"number": "4001012345"})
+        r = http_client.request(method, path, token=OTHER, json={"number": "4001012345"})
         assert r.status_code == 403, (method, path)
     # a company cannot create a number it was not given either
-    assert client.put("/v1/numbers/4007777777", token=ACME, json={"rules": []}).status_code == 403
-    assert client.route()["rule"] == "beijing"  # nothing changed
+    assert http_client.put("/v1/numbers/4007777777", token=ACME, json={"rules": []}).status_code == 403
+    assert http_client.route()["rule"] == "beijing"  # nothing changed
 
 
 def test_tokens_file(tmp_path):
@@ -77,33 +65,33 @@ def test_tokens_file(tmp_path):
 # -- plans ------------------------------------------------------------------------------------------
 
 
-def test_get_never_shows_the_pin(client):
-    plan = client.get("/v1/numbers/4001532532", token=ADMIN).json()
+def test_get_never_shows_the_pin(http_client):
+    plan = http_client.get("/v1/numbers/4001532532", token=ADMIN).json()
     assert plan["has_pin"] is True and "pin" not in plan and "pin_hash" not in plan
-    assert client.get("/v1/numbers/4001012345", token=ACME).json()["has_pin"] is False
-    assert client.get("/v1/numbers/4009999999", token=ADMIN).status_code == 404
-    assert client.get("/v1/numbers/not-a-number", token=ADMIN).status_code == 404
+    assert http_client.get("/v1/numbers/4001012345", token=ACME).json()["has_pin"] is False
+    assert http_client.get("/v1/numbers/4009999999", token=ADMIN).status_code == 404
+    assert http_client.get("/v1/numbers/not-a-number", token=ADMIN).status_code == 404
 
 
-def test_put_a_plan_and_route_by_it_at_once(client, service):
-    plan = client.get("/v1/numbers/4001012345", token=ACME).json()
+def test_put_a_plan_and_route_by_it_at_once(http_client, http_service):
+    plan = http_client.get("/v1/numbers/4001012345", token=ACME).json()
     beijing = next(r for r in plan["rules"] if r["name"] == "beijing")
     beijing["targets"] = ["13901019999"]
-    r = client.put("/v1/numbers/4001012345", token=ACME, json=plan)
+    r = http_client.put("/v1/numbers/4001012345", token=ACME, json=plan)
     assert r.status_code == 200, r.text
     assert [t["to"] for t in next(x for x in r.json()["rules"] if x["name"] == "beijing")["targets"]] == ["13901019999"]
-    assert client.route()["targets"] == ["13901019999"]
-    entry = client.get("/v1/numbers/4001012345/audit", token=ACME).json()["entries"][0]
+    assert http_client.route()["targets"] == ["13901019999"]
+    entry = http_client.get("/v1/numbers/4001012345/audit", token=ACME).json()["entries"][0]
     assert (entry["actor"], entry["action"]) == ("acme", "put")
     assert "13901019999" in str(entry["after"]) and "13901010001" in str(entry["before"])
 
 
-def test_put_creates_a_number(client):
-    r = client.put("/v1/numbers/4008888888", token=ADMIN,
+def test_put_creates_a_number(http_client):
+    r = http_client.put("/v1/numbers/4008888888", token=ADMIN,
                    json={"rules": [{"name": "all", "targets": ["13901010005"]}]})
     assert r.status_code == 201 and r.json()["number"] == "4008888888"
-    assert client.route(dialed="4008888888")["targets"] == ["13901010005"]
-    assert "4008888888" in client.get("/v1/numbers", token=ADMIN).json()["numbers"]
+    assert http_client.route(dialed="4008888888")["targets"] == ["13901010005"]
+    assert "4008888888" in http_client.get("/v1/numbers", token=ADMIN).json()["numbers"]
 
 
 @pytest.mark.parametrize(("plan", "field"), [
@@ -114,27 +102,27 @@ def test_put_creates_a_number(client):
     ({"pin": "12"}, "pin"),
     ({"rules": "everything"}, "rules"),
 ])
-def test_a_bad_plan_is_refused_with_the_plan_error_and_the_running_plan_stays(client, plan, field):
-    r = client.put("/v1/numbers/4001012345", token=ACME, json=plan)
+def test_a_bad_plan_is_refused_with_the_plan_error_and_the_running_plan_stays(http_client, plan, field):
+    r = http_client.put("/v1/numbers/4001012345", token=ACME, json=plan)
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["error"] == "invalid_plan" and body["field"] is not None and field in body["field"]
     assert "4001012345" in body["message"]
-    assert client.route()["rule"] == "beijing"
-    assert client.get("/v1/numbers/4001012345/audit", token=ACME).json()["entries"] == []
+    assert http_client.route()["rule"] == "beijing"
+    assert http_client.get("/v1/numbers/4001012345/audit", token=ACME).json()["entries"] == []
 
 
-def test_put_checks_the_body_matches_the_path(client):
-    r = client.put("/v1/numbers/4001012345", token=ADMIN, json={"number": "4001100868", "rules": []})
+def test_put_checks_the_body_matches_the_path(http_client):
+    r = http_client.put("/v1/numbers/4001012345", token=ADMIN, json={"number": "4001100868", "rules": []})
     assert r.status_code == 422 and r.json()["field"] == "number"
-    assert client.put("/v1/numbers/4001012345", token=ADMIN, content=b"[").status_code == 400
+    assert http_client.put("/v1/numbers/4001012345", token=ADMIN, content=b"[").status_code == 400
 
 
-def test_delete_a_number(client):
-    assert client.delete("/v1/numbers/4001100868", token=OTHER).status_code == 204
-    assert client.route(dialed="4001100868")["reason"] == "unknown_number"
-    assert client.delete("/v1/numbers/4001100868", token=OTHER).status_code == 404
-    assert client.get("/v1/numbers", token=OTHER).json() == {"numbers": []}
+def test_delete_a_number(http_client):
+    assert http_client.delete("/v1/numbers/4001100868", token=OTHER).status_code == 204
+    assert http_client.route(dialed="4001100868")["reason"] == "unknown_number"
+    assert http_client.delete("/v1/numbers/4001100868", token=OTHER).status_code == 404
+    assert http_client.get("/v1/numbers", token=OTHER).json() == {"numbers": []}
 
 
 def test_a_read_only_store_says_so(tmp_path, impl):
@@ -142,70 +130,70 @@ def test_a_read_only_store_says_so(tmp_path, impl):
 
     from .conftest import EXAMPLES
     store = tel400.open_store(EXAMPLES / "manual.toml")
-    service = Service(tel400.Router(store.load(), implementation=impl.name), store=store,
+    http_service = Service(tel400.Router(store.load(), implementation=impl.name), store=store,
                       tokens=Tokens.single(ADMIN))
-    client = Client(service)
-    assert client.get("/v1/numbers/4001012345", token=ADMIN).status_code == 200
-    r = client.put("/v1/numbers/4001012345", token=ADMIN, json={"rules": []})
+    http_client = Client(http_service)
+    assert http_client.get("/v1/numbers/4001012345", token=ADMIN).status_code == 200
+    r = http_client.put("/v1/numbers/4001012345", token=ADMIN, json={"rules": []})
     assert r.status_code == 409 and r.json()["error"] == "read_only" and "manual.toml" in r.json()["message"]
-    assert client.get("/v1/numbers/4001012345/report", token=ADMIN).status_code == 409  # no records kept
+    assert http_client.get("/v1/numbers/4001012345/report", token=ADMIN).status_code == 409  # no records kept
 
 
 # -- blacklist and PIN ------------------------------------------------------------------------------------
 
 
-def test_blacklist_add_and_remove(client):
-    assert client.route(caller="13901012345")["reason"] == "ok"
-    r = client.put("/v1/numbers/4001012345/blacklist/+86%20139%200101%202345", token=ACME)
+def test_blacklist_add_and_remove(http_client):
+    assert http_client.route(caller="13901012345")["reason"] == "ok"
+    r = http_client.put("/v1/numbers/4001012345/blacklist/+86%20139%200101%202345", token=ACME)
     assert r.status_code == 200 and "13901012345" in r.json()["blacklist"]
-    assert client.route(caller="13901012345")["reason"] == "blacklisted"
-    again = client.put("/v1/numbers/4001012345/blacklist/13901012345", token=ACME).json()["blacklist"]
+    assert http_client.route(caller="13901012345")["reason"] == "blacklisted"
+    again = http_client.put("/v1/numbers/4001012345/blacklist/13901012345", token=ACME).json()["blacklist"]
     assert again.count("13901012345") == 1  # idempotent
-    assert client.get("/v1/numbers/4001012345/blacklist", token=ACME).json()["blacklist"] == again
-    r = client.delete("/v1/numbers/4001012345/blacklist/13901012345", token=ACME)
+    assert http_client.get("/v1/numbers/4001012345/blacklist", token=ACME).json()["blacklist"] == again
+    r = http_client.delete("/v1/numbers/4001012345/blacklist/13901012345", token=ACME)
     assert r.status_code == 200 and "13901012345" not in r.json()["blacklist"]
-    assert client.route(caller="13901012345")["reason"] == "ok"
-    assert client.delete("/v1/numbers/4001012345/blacklist/13901012345", token=ACME).status_code == 404
-    assert client.put("/v1/numbers/4001012345/blacklist/bogus%3Bx", token=ACME).status_code == 422
+    assert http_client.route(caller="13901012345")["reason"] == "ok"
+    assert http_client.delete("/v1/numbers/4001012345/blacklist/13901012345", token=ACME).status_code == 404
+    assert http_client.put("/v1/numbers/4001012345/blacklist/bogus%3Bx", token=ACME).status_code == 422
 
 
-def test_pin_change_is_hashed_and_takes_effect(client, service, tmp_path):
-    assert client.route(dialed="4001532532", pin="1234")["action"] == "conference"
-    assert client.put("/v1/numbers/4001532532/pin", token=ADMIN, json={"pin": "80427913"}).status_code == 204
-    assert client.route(dialed="4001532532", pin="80427913")["action"] == "conference"
-    assert client.route(dialed="4001532532", pin="1234")["reason"] == "bad_pin"
+def test_pin_change_is_hashed_and_takes_effect(http_client, http_service, tmp_path):
+    assert http_client.route(dialed="4001532532", pin="1234")["action"] == "conference"
+    assert http_client.put("/v1/numbers/4001532532/pin", token=ADMIN, json={"pin": "80427913"}).status_code == 204
+    assert http_client.route(dialed="4001532532", pin="80427913")["action"] == "conference"
+    assert http_client.route(dialed="4001532532", pin="1234")["reason"] == "bad_pin"
     with sqlite3.connect(tmp_path / "plans.db") as db:
         stored = " ".join(body for (body,) in db.execute("SELECT body FROM plans"))
         audit = " ".join(str(row) for row in db.execute("SELECT before, after FROM audit"))
     assert "80427913" not in stored and "80427913" not in audit and "scrypt:" in stored
     for bad in ({"pin": "12"}, {"pin": 1234}, {}, {"pin": "1234", "x": 1}):
-        assert client.put("/v1/numbers/4001532532/pin", token=ADMIN, json=bad).status_code == 422
-    assert client.delete("/v1/numbers/4001532532/pin", token=ADMIN).status_code == 204
-    assert client.route(dialed="4001532532")["action"] == "conference"  # no PIN asked any more
-    assert client.delete("/v1/numbers/4001532532/pin", token=ADMIN).status_code == 404
+        assert http_client.put("/v1/numbers/4001532532/pin", token=ADMIN, json=bad).status_code == 422
+    assert http_client.delete("/v1/numbers/4001532532/pin", token=ADMIN).status_code == 204
+    assert http_client.route(dialed="4001532532")["action"] == "conference"  # no PIN asked any more
+    assert http_client.delete("/v1/numbers/4001532532/pin", token=ADMIN).status_code == 404
 
 
-def test_a_plan_put_without_a_pin_keeps_it(client):
-    plan = client.get("/v1/numbers/4001532532", token=ADMIN).json()
-    assert client.put("/v1/numbers/4001532532", token=ADMIN, json=plan).status_code == 200
-    assert client.route(dialed="4001532532")["reason"] == "pin_required"
-    assert client.route(dialed="4001532532", pin="1234")["action"] == "conference"
+def test_a_plan_put_without_a_pin_keeps_it(http_client):
+    plan = http_client.get("/v1/numbers/4001532532", token=ADMIN).json()
+    assert http_client.put("/v1/numbers/4001532532", token=ADMIN, json=plan).status_code == 200
+    assert http_client.route(dialed="4001532532")["reason"] == "pin_required"
+    assert http_client.route(dialed="4001532532", pin="1234")["action"] == "conference"
 
 
-def test_audit_names_who_changed_what(client):
-    client.put("/v1/numbers/4001012345/blacklist/13900000001", token=ACME)
-    client.put("/v1/numbers/4001532532/pin", token=ADMIN, json={"pin": "5555"})
-    acme = client.get("/v1/numbers/4001012345/audit", token=ACME).json()["entries"]
+def test_audit_names_who_changed_what(http_client):
+    http_client.put("/v1/numbers/4001012345/blacklist/13900000001", token=ACME)
+    http_client.put("/v1/numbers/4001532532/pin", token=ADMIN, json={"pin": "5555"})
+    acme = http_client.get("/v1/numbers/4001012345/audit", token=ACME).json()["entries"]
     assert [(e["actor"], e["action"], e["number"]) for e in acme] == [("acme", "put", "4001012345")]
     assert acme[0]["at"].endswith("+00:00")
-    pin = client.get("/v1/numbers/4001532532/audit", token=ADMIN).json()["entries"][0]
+    pin = http_client.get("/v1/numbers/4001532532/audit", token=ADMIN).json()["entries"][0]
     assert pin["actor"] == "operator" and pin["after"]["has_pin"] is True and "pin_hash" not in pin["after"]
 
 
 # -- call records and the report ---------------------------------------------------------------------------
 
 
-def test_report_of_the_month(client, service):
+def test_report_of_the_month(http_client, http_service):
     calls = [  # (caller, at, call_id, duration)
         ("13901012345", "2026-11-02T09:00", "a", 59),     # Beijing → 13901010001, local 0.1/min
         ("13901012345", "2026-11-02T09:30", "b", 121),    # 3 minutes
@@ -216,10 +204,10 @@ def test_report_of_the_month(client, service):
         ("13901012345", "2026-10-31T09:00", "old", 60),   # another month
     ]
     for caller, at, call_id, duration in calls:
-        client.route(caller=caller, at=at, call_id=call_id)
+        http_client.route(caller=caller, at=at, call_id=call_id)
         if duration is not None:
-            assert client.post(f"/v1/calls/{call_id}/end", json={"duration": duration}).status_code == 200
-    r = client.get("/v1/numbers/4001012345/report?month=2026-11", token=ACME)
+            assert http_client.post(f"/v1/calls/{call_id}/end", json={"duration": duration}).status_code == 200
+    r = http_client.get("/v1/numbers/4001012345/report?month=2026-11", token=ACME)
     assert r.status_code == 200, r.text
     report = r.json()
     assert (report["calls"], report["connected"]) == (6, 4)
@@ -236,15 +224,15 @@ def test_report_of_the_month(client, service):
     reasons = {(x["action"], x["reason"]): x["calls"] for x in report["by_reason"]}
     assert reasons == {("bridge", "ok"): 4, ("reject", "blacklisted"): 1, ("reject", "closed"): 1}
 
-    october = client.get("/v1/numbers/4001012345/report?month=2026-10", token=ACME).json()
+    october = http_client.get("/v1/numbers/4001012345/report?month=2026-10", token=ACME).json()
     assert (october["calls"], october["cost"]) == (1, "0.10")
-    empty = client.get("/v1/numbers/4001012345/report?month=2026-12", token=ACME).json()
+    empty = http_client.get("/v1/numbers/4001012345/report?month=2026-12", token=ACME).json()
     assert (empty["calls"], empty["by_day"], empty["cost"]) == (0, [], "0.00")
     for bad in ("2026-13", "november", "2026-1"):
-        assert client.get(f"/v1/numbers/4001012345/report?month={bad}", token=ACME).status_code == 422
-    listing = client.get("/v1/numbers/4001012345/calls?limit=3", token=ACME).json()["calls"]
+        assert http_client.get(f"/v1/numbers/4001012345/report?month={bad}", token=ACME).status_code == 422
+    listing = http_client.get("/v1/numbers/4001012345/calls?limit=3", token=ACME).json()["calls"]
     assert [c["call_id"] for c in listing] == ["old", None, None]
-    older = client.get(f"/v1/numbers/4001012345/calls?before={listing[-1]['id']}", token=ACME).json()["calls"]
+    older = http_client.get(f"/v1/numbers/4001012345/calls?before={listing[-1]['id']}", token=ACME).json()["calls"]
     assert [c["call_id"] for c in older] == ["d", "c", "b", "a"] and older[0]["cost"] == "0.30"
 
 

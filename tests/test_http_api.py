@@ -1,4 +1,4 @@
-"""The HTTP service in-process: the route API, the switch formats, bad input, operations."""
+"""The HTTP http_service in-process: the route API, the switch formats, bad input, operations."""
 
 from __future__ import annotations
 
@@ -10,53 +10,41 @@ import pytest
 from .http_harness import Client, make_service
 
 
-@pytest.fixture
-def service(tmp_path, impl):
-    s = make_service(tmp_path, impl.name)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def client(service):
-    return Client(service)
-
-
 # -- POST /v1/route ----------------------------------------------------------------------------
 
 
-def test_route_answers_the_routers_decision(client, service):
-    d = client.route(caller="+86 139 0101 2345")
+def test_route_answers_the_routers_decision(http_client, http_service):
+    d = http_client.route(caller="+86 139 0101 2345")
     assert d == {"action": "bridge", "targets": ["13901010001"], "prompt": None, "reason": "ok", "rule": "beijing",
                  "province": "CN-BJ", "number": "4001012345", "caller": "13901012345", "channel": "voice",
                  "call_id": None}
-    expected = service.router.route("4001012345", "13901012345", service._at("2026-11-24T09:00"))
+    expected = http_service.router.route("4001012345", "13901012345", http_service._at("2026-11-24T09:00"))
     assert d["targets"] == list(expected.targets) and d["rule"] == expected.rule
 
 
-def test_route_by_time_and_channel(client):
-    assert client.route(at="2026-11-24T22:00")["reason"] == "closed"
-    assert client.route(at="2026-11-24T22:00")["prompt"] == "closed"
-    sms = client.route(dialed="106574001012345", channel="sms")
+def test_route_by_time_and_channel(http_client):
+    assert http_client.route(at="2026-11-24T22:00")["reason"] == "closed"
+    assert http_client.route(at="2026-11-24T22:00")["prompt"] == "closed"
+    sms = http_client.route(dialed="106574001012345", channel="sms")
     assert (sms["action"], sms["targets"], sms["channel"]) == ("bridge", ["13901010009"], "sms")
     # a POSIX time is read as such: 2026-11-24T01:00Z is 09:00 in Shanghai
-    assert client.route(at=1795482000)["rule"] == "beijing"
+    assert http_client.route(at=1795482000)["rule"] == "beijing"
 
 
-def test_route_explain_is_the_trace_on_request(client):
-    d = client.route(caller="02161234567", explain=True)
+def test_route_explain_is_the_trace_on_request(http_client):
+    d = http_client.route(caller="02161234567", explain=True)
     assert d["rule"] == "shanghai"
     assert any("beijing" in line and line.startswith("✗") for line in d["explain"])
-    assert "explain" not in client.route()
+    assert "explain" not in http_client.route()
 
 
-def test_route_defined_decisions_for_odd_callers_and_unknown_numbers(client):
-    assert client.route(caller=None)["reason"] == "blacklisted"  # the plan blocks withheld callers
-    assert client.route(caller="anonymous")["reason"] == "blacklisted"
-    assert client.route(caller="13800000000")["reason"] == "blacklisted"  # the plan set's blacklist
-    unknown = client.route(dialed="4009999999")
+def test_route_defined_decisions_for_odd_callers_and_unknown_numbers(http_client):
+    assert http_client.route(caller=None)["reason"] == "blacklisted"  # the plan blocks withheld callers
+    assert http_client.route(caller="anonymous")["reason"] == "blacklisted"
+    assert http_client.route(caller="13800000000")["reason"] == "blacklisted"  # the plan set's blacklist
+    unknown = http_client.route(dialed="4009999999")
     assert (unknown["action"], unknown["reason"], unknown["number"]) == ("reject", "unknown_number", "4009999999")
-    garbage = client.route(dialed="hello")
+    garbage = http_client.route(dialed="hello")
     assert (garbage["reason"], garbage["number"]) == ("unknown_number", None)
 
 
@@ -77,74 +65,74 @@ def test_route_defined_decisions_for_odd_callers_and_unknown_numbers(client):
     (b'{"dialed": "4001012345", "at": 1e999}', 400, "bad_json"),  # not a finite number: not JSON to orjson
     (b'{"dialed": "4001012345", "at": -2.3e16}', 422, "wrong_type"),
 ])
-def test_route_bad_input_is_a_clear_4xx(client, body, status, code):
-    r = client.post("/v1/route", content=body)
+def test_route_bad_input_is_a_clear_4xx(http_client, body, status, code):
+    r = http_client.post("/v1/route", content=body)
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     assert r.json()["error"] == code and r.json()["message"]
-    assert client.route()["reason"] == "ok"  # and the service goes on
+    assert http_client.route()["reason"] == "ok"  # and the http_service goes on
 
 
-def test_oversized_bodies_are_refused(client):
+def test_oversized_bodies_are_refused(http_client):
     big = b'{"dialed": "4001012345", "caller": "' + b"1" * 20000 + b'"}'
-    r = client.post("/v1/route", content=big)
+    r = http_client.post("/v1/route", content=big)
     assert r.status_code == 413 and r.json()["error"] == "body_too_large"
 
     async def chunks():  # no Content-Length: counted as it arrives
         for _ in range(40):
             yield b" " * 1000
 
-    r = client.post("/v1/route", content=chunks())
+    r = http_client.post("/v1/route", content=chunks())
     assert r.status_code == 413
 
 
-def test_unknown_paths_and_methods(client):
-    r = client.get("/v2/route")
+def test_unknown_paths_and_methods(http_client):
+    r = http_client.get("/v2/route")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
-    r = client.get("/v1/route")
+    r = http_client.get("/v1/route")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
-    r = client.post("/v1/numbers/4001012345")
+    r = http_client.post("/v1/numbers/4001012345")
     assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "PUT", "DELETE"}
 
 
-def test_a_failure_inside_is_a_500_and_the_service_goes_on(client, service, monkeypatch):
-    engine_route = service.router.route
+def test_a_failure_inside_is_a_500_and_the_service_goes_on(http_client, http_service, monkeypatch):
+    engine_route = http_service.router.route
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(service.router, "route", broken)
-    r = client.post("/v1/route", json={"dialed": "4001012345"})
+    monkeypatch.setattr(http_service.router, "route", broken)
+    r = http_client.post("/v1/route", json={"dialed": "4001012345"})
     assert r.status_code == 500 and r.json()["error"] == "internal_error" and "boom" not in r.text
-    monkeypatch.setattr(service.router, "route", engine_route)
-    assert client.route()["reason"] == "ok"
+    monkeypatch.setattr(http_service.router, "route", engine_route)
+    assert http_client.route()["reason"] == "ok"
 
 
 # -- POST /v1/calls/{id}/end ------------------------------------------------------------------------
 
 
-def test_call_end_charges_and_answers_the_cost(client, service):
-    d = client.route(call_id="call-1")
+def test_call_end_charges_and_answers_the_cost(http_client, http_service):
+    d = http_client.route(call_id="call-1")
     assert d["call_id"] == "call-1"
-    r = client.post("/v1/calls/call-1/end", json={"duration": 125})
+    r = http_client.post("/v1/calls/call-1/end", json={"duration": 125})
     assert r.status_code == 200, r.text
     assert r.json() == {"call_id": "call-1", "number": "4001012345", "target": "13901010001", "duration_s": 125,
                         "billed_s": 180, "cost": "0.300000", "long_distance": False}
-    again = client.post("/v1/calls/call-1/end", json={"duration": 125})
+    again = http_client.post("/v1/calls/call-1/end", json={"duration": 125})
     assert again.status_code == 404 and again.json()["error"] == "unknown_call"
 
 
-def test_call_end_from_a_form_as_freeswitch_curl_posts_it(client):
-    client.route(call_id="fs-uuid-1", caller="02161234567")
-    r = client.post("/v1/calls/fs-uuid-1/end", data={"duration": "61"})
+def test_call_end_from_a_form_as_freeswitch_curl_posts_it(http_client):
+    http_client.route(call_id="fs-uuid-1", caller="02161234567")
+    r = http_client.post("/v1/calls/fs-uuid-1/end", data={"duration": "61"})
     assert r.status_code == 200 and r.json()["billed_s"] == 120 and r.json()["long_distance"] is False
 
 
 @pytest.mark.parametrize("body", [{"duration": -1}, {"duration": "10"}, {}, {"duration": True},
                                   {"duration": 5, "extra": 1}])
-def test_call_end_bad_input(client, body):
-    client.route(call_id="c")
-    r = client.post("/v1/calls/c/end", json=body)
+def test_call_end_bad_input(http_client, body):
+    http_client.route(call_id="c")
+    r = http_client.post("/v1/calls/c/end", json=body)
     assert r.status_code == 422, r.text
 
 
@@ -166,8 +154,8 @@ def actions(xml_text: str) -> list[tuple[str, str | None]]:
     return [(a.get("application"), a.get("data")) for a in root.iter("action")]
 
 
-def test_freeswitch_xml_for_each_decision(client, service, monkeypatch):
-    real = service.router.route
+def test_freeswitch_xml_for_each_decision(http_client, http_service, monkeypatch):
+    real = http_service.router.route
 
     def at(hour):  # FreeSWITCH asks "now": pin the router's clock through route's at
         def route(dialed, caller, at=None, *args):
@@ -176,10 +164,10 @@ def test_freeswitch_xml_for_each_decision(client, service, monkeypatch):
         return route
 
     def tel400_time(hour):
-        return service._at(f"2026-11-24T{hour:02d}:00")
+        return http_service._at(f"2026-11-24T{hour:02d}:00")
 
-    monkeypatch.setattr(service.router, "route", at(15))
-    acts = actions(client.post("/freeswitch/dialplan", data=fs_form(caller="057188888888")).text)
+    monkeypatch.setattr(http_service.router, "route", at(15))
+    acts = actions(http_client.post("/freeswitch/dialplan", data=fs_form(caller="057188888888")).text)
     apps = [a for a, _ in acts]
     assert apps == ["set", "set", "bridge", "answer", "playback", "hangup"]
     assert ("set", "continue_on_fail=true") in acts and ("set", "hangup_after_bridge=true") in acts
@@ -189,60 +177,60 @@ def test_freeswitch_xml_for_each_decision(client, service, monkeypatch):
                       "[leg_timeout=20]sofia/gateway/gw1/13901010001")
     assert acts[-2] == ("playback", "/usr/share/freeswitch/sounds/tel400/unavailable.wav")
 
-    monkeypatch.setattr(service.router, "route", at(22))
-    assert actions(client.post("/freeswitch/dialplan", data=fs_form()).text) == [
+    monkeypatch.setattr(http_service.router, "route", at(22))
+    assert actions(http_client.post("/freeswitch/dialplan", data=fs_form()).text) == [
         ("answer", None), ("playback", "/usr/share/freeswitch/sounds/tel400/closed.wav"),
         ("hangup", "NORMAL_CLEARING")]
 
-    monkeypatch.setattr(service.router, "route", at(10))
-    acts = actions(client.post("/freeswitch/dialplan", data=fs_form(dest="4001100868")).text)
+    monkeypatch.setattr(http_service.router, "route", at(10))
+    acts = actions(http_client.post("/freeswitch/dialplan", data=fs_form(dest="4001100868")).text)
     assert acts == [("answer", None), ("callcenter", "support@default"), ("hangup", "NORMAL_CLEARING")]
-    blocked = actions(client.post("/freeswitch/dialplan", data=fs_form(caller="13800000000")).text)
+    blocked = actions(http_client.post("/freeswitch/dialplan", data=fs_form(caller="13800000000")).text)
     assert blocked[-1] == ("hangup", "CALL_REJECTED")
 
 
-def test_freeswitch_pin_collection_round_trip(client):
-    first = actions(client.post("/freeswitch/dialplan", data=fs_form(dest="4001532532")).text)
+def test_freeswitch_pin_collection_round_trip(http_client):
+    first = actions(http_client.post("/freeswitch/dialplan", data=fs_form(dest="4001532532")).text)
     assert [a for a, _ in first] == ["answer", "set", "play_and_get_digits", "transfer"]
     assert ("set", "tel400_pin_round=1") in first
     assert dict(first)["play_and_get_digits"].endswith("tel400_pin \\d{4,8}")
     assert dict(first)["transfer"] == "4001532532 XML public"
     # FreeSWITCH transfers back with the digits in the channel
-    wrong = actions(client.post("/freeswitch/dialplan", data=fs_form(
+    wrong = actions(http_client.post("/freeswitch/dialplan", data=fs_form(
         dest="4001532532", variable_tel400_pin="9999", variable_tel400_pin_round="1")).text)
     assert ("playback", "/usr/share/freeswitch/sounds/tel400/bad_pin.wav") in wrong
     assert ("set", "tel400_pin_round=2") in wrong and wrong[-1][0] == "transfer"
-    right = actions(client.post("/freeswitch/dialplan", data=fs_form(
+    right = actions(http_client.post("/freeswitch/dialplan", data=fs_form(
         dest="4001532532", variable_tel400_pin="1234", variable_tel400_pin_round="2")).text)
     assert right == [("answer", None), ("conference", "4001532532@default"), ("hangup", "NORMAL_CLEARING")]
     # a caller who keys nothing: after the attempts, the notice and a hangup, no endless loop
-    done = actions(client.post("/freeswitch/dialplan", data=fs_form(
+    done = actions(http_client.post("/freeswitch/dialplan", data=fs_form(
         dest="4001532532", variable_tel400_pin_round="3")).text)
     assert done[-1][0] == "hangup" and not any(a == "transfer" for a, _ in done)
 
 
-def test_freeswitch_not_found_for_other_sections_and_numbers(client):
+def test_freeswitch_not_found_for_other_sections_and_numbers(http_client):
     not_found = ('<section name="result"><result status="not found"/></section>')
-    assert not_found in client.post("/freeswitch/dialplan", data=fs_form(section="directory")).text
-    assert not_found in client.post("/freeswitch/dialplan", data=fs_form(dest="4009999999")).text
-    assert not_found in client.post("/freeswitch/dialplan", data={"section": "dialplan"}).text
+    assert not_found in http_client.post("/freeswitch/dialplan", data=fs_form(section="directory")).text
+    assert not_found in http_client.post("/freeswitch/dialplan", data=fs_form(dest="4009999999")).text
+    assert not_found in http_client.post("/freeswitch/dialplan", data={"section": "dialplan"}).text
 
 
 def test_freeswitch_reports_the_end_when_told_where(tmp_path, impl):
-    service = make_service(tmp_path, impl.name, end_url="http://10.0.0.9:8400/")
+    http_service = make_service(tmp_path, impl.name, end_url="http://10.0.0.9:8400/")
     try:
-        service.router.route = _at_nine(service)
-        acts = actions(Client(service).post("/freeswitch/dialplan", data=fs_form()).text)
+        http_service.router.route = _at_nine(http_service)
+        acts = actions(Client(http_service).post("/freeswitch/dialplan", data=fs_form()).text)
         assert ("set", "api_reporting_hook=curl http://10.0.0.9:8400/v1/calls/7f4de4a4-0c5b-4bd4-9a0c-1d6f2f1c2a10"
                        "/end post duration=${billsec}") in acts
-        assert "7f4de4a4-0c5b-4bd4-9a0c-1d6f2f1c2a10" in service.router._shared.calls
+        assert "7f4de4a4-0c5b-4bd4-9a0c-1d6f2f1c2a10" in http_service.router._shared.calls
     finally:
-        service.stop()
+        http_service.stop()
 
 
-def _at_nine(service):
-    real = service.router.route
-    nine = service._at("2026-11-24T09:00")
+def _at_nine(http_service):
+    real = http_service.router.route
+    nine = http_service._at("2026-11-24T09:00")
     return lambda dialed, caller, at=None, *args: real(dialed, caller, nine, *args)
 
 
@@ -252,10 +240,10 @@ def _at_nine(service):
     "13901012345</condition></extension>",
     "139\r\n01012345",
 ])
-def test_freeswitch_xml_cannot_be_injected_by_callers(client, service, caller):
-    service.router.route = _at_nine(service)
+def test_freeswitch_xml_cannot_be_injected_by_callers(http_client, http_service, caller):
+    http_service.router.route = _at_nine(http_service)
     for dest in ("4001012345", '4001012345"/><action application="system"/>'):
-        text = client.post("/freeswitch/dialplan", data=fs_form(dest=dest, caller=caller,
+        text = http_client.post("/freeswitch/dialplan", data=fs_form(dest=dest, caller=caller,
                                                                 **{"Caller-Context": 'public"><x'})).text
         root = ET.fromstring(text)  # well-formed whatever came in
         apps = [a.get("application") for a in root.iter("action")]
@@ -268,8 +256,8 @@ def test_freeswitch_xml_cannot_be_injected_by_callers(client, service, caller):
 # -- Kamailio rtjson ------------------------------------------------------------------------------------
 
 
-def test_kamailio_rtjson_serial_routes_in_failover_order(client):
-    r = client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": "057188888888",
+def test_kamailio_rtjson_serial_routes_in_failover_order(http_client):
+    r = http_client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": "057188888888",
                                               "at": "2026-11-24T15:00", "call_id": "abc@host"})
     doc = r.json()
     assert (doc["version"], doc["routing"]) == ("1.0", "serial")
@@ -279,32 +267,32 @@ def test_kamailio_rtjson_serial_routes_in_failover_order(client):
     assert doc["tel400"]["rule"] == "afternoon" and "reply" not in doc["tel400"]
 
 
-def test_kamailio_refusals_carry_the_reply(client):
-    doc = client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": "13800000000"}).json()
+def test_kamailio_refusals_carry_the_reply(http_client):
+    doc = http_client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": "13800000000"}).json()
     assert doc["routes"] == [] and doc["tel400"]["reply"] == {"code": 403, "reason": "Forbidden"}
-    doc = client.post("/kamailio/rtjson", json={"dialed": "4009999999", "caller": "13800000001"}).json()
+    doc = http_client.post("/kamailio/rtjson", json={"dialed": "4009999999", "caller": "13800000001"}).json()
     assert doc["tel400"]["reply"] == {"code": 404, "reason": "Not Found"}
 
 
 def test_kamailio_message_is_sms_and_media_server_gets_refusals(tmp_path, impl):
-    service = make_service(tmp_path, impl.name, media_server="sip:media@10.0.0.7:5080")
-    client = Client(service)
+    http_service = make_service(tmp_path, impl.name, media_server="sip:media@10.0.0.7:5080")
+    http_client = Client(http_service)
     try:
-        sms = client.post("/kamailio/rtjson", json={"dialed": "106574001012345", "caller": "13901012345",
+        sms = http_client.post("/kamailio/rtjson", json={"dialed": "106574001012345", "caller": "13901012345",
                                                     "method": "MESSAGE"}).json()
         assert sms["routes"][0]["uri"] == "sip:13901010009@gw.example:5060" and sms["tel400"]["channel"] == "sms"
-        closed = client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": "13901012345",
+        closed = http_client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": "13901012345",
                                                        "at": "2026-11-24T23:00"}).json()
         route = closed["routes"][0]
         assert route["uri"] == "sip:media@10.0.0.7:5080"
         assert "X-Tel400-Prompt: closed\r\n" in route["headers"]["extra"]
     finally:
-        service.stop()
+        http_service.stop()
 
 
-def test_kamailio_injection_through_the_caller_is_impossible(client):
+def test_kamailio_injection_through_the_caller_is_impossible(http_client):
     evil = "13901012345\r\nX-Evil: 1\r\nContact: <sip:attacker@evil>"
-    r = client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": evil, "at": "2026-11-24T23:00"})
+    r = http_client.post("/kamailio/rtjson", json={"dialed": "4001012345", "caller": evil, "at": "2026-11-24T23:00"})
     doc = json.loads(r.text)
     assert "X-Evil" not in r.text and "attacker" not in r.text
     assert doc["tel400"]["caller"] is None
@@ -312,17 +300,17 @@ def test_kamailio_injection_through_the_caller_is_impossible(client):
 
 @pytest.mark.parametrize("body", [{"caller": "1"}, {"dialed": "4001012345", "method": "BYE"},
                                   {"dialed": ["4001012345"]}])
-def test_kamailio_bad_input(client, body):
-    assert client.post("/kamailio/rtjson", json=body).status_code == 422
+def test_kamailio_bad_input(http_client, body):
+    assert http_client.post("/kamailio/rtjson", json=body).status_code == 422
 
 
 # -- operations ------------------------------------------------------------------------------------------
 
 
-def test_metrics_show_decisions_latency_and_requests(client):
-    client.route()
-    client.post("/v1/route", content=b"nope")
-    text = client.get("/metrics").text
+def test_metrics_show_decisions_latency_and_requests(http_client):
+    http_client.route()
+    http_client.post("/v1/route", content=b"nope")
+    text = http_client.get("/metrics").text
     assert 'tel400_decisions_total{action="bridge",number="4001012345",reason="ok"} 1.0' in text
     assert 'tel400_http_route_seconds_count{endpoint="route"} 1.0' in text
     assert 'tel400_http_requests_total{endpoint="route",status="200"} 1.0' in text
@@ -330,20 +318,20 @@ def test_metrics_show_decisions_latency_and_requests(client):
     assert "tel400_reloads_total" in text and "tel400_backend_errors_total" in text
 
 
-def test_health_and_readiness(client, service):
-    assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz")
+def test_health_and_readiness(http_client, http_service):
+    assert http_client.get("/healthz").json() == {"status": "ok"}
+    ready = http_client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["numbers"] == 3
-    service.draining = True
-    assert client.get("/readyz").status_code == 503
-    assert client.get("/v1/ping").json() == {"pong": True}
+    http_service.draining = True
+    assert http_client.get("/readyz").status_code == 503
+    assert http_client.get("/v1/ping").json() == {"pong": True}
 
 
-def test_openapi_describes_every_endpoint(client, service):
-    doc = client.get("/openapi.json").json()
+def test_openapi_describes_every_endpoint(http_client, http_service):
+    doc = http_client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     described = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
     assert ("POST", "/v1/route") in described and ("GET", "/v1/numbers/{number}/report") in described
-    served = {key for key in service._static} | {
-        (meth, pattern.pattern) for pattern, methods in service._patterns for meth in methods}
+    served = {key for key in http_service._static} | {
+        (meth, pattern.pattern) for pattern, methods in http_service._patterns for meth in methods}
     assert len(described) == len(served)

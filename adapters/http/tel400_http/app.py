@@ -43,8 +43,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 import tel400
 from tel400 import pins
 from tel400.metrics import RouterCollector
-from tel400.stores import WritableStore
 from tel400.sip import check_gateway
+from tel400.stores import WritableStore
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from . import openapi, switches
