@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from .http_harness import Client, make_service
+from .http_harness import ADMIN, Client, make_service
 
 
 # -- POST /v1/route ----------------------------------------------------------------------------
@@ -335,3 +335,31 @@ def test_openapi_describes_every_endpoint(http_client, http_service):
     served = {key for key in http_service._static} | {
         (meth, pattern.pattern) for pattern, methods in http_service._patterns for meth in methods}
     assert len(described) == len(served)
+
+
+# -- a counter backend that dies ------------------------------------------------------------------------
+
+
+def test_redis_counters_over_http_count_and_survive_redis_dying(tmp_path, impl):
+    from tel400.testing import RedisServer
+
+    redis = RedisServer().start()
+    service = make_service(tmp_path, impl.name, counters=redis.url + "?timeout_ms=20&backoff_ms=200")
+    client = Client(service)
+    try:
+        assert service.offload  # Redis calls wait on the network: decided in a worker thread
+        plan = client.get("/v1/numbers/4001012345", token=ADMIN).json()
+        plan["caps"] = [{"metric": "calls", "per": "day", "limit": 3}]
+        assert client.put("/v1/numbers/4001012345", token=ADMIN, json=plan).status_code == 200
+        reasons = [client.route()["reason"] for _ in range(4)]
+        assert reasons == ["ok", "ok", "ok", "cap_exceeded"]  # counted in Redis
+        redis.stop()
+        answers = [client.route(caller=f"1390101{i:04d}") for i in range(5)]
+        # the manual's plan fails open (on_backend_error defaults to allow): bridged, and counted as errors
+        assert {(d["action"], d["reason"]) for d in answers} == {("bridge", "ok")}
+        metrics = client.get("/metrics").text
+        assert 'tel400_backend_errors_total{policy="allow"} 5.0' in metrics
+        assert client.get("/readyz").status_code == 200
+    finally:
+        service.stop()
+        redis.stop()

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end-url", help="this service's URL as FreeSWITCH reaches it: bridges then report their end")
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes")
     p.add_argument("--grace", type=float, default=30, help="seconds to finish requests in flight on shutdown")
+    p.add_argument("--max-connections", type=int, default=4096,
+                   help="connections and requests in progress at most; beyond, new requests are answered 503")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
     return p
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
 
     config = uvicorn.Config(service, host=args.host, port=args.port, lifespan="on", access_log=False,
                             log_level="warning", timeout_graceful_shutdown=args.grace, server_header=False,
-                            date_header=False)
+                            date_header=False, limit_concurrency=args.max_connections)
     Server(config).run()
     return 0
 
