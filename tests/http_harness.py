@@ -21,7 +21,7 @@ import tel400
 from tel400.testing import free_port
 from tel400_http import Service
 from tel400_http.auth import ALL, Token, Tokens, hash_token
-from tel400_http.records import CallRecords
+from tel400_http.records import CallRecords, plan_zones
 
 from .conftest import EXAMPLES, ROOT
 
@@ -47,7 +47,7 @@ def make_service(tmp_path, impl_name: str | None = None, *, records: bool = True
     call_records = None
     if records:
         # the tests route at fixed dates in 2026: a retention that keeps them whenever the tests run
-        call_records = CallRecords(str(tmp_path / "records.db"), zone_of=lambda n: None, interval_s=0.05,
+        call_records = CallRecords(str(tmp_path / "records.db"), zone_of=plan_zones(router), interval_s=0.05,
                                    retention_days=100 * 365)
     service = Service(router, store=store, watcher=watcher, records=call_records, tokens=tokens(),
                       gateway="gw.example:5060", **options)

@@ -236,6 +236,15 @@ def test_report_of_the_month(http_client, http_service):
     assert [c["call_id"] for c in older] == ["d", "c", "b", "a"] and older[0]["cost"] == "0.30"
 
 
+def test_report_days_are_the_numbers_own(http_client):
+    plan = {"timezone": "America/New_York", "rules": [{"name": "all", "targets": ["13901010005"]}]}
+    assert http_client.put("/v1/numbers/4008888888", token=ADMIN, json=plan).status_code == 201
+    # 2026-11-03 03:00 UTC is still the evening of 2 November in New York (and 11:00 on the 3rd in Beijing)
+    http_client.route(dialed="4008888888", at=1793674800)
+    report = http_client.get("/v1/numbers/4008888888/report?month=2026-11", token=ADMIN).json()
+    assert [d["day"] for d in report["by_day"]] == ["2026-11-02"]
+
+
 def test_records_are_kept_for_their_retention_only(tmp_path):
     now = [1_800_000_000.0]
     records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: None, retention_days=30, max_rows=3,

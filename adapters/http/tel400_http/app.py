@@ -50,7 +50,7 @@ from tel400_freeswitch.server import Settings as FreeSwitchSettings
 from . import openapi, switches
 from .asgi import ClientGone, HttpError, Request, encode_json, field, send
 from .auth import Tokens
-from .records import CallRecords, check_month
+from .records import CallRecords, check_month, plan_zones
 
 _log = structlog.get_logger("tel400.http")
 
@@ -117,6 +117,7 @@ class Service:
         self.registry.register(_ServiceCollector(self))
         ProcessCollector(registry=self.registry)
         self.latency = {name: Latency() for name in ("route", "freeswitch", "kamailio")}
+        self._zones = plan_zones(router)
         self._static = {
             ("POST", "/v1/route"): ("route", self.h_route),
             ("POST", "/freeswitch/dialplan"): ("freeswitch", self.h_freeswitch),
@@ -128,7 +129,6 @@ class Service:
             ("GET", "/openapi.json"): ("openapi", self.h_openapi),
             ("GET", "/v1/numbers"): ("numbers.list", self.h_list_numbers),
         }
-        self._static_paths = {path for _, path in self._static}
         n = r"(?P<number>[^/]+)"
         self._patterns = [
             (re.compile(r"\A/v1/calls/(?P<call_id>[^/]+)/end\Z"), {"POST": ("calls.end", self.h_call_end)}),
@@ -246,8 +246,7 @@ class Service:
         return float(at)
 
     def _zone_of(self, number):
-        plan = self.router.plans.get(number) if number else None
-        return zoneinfo.ZoneInfo(plan.timezone if plan else "Asia/Shanghai")
+        return self._zones(number) or zoneinfo.ZoneInfo("Asia/Shanghai")
 
     @staticmethod
     def _at(value):

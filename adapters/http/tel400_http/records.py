@@ -49,6 +49,25 @@ CREATE INDEX IF NOT EXISTS records_started ON records (started);
 """
 
 
+def plan_zones(router):
+    """``zone_of(number)`` for :class:`CallRecords`: the time zone of a number's plan, or ``None``.
+
+    A dict built once per plan set (``PlanSet.get`` is a scan of every plan),
+    rebuilt when the router reloads.
+    """
+    cache: dict = {"plans": None, "zones": {}}
+
+    def zone_of(number):
+        plans = router.plans
+        if cache["plans"] is not plans:
+            cache["zones"] = {p.number: p.timezone for p in plans.numbers}
+            cache["plans"] = plans
+        name = cache["zones"].get(number)
+        return zoneinfo.ZoneInfo(name) if name else None
+
+    return zone_of
+
+
 def check_month(month: str) -> tuple[str, str]:
     """``"2026-11"`` → the first day and the day after the last, as ``YYYY-MM-DD``; ``ValueError`` otherwise."""
     m = _MONTH.match(month or "")

@@ -31,7 +31,7 @@ from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from .app import Service
 from .auth import Tokens, hash_token, new_token
-from .records import CallRecords
+from .records import CallRecords, plan_zones
 
 DEFAULT_PORT = 8400
 
@@ -119,23 +119,13 @@ def build_service(args) -> Service:
         tokens = Tokens.single(admin_token(data))
     records = None
     if (args.records or "").lower() != "none":
-        records = CallRecords(args.records or str(data / "records.db"), zone_of=_zone_of(router),
+        records = CallRecords(args.records or str(data / "records.db"), zone_of=plan_zones(router),
                               retention_days=args.retention_days, max_rows=args.max_records)
     freeswitch = FreeSwitchSettings(gateway=args.gateway, prompt_dir=args.prompt_dir, prompt_ext=args.prompt_ext,
                                     ring_timeout_s=args.ring_timeout)
     return Service(router, store=store, watcher=watcher, records=records, tokens=tokens, freeswitch=freeswitch,
                    gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
                    cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body)
-
-
-def _zone_of(router):
-    import zoneinfo
-
-    def zone_of(number):
-        plan = router.plans.get(number)
-        return zoneinfo.ZoneInfo(plan.timezone) if plan else None
-
-    return zone_of
 
 
 def banner(service: Service, url: str, args) -> str:
