@@ -12,8 +12,9 @@ is written, so a report groups by the day the company lived, not by UTC.
 Money is kept in integer millionths of a yuan (what the tariff computes to),
 so sums are exact.
 
-Retention is bounded: records older than ``retention_days`` and the oldest
-beyond ``max_rows`` are deleted by the writer once an hour.
+Retention is bounded: records older than ``retention_days`` (in the order
+they were written) and the oldest beyond ``max_rows`` are deleted by the
+writer once an hour.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_number_day ON records (number, day);
 CREATE INDEX IF NOT EXISTS records_call_id ON records (call_id);
-CREATE INDEX IF NOT EXISTS records_started ON records (started);
 """
 
 
@@ -150,10 +150,12 @@ class CallRecords:
         self._enqueued += 1
 
     def decision(self, decision, started: float) -> None:
-        """Record a decision (the switch's call id, if any, links the call's end to it)."""
-        target = decision.targets[0] if decision.targets and decision.action in CONNECTS else None
-        self._put(("d", decision.call_id, decision.number, decision.caller, decision.province, decision.rule, target,
-                   decision.action, decision.reason, decision.channel, started))
+        """Record a decision (the switch's call id, if any, links the call's end to it).
+
+        The decision itself is queued: taking it apart is the writer's work,
+        off the request path.
+        """
+        self._put(("d", decision, started))
 
     def ended(self, charge) -> None:
         """Record a call's end: its duration, billed seconds, cost and answering target."""
@@ -239,9 +241,10 @@ class CallRecords:
         inserts, ends = [], []
         for item in items:
             if item[0] == "d":
-                _, call_id, number, caller, province, rule, target, action, reason, channel, started = item
-                inserts.append((call_id, number, caller, province, rule, target, action, reason, channel, started,
-                                self._day(number, started)))
+                _, d, started = item
+                target = d.targets[0] if d.targets and d.action in CONNECTS else None
+                inserts.append((d.call_id, d.number, d.caller, d.province, d.rule, target, d.action, d.reason,
+                                d.channel, started, self._day(d.number, started)))
             else:
                 ends.append(item[1:])
         db.execute("BEGIN")
@@ -266,7 +269,12 @@ class CallRecords:
         """Delete what retention no longer keeps; returns how many records went."""
         db = self._db()
         cutoff = self._clock() - self.retention_days * 86400
-        gone = db.execute("DELETE FROM records WHERE started < ?", (cutoff,)).rowcount
+        # Records arrive in time order, so the first one young enough bounds
+        # the rest; found by walking from the oldest (no index on started:
+        # it would cost every insert to save an hourly scan of what goes).
+        gone = db.execute(
+            "DELETE FROM records WHERE id < COALESCE((SELECT id FROM records WHERE started >= ? ORDER BY id LIMIT 1), "
+            "(SELECT MAX(id) + 1 FROM records))", (cutoff,)).rowcount
         gone += db.execute("DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?",
                            (self.max_rows,)).rowcount
         return gone
