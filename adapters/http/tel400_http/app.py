@@ -282,6 +282,7 @@ class Service:
             pin = field(data, "pin", str)
             call_id = _call_id(field(data, "call_id", str))
             explain = field(data, "explain", bool, default=False)
+        # _decide_async, inlined: one coroutine less per decision on this path
         if self.offload or pin is not None:
             decision = await asyncio.to_thread(self._decide, "route", dialed, caller, at, channel, pin, call_id,
                                                explain)
