@@ -99,6 +99,8 @@ def test_crlf_line_ends_are_tolerated():
         (b"Content-Type: text/event-plain\nContent-Length: -1\n\n", "bad Content-Length"),
         (b"Content-Type: text/event-plain\nContent-Length: 99999999999\n\n", "over the limit"),
         (b"Content-Type: api/response\nContent-Length: 12abc\n\n", "bad Content-Length"),
+        ("Content-Type: api/response\nContent-Length: ²\n\n".encode(), "bad Content-Length"),  # isdigit, not int
+        ("Content-Type: api/response\nContent-Length: ٣\n\n".encode(), "bad Content-Length"),  # Arabic-Indic 3
         (b"No colon here\n\n", "not a header line"),
         (b"Content-Length: 5\nContent-Type: text/event-plain\n\nAb c\n", "not a header line"),
     ],

@@ -300,6 +300,31 @@ def test_at_none_means_now_and_bad_at_is_an_error(make_router):
         router.route("4009999999", BJ, at="tomorrow")
 
 
+# Times a calendar (and datetime) can hold in every zone: years 1901 to 9998.
+# Beyond, local dates overflow (253402272000 is 10000-01-01 in Shanghai).
+@pytest.mark.parametrize("bad_at", [
+    253402272000, 253402300799, 253402272000.5, 10**30, 1e300, -1e300, -10**12,
+    dt.datetime(9999, 12, 31, 23, 0, tzinfo=dt.timezone.utc),
+    dt.datetime(9999, 12, 31, 23, 0),
+    dt.datetime(1, 1, 1, 0, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+])
+def test_at_outside_the_supported_years_is_a_value_error(make_router, bad_at):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "calls", "per": "day", "limit": 5}]))
+    for dialed in ("4001012345", "4009999999"):
+        with pytest.raises(ValueError, match="at: expected a time from 1901 to 9998"):
+            router.route(dialed, BJ, at=bad_at)
+        with pytest.raises(ValueError, match="at: expected a time from 1901 to 9998"):
+            router.explain(dialed, BJ, at=bad_at)
+
+
+def test_at_at_the_edges_of_the_supported_years(make_router):
+    router = make_router(one_number(rules=[bridge("1")]))
+    first = dt.datetime(1901, 1, 1, tzinfo=dt.timezone.utc)
+    last = dt.datetime(9998, 12, 31, 23, 59, tzinfo=dt.timezone.utc)
+    for when in (first, last, first.timestamp(), last.timestamp(), int(last.timestamp())):
+        assert router.route("4001012345", BJ, at=when).action == "bridge"
+
+
 # --- selection ---------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ minutes or cost; voice and SMS through the same number.
 from __future__ import annotations
 
 from ._impl import IMPLEMENTATION
+from ._common import check_at
 from .counters import CounterBackend, MemoryCounters, open_counters
 from .decision import REASONS, Charge, Decision, Step
 from .exceptions import BackendError, NumberError, PlanError, SegmentError, Tel400Error
@@ -58,6 +59,7 @@ __all__ = [
     "Tariff",
     "Tel400Error",
     "__version__",
+    "check_at",
     "default_segments",
     "load_plans",
     "load_segments",

@@ -338,7 +338,7 @@ def _sorted_disjoint_partition(text: str) -> tuple[list[int], list[int]] | None:
         prefix, _, name = line.partition(",")
         nsn = prefix[1:] if prefix[0] == "0" else prefix
         code = index.get(name)
-        if code is None or not nsn.isdigit() or len(nsn) > KEY_WIDTH:
+        if code is None or not (nsn.isascii() and nsn.isdigit()) or len(nsn) > KEY_WIDTH:
             return None
         start = int(nsn) * scales[len(nsn)]
         if start < covered_to:

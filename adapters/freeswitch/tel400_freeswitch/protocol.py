@@ -172,7 +172,8 @@ def parse_event(body: bytes) -> Event:
 
 
 def _content_length(text: str | None) -> int:
-    if text is None or not text.strip().isdigit():
+    # isascii: str.isdigit() also accepts digits such as '²' that int() refuses
+    if text is None or not (text.strip().isascii() and text.strip().isdigit()):
         raise ProtocolError(f"bad Content-Length {text!r}")
     length = int(text.strip())
     if length > MAX_BODY_BYTES:

@@ -327,7 +327,7 @@ class EslCall:
             answered = self.hangup_event.get("variable_bridge_channel") or ""
             target = next((t for t in self.targets if answered.endswith(t)), None)
             try:
-                self.router.call_ended(self.uuid, int(billsec) if billsec.isdigit() else 0, target)
+                self.router.call_ended(self.uuid, int(billsec) if billsec.isascii() and billsec.isdigit() else 0, target)
             except Exception as exc:
                 _log.error("esl_call_end_failed", uuid=self.uuid, error=str(exc))
         if not self.gone:

@@ -60,7 +60,6 @@ _COMMON_ROUTE_FIELDS = frozenset({"dialed", "caller"})
 _KAMAILIO_FIELDS = frozenset({"dialed", "caller", "call_id", "method", "at"})
 _END_FIELDS = frozenset({"duration", "target"})
 _PLAN_SECRETS = ("pin", "pin_hash")
-_YEAR_10000 = 253402300800  # POSIX time of 10000-01-01: beyond, no calendar (nor datetime) holds it
 
 
 class Service:
@@ -254,12 +253,16 @@ class Service:
             return None
         if isinstance(value, str):
             try:
-                return dt.datetime.fromisoformat(value)
+                value = dt.datetime.fromisoformat(value)
             except ValueError:
                 raise HttpError(422, "wrong_type", f"at: expected an ISO 8601 time, got {value!r}",
                                 field="at") from None
-        if not math.isfinite(value) or not 0 <= value < _YEAR_10000:
-            raise HttpError(422, "wrong_type", "at: expected a POSIX time from 1970 to 9999", field="at")
+        elif value < 0:
+            raise HttpError(422, "wrong_type", "at: expected a POSIX time from 1970", field="at")
+        try:
+            tel400.check_at(value)  # the years a calendar holds in every zone
+        except ValueError as exc:
+            raise HttpError(422, "wrong_type", str(exc), field="at") from None
         return value
 
     async def h_route(self, req: Request):
@@ -698,7 +701,8 @@ def _int_param(req: Request, name: str, default, low: int, high: int):
     raw = req.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isascii: str.isdigit() also accepts '²' and other digits that int() refuses
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise HttpError(422, "bad_request", f"{name}: expected a whole number from {low} to {high}", field=name)
     return int(raw)
 

@@ -42,8 +42,9 @@ _SCHEMAS = {
             "dialed": {"type": "string", "description": "the number called, any written form", "example": "4001012345"},
             "caller": {"type": "string", "nullable": True, "description": "the caller; absent or null when withheld",
                        "example": "13901012345"},
-            "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 253402300799}], "nullable": True,
-                   "description": "ISO 8601 (naive: the plan's zone) or POSIX time; default now"},
+            "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 253370764800, "exclusiveMaximum": True}], "nullable": True,
+                   "description": "ISO 8601 (naive: the plan's zone) or POSIX time, in the years 1901 to 9998; "
+                                  "default now"},
             "channel": {"type": "string", "enum": ["voice", "sms", None], "default": "voice", "nullable": True},
             "pin": {"type": "string", "nullable": True},
             "call_id": {"type": "string", "nullable": True, "pattern": "^[\\x21-\\x7e]{1,128}$",
@@ -89,8 +90,8 @@ _SCHEMAS = {
                        "call_id": {"type": "string", "nullable": True, "pattern": "^[\\x21-\\x7e]{1,128}$"},
                        "method": {"type": "string", "enum": ["INVITE", "MESSAGE", None], "default": "INVITE",
                                   "nullable": True},
-                       "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 253402300799}],
-                              "nullable": True}},
+                       "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 253370764800, "exclusiveMaximum": True}],
+                              "nullable": True, "description": "as in RouteRequest: the years 1901 to 9998"}},
     },
     "RtJson": {
         "type": "object", "required": ["version", "routing", "routes", "tel400"],

@@ -51,7 +51,7 @@ class FreeSwitchRequest:
         pin = form.get(f"variable_{PIN_VARIABLE}") or ""
         self.pin = pin if _DIGITS.match(pin) else None
         rounds = form.get(f"variable_{PIN_ROUND_VARIABLE}") or "0"
-        self.pin_round = int(rounds) if rounds.isdigit() and len(rounds) < 4 else 0
+        self.pin_round = int(rounds) if rounds.isascii() and rounds.isdigit() and len(rounds) < 4 else 0
 
 
 def freeswitch_request(form: dict[str, str]) -> FreeSwitchRequest:

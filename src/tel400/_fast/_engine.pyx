@@ -20,7 +20,6 @@ from cpython.ref cimport Py_INCREF, PyObject
 from cpython.tuple cimport PyTuple_SET_ITEM
 from cpython cimport array
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 from ._clock cimport CalendarTable, LocalTime, ZoneTable, calendar_table, zone_table
@@ -31,12 +30,16 @@ from ._select cimport FastRandom, Selector
 
 from .. import _engine_py, pins, provinces
 from .._common import (
-    OUTCOME_INDEX, SMS_ACCESS_PREFIX, UNKNOWN_LABEL, CallRecord, cap_key, charge_call, check_at, pin_key,
+    AT_MAX, AT_MIN, OUTCOME_INDEX, SMS_ACCESS_PREFIX, UNKNOWN_LABEL, CallRecord, cap_key, charge_call, check_at,
+    pin_key,
 )
 from ..counters import PERIOD_TTL_S, CapCheck
 from ..decision import Decision
 from ..exceptions import BackendError
 from ._select import make_selector
+
+cdef double _AT_MIN = AT_MIN
+cdef double _AT_MAX = AT_MAX
 
 cdef extern from "time.h" nogil:
     ctypedef long time_t
@@ -465,7 +468,8 @@ cdef class Engine:
             raise ValueError(f"channel: expected 'voice' or 'sms', got {channel!r}")
         if at is not None:
             if type(at) is float:
-                if not isfinite(<double>at):
+                # one comparison for the common case; NaN fails it too
+                if not (_AT_MIN <= <double>at < _AT_MAX):
                     check_at(at)
             else:
                 check_at(at)
