@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tel400
+import tel400._common
 from tel400 import _impl
 
 pytestmark = pytest.mark.skipif("cython" not in _impl.ENGINES, reason="needs the compiled engine")
@@ -214,3 +215,38 @@ def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
     assert routers[0].decision_counts() == routers[1].decision_counts()
     explained = [r.explain(sequence[0]["dialed"], sequence[0]["caller"], sequence[0]["at"]) for r in routers]
     assert [s.check for s in explained[0].explain] == [s.check for s in explained[1].explain]
+
+
+def _outcome(router, at):
+    try:
+        return router.route("4001012345", "13901012345", at, call_id="x")._asdict()
+    except (ValueError, TypeError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+_EDGE_AT = st.one_of(
+    st.sampled_from([tel400._common.AT_MIN, tel400._common.AT_MAX]).flatmap(
+        lambda edge: st.one_of(
+            st.integers(edge - 86400 * 400, edge + 86400 * 400),
+            st.floats(edge - 86400.0 * 400, edge + 86400.0 * 400),
+            st.sampled_from([edge - 1, edge, edge + 1, edge - 0.5, edge - 1e-6, float(edge), float(edge) - 1e-3]),
+        )
+    ),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 10**30, -(10**30), 1e300]),
+    st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30),
+                 timezones=st.none() | st.sampled_from([dt.timezone.utc, dt.timezone(dt.timedelta(hours=14)),
+                                                          dt.timezone(dt.timedelta(hours=-12))])),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_EDGE_AT, min_size=1, max_size=10), st.sampled_from(ZONES))
+def test_both_engines_agree_at_the_bounds_of_time(ats, zone):
+    """Times at and past 1901 and 9998: the same decision or the same error from both."""
+    plans = tel400.PlanSet.from_dict({"numbers": [{
+        "number": "4001012345", "timezone": zone, "rules": [{"days": "workday", "targets": ["1"]}],
+        "caps": [{"metric": "calls", "per": "month", "limit": 5}],
+    }]})
+    routers = [tel400.Router(plans, seed=7, implementation=name) for name in ("python", "cython")]
+    for at in ats:
+        assert _outcome(routers[0], at) == _outcome(routers[1], at), at
