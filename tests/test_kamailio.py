@@ -102,6 +102,8 @@ def kamailio(tmp_path_factory, targets):
              "tariff": {"local": "0.1", "long_distance": "0.3", "increment_s": 1},
              "caps": [{"metric": "minutes", "per": "day", "limit": "0.05"}]},  # 3 seconds
             {"number": "4001000011", "default": {"action": "reject", "prompt": "closed"}},
+            {"number": "4001000015", "rules": [{"targets": [at(t, "c")]}],
+             "caps": [{"metric": "calls", "per": "day", "limit": 3}]},
         ],
     }
     plan_file = workdir / "plans.json"
@@ -210,6 +212,29 @@ def test_call_end_charges_the_minutes_cap(kamailio, tmp_path):
     # 4 s were charged at the BYE (dialog:end), over the 3 s cap: the next call is refused
     second = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000009", BEIJING_CALLERS, calls=1)
     assert answers(second) == {486: 1}
+
+
+BROKEN_HEADERS = [  # (From, To): nothing Kamailio could relay
+    (";tag=x1", None),  # no URI at all
+    ('"Alice";tag=x2', None),  # a display name without a URI
+    ("Alice;tag=x3", None),  # not a URI
+    ("<sip:13901010001@127.0.0.1>;tag=x4", "Bob"),  # a To that is not a URI
+    ("<sip:13901010001@127.0.0.1>;tag=x5;tag=x6", None),  # two tags
+]
+
+
+def test_requests_kamailio_cannot_relay_get_400_and_use_no_cap_place(kamailio, targets, tmp_path):
+    from .kamailio_harness import raw_invite
+
+    # Twice the cap in broken requests: before the sanity check each was
+    # routed and counted, then answered 500 by tm, and the cap refused real callers.
+    for from_header, to_header in BROKEN_HEADERS * 2:
+        status = raw_invite(kamailio.port, "4001000015", from_header, to_header=to_header)
+        assert status.startswith("SIP/2.0 400 "), (from_header, to_header, status)
+    before = targets["c"].calls()
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000015", TIANJIN_CALLERS, calls=3)
+    assert answers(counts) == {200: 3}  # the cap of 3 is whole
+    assert targets["c"].calls() - before == 3
 
 
 @pytest.fixture(scope="module")

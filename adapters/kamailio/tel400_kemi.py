@@ -41,6 +41,25 @@ from tel400 import sip  # noqa: E402
 RETRY_CODES = frozenset({408, 480, 486})  # and every 5xx
 FAILURE_ROUTE = "ksr_tel400_failure"
 DEFAULT_COUNTERS = "shm:///dev/shm/tel400-kamailio.counters"
+# The sanity module's checks before a new request is routed (and counted): a
+# request Kamailio could not relay (a From or To without a URI, a broken
+# request URI, a CSeq of another method, ...) gets sanity's 400 instead of a
+# 500 after its cap place was used.  Bits of sanity_check's first argument
+# (Kamailio's sanity module, 5.6); the Via checks "do not work yet" upstream.
+SANITY_RURI_SIP_VERSION = 1 << 0
+SANITY_RURI_SCHEME = 1 << 1
+SANITY_REQUIRED_HEADERS = 1 << 2
+SANITY_CSEQ_METHOD = 1 << 5
+SANITY_CSEQ_VALUE = 1 << 6
+SANITY_CONTENT_LENGTH = 1 << 7
+SANITY_EXPIRES_VALUE = 1 << 8
+SANITY_PROXY_REQUIRE = 1 << 9
+SANITY_PARSE_URIS = 1 << 10
+SANITY_DUPLICATE_TAGS = 1 << 12
+SANITY_CHECKS = (SANITY_RURI_SIP_VERSION | SANITY_RURI_SCHEME | SANITY_REQUIRED_HEADERS | SANITY_CSEQ_METHOD
+                 | SANITY_CSEQ_VALUE | SANITY_CONTENT_LENGTH | SANITY_EXPIRES_VALUE | SANITY_PROXY_REQUIRE
+                 | SANITY_PARSE_URIS | SANITY_DUPLICATE_TAGS)
+SANITY_URIS = 1 | 2 | 4  # with SANITY_PARSE_URIS: the request URI, From and To
 
 
 class Settings:
@@ -130,6 +149,8 @@ class Tel400:
             return
         if method == "ACK":
             return  # no transaction and no dialog: nothing to do
+        if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URIS) < 1:
+            return  # sanity answered 400: Kamailio could not relay it, so it is neither routed nor counted
         if self.stateful or method == "MESSAGE":
             # Retransmissions of requests we relay are matched to their
             # transaction (or to a worker routing them right now), not routed
