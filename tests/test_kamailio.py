@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
+import time
 import zoneinfo
 
 import pytest
+
+import tel400
 
 from .kamailio_harness import Kamailio, SippUAS, answers, options_ping, sipp_uac
 
@@ -307,3 +311,68 @@ def test_unknown_number_without_media_server_gets_404_and_the_reason(kamailio):
     status, headers = invite(kamailio.port, "4009999999", "13901012345")
     assert status == "SIP/2.0 404 Not Found"
     assert headers["x-tel400-reason"] == ["unknown_number"]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A third Kamailio: plans in SQLite, counters in Redis, a target that answers 486."""
+    from tel400.testing import RedisServer
+
+    from .kamailio_harness import CapturingMediaServer
+
+    target = CapturingMediaServer()
+    redis = RedisServer().start()
+    workdir = tmp_path_factory.mktemp("kamailio-stored")
+    store = tel400.SqliteStore(workdir / "plans.db")
+    store.replace_all(tel400.PlanSet.from_dict({"numbers": [
+        {"number": "4001000021", "rules": [{"targets": [f"desk@127.0.0.1:{target.port}"]}],
+         "caps": [{"metric": "calls", "per": "day", "limit": 1000}]},
+        {"number": "4001000022", "rules": [{"targets": [f"desk@127.0.0.1:{target.port}"]}]},
+    ]}), actor="test")
+    server = Kamailio(workdir, {
+        "TEL400_PLANS": store.url,
+        "TEL400_COUNTERS": f"{redis.url}?timeout_ms=200&backoff_ms=100",
+    }, children=2)
+    server.start()
+    yield server, store, redis
+    server.stop()
+    redis.stop()
+    target.stop()
+
+
+def _wait_for_log(server, text: str, send) -> str:
+    """Send requests (``send()``) until ``text`` is in Kamailio's log; the log line."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        send()
+        for line in server.log().splitlines():
+            if text in line:
+                return line
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never reached Kamailio's log:\n{server.log()[-3000:]}")
+
+
+def test_a_refused_plan_change_reaches_kamailios_log(stored):
+    from .kamailio_harness import invite
+
+    server, store, _ = stored
+    # A plan written behind the store's back, one that does not validate.
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE plans SET body = ? WHERE number = '4001000022'",
+                   (json.dumps({"number": "4001000022", "rules": [{"targets": ["not a target"]}]}),))
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+    line = _wait_for_log(server, "plan_change_refused", lambda: invite(server.port, "4001000022", "13901012345"))
+    assert "not a target" in line and "kept=2" in line
+    # the plans kept still route
+    assert invite(server.port, "4001000022", "13901012345")[0] == "SIP/2.0 486 Busy Here"
+
+
+def test_a_dead_counter_backend_reaches_kamailios_log(stored):
+    from .kamailio_harness import invite
+
+    server, _, redis = stored
+    assert invite(server.port, "4001000021", "13901012345")[0] == "SIP/2.0 486 Busy Here"  # the target's answer
+    redis.stop()
+    # on_backend_error = "allow": calls still connect, and the log says why no cap counts them
+    line = _wait_for_log(server, "counter_backend_failed", lambda: invite(server.port, "4001000021", "13901012345"))
+    assert "connection" in line, line
