@@ -376,3 +376,42 @@ def test_a_dead_counter_backend_reaches_kamailios_log(stored):
     # on_backend_error = "allow": calls still connect, and the log says why no cap counts them
     line = _wait_for_log(server, "counter_backend_failed", lambda: invite(server.port, "4001000021", "13901012345"))
     assert "connection" in line, line
+
+
+def _start_fails(tmp_path, env, **kwargs) -> str:
+    """Kamailio's log when it refuses to start."""
+    server = Kamailio(tmp_path, {"TEL400_COUNTERS": f"shm://{tmp_path}/counters?slots=64", **env}, children=1, **kwargs)
+    try:
+        with pytest.raises(RuntimeError, match="kamailio exited") as failure:
+            server.start()
+    finally:
+        server.stop()
+    return str(failure.value)
+
+
+def test_numbers_without_a_gateway_stop_kamailio_at_start(tmp_path):
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"numbers": [
+        {"number": "4001000031", "rules": [{"targets": ["desk@pbx.example"]}]},
+        {"number": "4001000032", "rules": [{"targets": ["13901010001"]}]},  # a number: needs a gateway
+    ]}))
+    log = _start_fails(tmp_path, {"TEL400_PLANS": str(plans)})  # was: started, then every call to it 500
+    assert "TEL400_GATEWAY is not set" in log and "4001000032" in log and "13901010001" in log
+
+
+def test_a_missing_sqlite_store_stops_kamailio_at_start(tmp_path):
+    typo = tmp_path / "plnas.db"
+    log = _start_fails(tmp_path, {"TEL400_PLANS": f"sqlite:///{typo}"})  # was: an empty store, 404 to everything
+    assert "no such database" in log
+    assert not typo.exists()
+
+
+def test_a_configuration_without_the_sanity_module_stops_kamailio_at_start(tmp_path):
+    from .kamailio_harness import ADAPTER
+
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"numbers": []}))
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text((ADAPTER / "kamailio.cfg").read_text().replace('loadmodule "sanity.so"\n', ""))
+    log = _start_fails(tmp_path, {"TEL400_PLANS": str(plans)}, cfg=cfg)
+    assert 'loadmodule "sanity.so"' in log

@@ -164,11 +164,48 @@ def _load_factory(spec):
     return getattr(sys.modules[module], name)
 
 
+def _check_modules(settings):
+    """Refuse to start on a configuration that lacks a module the script calls."""
+    needed = ("sl", "tm", "tmx", "rr", "siputils", "corex", "sanity")
+    if settings.mode == "proxy":
+        needed += ("maxfwd", "dialog")
+    missing = [name for name in needed if not hasattr(KSR, name)]
+    if missing:
+        loads = " ".join(f'loadmodule "{name}.so"' for name in missing)
+        raise RuntimeError(f"tel400: the Kamailio configuration lacks {loads} (docs/kamailio.md)")
+
+
+def _first_number_target(plans):
+    """(400 number, target) of the first target that is a number, or None."""
+    for plan in plans.numbers:
+        for action in (plan.default, *(rule.action for rule in plan.rules)):
+            for target in action.targets:
+                if sip.is_number_target(target.to):
+                    return plan.number, target.to
+    return None
+
+
+def _check_gateway(settings, plans):
+    """Refuse to start when calls would go to numbers and no gateway says where numbers go.
+
+    Plans changed later are not checked here: a call to a number target then
+    gets 500 and a ``tel400: request failed: ... numbers need a gateway`` line.
+    """
+    if settings.gateway:
+        return
+    found = _first_number_target(plans)
+    if found:
+        raise RuntimeError(f"tel400: TEL400_GATEWAY is not set, and {found[0]} sends calls to the number "
+                           f"{found[1]}: set TEL400_GATEWAY=host[:port], where numbers are sent")
+
+
 def mod_init():
     settings = Settings(os.environ)
     configure_logging(settings.log_level)
-    store = tel400.open_store(settings.plans)
+    _check_modules(settings)
+    store = tel400.open_store(settings.plans, create=False)  # a mistyped path: an error, not an empty store
     router = _load_factory(settings.factory)(store, settings.counters)
+    _check_gateway(settings, router.plans)
     if router.counters.url.startswith("memory:"):
         KSR.warn("tel400: memory:// counters are per worker; caps will not hold across workers\n")
     KSR.info(f"tel400 {tel400.__version__} ({tel400.IMPLEMENTATION}): {len(router.plans.numbers)} numbers "
