@@ -361,7 +361,8 @@ def test_a_refused_plan_change_reaches_kamailios_log(stored):
         db.execute("UPDATE plans SET body = ? WHERE number = '4001000022'",
                    (json.dumps({"number": "4001000022", "rules": [{"targets": ["not a target"]}]}),))
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-    line = _wait_for_log(server, "plan_change_refused", lambda: invite(server.port, "4001000022", "13901012345"))
+    line = _wait_for_log(server, "plan_change_refused",
+                         lambda: invite(server.port, "4001000022", "13901012345"))
     assert "not a target" in line and "kept=2" in line
     # the plans kept still route
     assert invite(server.port, "4001000022", "13901012345")[0] == "SIP/2.0 486 Busy Here"
@@ -371,16 +372,19 @@ def test_a_dead_counter_backend_reaches_kamailios_log(stored):
     from .kamailio_harness import invite
 
     server, _, redis = stored
-    assert invite(server.port, "4001000021", "13901012345")[0] == "SIP/2.0 486 Busy Here"  # the target's answer
+    # the target's answer, relayed
+    assert invite(server.port, "4001000021", "13901012345")[0] == "SIP/2.0 486 Busy Here"
     redis.stop()
     # on_backend_error = "allow": calls still connect, and the log says why no cap counts them
-    line = _wait_for_log(server, "counter_backend_failed", lambda: invite(server.port, "4001000021", "13901012345"))
+    line = _wait_for_log(server, "counter_backend_failed",
+                         lambda: invite(server.port, "4001000021", "13901012345"))
     assert "connection" in line, line
 
 
 def _start_fails(tmp_path, env, **kwargs) -> str:
     """Kamailio's log when it refuses to start."""
-    server = Kamailio(tmp_path, {"TEL400_COUNTERS": f"shm://{tmp_path}/counters?slots=64", **env}, children=1, **kwargs)
+    env = {"TEL400_COUNTERS": f"shm://{tmp_path}/counters?slots=64", **env}
+    server = Kamailio(tmp_path, env, children=1, **kwargs)
     try:
         with pytest.raises(RuntimeError, match="kamailio exited") as failure:
             server.start()
@@ -401,7 +405,8 @@ def test_numbers_without_a_gateway_stop_kamailio_at_start(tmp_path):
 
 def test_a_missing_sqlite_store_stops_kamailio_at_start(tmp_path):
     typo = tmp_path / "plnas.db"
-    log = _start_fails(tmp_path, {"TEL400_PLANS": f"sqlite:///{typo}"})  # was: an empty store, 404 to everything
+    # was: an empty store made, and 404 to everything
+    log = _start_fails(tmp_path, {"TEL400_PLANS": f"sqlite:///{typo}"})
     assert "no such database" in log
     assert not typo.exists()
 

@@ -48,7 +48,8 @@ RETRY_CODES = frozenset({408, 480, 486})  # and every 5xx
 FAILURE_ROUTE = "ksr_tel400_failure"
 _log = structlog.get_logger("tel400.kamailio")
 DEFAULT_COUNTERS = "shm:///dev/shm/tel400-kamailio.counters"
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}
 #: Seconds between two looks (per worker) at the counter backend's failures;
 #: at most one counter_backend_failed line per worker per interval.
 BACKEND_REPORT_INTERVAL_S = 1.0
@@ -131,7 +132,8 @@ def configure_logging(level):
     """Send every structlog event, as ``event=... key=value`` (logfmt), to Kamailio's log."""
     logger = KamailioLogger()
     structlog.configure(
-        processors=[structlog.processors.format_exc_info, structlog.processors.LogfmtRenderer(key_order=["event"])],
+        processors=[structlog.processors.format_exc_info,
+                    structlog.processors.LogfmtRenderer(key_order=["event"])],
         wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS[level]),
         logger_factory=lambda *args: logger,
         cache_logger_on_first_use=True,
@@ -427,7 +429,7 @@ class Tel400:
         new = {policy: n - self._backend_errors.get(policy, 0) for policy, n in counts.items()
                if n != self._backend_errors.get(policy, 0)}
         self._backend_errors = counts
-        failures = getattr(self.router.counters, "failures", None) or {}  # by kind, where the backend keeps them
+        failures = getattr(self.router.counters, "failures", None) or {}  # by kind, where kept (Redis)
         _log.error("counter_backend_failed", counters=without_password(self.router.counters.url),
                    calls=sum(new.values()), policy=_pairs(new), failures=_pairs(failures) or None)
 
