@@ -358,6 +358,7 @@ def test_a_refused_plan_change_reaches_kamailios_log(stored):
     server, store, _ = stored
     # A plan written behind the store's back, one that does not validate.
     with sqlite3.connect(store.path) as db:
+        (good,) = db.execute("SELECT body FROM plans WHERE number = '4001000022'").fetchone()
         db.execute("UPDATE plans SET body = ? WHERE number = '4001000022'",
                    (json.dumps({"number": "4001000022", "rules": [{"targets": ["not a target"]}]}),))
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
@@ -366,6 +367,22 @@ def test_a_refused_plan_change_reaches_kamailios_log(stored):
     assert "not a target" in line and "kept=2" in line
     # the plans kept still route
     assert invite(server.port, "4001000022", "13901012345")[0] == "SIP/2.0 486 Busy Here"
+    with sqlite3.connect(store.path) as db:  # the store as it was, for the next tests
+        db.execute("UPDATE plans SET body = ? WHERE number = '4001000022'", (good,))
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+
+
+def test_a_number_target_added_without_a_gateway_is_logged_at_reload(stored):
+    from .kamailio_harness import invite
+
+    server, store, _ = stored
+    store.put_number({"number": "4001000023", "rules": [{"targets": ["13901010001"]}]}, actor="test")
+    line = _wait_for_log(server, "number_target_without_gateway",
+                         lambda: invite(server.port, "4001000021", "13901012345"))
+    assert "number=4001000023" in line and "target=13901010001" in line
+    # its calls: answered, with the reason in the log
+    assert invite(server.port, "4001000023", "13901012345")[0].startswith("SIP/2.0 500")
+    assert "numbers need a gateway" in server.log()
 
 
 def test_a_dead_counter_backend_reaches_kamailios_log(stored):

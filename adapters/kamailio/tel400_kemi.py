@@ -270,7 +270,8 @@ class Tel400:
                 return
             if KSR.tm.t_check_trans() == 0:
                 return
-        self.watcher.poll()  # a clock comparison unless a plan check is due
+        if self.watcher.poll():  # a clock comparison unless a plan check is due
+            self._check_reloaded_plans()
         if time.monotonic() >= self._backend_report_due:
             self._report_backend_errors()
         if method == "INVITE":
@@ -414,6 +415,17 @@ class Tel400:
                                record=record)
 
     # -- the rest -------------------------------------------------------------------------
+
+    def _check_reloaded_plans(self):
+        """Say in the log when new plans send calls to numbers and no gateway is set.
+
+        At start this stops Kamailio (_check_gateway); a later change cannot,
+        so its calls to numbers get 500 and this line says why, once per reload.
+        """
+        found = None if self.s.gateway else _first_number_target(self.router.plans)
+        if found:
+            _log.error("number_target_without_gateway", number=found[0], target=found[1],
+                       fix="set TEL400_GATEWAY=host[:port]")
 
     def _report_backend_errors(self):
         """One log line for the counter backend failures this process saw since the last one.
