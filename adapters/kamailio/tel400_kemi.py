@@ -104,7 +104,8 @@ class KamailioLogger:
     """structlog's output inside Kamailio: each event one line of Kamailio's own log, at its level.
 
     Without it tel400's lines (plan_change_refused, plans_reloaded, ...) went
-    to structlog's default, stdout, which Kamailio started as a daemon throws away.
+    to structlog's default, Python's stdout: block-buffered or closed in a
+    Kamailio process, so they showed up late or never, and never in syslog.
     """
 
     def debug(self, line):
