@@ -276,6 +276,28 @@ def invite(port: int, dialed: str, caller: str, *, timeout: float = 5.0) -> tupl
         return status, headers
 
 
+def raw_invite(port: int, dialed: str, from_header: str, *, to_header: str | None = None,
+               timeout: float = 5.0) -> str:
+    """One INVITE with the From (and To) header given verbatim; the status line of the final answer.
+
+    For requests a caller's parser would never build (a From without a URI).
+    """
+    call_id = uuid.uuid4().hex
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(timeout)
+        me = f"127.0.0.1:{s.getsockname()[1]}"
+        to_header = to_header or f"<sip:{dialed}@127.0.0.1:{port}>"
+        request = (f"INVITE sip:{dialed}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id[:16]}\r\n"
+                   f"From: {from_header}\r\nTo: {to_header}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+                   f"Max-Forwards: 70\r\nContact: <sip:caller@{me}>\r\nContent-Length: 0\r\n\r\n")
+        s.sendto(request.encode(), ("127.0.0.1", port))
+        while True:
+            status = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+            if int(status.split()[1]) >= 200:
+                return status
+
+
 class CapturingMediaServer:
     """A stand-in media server: keeps every INVITE it gets and answers 486."""
 

@@ -119,6 +119,30 @@ def test_console_script_runs_the_main_job():
     assert "Simulated 1000 calls" in result.stdout
 
 
+def test_store_import_creates_the_database_and_its_directory(tmp_path, capsys):
+    db = tmp_path / "var" / "lib" / "tel400" / "plans.db"  # no such directory yet (was a traceback)
+    assert main(["store", "import", MANUAL, f"sqlite:///{db}"]) == 0
+    assert db.exists()
+    assert main(["check", f"sqlite:///{db}"]) == 0
+
+
+def test_reading_a_missing_database_is_an_error_not_an_empty_store(tmp_path, capsys):
+    typo = tmp_path / "plnas.db"
+    for command in (["check", f"sqlite:///{typo}"], ["store", "export", f"sqlite:///{typo}"],
+                    ["store", "import", f"sqlite:///{typo}", f"sqlite:///{tmp_path}/copy.db"]):
+        assert main(command) == 3, command
+        assert "no such database" in capsys.readouterr().err
+    assert not typo.exists()  # a typo creates nothing
+
+
+def test_store_import_into_a_place_it_cannot_write_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["store", "import", MANUAL, f"sqlite:///{blocker}/plans.db"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("tel400: ") and "Traceback" not in err
+
+
 def test_store_import_export_audit(tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/plans.db"
     assert main(["store", "import", MANUAL, db, "--actor", "ops"]) == 0

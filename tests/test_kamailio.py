@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
+import time
 import zoneinfo
 
 import pytest
+
+import tel400
 
 from .kamailio_harness import Kamailio, SippUAS, answers, options_ping, sipp_uac
 
@@ -102,6 +106,8 @@ def kamailio(tmp_path_factory, targets):
              "tariff": {"local": "0.1", "long_distance": "0.3", "increment_s": 1},
              "caps": [{"metric": "minutes", "per": "day", "limit": "0.05"}]},  # 3 seconds
             {"number": "4001000011", "default": {"action": "reject", "prompt": "closed"}},
+            {"number": "4001000015", "rules": [{"targets": [at(t, "c")]}],
+             "caps": [{"metric": "calls", "per": "day", "limit": 3}]},
         ],
     }
     plan_file = workdir / "plans.json"
@@ -212,6 +218,29 @@ def test_call_end_charges_the_minutes_cap(kamailio, tmp_path):
     assert answers(second) == {486: 1}
 
 
+BROKEN_HEADERS = [  # (From, To): nothing Kamailio could relay
+    (";tag=x1", None),  # no URI at all
+    ('"Alice";tag=x2', None),  # a display name without a URI
+    ("Alice;tag=x3", None),  # not a URI
+    ("<sip:13901010001@127.0.0.1>;tag=x4", "Bob"),  # a To that is not a URI
+    ("<sip:13901010001@127.0.0.1>;tag=x5;tag=x6", None),  # two tags
+]
+
+
+def test_requests_kamailio_cannot_relay_get_400_and_use_no_cap_place(kamailio, targets, tmp_path):
+    from .kamailio_harness import raw_invite
+
+    # Twice the cap in broken requests: before the sanity check each was
+    # routed and counted, then answered 500 by tm, and the cap refused real callers.
+    for from_header, to_header in BROKEN_HEADERS * 2:
+        status = raw_invite(kamailio.port, "4001000015", from_header, to_header=to_header)
+        assert status.startswith("SIP/2.0 400 "), (from_header, to_header, status)
+    before = targets["c"].calls()
+    counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001000015", TIANJIN_CALLERS, calls=3)
+    assert answers(counts) == {200: 3}  # the cap of 3 is whole
+    assert targets["c"].calls() - before == 3
+
+
 @pytest.fixture(scope="module")
 def redirecting(tmp_path_factory):
     """A second Kamailio: redirect mode, numbers sent to a gateway, a media server."""
@@ -282,3 +311,129 @@ def test_unknown_number_without_media_server_gets_404_and_the_reason(kamailio):
     status, headers = invite(kamailio.port, "4009999999", "13901012345")
     assert status == "SIP/2.0 404 Not Found"
     assert headers["x-tel400-reason"] == ["unknown_number"]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A third Kamailio: plans in SQLite, counters in Redis, a target that answers 486."""
+    from tel400.testing import RedisServer
+
+    from .kamailio_harness import CapturingMediaServer
+
+    target = CapturingMediaServer()
+    redis = RedisServer().start()
+    workdir = tmp_path_factory.mktemp("kamailio-stored")
+    store = tel400.SqliteStore(workdir / "plans.db")
+    store.replace_all(tel400.PlanSet.from_dict({"numbers": [
+        {"number": "4001000021", "rules": [{"targets": [f"desk@127.0.0.1:{target.port}"]}],
+         "caps": [{"metric": "calls", "per": "day", "limit": 1000}]},
+        {"number": "4001000022", "rules": [{"targets": [f"desk@127.0.0.1:{target.port}"]}]},
+    ]}), actor="test")
+    server = Kamailio(workdir, {
+        "TEL400_PLANS": store.url,
+        "TEL400_COUNTERS": f"{redis.url}?timeout_ms=200&backoff_ms=100",
+    }, children=2)
+    server.start()
+    yield server, store, redis
+    server.stop()
+    redis.stop()
+    target.stop()
+
+
+def _wait_for_log(server, text: str, send) -> str:
+    """Send requests (``send()``) until ``text`` is in Kamailio's log; the log line."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        send()
+        for line in server.log().splitlines():
+            if text in line:
+                return line
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never reached Kamailio's log:\n{server.log()[-3000:]}")
+
+
+def test_a_refused_plan_change_reaches_kamailios_log(stored):
+    from .kamailio_harness import invite
+
+    server, store, _ = stored
+    # A plan written behind the store's back, one that does not validate.
+    with sqlite3.connect(store.path) as db:
+        (good,) = db.execute("SELECT body FROM plans WHERE number = '4001000022'").fetchone()
+        db.execute("UPDATE plans SET body = ? WHERE number = '4001000022'",
+                   (json.dumps({"number": "4001000022", "rules": [{"targets": ["not a target"]}]}),))
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+    line = _wait_for_log(server, "plan_change_refused",
+                         lambda: invite(server.port, "4001000022", "13901012345"))
+    assert "not a target" in line and "kept=2" in line
+    # the plans kept still route
+    assert invite(server.port, "4001000022", "13901012345")[0] == "SIP/2.0 486 Busy Here"
+    with sqlite3.connect(store.path) as db:  # the store as it was, for the next tests
+        db.execute("UPDATE plans SET body = ? WHERE number = '4001000022'", (good,))
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+
+
+def test_a_number_target_added_without_a_gateway_is_logged_at_reload(stored):
+    from .kamailio_harness import invite
+
+    server, store, _ = stored
+    store.put_number({"number": "4001000023", "rules": [{"targets": ["13901010001"]}]}, actor="test")
+    line = _wait_for_log(server, "number_target_without_gateway",
+                         lambda: invite(server.port, "4001000021", "13901012345"))
+    assert "number=4001000023" in line and "target=13901010001" in line
+    # its calls: answered, with the reason in the log
+    assert invite(server.port, "4001000023", "13901012345")[0].startswith("SIP/2.0 500")
+    assert "numbers need a gateway" in server.log()
+
+
+def test_a_dead_counter_backend_reaches_kamailios_log(stored):
+    from .kamailio_harness import invite
+
+    server, _, redis = stored
+    # the target's answer, relayed
+    assert invite(server.port, "4001000021", "13901012345")[0] == "SIP/2.0 486 Busy Here"
+    redis.stop()
+    # on_backend_error = "allow": calls still connect, and the log says why no cap counts them
+    line = _wait_for_log(server, "counter_backend_failed",
+                         lambda: invite(server.port, "4001000021", "13901012345"))
+    assert "connection" in line, line
+
+
+def _start_fails(tmp_path, env, **kwargs) -> str:
+    """Kamailio's log when it refuses to start."""
+    env = {"TEL400_COUNTERS": f"shm://{tmp_path}/counters?slots=64", **env}
+    server = Kamailio(tmp_path, env, children=1, **kwargs)
+    try:
+        with pytest.raises(RuntimeError, match="kamailio exited") as failure:
+            server.start()
+    finally:
+        server.stop()
+    return str(failure.value)
+
+
+def test_numbers_without_a_gateway_stop_kamailio_at_start(tmp_path):
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"numbers": [
+        {"number": "4001000031", "rules": [{"targets": ["desk@pbx.example"]}]},
+        {"number": "4001000032", "rules": [{"targets": ["13901010001"]}]},  # a number: needs a gateway
+    ]}))
+    log = _start_fails(tmp_path, {"TEL400_PLANS": str(plans)})  # was: started, then every call to it 500
+    assert "TEL400_GATEWAY is not set" in log and "4001000032" in log and "13901010001" in log
+
+
+def test_a_missing_sqlite_store_stops_kamailio_at_start(tmp_path):
+    typo = tmp_path / "plnas.db"
+    # was: an empty store made, and 404 to everything
+    log = _start_fails(tmp_path, {"TEL400_PLANS": f"sqlite:///{typo}"})
+    assert "no such database" in log
+    assert not typo.exists()
+
+
+def test_a_configuration_without_the_sanity_module_stops_kamailio_at_start(tmp_path):
+    from .kamailio_harness import ADAPTER
+
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"numbers": []}))
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text((ADAPTER / "kamailio.cfg").read_text().replace('loadmodule "sanity.so"\n', ""))
+    log = _start_fails(tmp_path, {"TEL400_PLANS": str(plans)}, cfg=cfg)
+    assert 'loadmodule "sanity.so"' in log

@@ -209,6 +209,14 @@ def test_open_store_urls(tmp_path):
         tel400.open_store("ftp://example/plans")
 
 
+def test_opening_a_missing_sqlite_store_for_reading_refuses(tmp_path):
+    with pytest.raises(tel400.BackendError, match="no such database"):
+        tel400.open_store(f"sqlite:///{tmp_path}/missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+    tel400.open_store(f"sqlite:///{tmp_path}/sub/dir/new.db")  # create=True (the default): made, directory too
+    assert tel400.open_store(f"sqlite:///{tmp_path}/sub/dir/new.db", create=False).load().numbers == ()
+
+
 def test_store_unreachable_keeps_plans(make_router):
     router = make_router(one_number(rules=[{"targets": ["1"]}]))
     watcher = tel400.PlanWatcher(router, "redis://127.0.0.1:1/0", interval_s=0)

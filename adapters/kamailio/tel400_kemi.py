@@ -20,27 +20,58 @@ and configure it with environment variables, read once at ``mod_init``
     TEL400_ON_ERROR       500 (default) or media: what a failure inside tel400 answers
     TEL400_SITE_PACKAGES  site-packages directories to add (os.pathsep separated)
     TEL400_ROUTER_FACTORY module:function(store, counters) -> Router, to customise
+    TEL400_LOG_LEVEL      debug, info (default), warning or error: tel400's log lines
+                          (structlog) written through Kamailio's own log
 
 Every request gets an answer: a Python exception inside tel400 is logged and
 answered (500, or the media server), never left to drop the request.
 """
 
+import logging
 import os
 import site
 import sys
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 for _path in filter(None, os.environ.get("TEL400_SITE_PACKAGES", "").split(os.pathsep)):
     site.addsitedir(_path)  # addsitedir, not sys.path: editable installs need their .pth files
 
 import KSR  # noqa: E402  (provided by app_python3)
 
+import structlog  # noqa: E402
+
 import tel400  # noqa: E402
 from tel400 import sip  # noqa: E402
 
 RETRY_CODES = frozenset({408, 480, 486})  # and every 5xx
 FAILURE_ROUTE = "ksr_tel400_failure"
+_log = structlog.get_logger("tel400.kamailio")
 DEFAULT_COUNTERS = "shm:///dev/shm/tel400-kamailio.counters"
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}
+#: Seconds between two looks (per worker) at the counter backend's failures;
+#: at most one counter_backend_failed line per worker per interval.
+BACKEND_REPORT_INTERVAL_S = 1.0
+# The sanity module's checks before a new request is routed (and counted): a
+# request Kamailio could not relay (a From or To without a URI, a broken
+# request URI, a CSeq of another method, ...) gets sanity's 400 instead of a
+# 500 after its cap place was used.  Bits of sanity_check's first argument
+# (Kamailio's sanity module, 5.6); the Via checks "do not work yet" upstream.
+SANITY_RURI_SIP_VERSION = 1 << 0
+SANITY_RURI_SCHEME = 1 << 1
+SANITY_REQUIRED_HEADERS = 1 << 2
+SANITY_CSEQ_METHOD = 1 << 5
+SANITY_CSEQ_VALUE = 1 << 6
+SANITY_CONTENT_LENGTH = 1 << 7
+SANITY_EXPIRES_VALUE = 1 << 8
+SANITY_PROXY_REQUIRE = 1 << 9
+SANITY_PARSE_URIS = 1 << 10
+SANITY_DUPLICATE_TAGS = 1 << 12
+SANITY_CHECKS = (SANITY_RURI_SIP_VERSION | SANITY_RURI_SCHEME | SANITY_REQUIRED_HEADERS | SANITY_CSEQ_METHOD
+                 | SANITY_CSEQ_VALUE | SANITY_CONTENT_LENGTH | SANITY_EXPIRES_VALUE | SANITY_PROXY_REQUIRE
+                 | SANITY_PARSE_URIS | SANITY_DUPLICATE_TAGS)
+SANITY_URIS = 1 | 2 | 4  # with SANITY_PARSE_URIS: the request URI, From and To
 
 
 class Settings:
@@ -64,6 +95,64 @@ class Settings:
             raise RuntimeError("tel400: TEL400_CAP_REPLY is 486 or 480")
         self.on_error = env.get("TEL400_ON_ERROR", "500")
         self.factory = env.get("TEL400_ROUTER_FACTORY") or None
+        self.log_level = env.get("TEL400_LOG_LEVEL", "info")
+        if self.log_level not in LOG_LEVELS:
+            raise RuntimeError(f"tel400: TEL400_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}")
+
+
+class KamailioLogger:
+    """structlog's output inside Kamailio: each event one line of Kamailio's own log, at its level.
+
+    Without it tel400's lines (plan_change_refused, plans_reloaded, ...) went
+    to structlog's default, Python's stdout: block-buffered or closed in a
+    Kamailio process, so they showed up late or never, and never in syslog.
+    """
+
+    def debug(self, line):
+        KSR.dbg(f"tel400: {line}\n")
+
+    def info(self, line):
+        KSR.info(f"tel400: {line}\n")
+
+    def warning(self, line):
+        KSR.warn(f"tel400: {line}\n")
+
+    def error(self, line):
+        KSR.err(f"tel400: {line}\n")
+
+    def critical(self, line):
+        KSR.crit(f"tel400: {line}\n")
+
+    msg = info
+    warn = warning
+    exception = error
+    fatal = critical
+
+
+def configure_logging(level):
+    """Send every structlog event, as ``event=... key=value`` (logfmt), to Kamailio's log."""
+    logger = KamailioLogger()
+    structlog.configure(
+        processors=[structlog.processors.format_exc_info,
+                    structlog.processors.LogfmtRenderer(key_order=["event"])],
+        wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS[level]),
+        logger_factory=lambda *args: logger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def _pairs(counts):
+    """``{"allow": 2, "reject": 1}`` as ``allow:2,reject:1`` (one logfmt value)."""
+    return ",".join(f"{name}:{n}" for name, n in sorted(counts.items()))
+
+
+def without_password(url):
+    """A URL fit for a log line: ``redis://:secret@host`` becomes ``redis://:***@host``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _default_factory(store, counters):
@@ -78,14 +167,53 @@ def _load_factory(spec):
     return getattr(sys.modules[module], name)
 
 
+def _check_modules(settings):
+    """Refuse to start on a configuration that lacks a module the script calls."""
+    needed = ("sl", "tm", "tmx", "rr", "siputils", "corex", "sanity")
+    if settings.mode == "proxy":
+        needed += ("maxfwd", "dialog")
+    missing = [name for name in needed if not hasattr(KSR, name)]
+    if missing:
+        loads = " ".join(f'loadmodule "{name}.so"' for name in missing)
+        raise RuntimeError(f"tel400: the Kamailio configuration lacks {loads} (docs/kamailio.md)")
+
+
+def _first_number_target(plans):
+    """(400 number, target) of the first target that is a number, or None."""
+    for plan in plans.numbers:
+        for action in (plan.default, *(rule.action for rule in plan.rules)):
+            for target in action.targets:
+                if sip.is_number_target(target.to):
+                    return plan.number, target.to
+    return None
+
+
+def _check_gateway(settings, plans):
+    """Refuse to start when calls would go to numbers and no gateway says where numbers go.
+
+    Plans changed later are not checked here: a call to a number target then
+    gets 500 and a ``tel400: request failed: ... numbers need a gateway`` line.
+    """
+    if settings.gateway:
+        return
+    found = _first_number_target(plans)
+    if found:
+        raise RuntimeError(f"tel400: TEL400_GATEWAY is not set, and {found[0]} sends calls to the number "
+                           f"{found[1]}: set TEL400_GATEWAY=host[:port], where numbers are sent")
+
+
 def mod_init():
     settings = Settings(os.environ)
-    store = tel400.open_store(settings.plans)
+    configure_logging(settings.log_level)
+    _check_modules(settings)
+    store = tel400.open_store(settings.plans, create=False)  # a mistyped path: an error, not an empty store
     router = _load_factory(settings.factory)(store, settings.counters)
+    _check_gateway(settings, router.plans)
     if router.counters.url.startswith("memory:"):
         KSR.warn("tel400: memory:// counters are per worker; caps will not hold across workers\n")
     KSR.info(f"tel400 {tel400.__version__} ({tel400.IMPLEMENTATION}): {len(router.plans.numbers)} numbers "
-             f"from {store.url}, counters {router.counters.url}, mode {settings.mode}\n")
+             f"from {without_password(store.url)}, counters {without_password(router.counters.url)}, "
+             f"mode {settings.mode}\n")
     return Tel400(settings, router, tel400.PlanWatcher(router, store))
 
 
@@ -99,6 +227,8 @@ class Tel400:
         self.stateful = settings.mode == "proxy"
         self._branch_cache = {}
         self._uri_cache = {}
+        self._backend_errors = router.backend_error_counts()  # as last reported, per process
+        self._backend_report_due = 0.0
 
     def child_init(self, rank):
         self.router.reseed()  # Kamailio forks without Python's fork hooks
@@ -130,6 +260,8 @@ class Tel400:
             return
         if method == "ACK":
             return  # no transaction and no dialog: nothing to do
+        if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URIS) < 1:
+            return  # sanity answered 400: Kamailio could not relay it, so it is neither routed nor counted
         if self.stateful or method == "MESSAGE":
             # Retransmissions of requests we relay are matched to their
             # transaction (or to a worker routing them right now), not routed
@@ -139,7 +271,10 @@ class Tel400:
                 return
             if KSR.tm.t_check_trans() == 0:
                 return
-        self.watcher.poll()  # a clock comparison unless a plan check is due
+        if self.watcher.poll():  # a clock comparison unless a plan check is due
+            self._check_reloaded_plans()
+        if time.monotonic() >= self._backend_report_due:
+            self._report_backend_errors()
         if method == "INVITE":
             self._new_call("voice")
         elif method == "MESSAGE":
@@ -281,6 +416,35 @@ class Tel400:
                                record=record)
 
     # -- the rest -------------------------------------------------------------------------
+
+    def _check_reloaded_plans(self):
+        """Say in the log when new plans send calls to numbers and no gateway is set.
+
+        At start this stops Kamailio (_check_gateway); a later change cannot,
+        so its calls to numbers get 500 and this line says why, once per reload.
+        """
+        found = None if self.s.gateway else _first_number_target(self.router.plans)
+        if found:
+            _log.error("number_target_without_gateway", number=found[0], target=found[1],
+                       fix="set TEL400_GATEWAY=host[:port]")
+
+    def _report_backend_errors(self):
+        """One log line for the counter backend failures this process saw since the last one.
+
+        The router counts them (and applies each plan's on_backend_error);
+        this says so in Kamailio's log, at most once per interval, so that an
+        outage is neither silent nor a line per call.
+        """
+        self._backend_report_due = time.monotonic() + BACKEND_REPORT_INTERVAL_S
+        counts = self.router.backend_error_counts()
+        if counts == self._backend_errors:
+            return
+        new = {policy: n - self._backend_errors.get(policy, 0) for policy, n in counts.items()
+               if n != self._backend_errors.get(policy, 0)}
+        self._backend_errors = counts
+        failures = getattr(self.router.counters, "failures", None) or {}  # by kind, where kept (Redis)
+        _log.error("counter_backend_failed", counters=without_password(self.router.counters.url),
+                   calls=sum(new.values()), policy=_pairs(new), failures=_pairs(failures) or None)
 
     def _failed(self, where, exc):
         """Log a failure inside tel400 and, for a request, still answer it."""

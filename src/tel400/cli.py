@@ -23,7 +23,7 @@ from .workdays import describe_years
 
 
 def _cmd_check(args) -> int:
-    plans = open_store(args.file).load()
+    plans = open_store(args.file, create=False).load()
     rules = sum(len(p.rules) for p in plans.numbers)
     print(f"ok: {args.file}: {len(plans.numbers)} numbers, {rules} rules")
     for plan in plans.numbers:
@@ -48,7 +48,7 @@ def _parse_at(text: str | None):
 
 
 def _cmd_route(args) -> int:
-    plans = open_store(args.file).load()
+    plans = open_store(args.file, create=False).load()
     router = Router(plans)
     decision = router.route(
         args.dialed, args.caller, at=_parse_at(args.at), channel=args.channel, pin=args.pin, explain=args.explain
@@ -89,7 +89,7 @@ def _cmd_locate(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    plans = open_store(args.file).load()
+    plans = open_store(args.file, create=False).load()
     start = _dt.date.fromisoformat(args.start) if args.start else None
     report = simulate(plans, args.calls, seed=args.seed, start=start)
     if args.json:
@@ -102,7 +102,7 @@ def _cmd_simulate(args) -> int:
 def _cmd_calendar(args) -> int:
     calendar = None
     if args.plans:
-        plans = open_store(args.plans).load()
+        plans = open_store(args.plans, create=False).load()
         spec = plans.calendar
         if args.number:
             plan = plans.get(args.number)
@@ -124,7 +124,7 @@ def _cmd_calendar(args) -> int:
 
 
 def _cmd_store_import(args) -> int:
-    plans = open_store(args.source).load()
+    plans = open_store(args.source, create=False).load()
     store = open_store(args.dest)
     if not store.writable:
         raise ValueError(f"{args.dest} is not a writable store (sqlite:///… or redis://…)")
@@ -134,12 +134,12 @@ def _cmd_store_import(args) -> int:
 
 
 def _cmd_store_export(args) -> int:
-    print(json.dumps(open_store(args.store).load().to_dict(), ensure_ascii=False, indent=2))
+    print(json.dumps(open_store(args.store, create=False).load().to_dict(), ensure_ascii=False, indent=2))
     return 0
 
 
 def _cmd_store_audit(args) -> int:
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)
     if not store.writable:
         raise ValueError(f"{args.store} keeps no audit log (only sqlite:// and redis:// stores do)")
     for entry in store.audit(args.number, args.limit):

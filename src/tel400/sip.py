@@ -47,12 +47,17 @@ def check_gateway(gateway: str) -> str:
     return gateway
 
 
+def is_number_target(target: str) -> bool:
+    """Whether a target is a number (sent to a gateway), not ``user@host``."""
+    return bool(_NUMBER.match(target))
+
+
 def target_uri(target: str, gateway: str | None) -> str:
     """The request URI for a target: numbers go to the gateway, ``user@host`` as is.
 
     ``#`` is escaped (``%23``): it is not allowed in a SIP URI's user part.
     """
-    if _NUMBER.match(target):
+    if is_number_target(target):
         if not gateway:
             raise ValueError(f"target {target}: numbers need a gateway to be sent to")
         return f"sip:{target.replace('#', '%23')}@{gateway}"

@@ -208,12 +208,31 @@ class SqliteStore(WritableStore):
     INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0);
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        """Open (or, with ``create``, make) the database at ``path``.
+
+        Args:
+            path: the database file.
+            create: make the file, and its directory, when they do not exist.
+                Readers pass ``False``: a mistyped path then fails here
+                instead of serving an empty store (every number unknown).
+
+        Raises:
+            BackendError: the file is missing (``create=False``) or cannot be
+                opened or made.
+        """
         self.path = os.fspath(path)
         self.url = f"sqlite:///{self.path}"
         self._local = threading.local()
-        with self._connect() as db:
-            db.executescript(self._SCHEMA)
+        if not create and not os.path.isfile(self.path):
+            raise BackendError(f"{self.url}: no such database (tel400 store import makes one)")
+        try:
+            if create:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with self._connect() as db:
+                db.executescript(self._SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendError(f"{self.url}: cannot open the database: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
         # One connection per thread and process (a connection is not fork-safe).
@@ -408,12 +427,14 @@ class RedisStore(WritableStore):
         self._client.close()
 
 
-def open_store(source: str | os.PathLike[str]) -> PlanStore:
+def open_store(source: str | os.PathLike[str], *, create: bool = True) -> PlanStore:
     """A plan store from a path or URL.
 
     ``plans.toml`` (or ``.yaml``/``.json``, or ``file:///abs/plans.toml``) →
     :class:`FileStore`; ``sqlite:///relative.db`` or ``sqlite:////abs.db`` →
     :class:`SqliteStore`; ``redis://host:port/db`` → :class:`RedisStore`.
+    ``create=False`` (for readers) refuses a SQLite database that does not
+    exist (:class:`BackendError`) instead of making an empty one.
     """
     text = os.fspath(source)
     parts = urlsplit(text)
@@ -421,7 +442,7 @@ def open_store(source: str | os.PathLike[str]) -> PlanStore:
         path = parts.path[1:]  # sqlite:///relative.db, sqlite:////absolute.db
         if not path:
             raise ValueError("plans: sqlite:// needs a database path, e.g. sqlite:///plans.db")
-        return SqliteStore(path)
+        return SqliteStore(path, create=create)
     if parts.scheme in ("redis", "rediss", "unix"):
         return RedisStore(text)
     if parts.scheme == "file":
