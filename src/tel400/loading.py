@@ -6,6 +6,7 @@ import json
 import os
 import tomllib
 
+from . import limits
 from .exceptions import PlanError
 from .plans import PlanSet
 
@@ -53,11 +54,46 @@ def loads_plans(text: str, fmt: str = "toml", *, source: str | None = None, base
 
 
 def parse_text(text: str, fmt: str, source: str) -> object:
-    """The plain tree in a plan text, before validation."""
+    """The plain tree in a plan text, before validation.
+
+    Raises:
+        PlanError: the text does not parse, is nested too deeply, holds an
+            integer too long to read, or more than
+            :data:`tel400.limits.MAX_FILE_VALUES` values (YAML aliases
+            counted each time they are used).
+    """
     try:
-        return _parse(text, fmt, source)
+        tree = _parse(text, fmt, source)
     except RecursionError:
         raise PlanError("nested too deeply to be a plan", source=source) from None
+    except ValueError as exc:
+        # Python refuses to read integers of more than 4300 digits (a ValueError
+        # that is not the parsers' own syntax error).
+        if "digits" not in str(exc):
+            raise
+        raise PlanError("a number has too many digits to be read", source=source) from None
+    _check_size(tree, source)
+    return tree
+
+
+def _check_size(tree: object, source: str) -> None:
+    """Refuse a tree with more values than a plan file may hold.  O(MAX_FILE_VALUES) at most.
+
+    Counted as validation would walk it, so a value shared through YAML aliases
+    counts each time: 376 bytes of nested aliases make 10**9 values.
+    """
+    budget = limits.MAX_FILE_VALUES
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise PlanError(f"more than {limits.MAX_FILE_VALUES} values (YAML aliases count each time they are "
+                            "used); see TEL400_MAX_FILE_VALUES", source=source)
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _parse(text: str, fmt: str, source: str) -> object:
