@@ -17,11 +17,13 @@ _EXTENSIONS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 
 
-def load_plans(path: str | os.PathLike[str]) -> PlanSet:
+def load_plans(path: str | os.PathLike[str], *, refused: dict[str, PlanError] | None = None) -> PlanSet:
     """Load and validate a plan file; the format follows the extension.
 
     Args:
         path: a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file.
+        refused: leave out numbers whose plan is invalid and put their errors
+            here (see :meth:`tel400.PlanSet.from_dict`).
 
     Raises:
         PlanError: the file cannot be read or parsed, or a plan is invalid;
@@ -44,13 +46,14 @@ def load_plans(path: str | os.PathLike[str]) -> PlanSet:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PlanError(f"not UTF-8 text (byte {exc.start})", source=source) from None
-    return loads_plans(text, fmt, source=source, base_dir=os.path.dirname(os.path.abspath(source)))
+    return loads_plans(text, fmt, source=source, base_dir=os.path.dirname(os.path.abspath(source)), refused=refused)
 
 
-def loads_plans(text: str, fmt: str = "toml", *, source: str | None = None, base_dir: str | None = None) -> PlanSet:
+def loads_plans(text: str, fmt: str = "toml", *, source: str | None = None, base_dir: str | None = None,
+                refused: dict[str, PlanError] | None = None) -> PlanSet:
     """Parse and validate plans from text in ``toml``, ``yaml`` or ``json``."""
     source = source or f"<{fmt}>"
-    return PlanSet.from_dict(parse_text(text, fmt, source), source=source, base_dir=base_dir)
+    return PlanSet.from_dict(parse_text(text, fmt, source), source=source, base_dir=base_dir, refused=refused)
 
 
 def parse_text(text: str, fmt: str, source: str) -> object:
