@@ -75,28 +75,36 @@ def parse_text(text: str, fmt: str, source: str) -> object:
         if "digits" not in str(exc):
             raise
         raise PlanError("a number has too many digits to be read", source=source) from None
-    _check_size(tree, source)
+    try:
+        _check_size(tree, source)
+    except RecursionError:
+        raise PlanError("nested too deeply to be a plan", source=source) from None
     return tree
 
 
 def _check_size(tree: object, source: str) -> None:
-    """Refuse a tree with more values than a plan file may hold.  O(MAX_FILE_VALUES) at most.
+    """Refuse a tree with more values than a plan file may hold.
 
-    Counted as validation would walk it, so a value shared through YAML aliases
-    counts each time: 376 bytes of nested aliases make 10**9 values.
+    Counted as validation would walk it, so a list shared through YAML
+    aliases counts each time it is used (376 bytes of nested aliases make
+    10**9 values); each distinct list or table is counted once and
+    remembered, so this costs O(what the file holds), not O(what it expands to).
     """
-    budget = limits.MAX_FILE_VALUES
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        budget -= 1
-        if budget < 0:
-            raise PlanError(f"more than {limits.MAX_FILE_VALUES} values (YAML aliases count each time they are "
-                            "used); see TEL400_MAX_FILE_VALUES", source=source)
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+    count = _values(tree, {})
+    if count > limits.MAX_FILE_VALUES:
+        raise PlanError(f"{count} values (YAML aliases count each time they are used); at most "
+                        f"{limits.MAX_FILE_VALUES} (TEL400_MAX_FILE_VALUES)", source=source)
+
+
+def _values(node: object, seen: dict[int, int]) -> int:
+    """Values in ``node`` with every shared list and table expanded; ``seen``: counts by id."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    count = seen.get(id(node))
+    if count is None:
+        children = node.values() if isinstance(node, dict) else node
+        count = seen[id(node)] = 1 + sum(_values(child, seen) for child in children)
+    return count
 
 
 def _parse(text: str, fmt: str, source: str) -> object:
