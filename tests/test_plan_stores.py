@@ -338,6 +338,9 @@ def test_stored_size_is_bounded(kind, tmp_path, request, monkeypatch):
     url = f"sqlite:///{tmp_path}/p.db" if kind == "sqlite" else request.getfixturevalue("redis_url")
     store = tel400.open_store(url)
     store.put_number(plan_at_the_bounds(), actor="test")  # every bound at once fits
+    entry = store.audit()[0]  # too large for the audit log to keep: its size and digest
+    assert entry["after"]["omitted"] and entry["after"]["bytes"] > limits.MAX_AUDITED_BYTES
+    assert len(entry["after"]["sha256"]) == 64
     monkeypatch.setattr(limits, "MAX_STORED_PLAN_BYTES", 100_000)
     version = store.version()
     with pytest.raises(tel400.PlanError, match="at most 100000"):

@@ -62,6 +62,10 @@ MAX_LIST_ITEMS = _tunable("MAX_LIST_ITEMS", 400)
 #: within every bound above stays well under it; it bounds what the audit
 #: log keeps per change as well.
 MAX_STORED_PLAN_BYTES = _tunable("MAX_STORED_PLAN_BYTES", 1024 * 1024)
+#: Bytes of a plan (or the settings) the audit log keeps in full for each
+#: change; a larger one is logged as its size and SHA-256.  Bounds the log
+#: to 10,000 entries of twice this.
+MAX_AUDITED_BYTES = _tunable("MAX_AUDITED_BYTES", 64 * 1024)
 #: Values in one plan file's tree, counted as the validator would walk them
 #: (a YAML alias counts each time it is used): a few hundred bytes of
 #: aliases cannot expand into billions of values.

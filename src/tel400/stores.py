@@ -31,6 +31,7 @@ a file that does not parse) still refuse the whole load.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
 import sqlite3
@@ -250,6 +251,20 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+def _audited(body: Any) -> Any:
+    """What the audit log keeps of a plan or settings: the body, or a digest of one too large to keep.
+
+    Bounds the log to AUDIT_LIMIT entries of at most twice
+    :data:`tel400.limits.MAX_AUDITED_BYTES` each, whatever the plans hold.
+    """
+    if body is None:
+        return None
+    text = _dump(body).encode()
+    if len(text) <= limits.MAX_AUDITED_BYTES:
+        return body
+    return {"bytes": len(text), "sha256": hashlib.sha256(text).hexdigest(), "omitted": True}
+
+
 class SqliteStore(WritableStore):
     """Plans in an SQLite database (``sqlite:///path``); safe for many processes."""
 
@@ -315,8 +330,8 @@ class SqliteStore(WritableStore):
     def _audit(self, db, actor, action, number, before, after) -> None:
         db.execute(
             "INSERT INTO audit (at, actor, action, number, before, after) VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), actor, action, number, None if before is None else _dump(before),
-             None if after is None else _dump(after)),
+            (time.time(), actor, action, number, None if before is None else _dump(_audited(before)),
+             None if after is None else _dump(_audited(after))),
         )
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_LIMIT,))
 
@@ -418,7 +433,7 @@ class RedisStore(WritableStore):
 
     def _commit(self, actor, action, number, before, after, apply) -> None:
         entry = _dump({"at": time.time(), "actor": actor, "action": action, "number": number,
-                       "before": before, "after": after})
+                       "before": _audited(before), "after": _audited(after)})
 
         def write():
             pipe = self._client.pipeline(transaction=True)
