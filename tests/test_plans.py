@@ -293,6 +293,10 @@ def _rules(n):
         ({"calendar": {"holidays": [f"{y}-01-01..{y}-12-31" for y in range(2001, 2040)]}},
          ["calendar.holidays", f"at most {tel400.limits.MAX_CALENDAR_DAYS} days"]),
         ({"calendar": {"years": [2027] * 1000}}, ["calendar.years"]),
+        # a byte per day between the first and the last year in the compiled engine: 1.7 s and 3.6 MB before
+        ({"calendar": {"holidays": ["0001-01-01", "9999-12-31"]}}, ["calendar.holidays", "from 1970 to 2100"]),
+        ({"calendar": {"workdays": ["2101-01-01"]}}, ["calendar.workdays", "from 1970 to 2100"]),
+        ({"calendar": {"years": [1969]}}, ["calendar.years", "from 1970 to 2100"]),
         ({"rules": [{"name": "r", "provinces": ["CN-BJ"] * 1000, "targets": ["13901010001"]}]},
          ["field 'provinces'", "at most"]),
     ],

@@ -73,6 +73,13 @@ MAX_FILE_VALUES = _tunable("MAX_FILE_VALUES", 5_000_000)
 
 # -- numbers (what both engines represent; not tunable) ------------------------------
 
+#: Years a plan's calendar additions (holidays, workdays, years) may name.
+#: The compiled engine keeps a byte per day from a calendar's first year to
+#: its last: two holidays in years 1 and 9999 took 1.7 s to compile and
+#: 3.6 MB per calendar.
+CALENDAR_FIRST_YEAR = 1970
+CALENDAR_LAST_YEAR = 2100
+
 #: A calls cap's limit.
 MAX_CAP_CALLS = 10**12
 #: A minutes cap's limit (counted in seconds: 6e10).

@@ -521,16 +521,21 @@ class _Parser:
     def calendar(self, value: object, field: str) -> CalendarSpec:
         data = self.table(value, field, ("holidays", "workdays", "years"), "calendar additions")
         years = data.get("years", [])
+        first, last = limits.CALENDAR_FIRST_YEAR, limits.CALENDAR_LAST_YEAR
         if not isinstance(years, list) or len(years) > limits.MAX_LIST_ITEMS or not all(
-            isinstance(y, int) and not isinstance(y, bool) and 1900 <= y <= 2200 for y in years
+            isinstance(y, int) and not isinstance(y, bool) and first <= y <= last for y in years
         ):
-            raise self.error(f"{field}.years", f"expected a list of years like [2027], got {_show(years)}")
+            raise self.error(f"{field}.years", f"expected a list of years from {first} to {last} like [2027], "
+                                               f"got {_show(years)}")
         days = {}
         for key in ("holidays", "workdays"):
             raw = data.get(key)
             ranges = self.parsed(lambda v: parse_date_list(v, key), raw, f"{field}.{key}") if raw else []
             expanded = set()
             for start, end in ranges:
+                # The compiled engine keeps a byte per day from the first year to the last.
+                if start.year < first or end.year > last:
+                    raise self.error(f"{field}.{key}", f"{start}..{end}: expected dates from {first} to {last}")
                 if (end - start).days > 366:
                     raise self.error(f"{field}.{key}", f"range {start}..{end} is longer than a year")
                 expanded.update(start + _dt.timedelta(days=k) for k in range((end - start).days + 1))
