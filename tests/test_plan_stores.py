@@ -275,6 +275,23 @@ def test_a_store_holding_a_bad_number_loads_every_other_and_reports_it(two_numbe
     assert router.route("4007777777", BJ).reason == "unknown_number"
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_stored_row_that_is_not_json_is_quarantined(kind, tmp_path, request, make_router):
+    url = f"sqlite:///{tmp_path}/p.db" if kind == "sqlite" else request.getfixturevalue("redis_url")
+    store = tel400.open_store(url)
+    store.put_number(plan_tree("13901010001"), actor="test")
+    if kind == "sqlite":
+        store._connect().execute("INSERT INTO plans VALUES ('4007777777', '{not json', 0, 'x')")
+    else:
+        store._client.hset(store._numbers_key, "4007777777", "{not json")
+    plans = store.load()  # before: JSONDecodeError, nothing loaded
+    assert [p.number for p in plans.numbers] == ["4001012345"]
+    assert "not JSON" in store.quarantined["4007777777"]
+    assert store.get_number("4007777777") is None
+    store.put_number({**POISON, "caps": []}, actor="fix")  # a valid plan replaces it
+    assert store.load().get("4007777777") is not None and store.quarantined == {}
+
+
 def test_a_number_that_goes_bad_keeps_its_last_good_plan_and_others_change(two_numbers, make_router):
     store = tel400.open_store(two_numbers)
     router = make_router(store.load())

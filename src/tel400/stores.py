@@ -128,21 +128,25 @@ class WritableStore(PlanStore):
     def load(self) -> PlanSet:
         settings, numbers = self._snapshot()
         refused: dict[str, PlanError] = {}
+        for number in [n for n, body in numbers.items() if isinstance(body, _Unreadable)]:
+            del numbers[number]
+            refused[number] = PlanError("the stored plan is not JSON", source=self.url, number=number)
         plans = self._validate(settings, numbers, refused)
         self._quarantine(refused)
         return plans
 
     def tree(self) -> dict[str, Any]:
-        """The stored plans as one plan tree (``numbers`` sorted)."""
+        """The stored plans as one plan tree (``numbers`` sorted; a row that is not JSON left out)."""
         settings, numbers = self._snapshot()
-        return {**settings, "numbers": [numbers[n] for n in sorted(numbers)]}
+        return {**settings, "numbers": [numbers[n] for n in sorted(numbers) if not isinstance(numbers[n], _Unreadable)]}
 
     def numbers(self) -> list[str]:
         return sorted(self._snapshot()[1])
 
     def get_number(self, number: str) -> dict | None:
-        """One number's plan tree, or ``None``."""
-        return self._snapshot()[1].get(_normal(number))
+        """One number's plan tree, or ``None`` (also for a stored row that is not JSON)."""
+        body = self._snapshot()[1].get(_normal(number))
+        return None if isinstance(body, _Unreadable) else body
 
     def _validate(self, settings: dict, numbers: dict[str, dict], refused: dict | None = None) -> PlanSet:
         tree = {**settings, "numbers": [numbers[n] for n in sorted(numbers)]}
@@ -247,6 +251,17 @@ def _normal(number: str) -> str:
         return str(number)
 
 
+class _Unreadable(str):
+    """A stored plan row that is not JSON (written behind the store's back): quarantined at load."""
+
+
+def _decoded(body: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _Unreadable(body[:60])
+
+
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
@@ -307,7 +322,7 @@ class SqliteStore(WritableStore):
         try:
             db.execute("BEGIN")
             settings = {k: json.loads(v) for k, v in db.execute("SELECT key, body FROM settings")}
-            numbers = {n: json.loads(b) for n, b in db.execute("SELECT number, body FROM plans")}
+            numbers = {n: _decoded(b) for n, b in db.execute("SELECT number, body FROM plans")}
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -429,7 +444,7 @@ class RedisStore(WritableStore):
 
         settings_raw, numbers_raw = self._guard(read)
         settings = json.loads(settings_raw) if settings_raw else {}
-        return settings, {n: json.loads(b) for n, b in numbers_raw.items()}
+        return settings, {n: _decoded(b) for n, b in numbers_raw.items()}
 
     def _commit(self, actor, action, number, before, after, apply) -> None:
         entry = _dump({"at": time.time(), "actor": actor, "action": action, "number": number,
