@@ -59,7 +59,8 @@ class PlanWatcher:
         self._clock = clock
         self._due = 0.0
         self._version = version
-        self._refused = None
+        self._refused_version = None  # the store version refusals were last logged for
+        self._refused_numbers: set[str | None] = set()  # ... and the numbers (None: the whole change)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -121,10 +122,12 @@ class PlanWatcher:
         return plans
 
     def _refuse(self, version, error: str, *, number: str | None) -> None:
-        """Count and log a refused change once per store version."""
-        if version == self._refused:
+        """Count and log a refused change (of one number, or ``None``: of all) once per store version."""
+        if version != self._refused_version:
+            self._refused_version, self._refused_numbers = version, set()
+        if number in self._refused_numbers:
             return
-        self._refused = version
+        self._refused_numbers.add(number)
         self.refusals += 1
         _log.error("plan_change_refused", store=self.store.url, error=error, number=number,
                    kept=len(self.router.plans.numbers))
