@@ -358,3 +358,25 @@ def test_billion_laughs_yaml_is_refused_quickly(tmp_path):
 def test_integers_too_long_to_read(fmt, text):
     with pytest.raises(tel400.PlanError, match="digits"):
         tel400.loads_plans(text, fmt)
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("short", "'short'"),
+    ("x" * 100, "'" + "x" * 56 + "..."),
+    (10**5000, "<a 16610-bit integer>"),  # str() would raise: more than 4300 digits
+    ({"a": [1, (2, 3)], "b": None}, "{'a': [1, (2, 3)], 'b': None}"),
+    (b"\x00" * 10**6, ("b'" + "\\x00" * 14)[:57] + "..."),
+], ids=["short", "long", "huge-int", "nested", "bytes"])
+def test_show_renders_at_most_what_it_shows(value, shown):
+    from tel400._show import show
+
+    assert show(value) == shown and len(show(value)) <= 60
+
+
+def test_show_of_a_shared_tree_of_a_billion_values_is_short():
+    from tel400._show import show
+
+    tree = ["lol"]
+    for _ in range(30):
+        tree = [tree, tree]  # 2**30 leaves, 31 lists
+    assert show(tree).endswith("...") and len(show(tree)) == 60

@@ -28,7 +28,7 @@ def _render(value: object, out: list[str], budget: list[int]) -> None:
     """Append pieces of ``repr(value)`` to ``out`` until ``budget[0]`` characters are spent."""
     if budget[0] <= 0:
         return
-    if isinstance(value, str):
+    if isinstance(value, (str, bytes)):
         _emit(repr(value[: budget[0]]) if len(value) > budget[0] else repr(value), out, budget)
     elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _INT_BITS:
         _emit(f"<a {value.bit_length()}-bit integer>", out, budget)
