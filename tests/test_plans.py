@@ -380,3 +380,19 @@ def test_show_of_a_shared_tree_of_a_billion_values_is_short():
     for _ in range(30):
         tree = [tree, tree]  # 2**30 leaves, 31 lists
     assert show(tree).endswith("...") and len(show(tree)) == 60
+
+
+def test_size_bounds_are_tuned_by_environment_variables():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import tel400; print(tel400.limits.MAX_RULES); "
+            "tel400.PlanSet.from_dict({'numbers': [{'number': '4001012345', 'rules': "
+            "[{'name': f'r{i}', 'targets': ['1']} for i in range(3)]}]})")
+    env = {**os.environ, "TEL400_MAX_RULES": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "2" and "at most 2 rules" in out.stderr
+    env["TEL400_MAX_RULES"] = "lots"
+    out = subprocess.run([sys.executable, "-c", "import tel400"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "TEL400_MAX_RULES: expected a whole number, got 'lots'" in out.stderr
