@@ -54,9 +54,10 @@ MAX_GLOBAL_BLACKLIST = _tunable("MAX_GLOBAL_BLACKLIST", 100_000)
 #: Days in one calendar's holidays plus workdays, ranges expanded (ten years
 #: of every day; the official calendar adds ~35 a year).
 MAX_CALENDAR_DAYS = _tunable("MAX_CALENDAR_DAYS", 3_700)
+#: Time slots or date ranges in one rule condition.
+MAX_CONDITION_ENTRIES = _tunable("MAX_CONDITION_ENTRIES", 1_000)
 #: Entries of any other list in a plan (provinces, calendar years, the
-#: items of a days condition).  Slots and date ranges of one condition have
-#: their own bound, ``tel400.timespec.MAX_ENTRIES``.
+#: items of a days condition).
 MAX_LIST_ITEMS = _tunable("MAX_LIST_ITEMS", 400)
 #: Bytes of one number's plan as a store keeps it (canonical JSON).  A plan
 #: within every bound above stays well under it; it bounds what the audit
@@ -66,6 +67,9 @@ MAX_STORED_PLAN_BYTES = _tunable("MAX_STORED_PLAN_BYTES", 1024 * 1024)
 #: change; a larger one is logged as its size and SHA-256.  Bounds the log
 #: to 10,000 entries of twice this.
 MAX_AUDITED_BYTES = _tunable("MAX_AUDITED_BYTES", 64 * 1024)
+#: Bytes of one plan file (a typo'd path to a log file should not take the
+#: router's memory).
+MAX_FILE_BYTES = _tunable("MAX_FILE_BYTES", 64 * 1024 * 1024)
 #: Values in one plan file's tree, counted as the validator would walk them
 #: (a YAML alias counts each time it is used): a few hundred bytes of
 #: aliases cannot expand into billions of values.

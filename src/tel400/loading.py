@@ -12,9 +12,8 @@ from .plans import PlanSet
 
 FORMATS = ("toml", "yaml", "json")
 _EXTENSIONS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
-#: Plan files larger than this are refused rather than parsed (a typo'd path
-#: to a log file should not take the router's memory).
-MAX_PLAN_BYTES = 64 * 1024 * 1024
+#: Plan files larger than this are refused rather than parsed (see tel400.limits).
+MAX_PLAN_BYTES = limits.MAX_FILE_BYTES
 
 
 def load_plans(path: str | os.PathLike[str], *, refused: dict[str, PlanError] | None = None) -> PlanSet:

@@ -99,7 +99,7 @@ class TimeSlots:
         return self.text
 
 
-MAX_ENTRIES = 1000  # slots or date ranges in one condition
+MAX_ENTRIES = limits.MAX_CONDITION_ENTRIES  # slots or date ranges in one condition
 
 
 def parse_time(value: object) -> TimeSlots:
