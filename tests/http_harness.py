@@ -37,11 +37,12 @@ def tokens() -> Tokens:
                    token("other", OTHER, ["4001100868"])])
 
 
-def make_service(tmp_path, impl_name: str | None = None, *, records: bool = True, counters=None,
+def make_service(tmp_path, impl_name: str | None = None, *, records: bool = True, counters=None, store=None,
                  **options) -> Service:
-    """A service routing the manual's plan from an SQLite store in ``tmp_path``."""
-    store = tel400.SqliteStore(tmp_path / "plans.db")
-    store.replace_all(tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
+    """A service routing the manual's plan from an SQLite store in ``tmp_path`` (or from ``store`` as it is)."""
+    if store is None:
+        store = tel400.SqliteStore(tmp_path / "plans.db")
+        store.replace_all(tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
     router = tel400.Router(store.load(), counters, implementation=impl_name, seed=7)
     watcher = tel400.PlanWatcher(router, store, version=store.version(), interval_s=0.1)
     call_records = None

@@ -9,6 +9,7 @@ import sys
 import pytest
 import structlog
 
+import tel400
 from tel400.cli import main
 
 from .conftest import EXAMPLES, ROOT
@@ -159,3 +160,40 @@ def test_store_import_export_audit(tmp_path, capsys):
     assert "conference" in capsys.readouterr().out
     assert main(["store", "import", MANUAL, MANUAL]) == 2  # a file is not a writable store
     assert "not a writable store" in capsys.readouterr().err
+
+
+LAUGHS = "\n".join(
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"{c}: &{c} [" + ",".join([f"*{chr(ord(c) - 1)}"] * 9) + "]" for c in "bcdefghi"]
+    + ["numbers: [{number: '4001012345', blacklist: *i}]"]
+) + "\n"
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    # zones that are directories or too long for the file system (before: IsADirectoryError / OSError tracebacks)
+    ("zone.toml", '[[numbers]]\nnumber = "4001012345"\ntimezone = "America"\n', "unknown time zone 'America'"),
+    ("zone.toml", '[[numbers]]\nnumber = "4001012345"\ntimezone = "Etc"\n', "unknown time zone 'Etc'"),
+    ("zone.toml", '[[numbers]]\nnumber = "4001012345"\ntimezone = "%s"\n' % ("x" * 300), "unknown time zone"),
+    # 376 bytes of YAML aliases (before: 53 s and 3 GB rendering the error message)
+    ("laughs.yaml", LAUGHS, "values"),
+    ("long.json", '{"numbers": [{"number": "4001012345", "tariff": {"local": %s}}]}' % ("9" * 5000), "too many digits"),
+    ("cap.toml", '[[numbers]]\nnumber = "4001012345"\ncaps = [{ metric = "minutes", per = "day", limit = "1e30" }]\n',
+     "caps[0].limit"),
+])
+def test_check_exits_1_with_a_message_never_a_traceback(tmp_path, capsys, name, content, fragment):
+    path = tmp_path / name
+    path.write_text(content)
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err and len(err) < 1000
+
+
+def test_check_reports_a_bad_number_in_a_store(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/p.db"
+    assert main(["store", "import", MANUAL, url]) == 0
+    db = tel400.SqliteStore(tmp_path / "p.db")._connect()
+    db.execute("INSERT INTO plans (number, body, updated_at, updated_by) VALUES ('4007777777', ?, 0, 'old')",
+               ('{"number": "4007777777", "caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}]}',))
+    capsys.readouterr()
+    assert main(["check", url]) == 1
+    assert "number 4007777777" in capsys.readouterr().err

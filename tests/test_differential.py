@@ -20,7 +20,10 @@ from hypothesis import strategies as st
 
 import tel400
 import tel400._common
-from tel400 import _impl
+from tel400 import _impl, limits
+
+from .plans_at_bounds import NUMBER as BOUND_NUMBER
+from .plans_at_bounds import plan_set_at_the_bounds
 
 pytestmark = pytest.mark.skipif("cython" not in _impl.ENGINES, reason="needs the compiled engine")
 
@@ -53,7 +56,7 @@ def date_range(draw):
 @st.composite
 def targets(draw):
     chosen = draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=4, unique=True))
-    weights = draw(st.lists(st.integers(0, 5), min_size=len(chosen), max_size=len(chosen)))
+    weights = draw(st.lists(st.integers(0, 5) | st.just(limits.MAX_WEIGHT), min_size=len(chosen), max_size=len(chosen)))
     if not any(weights):
         weights[0] = 1
     return [{"to": t, "weight": w} for t, w in zip(chosen, weights)]
@@ -91,11 +94,17 @@ def rule(draw, index):
     return out
 
 
+# The largest value each cap metric may hold (tel400.limits), drawn beside small ones.
+MAX_LIMITS = {"calls": limits.MAX_CAP_CALLS, "minutes": str(limits.MAX_CAP_MINUTES), "cost": str(limits.MAX_CAP_COST)}
+RATES = ["0.1", "0.3", str(limits.MAX_RATE)]
+
+
 @st.composite
 def cap(draw):
     metric = draw(st.sampled_from(["calls", "calls", "minutes", "cost"]))
     out = {"metric": metric, "per": draw(st.sampled_from(["hour", "day", "week", "month"])),
-           "limit": draw(st.integers(0, 4)) if metric != "cost" else draw(st.sampled_from([0, "0.2", "0.5", 2])),
+           "limit": draw(st.integers(0, 4) | st.just(MAX_LIMITS[metric])) if metric != "cost"
+           else draw(st.sampled_from([0, "0.2", "0.5", 2, MAX_LIMITS["cost"]])),
            "scope": draw(st.sampled_from(["number", "caller"]))}
     if draw(st.booleans()):
         out["channel"] = draw(st.sampled_from(["voice", "sms", "any"]))
@@ -111,7 +120,8 @@ def plan(draw, number):
         "timezone": draw(st.sampled_from(ZONES)),
         "rules": [draw(rule(i)) for i in range(draw(st.integers(0, 5)))],
         "default": draw(action()),
-        "tariff": {"local": "0.1", "long_distance": "0.3", "increment_s": draw(st.sampled_from([1, 6, 60]))},
+        "tariff": {"local": draw(st.sampled_from(RATES)), "long_distance": draw(st.sampled_from(RATES)),
+                   "increment_s": draw(st.sampled_from([1, 6, 60, limits.MAX_INCREMENT_S]))},
         "caps": draw(st.lists(cap(), max_size=3)),
         "blacklist": draw(st.lists(st.sampled_from(["13800000000", "1710*", "0571*", "anonymous", "+14155552671", "199*"]),
                                    max_size=2, unique=True)),
@@ -250,3 +260,29 @@ def test_both_engines_agree_at_the_bounds_of_time(ats, zone):
     routers = [tel400.Router(plans, seed=7, implementation=name) for name in ("python", "cython")]
     for at in ats:
         assert _outcome(routers[0], at) == _outcome(routers[1], at), at
+
+
+def test_the_engines_agree_on_a_plan_at_every_bound():
+    """Every list at its bound and every number at its maximum (tests/plans_at_bounds.py)."""
+    plans = tel400.PlanSet.from_dict(plan_set_at_the_bounds())
+    routers = [tel400.Router(plans, seed=7, implementation=name) for name in ("python", "cython")]
+    tuesday = dt.datetime(2026, 11, 24, 10, tzinfo=dt.timezone.utc).timestamp()  # no rule's dates: every rule tried
+    january = dt.datetime(2027, 1, 5, 14, tzinfo=dt.timezone.utc).timestamp()  # 11:00 local in the rules' dates
+    weighted = {(BOUND_NUMBER, f"r{i}") for i in range(0, limits.MAX_RULES, 4)} | {(BOUND_NUMBER, None)}
+    rules_taken = set()
+    calls = [(caller, at, f"c{i}-{j}") for i, caller in enumerate(CALLERS) for j, at in enumerate((tuesday, january))]
+    for caller, at, call_id in calls:
+        decisions = [r.route(BOUND_NUMBER, caller, at, "voice", None, call_id) for r in routers]
+        assert comparable(decisions[0], weighted) == comparable(decisions[1], weighted), caller
+        rules_taken.add(decisions[0].rule)
+        if decisions[0].connects:
+            target = decisions[0].targets[0]
+            # the longest call the bounds allow to cost the most: a day at the largest rate
+            charges = [r.call_ended(call_id, 86_400.0, target=target) for r in routers]
+            assert charges[0] == charges[1] and charges[0].cost is not None
+    assert {"r0", "last"} <= rules_taken  # conditions matched and not
+    assert routers[0].decision_counts() == routers[1].decision_counts()
+    explained = [r.explain(BOUND_NUMBER, "13901012345", tuesday) for r in routers]
+    assert [s.check for s in explained[0].explain] == [s.check for s in explained[1].explain]
+    # the explain trace is bounded by the rule limit: one step per rule tried and a few more
+    assert limits.MAX_RULES <= len(explained[0].explain) <= limits.MAX_RULES + 20

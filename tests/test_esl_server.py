@@ -4,6 +4,7 @@ no call ever left parked."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -205,6 +206,33 @@ def test_the_tel400_esl_command(tmp_path):
         assert "listening on 127.0.0.1:" in line
         call = asyncio.run(FreeSwitchPeer().play("127.0.0.1", port, Call(caller="13800000000")))
         assert call.apps == [("answer", ""), ("playback", "/sounds/blacklisted.mp3")]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+        process.stderr.close()
+    assert code == 0
+
+
+def test_tel400_esl_starts_on_a_store_holding_a_bad_number(tmp_path):
+    # a number an older version stored: minutes beyond a C long (before: OverflowError, no start)
+    store = tel400.SqliteStore(tmp_path / "plans.db")
+    store.replace_all(tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
+    poison = {"number": "4007777777", "caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}],
+              "rules": [{"name": "all", "targets": ["13901010001"]}]}
+    db = store._connect()
+    db.execute("INSERT INTO plans (number, body, updated_at, updated_by) VALUES (?, ?, 0, 'old')",
+               ("4007777777", json.dumps(poison)))
+    port = free_port()
+    exe = ROOT / ".venv" / "bin" / "tel400-esl"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tel400_freeswitch.server"]
+    process = subprocess.Popen([*cmd, "--plans", store.url, "--port", str(port), "--gateway", "gw9"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [process.stderr.readline() for _ in range(2)]
+        assert "plan_quarantined" in lines[0] and "4007777777" in lines[0] and "caps[0].limit" in lines[0]
+        assert "3 numbers" in lines[1] and "listening on 127.0.0.1:" in lines[1]
+        call = asyncio.run(FreeSwitchPeer().play("127.0.0.1", port, Call(caller="13800000000")))
+        assert call.apps[0] == ("answer", "")
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=20)

@@ -3,15 +3,20 @@ blacklist and PIN management, the audit log, call records and the month's report
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
+import structlog
 
 import tel400
+from tel400 import _impl
 from tel400_http.auth import Tokens, hash_token
 from tel400_http.records import CallRecords
 
-from .http_harness import ACME, ADMIN, OTHER, Client
+from .conftest import EXAMPLES
+from .http_harness import ACME, ADMIN, OTHER, Client, make_service
+from .test_plan_stores import _CLongEngine
 
 MORNING = "2026-11-24T09:00"
 
@@ -101,6 +106,20 @@ def test_put_creates_a_number(http_client):
     ({"rules": [{"name": "x", "targets": []}]}, "targets"),
     ({"pin": "12"}, "pin"),
     ({"rules": "everything"}, "rules"),
+    # values that validated but could not be compiled or charged (before: 500, and the plan stored anyway)
+    ({"caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}]}, "caps[0].limit"),
+    ({"caps": [{"metric": "minutes", "per": "day", "limit": 2 * 10**17}]}, "caps[0].limit"),
+    ({"tariff": {"local": "0.1", "long_distance": "0.3"}, "caps": [{"metric": "cost", "per": "day", "limit": "9.3e12"}]},
+     "caps[0].limit"),
+    ({"tariff": {"local": "1e30", "long_distance": "0.3"}}, "tariff.local"),
+    # zones that are directories or too long for the file system (before: 500)
+    ({"timezone": "America"}, "timezone"),
+    ({"timezone": "Etc"}, "timezone"),
+    ({"timezone": "x" * 300}, "timezone"),
+    # one tenant's plan that would cost the service seconds and hundreds of MB (before: 22-33 s, +400 MB)
+    ({"calendar": {"holidays": [f"{2000 + i % 150}-01-01..{2000 + i % 150}-12-31" for i in range(9_999)]}},
+     "calendar.holidays"),
+    ({"rules": [{"name": f"r{i}", "targets": ["1"]} for i in range(tel400.limits.MAX_RULES + 1)]}, "rules"),
 ])
 def test_a_bad_plan_is_refused_with_the_plan_error_and_the_running_plan_stays(http_client, plan, field):
     r = http_client.put("/v1/numbers/4001012345", token=ACME, json=plan)
@@ -280,3 +299,56 @@ def test_the_record_writer_outlives_a_bad_record(tmp_path):
     assert records.alive and records.errors == 1
     assert len(records.calls("4001012345")) == 2
     records.close()
+
+
+def test_a_plan_no_engine_can_compile_answers_422_and_stores_nothing(http_client, http_service, monkeypatch):
+    """The defence behind the bounds: validation that let through what an engine cannot hold."""
+    monkeypatch.setattr(tel400.limits, "MAX_CAP_MINUTES", 10**40)
+    engine = _impl.Implementation("c-long", _CLongEngine, _impl.PYTHON.MemoryCounters, None, None, None, None)
+    monkeypatch.setitem(_impl.ENGINES, "c-long", engine)
+    version = http_service.store.version()
+    plan = {"caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}], "rules": [{"name": "x", "targets": ["1"]}]}
+    r = http_client.put("/v1/numbers/4001012345", token=ACME, json=plan)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid_plan" and "cannot compile" in r.json()["message"]
+    assert http_service.store.version() == version
+    assert http_client.get("/v1/numbers/4001012345/audit", token=ACME).json()["entries"] == []
+    # and the next write, to this number or another, is whole
+    assert http_client.put("/v1/numbers/4001100868", token=OTHER, json={"rules": [{"name": "all", "targets": ["13901010007"]}]}).status_code == 200
+    assert http_client.route("4001100868")["targets"] == ["13901010007"]
+    assert http_client.route()["rule"] == "beijing"
+
+
+def _plant(store, plan: dict) -> None:
+    db = store._connect()
+    db.execute("INSERT OR REPLACE INTO plans (number, body, updated_at, updated_by) VALUES (?, ?, 0, 'v0.9')",
+               (plan["number"], json.dumps(plan)))
+    db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+
+
+POISON = {"number": "4007777777", "caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}],
+          "rules": [{"name": "all", "targets": ["13901010001"]}]}
+
+
+def test_a_service_on_a_store_holding_a_bad_number_routes_the_others_and_says_which(tmp_path, impl):
+    store = tel400.SqliteStore(tmp_path / "plans.db")
+    store.replace_all(tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
+    _plant(store, POISON)  # written by an older version that accepted it
+    with structlog.testing.capture_logs() as logs:
+        service = make_service(tmp_path, impl.name, records=False, store=store)  # before: OverflowError at start
+    assert [e["number"] for e in logs if e["event"] == "plan_quarantined"] == ["4007777777"]
+    client = Client(service)
+    assert client.route()["rule"] == "beijing"
+    assert client.route("4007777777")["reason"] == "unknown_number"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["quarantined"] == ["4007777777"]
+    assert "tel400_plans_quarantined 1.0" in client.get("/metrics").text
+    listing = client.get("/v1/numbers", token=ADMIN).json()
+    assert "caps[0].limit" in listing["quarantined"]["4007777777"]
+    assert "quarantined" not in client.get("/v1/numbers", token=ACME).json()  # not another company's
+    # writes to other numbers are whole, and fixing the bad one brings it back
+    assert client.put("/v1/numbers/4001100868", token=ADMIN, json={"rules": [{"name": "all", "targets": ["13901010007"]}]}).status_code == 200
+    fixed = {**POISON, "caps": [{"metric": "minutes", "per": "day", "limit": 600}]}
+    assert client.put("/v1/numbers/4007777777", token=ADMIN, json=fixed).status_code == 200
+    assert client.route("4007777777")["targets"] == ["13901010001"]
+    assert client.get("/readyz").json()["quarantined"] == []

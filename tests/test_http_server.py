@@ -120,11 +120,46 @@ def _tokens(tmp_path):
 def test_command_line(tmp_path):
     out = subprocess.run([EXE, "--hash-token", "s3cret"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == hashlib.sha256(b"s3cret").hexdigest()
-    (tmp_path / "bad.toml").write_text('[[numbers]]\nnumber = "4001012345"\nrules = [{ time = "25:00" }]\n')
+    # settings that apply to every number are refused whole (one bad number is not: see below)
+    (tmp_path / "bad.toml").write_text('calendar = { holidays = ["2026-13-01"] }\n[[numbers]]\nnumber = "4001012345"\n')
     bad = subprocess.run([EXE, "--plans", str(tmp_path / "bad.toml"), "--data", str(tmp_path / "d")],
                          capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "bad.toml" in bad.stderr and "time" in bad.stderr
+    assert bad.returncode == 2 and "bad.toml" in bad.stderr and "holidays" in bad.stderr
     (tmp_path / "tokens.toml").write_text("[[tokens]]\n")
     bad = subprocess.run([EXE, "--tokens", str(tmp_path / "tokens.toml"), "--data", str(tmp_path / "d")],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "tokens" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_bad_number_in_the_store_does_not_keep_the_server_from_starting(tmp_path, kind):
+    # as an older version wrote it: minutes beyond a C long (before: OverflowError, no start)
+    poison = {"number": "4007777777", "caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}],
+              "rules": [{"name": "all", "targets": ["13901010001"]}]}
+    good = {"number": "4001012345", "rules": [{"name": "all", "targets": ["13901010002"]}]}
+    if kind == "file":
+        plans = tmp_path / "plans.json"
+        plans.write_text(json.dumps({"numbers": [good, poison]}))
+        source = str(plans)
+    else:
+        seeded = ServerProcess(tmp_path, "--data", "d").start()  # creates and seeds the store
+        seeded.stop()
+        db = sqlite3.connect(tmp_path / "d" / "plans.db")
+        with db:
+            db.execute("INSERT INTO plans (number, body, updated_at, updated_by) VALUES (?, ?, 0, 'old')",
+                       ("4007777777", json.dumps(poison)))
+        db.close()
+        source = f"sqlite:///{tmp_path / 'd' / 'plans.db'}"
+    server = ServerProcess(tmp_path, "--data", "d", "--plans", source).start()
+    try:
+        route = b'{"dialed": "4001012345", "caller": "13901012345", "at": "2026-11-24T10:00"}'
+        assert json.loads(server.request("POST", "/v1/route", route)[1])["action"] == "bridge"
+        status, body = server.request("GET", "/readyz")
+        assert status == 200 and json.loads(body)["quarantined"] == ["4007777777"]
+        status, body = server.request("GET", "/metrics")
+        assert b"tel400_plans_quarantined 1.0" in body
+    finally:
+        server.stop()
+    logs = [json.loads(line) for line in server.stderr().splitlines() if line.startswith("{")]
+    assert any(e["event"] == "plan_quarantined" and e["number"] == "4007777777" and e["level"] == "error"
+               for e in logs)

@@ -224,3 +224,160 @@ def test_store_unreachable_keeps_plans(make_router):
         assert not watcher.poll()
     assert watcher.errors == 1 and logs[0]["event"] == "plan_store_unavailable"
     assert router.route("4001012345", BJ).action == "bridge"
+
+
+# -- a bad number in a store: refused on write, quarantined on load ------------------------------
+
+from tel400 import _impl, limits  # noqa: E402
+
+from .plans_at_bounds import plan_at_the_bounds  # noqa: E402
+
+#: A plan an older version accepted: minutes beyond a C long (OverflowError in the compiled engine).
+POISON = {"number": "4007777777", "caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}],
+          "default": {"action": "bridge", "targets": ["13901010001"]}}
+
+
+def plant(url: str, plan: dict) -> None:
+    """Write a plan straight into the store, as an older version or a hand edit would."""
+    store = tel400.open_store(url)
+    if isinstance(store, tel400.FileStore):
+        with open(url) as fh:
+            tree = json.load(fh)
+        tree["numbers"].append(plan)
+        with open(url, "w") as fh:
+            json.dump(tree, fh)
+    elif isinstance(store, SqliteStore):
+        db = store._connect()
+        db.execute("INSERT OR REPLACE INTO plans (number, body, updated_at, updated_by) VALUES (?, ?, 0, 'old')",
+                   (plan["number"], json.dumps(plan)))
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+    else:
+        store._client.hset(store._numbers_key, plan["number"], json.dumps(plan))
+        store._client.incr(store._version_key)
+
+
+@pytest.fixture(params=["file", "sqlite", "redis"])
+def two_numbers(request, tmp_path):
+    """A store with a good plan for 4001012345 (bridging to 13901010001)."""
+    if request.param == "file":
+        url = str(tmp_path / "plans.json")
+        with open(url, "w") as fh:
+            json.dump({"numbers": [plan_tree("13901010001")]}, fh)
+        return url
+    url = f"sqlite:///{tmp_path}/plans.db" if request.param == "sqlite" else request.getfixturevalue("redis_url")
+    tel400.open_store(url).put_number(plan_tree("13901010001"), actor="test")
+    return url
+
+
+def test_a_store_holding_a_bad_number_loads_every_other_and_reports_it(two_numbers, make_router):
+    plant(two_numbers, POISON)
+    store = tel400.open_store(two_numbers)
+    with structlog.testing.capture_logs() as logs:
+        plans = store.load()  # before: PlanError, or OverflowError compiling; the process did not start
+    assert [p.number for p in plans.numbers] == ["4001012345"]
+    assert list(store.quarantined) == ["4007777777"] and "caps[0].limit" in store.quarantined["4007777777"]
+    quarantined = [e for e in logs if e["event"] == "plan_quarantined"]
+    assert len(quarantined) == 1 and quarantined[0]["number"] == "4007777777" and quarantined[0]["log_level"] == "error"
+    router = make_router(plans)
+    assert router.route("4001012345", BJ).targets == ("13901010001",)
+    assert router.route("4007777777", BJ).reason == "unknown_number"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_stored_row_that_is_not_json_is_quarantined(kind, tmp_path, request, make_router):
+    url = f"sqlite:///{tmp_path}/p.db" if kind == "sqlite" else request.getfixturevalue("redis_url")
+    store = tel400.open_store(url)
+    store.put_number(plan_tree("13901010001"), actor="test")
+    if kind == "sqlite":
+        store._connect().execute("INSERT INTO plans VALUES ('4007777777', '{not json', 0, 'x')")
+    else:
+        store._client.hset(store._numbers_key, "4007777777", "{not json")
+    plans = store.load()  # before: JSONDecodeError, nothing loaded
+    assert [p.number for p in plans.numbers] == ["4001012345"]
+    assert "not JSON" in store.quarantined["4007777777"]
+    assert store.get_number("4007777777") is None
+    store.put_number({**POISON, "caps": []}, actor="fix")  # a valid plan replaces it
+    assert store.load().get("4007777777") is not None and store.quarantined == {}
+
+
+def test_a_number_that_goes_bad_keeps_its_last_good_plan_and_others_change(two_numbers, make_router):
+    store = tel400.open_store(two_numbers)
+    router = make_router(store.load())
+    watcher = tel400.PlanWatcher(router, store, interval_s=0)
+    bad = plan_tree("13901019999")
+    bad["caps"] = POISON["caps"]
+    plant(two_numbers, {**POISON, "number": "4008888888"})
+    plant(two_numbers, bad)  # 4001012345 goes bad
+    if isinstance(store, tel400.FileStore):  # one file: its numbers are rewritten together
+        with open(two_numbers) as fh:
+            tree = json.load(fh)
+        tree["numbers"] = [bad, {"number": "4001100868", "rules": [{"name": "all", "targets": ["13901010005"]}]}]
+        with open(two_numbers, "w") as fh:
+            json.dump(tree, fh)
+    else:
+        store.put_number({"number": "4001100868", "rules": [{"name": "all", "targets": ["13901010005"]}]})
+    with structlog.testing.capture_logs() as logs:
+        assert watcher.poll()
+    assert router.route("4001012345", BJ).targets == ("13901010001",)  # the last good plan
+    assert router.route("4001100868", BJ).targets == ("13901010005",)  # the other change is taken
+    refused = [e for e in logs if e["event"] == "plan_change_refused"]
+    assert len(refused) == 1 and refused[0]["number"] == "4001012345" and watcher.refusals == 1
+    assert "4001012345" in watcher.quarantined
+
+
+class _CLongEngine:
+    """An engine that holds cap limits in a C long, as the compiled one does, whichever is installed."""
+
+    def __init__(self, plans, prefixes, shared):
+        for plan in plans.numbers:
+            for cap in plan.caps:
+                if cap.limit_units >= 2**63:
+                    raise OverflowError("Python int too large to convert to C long")
+        self.rr_states = {}
+
+
+@pytest.fixture
+def lenient_validation(monkeypatch):
+    """Validation that lets through what an engine cannot hold: the defence behind the bounds."""
+    monkeypatch.setattr(limits, "MAX_CAP_MINUTES", 10**40)
+    engine = _impl.Implementation("c-long", _CLongEngine, _impl.PYTHON.MemoryCounters, None, None, None, None)
+    monkeypatch.setitem(_impl.ENGINES, "c-long", engine)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_write_no_engine_can_compile_stores_nothing(kind, tmp_path, request, lenient_validation):
+    url = f"sqlite:///{tmp_path}/p.db" if kind == "sqlite" else request.getfixturevalue("redis_url")
+    store = tel400.open_store(url)
+    store.replace_all(tel400.load_plans(EXAMPLES / "manual.toml"), actor="seed")
+    version, audit = store.version(), store.audit()
+    with pytest.raises(tel400.PlanError, match="engine cannot compile this plan") as info:
+        store.put_number(POISON, actor="mallory")
+    assert info.value.number == "4007777777"
+    with pytest.raises(tel400.PlanError, match="cannot compile"):
+        store.replace_all(tel400.PlanSet.from_dict({"numbers": [POISON]}), actor="mallory")
+    assert store.version() == version and store.audit() == audit and store.get_number("4007777777") is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_stored_size_is_bounded(kind, tmp_path, request, monkeypatch):
+    url = f"sqlite:///{tmp_path}/p.db" if kind == "sqlite" else request.getfixturevalue("redis_url")
+    store = tel400.open_store(url)
+    store.put_number(plan_at_the_bounds(), actor="test")  # every bound at once fits
+    entry = store.audit()[0]  # too large for the audit log to keep: its size and digest
+    assert entry["after"]["omitted"] and entry["after"]["bytes"] > limits.MAX_AUDITED_BYTES
+    assert len(entry["after"]["sha256"]) == 64
+    monkeypatch.setattr(limits, "MAX_STORED_PLAN_BYTES", 100_000)
+    version = store.version()
+    with pytest.raises(tel400.PlanError, match="at most 100000"):
+        store.put_number(plan_at_the_bounds(), actor="test")
+    assert store.version() == version
+
+
+def test_settings_that_would_break_a_number_are_refused_but_a_bad_number_does_not_block_them(tmp_path):
+    store = tel400.open_store(f"sqlite:///{tmp_path}/p.db")
+    store.put_number(plan_tree("13901010001", calendar={"workdays": ["2026-10-01"]}), actor="test")
+    plant(store.url, POISON)
+    store.put_settings({"blacklist": ["13800000000"]}, actor="alice")  # the bad number does not block it
+    with pytest.raises(tel400.PlanError, match="4001012345"):
+        store.put_settings({"calendar": {"holidays": ["2026-10-01"]}}, actor="alice")
+    assert store.load().blacklist == ("13800000000",)

@@ -249,3 +249,150 @@ def test_blacklist_prefixes_are_written_like_normalised_numbers(entry, stored):
 def test_plan_repr_hides_the_pin():
     plans = tel400.PlanSet.from_dict(one_number(pin="8642"))
     assert "8642" not in repr(plans)
+
+
+# -- bounds: every number a plan carries fits both engines; a plan's size is bounded -----------
+
+BRIDGE = {"action": "bridge", "targets": ["13901010001"]}
+TARIFF = {"local": "0.1", "long_distance": "0.3"}
+
+
+@pytest.mark.parametrize(
+    "fields, fragments",
+    [
+        ({"caps": [{"metric": "minutes", "per": "day", "limit": "1e30"}]}, ["caps[0].limit", "at most 1000000000"]),
+        ({"caps": [{"metric": "minutes", "per": "day", "limit": 2 * 10**17}]}, ["caps[0].limit", "at most"]),
+        ({"tariff": TARIFF, "caps": [{"metric": "cost", "per": "month", "limit": "9.3e12"}]}, ["caps[0].limit"]),
+        ({"caps": [{"metric": "calls", "per": "day", "limit": 10**13}]}, ["caps[0].limit", "0 to 1000000000000"]),
+        ({"tariff": {"local": "1e30", "long_distance": "1"}}, ["tariff.local", "at most 10000"]),
+        ({"tariff": {"local": "1", "long_distance": "10001"}}, ["tariff.long_distance", "at most 10000"]),
+        ({"tariff": {"local": "0." + "0" * 60 + "1", "long_distance": "1"}}, ["tariff.local", "at most 32 characters"]),
+        ({"tariff": {**TARIFF, "increment_s": 3601}}, ["tariff.increment_s", "1 to 3600"]),
+        ({"default": {"action": "bridge", "targets": [{"to": "13901010001", "weight": 10**6 + 1}]}},
+         ["default.targets[0].weight", "0 to 1000000"]),
+    ],
+)
+def test_numbers_a_plan_carries_are_bounded(fields, fragments):
+    expect_error(one_number(**fields), *fragments)
+
+
+def _rules(n):
+    return [{"name": f"r{i}", "targets": ["13901010001"]} for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "fields, fragments",
+    [
+        ({"rules": _rules(tel400.limits.MAX_RULES + 1)}, ["field 'rules'", f"at most {tel400.limits.MAX_RULES} rules"]),
+        ({"default": {"action": "bridge", "targets": [f"1390101{i:04d}" for i in range(tel400.limits.MAX_TARGETS + 1)]}},
+         ["default.targets", f"at most {tel400.limits.MAX_TARGETS} targets"]),
+        ({"blacklist": [f"1390101{i:04d}" for i in range(tel400.limits.MAX_BLACKLIST + 1)]},
+         ["field 'blacklist'", f"at most {tel400.limits.MAX_BLACKLIST} entries"]),
+        ({"caps": [{"metric": "calls", "per": "day", "limit": 1}] * (tel400.limits.MAX_CAPS + 1)},
+         ["field 'caps'", f"at most {tel400.limits.MAX_CAPS} caps"]),
+        ({"calendar": {"holidays": [f"{y}-01-01..{y}-12-31" for y in range(2001, 2040)]}},
+         ["calendar.holidays", f"at most {tel400.limits.MAX_CALENDAR_DAYS} days"]),
+        ({"calendar": {"years": [2027] * 1000}}, ["calendar.years"]),
+        # a byte per day between the first and the last year in the compiled engine: 1.7 s and 3.6 MB before
+        ({"calendar": {"holidays": ["0001-01-01", "9999-12-31"]}}, ["calendar.holidays", "from 1970 to 2100"]),
+        ({"calendar": {"workdays": ["2101-01-01"]}}, ["calendar.workdays", "from 1970 to 2100"]),
+        ({"calendar": {"years": [1969]}}, ["calendar.years", "from 1970 to 2100"]),
+        ({"rules": [{"name": "r", "provinces": ["CN-BJ"] * 1000, "targets": ["13901010001"]}]},
+         ["field 'provinces'", "at most"]),
+    ],
+)
+def test_what_one_plan_may_hold_is_bounded(fields, fragments):
+    expect_error(one_number(**fields), *fragments)
+
+
+def test_the_issue_holiday_flood_is_refused_quickly():
+    # 9,999 one-year ranges: 22-33 s and +400 MB before; now refused at the bound
+    holidays = [f"{2000 + i % 150}-01-01..{2000 + i % 150}-12-31" for i in range(9_999)]
+    expect_error(one_number(calendar={"holidays": holidays}), "calendar.holidays", "at most")
+
+
+def test_a_plan_at_every_bound_validates():
+    tel400.PlanSet.from_dict({"numbers": [at_the_bounds()]})
+
+
+def at_the_bounds() -> dict:
+    """One number with every size and number at its bound (shared with the differential test)."""
+    from tests.plans_at_bounds import plan_at_the_bounds
+
+    return plan_at_the_bounds()
+
+
+@pytest.mark.parametrize("zone", ["America", "Asia", "Etc", "x" * 300, "Asia/" + "y" * 300, "../../etc/passwd",
+                                  "/etc/localtime", "Asia//Shanghai", "", "Asia/Shanghai\x00"])
+def test_time_zones_that_are_not_zones(zone):
+    expect_error(one_number(timezone=zone), "field 'timezone'", "unknown time zone")
+
+
+def test_error_messages_never_render_more_than_they_show():
+    laughs = ["lol"] * 10
+    for _ in range(9):
+        laughs = [laughs] * 10  # 10**10 strings, shared like YAML aliases
+    expect_error(one_number(blacklist=laughs), "field 'blacklist[0]'", "...")
+    expect_error(one_number(rules=[{"name": "r", "days": laughs, "targets": ["1"]}]), "field 'days'")
+    expect_error(one_number(calendar={"holidays": laughs}), "calendar.holidays")
+    error = expect_error({"numbers": laughs}, "numbers[0]")
+    assert len(str(error)) < 300
+    expect_error(one_number(rules=[{"name": "x" * 10**6, "targets": ["1"]}]), "bad rule name")
+    assert len(str(expect_error(one_number(timezone="x" * 10**6), "timezone"))) < 300
+
+
+def test_billion_laughs_yaml_is_refused_quickly(tmp_path):
+    path = tmp_path / "laughs.yaml"
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [" + ",".join([f"*{previous}"] * 9) + "]")
+    lines.append("numbers: [{number: '4001012345', blacklist: *i}]")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(tel400.PlanError, match="values"):
+        tel400.load_plans(path)
+
+
+@pytest.mark.parametrize("fmt, text", [("json", '{"numbers": %s}' % ("1" * 5000)), ("toml", "numbers = %s" % ("1" * 5000)),
+                                       ("yaml", "numbers: %s" % ("1" * 5000))])
+def test_integers_too_long_to_read(fmt, text):
+    with pytest.raises(tel400.PlanError, match="digits"):
+        tel400.loads_plans(text, fmt)
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("short", "'short'"),
+    ("x" * 100, "'" + "x" * 56 + "..."),
+    (10**5000, "<a 16610-bit integer>"),  # str() would raise: more than 4300 digits
+    ({"a": [1, (2, 3)], "b": None}, "{'a': [1, (2, 3)], 'b': None}"),
+    (b"\x00" * 10**6, ("b'" + "\\x00" * 14)[:57] + "..."),
+], ids=["short", "long", "huge-int", "nested", "bytes"])
+def test_show_renders_at_most_what_it_shows(value, shown):
+    from tel400._show import show
+
+    assert show(value) == shown and len(show(value)) <= 60
+
+
+def test_show_of_a_shared_tree_of_a_billion_values_is_short():
+    from tel400._show import show
+
+    tree = ["lol"]
+    for _ in range(30):
+        tree = [tree, tree]  # 2**30 leaves, 31 lists
+    assert show(tree).endswith("...") and len(show(tree)) == 60
+
+
+def test_size_bounds_are_tuned_by_environment_variables():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import tel400; print(tel400.limits.MAX_RULES); "
+            "tel400.PlanSet.from_dict({'numbers': [{'number': '4001012345', 'rules': "
+            "[{'name': f'r{i}', 'targets': ['1']} for i in range(3)]}]})")
+    env = {**os.environ, "TEL400_MAX_RULES": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "2" and "at most 2 rules" in out.stderr
+    env["TEL400_MAX_RULES"] = "lots"
+    out = subprocess.run([sys.executable, "-c", "import tel400"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "TEL400_MAX_RULES: expected a whole number, got 'lots'" in out.stderr

@@ -13,17 +13,36 @@ import structlog
 
 from . import __version__, provinces
 from .exceptions import BackendError, NumberError, PlanError, SegmentError
+from .loading import load_plans
 from .numbers import locate, normalize, use_segments
 from .pins import make_hash
+from .plans import PlanSet
 from .router import Router
 from .segments import load_segments
 from .simulate import simulate
-from .stores import open_store
+from .stores import FileStore, open_store
 from .workdays import describe_years
 
 
+def _whole_plans(source: str) -> PlanSet:
+    """Every number's plan, or exit 1 with the first error.
+
+    Routers load per number (a bad one is quarantined, the others routed);
+    a command that checks, imports or simulates plans wants all or nothing.
+    """
+    store = open_store(source, create=False)
+    if isinstance(store, FileStore):
+        return load_plans(store.path)
+    plans = store.load()
+    if store.quarantined:
+        first = next(iter(store.quarantined.values()))
+        more = len(store.quarantined) - 1
+        raise PlanError(first + (f" (and {more} more numbers)" if more else ""))
+    return plans
+
+
 def _cmd_check(args) -> int:
-    plans = open_store(args.file, create=False).load()
+    plans = _whole_plans(args.file)
     rules = sum(len(p.rules) for p in plans.numbers)
     print(f"ok: {args.file}: {len(plans.numbers)} numbers, {rules} rules")
     for plan in plans.numbers:
@@ -48,7 +67,7 @@ def _parse_at(text: str | None):
 
 
 def _cmd_route(args) -> int:
-    plans = open_store(args.file, create=False).load()
+    plans = _whole_plans(args.file)
     router = Router(plans)
     decision = router.route(
         args.dialed, args.caller, at=_parse_at(args.at), channel=args.channel, pin=args.pin, explain=args.explain
@@ -89,7 +108,7 @@ def _cmd_locate(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    plans = open_store(args.file, create=False).load()
+    plans = _whole_plans(args.file)
     start = _dt.date.fromisoformat(args.start) if args.start else None
     report = simulate(plans, args.calls, seed=args.seed, start=start)
     if args.json:
@@ -102,7 +121,7 @@ def _cmd_simulate(args) -> int:
 def _cmd_calendar(args) -> int:
     calendar = None
     if args.plans:
-        plans = open_store(args.plans, create=False).load()
+        plans = _whole_plans(args.plans)
         spec = plans.calendar
         if args.number:
             plan = plans.get(args.number)
@@ -124,7 +143,7 @@ def _cmd_calendar(args) -> int:
 
 
 def _cmd_store_import(args) -> int:
-    plans = open_store(args.source, create=False).load()
+    plans = _whole_plans(args.source)
     store = open_store(args.dest)
     if not store.writable:
         raise ValueError(f"{args.dest} is not a writable store (sqlite:///… or redis://…)")

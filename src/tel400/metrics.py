@@ -65,6 +65,9 @@ class RouterCollector:
             yield CounterMetricFamily("tel400_plan_changes_refused", "Plan changes refused as invalid (running plans kept).",
                                       value=w.refusals)
             yield CounterMetricFamily("tel400_plan_store_errors", "Plan store reads that failed.", value=w.errors)
+            yield GaugeMetricFamily("tel400_plans_quarantined",
+                                    "Numbers whose stored plan is invalid: not routed, or routed by their last good "
+                                    "plan (see the plan_quarantined log lines).", value=len(w.quarantined))
 
     @staticmethod
     def _backend_metrics(counters):

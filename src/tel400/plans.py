@@ -21,7 +21,8 @@ from typing import Any
 
 import attrs
 
-from . import pins, provinces
+from . import limits, pins, provinces
+from ._show import show as _show
 from ._numbers_py import normalize
 from .exceptions import NumberError, PlanError, SegmentError
 from .timespec import DateRanges, Days, TimeSlots, parse_date_list, parse_dates, parse_days, parse_time
@@ -50,7 +51,7 @@ PROMPT_KEYS = (
     "backend_error",
 )
 DEFAULT_TIMEZONE = "Asia/Shanghai"
-MAX_WEIGHT = 1_000_000
+MAX_WEIGHT = limits.MAX_WEIGHT
 
 # A target is a number (digits, optionally led by + * #) or user@host[:port];
 # nothing else, so that no dial string, SIP header or ESL command can be
@@ -60,6 +61,9 @@ _URI_TARGET = re.compile(r"\A[A-Za-z0-9._-]{1,64}@[A-Za-z0-9._-]{1,253}(?::([0-9
 _PROMPT = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 _NAME = re.compile(r"\A[A-Za-z0-9_.@-]{1,64}\Z")  # queues and rooms
 _RULE_NAME = re.compile(r"\A[\w.:-]{1,64}\Z")  # \w: letters of any script, digits, _
+# An IANA zone name: Area/Location parts, no dots (no ../, no tzdata's
+# zone.tab), short (the longest real one has 32 characters).
+_ZONE_NAME = re.compile(r"\A[A-Za-z0-9_+-]{1,32}(?:/[A-Za-z0-9_+-]{1,32}){0,2}\Z")
 
 # --- value objects -----------------------------------------------------------
 
@@ -212,7 +216,8 @@ class PlanSet:
 
     @classmethod
     def from_dict(
-        cls, obj: object, *, source: str | None = None, base_dir: str | None = None
+        cls, obj: object, *, source: str | None = None, base_dir: str | None = None,
+        refused: dict[str, PlanError] | None = None,
     ) -> PlanSet:
         """Validate a plan tree and build the plan set.
 
@@ -222,11 +227,19 @@ class PlanSet:
                 ``segments`` that apply to every number.
             source: where the tree came from, for error messages.
             base_dir: directory that a relative ``segments`` path is read from.
+            refused: if given, a number whose plan is invalid is left out of
+                the plan set and its error put here, keyed by the number (or
+                ``numbers[i]`` when the number itself is unreadable), instead
+                of failing the whole set: how stores load, so that one bad
+                number cannot keep every other from being routed.  Mistakes
+                outside the numbers still raise.
 
         Raises:
             PlanError: on the first mistake, naming where it is.
+
+        Cost: O(size of the tree); every list is bounded (:mod:`tel400.limits`).
         """
-        return _Parser(source).plan_set(obj, base_dir)
+        return _Parser(source).plan_set(obj, base_dir, refused)
 
     def to_dict(self) -> dict[str, Any]:
         """The plan set as a plain tree that :meth:`from_dict` reads back."""
@@ -262,8 +275,9 @@ class _Parser:
             raise self.error(field, f"expected {what} as a table, got {_show(obj)}")
         for key in obj:
             if key not in allowed:
+                name = key if isinstance(key, str) and len(key) <= 64 else _show(key, 40)
                 raise self.error(
-                    f"{field}.{key}" if field else str(key),
+                    f"{field}.{name}" if field else name,
                     f"unknown field; expected one of {', '.join(allowed)}",
                 )
         return dict(obj)
@@ -283,22 +297,39 @@ class _Parser:
             raise self.error(field, f"expected true or false, got {_show(value)}")
         return value
 
-    def decimal(self, value: object, field: str, *, minimum: Decimal = Decimal(0)) -> Decimal:
+    def decimal(self, value: object, field: str, *, maximum: int, minimum: Decimal = Decimal(0)) -> Decimal:
+        """A decimal from ``minimum`` to ``maximum``, written in at most MAX_DECIMAL_CHARS characters."""
         if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
             raise self.error(field, f"expected a number, got {_show(value)}")
+        if isinstance(value, int) and value.bit_length() > 64:
+            raise self.error(field, f"expected a number from {minimum} to {maximum}, got {_show(value)}")
+        text = str(value).strip() if not isinstance(value, float) else repr(value)
+        if len(text) > limits.MAX_DECIMAL_CHARS:
+            raise self.error(field, f"expected a number written in at most {limits.MAX_DECIMAL_CHARS} characters, "
+                                    f"got {_show(value)}")
         try:
-            amount = Decimal(str(value))
+            amount = Decimal(text)
         except InvalidOperation:
             raise self.error(field, f"expected a number, got {_show(value)}") from None
         if not amount.is_finite() or amount < minimum:
             raise self.error(field, f"expected a number of at least {minimum}, got {_show(value)}")
+        if amount > maximum:
+            raise self.error(field, f"expected a number of at most {maximum}, got {_show(value)}")
         return amount
+
+    def bounded_list(self, value: object, field: str, maximum: int, what: str) -> list:
+        """``value`` as a list of at most ``maximum`` items."""
+        if not isinstance(value, list):
+            raise self.error(field, f"expected a list of {what}, got {_show(value)}")
+        if len(value) > maximum:
+            raise self.error(field, f"at most {maximum} {what}, got {len(value)}")
+        return value
 
     def whole(self, value: object, field: str, *, minimum: int, maximum: int, hint: str = "") -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(field, f"expected a whole number, got {_show(value)}{hint}")
         if not minimum <= value <= maximum:
-            raise self.error(field, f"expected a whole number from {minimum} to {maximum}, got {value}")
+            raise self.error(field, f"expected a whole number from {minimum} to {maximum}, got {_show(value)}")
         return value
 
     def parsed(self, parse, value: object, field: str):
@@ -312,21 +343,21 @@ class _Parser:
         if not _PROMPT.match(text):
             raise self.error(
                 field,
-                f"bad prompt name {text!r}: expected 1-64 of A-Z a-z 0-9 _ . - "
+                f"bad prompt name {_show(text)}: expected 1-64 of A-Z a-z 0-9 _ . - "
                 "(no spaces, quotes, ; < > or line breaks)",
             )
         return text
 
     # -- the tree ---------------------------------------------------------
 
-    def plan_set(self, obj: object, base_dir: str | None) -> PlanSet:
+    def plan_set(self, obj: object, base_dir: str | None, refused: dict[str, PlanError] | None = None) -> PlanSet:
         data = self.table(
             obj, None, ("numbers", "blacklist", "prompts", "calendar", "segments"), "a plan set"
         )
         numbers_raw = data.get("numbers", [])
         if not isinstance(numbers_raw, list):
             raise self.error("numbers", f"expected a list of number tables, got {_show(numbers_raw)}")
-        blacklist = self.blacklist(data.get("blacklist", []), "blacklist")
+        blacklist = self.blacklist(data.get("blacklist", []), "blacklist", limits.MAX_GLOBAL_BLACKLIST)
         prompts = self.prompts(data.get("prompts", {}), "prompts")
         calendar = self.calendar(data.get("calendar", {}), "calendar")
         segments = None
@@ -335,16 +366,22 @@ class _Parser:
         numbers = []
         seen: dict[str, int] = {}
         for i, raw in enumerate(numbers_raw):
-            plan = self.number_plan(raw, i, calendar)
-            if plan.number in seen:
-                raise self.error(
-                    "number",
-                    f"duplicate number (also numbers[{seen[plan.number]}]); "
-                    "each number has one plan",
-                )
-            seen[plan.number] = i
-            numbers.append(plan)
-            self.number = None
+            try:
+                plan = self.number_plan(raw, i, calendar)
+                if plan.number in seen:
+                    raise self.error(
+                        "number",
+                        f"duplicate number (also numbers[{seen[plan.number]}]); "
+                        "each number has one plan",
+                    )
+            except PlanError as exc:
+                if refused is None:
+                    raise
+                refused[self.number or f"numbers[{i}]"] = exc
+            else:
+                seen[plan.number] = i
+                numbers.append(plan)
+            self.number = self.rule = None
         return PlanSet(tuple(numbers), blacklist, prompts, calendar, segments, self.source)
 
     def segments(self, value: object, base_dir: str | None) -> str:
@@ -383,11 +420,7 @@ class _Parser:
             raise self.error("number", f"{number} is a foreign number; plans route Chinese numbers")
         self.number = number
 
-        timezone = self.string(data.get("timezone", DEFAULT_TIMEZONE), "timezone")
-        try:
-            zoneinfo.ZoneInfo(timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise self.error("timezone", f"unknown time zone {timezone!r}; expected an IANA name like Asia/Shanghai") from None
+        timezone = self.timezone(data.get("timezone", DEFAULT_TIMEZONE))
 
         pin = pin_hash = None
         if "pin" in data and "pin_hash" in data:
@@ -424,7 +457,7 @@ class _Parser:
             timezone=timezone,
             pin=pin,
             pin_hash=pin_hash,
-            blacklist=self.blacklist(data.get("blacklist", []), "blacklist"),
+            blacklist=self.blacklist(data.get("blacklist", []), "blacklist", limits.MAX_BLACKLIST),
             caps=caps,
             prompts=prompts,
             reject_unknown_callers=self.boolean(data.get("reject_unknown_callers", False), "reject_unknown_callers"),
@@ -433,9 +466,22 @@ class _Parser:
             calendar=calendar,
         )
 
-    def blacklist(self, value: object, field: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.error(field, f"expected a list of numbers, got {_show(value)}")
+    def timezone(self, value: object) -> str:
+        """An IANA zone name that zoneinfo can load (not a directory like ``America``)."""
+        name = self.string(value, "timezone")
+        if _ZONE_NAME.match(name):
+            try:
+                zoneinfo.ZoneInfo(name)
+                return name
+            # Every way a name can fail to be a zone: not found, not a TZif
+            # file, a directory (IsADirectoryError), too long for the file
+            # system (ENAMETOOLONG), unreadable.
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+                pass
+        raise self.error("timezone", f"unknown time zone {_show(name)}; expected an IANA name like Asia/Shanghai")
+
+    def blacklist(self, value: object, field: str, maximum: int) -> tuple[str, ...]:
+        value = self.bounded_list(value, field, maximum, "entries (numbers, prefixes ending in * or anonymous)")
         entries = []
         for i, item in enumerate(value):
             where = f"{field}[{i}]"
@@ -459,10 +505,10 @@ class _Parser:
             digits = digits[3:] if digits.startswith("+") else digits[4:]
         if not (digits and digits.isascii() and digits.isdigit()):
             raise self.error(
-                where, f"bad prefix {text!r}: expected digits then *, written like a national number (1710*, 0571*)"
+                where, f"bad prefix {_show(text)}: expected digits then *, written like a national number (1710*, 0571*)"
             )
         if len(digits) > 18:
-            raise self.error(where, f"bad prefix {text!r}: at most 18 digits before the *")
+            raise self.error(where, f"bad prefix {_show(text)}: at most 18 digits before the *")
         mobile = digits[0] == "1" and (len(digits) == 1 or digits[1] in "3456789")
         if international and not mobile and digits[0] != "0":
             digits = "0" + digits  # +86 21* is the Shanghai area code: 021*, as numbers are normalised
@@ -475,19 +521,31 @@ class _Parser:
     def calendar(self, value: object, field: str) -> CalendarSpec:
         data = self.table(value, field, ("holidays", "workdays", "years"), "calendar additions")
         years = data.get("years", [])
-        if not isinstance(years, list) or not all(
-            isinstance(y, int) and not isinstance(y, bool) and 1900 <= y <= 2200 for y in years
+        first, last = limits.CALENDAR_FIRST_YEAR, limits.CALENDAR_LAST_YEAR
+        if not isinstance(years, list) or len(years) > limits.MAX_LIST_ITEMS or not all(
+            isinstance(y, int) and not isinstance(y, bool) and first <= y <= last for y in years
         ):
-            raise self.error(f"{field}.years", f"expected a list of years like [2027], got {_show(years)}")
+            raise self.error(f"{field}.years", f"expected a list of years from {first} to {last} like [2027], "
+                                               f"got {_show(years)}")
         days = {}
         for key in ("holidays", "workdays"):
             raw = data.get(key)
             ranges = self.parsed(lambda v: parse_date_list(v, key), raw, f"{field}.{key}") if raw else []
             expanded = set()
             for start, end in ranges:
+                # The compiled engine keeps a byte per day from the first year to the last.
+                if start.year < first or end.year > last:
+                    raise self.error(f"{field}.{key}", f"{start}..{end}: expected dates from {first} to {last}")
                 if (end - start).days > 366:
                     raise self.error(f"{field}.{key}", f"range {start}..{end} is longer than a year")
                 expanded.update(start + _dt.timedelta(days=k) for k in range((end - start).days + 1))
+                # Checked as it grows: 9,999 one-year ranges stop after ten, not after 3.6 million days.
+                if len(expanded) + sum(map(len, days.values())) > limits.MAX_CALENDAR_DAYS:
+                    raise self.error(
+                        f"{field}.{key}",
+                        f"at most {limits.MAX_CALENDAR_DAYS} days in holidays and workdays together (ranges count "
+                        "each day they cover)",
+                    )
             days[key] = tuple(sorted(expanded))
         spec = CalendarSpec(days["holidays"], days["workdays"], tuple(sorted(set(years))))
         self.parsed(lambda s: s.build(), spec, field)
@@ -499,14 +557,13 @@ class _Parser:
             if key not in data:
                 raise self.error(f"tariff.{key}", "missing: a tariff gives local and long_distance rates per minute")
         return Tariff(
-            self.decimal(data["local"], "tariff.local"),
-            self.decimal(data["long_distance"], "tariff.long_distance"),
-            self.whole(data.get("increment_s", 60), "tariff.increment_s", minimum=1, maximum=3600),
+            self.decimal(data["local"], "tariff.local", maximum=limits.MAX_RATE),
+            self.decimal(data["long_distance"], "tariff.long_distance", maximum=limits.MAX_RATE),
+            self.whole(data.get("increment_s", 60), "tariff.increment_s", minimum=1, maximum=limits.MAX_INCREMENT_S),
         )
 
     def caps(self, value: object, tariff: Tariff | None) -> tuple[Cap, ...]:
-        if not isinstance(value, list):
-            raise self.error("caps", f"expected a list of cap tables, got {_show(value)}")
+        value = self.bounded_list(value, "caps", limits.MAX_CAPS, "caps")
         caps = []
         for i, raw in enumerate(value):
             field = f"caps[{i}]"
@@ -517,9 +574,10 @@ class _Parser:
             metric = self.choice(data["metric"], f"{field}.metric", METRICS)
             per = self.choice(data["per"], f"{field}.per", PERIODS)
             if metric == "calls":
-                limit = Decimal(self.whole(data["limit"], f"{field}.limit", minimum=0, maximum=10**12))
+                limit = Decimal(self.whole(data["limit"], f"{field}.limit", minimum=0, maximum=limits.MAX_CAP_CALLS))
             else:
-                limit = self.decimal(data["limit"], f"{field}.limit")
+                maximum = limits.MAX_CAP_MINUTES if metric == "minutes" else limits.MAX_CAP_COST
+                limit = self.decimal(data["limit"], f"{field}.limit", maximum=maximum)
             if metric == "cost" and tariff is None:
                 raise self.error(f"{field}.metric", "a cost cap needs the number's tariff (tariff = { local = …, long_distance = … })")
             caps.append(
@@ -535,8 +593,7 @@ class _Parser:
         return tuple(caps)
 
     def rules(self, value: object) -> tuple[Rule, ...]:
-        if not isinstance(value, list):
-            raise self.error("rules", f"expected a list of rule tables, got {_show(value)}")
+        value = self.bounded_list(value, "rules", limits.MAX_RULES, "rules")
         rules = []
         names: set[str] = set()
         for i, raw in enumerate(value):
@@ -564,7 +621,7 @@ class _Parser:
         # and each decision carries one; shared objects stay in the CPU cache.
         name = sys.intern(self.string(name, f"{field}.name"))
         if not _RULE_NAME.match(name):
-            raise self.error(f"{field}.name", f"bad rule name {name!r}: expected 1-64 letters, digits, _ . : -")
+            raise self.error(f"{field}.name", f"bad rule name {_show(name)}: expected 1-64 letters, digits, _ . : -")
         self.rule = name
         provinces_ = None
         if "provinces" in data:
@@ -584,6 +641,8 @@ class _Parser:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
             raise self.error("provinces", f"expected a list of provinces, got {_show(value)}")
+        if len(items) > limits.MAX_LIST_ITEMS:
+            raise self.error("provinces", f"at most {limits.MAX_LIST_ITEMS} provinces, got {len(items)}")
         codes = set()
         for item in items:
             code = provinces.resolve(item) if isinstance(item, str) else None
@@ -629,12 +688,14 @@ class _Parser:
             name = str(name)
         name = self.string(name, at(key))
         if not _NAME.match(name):
-            raise self.error(at(key), f"bad {key} name {name!r}: expected 1-64 of A-Z a-z 0-9 _ . @ -")
+            raise self.error(at(key), f"bad {key} name {_show(name)}: expected 1-64 of A-Z a-z 0-9 _ . @ -")
         return Action(kind, **{key: name})
 
     def targets(self, value: object, field: str) -> tuple[Target, ...]:
         if not isinstance(value, list) or not value:
             raise self.error(field, f"expected a non-empty list of targets, got {_show(value)}")
+        if len(value) > limits.MAX_TARGETS:
+            raise self.error(field, f"at most {limits.MAX_TARGETS} targets, got {len(value)}")
         targets = []
         for i, raw in enumerate(value):
             where = f"{field}[{i}]"
@@ -670,14 +731,9 @@ class _Parser:
             return
         raise self.error(
             field,
-            f"bad target {to!r}: expected a number (digits, optionally led by + * #) or "
+            f"bad target {_show(to)}: expected a number (digits, optionally led by + * #) or "
             "user@host[:port] of A-Z a-z 0-9 . _ - (no spaces, quotes, ; < > | , { } or line breaks)",
         )
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --- dumping -------------------------------------------------------------------

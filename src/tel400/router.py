@@ -7,6 +7,7 @@ import os
 import random
 import weakref
 
+import attrs
 import structlog
 
 from . import _impl, numbers
@@ -14,6 +15,7 @@ from ._common import CallRecord, Shared
 from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
+from .exceptions import PlanError
 from .plans import PlanSet
 from .segments import PrefixTable, load_segments_cached
 
@@ -68,10 +70,8 @@ class Router:
         return self._impl.name
 
     def _compile(self, plans: PlanSet):
-        prefixes = self._prefixes
-        if prefixes is None:
-            prefixes = load_segments_cached(plans.segments) if plans.segments else numbers.default_segments()
-        engine = self._impl.Engine(plans, prefixes, self._shared)
+        prefixes = self._prefixes if self._prefixes is not None else _prefixes_of(plans)
+        engine = _compiled(self._impl, plans, prefixes, self._shared)
         # Adopted only once compiled: a failed reload keeps the old positions.
         self._shared.round_robin = engine.rr_states
         # The engine's own bound method, stored on the instance so that a call
@@ -178,6 +178,12 @@ class Router:
         calls in progress and the round-robin position of unchanged rules
         carry over.  If compiling fails, the old plans stay and the error
         propagates.
+
+        Raises:
+            PlanError: a number's plan cannot be compiled by this router's
+                engine (validation bounds every value both engines hold, so
+                this means a plan that bypassed validation); the message names
+                the number.
         """
         if not isinstance(plans, PlanSet):
             raise TypeError(f"plans: expected a PlanSet, got {type(plans).__name__}")
@@ -240,3 +246,55 @@ def _reseed_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_after_fork)
+
+
+# -- compiling -------------------------------------------------------------------
+
+#: What an engine raises on a value it cannot hold (a C long that overflows,
+#: a zone file that cannot be read, a rate too large for a decimal).
+_COMPILE_FAILURES = (ArithmeticError, ValueError, TypeError, LookupError, OSError, MemoryError)
+
+
+def compile_check(plans: PlanSet) -> None:
+    """Compile ``plans`` with every engine this process has, as a router would, and keep nothing.
+
+    Stores call it before writing, so that nothing is stored that a router
+    of either implementation could not load.
+
+    Raises:
+        PlanError: naming the number whose plan an engine cannot compile.
+
+    Cost: one compilation per engine (about a millisecond for a plan of
+    ordinary size; docs/performance.md gives a plan at every bound).
+    """
+    prefixes = _prefixes_of(plans)
+    for impl in _impl.ENGINES.values():
+        shared = Shared(impl.MemoryCounters(), random.Random(0), CallRegistry())
+        _compiled(impl, plans, prefixes, shared)
+
+
+def _prefixes_of(plans: PlanSet) -> PrefixTable:
+    return load_segments_cached(plans.segments) if plans.segments else numbers.default_segments()
+
+
+def _compiled(impl, plans: PlanSet, prefixes, shared):
+    """``impl``'s engine for ``plans``; a value it cannot hold becomes a PlanError naming the number."""
+    try:
+        return impl.Engine(plans, prefixes, shared)
+    except PlanError:
+        raise
+    except _COMPILE_FAILURES as exc:
+        raise _compile_error(impl, plans, prefixes, shared, exc) from exc
+
+
+def _compile_error(impl, plans: PlanSet, prefixes, shared, exc: BaseException) -> PlanError:
+    """The error of the first number that fails alone (only on the failure path: O(numbers) compiles)."""
+    for plan in plans.numbers:
+        try:
+            impl.Engine(attrs.evolve(plans, numbers=(plan,)), prefixes, shared)
+        except _COMPILE_FAILURES as alone:
+            exc = alone
+            return PlanError(f"the {impl.name} engine cannot compile this plan: {type(exc).__name__}: {exc}",
+                             source=plans.source, number=plan.number)
+    return PlanError(f"the {impl.name} engine cannot compile these plans: {type(exc).__name__}: {exc}",
+                     source=plans.source)

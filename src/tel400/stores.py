@@ -16,13 +16,22 @@ and the running plans stay.
   numbers, the settings, a version key, an audit list; each change is one
   ``MULTI``/``EXEC`` transaction and is also published on a channel.
 
-Writable stores validate a change against the plans it would produce before
-writing it (:class:`~tel400.PlanError` otherwise) and record who made it.
+Writable stores validate a change and compile it with every engine before
+writing it (:class:`~tel400.PlanError` otherwise, and nothing is written),
+and record who made it.
+
+Loading is per number: a number whose stored plan does not validate (written
+by an older version, or straight into the database or file) is left out and
+reported (:attr:`PlanStore.quarantined`, a ``plan_quarantined`` log line),
+so that one bad number never keeps a process from starting or from routing
+every other number.  Mistakes outside the numbers (the top-level settings,
+a file that does not parse) still refuse the whole load.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
 import sqlite3
@@ -32,10 +41,16 @@ from collections.abc import Hashable
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
+
+from . import limits
 from .exceptions import BackendError, NumberError, PlanError
 from .loading import load_plans
 from .numbers import normalize
 from .plans import PlanSet
+from .router import compile_check
+
+_log = structlog.get_logger("tel400.stores")
 
 #: Top-level keys of a plan set other than ``numbers``.
 SETTINGS_KEYS = ("blacklist", "prompts", "calendar", "segments")
@@ -47,6 +62,9 @@ class PlanStore(abc.ABC):
 
     url: str = ""
     writable: bool = False
+    #: Numbers the last :meth:`load` left out because their stored plan is
+    #: invalid, with the reason (the PlanError text).
+    quarantined: dict[str, str] = {}
 
     @abc.abstractmethod
     def version(self) -> Hashable:
@@ -54,12 +72,22 @@ class PlanStore(abc.ABC):
 
     @abc.abstractmethod
     def load(self) -> PlanSet:
-        """The plans, validated.
+        """The plans, validated; a number whose plan is invalid is left out.
+
+        Each number left out is logged (``plan_quarantined``, an error, with
+        the number and the PlanError text) and kept in :attr:`quarantined`
+        until the next load.
 
         Raises:
-            PlanError: the stored plans are invalid (the caller keeps its own).
+            PlanError: the plans as a whole are invalid: the settings, or a
+                file that does not parse (the caller keeps its own).
             BackendError: the store cannot be read now.
         """
+
+    def _quarantine(self, refused: dict[str, PlanError]) -> None:
+        self.quarantined = {number: str(exc) for number, exc in refused.items()}
+        for number, error in self.quarantined.items():
+            _log.error("plan_quarantined", store=self.url, number=number, error=error)
 
     def close(self) -> None:
         """Release connections."""
@@ -80,7 +108,10 @@ class FileStore(PlanStore):
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def load(self) -> PlanSet:
-        return load_plans(self.path)
+        refused: dict[str, PlanError] = {}
+        plans = load_plans(self.path, refused=refused)
+        self._quarantine(refused)
+        return plans
 
 
 class WritableStore(PlanStore):
@@ -96,35 +127,53 @@ class WritableStore(PlanStore):
 
     def load(self) -> PlanSet:
         settings, numbers = self._snapshot()
-        return self._validate(settings, numbers)
+        refused: dict[str, PlanError] = {}
+        for number in [n for n, body in numbers.items() if isinstance(body, _Unreadable)]:
+            del numbers[number]
+            refused[number] = PlanError("the stored plan is not JSON", source=self.url, number=number)
+        plans = self._validate(settings, numbers, refused)
+        self._quarantine(refused)
+        return plans
 
     def tree(self) -> dict[str, Any]:
-        """The stored plans as one plan tree (``numbers`` sorted)."""
+        """The stored plans as one plan tree (``numbers`` sorted; a row that is not JSON left out)."""
         settings, numbers = self._snapshot()
-        return {**settings, "numbers": [numbers[n] for n in sorted(numbers)]}
+        return {**settings, "numbers": [numbers[n] for n in sorted(numbers) if not isinstance(numbers[n], _Unreadable)]}
 
     def numbers(self) -> list[str]:
         return sorted(self._snapshot()[1])
 
     def get_number(self, number: str) -> dict | None:
-        """One number's plan tree, or ``None``."""
-        return self._snapshot()[1].get(_normal(number))
+        """One number's plan tree, or ``None`` (also for a stored row that is not JSON)."""
+        body = self._snapshot()[1].get(_normal(number))
+        return None if isinstance(body, _Unreadable) else body
 
-    def _validate(self, settings: dict, numbers: dict[str, dict]) -> PlanSet:
+    def _validate(self, settings: dict, numbers: dict[str, dict], refused: dict | None = None) -> PlanSet:
         tree = {**settings, "numbers": [numbers[n] for n in sorted(numbers)]}
-        return PlanSet.from_dict(tree, source=self.url)
+        return PlanSet.from_dict(tree, source=self.url, refused=refused)
+
+    def _checked(self, settings: dict, numbers: dict[str, dict]) -> PlanSet:
+        """The plans a write would store: validated, and compiled by every engine."""
+        plans = self._validate(settings, numbers)
+        compile_check(plans)
+        return plans
 
     # -- writing ---------------------------------------------------------------
 
     def put_number(self, plan: dict, *, actor: str = "unknown") -> PlanSet:
         """Add or replace one number's plan.
 
-        The whole plan set it would give is validated first; a plan that does
-        not validate is refused with its :class:`~tel400.PlanError` and
-        nothing is written.
+        The plan is validated with the stored settings and compiled by every
+        engine first, and its canonical form must fit
+        :data:`tel400.limits.MAX_STORED_PLAN_BYTES`; a plan that does not is
+        refused with its :class:`~tel400.PlanError` and nothing is written.
+        Other numbers are not read: one already stored invalid (quarantined)
+        does not block a change to another.
 
         Returns:
-            The plan set now stored.
+            The stored settings with this number's plan, as validated.
+
+        Cost: O(this plan); one transaction.
         """
         if not isinstance(plan, dict) or "number" not in plan:
             raise PlanError("expected a plan table with a number", source=self.url)
@@ -135,10 +184,12 @@ class WritableStore(PlanStore):
         plan = {**plan, "number": number}
         settings, numbers = self._snapshot()
         before = numbers.get(number)
-        numbers[number] = plan
-        result = self._validate(settings, numbers)
-        canonical = result.get(number)
-        stored = PlanSet(numbers=(canonical,)).to_dict()["numbers"][0]
+        result = self._checked(settings, {number: plan})
+        stored = PlanSet(numbers=result.numbers).to_dict()["numbers"][0]
+        size = len(_dump(stored).encode())
+        if size > limits.MAX_STORED_PLAN_BYTES:
+            raise PlanError(f"the plan takes {size} bytes stored; at most {limits.MAX_STORED_PLAN_BYTES}",
+                            source=self.url, number=number)
         self._write_number(number, stored, actor=actor, action="put", before=before)
         return result
 
@@ -158,7 +209,16 @@ class WritableStore(PlanStore):
         if unknown:
             raise PlanError(f"unknown settings {sorted(unknown)}; expected {', '.join(SETTINGS_KEYS)}", source=self.url)
         before, numbers = self._snapshot()
-        result = self._validate(settings, numbers)
+        # Numbers already invalid stay quarantined; a number the new settings
+        # would make invalid (a calendar contradiction) refuses the change.
+        refused_before: dict[str, PlanError] = {}
+        self._validate(before, numbers, refused_before)
+        refused: dict[str, PlanError] = {}
+        result = self._validate(settings, numbers, refused)
+        newly = [n for n in refused if n not in refused_before]
+        if newly:
+            raise refused[newly[0]]
+        compile_check(result)
         self._write_settings(settings, actor=actor, before=before)
         return result
 
@@ -167,7 +227,7 @@ class WritableStore(PlanStore):
         tree = plans.to_dict()
         settings = {k: tree[k] for k in SETTINGS_KEYS if k in tree}
         numbers = {p["number"]: p for p in tree["numbers"]}
-        self._validate(settings, numbers)
+        self._checked(settings, numbers)
         self._write_all(settings, numbers, actor=actor)
 
     @abc.abstractmethod
@@ -191,8 +251,33 @@ def _normal(number: str) -> str:
         return str(number)
 
 
+class _Unreadable(str):
+    """A stored plan row that is not JSON (written behind the store's back): quarantined at load."""
+
+
+def _decoded(body: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _Unreadable(body[:60])
+
+
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _audited(body: Any) -> Any:
+    """What the audit log keeps of a plan or settings: the body, or a digest of one too large to keep.
+
+    Bounds the log to AUDIT_LIMIT entries of at most twice
+    :data:`tel400.limits.MAX_AUDITED_BYTES` each, whatever the plans hold.
+    """
+    if body is None:
+        return None
+    text = _dump(body).encode()
+    if len(text) <= limits.MAX_AUDITED_BYTES:
+        return body
+    return {"bytes": len(text), "sha256": hashlib.sha256(text).hexdigest(), "omitted": True}
 
 
 class SqliteStore(WritableStore):
@@ -256,7 +341,7 @@ class SqliteStore(WritableStore):
         try:
             db.execute("BEGIN")
             settings = {k: json.loads(v) for k, v in db.execute("SELECT key, body FROM settings")}
-            numbers = {n: json.loads(b) for n, b in db.execute("SELECT number, body FROM plans")}
+            numbers = {n: _decoded(b) for n, b in db.execute("SELECT number, body FROM plans")}
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -279,8 +364,8 @@ class SqliteStore(WritableStore):
     def _audit(self, db, actor, action, number, before, after) -> None:
         db.execute(
             "INSERT INTO audit (at, actor, action, number, before, after) VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), actor, action, number, None if before is None else _dump(before),
-             None if after is None else _dump(after)),
+            (time.time(), actor, action, number, None if before is None else _dump(_audited(before)),
+             None if after is None else _dump(_audited(after))),
         )
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_LIMIT,))
 
@@ -378,11 +463,11 @@ class RedisStore(WritableStore):
 
         settings_raw, numbers_raw = self._guard(read)
         settings = json.loads(settings_raw) if settings_raw else {}
-        return settings, {n: json.loads(b) for n, b in numbers_raw.items()}
+        return settings, {n: _decoded(b) for n, b in numbers_raw.items()}
 
     def _commit(self, actor, action, number, before, after, apply) -> None:
         entry = _dump({"at": time.time(), "actor": actor, "action": action, "number": number,
-                       "before": before, "after": after})
+                       "before": _audited(before), "after": _audited(after)})
 
         def write():
             pipe = self._client.pipeline(transaction=True)

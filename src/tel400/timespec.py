@@ -15,6 +15,9 @@ from collections.abc import Iterable
 
 import attrs
 
+from . import limits
+from ._show import show
+
 MINUTES_PER_DAY = 1440
 
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -42,13 +45,13 @@ def _items(value: object, what: str) -> list[str]:
         parts = []
         for item in value:
             if not isinstance(item, str):
-                raise ValueError(f"expected {what} as strings, got {item!r}")
+                raise ValueError(f"expected {what} as strings, got {show(item)}")
             parts.extend(item.split(","))
     else:
-        raise ValueError(f"expected {what} as a string or a list of strings, got {value!r}")
+        raise ValueError(f"expected {what} as a string or a list of strings, got {show(value)}")
     tokens = [p.strip() for p in parts]
     if not tokens or any(not t for t in tokens):
-        raise ValueError(f"expected {what}, got an empty entry in {value!r}")
+        raise ValueError(f"expected {what}, got an empty entry in {show(value)}")
     return tokens
 
 
@@ -59,7 +62,7 @@ def _minute(text: str, whole: str) -> int:
     m = _TIME.match(text.strip())
     if not m:
         raise ValueError(
-            f"bad time {text.strip()!r} in {whole!r}: expected HH:MM from 00:00 to 23:59"
+            f"bad time {show(text.strip())} in {show(whole)}: expected HH:MM from 00:00 to 23:59"
         )
     return int(m.group(1)) * 60 + int(m.group(2))
 
@@ -96,7 +99,7 @@ class TimeSlots:
         return self.text
 
 
-MAX_ENTRIES = 1000  # slots or date ranges in one condition
+MAX_ENTRIES = limits.MAX_CONDITION_ENTRIES  # slots or date ranges in one condition
 
 
 def parse_time(value: object) -> TimeSlots:
@@ -105,7 +108,7 @@ def parse_time(value: object) -> TimeSlots:
     for token in _items(value, "time slots like '08:00-11:59'"):
         start, sep, end = token.partition("-")
         if not sep:
-            raise ValueError(f"bad time slot {token!r}: expected 'HH:MM-HH:MM'")
+            raise ValueError(f"bad time slot {show(token)}: expected 'HH:MM-HH:MM'")
         slots.append((_minute(start, token), _minute(end, token)))
     if len(slots) > MAX_ENTRIES:
         raise ValueError(f"at most {MAX_ENTRIES} time slots in one rule")
@@ -147,7 +150,7 @@ def _weekday(token: str, whole: str) -> int:
         return _WEEKDAY_ALIASES[token.lower()]
     except KeyError:
         raise ValueError(
-            f"bad day {token!r} in {whole!r}: expected mon..sun, a range like mon-fri, "
+            f"bad day {show(token)} in {show(whole)}: expected mon..sun, a range like mon-fri, "
             "workday, holiday or any"
         ) from None
 
@@ -159,6 +162,8 @@ def parse_days(value: object) -> Days:
     """
     mask, workday, holiday = 0, False, False
     tokens = _items(value, "days like 'mon-fri' or 'workday'")
+    if len(tokens) > limits.MAX_LIST_ITEMS:
+        raise ValueError(f"at most {limits.MAX_LIST_ITEMS} entries in one days condition")
     whole = ",".join(tokens)
     for token in tokens:
         low = token.lower()
@@ -208,13 +213,13 @@ class DateRanges:
 
 def _date(value: object, whole: object) -> _dt.date:
     if isinstance(value, _dt.datetime):
-        raise ValueError(f"expected a date, got a date and time {value!r} in {whole!r}")
+        raise ValueError(f"expected a date, got a date and time {show(value)} in {show(whole)}")
     if isinstance(value, _dt.date):
         return value
     try:
         return _dt.date.fromisoformat(str(value).strip())
     except ValueError:
-        raise ValueError(f"bad date {value!r} in {whole!r}: expected YYYY-MM-DD") from None
+        raise ValueError(f"bad date {show(value)} in {show(whole)}: expected YYYY-MM-DD") from None
 
 
 def parse_date_list(value: object, what: str = "dates") -> list[tuple[_dt.date, _dt.date]]:
@@ -225,20 +230,20 @@ def parse_date_list(value: object, what: str = "dates") -> list[tuple[_dt.date, 
     elif isinstance(value, (list, tuple)):
         raw = value
     else:
-        raise ValueError(f"expected {what} as 'YYYY-MM-DD..YYYY-MM-DD' or a list, got {value!r}")
+        raise ValueError(f"expected {what} as 'YYYY-MM-DD..YYYY-MM-DD' or a list, got {show(value)}")
     out = []
     for item in raw:
         if isinstance(item, _dt.date):
             out.append((_date(item, value), _date(item, value)))
             continue
         if not isinstance(item, str):
-            raise ValueError(f"expected {what} as strings or dates, got {item!r}")
+            raise ValueError(f"expected {what} as strings or dates, got {show(item)}")
         for token in _items(item, what):
             first, sep, last = token.partition("..")
             start = _date(first, token)
             end = _date(last, token) if sep else start
             if end < start:
-                raise ValueError(f"date range {token!r} ends before it starts")
+                raise ValueError(f"date range {show(token)} ends before it starts")
             out.append((start, end))
     if not out:
         raise ValueError(f"expected at least one date in {what}")

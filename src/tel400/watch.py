@@ -13,8 +13,13 @@ two ways:
 
 A change that does not validate is refused: the router keeps its plans, the
 refusal is logged once per bad version (``plan_change_refused``, with the
-PlanError text) and counted; the next good version is taken as usual.  A
-store that cannot be reached is retried at the next interval.
+PlanError text) and counted; the next good version is taken as usual.  The
+unit of refusal is the number: a number whose stored plan became invalid
+keeps the plan the router had for it (``plan_change_refused`` with the
+number), while the changes to every other number are taken; a number the
+router never had a good plan for stays unrouted and listed in
+:attr:`PlanWatcher.quarantined`.  A store that cannot be reached is retried
+at the next interval.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ class PlanWatcher:
         self._clock = clock
         self._due = 0.0
         self._version = version
-        self._refused = None
+        self._refused_version = None  # the store version refusals were last logged for
+        self._refused_numbers: set[str | None] = set()  # ... and the numbers (None: the whole change)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -86,22 +92,55 @@ class PlanWatcher:
         if version == self._version:
             return False
         try:
-            plans = self.store.load()
+            plans = self._keeping_last_good(self.store.load(), version)
+            if plans == self.router.plans:
+                self._version = version  # only a refused change: nothing to reload
+                return False
+            self.router.reload(plans)
         except PlanError as exc:
-            if version != self._refused:
-                self._refused = version
-                self.refusals += 1
-                _log.error("plan_change_refused", store=self.store.url, error=str(exc),
-                           kept=len(self.router.plans.numbers))
+            self._refuse(version, str(exc), number=exc.number)
             return False
         except BackendError as exc:
             self.errors += 1
             _log.warning("plan_store_unavailable", store=self.store.url, error=str(exc))
             return False
-        self.router.reload(plans)
         self._version = version
         self.reloads += 1
         return True
+
+    def _keeping_last_good(self, plans, version):
+        """``plans`` with the router's current plan for each number the store's load left out.
+
+        O(numbers left out × numbers): a store rarely holds more than a few.
+        """
+        current = self.router.plans
+        for number, error in self.store.quarantined.items():
+            old = current.get(number)
+            if old is not None and plans.get(number) is None:
+                plans = plans.with_number(old)
+                self._refuse(version, error, number=number)
+        return plans
+
+    def _refuse(self, version, error: str, *, number: str | None) -> None:
+        """Count and log a refused change (of one number, or ``None``: of all) once per store version."""
+        if version != self._refused_version:
+            self._refused_version, self._refused_numbers = version, set()
+        if number in self._refused_numbers:
+            return
+        self._refused_numbers.add(number)
+        self.refusals += 1
+        _log.error("plan_change_refused", store=self.store.url, error=error, number=number,
+                   kept=len(self.router.plans.numbers))
+
+    @property
+    def quarantined(self) -> dict[str, str]:
+        """Numbers the store holds that are not routed by their stored plan, with the reason.
+
+        Each is either not routed at all (no good plan was ever loaded for
+        it in this process) or routed by the last good plan; see the module
+        documentation.  Exported as the ``tel400_plans_quarantined`` gauge.
+        """
+        return dict(self.store.quarantined)
 
     # -- background thread --------------------------------------------------------
 

@@ -370,8 +370,11 @@ class Service:
             problems.append("shutting down")
         if self.records is not None and not self.records.alive:
             problems.append("the call record writer stopped")
+        # A number whose stored plan is invalid does not make the process unready: it routes every
+        # other number, and taking it out of service would take them all down.  It is listed here.
         body = {"status": "not ready" if problems else "ready", "problems": problems,
-                "numbers": len(self.router.plans.numbers), "implementation": self.router.implementation}
+                "numbers": len(self.router.plans.numbers), "implementation": self.router.implementation,
+                "quarantined": sorted(self._quarantined())}
         return (503 if problems else 200), encode_json(body), b"application/json", None
 
     async def h_metrics(self, req: Request):
@@ -415,10 +418,19 @@ class Service:
         elif isinstance(self.store, WritableStore):
             self.router.reload(self.store.load())
 
+    def _quarantined(self) -> dict[str, str]:
+        """Numbers the store holds whose plan is invalid (see tel400.PlanWatcher.quarantined)."""
+        source = self.watcher if self.watcher is not None else self.store
+        return dict(getattr(source, "quarantined", None) or {})
+
     async def h_list_numbers(self, req: Request):
         token = self._auth(req)
         numbers = [p.number for p in self.router.plans.numbers if token.may(p.number)]
-        return 200, encode_json({"numbers": sorted(numbers)}), b"application/json", None
+        body = {"numbers": sorted(numbers)}
+        quarantined = {n: error for n, error in self._quarantined().items() if token.may(n)}
+        if quarantined:  # stored but refused: the token's owner should fix them
+            body["quarantined"] = quarantined
+        return 200, encode_json(body), b"application/json", None
 
     async def h_get_number(self, req: Request):
         number = self._number(req, self._auth(req))

@@ -107,7 +107,10 @@ _SCHEMAS = {
         "description": "one number's plan, as in a plan file (docs/plans.md); answers carry has_pin, never the PIN",
     },
     "NumberList": {"type": "object", "required": ["numbers"],
-                   "properties": {"numbers": {"type": "array", "items": {"type": "string"}}}},
+                   "properties": {"numbers": {"type": "array", "items": {"type": "string"}},
+                                  "quarantined": {"type": "object", "additionalProperties": {"type": "string"},
+                                                  "description": "numbers whose stored plan is invalid, with the "
+                                                                 "reason; not routed by it (docs/limits.md)"}}},
     "Blacklist": {"type": "object", "required": ["number", "blacklist"],
                   "properties": {"number": {"type": "string"},
                                  "blacklist": {"type": "array", "items": {"type": "string"}}}},
@@ -129,7 +132,10 @@ _SCHEMAS = {
                               "by_reason": {"type": "array", "items": {"type": "object"}}}},
     "Calls": {"type": "object", "required": ["number", "calls"],
               "properties": {"number": {"type": "string"}, "calls": {"type": "array", "items": {"type": "object"}}}},
-    "Ready": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    "Ready": {"type": "object", "required": ["status"],
+              "properties": {"status": {"type": "string"},
+                             "quarantined": {"type": "array", "items": {"type": "string"},
+                                             "description": "numbers whose stored plan is invalid (readyz)"}}},
 }
 
 _PATHS = {

@@ -1,0 +1,100 @@
+"""What one number's plan may hold, and the numbers it may carry.
+
+Two kinds of bounds, all enforced when a plan is validated
+(:meth:`tel400.PlanSet.from_dict`, so by every loader and store):
+
+* **Sizes** keep the time and memory one plan can cost the service bounded
+  (validating, compiling, storing and auditing it, and the ``explain``
+  trace of a call to it): rules, targets, caps, blacklist entries, calendar
+  days.  A deployment can change them with environment variables of the same
+  name (``TEL400_MAX_RULES=2000``), read once at import; every process that
+  reads the same store should use the same values, or a plan one accepts
+  another quarantines (docs/limits.md).
+* **Numbers** (cap limits, tariff rates, weights) are bounded so that every
+  value fits a signed 64-bit counter with room to spare, in both engines.
+  They are not tunable: larger values would not be representable.
+
+docs/limits.md ("Plans: what one number's plan may hold") gives each bound
+with what happens when it is reached; bench/test_bench_plans.py measures a
+plan at every bound.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _tunable(name: str, default: int) -> int:
+    """``default``, or the whole number in the environment variable ``TEL400_<name>``."""
+    raw = os.environ.get(f"TEL400_{name}")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"TEL400_{name}: expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"TEL400_{name}: expected at least 1, got {value}")
+    return value
+
+
+# -- sizes (tunable) ---------------------------------------------------------------
+
+#: Rules of one number.  Bounds the rules a call tries, and so the ``explain``
+#: trace (one step per rule tried, plus at most a dozen others).
+MAX_RULES = _tunable("MAX_RULES", 1_000)
+#: Targets of one bridge action (a rule's or the default).
+MAX_TARGETS = _tunable("MAX_TARGETS", 64)
+#: Caps of one number (the compiled engine checks up to 16 without allocating).
+MAX_CAPS = _tunable("MAX_CAPS", 16)
+#: Blacklist entries of one number.
+MAX_BLACKLIST = _tunable("MAX_BLACKLIST", 10_000)
+#: Blacklist entries of the top-level (operator's) blacklist.
+MAX_GLOBAL_BLACKLIST = _tunable("MAX_GLOBAL_BLACKLIST", 100_000)
+#: Days in one calendar's holidays plus workdays, ranges expanded (ten years
+#: of every day; the official calendar adds ~35 a year).
+MAX_CALENDAR_DAYS = _tunable("MAX_CALENDAR_DAYS", 3_700)
+#: Time slots or date ranges in one rule condition.
+MAX_CONDITION_ENTRIES = _tunable("MAX_CONDITION_ENTRIES", 1_000)
+#: Entries of any other list in a plan (provinces, calendar years, the
+#: items of a days condition).
+MAX_LIST_ITEMS = _tunable("MAX_LIST_ITEMS", 400)
+#: Bytes of one number's plan as a store keeps it (canonical JSON).  A plan
+#: within every bound above stays well under it; it bounds what the audit
+#: log keeps per change as well.
+MAX_STORED_PLAN_BYTES = _tunable("MAX_STORED_PLAN_BYTES", 1024 * 1024)
+#: Bytes of a plan (or the settings) the audit log keeps in full for each
+#: change; a larger one is logged as its size and SHA-256.  Bounds the log
+#: to 10,000 entries of twice this.
+MAX_AUDITED_BYTES = _tunable("MAX_AUDITED_BYTES", 64 * 1024)
+#: Bytes of one plan file (a typo'd path to a log file should not take the
+#: router's memory).
+MAX_FILE_BYTES = _tunable("MAX_FILE_BYTES", 64 * 1024 * 1024)
+#: Values in one plan file's tree, counted as the validator would walk them
+#: (a YAML alias counts each time it is used): a few hundred bytes of
+#: aliases cannot expand into billions of values.
+MAX_FILE_VALUES = _tunable("MAX_FILE_VALUES", 5_000_000)
+
+# -- numbers (what both engines represent; not tunable) ------------------------------
+
+#: Years a plan's calendar additions (holidays, workdays, years) may name.
+#: The compiled engine keeps a byte per day from a calendar's first year to
+#: its last: two holidays in years 1 and 9999 took 1.7 s to compile and
+#: 3.6 MB per calendar.
+CALENDAR_FIRST_YEAR = 1970
+CALENDAR_LAST_YEAR = 2100
+
+#: A calls cap's limit.
+MAX_CAP_CALLS = 10**12
+#: A minutes cap's limit (counted in seconds: 6e10).
+MAX_CAP_MINUTES = 10**9
+#: A cost cap's limit, in currency units (counted in millionths: 1e15).
+MAX_CAP_COST = 10**9
+#: A tariff's rate per minute, in currency units.
+MAX_RATE = 10_000
+#: Characters of a decimal written as text ("0.35", "1e3").
+MAX_DECIMAL_CHARS = 32
+#: A target's share weight.
+MAX_WEIGHT = 1_000_000
+#: A tariff's billing increment, in seconds.
+MAX_INCREMENT_S = 3_600
