@@ -124,7 +124,8 @@ def test_call_registry_bounds():
     assert len(reg) == 1 and reg.dropped == 3 and reg.pop("late") is not None and reg.pop("late") is None
 
 
-@pytest.mark.parametrize("bad", [{"max_calls": 0}, {"max_calls": 1.5}, {"max_age_s": 0}, {"max_age_s": float("inf")}])
+@pytest.mark.parametrize("bad", [{"max_calls": 0}, {"max_calls": 1.5}, {"max_age_s": 0}, {"max_age_s": float("inf")},
+                                 {"max_age_s": 7 * 86400 + 1}, {"max_age_s": True}])
 def test_call_registry_bounds_are_checked(bad):
     with pytest.raises(ValueError):
         CallRegistry(**bad)

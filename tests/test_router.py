@@ -577,14 +577,17 @@ def test_the_longest_call_is_the_registrys_age_bound(make_router):
 
 
 def test_a_charge_no_counter_can_hold_is_refused_before_anything_is_counted(make_router):
-    from tel400.calls import CallRegistry
+    from tel400._common import CallRecord, bill_call
+    from tel400.plans import Tariff
 
-    router = make_router(minutes_plan(), calls=CallRegistry(max_age_s=1e300))
-    router.route("4001012345", BJ, at=TUESDAY_10, call_id="c1")
-    for huge in (1e17, 1e300):
+    router = make_router(minutes_plan())
+    charges = (("cost", "k", 1, 60),)
+    for rate in ("1e30", "1e8"):  # 1e30 cannot even be computed; 1e8 a minute is beyond 2**53 millionths
+        record = CallRecord("c", "4001012345", BJ, 1, ("13901010001",), "voice", 0.0,
+                            Tariff(Decimal(rate), Decimal(rate), 60), charges, True)
         with pytest.raises(ValueError, match="duration_s: the charge"):
-            router.call_ended("c1", huge)
-    assert router.call_ended("c1", 120).billed_s == 120
+            bill_call(record, 43200, None, router.prefixes)
+    assert bill_call(record, 60, None, router.prefixes)[1] == (("k", 1, 100_000_000_000_000, 60),)
 
 
 class FlakyCounters(tel400.MemoryCounters):

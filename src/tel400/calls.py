@@ -30,6 +30,10 @@ import structlog
 
 _log = structlog.get_logger("tel400.calls")
 
+#: The most ``max_age_s`` may be: a week.  No call lasts that long, and it
+#: keeps every duration, bill and call record far inside 64-bit integers.
+MAX_AGE_S = 7 * 86400
+
 
 class CallRegistry:
     """Thread-safe map of call id → call record, bounded in size and age.
@@ -38,7 +42,7 @@ class CallRegistry:
         max_calls: the most calls remembered at once (see the module notes
             for what happens beyond).
         max_age_s: how long a call is remembered; also the longest duration
-            :meth:`tel400.Router.call_ended` accepts.
+            :meth:`tel400.Router.call_ended` accepts.  At most a week.
         clock: a monotonic clock (tests).
         log_interval_s: at most one log line per this many seconds for
             dropped and refused calls.
@@ -50,8 +54,9 @@ class CallRegistry:
                  log_interval_s: float = 60.0) -> None:
         if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
             raise ValueError(f"max_calls: expected a whole number >= 1, got {max_calls!r}")
-        if not isinstance(max_age_s, (int, float)) or not 0 < max_age_s < float("inf"):
-            raise ValueError(f"max_age_s: expected a finite number of seconds > 0, got {max_age_s!r}")
+        if isinstance(max_age_s, bool) or not isinstance(max_age_s, (int, float)) \
+                or not 0 < max_age_s <= MAX_AGE_S:
+            raise ValueError(f"max_age_s: expected seconds > 0, at most {MAX_AGE_S} (a week), got {max_age_s!r}")
         self._calls: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.max_calls = max_calls
