@@ -30,6 +30,9 @@ import structlog
 
 _log = structlog.get_logger("tel400.calls")
 
+#: How long a call is remembered by default, and so the longest call accepted.
+DEFAULT_MAX_AGE_S = 12 * 3600
+
 #: The most ``max_age_s`` may be: a week.  No call lasts that long, and it
 #: keeps every duration, bill and call record far inside 64-bit integers.
 MAX_AGE_S = 7 * 86400
@@ -50,7 +53,7 @@ class CallRegistry:
     Every operation is O(1) amortised (an ordered dict under one lock).
     """
 
-    def __init__(self, *, max_calls: int = 200_000, max_age_s: float = 12 * 3600, clock=time.monotonic,
+    def __init__(self, *, max_calls: int = 200_000, max_age_s: float = DEFAULT_MAX_AGE_S, clock=time.monotonic,
                  log_interval_s: float = 60.0) -> None:
         if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
             raise ValueError(f"max_calls: expected a whole number >= 1, got {max_calls!r}")

@@ -30,7 +30,7 @@ import structlog
 
 import tel400
 from tel400 import pins
-from tel400.calls import CallRegistry
+from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from .app import Service
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how far a switch's 'at' may be from this server's clock ('inf': any time, a test bed)")
     p.add_argument("--max-calls", type=int, default=200_000,
                    help="calls in progress remembered for their end at most; beyond, new calls are not remembered")
-    p.add_argument("--max-call-duration", type=float, default=12 * 3600, metavar="SECONDS",
+    p.add_argument("--max-call-duration", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
                    help="the longest call: a longer reported duration is refused, an older call forgotten")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
