@@ -361,7 +361,8 @@ class Service:
                             field="duration") from None
         if charge is None:
             raise HttpError(404, "unknown_call", f"no routed call {call_id!r} is waiting for its end "
-                                                 "(never routed with this call_id, already ended, or expired)")
+                                                 "(never routed with this call_id, already ended, expired, or "
+                                                 "not remembered: --max-calls calls were in progress)")
         if self.records is not None:
             self.records.ended(charge)
         return 200, encode_json({
