@@ -141,6 +141,10 @@ def test_command_line(tmp_path):
     bad = subprocess.run([EXE, "--max-call-duration", "1e9", "--data", str(tmp_path / "d")],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "max_age_s" in bad.stderr
+    for tolerance in ("-1", "nan"):
+        bad = subprocess.run([EXE, "--at-tolerance", tolerance, "--data", str(tmp_path / "d")],
+                             capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and "at tolerance" in bad.stderr
 
 
 def test_switch_secrets_from_the_command_line(tmp_path):

@@ -121,6 +121,8 @@ class Service:
             offload = type(router.counters).__module__.endswith("redis_counters")
         self.offload = offload
         self.switch_auth = switch_auth
+        if not at_tolerance_s >= 0:  # NaN too: it would let every time through
+            raise ValueError(f"at tolerance: expected seconds >= 0 (or inf), got {at_tolerance_s!r}")
         self.at_tolerance_s = at_tolerance_s
         self.draining = False
         self.started = False
