@@ -115,9 +115,17 @@ def record(call_id):
 def test_call_registry_bounds():
     now = [0.0]
     reg = CallRegistry(max_calls=3, max_age_s=100, clock=lambda: now[0])
-    for i in range(5):
-        reg.remember(record(f"c{i}"))
-    assert len(reg) == 3 and reg.dropped == 2 and "c0" not in reg
+    stored = [reg.remember(record(f"c{i}")) for i in range(5)]
+    assert stored == [True, True, True, False, False]  # full: the new calls, not the oldest, are refused
+    assert len(reg) == 3 and reg.refused == 2 and reg.dropped == 0 and "c0" in reg and "c4" not in reg
+    assert reg.remember(record("c1"))  # an id already remembered is replaced, full or not
     now[0] = 150
     reg.remember(record("late"))
-    assert len(reg) == 1 and reg.pop("late") is not None and reg.pop("late") is None
+    assert len(reg) == 1 and reg.dropped == 3 and reg.pop("late") is not None and reg.pop("late") is None
+
+
+@pytest.mark.parametrize("bad", [{"max_calls": 0}, {"max_calls": 1.5}, {"max_age_s": 0}, {"max_age_s": float("inf")},
+                                 {"max_age_s": 7 * 86400 + 1}, {"max_age_s": True}])
+def test_call_registry_bounds_are_checked(bad):
+    with pytest.raises(ValueError):
+        CallRegistry(**bad)

@@ -136,6 +136,156 @@ def test_call_end_bad_input(http_client, body):
     assert r.status_code == 422, r.text
 
 
+@pytest.mark.parametrize("duration", [1e9, 1e18, 9.3e18, 1e300, 43201])
+def test_call_end_longer_than_a_call_can_last_is_refused_and_the_call_kept(http_client, duration):
+    """Issue #11 item 2: 1e9 spent the month's cost cap; 1e18 answered 500 after forgetting the call."""
+    http_client.route(call_id="c")
+    r = http_client.post("/v1/calls/c/end", content=b'{"duration": %s}' % str(duration).encode())
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (422, "bad_request", "duration"), r.text
+    assert "from 0 to 43200" in r.json()["message"]
+    form = http_client.post("/v1/calls/c/end", data={"duration": str(duration)})
+    assert form.status_code == 422, form.text
+    r = http_client.post("/v1/calls/c/end", json={"duration": 125})  # the corrected retry still finds the call
+    assert r.status_code == 200 and r.json()["billed_s"] == 180
+    assert http_client.route()["reason"] == "ok"  # and the month's cost cap is not spent
+
+
+# -- who may use the switch endpoints ---------------------------------------------------------------
+
+SWITCH_SECRET = "switch-secret-for-tests"
+
+
+def switch_requests():
+    """One request to each switch endpoint, as (method, path, keyword arguments)."""
+    return [("POST", "/v1/route", {"json": {"dialed": "4001012345", "caller": "13901012345"}}),
+            ("POST", "/v1/calls/x/end", {"json": {"duration": 1}}),
+            ("POST", "/freeswitch/dialplan", {"data": {"section": "dialplan", "Caller-Destination-Number": "4001012345"}}),
+            ("POST", "/kamailio/rtjson", {"json": {"dialed": "4001012345", "caller": "13901012345"}})]
+
+
+def request_from(app, address, method, path, **kwargs):
+    import asyncio
+
+    import httpx
+
+    async def go():
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://tel400.test") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_switch_endpoints_ask_for_the_shared_secret(tmp_path, impl):
+    import base64
+
+    from tel400_http.auth import SwitchAuth
+
+    service = make_service(tmp_path, impl.name, switch_auth=SwitchAuth.single(SWITCH_SECRET))
+    client = Client(service)
+    basic = base64.b64encode(f"freeswitch:{SWITCH_SECRET}".encode()).decode()
+    try:
+        for method, path, kwargs in switch_requests():
+            r = client.request(method, path, **kwargs)
+            assert (r.status_code, r.json()["error"]) == (401, "missing_secret"), path
+            assert r.headers["www-authenticate"].startswith("Basic")
+            r = client.request(method, path, token="wrong", **kwargs)
+            assert (r.status_code, r.json()["error"]) == (401, "bad_secret"), path
+            for auth in (f"Bearer {SWITCH_SECRET}", f"Basic {basic}"):
+                r = client.request(method, path, headers={"Authorization": auth}, **kwargs)
+                assert r.status_code in (200, 404), (path, r.text)  # 404: call x was never routed
+        bad_basic = base64.b64encode(b"freeswitch:nope").decode()
+        for auth in (f"Basic {bad_basic}", "Basic !!!", f"Basic {base64.b64encode(SWITCH_SECRET.encode()).decode()}"):
+            assert client.post("/v1/route", headers={"Authorization": auth},
+                               json={"dialed": "4001012345"}).status_code == 401
+        assert client.get("/v1/numbers", token=ADMIN).status_code == 200  # admin tokens are another matter
+        assert client.get("/v1/numbers", token=SWITCH_SECRET).status_code == 401  # and the secret is not one
+        assert client.get("/metrics").status_code == 200
+    finally:
+        service.stop()
+
+
+def test_switch_endpoints_answer_only_the_allowed_addresses(tmp_path, impl):
+    from tel400_http.auth import LOOPBACK, SwitchAuth
+
+    service = make_service(tmp_path, impl.name, switch_auth=SwitchAuth((), LOOPBACK + ("10.1.0.0/16",)))
+    try:
+        for method, path, kwargs in switch_requests():
+            for address in ("127.0.0.1", "::1", "10.1.2.3"):
+                assert request_from(service, address, method, path, **kwargs).status_code in (200, 404), path
+            for address in ("10.2.0.1", "192.0.2.7", "not-an-address"):
+                r = request_from(service, address, method, path, **kwargs)
+                assert (r.status_code, r.json()["error"]) == (403, "forbidden_address"), (path, address)
+        assert request_from(service, "192.0.2.7", "GET", "/v1/numbers",
+                            headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    finally:
+        service.stop()
+
+
+def test_switch_secret_and_allow_list_together(tmp_path, impl):
+    from tel400_http.auth import SwitchAuth
+
+    service = make_service(tmp_path, impl.name, switch_auth=SwitchAuth.single(SWITCH_SECRET, ["10.0.0.0/8"]))
+    body = {"json": {"dialed": "4001012345", "caller": "13901012345"}}
+    auth = {"Authorization": f"Bearer {SWITCH_SECRET}"}
+    try:
+        assert request_from(service, "10.0.0.5", "POST", "/v1/route", headers=auth, **body).status_code == 200
+        assert request_from(service, "10.0.0.5", "POST", "/v1/route", **body).status_code == 401
+        assert request_from(service, "192.0.2.1", "POST", "/v1/route", headers=auth, **body).status_code == 403
+    finally:
+        service.stop()
+
+
+def test_switch_secrets_file_keeps_digests_only(tmp_path):
+    from tel400_http.auth import SwitchAuth, hash_token
+
+    good = tmp_path / "switch-secrets"
+    good.write_text(f"# rotated on 2026-11-30\n{hash_token('old')}\n\n{hash_token('new')}  # FreeSWITCH\n")
+    auth = SwitchAuth.from_file(str(good))
+    for secret in (b"old", b"new"):
+        auth.check({"client": ("192.0.2.1", 1), "headers": [(b"authorization", b"Bearer " + secret)]})
+    clear = tmp_path / "clear"
+    clear.write_text("my-secret\n")
+    with pytest.raises(ValueError, match="line 1: expected the 64 hex digits of a SHA-256"):
+        SwitchAuth.from_file(str(clear))
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no secret digests"):
+        SwitchAuth.from_file(str(tmp_path / "empty"))
+
+
+# -- a switch's `at` is now ---------------------------------------------------------------------------
+
+
+def test_switch_at_far_from_the_clock_is_refused(tmp_path, impl):
+    """Issue #11 item 6: one day per request dodged a daily cap and filled the call registry."""
+    import datetime as dt
+    import time
+
+    service = make_service(tmp_path, impl.name, at_tolerance_s=300)
+    client = Client(service)
+    now = time.time()
+    shanghai_now = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).replace(tzinfo=None)
+    try:
+        for at in (now, now - 299, now + 299, shanghai_now.isoformat(timespec="seconds"),
+                   dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat()):
+            r = client.post("/v1/route", json={"dialed": "4001012345", "caller": "13901012345", "at": at})
+            assert r.status_code == 200, (at, r.text)
+        for at in (now - 86400, now + 301, now - 301, "2026-11-24T09:00", 0, 253402300799, "0001-01-01T00:00",
+                   "9999-12-31T23:59-14:00"):
+            for path in ("/v1/route", "/kamailio/rtjson"):
+                r = client.post(path, json={"dialed": "4001012345", "caller": "13901012345", "at": at,
+                                            "call_id": "c-far"})
+                assert (r.status_code, r.json()["field"]) == (422, "at"), at
+                if isinstance(at, str) and at[:4] in ("0001", "9999") or at == 253402300799:
+                    # past the years any calendar holds: refused before the clock is asked
+                    assert r.json()["error"] == "wrong_type" and "1901 to 9998" in r.json()["message"]
+                else:
+                    assert r.json()["error"] == "at_out_of_range" and "--at-tolerance" in r.json()["message"]
+        assert service.router.calls_in_progress == 0  # nothing was remembered
+    finally:
+        service.stop()
+
+
 # -- FreeSWITCH mod_xml_curl ----------------------------------------------------------------------
 
 

@@ -33,6 +33,22 @@ def test_metrics_follow_decisions_and_calendar_fallbacks(make_router):
     assert "tel400_calls_in_progress 1.0" in generate_latest(registry).decode()
 
 
+def test_calls_forgotten_or_not_remembered_are_counted(make_router):
+    from tel400.calls import CallRegistry
+
+    now = [0.0]
+    router = make_router(one_number(rules=[{"targets": ["1"]}]),
+                         calls=CallRegistry(max_calls=2, max_age_s=60, clock=lambda: now[0]))
+    registry = CollectorRegistry()
+    tel400.metrics.register(router, registry)
+    for call_id in ("a", "b", "c", "d"):
+        router.route("4001012345", "13901012345", call_id=call_id)
+    now[0] = 60
+    router.route("4001012345", "13901012345", call_id="e")  # a and b expire
+    text = generate_latest(registry).decode()
+    assert "tel400_calls_unremembered_total 2.0" in text and "tel400_calls_dropped_total 2.0" in text
+
+
 def test_backend_and_watcher_metrics(tmp_path, redis_url):
     registry = CollectorRegistry()
     plans = tel400.PlanSet.from_dict(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 9}]))

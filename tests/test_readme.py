@@ -28,8 +28,7 @@ def test_the_readme_curl_examples_work_against_the_service(tmp_path):
     from .http_harness import ServerProcess
 
     lines = command("http-examples").splitlines()
-    # The examples route at a fixed date in 2026: keep its record whenever the test runs.
-    server = ServerProcess(tmp_path, "--retention-days", "36500").start()
+    server = ServerProcess(tmp_path).start()
     try:
         outputs = []
         env = {"PATH": os.environ["PATH"]}
@@ -45,15 +44,18 @@ def test_the_readme_curl_examples_work_against_the_service(tmp_path):
             script = [s for s in script if not s.startswith("curl")]  # keep the assignments
     finally:
         server.stop()
-    route, end, plan, blacklist, _pin, report, dialplan, rtjson, metrics = outputs
-    assert json.loads(route)["targets"] == ["13901010001"]
+    route, conference, end, plan, blacklist, _pin, report, dialplan, rtjson, metrics = outputs
+    decision = json.loads(route)  # routed now: open or closed by the hour in Beijing
+    assert (decision["number"], decision["province"]) == ("4001012345", "CN-BJ")
+    assert decision["reason"] in ("ok", "closed") and decision["targets"] in ([], ["13901010001"])
+    assert json.loads(conference)["action"] == "conference"
     assert json.loads(end)["billed_s"] == 180
     assert json.loads(plan)["number"] == "4001012345"
     assert "13912345678" in json.loads(blacklist)["blacklist"]
     assert json.loads(report)["calls"] >= 1
     assert '<document type="freeswitch/xml">' in dialplan and 'expression="^4001012345$"' in dialplan
     assert json.loads(rtjson)["version"] == "1.0"
-    assert 'tel400_decisions_total{action="bridge",number="4001012345",reason="ok"}' in metrics
+    assert 'tel400_decisions_total{action="conference",number="4001532532",reason="ok"} 1.0' in metrics
 
 
 def test_test_command_installs_test_extras_and_runs_pytest():

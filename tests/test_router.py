@@ -563,11 +563,117 @@ def test_cost_cap_with_local_and_long_distance_tariff(make_router):
     assert router.route("4001012345", BJ, at=at(2026, 12, 1, 10)).reason == "ok"
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "60", None, True])
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), 1e18, "60", None, True])
 def test_call_ended_rejects_bad_durations(make_router, bad):
     router = make_router(one_number(rules=[bridge("1")]))
     with pytest.raises(ValueError, match="duration_s"):
         router.call_ended("x", bad)
+
+
+# --- call ends that must not lose or inflate a charge (issue #11, items 2 and 6) ------------
+
+
+def minutes_plan(limit=60):
+    return one_number(rules=[bridge("13901010001")], tariff={"local": "0.1", "long_distance": "0.3"},
+                      caps=[{"metric": "minutes", "per": "month", "limit": limit}])
+
+
+@pytest.mark.parametrize("huge", [43201, 1e9, 1e18, 9.3e18, 1e300])
+def test_call_end_longer_than_the_longest_call_is_refused_and_the_call_kept(make_router, huge):
+    """1e9 s used to spend a month's cap in one report; 1e18 failed after forgetting the call."""
+    router = make_router(minutes_plan())
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="c1")
+    with pytest.raises(ValueError, match=r"duration_s: expected seconds from 0 to 43200"):
+        router.call_ended("c1", huge)
+    assert router.calls_in_progress == 1  # nothing charged, still waiting
+    charge = router.call_ended("c1", 43200)  # the longest call is accepted: the corrected retry
+    assert charge.billed_s == 43200
+    assert router.call_ended("c1", 60) is None
+
+
+def test_the_longest_call_is_the_registrys_age_bound(make_router):
+    from tel400.calls import CallRegistry
+
+    router = make_router(minutes_plan(), calls=CallRegistry(max_age_s=3600))
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="c1")
+    with pytest.raises(ValueError, match="from 0 to 3600"):
+        router.call_ended("c1", 3601)
+    assert router.call_ended("c1", 3600).billed_s == 3600
+
+
+def test_a_charge_no_counter_can_hold_is_refused_before_anything_is_counted(make_router):
+    from tel400._common import CallRecord, bill_call
+    from tel400.plans import Tariff
+
+    router = make_router(minutes_plan())
+    charges = (("cost", "k", 1, 60),)
+    for rate in ("1e30", "1e8"):  # 1e30 cannot even be computed; 1e8 a minute is beyond 2**53 millionths
+        record = CallRecord("c", "4001012345", BJ, 1, ("13901010001",), "voice", 0.0,
+                            Tariff(Decimal(rate), Decimal(rate), 60), charges, True)
+        with pytest.raises(ValueError, match="duration_s: the charge"):
+            bill_call(record, 43200, None, router.prefixes)
+    assert bill_call(record, 60, None, router.prefixes)[1] == (("k", 1, 100_000_000_000_000, 60),)
+
+
+class FlakyCounters(tel400.MemoryCounters):
+    """Counters whose next ``add`` fails with something that is not a BackendError."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail_next = True
+
+    def add(self, key, period, amount, ttl_s):
+        if self.fail_next:
+            self.fail_next = False
+            raise OverflowError("Python int too large to convert to C long")
+        return super().add(key, period, amount, ttl_s)
+
+
+def test_a_charge_that_fails_keeps_the_call_for_the_retry(make_router):
+    router = make_router(minutes_plan(limit=3), FlakyCounters())
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="c1")
+    with pytest.raises(OverflowError):
+        router.call_ended("c1", 120)
+    assert router.call_ended("c1", 120).billed_s == 120  # the switch's retry finds the call
+    assert router.call_ended("c1", 120) is None  # and charges it once
+    assert router.route("4001012345", BJ, at=TUESDAY_10, call_id="c2").reason == "ok"  # 2 min of 3
+    router.call_ended("c2", 60)
+    assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"
+
+
+def test_a_full_call_registry_never_evicts_a_call_in_progress(make_router):
+    """Item 6: fresh call ids filled the registry and pushed out a real call, never charged."""
+    from tel400.calls import CallRegistry
+
+    now = [0.0]
+    router = make_router(minutes_plan(), calls=CallRegistry(max_calls=3, max_age_s=3600, clock=lambda: now[0]))
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="real")
+    for i in range(10):
+        assert router.route("4001012345", BJ, at=TUESDAY_10, call_id=f"flood-{i}").action == "bridge"
+    assert (router.calls_in_progress, router.calls_refused, router.calls_dropped) == (3, 8, 0)
+    assert router.call_ended("real", 125).billed_s == 180  # still there, charged
+    assert router.call_ended("flood-9", 60) is None  # admitted, not remembered: counted above
+    now[0] = 3600  # the flood expires: room again
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="next")
+    assert router.calls_dropped == 2 and router.call_ended("next", 60).billed_s == 60
+
+
+def test_forgotten_calls_are_logged_at_most_once_per_interval():
+    import structlog.testing
+
+    from tel400._common import CallRecord
+    from tel400.calls import CallRegistry
+
+    now = [0.0]
+    reg = CallRegistry(max_calls=1, max_age_s=50, clock=lambda: now[0], log_interval_s=60)
+    with structlog.testing.capture_logs() as logs:
+        for i in range(50):
+            reg.remember(CallRecord(f"c{i}", "4001012345", None, 0, (), "voice", 0.0, None, (), True))
+        now[0] = 61
+        reg.remember(CallRecord("late", "4001012345", None, 0, (), "voice", 0.0, None, (), True))
+    lines = [e for e in logs if e["event"] == "calls_forgotten"]
+    assert [(e["refused"], e["expired"]) for e in lines] == [(1, 0), (48, 1)]
+    assert reg.refused == 49 and reg.dropped == 1
 
 
 # --- backends that fail --------------------------------------------------------------

@@ -195,8 +195,23 @@ class CallRecord:
             raise ValueError(f"record: not a call record ({exc})") from None
 
 
-def charge_call(record: CallRecord, duration_s: float, target, prefixes, counters, backend_errors) -> Charge:
-    """Charge a finished call's minutes and cost to the period it was routed in."""
+#: The most one call may add to one counter (units: seconds, or millionths of
+#: a currency unit): far beyond any real call, well inside every backend's
+#: 64-bit counters.  A charge beyond it is refused before anything is counted.
+MAX_CHARGE_UNITS = 1 << 53
+
+
+def bill_call(record: CallRecord, duration_s: float, target, prefixes) -> tuple[Charge, tuple]:
+    """What a finished call costs, and what to add to which counter, changing nothing.
+
+    Returns:
+        The :class:`~tel400.Charge` and a tuple of ``(key, period, amount,
+        ttl_s)`` for :func:`apply_charges`.
+
+    Raises:
+        ValueError: the charge cannot be represented (a duration or tariff
+            so large that no counter could hold it).
+    """
     from ._impl import national_key, normalize_or_none
 
     tariff = record.tariff
@@ -208,17 +223,37 @@ def charge_call(record: CallRecord, duration_s: float, target, prefixes, counter
     target_province = prefixes.index_of_key(national_key(target_n)) if target_n else 0
     long_distance = record.province == 0 or target_province != record.province
     cost = None
-    if tariff is not None:
-        rate = tariff.long_distance if long_distance else tariff.local
-        cost = (rate * billed / 60).quantize(Decimal("0.000001"), rounding=ROUND_CEILING)
-    for metric, key, period, ttl_s in record.charges:
-        amount = billed if metric == "minutes" else to_units("cost", cost)
-        if amount:
-            try:
-                counters.add(key, period, amount, ttl_s)
-            except BackendError:
-                backend_errors["allow" if record.fail_open else "reject"] += 1
-    return Charge(
+    try:
+        if tariff is not None:
+            rate = tariff.long_distance if long_distance else tariff.local
+            cost = (rate * billed / 60).quantize(Decimal("0.000001"), rounding=ROUND_CEILING)
+        adds = []
+        for metric, key, period, ttl_s in record.charges:
+            amount = billed if metric == "minutes" else to_units("cost", cost)
+            if amount:
+                adds.append((key, period, int(amount), ttl_s))
+    except (ArithmeticError, TypeError) as exc:  # Decimal's InvalidOperation is an ArithmeticError
+        raise ValueError(f"duration_s: the charge of {duration_s!r} s cannot be computed ({exc!r})") from None
+    if any(amount > MAX_CHARGE_UNITS for _, _, amount, _ in adds):
+        raise ValueError(f"duration_s: the charge of {duration_s!r} s is beyond what a counter holds")
+    charge = Charge(
         record.call_id, record.number, record.caller, provinces.CODES[record.province],
         target, record.ts, duration_s, billed, cost, long_distance,
     )
+    return charge, tuple(adds)
+
+
+def apply_charges(adds: tuple, counters, fail_open: bool, backend_errors) -> None:
+    """Add what :func:`bill_call` computed; a failing backend applies the plan's policy (counted)."""
+    for key, period, amount, ttl_s in adds:
+        try:
+            counters.add(key, period, amount, ttl_s)
+        except BackendError:
+            backend_errors["allow" if fail_open else "reject"] += 1
+
+
+def charge_call(record: CallRecord, duration_s: float, target, prefixes, counters, backend_errors) -> Charge:
+    """Charge a finished call's minutes and cost to the period it was routed in."""
+    charge, adds = bill_call(record, duration_s, target, prefixes)
+    apply_charges(adds, counters, record.fail_open, backend_errors)
+    return charge

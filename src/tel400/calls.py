@@ -2,10 +2,22 @@
 
 Minutes and cost are charged when a call ends, to the period in which it
 was routed; the router keeps what it needs (see
-:class:`tel400._common.CallRecord`) under the call's id.  Ends that never
-arrive (a lost BYE) must not grow memory forever: records older than
-``max_age_s`` are dropped, oldest first, and so is the oldest record when
-``max_calls`` is reached.
+:class:`tel400._common.CallRecord`) under the call's id.
+
+Two bounds keep memory finite, and neither may lose a charge silently:
+
+* **age** — a record older than ``max_age_s`` (12 h by default) is dropped:
+  its end was lost (a missed BYE), or the call outlived the longest call
+  tel400 accepts, which is the same number (:meth:`tel400.Router.call_ended`
+  refuses longer durations).  Counted in :attr:`CallRegistry.dropped`.
+* **size** — at ``max_calls`` (200,000 by default) records, the expired ones
+  go first; if none has expired, the *new* call is not remembered: it was
+  admitted, but its end will be unknown and its minutes and cost will not be
+  charged.  Counted in :attr:`CallRegistry.refused`.  A flood of fresh call
+  ids therefore cannot push out a real call that is still talking.
+
+Both are logged, at most once per ``log_interval_s``, with the counts since
+the last line.
 """
 
 from __future__ import annotations
@@ -14,33 +26,117 @@ import threading
 import time
 from collections import OrderedDict
 
+import structlog
+
+_log = structlog.get_logger("tel400.calls")
+
+#: How long a call is remembered by default, and so the longest call accepted.
+DEFAULT_MAX_AGE_S = 12 * 3600
+
+#: The most ``max_age_s`` may be: a week.  No call lasts that long, and it
+#: keeps every duration, bill and call record far inside 64-bit integers.
+MAX_AGE_S = 7 * 86400
+
 
 class CallRegistry:
-    """Thread-safe map of call id → call record, bounded in size and age."""
+    """Thread-safe map of call id → call record, bounded in size and age.
 
-    def __init__(self, *, max_calls: int = 200_000, max_age_s: float = 12 * 3600, clock=time.monotonic) -> None:
+    Args:
+        max_calls: the most calls remembered at once (see the module notes
+            for what happens beyond).
+        max_age_s: how long a call is remembered; also the longest duration
+            :meth:`tel400.Router.call_ended` accepts.  At most a week.
+        clock: a monotonic clock (tests).
+        log_interval_s: at most one log line per this many seconds for
+            dropped and refused calls.
+
+    Every operation is O(1) amortised (an ordered dict under one lock).
+    """
+
+    def __init__(self, *, max_calls: int = 200_000, max_age_s: float = DEFAULT_MAX_AGE_S, clock=time.monotonic,
+                 log_interval_s: float = 60.0) -> None:
+        if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
+            raise ValueError(f"max_calls: expected a whole number >= 1, got {max_calls!r}")
+        if isinstance(max_age_s, bool) or not isinstance(max_age_s, (int, float)) \
+                or not 0 < max_age_s <= MAX_AGE_S:
+            raise ValueError(f"max_age_s: expected seconds > 0, at most {MAX_AGE_S} (a week), got {max_age_s!r}")
         self._calls: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.max_calls = max_calls
         self.max_age_s = max_age_s
         self._clock = clock
-        #: records dropped unended (age or size), for the metrics collector.
+        self._log_interval_s = log_interval_s
+        self._logged_at: float | None = None
+        self._unlogged = {"expired": 0, "refused": 0}
+        #: records dropped unended because they were older than ``max_age_s``.
         self.dropped = 0
+        #: calls not remembered because ``max_calls`` unexpired calls were in progress.
+        self.refused = 0
 
-    def remember(self, record) -> None:
+    def remember(self, record) -> bool:
+        """Keep ``record`` until its end; ``False`` if the registry is full (counted, logged)."""
         now = self._clock()
         record.remembered_at = now
         call_id = record.call_id
         with self._lock:
             calls = self._calls
-            calls.pop(call_id, None)
-            calls[call_id] = record
-            while calls:
-                oldest = next(iter(calls.values()))
-                if len(calls) <= self.max_calls and now - oldest.remembered_at < self.max_age_s:
-                    break
-                calls.popitem(last=False)
-                self.dropped += 1
+            expired = self._drop_expired(now)
+            stored = call_id in calls or len(calls) < self.max_calls
+            if stored:
+                calls.pop(call_id, None)  # the same id routed again (a PIN round): the latest wins
+                calls[call_id] = record
+            else:
+                self.refused += 1
+                self._unlogged["refused"] += 1
+            if expired or not stored:
+                self._log(now, record.number)
+        return stored
+
+    def _drop_expired(self, now: float) -> int:
+        calls, dropped = self._calls, 0
+        while calls:
+            oldest = next(iter(calls.values()))
+            if now - oldest.remembered_at < self.max_age_s:
+                break
+            calls.popitem(last=False)
+            dropped += 1
+        self.dropped += dropped
+        self._unlogged["expired"] += dropped
+        return dropped
+
+    def _log(self, now: float, number: str) -> None:
+        # One line per interval whatever the rate: a flood must not flood the log too.
+        if self._logged_at is not None and now - self._logged_at < self._log_interval_s:
+            return
+        self._logged_at = now
+        counts, self._unlogged = self._unlogged, {"expired": 0, "refused": 0}
+        _log.warning("calls_forgotten", expired=counts["expired"], refused=counts["refused"],
+                     in_progress=len(self._calls), max_calls=self.max_calls, max_age_s=self.max_age_s,
+                     last_number=number)
+
+    def get(self, call_id):
+        """The record of ``call_id``, left in place; ``None`` if unknown."""
+        with self._lock:
+            return self._calls.get(str(call_id))
+
+    def take(self, call_id, record) -> bool:
+        """Remove ``call_id`` if it still holds ``record``: ``False`` if another end (or route) came first."""
+        key = str(call_id)
+        with self._lock:
+            if self._calls.get(key) is not record:
+                return False
+            del self._calls[key]
+            return True
+
+    def restore(self, record) -> None:
+        """Put back a record taken for a charge that failed, so that a retry finds it.
+
+        It goes back even when the registry is full (one record over the
+        bound, for a moment) rather than lose a charge, unless the same id
+        has been routed again meanwhile.
+        """
+        with self._lock:
+            self._calls.setdefault(record.call_id, record)
 
     def pop(self, call_id):
         with self._lock:

@@ -48,8 +48,14 @@ class RouterCollector:
             value=router.calls_in_progress,
         )
         yield CounterMetricFamily(
-            "tel400_calls_dropped", "Calls forgotten unended (too old, or too many in progress).",
+            "tel400_calls_dropped", "Calls forgotten unended: older than the longest call.",
             value=router.calls_dropped,
+        )
+        yield CounterMetricFamily(
+            "tel400_calls_unremembered",
+            "Calls admitted but not remembered (too many in progress): their ends are unknown, their minutes "
+            "and cost uncharged.",
+            value=router.calls_refused,
         )
         fallback = CounterMetricFamily(
             "tel400_calendar_fallback",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import weakref
@@ -11,7 +10,7 @@ import attrs
 import structlog
 
 from . import _impl, numbers
-from ._common import CallRecord, Shared
+from ._common import CallRecord, Shared, apply_charges, bill_call
 from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
@@ -36,6 +35,9 @@ class Router:
         seed: seed for the random choices of ``weighted`` rules (tests and
             simulations); ``None`` seeds from the OS.  Children forked after
             the router was made are reseeded so they do not repeat each other.
+        calls: the :class:`~tel400.calls.CallRegistry` that remembers calls
+            in progress for :meth:`call_ended`; its bounds (200,000 calls,
+            12 hours, by default) also bound the durations accepted.
         implementation: ``"cython"`` or ``"python"`` to pick an engine
             (tests and debugging); ``None`` uses ``tel400.IMPLEMENTATION``.
 
@@ -59,7 +61,7 @@ class Router:
         self._seed = seed
         self._prefixes = prefixes
         backend = open_counters(counters, memory=self._impl.MemoryCounters)
-        self._shared = Shared(backend, random.Random(seed), calls or CallRegistry())
+        self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry())
         self._engine = self._compile(plans)
         self.reloads = 0
         _routers.add(self)
@@ -142,20 +144,44 @@ class Router:
             (never routed with this id, already ended, or expired).
 
         Raises:
-            ValueError: ``duration_s`` is negative or not a finite number, or
-                ``record`` is not one :meth:`export_call` made.
+            ValueError: ``duration_s`` is negative, not a finite number, or
+                longer than the longest call (the call registry's
+                ``max_age_s``, 12 h by default), or ``record`` is not one
+                :meth:`export_call` made.  The call is then still waiting
+                for its end: a corrected report charges it.
+
+        The call is forgotten only once its charge has been computed; if
+        adding it to the counters fails other than by the backend's own
+        failure (which applies the plan's policy), it is remembered again
+        and the error propagates.  Two reports of one end charge it once.
+
+        Cost: O(minutes and cost caps of the call).
         """
-        if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s < 0:
-            raise ValueError(f"duration_s: expected a finite number of seconds >= 0, got {duration_s!r}")
-        found = self._shared.calls.pop(call_id)
-        if found is None and record is not None:
+        calls = self._shared.calls
+        _check_duration(duration_s, calls.max_age_s)
+        found = calls.get(call_id)
+        if found is None:
+            if record is None:
+                _log.debug("call_end_unknown", call_id=str(call_id))
+                return None
             found = CallRecord.from_token(record)
             if found.call_id != str(call_id):
                 raise ValueError("record: it belongs to another call")
-        if found is None:
-            _log.debug("call_end_unknown", call_id=str(call_id))
-            return None
-        return self._engine.charge(found, duration_s, target)
+            return self._charge(found, duration_s, target)
+        charge, adds = bill_call(found, duration_s, target, self._engine.prefixes)
+        if not calls.take(call_id, found):
+            return None  # another report of this end came first
+        try:
+            apply_charges(adds, self._shared.counters, found.fail_open, self._shared.backend_errors)
+        except BaseException:
+            calls.restore(found)
+            raise
+        return charge
+
+    def _charge(self, found: CallRecord, duration_s: float, target) -> Charge:
+        charge, adds = bill_call(found, duration_s, target, self._engine.prefixes)
+        apply_charges(adds, self._shared.counters, found.fail_open, self._shared.backend_errors)
+        return charge
 
     def export_call(self, call_id) -> str | None:
         """Hand a routed call over to whoever will report its end.
@@ -212,8 +238,13 @@ class Router:
 
     @property
     def calls_dropped(self) -> int:
-        """Calls forgotten before their end was reported (too old or too many)."""
+        """Calls forgotten before their end was reported: older than the registry's ``max_age_s``."""
         return self._shared.calls.dropped
+
+    @property
+    def calls_refused(self) -> int:
+        """Calls admitted but not remembered: the registry held ``max_calls`` calls (their ends are unknown)."""
+        return self._shared.calls.refused
 
     def decision_counts(self) -> dict[tuple[str, str, str], int]:
         """Decisions so far by (number, action, reason); unknown numbers as ``unknown``."""
@@ -237,6 +268,12 @@ class Router:
             shared.rng.seed(f"{self._seed}:{os.getpid()}")
         if shared.fast_rng is not None:
             shared.fast_rng.seed(shared.rng.getrandbits(64))
+
+
+def _check_duration(duration_s, longest: float) -> None:
+    # compared, not converted: NaN fails the comparison, and an int too large for a float cannot overflow it
+    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not 0 <= duration_s <= longest:
+        raise ValueError(f"duration_s: expected seconds from 0 to {longest:g} (the longest call), got {duration_s!r}")
 
 
 def _reseed_after_fork() -> None:

@@ -19,6 +19,11 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``GET /openapi.json /v1/ping``            the API description; a trivial endpoint
 ========================================  =====================================================
 
+The switch endpoints (the first four) answer only the callers
+:class:`~tel400_http.auth.SwitchAuth` lets in (a shared secret, an address
+allow-list), take ``at`` only near this server's clock, and a call's end only
+for a duration a call can last.
+
 Routing runs on the event loop when it cannot block (memory and shm
 counters, no hashed PIN to derive); with Redis counters, or a PIN to check,
 it runs in a worker thread so that a slow backend never holds other
@@ -49,7 +54,7 @@ from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from . import openapi, switches
 from .asgi import ClientGone, HttpError, Request, encode_json, field, send
-from .auth import Tokens
+from .auth import SwitchAuth, Tokens
 from .records import CallRecords, check_month, plan_zones
 
 _log = structlog.get_logger("tel400.http")
@@ -59,6 +64,7 @@ _ROUTE_FIELDS = frozenset({"dialed", "caller", "at", "channel", "pin", "call_id"
 _COMMON_ROUTE_FIELDS = frozenset({"dialed", "caller"})
 _KAMAILIO_FIELDS = frozenset({"dialed", "caller", "call_id", "method", "at"})
 _END_FIELDS = frozenset({"duration", "target"})
+_SWITCH_ENDPOINTS = frozenset({"route", "freeswitch", "kamailio", "calls.end"})
 _PLAN_SECRETS = ("pin", "pin_hash")
 
 
@@ -83,6 +89,11 @@ class Service:
             held to 16 KiB.
         offload: route in a worker thread (default: when the counters are
             Redis, whose calls may wait on the network).
+        switch_auth: who may use the switch endpoints
+            (:class:`~tel400_http.auth.SwitchAuth`); ``None`` lets anyone
+            (``tel400-http`` sets it: loopback only, or a shared secret).
+        at_tolerance_s: how far from this server's clock a switch's ``at``
+            may be (seconds; ``math.inf`` accepts any time, for a test bed).
     """
 
     ROUTE_BODY = 16 * 1024
@@ -91,7 +102,8 @@ class Service:
                  tokens: Tokens | None = None, freeswitch: FreeSwitchSettings | None = None,
                  gateway: str | None = None, media_server: str | None = None, ring_timeout_ms: int = 30000,
                  cap_code: int = 486, end_url: str | None = None, max_body: int = 1 << 20,
-                 offload: bool | None = None) -> None:
+                 offload: bool | None = None, switch_auth: SwitchAuth | None = None,
+                 at_tolerance_s: float = 300.0) -> None:
         self.router = router
         self.store = store
         self.watcher = watcher
@@ -107,6 +119,10 @@ class Service:
         if offload is None:
             offload = type(router.counters).__module__.endswith("redis_counters")
         self.offload = offload
+        self.switch_auth = switch_auth
+        if not at_tolerance_s >= 0:  # NaN too: it would let every time through
+            raise ValueError(f"at tolerance: expected seconds >= 0 (or inf), got {at_tolerance_s!r}")
+        self.at_tolerance_s = at_tolerance_s
         self.draining = False
         self.started = False
         self._write_lock = threading.Lock()
@@ -188,6 +204,8 @@ class Service:
         name, handler = found
         req = Request(scope, receive, params)
         try:
+            if name in _SWITCH_ENDPOINTS and self.switch_auth is not None:
+                self.switch_auth.check(scope)
             status, body, content_type, headers = await handler(req)
         except HttpError as exc:
             status, body, content_type, headers = exc.status, encode_json(exc.body()), b"application/json", exc.headers
@@ -265,6 +283,32 @@ class Service:
             raise HttpError(422, "wrong_type", str(exc), field="at") from None
         return value
 
+    def _switch_at(self, value, dialed: str):
+        """A switch's ``at``: a call happening now, so near this server's clock (422 otherwise).
+
+        Any other time would let a caller pick the period its caps count in
+        (one day per request dodges a daily cap); other times are for
+        ``tel400 route --at`` and ``tel400 simulate``.
+        """
+        at = self._at(value)
+        if at is None or self.at_tolerance_s == math.inf:
+            return at
+        if isinstance(at, dt.datetime):
+            if at.tzinfo is None:
+                at_ts = at.replace(tzinfo=self._zone_of(_normalized(dialed))).timestamp()
+            else:
+                at_ts = at.timestamp()
+        else:
+            at_ts = at
+        off = at_ts - time.time()
+        if abs(off) > self.at_tolerance_s:
+            raise HttpError(422, "at_out_of_range",
+                            f"at: {value!r} is {abs(off):.0f} s {'ahead of' if off > 0 else 'behind'} this server's "
+                            f"clock; a switch reports calls as they happen (within {self.at_tolerance_s:g} s, "
+                            "tel400-http --at-tolerance); other times are for tel400 route --at and tel400 simulate",
+                            field="at")
+        return at
+
     async def h_route(self, req: Request):
         # The service's hot path: the common request ({"dialed", "caller"}, both
         # strings) is checked with a few type() tests; anything else takes the
@@ -280,7 +324,7 @@ class Service:
             _only(data, _ROUTE_FIELDS)
             dialed = field(data, "dialed", str, required=True)
             caller = field(data, "caller", str)
-            at = self._at(field(data, "at", (str, int, float)))
+            at = self._switch_at(field(data, "at", (str, int, float)), dialed)
             channel = field(data, "channel", str, default="voice")
             pin = field(data, "pin", str)
             call_id = _call_id(field(data, "call_id", str))
@@ -312,15 +356,18 @@ class Service:
             _only(data, _END_FIELDS)
             duration = field(data, "duration", (int, float), required=True)
             target = field(data, "target", str)
-        if not math.isfinite(duration) or duration < 0:
-            raise HttpError(422, "bad_request", "duration: expected a finite number of seconds >= 0", field="duration")
-        if self.offload:
-            charge = await asyncio.to_thread(self.router.call_ended, call_id, duration, target)
-        else:
-            charge = self.router.call_ended(call_id, duration, target)
+        try:  # a refused duration leaves the call waiting: a corrected retry charges it
+            if self.offload:
+                charge = await asyncio.to_thread(self.router.call_ended, call_id, duration, target)
+            else:
+                charge = self.router.call_ended(call_id, duration, target)
+        except ValueError as exc:
+            raise HttpError(422, "bad_request", str(exc).replace("duration_s", "duration", 1),
+                            field="duration") from None
         if charge is None:
             raise HttpError(404, "unknown_call", f"no routed call {call_id!r} is waiting for its end "
-                                                 "(never routed with this call_id, already ended, or expired)")
+                                                 "(never routed with this call_id, already ended, expired, or "
+                                                 "not remembered: --max-calls calls were in progress)")
         if self.records is not None:
             self.records.ended(charge)
         return 200, encode_json({
@@ -349,7 +396,7 @@ class Service:
         method = field(data, "method", str, default="INVITE").upper()
         if method not in ("INVITE", "MESSAGE"):
             raise HttpError(422, "bad_request", f"method: expected INVITE or MESSAGE, got {method!r}", field="method")
-        at = self._at(field(data, "at", (str, int, float)))
+        at = self._switch_at(field(data, "at", (str, int, float)), dialed)
         channel = "sms" if method == "MESSAGE" else "voice"
         decision = await self._decide_async("kamailio", dialed, caller, at, channel, None, call_id)
         doc = switches.kamailio_rtjson(decision, gateway=self.gateway, media_server=self.media_server,
@@ -707,6 +754,13 @@ def _call_id(value: str | None) -> str | None:
         raise HttpError(422, "bad_request", "call_id: expected 1 to 128 printable ASCII characters without spaces",
                         field="call_id")
     return value
+
+
+def _normalized(dialed: str) -> str | None:
+    try:
+        return tel400.normalize(dialed)
+    except tel400.NumberError:
+        return None
 
 
 def _int_param(req: Request, name: str, default, low: int, high: int):

@@ -1,4 +1,5 @@
-"""Bearer tokens for the admin API, each scoped to the 400 numbers it may manage.
+"""Bearer tokens for the admin API, each scoped to the 400 numbers it may manage;
+:class:`SwitchAuth` for the switch endpoints.
 
 Tokens are random secrets handed to a company's administrator; the service
 keeps only their SHA-256 (a token has far more entropy than a password, so a
@@ -17,8 +18,12 @@ A tokens file (TOML)::
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import tomllib
 
@@ -29,6 +34,8 @@ import tel400
 from .asgi import HttpError
 
 ALL = "*"
+#: Where a switch may call from when no secret is configured: this host only.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 def hash_token(token: str) -> str:
@@ -121,5 +128,110 @@ class Tokens:
         return found
 
 
-def _unauthorized(code: str, message: str) -> HttpError:
-    return HttpError(401, code, message, headers=[(b"www-authenticate", b'Bearer realm="tel400"')])
+class SwitchAuth:
+    """Who may use the switch endpoints (``/v1/route``, ``/v1/calls/{id}/end``,
+    ``/freeswitch/dialplan``, ``/kamailio/rtjson``).
+
+    Args:
+        digests: the SHA-256 of each accepted shared secret (several, to
+            rotate one without a gap).  When there is one, every request must
+            present a secret, as ``Authorization: Bearer SECRET`` or as the
+            password of HTTP basic auth (any user name: what mod_xml_curl's
+            ``gateway-credentials`` and a ``http://user:SECRET@host`` URL
+            send).  Empty: no secret is asked.
+        networks: the client addresses allowed (``"10.0.0.0/8"``, ``"::1"``);
+            ``None``: any address.  Checked before the secret.
+
+    Secrets are kept and compared as SHA-256 digests, every known one in
+    constant time, as for the admin tokens.  Refusals are 403
+    ``forbidden_address`` and 401 ``missing_secret`` / ``bad_secret``.
+    """
+
+    def __init__(self, digests=(), networks=None) -> None:
+        self._digests = tuple(digests)
+        self.networks = None if networks is None else tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._allowed = functools.lru_cache(maxsize=1024)(self._address_allowed)
+
+    @property
+    def asks_secret(self) -> bool:
+        return bool(self._digests)
+
+    @classmethod
+    def from_file(cls, path: str, networks=None) -> SwitchAuth:
+        """Secrets from a file of SHA-256 digests, one per line (``tel400-http --hash-token SECRET``); ``#`` comments."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        digests = []
+        for n, line in enumerate(lines, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                digest = bytes.fromhex(text)
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                raise ValueError(f"{path}: line {n}: expected the 64 hex digits of a SHA-256 "
+                                 "(tel400-http --hash-token SECRET), never the secret itself")
+            digests.append(digest)
+        if not digests:
+            raise ValueError(f"{path}: no secret digests")
+        return cls(digests, networks)
+
+    @classmethod
+    def single(cls, secret: str, networks=None) -> SwitchAuth:
+        return cls([hashlib.sha256(secret.encode()).digest()], networks)
+
+    def _address_allowed(self, host: str | None) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def check(self, scope) -> None:
+        """Let the request through, or raise the 403 / 401 :class:`HttpError`.  O(secrets) digests compared."""
+        if self.networks is not None:
+            client = scope.get("client")
+            host = client[0] if client else None
+            if not self._allowed(host):
+                raise HttpError(403, "forbidden_address", f"the switch endpoints do not answer {host or 'this client'} "
+                                "(tel400-http --switch-allow, --switch-secrets)")
+        if not self._digests:
+            return
+        presented = _switch_secret(scope["headers"])
+        if presented is None:
+            raise _unauthorized("missing_secret", "the switch endpoints need the switch secret: Authorization: "
+                                "Bearer SECRET, or HTTP basic auth with it as the password", scheme=b"Basic")
+        digest = hashlib.sha256(presented).digest()
+        found = False
+        for known in self._digests:  # every one, without stopping early: the time says nothing
+            found |= hmac.compare_digest(digest, known)
+        if not found:
+            raise _unauthorized("bad_secret", "the switch secret is not valid", scheme=b"Basic")
+
+
+def _switch_secret(headers) -> bytes | None:
+    """The secret in an ``Authorization`` header: a bearer token or a basic-auth password."""
+    for key, value in headers:
+        if key == b"authorization":
+            scheme, _, rest = value.strip().partition(b" ")
+            rest = rest.strip()
+            if scheme.lower() == b"bearer" and rest:
+                return rest
+            if scheme.lower() == b"basic" and rest:
+                try:
+                    user_password = base64.b64decode(rest, validate=True)
+                except (binascii.Error, ValueError):
+                    return None
+                _, colon, password = user_password.partition(b":")
+                return password if colon and password else None
+            return None
+    return None
+
+
+def _unauthorized(code: str, message: str, *, scheme: bytes = b"Bearer") -> HttpError:
+    return HttpError(401, code, message, headers=[(b"www-authenticate", scheme + b' realm="tel400"')])

@@ -11,6 +11,7 @@ import functools
 import json
 
 import tel400
+from tel400.calls import DEFAULT_MAX_AGE_S
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _NUMBER_PARAM = {"name": "number", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 40},
@@ -22,13 +23,16 @@ def _json(schema: dict, description: str = "OK") -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    text = {400: "malformed body", 401: "no or a bad token", 403: "the token may not manage this number",
+    text = {400: "malformed body", 401: "no or a bad token (switch endpoints: secret)",
+            403: "the token may not manage this number (switch endpoints: address not allowed)",
             404: "not found", 409: "not possible with this configuration", 413: "body too large",
             422: "invalid request or plan", 503: "plan store unavailable"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
 
 _ADMIN = [{"bearer": []}]
+# tel400-http --switch-secrets: the secret as a bearer token or a basic-auth password; without, an allow-list
+_SWITCH = [{"switchBearer": []}, {"switchBasic": []}, {}]
 
 _SCHEMAS = {
     "Error": {
@@ -43,8 +47,8 @@ _SCHEMAS = {
             "caller": {"type": "string", "nullable": True, "description": "the caller; absent or null when withheld",
                        "example": "13901012345"},
             "at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 253370764800, "exclusiveMaximum": True}], "nullable": True,
-                   "description": "ISO 8601 (naive: the plan's zone) or POSIX time, in the years 1901 to 9998; "
-                                  "default now"},
+                   "description": "ISO 8601 (naive: the plan's zone) or POSIX time, in the years 1901 to 9998; default "
+                                  "now. Refused (422 at_out_of_range) beyond --at-tolerance (300 s) of the server's clock"},
             "channel": {"type": "string", "enum": ["voice", "sms", None], "default": "voice", "nullable": True},
             "pin": {"type": "string", "nullable": True},
             "call_id": {"type": "string", "nullable": True, "pattern": "^[\\x21-\\x7e]{1,128}$",
@@ -72,7 +76,10 @@ _SCHEMAS = {
     },
     "CallEnd": {
         "type": "object", "required": ["duration"], "additionalProperties": False,
-        "properties": {"duration": {"type": "number", "minimum": 0, "description": "talk time in seconds"},
+        "properties": {"duration": {"type": "number", "minimum": 0, "maximum": DEFAULT_MAX_AGE_S,
+                                    "description": "talk time in seconds, at most the longest call "
+                                                   "(--max-call-duration, 43200 by default; beyond: 422, the call "
+                                                   "keeps waiting for a corrected end)"},
                        "target": {"type": "string", "nullable": True, "description": "the target that answered"}},
     },
     "Charge": {
@@ -143,7 +150,8 @@ _PATHS = {
         "summary": "Decide a call or message", "operationId": "route",
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/RouteRequest"}}}},
-        "responses": {"200": _json({"$ref": "#/components/schemas/Decision"}), **_errors(400, 413, 422)},
+        "security": _SWITCH,
+        "responses": {"200": _json({"$ref": "#/components/schemas/Decision"}), **_errors(400, 401, 403, 413, 422)},
     }},
     "/v1/calls/{call_id}/end": {"post": {
         "summary": "Report a call's end (charges minutes and cost caps)", "operationId": "callEnded",
@@ -152,7 +160,9 @@ _PATHS = {
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/CallEnd"}},
             "application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/CallEnd"}}}},
-        "responses": {"200": _json({"$ref": "#/components/schemas/Charge"}), **_errors(400, 404, 413, 422)},
+        "security": _SWITCH,
+        "responses": {"200": _json({"$ref": "#/components/schemas/Charge"}),
+                      **_errors(400, 401, 403, 404, 413, 422)},
     }},
     "/freeswitch/dialplan": {"post": {
         "summary": "FreeSWITCH mod_xml_curl dialplan lookup", "operationId": "freeswitchDialplan",
@@ -164,13 +174,16 @@ _PATHS = {
                                              "Unique-ID": {"type": "string"}}}}}},
         "responses": {"200": {"description": "the extension, or 'not found'",
                               "content": {"text/xml": {"schema": {"type": "string"}}}},
-                      **_errors(400, 413)},
+                      **_errors(400, 401, 403, 413)},
+        "security": _SWITCH,
     }},
     "/kamailio/rtjson": {"post": {
         "summary": "Kamailio rtjson routing document", "operationId": "kamailioRtjson",
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/KamailioRequest"}}}},
-        "responses": {"200": _json({"$ref": "#/components/schemas/RtJson"}), **_errors(400, 409, 413, 422)},
+        "security": _SWITCH,
+        "responses": {"200": _json({"$ref": "#/components/schemas/RtJson"}),
+                      **_errors(400, 401, 403, 409, 413, 422)},
     }},
     "/v1/numbers": {"get": {
         "summary": "The numbers this token may manage", "operationId": "listNumbers", "security": _ADMIN,
@@ -267,6 +280,10 @@ def document() -> bytes:
         "info": {"title": "tel400", "version": tel400.__version__,
                  "description": "Call routing for Chinese 400 numbers: decisions, switch formats, administration."},
         "paths": _PATHS,
-        "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": _SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "switchBearer": {"type": "http", "scheme": "bearer", "description": "the switch secret"},
+            "switchBasic": {"type": "http", "scheme": "basic", "description": "any user, the switch secret as password"},
+        }},
     }
     return json.dumps(doc, ensure_ascii=False).encode()

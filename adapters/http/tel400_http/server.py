@@ -7,7 +7,9 @@
 Embedded defaults, for a first look on a fresh machine: a data directory
 (``./tel400-data``) with an SQLite plan store seeded with the carrier manual's
 example plan, the call records, and an operator token (``admin-token``, made
-on first start); memory counters.  The command prints where to send requests.
+on first start); memory counters; the switch endpoints answer this host only
+(``--switch-secrets`` and ``--switch-allow`` let switches elsewhere in).  The
+command prints where to send requests.
 
 uvicorn with httptools and uvloop serves the raw ASGI application; SIGTERM or
 SIGINT stops accepting connections, finishes the requests in flight (up to
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import ipaddress
 import logging
 import os
 import pathlib
@@ -27,10 +30,11 @@ import structlog
 
 import tel400
 from tel400 import pins
+from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from .app import Service
-from .auth import Tokens, hash_token, new_token
+from .auth import LOOPBACK, SwitchAuth, Tokens, hash_token, new_token
 from .records import CallRecords, plan_zones
 
 DEFAULT_PORT = 8400
@@ -62,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30, help="seconds to finish requests in flight on shutdown")
     p.add_argument("--max-connections", type=int, default=4096,
                    help="connections and requests in progress at most; beyond, new requests are answered 503")
+    p.add_argument("--switch-secrets", metavar="FILE",
+                   help="SHA-256 digests of the switch secrets, one per line (--hash-token SECRET): the switch "
+                        "endpoints then need one (Authorization: Bearer, or basic auth's password)")
+    p.add_argument("--switch-allow", metavar="NETS",
+                   help="comma-separated addresses or networks the switch endpoints answer, or 'any' "
+                        "(default: 127.0.0.0/8,::1 without --switch-secrets, any with them)")
+    p.add_argument("--at-tolerance", type=float, default=300, metavar="SECONDS",
+                   help="how far a switch's 'at' may be from this server's clock ('inf': any time, a test bed)")
+    p.add_argument("--max-calls", type=int, default=200_000,
+                   help="calls in progress remembered for their end at most; beyond, new calls are not remembered")
+    p.add_argument("--max-call-duration", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
+                   help="the longest call: a longer reported duration is refused, an older call forgotten")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
     return p
@@ -111,7 +127,8 @@ def build_service(args) -> Service:
     store = tel400.open_store(args.plans or f"sqlite:///{data / 'plans.db'}")
     if args.plans is None and not store.numbers():
         seed(store, example_plans())
-    router = tel400.Router(store.load(), args.counters)
+    calls = CallRegistry(max_calls=args.max_calls, max_age_s=args.max_call_duration)
+    router = tel400.Router(store.load(), args.counters, calls=calls)
     watcher = tel400.PlanWatcher(router, store, version=store.version())
     if args.tokens:
         tokens = Tokens.from_file(args.tokens)
@@ -125,7 +142,27 @@ def build_service(args) -> Service:
                                     ring_timeout_s=args.ring_timeout)
     return Service(router, store=store, watcher=watcher, records=records, tokens=tokens, freeswitch=freeswitch,
                    gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
-                   cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body)
+                   cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body,
+                   switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance)
+
+
+def switch_auth(args) -> SwitchAuth:
+    """The switch endpoints' guard: secrets from --switch-secrets, addresses from --switch-allow."""
+    allow = args.switch_allow
+    if allow is None:
+        networks = None if args.switch_secrets else LOOPBACK
+    elif allow.strip().lower() == "any":
+        networks = None
+    else:
+        networks = [n.strip() for n in allow.split(",") if n.strip()]
+        for n in networks:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"--switch-allow: {n!r} is not an address or network") from None
+    if args.switch_secrets:
+        return SwitchAuth.from_file(args.switch_secrets, networks)
+    return SwitchAuth((), networks)
 
 
 def banner(service: Service, url: str, args) -> str:
@@ -138,8 +175,16 @@ def banner(service: Service, url: str, args) -> str:
         f"  route:   curl -s {url}/v1/route -d '{{\"dialed\": \"4001012345\", \"caller\": \"13901012345\"}}'",
         f"  admin:   curl -s -H {token} {url}/v1/numbers",
         f"  report:  curl -s -H {token} {url}/v1/numbers/4001012345/report",
+        f"  switch:  {_switch_note(service.switch_auth)}",
         f"  also:    {url}/metrics  {url}/readyz  {url}/openapi.json   (docs/http.md)",
     ])
+
+
+def _switch_note(auth: SwitchAuth | None) -> str:
+    if auth is None:
+        return "open to anyone"
+    where = "any address" if auth.networks is None else ", ".join(map(str, auth.networks))
+    return f"{where}, {'with' if auth.asks_secret else 'without'} a secret (--switch-secrets, --switch-allow)"
 
 
 def main(argv=None) -> int:
