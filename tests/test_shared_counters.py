@@ -95,6 +95,33 @@ def test_routers_count_through_every_backend(backend, make_router):
     assert [router.route("4001012345", BJ).reason for _ in range(4)] == ["ok"] * 3 + ["cap_exceeded"]
 
 
+def test_another_period_never_disturbs_the_current_one(backend, make_router):
+    """Issue #11 item 10 on every backend: each (cap, period) is its own counter."""
+    import datetime as dt
+
+    from .conftest import SHANGHAI
+
+    router = make_router(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 3}]),
+                         backend)
+    today = dt.datetime(2026, 11, 24, 10, tzinfo=SHANGHAI)
+    yesterday = dt.datetime(2026, 11, 23, 23, 59, 59, tzinfo=SHANGHAI)
+    tomorrow = dt.datetime(2026, 11, 25, 0, 0, 1, tzinfo=SHANGHAI)
+    assert [router.route("4001012345", BJ, at=today).reason for _ in range(4)] == ["ok"] * 3 + ["cap_exceeded"]
+    assert router.route("4001012345", BJ, at=yesterday).reason == "ok"
+    assert router.route("4001012345", BJ, at=today).reason == "cap_exceeded"
+    assert router.route("4001012345", BJ, at=tomorrow).reason == "ok"
+    assert router.route("4001012345", BJ, at=today).reason == "cap_exceeded"
+    assert [router.route("4001012345", BJ, at=yesterday).reason for _ in range(3)] == ["ok", "ok", "cap_exceeded"]
+
+
+def test_a_charge_to_the_previous_period_lands_there(backend):
+    backend.add("m", 8, 60, 3600)  # today's call ended
+    assert backend.add("m", 7, 600, 3600) == 600  # yesterday's call ended after midnight
+    assert (backend.value("m", 7), backend.value("m", 8)) == (600, 60)
+    assert backend.acquire([check("m", 61, increment=0, period=8)]) == -1
+    assert backend.acquire([check("m", 600, increment=0, period=7)]) == 0
+
+
 # --- shm ------------------------------------------------------------------------------------
 
 
