@@ -121,3 +121,113 @@ def test_call_registry_bounds():
     now[0] = 150
     reg.remember(record("late"))
     assert len(reg) == 1 and reg.pop("late") is not None and reg.pop("late") is None
+
+
+# --- periods (issue #11 item 10) and the bound on entries (item 6) ---------------------------
+
+
+def test_each_period_is_its_own_counter(impl):
+    c = impl.MemoryCounters()
+    assert [c.acquire([check("k", period=10)]) for _ in range(4)] == [-1, -1, -1, 0]
+    assert c.acquire([check("k", period=9)]) == -1  # a call dated yesterday
+    assert c.acquire([check("k", period=10)]) == 0  # today is still full
+    assert c.acquire([check("k", period=11)]) == -1  # a call dated tomorrow
+    assert c.acquire([check("k", period=10)]) == 0
+    assert c.add("k", 9, 5, 3600) == 6  # a late charge to yesterday
+    assert [c.value("k", p) for p in (9, 10, 11)] == [6, 3, 1]
+    assert len(c) == 3
+    c._check()
+
+
+NUMBER_KEY = "tel400:{4001012345}:cap:calls:day:number:any:1"
+
+
+def test_rotating_callers_stay_within_max_keys(impl):
+    """100,000 callers through a table of 10,000 keys: it stays flat and every refusal is counted."""
+    now = [0.0]
+    c = impl.MemoryCounters(clock=lambda: now[0], max_keys=10_000)
+    admitted = refused = 0
+    for i in range(100_000):
+        now[0] += 0.1  # the caller entries (3,600 s) expire 36,000 callers later
+        checks = [CapCheck(NUMBER_KEY, 1, 10**9, 1, 10**6), CapCheck(f"{NUMBER_KEY}:caller:{i}", 1, 3, 1, 3600)]
+        try:
+            c.acquire(checks)
+        except tel400.BackendError as exc:
+            assert "all 10000 keys in use" in str(exc)
+            refused += 1
+        else:
+            admitted += 1
+        if i % 1000 == 0:
+            assert len(c) <= 10_000
+    c._check()
+    assert len(c) == 10_000 and 0 < refused < 100_000
+    assert c.refused == {"cap": refused, "charge": 0, "pin": 0}
+    assert c.usage() == {"keys": 10_000, "max_keys": 10_000, "refused": c.refused}
+    assert c.value(NUMBER_KEY, 1) == admitted  # the number's count was never dropped to make room
+
+
+def test_at_the_bound_held_counts_go_on_and_new_keys_are_refused(impl):
+    c = impl.MemoryCounters(max_keys=3)
+    for key in "abc":
+        c.add(key, 1, 1, 3600)
+    assert c.acquire([check("a", limit=9)]) == -1 and c.add("b", 1, 5, 3600) == 6  # held entries still count
+    with pytest.raises(tel400.BackendError):
+        c.acquire([check("a", limit=9), check("new", limit=9)])
+    assert c.value("a", 1) == 2  # all or nothing: the refused call counted nowhere
+    with pytest.raises(tel400.BackendError):
+        c.add("b", 2, 60, 3600)  # a charge needing a new period of a held key
+    with pytest.raises(tel400.BackendError):
+        c.add_pin_failure("p", 0, 3600)
+    assert c.refused == {"cap": 1, "charge": 1, "pin": 1}
+    assert c.acquire([check("new", limit=9)], dry_run=True) == -1  # a dry run never needs room
+    c._check()
+
+
+def test_wrong_pins_from_rotating_callers_stay_within_max_keys(impl):
+    now = [0.0]
+    c = impl.MemoryCounters(clock=lambda: now[0], max_keys=1000)
+    refused = 0
+    for i in range(20_000):
+        now[0] += 1
+        try:
+            c.add_pin_failure(f"tel400:{{4001012345}}:pin:{i}", now[0], 3600)
+        except tel400.BackendError:
+            refused += 1
+    c._check()
+    assert len(c) == 1000 and c.refused["pin"] == refused > 0
+
+
+def test_pin_windows_reopened_or_cleared_keep_one_expiry_item(impl):
+    now = [0.0]
+    c = impl.MemoryCounters(clock=lambda: now[0])
+    for i in range(5000):
+        now[0] += 1
+        assert c.add_pin_failure("p", i * 3600.0, 3600) == 1  # every try opens a new window
+        c.add_pin_failure("q", now[0], 3600)
+        c.clear_pin_failures("q")
+    c._check()  # the expiry queue stays within 2 items per entry (+64)
+    assert len(c) == 1
+
+
+def test_max_keys_from_the_url_and_checked(impl):
+    c = open_counters("memory://?max_keys=5", memory=impl.MemoryCounters)
+    assert c.max_keys == 5 and c.url == "memory://?max_keys=5"
+    assert open_counters("memory://", memory=impl.MemoryCounters).max_keys == tel400.counters.DEFAULT_MAX_KEYS
+    for bad in ("0", "-1", "lots", "²"):
+        with pytest.raises(ValueError, match="max_keys must be a whole number"):
+            open_counters(f"memory://?max_keys={bad}", memory=impl.MemoryCounters)
+    with pytest.raises(ValueError, match="max_keys must be a whole number"):
+        impl.MemoryCounters(max_keys=0)
+
+
+def test_the_plans_policy_applies_at_the_bound(impl, make_router):
+    plans = {"numbers": [{
+        "number": "4001012345", "rules": [{"targets": ["1"]}], "on_backend_error": "reject",
+        "caps": [{"metric": "calls", "per": "day", "limit": 1, "scope": "caller"}],
+    }]}
+    router = make_router(plans, impl.MemoryCounters(max_keys=2))
+    assert [router.route("4001012345", c).reason for c in ("13901010001", "13901010002")] == ["ok", "ok"]
+    assert router.route("4001012345", "13901010003").reason == "backend_error"
+    assert router.route("4001012345", "13901010001").reason == "cap_exceeded"  # held counts still apply
+    assert router.backend_error_counts() == {"reject": 1}
+    assert router.counters.refused["cap"] == 1
