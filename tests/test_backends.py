@@ -231,3 +231,27 @@ def test_the_plans_policy_applies_at_the_bound(impl, make_router):
     assert router.route("4001012345", "13901010001").reason == "cap_exceeded"  # held counts still apply
     assert router.backend_error_counts() == {"reject": 1}
     assert router.counters.refused["cap"] == 1
+
+
+def test_refusals_are_logged_at_most_once_a_minute(impl):
+    from structlog.testing import capture_logs
+
+    from tel400.counters import RefusalLog
+
+    c = impl.MemoryCounters(max_keys=1)
+    c.add("a", 1, 1, 3600)
+    with capture_logs() as logs:
+        for i in range(50):
+            with pytest.raises(tel400.BackendError):
+                c.add(f"k{i}", 1, 1, 3600)
+    lines = [e for e in logs if e["event"] == "counter_keys_refused"]
+    assert len(lines) == 1 and lines[0]["charge"] == 1 and lines[0]["log_level"] == "warning"
+    assert c.refused["charge"] == 50
+    now = [0.0]
+    log = RefusalLog("memory", "max_keys=1", 60, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for kind in ("cap", "cap", "pin", "charge"):
+            log.note(kind)
+        now[0] = 61
+        log.note("cap")
+    assert [(e.get("cap"), e.get("pin"), e.get("charge")) for e in logs] == [(1, None, None), (2, 1, 1)]
