@@ -30,6 +30,7 @@ cdef class MemoryCounters(CCounters):
     cdef readonly dict refused     # new entries refused at the bound, by kind
     cdef Py_ssize_t _size(self)
     cdef Entry _counter(self, object key, int64_t period)
+    cdef Entry _other(self, object key, int64_t period)
     cdef int64_t _current(self, object key, int64_t period)
     cdef Entry _new_counter(self, object key, int64_t period, double now, int64_t ttl)
     cdef bint _holds(self, int table, object key, Entry entry)

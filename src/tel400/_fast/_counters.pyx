@@ -13,7 +13,7 @@ Python, which makes it atomic with respect to other threads.
 import heapq
 import time
 
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_Size
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
@@ -87,6 +87,10 @@ cdef class MemoryCounters(CCounters):
         cdef PyObject* found = PyDict_GetItem(self._counters, key)
         if found != NULL and (<Entry>found).period == period:
             return <Entry>found
+        return self._other(key, period)
+
+    cdef inline Entry _other(self, object key, int64_t period):
+        """The entry of (key, period) when it is not its key's newest period, or None."""
         if not self._others:
             return None
         return self._others.get((key, period))
@@ -188,15 +192,16 @@ cdef class MemoryCounters(CCounters):
         cdef PyObject* found
         cdef Entry entry
         cdef int64_t current
-        now = self._now()
-        if self._size() + n > self.max_keys:
+        now = -1  # the clock is read only for a call that gets counted (or near the bound)
+        if PyDict_Size(self._counters) + PyDict_Size(self._others) + PyDict_Size(self._pins) + n > self.max_keys:
+            now = self._now()
             self._evict(now, -1)  # near the bound: expired entries go first
         for i in range(n):
             found = PyDict_GetItem(self._counters, <object>keys[i])
             if found != NULL and (<Entry>found).period == periods[i]:
                 current = (<Entry>found).value
             else:  # another period of the key, or a key not counted yet
-                entry = self._counter(<object>keys[i], periods[i])
+                entry = self._other(<object>keys[i], periods[i])
                 if entry is None:
                     current = 0
                     if increments[i]:
@@ -207,6 +212,8 @@ cdef class MemoryCounters(CCounters):
                 return i
         if missing and self._size() + missing > self.max_keys:
             self._refuse("cap")
+        if now < 0:
+            now = self._now()
         for i in range(n):
             if not increments[i]:
                 continue
@@ -214,7 +221,7 @@ cdef class MemoryCounters(CCounters):
             if found != NULL and (<Entry>found).period == periods[i]:
                 (<Entry>found).value += increments[i]
                 continue
-            entry = self._counter(<object>keys[i], periods[i])
+            entry = self._other(<object>keys[i], periods[i])
             if entry is None:
                 entry = self._new_counter(<object>keys[i], periods[i], now, ttls[i])
             entry.value += increments[i]
