@@ -143,6 +143,21 @@ def test_shm_table_full_is_an_error_and_counted(tmp_path, make_router):
 
 
 @needs_shm
+def test_shm_rotating_callers_fill_the_table_but_held_counts_go_on(tmp_path):
+    """Issue #11 item 6 on shm://: the table is the bound; past it new keys are refused and counted."""
+    counters = tel400.open_counters(f"shm://{tmp_path}/rotate?slots=1024")
+    refused = 0
+    for i in range(5000):
+        try:
+            counters.acquire([check("number", 10**9), check(f"number:caller:{i}", 3)])
+        except tel400.BackendError:
+            refused += 1
+    stats = counters.stats()
+    assert stats["used"] <= 1024 and stats["full_events"] == refused > 3000
+    assert counters.value("number", 7) == 5000 - refused  # the held count never lost a call
+
+
+@needs_shm
 def test_shm_refuses_a_table_of_another_size(tmp_path):
     tel400.open_counters(f"shm://{tmp_path}/t?slots=1024")
     with pytest.raises(tel400.BackendError, match="another size"):

@@ -1,7 +1,9 @@
 """Counter backends: where caps and PIN failures are counted.
 
 A backend keeps integer counters keyed by a string and a period id (calls,
-billed seconds, or millionths of a currency unit) and answers one question
+billed seconds, or millionths of a currency unit), every (key, period) a
+counter of its own, so that a call dated in another period never disturbs
+the current one, and answers one question
 atomically: *do all of these caps still have room, and if so count the call
 in all of them* (:meth:`CounterBackend.acquire`).  The router builds the keys;
 backends know nothing of plans.
@@ -88,9 +90,10 @@ class CounterBackend(abc.ABC):
         """Release connections or mappings."""
 
 
-#: ``memory://``'s default bound on counters plus PIN windows (about 350 bytes
-#: each, so at most ~175 MB); ``memory://?max_keys=N`` changes it.
-DEFAULT_MAX_KEYS = 500_000
+#: ``memory://``'s default bound on counters plus PIN windows: about 330 bytes
+#: each compiled (510 in the reference) with a per-caller key, so at most
+#: ~100 MB; ``memory://?max_keys=N`` changes it.
+DEFAULT_MAX_KEYS = 300_000
 
 #: Kinds of entries refused at the bound, as :class:`MemoryCounters` counts them:
 #: a cap of a call being routed, a charge at a call's end, a wrong PIN.
@@ -327,12 +330,15 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
     """A counter backend from an object or a URL (``None`` means ``memory://``).
 
     Args:
-        spec: a backend, a URL, or ``None``.
+        spec: a backend, a URL, or ``None``.  ``memory://?max_keys=N`` bounds
+            the entries held in memory (:data:`DEFAULT_MAX_KEYS`);
+            ``shm:///path?slots=N`` sizes the shared table.
         memory: the class that serves ``memory://`` (default: the active
             implementation's, compiled when available).
 
     Raises:
-        ValueError: for a URL this version cannot open.
+        ValueError: for a URL this version cannot open, or a query value
+            that is not a whole number of at least 1.
     """
     if memory is None:
         from ._impl import MemoryCounters as memory
