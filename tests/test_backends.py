@@ -153,7 +153,7 @@ def test_rotating_callers_stay_within_max_keys(impl):
         try:
             c.acquire(checks)
         except tel400.BackendError as exc:
-            assert "all 10000 keys in use" in str(exc)
+            assert "memory counters: full (max_keys=10000" in str(exc)
             refused += 1
         else:
             admitted += 1
@@ -175,11 +175,35 @@ def test_at_the_bound_held_counts_go_on_and_new_keys_are_refused(impl):
         c.acquire([check("a", limit=9), check("new", limit=9)])
     assert c.value("a", 1) == 2  # all or nothing: the refused call counted nowhere
     with pytest.raises(tel400.BackendError):
-        c.add("b", 2, 60, 3600)  # a charge needing a new period of a held key
+        c.add("new", 1, 60, 3600)  # a charge needing a key not held yet
     with pytest.raises(tel400.BackendError):
         c.add_pin_failure("p", 0, 3600)
     assert c.refused == {"cap": 1, "charge": 1, "pin": 1}
     assert c.acquire([check("new", limit=9)], dry_run=True) == -1  # a dry run never needs room
+    c._check()
+
+
+def test_held_keys_open_new_periods_beyond_the_bound_up_to_twice_it(impl):
+    """Strangers who fill the table cannot stop a number's cap from counting after midnight."""
+    c = impl.MemoryCounters(max_keys=4)
+    assert c.acquire([check("number", period=1, limit=99), check("caller:0", period=1)]) == -1
+    for i in range(1, 3):
+        c.acquire([check("number", period=1, limit=99), check(f"caller:{i}", period=1)])
+    assert len(c) == 4
+    with pytest.raises(tel400.BackendError):  # a new caller: refused at the bound
+        c.acquire([check("number", period=2, limit=99), check("caller:9", period=2)])
+    # Midnight: the number's cap (held) opens its new period, with a caller already held.
+    assert c.acquire([check("number", period=2, limit=99), check("caller:0", period=2)]) == -1
+    assert c.add("caller:1", 1, 60, 3600) == 61  # a late charge to a held period
+    assert c.add("caller:1", 2, 60, 3600) == 60  # a charge opening a held key's new period
+    assert len(c) == 7
+    c.acquire([check("number", period=3, limit=99)])
+    assert len(c) == 8  # twice the bound: held keys too are refused now
+    with pytest.raises(tel400.BackendError):
+        c.acquire([check("number", period=4, limit=99)])
+    with pytest.raises(tel400.BackendError):
+        c.add("caller:2", 2, 60, 3600)
+    assert c.refused == {"cap": 2, "charge": 1, "pin": 0}
     c._check()
 
 

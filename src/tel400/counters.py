@@ -90,10 +90,11 @@ class CounterBackend(abc.ABC):
         """Release connections or mappings."""
 
 
-#: ``memory://``'s default bound on counters plus PIN windows: about 330 bytes
-#: each compiled (510 in the reference) with a per-caller key, so at most
-#: ~100 MB; ``memory://?max_keys=N`` changes it.
-DEFAULT_MAX_KEYS = 300_000
+#: ``memory://``'s default bound on counters plus PIN windows of keys not held
+#: yet (new periods of held keys may take twice that): about 330 bytes each
+#: compiled (510 in the reference) with a per-caller key, so at most ~130 MB
+#: (~200 MB); ``memory://?max_keys=N`` changes it.
+DEFAULT_MAX_KEYS = 200_000
 
 #: Kinds of entries refused at the bound, as :class:`MemoryCounters` counts them:
 #: a cap of a call being routed, a charge at a call's end, a wrong PIN.
@@ -151,18 +152,24 @@ class MemoryCounters(CounterBackend):
 
     Entries (counters and PIN windows) expire a period's lifetime after
     their first write (the backend's clock); expired entries are evicted in
-    expiry order, two per write, so no call waits for a full sweep.  At most
-    ``max_keys`` entries are held: a write that needs a new entry when the
-    table is full first evicts every expired entry; if there is still no
-    room, nothing is counted or evicted, the refusal is counted
-    (:attr:`refused`, ``tel400_counter_keys_refused``) and logged (at most
-    once a minute), and :class:`~tel400.BackendError` is raised so that the
-    plan's ``on_backend_error`` policy decides.  A count already held is
-    never dropped to make room.
+    expiry order, two per write, so no call waits for a full sweep.
+
+    The bound: a key not held yet (a new caller, a new PIN window) gets an
+    entry only while fewer than ``max_keys`` entries are held; a new period
+    of a key already held (a number's cap at midnight, a late charge) also
+    beyond that, up to ``2 * max_keys``, so that strangers filling the table
+    cannot stop the counting of the caps they did not create.  A write that
+    finds no room first evicts every expired entry; if there is still none,
+    nothing is counted or evicted, the refusal is counted (:attr:`refused`,
+    ``tel400_counter_keys_refused``) and logged (at most once a minute), and
+    :class:`~tel400.BackendError` is raised so that the plan's
+    ``on_backend_error`` policy decides.  A count already held is never
+    dropped to make room.
 
     Args:
         clock: the time source for expiry (tests pass a fake one).
-        max_keys: the bound on entries (:data:`DEFAULT_MAX_KEYS`).
+        max_keys: the bound on entries of keys not held yet (:data:`DEFAULT_MAX_KEYS`);
+            all entries stay within twice that.
 
     Cost: O(caps) per acquire, O(log entries) per new entry.
     """
@@ -177,6 +184,8 @@ class MemoryCounters(CounterBackend):
         self._lock = threading.Lock()
         # (key, period) -> [value, expires_at]
         self._counters: dict[tuple[str, int], list] = {}
+        # key -> how many periods of it are held
+        self._held: dict[str, int] = {}
         # key -> [failures, expires_at, window_opened_at]
         self._pins: dict[str, list] = {}
         # A heap of (expires_at, seq, table, dict key, entry): one item per
@@ -221,22 +230,41 @@ class MemoryCounters(CounterBackend):
                 self._push_expiry(entry[1], table, dict_key, entry)
             else:
                 del entries[dict_key]
+                if table == 0:
+                    self._forget_period(dict_key[0])
 
-    def _make_room(self, needed: int, now: float, kind: str) -> None:
-        """Room for ``needed`` new entries, evicting expired ones; else BackendError."""
-        if len(self) + needed <= self.max_keys:
+    def _forget_period(self, key: str) -> None:
+        held = self._held[key] - 1
+        if held:
+            self._held[key] = held
+        else:
+            del self._held[key]
+
+    def _has_room(self, new_keys: int, new_periods: int) -> bool:
+        """Room for entries of keys not held yet, and for new periods of held keys."""
+        size = len(self)
+        if new_keys and size + new_keys > self.max_keys:
+            return False
+        return size + new_keys + new_periods <= 2 * self.max_keys
+
+    def _make_room(self, new_keys: int, new_periods: int, now: float, kind: str) -> None:
+        """Room for new entries, evicting expired ones first; else BackendError."""
+        if self._has_room(new_keys, new_periods):
             return
         self._evict(now, -1)
-        if len(self) + needed > self.max_keys:
+        if not self._has_room(new_keys, new_periods):
             self._refuse(kind)
 
     def _refuse(self, kind: str):
         self.refused[kind] += 1
         self._refusal_log.note(kind)
-        raise BackendError(f"memory counters: all {self.max_keys} keys in use (memory://?max_keys=N)")
+        raise BackendError(
+            f"memory counters: full (max_keys={self.max_keys}; raise it with memory://?max_keys=N)"
+        )
 
     def _new_counter(self, key: str, period: int, now: float, ttl_s: int) -> list:
         entry = self._counters[(key, period)] = [0, now + ttl_s]
+        self._held[key] = self._held.get(key, 0) + 1
         self._push_expiry(now + ttl_s, 0, (key, period), entry)
         return entry
 
@@ -248,16 +276,19 @@ class MemoryCounters(CounterBackend):
                 now = self._clock()
                 if len(self) + len(checks) > self.max_keys:
                     self._evict(now, -1)  # near the bound: expired entries go first
-            missing = 0
+            new_keys = new_periods = 0
             for i, check in enumerate(checks):
                 entry = self._counters.get((check.key, check.period))
                 if (0 if entry is None else entry[0]) >= check.limit:
                     return i
                 if entry is None and check.increment:
-                    missing += 1
+                    if check.key in self._held:
+                        new_periods += 1
+                    else:
+                        new_keys += 1
             if dry_run:
                 return -1
-            if missing and len(self) + missing > self.max_keys:
+            if (new_keys or new_periods) and not self._has_room(new_keys, new_periods):
                 self._refuse("cap")
             for check in checks:
                 if check.increment:
@@ -273,7 +304,8 @@ class MemoryCounters(CounterBackend):
             now = self._clock()
             entry = self._counters.get((key, period))
             if entry is None:
-                self._make_room(1, now, "charge")
+                held = key in self._held
+                self._make_room(0 if held else 1, 1 if held else 0, now, "charge")
                 entry = self._new_counter(key, period, now, ttl_s)
             entry[0] += amount
             self._evict(now, self._EVICT_PER_WRITE)
@@ -295,7 +327,7 @@ class MemoryCounters(CounterBackend):
             clock_now = self._clock()
             entry = self._pins.get(key)
             if entry is None:
-                self._make_room(1, clock_now, "pin")
+                self._make_room(1, 0, clock_now, "pin")
                 entry = self._pins[key] = [0, clock_now + window_s, now]
                 self._push_expiry(clock_now + window_s, 1, key, entry)
                 self._compact_expiry()
@@ -317,7 +349,8 @@ class MemoryCounters(CounterBackend):
 
     def _check(self) -> None:
         """Assert the invariants: within the bound, one expiry item per entry, a bounded queue."""
-        assert len(self) <= self.max_keys
+        assert len(self) <= 2 * self.max_keys
+        assert sum(self._held.values()) == len(self._counters)
         held = [item for item in self._expiry if self._holds(item)]
         assert len(held) == len(self), (len(held), len(self))
         assert len(self._expiry) <= 2 * len(self) + 64
@@ -370,7 +403,9 @@ def _whole_query_number(parts, name: str, default: int) -> int:
         return default
     raw = values[0]
     if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-        raise ValueError(f"counters: {parts.scheme}:// {name} must be a whole number of at least 1, got {raw!r}")
+        raise ValueError(
+            f"counters: {parts.scheme}:// {name} must be a whole number of at least 1, got {raw!r}"
+        )
     return int(raw)
 
 
@@ -388,5 +423,6 @@ def _open_shm(parts) -> CounterBackend:
 
 
 __all__ = [
-    "BackendError", "CapCheck", "CounterBackend", "DEFAULT_MAX_KEYS", "MemoryCounters", "PERIOD_TTL_S", "open_counters",
+    "BackendError", "CapCheck", "CounterBackend", "DEFAULT_MAX_KEYS", "MemoryCounters", "PERIOD_TTL_S",
+    "open_counters",
 ]

@@ -18,6 +18,7 @@ cdef class CCounters:
 cdef class MemoryCounters(CCounters):
     cdef dict _counters            # key -> Entry of its newest period
     cdef dict _others              # (key, period) -> Entry of an older period
+    cdef dict _held                # key -> how many periods of it are held
     cdef dict _pins                # key -> Entry (a PIN window)
     cdef list _expiry              # heap of (expires, seq, table, key, entry)
     cdef object _clock
@@ -38,7 +39,8 @@ cdef class MemoryCounters(CCounters):
     cdef _push_expiry(self, double expires, int table, object key, Entry entry)
     cdef _compact_expiry(self)
     cdef int _evict(self, double now, int limit) except -1
-    cdef int _make_room(self, Py_ssize_t needed, double now, str kind) except -1
+    cdef bint _has_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods)
+    cdef int _make_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods, double now, str kind) except -1
     cdef int _refuse(self, str kind) except -1
     cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
                        const int64_t* increments, const int64_t* ttls, int n) except -2

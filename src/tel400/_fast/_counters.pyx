@@ -57,12 +57,15 @@ cdef class MemoryCounters(CCounters):
     """
 
     def __cinit__(self, *, clock=time.time, max_keys=DEFAULT_MAX_KEYS):
+        # Bound: see the reference (keys not held yet up to max_keys, new
+        # periods of held keys up to twice that).
         self.max_keys = check_max_keys(max_keys)
         self.url = "memory://" if max_keys == DEFAULT_MAX_KEYS else f"memory://?max_keys={max_keys}"
         self.refused = dict.fromkeys(REFUSAL_KINDS, 0)
         self._refusal_log = RefusalLog("memory", f"max_keys={max_keys}")
         self._counters = {}
         self._others = {}
+        self._held = {}
         self._pins = {}
         self._expiry = []
         self._clock = clock
@@ -116,6 +119,7 @@ cdef class MemoryCounters(CCounters):
             self._counters[key] = entry
         else:
             self._others[(key, period)] = entry
+        self._held[key] = self._held.get(key, 0) + 1
         self._push_expiry(entry.expires, 0, key, entry)
         return entry
 
@@ -127,10 +131,16 @@ cdef class MemoryCounters(CCounters):
     cdef _remove(self, int table, object key, Entry entry):
         if table == 1:
             del self._pins[key]
-        elif self._counters.get(key) is entry:
+            return
+        if self._counters.get(key) is entry:
             del self._counters[key]
         else:
             del self._others[(key, entry.period)]
+        held = self._held[key] - 1
+        if held:
+            self._held[key] = held
+        else:
+            del self._held[key]
 
     cdef _push_expiry(self, double expires, int table, object key, Entry entry):
         self._seq += 1
@@ -167,19 +177,28 @@ cdef class MemoryCounters(CCounters):
         self._next_expiry = (<tuple>expiry[0])[0] if expiry else INFINITY
         return 0
 
-    cdef int _make_room(self, Py_ssize_t needed, double now, str kind) except -1:
-        """Room for ``needed`` new entries, evicting expired ones; else BackendError."""
-        if self._size() + needed <= self.max_keys:
+    cdef bint _has_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods):
+        """Room for entries of keys not held yet, and for new periods of held keys."""
+        cdef Py_ssize_t size = self._size()
+        if new_keys and size + new_keys > self.max_keys:
+            return False
+        return size + new_keys + new_periods <= 2 * self.max_keys
+
+    cdef int _make_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods, double now, str kind) except -1:
+        """Room for new entries, evicting expired ones first; else BackendError."""
+        if self._has_room(new_keys, new_periods):
             return 0
         self._evict(now, -1)
-        if self._size() + needed > self.max_keys:
+        if not self._has_room(new_keys, new_periods):
             self._refuse(kind)
         return 0
 
     cdef int _refuse(self, str kind) except -1:
         self.refused[kind] += 1
         self._refusal_log.note(kind)
-        raise BackendError(f"memory counters: all {self.max_keys} keys in use (memory://?max_keys=N)")
+        raise BackendError(
+            f"memory counters: full (max_keys={self.max_keys}; raise it with memory://?max_keys=N)"
+        )
 
     # -- the interface ------------------------------------------------------------
 
@@ -187,13 +206,14 @@ cdef class MemoryCounters(CCounters):
                        const int64_t* increments, const int64_t* ttls, int n) except -2:
         """:meth:`acquire` for the compiled engine: C arrays, borrowed keys, never a dry run."""
         cdef int i
-        cdef Py_ssize_t missing = 0
+        cdef Py_ssize_t new_keys = 0, new_periods = 0
         cdef double now
         cdef PyObject* found
         cdef Entry entry
         cdef int64_t current
         now = -1  # the clock is read only for a call that gets counted (or near the bound)
-        if PyDict_Size(self._counters) + PyDict_Size(self._others) + PyDict_Size(self._pins) + n > self.max_keys:
+        if PyDict_Size(self._counters) + PyDict_Size(self._others) + PyDict_Size(self._pins) + n \
+                > self.max_keys:
             now = self._now()
             self._evict(now, -1)  # near the bound: expired entries go first
         for i in range(n):
@@ -205,12 +225,15 @@ cdef class MemoryCounters(CCounters):
                 if entry is None:
                     current = 0
                     if increments[i]:
-                        missing += 1
+                        if found != NULL or <object>keys[i] in self._held:
+                            new_periods += 1
+                        else:
+                            new_keys += 1
                 else:
                     current = entry.value
             if current >= limits[i]:
                 return i
-        if missing and self._size() + missing > self.max_keys:
+        if (new_keys or new_periods) and not self._has_room(new_keys, new_periods):
             self._refuse("cap")
         if now < 0:
             now = self._now()
@@ -231,7 +254,7 @@ cdef class MemoryCounters(CCounters):
     def acquire(self, checks, *, dry_run=False):
         """See :meth:`tel400.counters.CounterBackend.acquire`."""
         cdef double now = 0
-        cdef Py_ssize_t missing = 0
+        cdef Py_ssize_t new_keys = 0, new_periods = 0
         cdef Entry entry
         if not dry_run:
             now = self._now()
@@ -242,10 +265,13 @@ cdef class MemoryCounters(CCounters):
             if (0 if entry is None else entry.value) >= check.limit:
                 return i
             if entry is None and check.increment:
-                missing += 1
+                if check.key in self._held:
+                    new_periods += 1
+                else:
+                    new_keys += 1
         if dry_run:
             return -1
-        if missing and self._size() + missing > self.max_keys:
+        if (new_keys or new_periods) and not self._has_room(new_keys, new_periods):
             self._refuse("cap")
         for check in checks:
             if check.increment:
@@ -260,7 +286,10 @@ cdef class MemoryCounters(CCounters):
         cdef double now = self._now()
         cdef Entry entry = self._counter(key, period)
         if entry is None:
-            self._make_room(1, now, "charge")
+            if key in self._held:
+                self._make_room(0, 1, now, "charge")
+            else:
+                self._make_room(1, 0, now, "charge")
             entry = self._new_counter(key, period, now, ttl_s)
         entry.value += amount
         self._evict(now, EVICT_PER_WRITE)
@@ -279,7 +308,7 @@ cdef class MemoryCounters(CCounters):
         cdef double clock_now = self._now()
         cdef Entry entry = self._pins.get(key)
         if entry is None:
-            self._make_room(1, clock_now, "pin")
+            self._make_room(1, 0, clock_now, "pin")
             entry = Entry()
             entry.opened = now
             entry.value = 0
@@ -306,7 +335,8 @@ cdef class MemoryCounters(CCounters):
     def _check(self):
         """Assert the invariants: within the bound, one expiry item per entry, a bounded queue."""
         cdef Py_ssize_t size = self._size()
-        assert size <= self.max_keys
+        assert size <= 2 * self.max_keys
+        assert sum(self._held.values()) == len(self._counters) + len(self._others)
         held = [item for item in self._expiry if self._holds(item[2], item[3], item[4])]
         assert len(held) == size, (len(held), size)
         assert len(self._expiry) <= 2 * size + 64
