@@ -50,10 +50,10 @@ cdef class MemoryCounters(CCounters):
     """Counters in this process's memory; exact within one process.
 
     Every (key, period) is a counter of its own and at most ``max_keys``
-    entries are held, as in the reference (see its docstring).  The newest
-    period of a key sits in a dict by key, which the hot path reads; other
-    periods of the key (a call dated yesterday, a late charge) sit in a
-    dict by (key, period), read only when the first misses.
+    entries are held, as in the reference (see its docstring).  One period
+    of each key, normally the newest, sits in a dict by key, which the hot
+    path reads; other periods of the key (a call dated yesterday, a late
+    charge) sit in a dict by (key, period), read only when the first misses.
     """
 
     def __cinit__(self, *, clock=time.time, max_keys=DEFAULT_MAX_KEYS):
@@ -340,8 +340,8 @@ cdef class MemoryCounters(CCounters):
         held = [item for item in self._expiry if self._holds(item[2], item[3], item[4])]
         assert len(held) == size, (len(held), size)
         assert len(self._expiry) <= 2 * size + 64
-        for key, entry in self._counters.items():
-            assert all(p < (<Entry>entry).period for k, p in self._others if k == key)
+        for key, entry in self._counters.items():  # each (key, period) in one place only
+            assert (key, (<Entry>entry).period) not in self._others
 
     def close(self):
         pass
