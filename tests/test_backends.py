@@ -279,3 +279,15 @@ def test_refusals_are_logged_at_most_once_a_minute(impl):
         now[0] = 61
         log.note("cap")
     assert [(e.get("cap"), e.get("pin"), e.get("charge")) for e in logs] == [(1, None, None), (2, 1, 1)]
+
+
+def test_a_simulation_is_never_cut_short_by_the_bound():
+    """tel400 simulate routes synthetic callers (a counter each): its counters grow with the run."""
+    from tel400.simulate import _simulation_counters
+
+    plans = tel400.PlanSet.from_dict({"numbers": [{
+        "number": "4001012345", "rules": [{"targets": ["1"]}], "on_backend_error": "reject",
+        "caps": [{"metric": "calls", "per": "day", "limit": 5, "scope": "caller"}],
+    }]})
+    assert _simulation_counters(plans, 10**6).max_keys == 2 * 10**6
+    assert _simulation_counters(plans, 10).max_keys == tel400.counters.DEFAULT_MAX_KEYS
