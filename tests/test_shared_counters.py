@@ -114,6 +114,24 @@ def test_another_period_never_disturbs_the_current_one(backend, make_router):
     assert [router.route("4001012345", BJ, at=yesterday).reason for _ in range(3)] == ["ok", "ok", "cap_exceeded"]
 
 
+def test_a_call_ending_after_midnight_is_charged_to_its_day_through_the_router(backend, make_router):
+    import datetime as dt
+
+    from .conftest import SHANGHAI
+
+    router = make_router(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "minutes", "per": "day", "limit": 1}]),
+                         backend)
+    late = dt.datetime(2026, 11, 24, 23, 59, tzinfo=SHANGHAI)
+    after_midnight = dt.datetime(2026, 11, 25, 0, 5, tzinfo=SHANGHAI)
+    router.route("4001012345", BJ, at=late, call_id="late")
+    router.route("4001012345", BJ, at=after_midnight, call_id="next")
+    router.call_ended("next", 60)  # the new day's minute used up
+    router.call_ended("late", 600)  # yesterday's call ends after midnight
+    assert router.route("4001012345", BJ, at=after_midnight).reason == "cap_exceeded"
+    assert router.route("4001012345", BJ, at=late).reason == "cap_exceeded"
+    assert not router.backend_error_counts()
+
+
 def test_a_charge_to_the_previous_period_lands_there(backend):
     backend.add("m", 8, 60, 3600)  # today's call ended
     assert backend.add("m", 7, 600, 3600) == 600  # yesterday's call ended after midnight
