@@ -199,8 +199,9 @@ def edge_times(draw, plans: tel400.PlanSet) -> list[float]:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(plan_sets(), st.lists(calls(), min_size=1, max_size=25), st.data())
-def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
+@given(plan_sets(), st.lists(calls(), min_size=1, max_size=25), st.data(),
+       st.sampled_from([tel400.counters.DEFAULT_MAX_KEYS, 1, 2, 5]))
+def test_compiled_engine_decides_like_the_reference(tree, sequence, data, max_keys):
     plans = tel400.PlanSet.from_dict(tree)
     edges = edge_times(data.draw, plans)
     if edges:
@@ -214,7 +215,11 @@ def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
                 weighted.add((p.number, r.name))
         if p.default.kind == "bridge" and p.default.strategy == "weighted":
             weighted.add((p.number, None))
-    routers = [tel400.Router(plans, seed=7, implementation=name) for name in ("python", "cython")]
+    # A small counter bound puts calls at it (backend_error or uncounted by the plan's policy).
+    routers = [
+        tel400.Router(plans, _impl.ENGINES[name].MemoryCounters(max_keys=max_keys), seed=7, implementation=name)
+        for name in ("python", "cython")
+    ]
     remembered: dict[str, tuple] = {}  # call id -> targets of the call it was last routed for
     for call in sequence:
         decisions = [
@@ -233,6 +238,8 @@ def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
             if isinstance(charges[0], tuple):  # refused, and still waiting: both charge the corrected end
                 remembered[call["call_id"]] = targets
     assert routers[0].decision_counts() == routers[1].decision_counts()
+    assert routers[0].backend_error_counts() == routers[1].backend_error_counts()
+    assert routers[0].counters.refused == routers[1].counters.refused
     explained = [r.explain(sequence[0]["dialed"], sequence[0]["caller"], sequence[0]["at"]) for r in routers]
     assert [s.check for s in explained[0].explain] == [s.check for s in explained[1].explain]
 

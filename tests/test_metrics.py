@@ -71,3 +71,16 @@ def test_backend_and_watcher_metrics(tmp_path, redis_url):
         tel400.metrics.register(shm_router, shm_registry)
         text = generate_latest(shm_registry).decode()
         assert "tel400_shm_slots 1024.0" in text and "tel400_shm_slots_used 1.0" in text
+
+
+def test_memory_counter_bound_metrics(impl, make_router):
+    plans = one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 1, "scope": "caller"}])
+    router = make_router(plans, impl.MemoryCounters(max_keys=2))
+    registry = CollectorRegistry()
+    tel400.metrics.register(router, registry)
+    for caller in ("13901010001", "13901010002", "13901010003", "13901010004"):
+        router.route("4001012345", caller)
+    text = generate_latest(registry).decode()
+    assert "tel400_counter_keys 2.0" in text and "tel400_counter_keys_max 2.0" in text
+    assert 'tel400_counter_keys_refused_total{kind="cap"} 2.0' in text
+    assert 'tel400_counter_keys_refused_total{kind="charge"} 0.0' in text

@@ -543,6 +543,30 @@ def test_call_end_charges_the_period_it_was_routed_in(make_router):
     assert router.route("4001012345", BJ, at=at(2026, 11, 25, 0, 5)).reason == "ok"
 
 
+def test_a_call_in_an_earlier_or_later_period_leaves_the_current_one_alone(make_router):
+    """Issue #11 item 10: one call dated yesterday used to reset today's full cap."""
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "calls", "per": "day", "limit": 3}]))
+    today = [router.route("4001012345", BJ, at=TUESDAY_10).reason for _ in range(4)]
+    assert today == ["ok"] * 3 + ["cap_exceeded"]
+    yesterday = dt.datetime(2026, 11, 23, 23, 59, 59, tzinfo=SHANGHAI)
+    assert router.route("4001012345", BJ, at=yesterday).reason == "ok"  # counted in yesterday's own period
+    assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"
+    assert router.route("4001012345", BJ, at=at(2026, 11, 25, 10)).reason == "ok"  # tomorrow
+    assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"
+    # Yesterday holds its one call: two more places there, then none.
+    assert [router.route("4001012345", BJ, at=yesterday).reason for _ in range(3)] == ["ok", "ok", "cap_exceeded"]
+
+
+def test_a_late_charge_to_the_previous_period_keeps_the_new_periods_count(make_router):
+    router = make_router(one_number(rules=[bridge("1")], caps=[{"metric": "minutes", "per": "day", "limit": 1}]))
+    router.route("4001012345", BJ, at=at(2026, 11, 24, 23, 59), call_id="late")
+    router.route("4001012345", BJ, at=at(2026, 11, 25, 0, 5), call_id="next")
+    router.call_ended("next", 60)  # today's minute used up
+    router.call_ended("late", 600)  # yesterday's call ends after midnight: charged to yesterday
+    assert router.route("4001012345", BJ, at=at(2026, 11, 25, 0, 20)).reason == "cap_exceeded"
+    assert router.route("4001012345", BJ, at=at(2026, 11, 24, 23, 59)).reason == "cap_exceeded"
+
+
 def test_cost_cap_with_local_and_long_distance_tariff(make_router):
     tree = one_number(
         rules=[bridge("13901010001", "02161234567", strategy="sequential")],

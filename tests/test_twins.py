@@ -96,3 +96,57 @@ def test_bucketed_lookup_at_bucket_edges(starts, key):
     for k in (key, key // span * span, key // span * span - 1, min(key // span * span + span, 10**11 - 1)):
         if k >= 0:
             assert lookup.index_of_key(k) == codes[bisect.bisect_right(starts, k) - 1]
+
+
+# --- memory:// counters: the same answers, sizes and refusals at the bound ---------------------
+
+_counter_ops = st.one_of(
+    st.tuples(st.just("acquire"), st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 4),
+                                                     st.integers(0, 2)), min_size=1, max_size=3), st.booleans()),
+    st.tuples(st.just("add"), st.integers(0, 5), st.integers(0, 3), st.integers(0, 90)),
+    st.tuples(st.just("pin"), st.integers(0, 3), st.integers(0, 20)),
+    st.tuples(st.just("clear"), st.integers(0, 3)),
+    st.tuples(st.just("tick"), st.integers(1, 40)),
+)
+
+
+def _apply(counters, op, now):
+    from tel400.counters import CapCheck
+
+    kind = op[0]
+    if kind == "acquire":
+        checks = [CapCheck(f"k{k}", p, limit, inc, 30) for k, p, limit, inc in op[1]]
+        return counters.acquire(checks, dry_run=op[2])
+    if kind == "add":
+        return counters.add(f"k{op[1]}", op[2], op[3], 30)
+    if kind == "pin":
+        return counters.add_pin_failure(f"p{op[1]}", now[0] + op[2], 10)
+    return counters.clear_pin_failures(f"p{op[1]}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40), st.lists(_counter_ops, max_size=80))
+def test_memory_counter_twins_agree_at_the_bound(max_keys, ops):
+    """Periods, expiry, the max_keys bound and its refusals: the same in both, after every operation."""
+    from tel400 import BackendError
+
+    now = [0.0]
+    twins = [impl.MemoryCounters(clock=lambda: now[0], max_keys=max_keys) for impl in _impl.ENGINES.values()]
+    for op in ops:
+        if op[0] == "tick":
+            now[0] += op[1]
+            continue
+        answers = []
+        for counters in twins:
+            try:
+                answers.append(_apply(counters, op, now))
+            except BackendError as exc:
+                answers.append(str(exc))
+        assert answers[0] == answers[1], op
+        assert [len(c) for c in twins] == [len(twins[0])] * 2
+        assert twins[0].refused == twins[1].refused
+    for counters in twins:
+        counters._check()
+    values = [[c.value(f"k{k}", p) for k in range(6) for p in range(4)] for c in twins]
+    pins = [[c.pin_failures(f"p{k}", now[0], 10) for k in range(4)] for c in twins]
+    assert values[0] == values[1] and pins[0] == pins[1]

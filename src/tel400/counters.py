@@ -1,7 +1,9 @@
 """Counter backends: where caps and PIN failures are counted.
 
 A backend keeps integer counters keyed by a string and a period id (calls,
-billed seconds, or millionths of a currency unit) and answers one question
+billed seconds, or millionths of a currency unit), every (key, period) a
+counter of its own, so that a call dated in another period never disturbs
+the current one, and answers one question
 atomically: *do all of these caps still have room, and if so count the call
 in all of them* (:meth:`CounterBackend.acquire`).  The router builds the keys;
 backends know nothing of plans.
@@ -17,15 +19,18 @@ router then applies the plan's ``on_backend_error`` policy.
 from __future__ import annotations
 
 import abc
+import heapq
 import threading
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from sortedcontainers import SortedList
+import structlog
 
 from .exceptions import BackendError
+
+_log = structlog.get_logger("tel400.counters")
 
 #: How long a period's counter must outlive its first write, by period: the
 #: longest such period plus an hour (DST) — keys carry the period id, so a
@@ -85,97 +90,270 @@ class CounterBackend(abc.ABC):
         """Release connections or mappings."""
 
 
+#: ``memory://``'s default bound on counters plus PIN windows of keys not held
+#: yet (new periods of held keys may take twice that): about 330 bytes each
+#: compiled (510 in the reference) with a per-caller key, so at most ~130 MB
+#: (~200 MB); ``memory://?max_keys=N`` changes it.
+DEFAULT_MAX_KEYS = 200_000
+
+#: Kinds of entries refused at the bound, as :class:`MemoryCounters` counts them:
+#: a cap of a call being routed, a charge at a call's end, a wrong PIN.
+REFUSAL_KINDS = ("cap", "charge", "pin")
+
+
+class RefusalLog:
+    """A warning when counters are refused at a table's bound, at most once per interval.
+
+    Shared by every backend with a bound (both ``memory://`` twins, ``shm://``):
+    a flood of refusals costs one log line per ``interval_s``, which says how
+    many were refused since the previous line.  Cost: O(1) per refusal.
+    """
+
+    def __init__(self, backend: str, bound: str, interval_s: float = 60.0, *, clock=time.monotonic) -> None:
+        self._backend = backend
+        self._bound = bound
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last = -float("inf")
+        self._unlogged: dict[str, int] = dict.fromkeys(REFUSAL_KINDS, 0)
+
+    def note(self, kind: str) -> None:
+        self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+        now = self._clock()
+        if now - self._last < self._interval_s:
+            return
+        self._last = now
+        refused, self._unlogged = self._unlogged, dict.fromkeys(REFUSAL_KINDS, 0)
+        _log.warning(
+            "counter_keys_refused", backend=self._backend, bound=self._bound,
+            **{kind: count for kind, count in refused.items() if count},
+            effect="the plan's on_backend_error applied to each (uncounted or rejected)",
+            fix="raise the bound, or shorten what is counted per caller",
+        )
+
+
+def check_max_keys(max_keys) -> int:
+    """``max_keys`` as a whole number of at least 1 (ValueError otherwise)."""
+    if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+        raise ValueError(f"counters: max_keys must be a whole number of at least 1, got {max_keys!r}")
+    return max_keys
+
+
 class MemoryCounters(CounterBackend):
     """Counters in this process's memory (``memory://``).
 
     Exact within one process and thread-safe; processes do not share them
-    (use ``shm://`` or ``redis://`` for that).  Entries expire a period's
-    lifetime after their first write; expired entries are evicted a few at
-    a time on every write, in expiry order, so per-caller caps do not grow
-    memory without bound and no call ever waits for a full sweep.
+    (use ``shm://`` or ``redis://`` for that).
+
+    Every (key, period) is a counter of its own, as on ``redis://``: a call
+    dated in another period (``at``) is counted there and never resets or
+    disturbs the current period's count; a charge at a call's end lands in
+    the period the call was routed in, whatever period it is now.
+
+    Entries (counters and PIN windows) expire a period's lifetime after
+    their first write (the backend's clock); expired entries are evicted in
+    expiry order, two per write, so no call waits for a full sweep.
+
+    The bound: a key not held yet (a new caller, a new PIN window) gets an
+    entry only while fewer than ``max_keys`` entries are held; a new period
+    of a key already held (a number's cap at midnight, a late charge) also
+    beyond that, up to ``2 * max_keys``, so that strangers filling the table
+    cannot stop the counting of the caps they did not create.  A write that
+    finds no room first evicts every expired entry; if there is still none,
+    nothing is counted or evicted, the refusal is counted (:attr:`refused`,
+    ``tel400_counter_keys_refused``) and logged (at most once a minute), and
+    :class:`~tel400.BackendError` is raised so that the plan's
+    ``on_backend_error`` policy decides.  A count already held is never
+    dropped to make room.
+
+    Args:
+        clock: the time source for expiry (tests pass a fake one).
+        max_keys: the bound on entries of keys not held yet (:data:`DEFAULT_MAX_KEYS`);
+            all entries stay within twice that.
+
+    Cost: O(caps) per acquire, O(log entries) per new entry.
     """
 
-    url = "memory://"
     _EVICT_PER_WRITE = 2
 
-    def __init__(self, *, clock=time.time) -> None:
+    def __init__(self, *, clock=time.time, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self.max_keys = check_max_keys(max_keys)
+        self.url = "memory://" if max_keys == DEFAULT_MAX_KEYS else f"memory://?max_keys={max_keys}"
+        #: New entries refused at the bound, by kind (:data:`REFUSAL_KINDS`).
+        self.refused: dict[str, int] = dict.fromkeys(REFUSAL_KINDS, 0)
         self._lock = threading.Lock()
-        # key -> [period, value, expires_at]
-        self._counters: dict[str, list] = {}
-        # key -> [window_opened_at, failures, expires_at]
+        # (key, period) -> [value, expires_at]
+        self._counters: dict[tuple[str, int], list] = {}
+        # key -> how many periods of it are held
+        self._held: dict[str, int] = {}
+        # key -> [failures, expires_at, window_opened_at]
         self._pins: dict[str, list] = {}
-        # (expires_at, table, key) in expiry order; an item whose entry has
-        # since been replaced (a new period, a new window) is skipped.
-        self._expiry: SortedList = SortedList()
+        # A heap of (expires_at, seq, table, dict key, entry): one item per
+        # entry; an item whose entry has gone is skipped, one whose entry
+        # now expires later is pushed again with the later time.
+        self._expiry: list = []
+        self._seq = 0
+        self._refusal_log = RefusalLog("memory", f"max_keys={max_keys}")
         self._clock = clock
 
-    def _current(self, key: str, period: int) -> int:
-        entry = self._counters.get(key)
-        if entry is None or entry[0] != period:
-            return 0
-        return entry[1]
+    # -- entries ------------------------------------------------------------
+
+    def _value(self, key: str, period: int) -> int:
+        entry = self._counters.get((key, period))
+        return 0 if entry is None else entry[0]
+
+    def _push_expiry(self, expires: float, table: int, dict_key, entry: list) -> None:
+        self._seq += 1
+        heapq.heappush(self._expiry, (expires, self._seq, table, dict_key, entry))
+
+    def _compact_expiry(self) -> None:
+        """Drop the items of entries that have gone (cleared PIN windows), when they pile up."""
+        if len(self._expiry) > 2 * len(self) + 64:
+            live = [item for item in self._expiry if self._holds(item)]
+            heapq.heapify(live)
+            self._expiry = live
+
+    def _holds(self, item) -> bool:
+        entries = self._counters if item[2] == 0 else self._pins
+        return entries.get(item[3]) is item[4]
+
+    def _evict(self, now: float, limit: int) -> None:
+        """Evict up to ``limit`` expired entries (heap items looked at), in expiry order."""
+        expiry = self._expiry
+        while limit and expiry and expiry[0][0] <= now:
+            limit -= 1
+            expires, _, table, dict_key, entry = heapq.heappop(expiry)
+            entries = self._counters if table == 0 else self._pins
+            if entries.get(dict_key) is not entry:
+                continue
+            if entry[1] > expires:  # renewed since: wait for its new time
+                self._push_expiry(entry[1], table, dict_key, entry)
+            else:
+                del entries[dict_key]
+                if table == 0:
+                    self._forget_period(dict_key[0])
+
+    def _forget_period(self, key: str) -> None:
+        held = self._held[key] - 1
+        if held:
+            self._held[key] = held
+        else:
+            del self._held[key]
+
+    def _has_room(self, new_keys: int, new_periods: int) -> bool:
+        """Room for entries of keys not held yet, and for new periods of held keys."""
+        size = len(self)
+        if new_keys and size + new_keys > self.max_keys:
+            return False
+        return size + new_keys + new_periods <= 2 * self.max_keys
+
+    def _make_room(self, new_keys: int, new_periods: int, now: float, kind: str) -> None:
+        """Room for new entries, evicting expired ones first; else BackendError."""
+        if self._has_room(new_keys, new_periods):
+            return
+        self._evict(now, -1)
+        if not self._has_room(new_keys, new_periods):
+            self._refuse(kind)
+
+    def _refuse(self, kind: str):
+        self.refused[kind] += 1
+        self._refusal_log.note(kind)
+        raise BackendError(
+            f"memory counters: full (max_keys={self.max_keys}; raise it with memory://?max_keys=N)"
+        )
+
+    def _new_counter(self, key: str, period: int, now: float, ttl_s: int) -> list:
+        entry = self._counters[(key, period)] = [0, now + ttl_s]
+        self._held[key] = self._held.get(key, 0) + 1
+        self._push_expiry(now + ttl_s, 0, (key, period), entry)
+        return entry
+
+    # -- the interface ----------------------------------------------------------
 
     def acquire(self, checks: Sequence[CapCheck], *, dry_run: bool = False) -> int:
         with self._lock:
-            for i, check in enumerate(checks):
-                if self._current(check.key, check.period) >= check.limit:
-                    return i
             if not dry_run:
                 now = self._clock()
-                for check in checks:
-                    if check.increment:
-                        self._bump(check.key, check.period, check.increment, now, check.ttl_s)
+                if len(self) + len(checks) > self.max_keys:
+                    self._evict(now, -1)  # near the bound: expired entries go first
+            new_keys = new_periods = 0
+            for i, check in enumerate(checks):
+                entry = self._counters.get((check.key, check.period))
+                if (0 if entry is None else entry[0]) >= check.limit:
+                    return i
+                if entry is None and check.increment:
+                    if check.key in self._held:
+                        new_periods += 1
+                    else:
+                        new_keys += 1
+            if dry_run:
+                return -1
+            if (new_keys or new_periods) and not self._has_room(new_keys, new_periods):
+                self._refuse("cap")
+            for check in checks:
+                if check.increment:
+                    entry = self._counters.get((check.key, check.period))
+                    if entry is None:
+                        entry = self._new_counter(check.key, check.period, now, check.ttl_s)
+                    entry[0] += check.increment
+            self._evict(now, self._EVICT_PER_WRITE)
             return -1
-
-    def _bump(self, key: str, period: int, amount: int, now: float, ttl_s: int) -> int:
-        entry = self._counters.get(key)
-        if entry is None or entry[0] != period:
-            entry = self._counters[key] = [period, 0, now + ttl_s]
-            self._expiry.add((now + ttl_s, 0, key))
-        entry[1] += amount
-        self._evict(now)
-        return entry[1]
-
-    def _evict(self, now: float) -> None:
-        expiry = self._expiry
-        for _ in range(self._EVICT_PER_WRITE):
-            if not expiry or expiry[0][0] > now:
-                return
-            expires, table, key = expiry.pop(0)
-            entries = self._counters if table == 0 else self._pins
-            entry = entries.get(key)
-            if entry is not None and entry[2] == expires:
-                del entries[key]
 
     def add(self, key: str, period: int, amount: int, ttl_s: int) -> int:
         with self._lock:
-            return self._bump(key, period, amount, self._clock(), ttl_s)
+            now = self._clock()
+            entry = self._counters.get((key, period))
+            if entry is None:
+                held = key in self._held
+                self._make_room(0 if held else 1, 1 if held else 0, now, "charge")
+                entry = self._new_counter(key, period, now, ttl_s)
+            entry[0] += amount
+            self._evict(now, self._EVICT_PER_WRITE)
+            return entry[0]
 
     def value(self, key: str, period: int) -> int:
         with self._lock:
-            return self._current(key, period)
+            return self._value(key, period)
 
     def pin_failures(self, key: str, now: float, window_s: int) -> int:
         with self._lock:
             entry = self._pins.get(key)
-            if entry is None or now - entry[0] >= window_s:
+            if entry is None or now - entry[2] >= window_s:
                 return 0
-            return entry[1]
+            return entry[0]
 
     def add_pin_failure(self, key: str, now: float, window_s: int) -> int:
         with self._lock:
+            clock_now = self._clock()
             entry = self._pins.get(key)
-            if entry is None or now - entry[0] >= window_s:
-                expires = self._clock() + window_s
-                entry = self._pins[key] = [now, 0, expires]
-                self._expiry.add((expires, 1, key))
-            entry[1] += 1
-            self._evict(self._clock())
-            return entry[1]
+            if entry is None:
+                self._make_room(1, 0, clock_now, "pin")
+                entry = self._pins[key] = [0, clock_now + window_s, now]
+                self._push_expiry(clock_now + window_s, 1, key, entry)
+                self._compact_expiry()
+            elif now - entry[2] >= window_s:  # a new window, in the same entry
+                entry[0], entry[1], entry[2] = 0, clock_now + window_s, now
+            entry[0] += 1
+            self._evict(clock_now, self._EVICT_PER_WRITE)
+            return entry[0]
 
     def clear_pin_failures(self, key: str) -> None:
         with self._lock:
             self._pins.pop(key, None)
+            self._compact_expiry()
+
+    def usage(self) -> dict:
+        """Entries held, the bound, and new entries refused at it by kind (for metrics)."""
+        with self._lock:
+            return {"keys": len(self), "max_keys": self.max_keys, "refused": dict(self.refused)}
+
+    def _check(self) -> None:
+        """Assert the invariants: within the bound, one expiry item per entry, a bounded queue."""
+        assert len(self) <= 2 * self.max_keys
+        assert sum(self._held.values()) == len(self._counters)
+        held = [item for item in self._expiry if self._holds(item)]
+        assert len(held) == len(self), (len(held), len(self))
+        assert len(self._expiry) <= 2 * len(self) + 64
 
     def __len__(self) -> int:
         return len(self._counters) + len(self._pins)
@@ -185,12 +363,15 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
     """A counter backend from an object or a URL (``None`` means ``memory://``).
 
     Args:
-        spec: a backend, a URL, or ``None``.
+        spec: a backend, a URL, or ``None``.  ``memory://?max_keys=N`` bounds
+            the entries held in memory (:data:`DEFAULT_MAX_KEYS`);
+            ``shm:///path?slots=N`` sizes the shared table.
         memory: the class that serves ``memory://`` (default: the active
             implementation's, compiled when available).
 
     Raises:
-        ValueError: for a URL this version cannot open.
+        ValueError: for a URL this version cannot open, or a query value
+            that is not a whole number of at least 1.
     """
     if memory is None:
         from ._impl import MemoryCounters as memory
@@ -203,7 +384,7 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
     parts = urlsplit(spec)
     scheme = parts.scheme
     if scheme == "memory":
-        return memory()
+        return memory(max_keys=_whole_query_number(parts, "max_keys", DEFAULT_MAX_KEYS))
     if scheme == "shm":
         return _open_shm(parts)
     if scheme in ("redis", "rediss", "unix"):
@@ -213,9 +394,22 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
     raise ValueError(f"counters: unsupported URL {spec!r}; expected memory://, shm:///path or redis://host:port/db")
 
 
-def _open_shm(parts) -> CounterBackend:
+def _whole_query_number(parts, name: str, default: int) -> int:
+    """A query parameter of a counters URL that must be a whole number of at least 1."""
     from urllib.parse import parse_qs
 
+    values = parse_qs(parts.query).get(name)
+    if not values:
+        return default
+    raw = values[0]
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(
+            f"counters: {parts.scheme}:// {name} must be a whole number of at least 1, got {raw!r}"
+        )
+    return int(raw)
+
+
+def _open_shm(parts) -> CounterBackend:
     try:
         from ._fast._shm import DEFAULT_SLOTS, ShmCounters
     except ImportError:
@@ -225,12 +419,10 @@ def _open_shm(parts) -> CounterBackend:
         ) from None
     if not parts.path:
         raise ValueError("counters: shm:// needs a file path, e.g. shm:///dev/shm/tel400.counters")
-    query = parse_qs(parts.query)
-    try:
-        slots = int(query.get("slots", [DEFAULT_SLOTS])[0])
-    except ValueError:
-        raise ValueError(f"counters: shm:// slots must be a whole number, got {query['slots'][0]!r}") from None
-    return ShmCounters(parts.path, slots)
+    return ShmCounters(parts.path, _whole_query_number(parts, "slots", DEFAULT_SLOTS))
 
 
-__all__ = ["BackendError", "CapCheck", "CounterBackend", "MemoryCounters", "PERIOD_TTL_S", "open_counters"]
+__all__ = [
+    "BackendError", "CapCheck", "CounterBackend", "DEFAULT_MAX_KEYS", "MemoryCounters", "PERIOD_TTL_S",
+    "open_counters",
+]

@@ -85,6 +85,20 @@ class RouterCollector:
             for kind, count in sorted(failures.items()):
                 family.add_metric([kind], count)
             yield family
+        usage = getattr(counters, "usage", None)  # memory://
+        if usage is not None:
+            held = usage()
+            yield GaugeMetricFamily("tel400_counter_keys", "Counters and PIN windows held in memory.", value=held["keys"])
+            yield GaugeMetricFamily("tel400_counter_keys_max", "The bound on them (memory://?max_keys=N).",
+                                    value=held["max_keys"])
+            refused = CounterMetricFamily(
+                "tel400_counter_keys_refused",
+                "New counters refused at the bound, by kind (cap, charge, pin); the plan's on_backend_error applied.",
+                labels=["kind"],
+            )
+            for kind, count in sorted(held["refused"].items()):
+                refused.add_metric([kind], count)
+            yield refused
         stats = getattr(counters, "stats", None)  # shm://
         if stats is not None:
             table = stats()

@@ -18,6 +18,7 @@ from collections import Counter
 
 import attrs
 
+from . import counters as _counters
 from .plans import PlanSet
 from .router import Router
 from .segments import KEY_SPACE, PrefixTable
@@ -130,6 +131,19 @@ def _order(item):
     return (number, -count, rule or "", action, reason)
 
 
+def _simulation_counters(plans: PlanSet, calls: int):
+    """memory:// counters whose bound cannot change a run's outcome.
+
+    Every synthetic call may open a counter per cap and a PIN window, and
+    none expires during a run, so the bound grows with the run (as its
+    memory does anyway).
+    """
+    from ._impl import MemoryCounters
+
+    most_caps = max(len(p.caps) for p in plans.numbers)
+    return MemoryCounters(max_keys=max(_counters.DEFAULT_MAX_KEYS, calls * (most_caps + 1)))
+
+
 def simulate(plans: PlanSet, calls: int, *, seed: int = 0, start: _dt.date | None = None,
              counters=None) -> SimulationReport:
     """Route ``calls`` synthetic calls through a fresh router over ``plans``."""
@@ -138,6 +152,8 @@ def simulate(plans: PlanSet, calls: int, *, seed: int = 0, start: _dt.date | Non
     if not plans.numbers:
         raise ValueError("the plan set has no numbers to call")
     rng = random.Random(seed)
+    if counters is None:
+        counters = _simulation_counters(plans, calls)
     router = Router(plans, counters, seed=seed)
     sampler = CallerSampler(router.prefixes, rng)
     if start is None:

@@ -16,18 +16,32 @@ cdef class CCounters:
 
 
 cdef class MemoryCounters(CCounters):
-    cdef dict _counters
-    cdef dict _pins
-    cdef list _expiry
+    cdef dict _counters            # key -> Entry of its newest period
+    cdef dict _others              # (key, period) -> Entry of an older period
+    cdef dict _held                # key -> how many periods of it are held
+    cdef dict _pins                # key -> Entry (a PIN window)
+    cdef list _expiry              # heap of (expires, seq, table, key, entry)
     cdef object _clock
     cdef bint _wall_clock          # _clock is time.time: read the clock in C
     cdef double _next_expiry       # the heap's first expiry (inf when empty)
     cdef unsigned long long _seq
+    cdef object _refusal_log
     cdef readonly str url
+    cdef readonly Py_ssize_t max_keys
+    cdef readonly dict refused     # new entries refused at the bound, by kind
+    cdef Py_ssize_t _size(self)
+    cdef Entry _counter(self, object key, int64_t period)
+    cdef Entry _other(self, object key, int64_t period)
     cdef int64_t _current(self, object key, int64_t period)
-    cdef int _evict(self, double now) except -1
+    cdef Entry _new_counter(self, object key, int64_t period, double now, int64_t ttl)
+    cdef bint _holds(self, int table, object key, Entry entry)
+    cdef _remove(self, int table, object key, Entry entry)
     cdef _push_expiry(self, double expires, int table, object key, Entry entry)
-    cdef int64_t _bump(self, object key, int64_t period, int64_t amount, double now, int64_t ttl)
+    cdef _compact_expiry(self)
+    cdef int _evict(self, double now, int limit) except -1
+    cdef bint _has_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods)
+    cdef int _make_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods, double now, str kind) except -1
+    cdef int _refuse(self, str kind) except -1
     cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
                        const int64_t* increments, const int64_t* ttls, int n) except -2
     cdef double _now(self) except? -1

@@ -7,19 +7,26 @@ open-addressing table of slots::
     header  64 bytes: magic, layout version, slot count, statistics
     slot    24 bytes: key (64-bit hash, 0 = empty), state, expiry (UNIX s)
 
-A counter's state packs its period and value into one 64-bit word
-(period: low 24 bits of the period id; value: 40 bits), so a check-and-add
-is one compare-and-swap, and a new period resets the count in the same swap:
-a day's counter starts again at local midnight with no sweeper.  PIN
-failures pack the window's opening time (32 bits) and the count (32 bits).
+Every (key, period) is a counter of its own, in its own slot (the slot's
+key is a hash of both), as on ``redis://``: a call dated in another period
+is counted there and never resets the current count, and a charge at a
+call's end lands in the period the call was routed in.  A counter's state
+packs its period and value into one 64-bit word (period: low 24 bits of the
+period id; value: 40 bits), so a check-and-add is one compare-and-swap.
+PIN failures (one slot per key) pack the window's opening time (32 bits)
+and the count (32 bits).
 
 Updates are lock-free (GCC/C11 atomics on the shared mapping).  Inserting a
 key takes a POSIX record lock on the file, so two processes cannot give one
 key two slots; the lock belongs to the process, so a process that dies
 holding it releases it, and forked children take it like anyone else.  Slots
-whose key expired more than a day ago are reused for new keys.  A table with
-no free or reusable slot left raises :class:`~tel400.BackendError` (the
-plan's ``on_backend_error`` applies) and counts the event; nothing is
+whose key expired more than a day ago are reused for new keys (a daily cap
+thus holds about three slots in turn).  A key looks for a slot among the
+``MAX_PROBES`` slots from its hash's place, which bounds the work of every
+lookup however full the table is; with no free or reusable slot there the
+table counts as full: :class:`~tel400.BackendError` is raised (the plan's
+``on_backend_error`` applies), the event is counted (``full_events``,
+``tel400_shm_table_full``) and logged at most once a minute; nothing is
 overwritten silently.
 
 Several caps of one call are acquired one by one and, if a later one is at
@@ -40,7 +47,7 @@ from libc.string cimport memcmp, memcpy
 
 from ._counters cimport CCounters
 
-from ..counters import CounterBackend
+from ..counters import CounterBackend, RefusalLog
 from ..exceptions import BackendError
 
 cdef extern from *:
@@ -125,10 +132,11 @@ cdef extern from *:
     void* MAP_FAILED
 
 cdef enum:
-    LAYOUT = 1
+    LAYOUT = 2          # 2: a slot per (key, period)
     HEADER_BYTES = 64
     SLOT_BYTES = 24
     MAX_CAPS = 64
+    MAX_PROBES = 256    # slots a key may look at from its hash's place
 
 cdef uint64_t VALUE_MASK = (<uint64_t>1 << 40) - 1
 cdef uint64_t PERIOD_MASK = (<uint64_t>1 << 24) - 1
@@ -166,6 +174,19 @@ cdef uint64_t key_hash(object key) except 0:
     return _hash(data, n)
 
 
+cdef inline uint64_t _with_period(uint64_t h, int64_t period) noexcept nogil:
+    """The slot key of one period of a counter: its key's hash mixed with the period."""
+    h ^= <uint64_t>period * 0x9E3779B97F4A7C15ULL
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL
+    h = h ^ (h >> 31)
+    return h | 1
+
+
+cdef uint64_t counter_hash(object key, int64_t period) except 0:
+    return _with_period(key_hash(key), period)
+
+
 cdef class ShmCounters(CCounters):
     """Counters in a shared mapping: exact across every process on the host.
 
@@ -183,7 +204,9 @@ cdef class ShmCounters(CCounters):
     cdef tel400_shm_header* header
     cdef tel400_shm_slot* table
     cdef uint64_t mask
+    cdef uint64_t probes       # MAX_PROBES, or the whole table when smaller
     cdef int pid
+    cdef object _refusal_log
 
     def __cinit__(self, path, slots=DEFAULT_SLOTS):
         self.fd = -1
@@ -226,7 +249,9 @@ cdef class ShmCounters(CCounters):
         finally:
             tel400_lock(self.fd, 0)
         self.mask = slots - 1
+        self.probes = min(<uint64_t>slots, <uint64_t>MAX_PROBES)
         self.pid = os.getpid()
+        self._refusal_log = RefusalLog("shm", f"slots={slots}")
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -255,7 +280,7 @@ cdef class ShmCounters(CCounters):
         cdef uint64_t i = key & self.mask
         cdef uint64_t probes = 0
         cdef uint64_t k
-        while probes <= self.mask:
+        while probes < self.probes:
             k = tel400_load(&self.table[i].key)
             if k == key:
                 return &self.table[i]
@@ -265,7 +290,7 @@ cdef class ShmCounters(CCounters):
             probes += 1
         return NULL
 
-    cdef tel400_shm_slot* _claim(self, uint64_t key, int64_t ttl) except NULL:
+    cdef tel400_shm_slot* _claim(self, uint64_t key, int64_t ttl, str kind) except NULL:
         """The slot of ``key``, inserting it (under the file lock) if needed."""
         cdef tel400_shm_slot* slot = self._find(key)
         cdef tel400_shm_slot* reusable = NULL
@@ -279,7 +304,7 @@ cdef class ShmCounters(CCounters):
             now = tel400_now()
             i = key & self.mask
             probes = 0
-            while probes <= self.mask:
+            while probes < self.probes:
                 k = tel400_load(&self.table[i].key)
                 if k == key:
                     return &self.table[i]
@@ -292,10 +317,11 @@ cdef class ShmCounters(CCounters):
             if reusable != NULL:
                 slot = reusable
                 tel400_add(&self.header.reuses, 1)
-            elif probes <= self.mask:
+            elif probes < self.probes:
                 slot = &self.table[i]
             else:
                 tel400_add(&self.header.full_events, 1)
+                self._refusal_log.note(kind)
                 raise BackendError(
                     f"shm counters: table {self.path} is full ({self.mask + 1} slots); "
                     "give it more slots (shm:///path?slots=N) or shorter-lived caller caps"
@@ -332,9 +358,9 @@ cdef class ShmCounters(CCounters):
             raise BackendError(f"shm counters: at most {MAX_CAPS} caps per call")
         for i in range(n):
             if increments[i]:
-                slots[i] = self._claim(key_hash(<object>keys[i]), ttls[i])
+                slots[i] = self._claim(counter_hash(<object>keys[i], periods[i]), ttls[i], "cap")
             else:
-                slots[i] = self._find(key_hash(<object>keys[i]))
+                slots[i] = self._find(counter_hash(<object>keys[i], periods[i]))
         for i in range(n):
             if slots[i] == NULL:  # never counted: its value is 0
                 if limits[i] <= 0:
@@ -402,11 +428,11 @@ cdef class ShmCounters(CCounters):
 
     def add(self, key, int64_t period, int64_t amount, int64_t ttl_s):
         self._ready()
-        return self._add(self._claim(key_hash(key), ttl_s), period, amount, ttl_s)
+        return self._add(self._claim(counter_hash(key, period), ttl_s, "charge"), period, amount, ttl_s)
 
     def value(self, key, int64_t period):
         self._ready()
-        cdef tel400_shm_slot* slot = self._find(key_hash(key))
+        cdef tel400_shm_slot* slot = self._find(counter_hash(key, period))
         return 0 if slot == NULL else _value_in(tel400_load(&slot.state), period)
 
     def pin_failures(self, key, double now, int64_t window_s):
@@ -422,7 +448,7 @@ cdef class ShmCounters(CCounters):
 
     def add_pin_failure(self, key, double now, int64_t window_s):
         self._ready()
-        cdef tel400_shm_slot* slot = self._claim(key_hash(key), window_s)
+        cdef tel400_shm_slot* slot = self._claim(key_hash(key), window_s, "pin")
         cdef uint64_t old = tel400_load(&slot.state)
         cdef uint64_t new
         cdef int64_t t = <int64_t>now
