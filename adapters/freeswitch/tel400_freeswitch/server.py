@@ -60,6 +60,18 @@ class Hangup(Exception):
     """The channel hung up (or the connection went away) while we waited."""
 
 
+class Deadline(Exception):
+    """FreeSWITCH did not answer in time: a command's reply, an application's end, the call's limit.
+
+    ``silent`` is true when a command got no reply: the peer is not listening,
+    so nothing more is waited for.
+    """
+
+    def __init__(self, message: str, *, silent: bool) -> None:
+        super().__init__(message)
+        self.silent = silent
+
+
 class Settings:
     """What an ESL server does with decisions; every field has a command-line option."""
 
@@ -68,7 +80,7 @@ class Settings:
                  prompt_ext: str = "wav", ring_timeout_s: int = 20, pin_attempts: int = 3, pin_timeout_ms: int = 5000,
                  queue_template: str = "{queue}@default", conference_template: str = "{room}@default",
                  caller_id: str = "caller", fallback_prompt: str = "unavailable", reply_timeout_s: float = 10.0,
-                 max_call_s: float = 4 * 3600) -> None:
+                 app_timeout_s: float = 60.0, max_call_s: float = 4 * 3600) -> None:
         self.gateway = gateway
         self.number_template = number_template
         self.uri_template = uri_template
@@ -83,7 +95,12 @@ class Settings:
             raise ValueError("caller_id: 'caller' (the caller's number) or 'number' (the 400 number)")
         self.caller_id = caller_id
         self.fallback_prompt = fallback_prompt
+        for name, value in (("reply_timeout_s", reply_timeout_s), ("app_timeout_s", app_timeout_s),
+                            ("max_call_s", max_call_s)):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
         self.reply_timeout_s = reply_timeout_s
+        self.app_timeout_s = app_timeout_s
         self.max_call_s = max_call_s
 
     def sound(self, prompt: str) -> str:
