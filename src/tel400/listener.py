@@ -44,6 +44,8 @@ _log = structlog.get_logger("tel400.listener")
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: accept() errors about one connection that went away before it was accepted: skip it.
 _CONNECTION_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EPERM})
+#: connections taken in one go when several are waiting (asyncio takes up to the backlog)
+_BURST = 64
 
 
 class ListenerStats:
@@ -80,16 +82,16 @@ class _RareLog:
 class _Slot:
     """One accepted connection's place in the counts, given back exactly once."""
 
-    __slots__ = ("_listener", "_address")
+    __slots__ = ("_listener", "address")
 
     def __init__(self, listener: Listener, address: str) -> None:
         self._listener = listener
-        self._address = address
+        self.address = address
 
     def release(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener._release(self._address)
+            listener._release(self.address)
 
 
 class Listener:
@@ -110,7 +112,8 @@ class Listener:
             refusal or failure.
         name: the server's name in log lines and metrics.
 
-    Cost: one await and two dict operations per accepted connection.
+    Cost: a task and two dict operations per accepted connection (one await
+    per burst of waiting connections).
     """
 
     def __init__(self, sock: socket.socket, protocol_factory: Callable[[Callable[[], None]], asyncio.Protocol], *,
@@ -130,6 +133,7 @@ class Listener:
         self._per_address: dict[str, int] = {}
         self._room = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._opening: set[asyncio.Task] = set()
         self._closed = asyncio.Event()
         self._log_failed = _RareLog("accept_failed", log_interval_s)
         self._log_refused = _RareLog("connection_refused_per_address", log_interval_s)
@@ -168,22 +172,35 @@ class Listener:
                 await self._wait_for_room()
                 continue
             try:
-                conn, peer = await loop.sock_accept(self.sock)
+                self._take(loop, *await loop.sock_accept(self.sock))
+                # a burst: take what else is waiting without a trip through the loop for each
+                for _ in range(_BURST):
+                    if self.stats.open >= self.max_connections:
+                        break
+                    self._take(loop, *self.sock.accept())
+            except (BlockingIOError, InterruptedError):
+                continue
             except OSError as exc:
                 if exc.errno in OUT_OF_RESOURCES:
                     self.stats.accept_errors += 1
                     self._log_failed(server=self.name, error=exc.strerror, errno=exc.errno,
                                      accept_errors=self.stats.accept_errors, open=self.stats.open)
                     await asyncio.sleep(self.backoff_s)
-                    continue
-                if exc.errno in _CONNECTION_GONE:
-                    continue
-                raise
-            address = peer[0] if isinstance(peer, tuple) else str(peer)
-            if self._per_address.get(address, 0) >= self.max_per_address:
-                self._refuse(conn, address)
-                continue
-            await self._open(loop, conn, address)
+                elif exc.errno not in _CONNECTION_GONE:
+                    raise
+
+    def _take(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer) -> None:
+        address = peer[0] if isinstance(peer, tuple) else str(peer)
+        if self._per_address.get(address, 0) >= self.max_per_address:
+            self._refuse(conn, address)
+            return
+        conn.setblocking(False)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self.stats.open += 1
+        self.stats.accepted += 1
+        task = loop.create_task(self._open(loop, conn, _Slot(self, address)))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
 
     async def _wait_for_room(self) -> None:
         self.stats.at_limit += 1
@@ -201,15 +218,11 @@ class Listener:
             pass
         conn.close()
 
-    async def _open(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, address: str) -> None:
-        self._per_address[address] = self._per_address.get(address, 0) + 1
-        self.stats.open += 1
-        self.stats.accepted += 1
-        slot = _Slot(self, address)
+    async def _open(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, slot: _Slot) -> None:
         try:
             await loop.connect_accepted_socket(lambda: self.protocol_factory(slot.release), conn)
         except Exception as exc:  # the connection died on the way in: give its place back
-            _log.warning("connection_setup_failed", server=self.name, address=address,
+            _log.warning("connection_setup_failed", server=self.name, address=slot.address,
                          error=f"{type(exc).__name__}: {exc}")
             slot.release()
             conn.close()
