@@ -361,3 +361,56 @@ def test_esl_out_of_descriptors_keeps_serving_and_logs_a_bounded_number_of_times
     text = log.read_text()
     assert len(text) < 20_000, f"{len(text)} bytes of log"
     assert 1 <= text.count("accept_failed") <= 3
+
+
+def test_http_deadlines_spare_a_slow_application_pipelining_and_a_prompt_client():
+    import uvicorn
+
+    from tel400_http.connections import Deadlines, LimitedServer
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await receive()
+        await asyncio.sleep(0.5 if scope["path"] == "/slow" else 0)  # longer than both deadlines
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def answers(reader, n: int) -> int:
+        got = 0
+        data = b""
+        while got < n:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data += chunk
+            got = data.count(b"HTTP/1.1 200 ")
+        return got
+
+    async def scenario():
+        config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning",
+                                ws="none", timeout_keep_alive=30)
+        server = LimitedServer(config, deadlines=Deadlines(0.3, 0.3), max_connections=8, max_per_address=8)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", config.port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            slow = await answers(reader, 1)
+            writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined
+            pipelined = await answers(reader, 3)
+            for part in (b"GET /c HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):  # a head in pieces, in time
+                writer.write(part)
+                await asyncio.sleep(0.1)
+            pieces = await answers(reader, 1)
+            closed = await asyncio.wait_for(reader.read(), CLOSED_WITHIN) == b""  # then idle: the head deadline
+            writer.close()
+            return slow, pipelined, pieces, closed, server.deadlines.header_timeouts
+        finally:
+            server.should_exit = True
+            await serving
+
+    slow, pipelined, pieces, closed, header_timeouts = asyncio.run(scenario())
+    assert (slow, pipelined, pieces, closed, header_timeouts) == (1, 3, 1, True, 1)
