@@ -142,9 +142,11 @@ def test_http_per_address_limit_refuses_extra_connections_while_another_address_
     try:
         held = [connect(server.port) for _ in range(3)]
         time.sleep(0.2)  # let the server take them before the next
-        extra = connect(server.port)
-        assert closed_by_server(extra)
-        extra.close()
+        with connect(server.port) as extra:
+            answer = b""
+            while chunk := extra.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 ") and b'"too_many_connections"' in answer
         assert http_get(server.port, source="127.0.0.2") == 200
         for s in held:
             s.close()
@@ -414,3 +416,17 @@ def test_http_deadlines_spare_a_slow_application_pipelining_and_a_prompt_client(
 
     slow, pipelined, pieces, closed, header_timeouts = asyncio.run(scenario())
     assert (slow, pipelined, pieces, closed, header_timeouts) == (1, 3, 1, True, 1)
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("tel400-http", "--header-timeout", "0"), ("tel400-http", "--body-timeout", "nan"),
+    ("tel400-http", "--idle-timeout", "-1"), ("tel400-http", "--max-per-address", "0"),
+    ("tel400-esl", "--reply-timeout", "0"), ("tel400-esl", "--app-timeout", "inf"),
+    ("tel400-esl", "--max-call", "-5"), ("tel400-esl", "--max-connections", "0"),
+])
+def test_limits_that_would_serve_nobody_are_refused_at_start(tmp_path, command, option, value):
+    exe = os.path.join(os.path.dirname(sys.executable), command)
+    args = ["--plans", str(EXAMPLES / "manual.toml"), "--data", str(tmp_path)] if command == "tel400-http" else \
+        ["--plans", str(EXAMPLES / "manual.toml")]
+    done = subprocess.run([exe, *args, option, value], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and option in done.stderr and "Traceback" not in done.stderr

@@ -40,8 +40,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _log = structlog.get_logger("tel400.listener")
 
-#: accept() errors that mean "out of descriptors or memory": back off, the listening socket is fine.
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: accept() errors about one connection that went away before it was accepted: skip it.
 _CONNECTION_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EPERM})
 #: connections taken in one go when several are waiting (asyncio takes up to the backlog)
@@ -181,13 +179,15 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
-                if exc.errno in OUT_OF_RESOURCES:
-                    self.stats.accept_errors += 1
-                    self._log_failed(server=self.name, error=exc.strerror, errno=exc.errno,
-                                     accept_errors=self.stats.accept_errors, open=self.stats.open)
-                    await asyncio.sleep(self.backoff_s)
-                elif exc.errno not in _CONNECTION_GONE:
-                    raise
+                if self.sock.fileno() == -1:
+                    return  # closed
+                if exc.errno in _CONNECTION_GONE:
+                    continue
+                # out of descriptors or memory (or anything else accept() may say): pause, never spin or stop
+                self.stats.accept_errors += 1
+                self._log_failed(server=self.name, error=exc.strerror or str(exc), errno=exc.errno,
+                                 accept_errors=self.stats.accept_errors, open=self.stats.open)
+                await asyncio.sleep(self.backoff_s)
 
     def _take(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer) -> None:
         address = peer[0] if isinstance(peer, tuple) else str(peer)

@@ -21,7 +21,9 @@ against this peer, written from FreeSWITCH's own source
 
 Options make it nastier: every frame split into single bytes, unrelated
 events sent before each reply, a disconnect in the middle of the call, a
-garbled frame.  It records what the adapter made the channel do.
+garbled frame, silence after some commands (read but never answered),
+applications that never complete while heartbeats keep coming.  It records
+what the adapter made the channel do.
 """
 
 from __future__ import annotations

@@ -575,6 +575,11 @@ def main(argv=None) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
                         logger_factory=lambda *a: structlog.PrintLogger(sys.stderr))
     try:
+        for option in ("reply_timeout", "app_timeout", "max_call"):
+            if not 0 < getattr(args, option) < float("inf"):
+                raise ValueError(f"--{option.replace('_', '-')}: expected a positive number of seconds")
+        if args.max_connections < 1 or args.max_per_address < 1:
+            raise ValueError("--max-connections and --max-per-address: expected at least 1")
         settings = settings_from(args)
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)

@@ -163,8 +163,8 @@ def main(argv=None) -> int:
     from .connections import ConnectionCollector, Deadlines, LimitedServer
 
     try:
-        deadlines = Deadlines(args.header_timeout, args.body_timeout)
         check_limits(args)
+        deadlines = Deadlines(args.header_timeout, args.body_timeout)
         service = build_service(args)
     except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
         print(f"tel400-http: {exc}", file=sys.stderr)
@@ -197,11 +197,13 @@ def main(argv=None) -> int:
 
 
 def check_limits(args) -> None:
-    """Refuse connection limits that would serve nobody (ValueError, reported before the service starts)."""
+    """Refuse connection limits and timeouts that would serve nobody (ValueError, reported before starting)."""
     if args.max_connections < 1 or args.max_per_address < 1:
         raise ValueError("--max-connections and --max-per-address: expected at least 1")
-    if not 0 < args.idle_timeout < float("inf"):
-        raise ValueError(f"--idle-timeout: expected a positive number of seconds, got {args.idle_timeout}")
+    for option in ("header_timeout", "body_timeout", "idle_timeout"):
+        value = getattr(args, option)
+        if not 0 < value < float("inf"):
+            raise ValueError(f"--{option.replace('_', '-')}: expected a positive number of seconds, got {value}")
 
 
 if __name__ == "__main__":
