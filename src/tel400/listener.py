@@ -195,6 +195,8 @@ class Listener:
             self._refuse(conn, address)
             return
         conn.setblocking(False)
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole: no Nagle delay
         self._per_address[address] = self._per_address.get(address, 0) + 1
         self.stats.open += 1
         self.stats.accepted += 1
@@ -238,12 +240,17 @@ class Listener:
 
 
 def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (IPv4 or IPv6, ``SO_REUSEADDR``) and listening."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """A TCP socket bound to ``host:port`` (the first address ``host`` resolves to, ``SO_REUSEADDR``), listening.
+
+    Raises:
+        OSError: the name does not resolve, or the address cannot be bound.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(backlog)
     except OSError:
         sock.close()
