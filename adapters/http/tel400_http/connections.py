@@ -17,9 +17,10 @@ head one byte a second, is held forever, and enough of them (4,200 slow or
   and a back-off when descriptors run out.
 
 The deadlines cost the request path nothing: no callback of uvicorn's is
-overridden (overriding the three per-request ones with a float each cost
-3 µs a request, measured); a timer per connection looks at the state uvicorn
-keeps eight times per deadline.
+overridden (overriding the three per-request ones to move a float deadline
+cost 2-3 µs a request, measured); a timer per connection looks at the state
+uvicorn keeps eight times per deadline (4,096 connections with the default
+10 s: ~3,300 short callbacks a second).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class LimitedServer(uvicorn.Server):
             raise SystemExit(STARTUP_FAILURE)
         config = self.config
         try:
-            sock = listening_socket(config.host, config.port, backlog=config.backlog)
+            sock = sockets[0] if sockets else listening_socket(config.host, config.port, backlog=config.backlog)
         except OSError as exc:
             _log.error("listen_failed", host=config.host, port=config.port, error=str(exc))
             await self.lifespan.shutdown()
