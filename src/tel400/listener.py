@@ -194,9 +194,13 @@ class Listener:
         if self._per_address.get(address, 0) >= self.max_per_address:
             self._refuse(conn, address)
             return
-        conn.setblocking(False)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole: no Nagle delay
+        try:
+            conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole: no Nagle delay
+        except OSError:  # reset already
+            conn.close()
+            return
         self._per_address[address] = self._per_address.get(address, 0) + 1
         self.stats.open += 1
         self.stats.accepted += 1
