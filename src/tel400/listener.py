@@ -59,12 +59,17 @@ class ListenerStats:
         self.at_limit = 0  # times the listener stopped accepting at max_connections
 
 
-class _RareLog:
-    """A warning logged at most once per interval, with how many occurrences it stands for."""
+class RareLog:
+    """A warning logged at most once per interval, with how many occurrences it stands for.
 
-    def __init__(self, event: str, interval_s: float) -> None:
+    For events a stranger can cause at will (a refused connection, a failed
+    accept): the log grows with time, not with the attack.
+    """
+
+    def __init__(self, event: str, interval_s: float = 10.0, logger=None) -> None:
         self.event = event
         self.interval_s = interval_s
+        self._logger = logger or _log
         self._last = -float("inf")
         self._since = 0
 
@@ -72,7 +77,7 @@ class _RareLog:
         self._since += 1
         now = time.monotonic()
         if now - self._last >= self.interval_s:
-            _log.warning(self.event, occurrences=self._since, interval_s=self.interval_s, **fields)
+            self._logger.warning(self.event, occurrences=self._since, interval_s=self.interval_s, **fields)
             self._last = now
             self._since = 0
 
@@ -133,9 +138,9 @@ class Listener:
         self._task: asyncio.Task | None = None
         self._opening: set[asyncio.Task] = set()
         self._closed = asyncio.Event()
-        self._log_failed = _RareLog("accept_failed", log_interval_s)
-        self._log_refused = _RareLog("connection_refused_per_address", log_interval_s)
-        self._log_full = _RareLog("connections_at_limit", log_interval_s)
+        self._log_failed = RareLog("accept_failed", log_interval_s)
+        self._log_refused = RareLog("connection_refused_per_address", log_interval_s)
+        self._log_full = RareLog("connections_at_limit", log_interval_s)
 
     @property
     def sockets(self) -> list[socket.socket]:

@@ -36,11 +36,13 @@ import uuid as uuidlib
 import structlog
 
 import tel400
-from tel400.listener import Listener, listening_socket, raise_descriptor_limit
+from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
 
 from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
 
 _log = structlog.get_logger("tel400.esl")
+#: connections that never sent the channel data: one line per 10 s, with the count
+_log_silent = RareLog("esl_connection_silent", 10.0, _log)
 
 #: FreeSWITCH hangup cause for each refusal.
 HANGUP_CAUSES = {
@@ -271,7 +273,10 @@ class EslCall:
         except Hangup as exc:
             _log.debug("esl_call_ended_early", uuid=self.uuid, why=str(exc))
         except Deadline as exc:
-            _log.warning("esl_freeswitch_late", uuid=self.uuid, why=str(exc))
+            if self.uuid is None:  # no channel data: a stranger or a stuck FreeSWITCH, logged by the interval
+                _log_silent(why=str(exc))
+            else:
+                _log.warning("esl_freeswitch_late", uuid=self.uuid, why=str(exc))
             await self._end_late(exc)
         except Exception as exc:  # never leave a call parked: fall back to a notice and a hangup
             _log.error("esl_call_failed", uuid=self.uuid, error=f"{type(exc).__name__}: {exc}")
