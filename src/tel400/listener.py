@@ -113,6 +113,10 @@ class Listener:
         backoff_s: how long accepting pauses after an out-of-resources error.
         log_interval_s: at most one log line per interval for each kind of
             refusal or failure.
+        on_full: called when ``max_connections`` are open, and every
+            ``backoff_s`` while they stay open: it may close connections that
+            are cheap to lose (tel400-http closes those waiting longest for a
+            request).
         name: the server's name in log lines and metrics.
 
     Cost: a task and two dict operations per accepted connection (one await
@@ -121,7 +125,8 @@ class Listener:
 
     def __init__(self, sock: socket.socket, protocol_factory: Callable[[Callable[[], None]], asyncio.Protocol], *,
                  max_connections: int, max_per_address: int, refusal: bytes = b"", backoff_s: float = 0.1,
-                 log_interval_s: float = 10.0, name: str = "tcp") -> None:
+                 log_interval_s: float = 10.0, on_full: Callable[[], None] | None = None,
+                 name: str = "tcp") -> None:
         if max_connections < 1 or max_per_address < 1:
             raise ValueError("max_connections and max_per_address: expected at least 1")
         sock.setblocking(False)
@@ -131,6 +136,7 @@ class Listener:
         self.max_per_address = max_per_address
         self.refusal = refusal
         self.backoff_s = backoff_s
+        self.on_full = on_full
         self.name = name
         self.stats = ListenerStats()
         self._per_address: dict[str, int] = {}
@@ -151,7 +157,7 @@ class Listener:
         return self._per_address.get(address, 0)
 
     def start(self) -> Listener:
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"{self.name}-accept")
+        self._task = asyncio.get_running_loop().create_task(self._keep_serving(), name=f"{self.name}-accept")
         return self
 
     def close(self) -> None:
@@ -167,6 +173,15 @@ class Listener:
         await self._closed.wait()
 
     # -- the accept loop ---------------------------------------------------------------------
+
+    async def _keep_serving(self) -> None:
+        """The accept loop, restarted if anything in it fails: a server that stops accepting is a dead server."""
+        while self.sock.fileno() != -1:
+            try:
+                await self._serve()
+            except Exception:
+                _log.exception("accept_loop_failed", server=self.name)
+                await asyncio.sleep(self.backoff_s)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,7 +232,17 @@ class Listener:
         self.stats.at_limit += 1
         self._log_full(server=self.name, max_connections=self.max_connections)
         self._room.clear()
-        await self._room.wait()
+        if self.on_full is None:
+            await self._room.wait()
+            return
+        while not self._room.is_set():
+            # again every backoff_s: connections just accepted may not be set up (nor sheddable) yet
+            self.on_full()
+            try:
+                async with asyncio.timeout(self.backoff_s):
+                    await self._room.wait()
+            except TimeoutError:
+                pass
 
     def _refuse(self, conn: socket.socket, address: str) -> None:
         self.stats.refused_per_address += 1

@@ -14,7 +14,9 @@ head one byte a second, is held forever, and enough of them (4,200 slow or
   requests stays uvicorn's keep-alive timer.
 * :class:`LimitedServer`, a ``uvicorn.Server`` that accepts through
   :class:`tel400.listener.Listener`: a total, a share per client address,
-  and a back-off when descriptors run out.
+  and a back-off when descriptors run out.  At the total it closes the
+  connections that have waited longest for a request head, so that idle
+  clients cannot keep a switch waiting until their deadline.
 
 The deadlines cost the request path nothing: no callback of uvicorn's is
 overridden (overriding the three per-request ones to move a float deadline
@@ -26,6 +28,7 @@ uvicorn keeps eight times per deadline (4,096 connections with the default
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable
 
 import structlog
@@ -51,7 +54,7 @@ class Deadlines:
     deadline), so it is closed between its deadline and a quarter later.
     """
 
-    __slots__ = ("header_s", "body_s", "tick_s", "header_timeouts", "body_timeouts")
+    __slots__ = ("header_s", "body_s", "tick_s", "header_timeouts", "body_timeouts", "shed")
 
     def __init__(self, header_s: float, body_s: float) -> None:
         for name, value in (("header_s", header_s), ("body_s", body_s)):
@@ -62,6 +65,7 @@ class Deadlines:
         self.tick_s = min(header_s, body_s) / 8
         self.header_timeouts = 0
         self.body_timeouts = 0
+        self.shed = 0  # closed at the connection limit to make room (waiting for a request head)
 
 
 _HEAD, _BODY = "head", "body"
@@ -114,6 +118,15 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         if cycle.more_body:
             return _BODY, cycle
         return None
+
+    def head_wait_since(self) -> float | None:
+        """When this connection began waiting for a request head (as the ticks know it); ``None`` if it is not."""
+        wait = self._waiting_for()
+        if wait is None or wait[0] is not _HEAD or self.transport.is_closing():
+            return None
+        if self._wait is not None and self._wait[0] is _HEAD and self._wait[1] is wait[1]:
+            return self._since
+        return self.loop.time()  # began since the last tick
 
     def _tick(self) -> None:
         self._timer = None
@@ -168,10 +181,27 @@ class LimitedServer(uvicorn.Server):
                                           deadlines=self.deadlines, on_closed=on_closed)
 
         self.listener = Listener(sock, protocol, max_connections=self.max_connections,
-                                 max_per_address=self.max_per_address, refusal=REFUSED,
+                                 max_per_address=self.max_per_address, refusal=REFUSED, on_full=self.make_room,
                                  name="tel400-http").start()
         self.servers = [self.listener]
         self.started = True
+
+    def make_room(self) -> None:
+        """At the connection limit: close the connections that have waited longest for a request head.
+
+        A sixteenth of the places at most, so that connections full of idle or
+        slow clients take new ones at once instead of after the header
+        timeout.  A client between two requests loses its kept-alive
+        connection and opens another.  Cost: one pass over the connections.
+        """
+        waiting = []
+        for connection in self.server_state.connections:
+            since = connection.head_wait_since() if isinstance(connection, TimedHttpToolsProtocol) else None
+            if since is not None:
+                waiting.append((since, id(connection), connection))
+        for _, _, connection in heapq.nsmallest(max(1, self.max_connections // 16), waiting):
+            self.deadlines.shed += 1
+            connection.transport.close()
 
 
 class ConnectionCollector(ListenerCollector):
@@ -190,3 +220,6 @@ class ConnectionCollector(ListenerCollector):
         yield CounterMetricFamily("tel400_http_body_timeouts",
                                   "Connections closed: no complete request body within --body-timeout.",
                                   value=d.body_timeouts)
+        yield CounterMetricFamily("tel400_http_connections_shed",
+                                  "Connections waiting for a request head, closed at --max-connections to make room.",
+                                  value=d.shed)
