@@ -331,23 +331,42 @@ async def _play_from(source: str, port: int, call: Call) -> Call:
     return call
 
 
-def test_esl_total_limit_holds_new_connections_until_a_place_is_free(router):
+def test_esl_total_limit_holds_new_connections_until_a_call_ends(router):
     async def scenario():
-        server = await esl_server(router, esl_settings(reply_timeout_s=0.5), max_connections=2)
+        server = await esl_server(router, esl_settings(app_timeout_s=0.5), max_connections=1)
+        peer = FreeSwitchPeer()
         try:
-            held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-            # the third waits in the backlog; the silent two are closed after their reply timeout
+            # the first call holds the only place (its playback sticks until the app timeout); the second waits
+            first = asyncio.create_task(peer.play("127.0.0.1", server.port, Call(
+                destination="4001000001", stuck_apps=frozenset({"playback"})), timeout=CLOSED_WITHIN))
+            await asyncio.sleep(0.1)
+            second = await peer.play("127.0.0.1", server.port, Call(destination="4001000001"), timeout=CLOSED_WITHIN)
+            return await first, second, server.listener.stats, server.shed
+        finally:
+            await server.close(grace_s=1)
+
+    first, second, stats, shed = asyncio.run(scenario())
+    assert first.hangup_cause == "NORMAL_TEMPORARY_FAILURE" and second.hangup_cause == "NORMAL_CLEARING"
+    assert stats.at_limit >= 1 and stats.accepted == 2 and shed == 0  # a call under way is never shed
+
+
+def test_esl_at_the_total_limit_silent_connections_make_room_for_a_call(router):
+    async def scenario():
+        server = await esl_server(router, esl_settings(reply_timeout_s=60), max_connections=3)
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
+            await asyncio.sleep(0.1)
             call = await FreeSwitchPeer().play("127.0.0.1", server.port, Call(destination="4001000001"),
                                                timeout=CLOSED_WITHIN)
             for _, w in held:
                 w.close()
-            return call, server.listener.stats
+            return call, server.shed
         finally:
             await server.close(grace_s=1)
 
-    call, stats = asyncio.run(scenario())
+    call, shed = asyncio.run(scenario())
     assert call.apps == [("answer", ""), ("playback", f"{SOUNDS}/closed.wav")] and not call.parked
-    assert stats.at_limit >= 1 and stats.accepted == 3
+    assert shed >= 1
 
 
 def test_esl_out_of_descriptors_keeps_serving_and_logs_a_bounded_number_of_times(tmp_path):

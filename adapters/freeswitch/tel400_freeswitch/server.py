@@ -480,8 +480,10 @@ class EslServer:
     Args:
         router: the :class:`~tel400.Router`.
         settings: what calls do (:class:`Settings`).
-        max_connections: connections open at once at most; at the limit new
-            ones wait in the listen backlog until a call ends.
+        max_connections: connections open at once at most; at the limit the
+            oldest connections that have not sent the channel data are
+            closed, and if there are none, new ones wait in the listen
+            backlog until a call ends.
         max_per_address: connections from one address at most; more are
             closed at once (FreeSWITCH's dialplan then goes on after ``socket``).
     """
@@ -493,8 +495,9 @@ class EslServer:
         self.max_connections = max_connections
         self.max_per_address = max_per_address
         self.handled = 0
+        self.shed = 0  # connections without channel data closed at max_connections to make room
         self.listener: Listener | None = None
-        self._calls: set[asyncio.Task] = set()
+        self._calls: dict[asyncio.Task, EslCall] = {}  # in the order they came
 
     @property
     def active(self) -> int:
@@ -502,18 +505,35 @@ class EslServer:
 
     async def _handle(self, reader, writer) -> None:
         task = asyncio.current_task()
-        self._calls.add(task)
+        call = EslCall(reader, writer, self.router, self.settings)
+        self._calls[task] = call
         try:
-            await EslCall(reader, writer, self.router, self.settings).run()
+            await call.run()
         finally:
-            self._calls.discard(task)
+            del self._calls[task]
             self.handled += 1
+
+    def make_room(self) -> None:
+        """At the connection limit: close the oldest connections that have not sent the channel data.
+
+        A sixteenth of the places at most.  Calls under way are never
+        touched; a connection that says nothing would be closed at its reply
+        timeout anyway.  Cost: a pass over the calls.
+        """
+        budget = max(1, self.max_connections // 16)
+        for call in self._calls.values():  # oldest first
+            if budget == 0:
+                break
+            if call.uuid is None and not call.gone and not call.writer.transport.is_closing():
+                call.writer.transport.abort()
+                self.shed += 1
+                budget -= 1
 
     async def start(self, host: str = "127.0.0.1", port: int = 8040) -> Listener:
         sock = listening_socket(host, port, backlog=1024)
         self.listener = Listener(sock, lambda on_closed: _CallProtocol(on_closed, self._handle),
                                  max_connections=self.max_connections, max_per_address=self.max_per_address,
-                                 name="tel400-esl").start()
+                                 on_full=self.make_room, name="tel400-esl").start()
         return self.listener
 
     @property
