@@ -43,6 +43,7 @@ from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup,
 _log = structlog.get_logger("tel400.esl")
 #: connections that never sent the channel data: one line per 10 s, with the count
 _log_silent = RareLog("esl_connection_silent", 10.0, _log)
+_log_shed = RareLog("esl_connection_shed", 10.0, _log)
 
 #: FreeSWITCH hangup cause for each refusal.
 HANGUP_CAUSES = {
@@ -528,6 +529,7 @@ class EslServer:
                 call.writer.transport.abort()
                 self.shed += 1
                 budget -= 1
+                _log_shed(shed=self.shed, max_connections=self.max_connections)
 
     async def start(self, host: str = "127.0.0.1", port: int = 8040) -> Listener:
         sock = listening_socket(host, port, backlog=1024)
@@ -578,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-call", type=float, default=4 * 3600,
                    help="seconds a call may last (bridge, queue, conference); then it is hung up")
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
-                   help="connections (calls) at once; beyond, new ones wait until a call ends")
+                   help="connections (calls) at once; at the limit connections that sent no channel data "
+                        "are closed, or new ones wait until a call ends")
     p.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS,
                    help="connections from one address at once; beyond, new ones are closed at once")
     return p
