@@ -114,9 +114,9 @@ class Listener:
         log_interval_s: at most one log line per interval for each kind of
             refusal or failure.
         on_full: called when ``max_connections`` are open, and every
-            ``backoff_s`` while they stay open: it may close connections that
-            are cheap to lose (tel400-http closes those waiting longest for a
-            request).
+            ``backoff_s`` while they stay open or ``accept()`` fails: it may
+            close connections that are cheap to lose (tel400-http closes those
+            waiting longest for a request).
         name: the server's name in log lines and metrics.
 
     Cost: a task and two dict operations per accepted connection (one await
@@ -207,6 +207,8 @@ class Listener:
                 self.stats.accept_errors += 1
                 self._log_failed(server=self.name, error=exc.strerror or str(exc), errno=exc.errno,
                                  accept_errors=self.stats.accept_errors, open=self.stats.open)
+                if self.on_full is not None:
+                    self.on_full()  # out of descriptors is full too
                 await asyncio.sleep(self.backoff_s)
 
     def _take(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer) -> None:
