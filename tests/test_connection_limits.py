@@ -467,3 +467,29 @@ def test_limits_that_would_serve_nobody_are_refused_at_start(tmp_path, command, 
         ["--plans", str(EXAMPLES / "manual.toml")]
     done = subprocess.run([exe, *args, option, value], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and option in done.stderr and "Traceback" not in done.stderr
+
+
+def test_rare_log_tells_every_occurrence_in_at_most_one_line_per_interval():
+    from tel400.listener import RareLog
+
+    class Lines:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, event, **fields):
+            self.lines.append(fields)
+
+    async def scenario():
+        logger = Lines()
+        log = RareLog("accept_failed", 0.2, logger)
+        for i in range(1000):
+            log(n=i)
+        await asyncio.sleep(0.3)  # the 999 held back are told at the interval's end
+        for i in range(5):
+            log(n=i)
+        await asyncio.sleep(0.3)
+        return logger.lines
+
+    lines = asyncio.run(scenario())
+    assert len(lines) == 3 and sum(line["occurrences"] for line in lines) == 1005
+    assert lines[1]["n"] == 999  # with the last occurrence's fields

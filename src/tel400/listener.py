@@ -63,7 +63,9 @@ class RareLog:
     """A warning logged at most once per interval, with how many occurrences it stands for.
 
     For events a stranger can cause at will (a refused connection, a failed
-    accept): the log grows with time, not with the attack.
+    accept): the log grows with time, not with the attack.  Occurrences held
+    back are told at the end of their interval (with the last one's fields),
+    so none goes unreported.
     """
 
     def __init__(self, event: str, interval_s: float = 10.0, logger=None) -> None:
@@ -71,15 +73,29 @@ class RareLog:
         self.interval_s = interval_s
         self._logger = logger or _log
         self._last = -float("inf")
-        self._since = 0
+        self._held = 0
+        self._fields: dict = {}
 
     def __call__(self, **fields) -> None:
-        self._since += 1
+        self._held += 1
+        self._fields = fields
         now = time.monotonic()
         if now - self._last >= self.interval_s:
-            self._logger.warning(self.event, occurrences=self._since, interval_s=self.interval_s, **fields)
-            self._last = now
-            self._since = 0
+            self._emit(now)
+        elif self._held == 1:  # the first held back: tell it when the interval ends
+            try:
+                asyncio.get_running_loop().call_later(self._last + self.interval_s - now, self._flush)
+            except RuntimeError:  # no loop: told with the next occurrence after the interval
+                pass
+
+    def _flush(self) -> None:
+        if self._held:
+            self._emit(time.monotonic())
+
+    def _emit(self, now: float) -> None:
+        self._logger.warning(self.event, occurrences=self._held, interval_s=self.interval_s, **self._fields)
+        self._last = now
+        self._held = 0
 
 
 class _Slot:
