@@ -16,9 +16,15 @@ events, routes with ``Router.route()`` and makes FreeSWITCH do it:
 * ``queue`` — ``callcenter``; ``conference`` — ``conference``;
 * at ``CHANNEL_HANGUP_COMPLETE`` — ``router.call_ended(uuid, billsec)``.
 
-Every path ends with the call bridged or hung up: a failure inside tel400, a
-missing reply, a protocol error all end in the fallback notice and a hangup
-when the socket still works, and the socket is closed only after that.
+Every path ends with the call bridged or hung up: a failure inside tel400 or
+a refused application ends in the fallback notice and a hangup, and the
+socket is closed only after that.  Every wait is bounded (``--reply-timeout``
+for a reply, ``--app-timeout`` for an application, ``--max-call`` for the
+call): a late application or a call over its limit is hung up; a FreeSWITCH
+that does not reply at all gets a hangup and ``exit`` written without waiting,
+and its socket closed.  Connections are accepted by
+:class:`tel400.listener.Listener` (a total, a share per address, a back-off
+when descriptors run out); see docs/limits.md.
 """
 
 from __future__ import annotations
