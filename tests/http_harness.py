@@ -102,6 +102,7 @@ class ServerProcess:
         self.port = free_port()
         self.args = args
         self.proc: subprocess.Popen | None = None
+        self.start_options: dict = {}  # more subprocess.Popen arguments (preexec_fn, ...)
         self.banner = ""
         self._stderr = ""
 
@@ -113,7 +114,7 @@ class ServerProcess:
         exe = os.path.join(os.path.dirname(sys.executable), "tel400-http")
         self.proc = subprocess.Popen([exe, "--port", str(self.port), *self.args], cwd=self.cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, **self.start_options)
         lines = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

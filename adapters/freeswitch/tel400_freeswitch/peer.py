@@ -21,7 +21,9 @@ against this peer, written from FreeSWITCH's own source
 
 Options make it nastier: every frame split into single bytes, unrelated
 events sent before each reply, a disconnect in the middle of the call, a
-garbled frame.  It records what the adapter made the channel do.
+garbled frame, silence after some commands (read but never answered),
+applications that never complete while heartbeats keep coming.  It records
+what the adapter made the channel do.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class Call:
     interleave: bool = False
     disconnect_after_apps: int | None = None  # the peer goes away mid-call
     garbage_after_connect: bool = False
+    #: the peer stops answering after this many commands (it still reads, and notes what it ignores)
+    silent_after_commands: int | None = None
+    #: applications that start but never complete (a stuck playback, say)
+    stuck_apps: frozenset[str] = frozenset()
+    #: while an application is stuck, a HEARTBEAT event this often (seconds), to keep a careless waiter waiting
+    heartbeat_s: float | None = None
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
     # -- filled in by the peer --
     apps: list[tuple[str, str]] = field(default_factory=list)
@@ -82,6 +90,8 @@ class Call:
     billsec: int = 0
     answered: bool = False
     closed_by_adapter: bool = False
+    #: commands received after going silent: (command, call-command header or "")
+    ignored: list[tuple[str, str]] = field(default_factory=list)
     parked: bool = False  # the adapter closed the socket with the channel still up
 
 
@@ -117,10 +127,18 @@ class _Conversation:
         self.up = True
         self.lingering = False
         self.bridged: str | None = None
+        self.heartbeats: asyncio.Task | None = None
 
     # -- the conversation ---------------------------------------------------------------
 
     async def run(self, reader: asyncio.StreamReader) -> None:
+        try:
+            await self._run(reader)
+        finally:
+            if self.heartbeats is not None:
+                self.heartbeats.cancel()
+
+    async def _run(self, reader: asyncio.StreamReader) -> None:
         call = self.call
         buffer = b""
         while True:
@@ -175,6 +193,9 @@ class _Conversation:
 
     async def _handle(self, cmd: str, headers: dict, body: bytes):
         call = self.call
+        if call.silent_after_commands is not None and len(call.commands) >= call.silent_after_commands:
+            call.ignored.append((cmd, headers.get("call-command", "")))
+            return None
         call.commands.append(cmd)
         if cmd == "connect":
             await self._send(self._channel_data())
@@ -217,6 +238,10 @@ class _Conversation:
             self.writer.close()  # FreeSWITCH's side goes away mid-call
             return "closed"
         await self._send(event_frame(self._execute_headers("CHANNEL_EXECUTE", app, arg, event_uuid)))
+        if app in call.stuck_apps:
+            if call.heartbeat_s and self.heartbeats is None:
+                self.heartbeats = asyncio.create_task(self._heartbeat(call.heartbeat_s))
+            return None  # never completes
         extra: list[tuple[str, str]] = []
         if app == "answer" and not call.answered:
             call.answered = True
@@ -266,7 +291,17 @@ class _Conversation:
         await self._send(event_frame(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg, event_uuid, extra)))
         return None
 
+    async def _heartbeat(self, every_s: float) -> None:
+        while self.up:
+            await asyncio.sleep(every_s)
+            try:
+                await self._send(event_frame(self._channel_headers("HEARTBEAT")))
+            except (ConnectionError, OSError):
+                return
+
     async def _hangup(self, cause: str) -> None:
+        if self.heartbeats is not None:
+            self.heartbeats.cancel()
         if not self.up:
             return
         self.up = False

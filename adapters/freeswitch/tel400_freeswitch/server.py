@@ -16,9 +16,15 @@ events, routes with ``Router.route()`` and makes FreeSWITCH do it:
 * ``queue`` — ``callcenter``; ``conference`` — ``conference``;
 * at ``CHANNEL_HANGUP_COMPLETE`` — ``router.call_ended(uuid, billsec)``.
 
-Every path ends with the call bridged or hung up: a failure inside tel400, a
-missing reply, a protocol error all end in the fallback notice and a hangup
-when the socket still works, and the socket is closed only after that.
+Every path ends with the call bridged or hung up: a failure inside tel400 or
+a refused application ends in the fallback notice and a hangup, and the
+socket is closed only after that.  Every wait is bounded (``--reply-timeout``
+for a reply, ``--app-timeout`` for an application, ``--max-call`` for the
+call): a late application or a call over its limit is hung up; a FreeSWITCH
+that does not reply at all gets a hangup and ``exit`` written without waiting,
+and its socket closed.  Connections are accepted by
+:class:`tel400.listener.Listener` (a total, a share per address, a back-off
+when descriptors run out); see docs/limits.md.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import asyncio
 import itertools
 import logging
+import math
 import re
 import signal
 import sys
@@ -35,10 +42,14 @@ import uuid as uuidlib
 import structlog
 
 import tel400
+from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
 
 from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
 
 _log = structlog.get_logger("tel400.esl")
+#: connections that never sent the channel data: one line per 10 s, with the count
+_log_silent = RareLog("esl_connection_silent", 10.0, _log)
+_log_shed = RareLog("esl_connection_shed", 10.0, _log)
 
 #: FreeSWITCH hangup cause for each refusal.
 HANGUP_CAUSES = {
@@ -53,11 +64,28 @@ HANGUP_CAUSES = {
     "backend_error": "NORMAL_TEMPORARY_FAILURE",
     "pin_required": "CALL_REJECTED",
 }
+#: connections open at once (calls in progress) and from one address (a FreeSWITCH host carries all its calls)
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_PER_ADDRESS = 2048
 _NUMBER = re.compile(r"\A[+*#]?[0-9*#]{1,32}\Z")
+#: applications that last as long as the call: bounded by the call's limit, not the application timeout
+_AS_LONG_AS_THE_CALL = frozenset({"bridge", "callcenter", "conference"})
 
 
 class Hangup(Exception):
     """The channel hung up (or the connection went away) while we waited."""
+
+
+class Deadline(Exception):
+    """FreeSWITCH did not answer in time: a command's reply, an application's end, the call's limit.
+
+    ``silent`` is true when a command got no reply: the peer is not listening,
+    so nothing more is waited for.
+    """
+
+    def __init__(self, message: str, *, silent: bool) -> None:
+        super().__init__(message)
+        self.silent = silent
 
 
 class Settings:
@@ -68,7 +96,7 @@ class Settings:
                  prompt_ext: str = "wav", ring_timeout_s: int = 20, pin_attempts: int = 3, pin_timeout_ms: int = 5000,
                  queue_template: str = "{queue}@default", conference_template: str = "{room}@default",
                  caller_id: str = "caller", fallback_prompt: str = "unavailable", reply_timeout_s: float = 10.0,
-                 max_call_s: float = 4 * 3600) -> None:
+                 app_timeout_s: float = 60.0, max_call_s: float = 4 * 3600) -> None:
         self.gateway = gateway
         self.number_template = number_template
         self.uri_template = uri_template
@@ -83,7 +111,12 @@ class Settings:
             raise ValueError("caller_id: 'caller' (the caller's number) or 'number' (the 400 number)")
         self.caller_id = caller_id
         self.fallback_prompt = fallback_prompt
+        for name, value in (("reply_timeout_s", reply_timeout_s), ("app_timeout_s", app_timeout_s),
+                            ("max_call_s", max_call_s)):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
         self.reply_timeout_s = reply_timeout_s
+        self.app_timeout_s = app_timeout_s
         self.max_call_s = max_call_s
 
     def sound(self, prompt: str) -> str:
@@ -123,6 +156,11 @@ class EslCall:
         self.uuid: str | None = None
         self.targets: tuple[str, ...] = ()
         self.answered = False
+        self.abandoned = False  # the peer stopped answering: nothing more is waited for
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.deadline = loop.time() + settings.max_call_s  # the call's limit, from its first byte
+        self.bridged_at: float | None = None
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -157,45 +195,68 @@ class EslCall:
             return
         if frame.event is not None:
             name = frame.event.name
-            if name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"):
+            if name == "CHANNEL_BRIDGE" and self.bridged_at is None:
+                self.bridged_at = self.loop.time()
+            elif name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"):
                 self.hungup = True
                 if name == "CHANNEL_HANGUP_COMPLETE":
                     self.hangup_event = frame.event
             self.events.put_nowait(frame.event)
 
     async def _send(self, data: bytes) -> Frame:
+        """Send a command and wait for its reply, at most ``reply_timeout_s`` (sending included).
+
+        Raises:
+            Hangup: the connection is gone.
+            Deadline: no reply in time (``silent``: the peer is not listening).
+        """
         if self.gone:
             raise Hangup("connection closed")
-        future = asyncio.get_running_loop().create_future()
+        future = self.loop.create_future()
         self.replies.append(future)
         self.writer.write(data)
-        await self.writer.drain()
         try:
-            return await asyncio.wait_for(future, self.s.reply_timeout_s)
-        except asyncio.TimeoutError:
-            raise Hangup("FreeSWITCH did not reply in time") from None
+            async with asyncio.timeout(self.s.reply_timeout_s):
+                await self.writer.drain()  # a peer that does not read is as silent as one that does not answer
+                return await future  # on timeout the future is cancelled: a late reply goes nowhere
+        except TimeoutError:
+            raise Deadline(f"no reply within {self.s.reply_timeout_s:g} s", silent=True) from None
 
     async def execute(self, app: str, arg: str = "") -> Event:
-        """Run an application and wait for it to complete (or the channel to end)."""
+        """Run an application and wait for it to complete (or the channel to end).
+
+        The wait is bounded by ``app_timeout_s`` (``bridge``, ``callcenter``
+        and ``conference`` last as long as the call: by the call's limit).
+
+        Raises:
+            Hangup: the channel hung up, or the application was refused.
+            Deadline: no reply, or the application did not complete in time.
+        """
         if self.hungup:
             raise Hangup("channel already hung up")
         event_uuid = f"tel400-{next(self._event_uuids)}-{uuidlib.uuid4().hex[:8]}"
         reply = await self._send(sendmsg(app, arg, event_uuid=event_uuid))
         if not reply.ok:
             raise Hangup(f"{app} refused: {reply.reply_text}")
-        while True:
-            event = await self._next_event(self.s.max_call_s)
-            if event.name == "CHANNEL_EXECUTE_COMPLETE" and event.get("Application-UUID") == event_uuid:
-                return event
-            if self.hungup and event.name == "CHANNEL_HANGUP_COMPLETE":
-                raise Hangup("channel hung up")
+        deadline = self.deadline
+        if app not in _AS_LONG_AS_THE_CALL:
+            deadline = min(deadline, self.loop.time() + self.s.app_timeout_s)
+        try:
+            async with asyncio.timeout_at(deadline):  # one bound for the whole wait: events in between do not extend it
+                while True:
+                    event = await self._next_event()
+                    if event.name == "CHANNEL_EXECUTE_COMPLETE" and event.get("Application-UUID") == event_uuid:
+                        return event
+                    if self.hungup and event.name == "CHANNEL_HANGUP_COMPLETE":
+                        raise Hangup("channel hung up")
+        except TimeoutError:
+            why = "the call's limit" if deadline == self.deadline else f"{self.s.app_timeout_s:g} s"
+            raise Deadline(f"{app} did not complete within {why}", silent=False) from None
 
-    async def _next_event(self, timeout: float) -> Event:
+    async def _next_event(self) -> Event:
+        """The next event (callers bound the wait)."""
         while True:
-            try:
-                item = await asyncio.wait_for(self.events.get(), timeout)
-            except asyncio.TimeoutError:
-                raise Hangup("no event in time") from None
+            item = await self.events.get()
             if item is None:
                 raise Hangup("connection closed")
             if isinstance(item, Event):
@@ -218,17 +279,58 @@ class EslCall:
             await self._run()
         except Hangup as exc:
             _log.debug("esl_call_ended_early", uuid=self.uuid, why=str(exc))
+        except Deadline as exc:
+            if self.uuid is None:  # no channel data: a stranger or a stuck FreeSWITCH, logged by the interval
+                _log_silent(why=str(exc))
+            else:
+                _log.warning("esl_freeswitch_late", uuid=self.uuid, why=str(exc))
+            await self._end_late(exc)
         except Exception as exc:  # never leave a call parked: fall back to a notice and a hangup
             _log.error("esl_call_failed", uuid=self.uuid, error=f"{type(exc).__name__}: {exc}")
             await self._fallback()
         finally:
             await self._finish()
             reader.cancel()
-            self.writer.close()
-            try:
+            await self._close()
+
+    async def _close(self) -> None:
+        """Close the socket; one whose peer does not read what is left is dropped after the reply timeout."""
+        self.writer.close()
+        try:
+            async with asyncio.timeout(self.s.reply_timeout_s):
                 await self.writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+        except TimeoutError:
+            self.writer.transport.abort()
+        except (ConnectionError, OSError):
+            pass
+
+    async def _end_late(self, late: Deadline) -> None:
+        """FreeSWITCH was late: hang up now, or, when it does not answer at all, ask for it and stop waiting."""
+        if late.silent:
+            self._abandon()
+            return
+        try:
+            await self._hangup("NORMAL_TEMPORARY_FAILURE")
+        except Hangup:
+            pass
+        except Deadline:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """The peer does not answer: write a hangup and ``exit`` without waiting for replies.
+
+        A peer that answers nothing will not play a notice either; closing
+        the socket right after is what is left (FreeSWITCH gets the hangup
+        if it reads at all).
+        """
+        self.abandoned = True
+        if self.gone:
+            return
+        data = (b"" if self.hungup else hangup("NORMAL_TEMPORARY_FAILURE")) + command("exit")
+        try:
+            self.writer.write(data)
+        except (ConnectionError, OSError, RuntimeError):
+            pass
 
     async def _run(self) -> None:
         channel = await self._send(command("connect"))
@@ -308,6 +410,8 @@ class EslCall:
             await self._notice(self.s.fallback_prompt, "NORMAL_TEMPORARY_FAILURE")
         except Hangup:
             pass
+        except Deadline as exc:
+            await self._end_late(exc)
         except Exception as exc:
             _log.error("esl_fallback_failed", uuid=self.uuid, error=str(exc))
             try:
@@ -316,36 +420,91 @@ class EslCall:
                 pass
 
     async def _finish(self) -> None:
-        """Wait for the channel's end (charging it), then say goodbye."""
-        try:
-            while not self.hangup_event and not self.gone:
-                await self._next_event(self.s.max_call_s)
-        except Hangup:
-            pass
-        if self.hangup_event is not None and self.uuid:
-            billsec = self.hangup_event.get("variable_billsec") or "0"
-            answered = self.hangup_event.get("variable_bridge_channel") or ""
-            target = next((t for t in self.targets if answered.endswith(t)), None)
+        """Wait for the channel's end (charging it), then say goodbye.
+
+        Every path gets here with the channel hung up or asked to hang up, so
+        the end is waited for ``reply_timeout_s`` at most, events or not.
+        """
+        if not self.abandoned:
             try:
-                self.router.call_ended(self.uuid, int(billsec) if billsec.isascii() and billsec.isdigit() else 0, target)
-            except Exception as exc:
-                _log.error("esl_call_end_failed", uuid=self.uuid, error=str(exc))
-        if not self.gone:
+                async with asyncio.timeout(self.s.reply_timeout_s):
+                    while not self.hangup_event and not self.gone:
+                        await self._next_event()
+            except (Hangup, TimeoutError):
+                pass
+        self._report_end()
+        if not self.gone and not self.abandoned:
             try:
                 await self._send(command("exit"))  # "+OK bye"; FreeSWITCH then closes its side
-            except (Hangup, ConnectionError, OSError):
+            except (Hangup, Deadline, ConnectionError, OSError):
                 pass
+
+    def _report_end(self) -> None:
+        """Charge the call from its CHANNEL_HANGUP_COMPLETE, or, when that never came, release it.
+
+        Without the end event the talk time is the time since CHANNEL_BRIDGE
+        (none if there was none), logged as unconfirmed: the call does not
+        stay in the router's registry until it expires.
+        """
+        if not self.uuid:
+            return
+        event = self.hangup_event
+        if event is not None:
+            billsec = event.get("variable_billsec") or "0"
+            seconds = int(billsec) if billsec.isascii() and billsec.isdigit() else 0
+            answered = event.get("variable_bridge_channel") or ""
+            target = next((t for t in self.targets if answered.endswith(t)), None)
+        else:
+            seconds = 0 if self.bridged_at is None else math.ceil(self.loop.time() - self.bridged_at)
+            target = None
+        try:
+            charge = self.router.call_ended(self.uuid, seconds, target)
+        except Exception as exc:
+            _log.error("esl_call_end_failed", uuid=self.uuid, error=str(exc))
+            return
+        if event is None and charge is not None:
+            _log.warning("esl_call_end_unconfirmed", uuid=self.uuid, charged_s=seconds,
+                         why="no CHANNEL_HANGUP_COMPLETE: FreeSWITCH went away or stopped answering")
+
+
+class _CallProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, telling the listener when its connection is gone."""
+
+    def __init__(self, on_closed, client_connected_cb) -> None:
+        super().__init__(asyncio.StreamReader(limit=1 << 20), client_connected_cb)
+        self._on_closed = on_closed
+
+    def connection_lost(self, exc) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._on_closed()
 
 
 class EslServer:
-    """Accepts FreeSWITCH's outbound connections; one :class:`EslCall` each."""
+    """Accepts FreeSWITCH's outbound connections; one :class:`EslCall` each.
 
-    def __init__(self, router, settings: Settings | None = None) -> None:
+    Args:
+        router: the :class:`~tel400.Router`.
+        settings: what calls do (:class:`Settings`).
+        max_connections: connections open at once at most; at the limit the
+            oldest connections that have not sent the channel data are
+            closed, and if there are none, new ones wait in the listen
+            backlog until a call ends.
+        max_per_address: connections from one address at most; more are
+            closed at once (FreeSWITCH's dialplan then goes on after ``socket``).
+    """
+
+    def __init__(self, router, settings: Settings | None = None, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS) -> None:
         self.router = router
         self.settings = settings or Settings()
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
         self.handled = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._calls: set[asyncio.Task] = set()
+        self.shed = 0  # connections without channel data closed at max_connections to make room
+        self.listener: Listener | None = None
+        self._calls: dict[asyncio.Task, EslCall] = {}  # in the order they came
 
     @property
     def active(self) -> int:
@@ -353,32 +512,51 @@ class EslServer:
 
     async def _handle(self, reader, writer) -> None:
         task = asyncio.current_task()
-        self._calls.add(task)
+        call = EslCall(reader, writer, self.router, self.settings)
+        self._calls[task] = call
         try:
-            await EslCall(reader, writer, self.router, self.settings).run()
+            await call.run()
         finally:
-            self._calls.discard(task)
+            del self._calls[task]
             self.handled += 1
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8040) -> asyncio.AbstractServer:
-        self._server = await asyncio.start_server(self._handle, host, port, limit=1 << 20, backlog=1024)
-        return self._server
+    def make_room(self) -> None:
+        """At the connection limit: close the oldest connections that have not sent the channel data.
+
+        A sixteenth of the places at most.  Calls under way are never
+        touched; a connection that says nothing would be closed at its reply
+        timeout anyway.  Cost: a pass over the calls.
+        """
+        budget = max(1, self.max_connections // 16)
+        for call in self._calls.values():  # oldest first
+            if budget == 0:
+                break
+            if call.uuid is None and not call.gone and not call.writer.transport.is_closing():
+                call.writer.transport.abort()
+                self.shed += 1
+                budget -= 1
+                _log_shed(shed=self.shed, max_connections=self.max_connections)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8040) -> Listener:
+        sock = listening_socket(host, port, backlog=1024)
+        self.listener = Listener(sock, lambda on_closed: _CallProtocol(on_closed, self._handle),
+                                 max_connections=self.max_connections, max_per_address=self.max_per_address,
+                                 on_full=self.make_room, name="tel400-esl").start()
+        return self.listener
 
     @property
     def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1]
+        return self.listener.sock.getsockname()[1]
 
     async def close(self, grace_s: float = 30.0) -> None:
         """Stop accepting calls, let the calls in progress finish (up to ``grace_s``)."""
-        if self._server is not None:
-            self._server.close()
+        if self.listener is not None:
+            self.listener.close()
         if self._calls:
             _, pending = await asyncio.wait(set(self._calls), timeout=grace_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,25 +577,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caller-id", choices=("caller", "number"), default="caller",
                    help="what the targets see: the caller's number or the 400 number")
     p.add_argument("--fallback-prompt", default="unavailable", help="played when a bridge fails or tel400 does")
+    p.add_argument("--reply-timeout", type=float, default=10.0,
+                   help="seconds FreeSWITCH has to answer a command (the first: the channel data); "
+                        "then the call is hung up and the socket closed")
+    p.add_argument("--app-timeout", type=float, default=60.0,
+                   help="seconds an application (answer, playback, PIN entry) has to complete; "
+                        "then the call is hung up")
+    p.add_argument("--max-call", type=float, default=4 * 3600,
+                   help="seconds a call may last (bridge, queue, conference); then it is hung up")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                   help="connections (calls) at once; at the limit connections that sent no channel data "
+                        "are closed, or new ones wait until a call ends")
+    p.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS,
+                   help="connections from one address at once; beyond, new ones are closed at once")
     return p
+
+
+def settings_from(args) -> Settings:
+    """The :class:`Settings` the command-line options ask for."""
+    return Settings(
+        gateway=args.gateway, number_template=args.number_template, uri_template=args.uri_template,
+        prompt_dir=args.prompt_dir, prompt_ext=args.prompt_ext, ring_timeout_s=args.ring_timeout,
+        pin_attempts=args.pin_attempts, queue_template=args.queue_template,
+        conference_template=args.conference_template, caller_id=args.caller_id, fallback_prompt=args.fallback_prompt,
+        reply_timeout_s=args.reply_timeout, app_timeout_s=args.app_timeout, max_call_s=args.max_call,
+    )
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
                         logger_factory=lambda *a: structlog.PrintLogger(sys.stderr))
+    try:
+        for option in ("reply_timeout", "app_timeout", "max_call"):
+            if not 0 < getattr(args, option) < float("inf"):
+                raise ValueError(f"--{option.replace('_', '-')}: expected a positive number of seconds")
+        if args.max_connections < 1 or args.max_per_address < 1:
+            raise ValueError("--max-connections and --max-per-address: expected at least 1")
+        settings = settings_from(args)
+    except ValueError as exc:
+        print(f"tel400-esl: {exc}", file=sys.stderr)
+        return 2
     store = tel400.open_store(args.plans)
     router = tel400.Router(store.load(), args.counters)
     tel400.PlanWatcher(router, store).start()
-    settings = Settings(
-        gateway=args.gateway, number_template=args.number_template, uri_template=args.uri_template,
-        prompt_dir=args.prompt_dir, prompt_ext=args.prompt_ext, ring_timeout_s=args.ring_timeout,
-        pin_attempts=args.pin_attempts, queue_template=args.queue_template,
-        conference_template=args.conference_template, caller_id=args.caller_id, fallback_prompt=args.fallback_prompt,
-    )
+    raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
 
     async def serve() -> None:
-        server = EslServer(router, settings)
+        server = EslServer(router, settings, max_connections=args.max_connections,
+                           max_per_address=args.max_per_address)
         await server.start(args.host, args.port)
         print(f"tel400-esl: {len(router.plans.numbers)} numbers from {store.url}, listening on "
               f"{args.host}:{server.port} ({tel400.IMPLEMENTATION})", file=sys.stderr, flush=True)

@@ -31,6 +31,7 @@ import structlog
 import tel400
 from tel400 import pins
 from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
+from tel400.listener import raise_descriptor_limit
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from .app import Service
@@ -65,7 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes")
     p.add_argument("--grace", type=float, default=30, help="seconds to finish requests in flight on shutdown")
     p.add_argument("--max-connections", type=int, default=4096,
-                   help="connections and requests in progress at most; beyond, new requests are answered 503")
+                   help="connections open at most; beyond, new ones wait in the listen backlog until one closes")
+    p.add_argument("--max-per-address", type=int, default=256,
+                   help="connections open from one client address at most; beyond, new ones get a 503 and are closed")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds for a complete request head, from the connection's start or the previous "
+                        "response's end; then the connection is closed")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds for a complete request body after its head; then the connection is closed")
+    p.add_argument("--idle-timeout", type=float, default=5.0,
+                   help="seconds a kept-alive connection may wait for the next request's first byte")
     p.add_argument("--switch-secrets", metavar="FILE",
                    help="SHA-256 digests of the switch secrets, one per line (--hash-token SECRET): the switch "
                         "endpoints then need one (Authorization: Bearer, or basic auth's password)")
@@ -193,15 +203,19 @@ def main(argv=None) -> int:
         print(hash_token(args.hash_token))
         return 0
     configure_logging(args.log_level)
+    import uvicorn  # not before: --hash-token stays quick
+
+    from .connections import ConnectionCollector, Deadlines, LimitedServer
+
     try:
+        check_limits(args)
+        deadlines = Deadlines(args.header_timeout, args.body_timeout)
         service = build_service(args)
     except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
         print(f"tel400-http: {exc}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
-    class Server(uvicorn.Server):
+    class Server(LimitedServer):
         def handle_exit(self, sig, frame) -> None:
             service.draining = True  # /readyz answers 503 while requests in flight finish
             super().handle_exit(sig, frame)
@@ -215,11 +229,26 @@ def main(argv=None) -> int:
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
                 print(banner(service, f"http://{host}:{port}", args), flush=True)
 
+    # ws="none": no WebSocket upgrade may swap the protocol that gives a connection's place back
     config = uvicorn.Config(service, host=args.host, port=args.port, lifespan="on", access_log=False,
                             log_level="warning", timeout_graceful_shutdown=args.grace, server_header=False,
-                            date_header=False, limit_concurrency=args.max_connections)
-    Server(config).run()
+                            date_header=False, timeout_keep_alive=args.idle_timeout, ws="none", backlog=2048)
+    raise_descriptor_limit(args.max_connections + 256, name="tel400-http")
+    server = Server(config, deadlines=deadlines, max_connections=args.max_connections,
+                    max_per_address=args.max_per_address)
+    service.registry.register(ConnectionCollector(server))
+    server.run()
     return 0
+
+
+def check_limits(args) -> None:
+    """Refuse connection limits and timeouts that would serve nobody (ValueError, reported before starting)."""
+    if args.max_connections < 1 or args.max_per_address < 1:
+        raise ValueError("--max-connections and --max-per-address: expected at least 1")
+    for option in ("header_timeout", "body_timeout", "idle_timeout"):
+        value = getattr(args, option)
+        if not 0 < value < float("inf"):
+            raise ValueError(f"--{option.replace('_', '-')}: expected a positive number of seconds, got {value}")
 
 
 if __name__ == "__main__":
