@@ -7,20 +7,42 @@ counter a time to live of its period's length, so old periods disappear by
 themselves.  Keys carry the 400 number as a hash tag (``{4001012345}``), so
 in a Redis Cluster all keys of one call live in one slot.
 
-Every command has a time bound (``timeout_ms``, 20 by default): past it, or
-when Redis refuses the connection, the call gets :class:`~tel400.BackendError`
-and the plan's ``on_backend_error`` decides; the failure is counted.  After a
-failure the backend does not try Redis again for ``backoff_ms`` (1000), so
-that during an outage decisions cost no waiting at all; then it reconnects by
-itself.  The client (redis-py) keeps a connection pool per process and
-starts a fresh one after a fork.
+When Redis is slow or gone (docs/limits.md, "Redis counters when Redis is
+slow or gone"):
+
+* Every command has a time bound (``timeout_ms``, 20 by default): past it,
+  or when Redis refuses the connection, the call gets
+  :class:`~tel400.BackendError` and the plan's ``on_backend_error`` decides;
+  the failure is counted.
+* **A call that got BackendError is never counted.**  Redis runs a script
+  it has received even when the client stopped waiting (a paused or
+  overloaded server runs it when it resumes).  So the connection of a timed
+  out acquire is not closed but kept aside (at most ``max_late``); when its
+  late reply arrives and says the script counted, a give-back script takes
+  exactly those increments back, once (a token makes a retried give-back
+  change nothing twice; a counter never goes below zero and is never
+  created).  Late replies are collected by later calls (at most one poll per
+  ``timeout_ms``), by :meth:`RedisCounters.settle` and at :meth:`close`.
+* A circuit breaker keeps an outage from costing every call a wait: after
+  ``open_after`` failures in a row (3) calls fail at once for ``backoff_ms``
+  (250); then one call at a time goes to Redis as a probe while the others
+  still fail at once; the probe's success closes the breaker.  One slow
+  reply on a loaded host does not open it.
+
+The client (redis-py) keeps a connection pool per process and starts a
+fresh one after a fork; connections kept aside for late replies belong to
+the process that sent the script.
 
 URL: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS, with
-optional ``?timeout_ms=20&backoff_ms=1000&max_connections=64``.
+optional ``?timeout_ms=20&open_after=3&backoff_ms=250&max_late=16&max_connections=64``.
 """
 
 from __future__ import annotations
 
+import collections
+import inspect
+import os
+import re
 import threading
 import time
 from collections import Counter
@@ -57,6 +79,35 @@ end
 return -1
 """
 
+# Takes back what an acquire counted after the client had stopped waiting.
+# KEYS: the counters it incremented, then a token naming this give-back.
+# ARGV: the increments, in KEYS order.
+# Once only: a token that exists means it was given back already (a retry).
+# Never below zero and never creating a key (a DECRBY on a missing key would
+# make one without a lifetime).  The token lives as long as the longest
+# lived of the counters (at least a minute): once it is gone, so are they,
+# and a give-back that arrives even later finds nothing to take.
+_GIVE_BACK = """
+local n = #ARGV
+if redis.call('EXISTS', KEYS[n + 1]) == 1 then
+  return 0
+end
+local ttl = 60
+for i = 1, n do
+  local value = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local amount = math.min(value, tonumber(ARGV[i]))
+  if amount > 0 then
+    redis.call('DECRBY', KEYS[i], amount)
+  end
+  local left = redis.call('TTL', KEYS[i])
+  if left > ttl then
+    ttl = left
+  end
+end
+redis.call('SET', KEYS[n + 1], '1', 'EX', ttl)
+return 1
+"""
+
 # KEYS[1]: counter; ARGV: amount, ttl.
 _ADD = """
 local value = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
@@ -76,71 +127,343 @@ end
 return count
 """
 
+_HASH_TAG = re.compile(r"\{[^}]*\}")
+
+#: URL options and their defaults (see the module docstring).
+DEFAULTS = {"timeout_ms": 20.0, "open_after": 3, "backoff_ms": 250.0, "max_late": 16, "max_connections": 64}
+
+
+class Breaker:
+    """When to ask Redis: a circuit breaker whose open state probes.
+
+    Closed, every call goes to Redis.  ``open_after`` failures in a row open
+    it: for ``backoff_s`` :meth:`admit` says no at once (an outage costs no
+    waiting).  Then it is half-open: one caller at a time is admitted as a
+    probe, the others are not; the probe's :meth:`succeeded` closes it, its
+    :meth:`failed` opens it for another ``backoff_s``.  Any success resets
+    the run of failures, so isolated slow replies never open it.
+
+    Thread-safe; while closed without failures, :meth:`admit` and
+    :meth:`succeeded` take no lock.
+    """
+
+    def __init__(self, open_after: int, backoff_s: float, clock=time.monotonic) -> None:
+        self.open_after = open_after
+        self.backoff_s = backoff_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0  # in a row
+        self._open_until: float | None = None  # None: closed
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"`` (probing or ready to)."""
+        if self._open_until is None:
+            return "closed"
+        return "half-open" if self._probing or self._clock() >= self._open_until else "open"
+
+    def admit(self) -> bool:
+        """Whether this caller may go to Redis now (when open: as the one probe)."""
+        if self._open_until is None:
+            return True
+        with self._lock:
+            if self._open_until is None:
+                return True
+            if self._probing or self._clock() < self._open_until:
+                return False
+            self._probing = True
+            return True
+
+    def probe_now(self) -> None:
+        """Redis showed a sign of life (a late reply): let the next caller probe without waiting out the backoff."""
+        with self._lock:
+            if self._open_until is not None:
+                self._open_until = min(self._open_until, self._clock())
+
+    def succeeded(self) -> None:
+        """Redis answered: close."""
+        if self._failures:
+            with self._lock:
+                self._failures = 0
+                self._open_until = None
+                self._probing = False
+
+    def failed(self) -> None:
+        """Redis failed or did not answer in time: open after ``open_after`` in a row, or a failed probe."""
+        with self._lock:
+            self._failures += 1
+            if self._probing or self._failures >= self.open_after:
+                self._open_until = self._clock() + self.backoff_s
+                self._probing = False
+
+
+class _Late:
+    """A connection whose acquire timed out, kept until its reply arrives."""
+
+    __slots__ = ("conn", "keys", "increments")
+
+    def __init__(self, conn, keys: list[str], increments: list[int]) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.increments = increments
+
 
 class RedisCounters(CounterBackend):
-    """Counters in Redis, exact across every router that uses the same server."""
+    """Counters in Redis, exact across every router that uses the same server.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (``rediss://``, ``unix://``),
+            optionally with the options below as query parameters, which
+            take precedence over the keyword arguments.
+        timeout_ms: the bound on every command (20).
+        open_after: failures in a row that open the circuit breaker (3).
+        backoff_ms: how long the open breaker refuses calls before one
+            probe goes to Redis (250).
+        max_late: timed-out acquires whose late reply is awaited at once
+            (16); beyond it the oldest is given up (counted as ``lost``).
+        max_connections: the connection pool's size (64); must exceed
+            ``max_late``.
+
+    Raises:
+        ValueError: an option is not a number in its range.
+    """
 
     def __init__(self, url: str, *, timeout_ms: float | None = None, backoff_ms: float | None = None,
-                 max_connections: int | None = None, clock=time.monotonic) -> None:
+                 open_after: int | None = None, max_late: int | None = None, max_connections: int | None = None,
+                 clock=time.monotonic) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         parts = urlsplit(url)
-        options = dict(parse_qsl(parts.query))
-        timeout_ms = float(options.pop("timeout_ms", timeout_ms if timeout_ms is not None else 20))
-        backoff_ms = float(options.pop("backoff_ms", backoff_ms if backoff_ms is not None else 1000))
-        max_connections = int(options.pop("max_connections", max_connections or 64))
-        client_url = urlunsplit(parts._replace(query=urlencode(options)))
+        given = {"timeout_ms": timeout_ms, "backoff_ms": backoff_ms, "open_after": open_after,
+                 "max_late": max_late, "max_connections": max_connections}
+        query = dict(parse_qsl(parts.query))
+        options = _options(query, given)  # removes ours from query; the rest is redis-py's
+        client_url = urlunsplit(parts._replace(query=urlencode(query)))
         self.url = url
-        self.timeout_s = timeout_ms / 1000
-        self.backoff_s = backoff_ms / 1000
-        self._redis_error = redis.RedisError
+        self.timeout_s = options["timeout_ms"] / 1000
+        self.backoff_s = options["backoff_ms"] / 1000
+        self.max_late = options["max_late"]
+        self._errors = redis.exceptions
         self._client = redis.Redis.from_url(
             client_url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 0),  # one attempt: the time bound is the bound
             retry_on_timeout=False,
-            max_connections=max_connections,
+            max_connections=options["max_connections"],
             health_check_interval=0,
         )
+        self._pool = self._client.connection_pool
+        # redis-py < 5.3 wants a command name, later versions warn about one.
+        parameter = inspect.signature(self._pool.get_connection).parameters.get("command_name")
+        self._connection_args = ("EVALSHA",) if parameter is not None and parameter.default is parameter.empty else ()
         self._acquire = self._client.register_script(_ACQUIRE)
+        self._give_back_script = self._client.register_script(_GIVE_BACK)
         self._add = self._client.register_script(_ADD)
         self._pin_failure = self._client.register_script(_PIN_FAILURE)
         self._clock = clock
-        self._down_until = 0.0
-        self._lock = threading.Lock()
+        self.breaker = Breaker(options["open_after"], self.backoff_s, clock)
         #: failures by kind ("timeout", "connection", "error", "backoff"), for metrics.
         self.failures: Counter[str] = Counter()
+        #: timed-out acquires by what became of them: "given_back" (the script
+        #: ran late and its count was taken back), "not_counted" (it counted
+        #: nothing), "lost" (no reply ever came: the connection broke, or too
+        #: many were waiting; if the script ran, its count stays).
+        self.late_replies: Counter[str] = Counter()
+        self._late_lock = threading.Lock()
+        self._late: collections.deque[_Late] = collections.deque()
+        # Give-backs that failed, retried while the breaker is closed: (keys, increments, token).
+        self._give_backs: collections.deque[tuple] = collections.deque()
+        self._late_pid = os.getpid()
+        self._next_collect = 0.0
 
     # -- plumbing -------------------------------------------------------------
 
     def _call(self, what: str, fn, *args, **kwargs):
-        if self._down_until and self._clock() < self._down_until:
+        """Run one Redis operation through the breaker; failures become BackendError."""
+        if self._late or self._give_backs:
+            self._collect_late()
+        breaker = self.breaker
+        if not breaker.admit():
             self.failures["backoff"] += 1
-            raise BackendError(f"redis counters: unavailable, retrying in under {self.backoff_s:g} s")
+            raise BackendError(
+                f"redis counters: unavailable after {breaker.open_after} failures in a row; "
+                f"one call probes every {self.backoff_s:g} s"
+            )
         try:
             result = fn(*args, **kwargs)
-        except self._redis_error as exc:
-            import redis
-
+        except self._errors.RedisError as exc:
             kind = (
-                "timeout" if isinstance(exc, redis.TimeoutError)
-                else "connection" if isinstance(exc, redis.ConnectionError)
+                "timeout" if isinstance(exc, self._errors.TimeoutError)
+                else "connection" if isinstance(exc, self._errors.ConnectionError)
                 else "error"
             )
             self.failures[kind] += 1
-            with self._lock:
-                self._down_until = self._clock() + self.backoff_s
+            breaker.failed()
             raise BackendError(f"redis counters: {what} failed ({kind}: {exc})") from None
-        if self._down_until:
-            self._down_until = 0.0
+        except BaseException:
+            breaker.failed()  # never leave a probe outstanding
+            raise
+        breaker.succeeded()
         return result
+
+    def _script(self, script, keys: list[str], args: list, *, late: _Late | None = None, conn=None):
+        """One script, one round trip (two the first time Redis sees it), on a connection of our own.
+
+        redis-py would close a connection whose reply timed out; here, when
+        ``late`` says what the script counts, a connection whose request was
+        sent whole is kept for its reply instead (:meth:`_park`).  Any other
+        failure closes it, so no reply is ever read by the wrong command.
+        """
+        own = conn is None
+        if own:
+            conn = self._pool.get_connection(*self._connection_args)
+        command = (len(keys), *keys, *args)
+        sent = False
+        try:
+            conn.send_command("EVALSHA", script.sha, *command)
+            sent = True
+            try:
+                reply = conn.read_response(disconnect_on_error=False)
+            except self._errors.NoScriptError:
+                sent = False
+                conn.send_command("EVAL", script.script, *command)  # also caches it
+                sent = True
+                reply = conn.read_response(disconnect_on_error=False)
+        except self._errors.TimeoutError:
+            if late is not None and sent:
+                late.conn = conn
+                self._park(late)
+                raise
+            conn.disconnect()
+            self._release(conn, own)
+            raise
+        except self._errors.ResponseError:
+            self._release(conn, own)  # an error reply: the connection is in step
+            raise
+        except BaseException:
+            conn.disconnect()
+            self._release(conn, own)
+            raise
+        self._release(conn, own)
+        return reply
+
+    def _release(self, conn, own: bool) -> None:
+        if own:
+            self._pool.release(conn)
 
     @staticmethod
     def _counter(key: str, period: int) -> str:
         return f"{key}:{period}"
+
+    # -- late replies ---------------------------------------------------------
+
+    def _park(self, late: _Late) -> None:
+        """Keep a timed-out acquire's connection until its reply says what to give back."""
+        with self._late_lock:
+            self._forget_after_fork()
+            self._late.append(late)
+            while len(self._late) > self.max_late:
+                self._lose(self._late.popleft())
+
+    def _lose(self, late: _Late) -> None:
+        late.conn.disconnect()
+        self._pool.release(late.conn)
+        self.late_replies["lost"] += 1
+
+    def _forget_after_fork(self) -> None:
+        # A child must not read its parent's replies (the parent will); its
+        # pool has started afresh and does not know these connections.
+        if self._late_pid != os.getpid():
+            self._late_pid = os.getpid()
+            self._late.clear()
+            self._give_backs.clear()
+
+    def _collect_late(self, *, force: bool = False) -> None:
+        """Read the late replies that have arrived and give back what their scripts counted.
+
+        Polls at most once per ``timeout_ms`` unless ``force``d: a late
+        reply costs the calls that happen to meet it one non-blocking read
+        per waiting connection, and the one that reads it a give-back.
+        """
+        now = self._clock()
+        ready = []
+        with self._late_lock:
+            self._forget_after_fork()
+            if not force and now < self._next_collect:
+                return
+            self._next_collect = now + self.timeout_s
+            waiting = collections.deque()
+            for late in self._late:
+                try:
+                    arrived = late.conn.can_read(timeout=0)
+                except (self._errors.RedisError, OSError):
+                    self._lose(late)
+                    continue
+                (ready if arrived else waiting).append(late)
+            self._late = waiting
+            retry = []
+            if self._give_backs and self.breaker.state == "closed":
+                retry = list(self._give_backs)
+                self._give_backs.clear()
+        for late in ready:
+            self._read_late(late)
+        for keys, increments, token in retry:
+            self._give_back(keys, increments, token)
+
+    def _read_late(self, late: _Late) -> None:
+        conn = late.conn
+        try:
+            reply = conn.read_response(disconnect_on_error=False)
+        except self._errors.TimeoutError:
+            self._park(late)  # only part of it yet
+            return
+        except self._errors.ResponseError:
+            reply = None  # the script did not run (NOSCRIPT) or failed: nothing counted
+        except (self._errors.RedisError, OSError):
+            self._lose(late)
+            return
+        self.breaker.probe_now()  # Redis answers again
+        if reply != -1:
+            self._pool.release(conn)
+            self.late_replies["not_counted"] += 1
+            return
+        token = f"tel400:{_tag(late.keys[0])}:given-back:{os.urandom(8).hex()}"
+        self._give_back(late.keys, late.increments, token, conn)
+        self._pool.release(conn)
+
+    def _give_back(self, keys: list[str], increments: list[int], token: str, conn=None) -> None:
+        """Run the give-back script; on failure keep it to retry (the token makes a retry harmless)."""
+        try:
+            self._script(self._give_back_script, [*keys, token], increments, conn=conn)
+            self.late_replies["given_back"] += 1  # by this run or by an earlier one whose reply was lost
+        except (self._errors.RedisError, OSError):
+            if conn is not None:
+                conn.disconnect()
+            with self._late_lock:
+                self._give_backs.append((keys, increments, token))
+                while len(self._give_backs) > self.max_late:
+                    self._give_backs.popleft()
+                    self.late_replies["lost"] += 1
+
+    def settle(self, timeout_s: float = 1.0) -> int:
+        """Wait up to ``timeout_s`` for the late replies of timed-out acquires and give back what they counted.
+
+        Returns:
+            How many are still awaited (0: every count is where it belongs).
+
+        Cost: one non-blocking read per awaited reply every 10 ms.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._collect_late(force=True)
+            pending = len(self._late) + len(self._give_backs)
+            if not pending or time.monotonic() >= deadline:
+                return pending
+            time.sleep(0.01)
 
     # -- the interface --------------------------------------------------------
 
@@ -150,7 +473,12 @@ class RedisCounters(CounterBackend):
         for c in checks:
             args += [c.limit, c.increment, c.ttl_s]
         args.append(1 if dry_run else 0)
-        return int(self._call("acquire", self._acquire, keys=keys, args=args))
+        late = None
+        if not dry_run:
+            counted = [(key, c.increment) for key, c in zip(keys, checks) if c.increment > 0]
+            if counted:
+                late = _Late(None, [k for k, _ in counted], [i for _, i in counted])
+        return int(self._call("acquire", self._script, self._acquire, keys, args, late=late))
 
     def add(self, key: str, period: int, amount: int, ttl_s: int) -> int:
         return int(self._call("add", self._add, keys=[self._counter(key, period)], args=[amount, ttl_s]))
@@ -171,11 +499,48 @@ class RedisCounters(CounterBackend):
         self._call("clear_pin_failures", self._client.delete, key)
 
     def close(self) -> None:
+        """Collect the late replies that have arrived, give up the others, and close the connections."""
+        self._collect_late(force=True)
+        with self._late_lock:
+            self._forget_after_fork()
+            while self._late:
+                self._lose(self._late.popleft())
         self._client.close()
 
     def ping(self) -> bool:
-        """Whether Redis answers now (ignores the backoff)."""
+        """Whether Redis answers now (ignores the breaker)."""
         try:
             return bool(self._client.ping())
-        except self._redis_error:
+        except self._errors.RedisError:
             return False
+
+
+def _tag(key: str) -> str:
+    """The hash tag of a key (``{4001012345}``), so that a give-back's token lives in its counters' slot."""
+    found = _HASH_TAG.search(key)
+    return found.group(0) if found else "{}"
+
+
+def _options(query: dict, given: dict) -> dict:
+    """Our options from the URL's query (removed from it), else the arguments, else the defaults; checked."""
+    options = {}
+    for name, default in DEFAULTS.items():
+        raw = query.pop(name, None)
+        if raw is None:
+            raw = given[name] if given[name] is not None else default
+        kind = int if isinstance(default, int) else float
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"redis counters: {name} must be a {'whole ' if kind is int else ''}number, got {raw!r}") from None
+        if value != value or value < (1 if name in ("open_after", "max_connections") else 0) or value == float("inf"):
+            raise ValueError(f"redis counters: {name} out of range: {raw!r}")
+        options[name] = value
+    if options["timeout_ms"] <= 0:
+        raise ValueError("redis counters: timeout_ms must be more than 0")
+    if options["max_late"] >= options["max_connections"]:
+        raise ValueError(
+            f"redis counters: max_late ({options['max_late']}) must be less than max_connections "
+            f"({options['max_connections']}): connections awaiting late replies stay taken from the pool"
+        )
+    return options

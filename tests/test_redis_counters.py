@@ -1,0 +1,210 @@
+"""``redis://`` when Redis is slow, stopped, killed and restarted: with a real redis-server.
+
+Each test starts its own server (``tel400.testing.RedisServer``) and pauses
+it with SIGSTOP/SIGCONT (the kernel still accepts connections and buffers
+the commands, which Redis then runs when it resumes: exactly what a client
+that gave up waiting must account for), or kills it and starts a new one on
+the same port.  No timing is asserted beyond generous bounds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import tel400
+from tel400.testing import RedisServer
+
+from .conftest import one_number
+from .test_shared_counters import calls_today
+
+BJ = "13901012345"
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer().start()
+    yield server
+    if server.process is not None:
+        os.killpg(server.process.pid, signal.SIGCONT)  # a test that failed while Redis was paused
+    server.stop()
+
+
+def capped(policy: str, limit: int) -> dict:
+    return one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": limit}],
+                      on_backend_error=policy)
+
+
+def route_while(router, stop: threading.Event, threads: int = 4) -> list:
+    """Route from several threads until ``stop`` is set; every decision, in no order."""
+    decisions: list = []
+
+    def work(i):
+        mine = []
+        while not stop.is_set():
+            mine.append(router.route("4001012345", f"1390101{i:04d}"))
+            time.sleep(0.002)
+        decisions.extend(mine)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    return workers, decisions
+
+
+def paused(server: RedisServer, seconds: float, router) -> list:
+    """Route from four threads while redis-server is stopped for ``seconds``; the decisions."""
+    stop = threading.Event()
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    try:
+        workers, decisions = route_while(router, stop)
+        time.sleep(seconds)
+        stop.set()
+        for w in workers:
+            w.join()
+    finally:
+        os.killpg(server.process.pid, signal.SIGCONT)
+    return decisions
+
+
+def reasons(decisions) -> dict:
+    out: dict = {}
+    for d in decisions:
+        out[(d.action, d.reason)] = out.get((d.action, d.reason), 0) + 1
+    return out
+
+
+def settle(router) -> None:
+    """Let the late replies of timed-out scripts arrive and be accounted for."""
+    assert router.counters.settle(5) == 0
+
+
+def until_ok(router, then: int = 0) -> list:
+    """Route (every 10 ms, for at most 5 s) until a call is admitted and counted, then ``then`` more."""
+    decisions = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        decisions.append(router.route("4001012345", BJ))
+        if decisions[-1].reason in ("ok", "cap_exceeded") and router.counters.breaker.state == "closed":
+            break
+        time.sleep(0.01)
+    assert router.counters.breaker.state == "closed", "counting did not resume"
+    return decisions + [router.route("4001012345", BJ) for _ in range(then)]
+
+
+def counted(server: RedisServer) -> int:
+    """The number's daily calls counter, read by a client of its own (not through the breaker)."""
+    counters = tel400.open_counters(server.url + "?timeout_ms=2000")
+    try:
+        return calls_today(counters)
+    finally:
+        counters.close()
+
+
+def warm(router, calls: int = 40) -> list:
+    """Route from four threads at once, so that the pool holds several connections."""
+    out: list = []
+
+    def work(i):
+        out.extend(router.route("4001012345", f"1390202{i:04d}") for _ in range(calls // 4))
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return out
+
+
+# --- (a) reject: a refused call never keeps a cap place ------------------------------------------
+
+
+def test_reject_refused_calls_use_no_cap_place(own_redis, make_router):
+    router = make_router(capped("reject", 60), own_redis.url + "?timeout_ms=20&backoff_ms=100")
+    first = warm(router)
+    assert {d.reason for d in first} == {"ok"}
+
+    during = paused(own_redis, 1.0, router)
+    assert set(reasons(during)) == {("reject", "backend_error")}
+    assert router.backend_error_counts() == {"reject": len(during)}
+    failures = dict(router.counters.failures)
+    assert failures["timeout"] >= 1 and failures["backoff"] > failures["timeout"]  # the breaker opened
+
+    settle(router)
+    assert router.counters.late_replies["given_back"] >= 1  # scripts that ran when Redis resumed
+    assert counted(own_redis) == 40  # exactly the admitted calls, before any new call
+    after = until_ok(router, then=40)
+    admitted = sum(d.reason == "ok" for d in first + after)
+    # Every place of the cap went to an admitted call: none to a refused one.
+    assert admitted == 60
+    assert counted(own_redis) == 60
+    assert after[-1].reason == "cap_exceeded"
+
+
+# --- (b) allow: admitted calls during the outage are the uncounted ones ---------------------------
+
+
+def test_allow_uncounted_admissions_are_the_backend_errors(own_redis, make_router):
+    router = make_router(capped("allow", 10_000), own_redis.url + "?timeout_ms=20&backoff_ms=100")
+    first = warm(router)
+    during = paused(own_redis, 1.0, router)
+    assert set(reasons(during)) == {("bridge", "ok")}
+    settle(router)
+    after = until_ok(router, then=20)
+    admitted = sum(d.action == "bridge" for d in first + during + after)
+    uncounted = router.backend_error_counts()["allow"]
+    assert uncounted >= len(during)
+    # Each admission is either in the counter or in the backend error metric, never both.
+    assert counted(own_redis) == admitted - uncounted
+
+
+# --- (c) one slow reply is not an outage ------------------------------------------------------------
+
+
+def test_one_slow_reply_does_not_open_a_window(own_redis, make_router):
+    router = make_router(capped("allow", 1000), own_redis.url + "?timeout_ms=20")  # the default backoff
+    assert router.route("4001012345", BJ).reason == "ok"
+    sleeper = threading.Thread(target=own_redis.cli, args=("DEBUG", "SLEEP", "0.3"))
+    sleeper.start()
+    time.sleep(0.05)
+    slow = router.route("4001012345", BJ)
+    assert (slow.action, router.backend_error_counts()) == ("bridge", {"allow": 1})
+    sleeper.join()
+    # The slow script's reply has arrived: the next command, on whatever
+    # connection, must read its own reply (a count of 1 or 2), not that one (-1).
+    assert calls_today(router.counters) in (1, 2)
+    nxt = router.route("4001012345", BJ)
+    assert nxt.reason == "ok"
+    assert router.backend_error_counts() == {"allow": 1}  # the next call went to Redis
+    assert router.counters.failures == {"timeout": 1}
+    settle(router)
+    assert counted(own_redis) == 2  # the slow call was not counted: it is the one backend error
+    assert router.counters.late_replies == {"given_back": 1}
+
+
+# --- (d) Redis killed and restarted --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["allow", "reject"])
+def test_killed_and_restarted_redis_counts_again_after_a_probe(own_redis, make_router, policy):
+    router = make_router(capped(policy, 1000), own_redis.url + "?timeout_ms=20&backoff_ms=100")
+    warm(router)
+    # Paused first, so that scripts wait unanswered on their connections; then killed.
+    os.killpg(own_redis.process.pid, signal.SIGSTOP)
+    during = [router.route("4001012345", BJ) for _ in range(5)]
+    os.killpg(own_redis.process.pid, signal.SIGKILL)
+    own_redis.process.wait()
+    during += [router.route("4001012345", BJ) for _ in range(5)]
+    expected = ("bridge", "ok") if policy == "allow" else ("reject", "backend_error")
+    assert set(reasons(during)) == {expected}
+    assert router.counters.breaker.state != "closed"
+    own_redis.start()  # same port, empty (no persistence)
+    after = until_ok(router, then=9)
+    assert {d.reason for d in after[-10:]} == {"ok"}
+    assert counted(own_redis) == 10  # counting resumed with the probe, in the same router
+    assert router.counters.settle(1) == 0
+    assert router.counters.late_replies["lost"] >= 1  # the killed server's unanswered scripts
