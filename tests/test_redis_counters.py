@@ -208,3 +208,112 @@ def test_killed_and_restarted_redis_counts_again_after_a_probe(own_redis, make_r
     assert counted(own_redis) == 10  # counting resumed with the probe, in the same router
     assert router.counters.settle(1) == 0
     assert router.counters.late_replies["lost"] >= 1  # the killed server's unanswered scripts
+
+
+# --- the parts, one at a time ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_failures_in_a_row_and_probes_one_at_a_time():
+    from tel400.redis_counters import Breaker
+
+    clock = FakeClock()
+    breaker = Breaker(open_after=3, backoff_s=0.25, clock=clock)
+    for _ in range(5):  # isolated failures, each followed by a success, never open it
+        assert breaker.admit()
+        breaker.failed()
+        breaker.failed()
+        breaker.succeeded()
+    assert breaker.state == "closed"
+    for _ in range(3):
+        assert breaker.admit()
+        breaker.failed()
+    assert breaker.state == "open" and not breaker.admit()
+    clock.now += 0.25
+    assert breaker.admit()  # the probe
+    assert breaker.state == "half-open" and not breaker.admit() and not breaker.admit()  # only one
+    breaker.failed()  # a failed probe opens it again, for a whole backoff
+    assert breaker.state == "open" and not breaker.admit()
+    clock.now += 0.2
+    assert not breaker.admit()
+    breaker.probe_now()  # a late reply arrived: Redis answers again
+    assert breaker.admit() and not breaker.admit()
+    breaker.succeeded()
+    assert breaker.state == "closed" and breaker.admit() and breaker.admit()
+    breaker.failed()
+    assert breaker.state == "closed"  # one failure after a success: not yet
+
+
+def test_give_back_is_once_never_negative_and_creates_nothing(redis_url):
+    import redis
+
+    counters = tel400.open_counters(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        counters.add("a", 1, 5, 600)
+        counters.add("b", 1, 1, 600)
+        keys = ["a:1", "b:1", "missing:1"]
+        counters._give_back(keys, [2, 3, 4], "tel400:{}:given-back:t1")
+        assert (counters.value("a", 1), counters.value("b", 1)) == (3, 0)  # b: 1 given back of 3
+        assert client.exists("missing:1") == 0  # a give-back never makes a counter
+        counters._give_back(keys, [2, 3, 4], "tel400:{}:given-back:t1")  # the same give-back, retried
+        assert counters.value("a", 1) == 3
+        assert 60 <= client.ttl("tel400:{}:given-back:t1") <= 600  # lives as long as its counters
+        counters._give_back(keys, [2, 3, 4], "tel400:{}:given-back:t2")  # another one
+        assert counters.value("a", 1) == 1
+        assert counters.late_replies == {"given_back": 3}
+        assert 590 <= client.ttl("a:1") <= 600  # the counter keeps its lifetime
+    finally:
+        client.close()
+        counters.close()
+
+
+@pytest.mark.parametrize("query, message", [
+    ("timeout_ms=0", "timeout_ms must be more than 0"),
+    ("timeout_ms=abc", "timeout_ms must be a number"),
+    ("backoff_ms=-1", "backoff_ms out of range"),
+    ("open_after=0", "open_after out of range"),
+    ("open_after=1.5", "open_after must be a whole number"),
+    ("max_late=64", "max_late .64. must be less than max_connections .64."),
+    ("timeout_ms=nan", "timeout_ms out of range"),
+])
+def test_url_options_are_checked(query, message):
+    with pytest.raises(ValueError, match=message):
+        tel400.open_counters(f"redis://127.0.0.1:1/0?{query}")
+
+
+def test_url_options_reach_the_backend():
+    counters = tel400.open_counters("redis://127.0.0.1:1/0?timeout_ms=50&open_after=5&backoff_ms=2000&max_late=4")
+    assert (counters.timeout_s, counters.breaker.open_after, counters.breaker.backoff_s, counters.max_late) == (
+        0.05, 5, 2.0, 4)
+    counters.close()
+
+
+def test_metrics_show_late_replies_and_the_breaker(own_redis, make_router):
+    import tel400.metrics
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    router = make_router(capped("reject", 100), own_redis.url + "?timeout_ms=20&backoff_ms=60000&open_after=1")
+    registry = CollectorRegistry()
+    tel400.metrics.register(router, registry)
+    assert router.route("4001012345", BJ).reason == "ok"
+    os.killpg(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        assert router.route("4001012345", BJ).reason == "backend_error"
+        assert "tel400_counter_breaker_open 1.0" in generate_latest(registry).decode()
+    finally:
+        os.killpg(own_redis.process.pid, signal.SIGCONT)
+    settle(router)
+    text = generate_latest(registry).decode()
+    assert 'tel400_counter_late_replies_total{outcome="given_back"} 1.0' in text
+    assert "tel400_counter_breaker_open 1.0" in text  # a late reply lets a probe through at once, but none came yet
+    assert until_ok(router)[-1].reason == "ok"
+    assert "tel400_counter_breaker_open 0.0" in generate_latest(registry).decode()
+    assert counted(own_redis) == 2
