@@ -275,7 +275,7 @@ class RedisCounters(CounterBackend):
         self.late_replies: Counter[str] = Counter()
         self._late_lock = threading.Lock()
         self._late: collections.deque[_Late] = collections.deque()
-        # Give-backs that failed, retried while the breaker is closed: (keys, increments, token).
+        # Give-backs to run, oldest first, while the breaker is not open: (keys, increments, token).
         self._give_backs: collections.deque[tuple] = collections.deque()
         self._late_pid = os.getpid()
         self._next_collect = 0.0
@@ -310,17 +310,15 @@ class RedisCounters(CounterBackend):
         breaker.succeeded()
         return result
 
-    def _script(self, script, keys: list[str], args: list, *, late: _Late | None = None, conn=None):
+    def _script(self, script, keys: list[str], args: list, *, counts: Sequence[CapCheck] | None = None):
         """One script, one round trip (two the first time Redis sees it), on a connection of our own.
 
         redis-py would close a connection whose reply timed out; here, when
-        ``late`` says what the script counts, a connection whose request was
-        sent whole is kept for its reply instead (:meth:`_park`).  Any other
-        failure closes it, so no reply is ever read by the wrong command.
+        the script ``counts`` caps, a connection whose request was sent whole
+        is kept for its reply instead (:meth:`_park`).  Any other failure
+        closes it, so no reply is ever read by the wrong command.
         """
-        own = conn is None
-        if own:
-            conn = self._pool.get_connection(*self._connection_args)
+        conn = self._pool.get_connection(*self._connection_args)
         command = (len(keys), *keys, *args)
         sent = False
         try:
@@ -334,26 +332,21 @@ class RedisCounters(CounterBackend):
                 sent = True
                 reply = conn.read_response(disconnect_on_error=False)
         except self._errors.TimeoutError:
-            if late is not None and sent:
-                late.conn = conn
-                self._park(late)
+            if counts is not None and sent:
+                self._park(conn, keys, counts)
                 raise
             conn.disconnect()
-            self._release(conn, own)
+            self._pool.release(conn)
             raise
         except self._errors.ResponseError:
-            self._release(conn, own)  # an error reply: the connection is in step
+            self._pool.release(conn)  # an error reply: the connection is in step
             raise
         except BaseException:
             conn.disconnect()
-            self._release(conn, own)
-            raise
-        self._release(conn, own)
-        return reply
-
-    def _release(self, conn, own: bool) -> None:
-        if own:
             self._pool.release(conn)
+            raise
+        self._pool.release(conn)
+        return reply
 
     @staticmethod
     def _counter(key: str, period: int) -> str:
@@ -361,8 +354,16 @@ class RedisCounters(CounterBackend):
 
     # -- late replies ---------------------------------------------------------
 
-    def _park(self, late: _Late) -> None:
+    def _park(self, conn, keys: list[str], checks: Sequence[CapCheck]) -> None:
         """Keep a timed-out acquire's connection until its reply says what to give back."""
+        counted = [(key, c.increment) for key, c in zip(keys, checks) if c.increment > 0]
+        if not counted:
+            conn.disconnect()  # it can count nothing: nothing to wait for
+            self._pool.release(conn)
+            return
+        self._keep(_Late(conn, [k for k, _ in counted], [i for _, i in counted]))
+
+    def _keep(self, late: _Late) -> None:
         with self._late_lock:
             self._forget_after_fork()
             self._late.append(late)
@@ -405,21 +406,16 @@ class RedisCounters(CounterBackend):
                     continue
                 (ready if arrived else waiting).append(late)
             self._late = waiting
-            retry = []
-            if self._give_backs and self.breaker.state == "closed":
-                retry = list(self._give_backs)
-                self._give_backs.clear()
         for late in ready:
             self._read_late(late)
-        for keys, increments, token in retry:
-            self._give_back(keys, increments, token)
+        self._run_give_backs()
 
     def _read_late(self, late: _Late) -> None:
         conn = late.conn
         try:
             reply = conn.read_response(disconnect_on_error=False)
         except self._errors.TimeoutError:
-            self._park(late)  # only part of it yet
+            self._keep(late)  # only part of it yet
             return
         except self._errors.ResponseError:
             reply = None  # the script did not run (NOSCRIPT) or failed: nothing counted
@@ -431,23 +427,42 @@ class RedisCounters(CounterBackend):
             self._pool.release(conn)
             self.late_replies["not_counted"] += 1
             return
+        self._pool.release(conn)  # in step again
         token = f"tel400:{_tag(late.keys[0])}:given-back:{os.urandom(8).hex()}"
-        self._give_back(late.keys, late.increments, token, conn)
-        self._pool.release(conn)
+        with self._late_lock:
+            self._give_backs.append((late.keys, late.increments, token))
+            while len(self._give_backs) > self.max_late:
+                self._give_backs.popleft()
+                self.late_replies["lost"] += 1
 
-    def _give_back(self, keys: list[str], increments: list[int], token: str, conn=None) -> None:
-        """Run the give-back script; on failure keep it to retry (the token makes a retry harmless)."""
-        try:
-            self._script(self._give_back_script, [*keys, token], increments, conn=conn)
-            self.late_replies["given_back"] += 1  # by this run or by an earlier one whose reply was lost
-        except (self._errors.RedisError, OSError):
-            if conn is not None:
-                conn.disconnect()
+    def _run_give_backs(self) -> None:
+        """Run the waiting give-backs, oldest first, until one fails (unless the breaker is open).
+
+        A failed one stays first in line; its token makes running it again
+        harmless.  Stopping at the first failure keeps what one call can be
+        made to wait for give-backs to one ``timeout_ms``.
+        """
+        while self._give_backs and self.breaker.state != "open":
             with self._late_lock:
-                self._give_backs.append((keys, increments, token))
-                while len(self._give_backs) > self.max_late:
-                    self._give_backs.popleft()
-                    self.late_replies["lost"] += 1
+                if not self._give_backs:
+                    return
+                keys, increments, token = self._give_backs.popleft()
+            if not self._give_back(keys, increments, token):
+                with self._late_lock:
+                    self._give_backs.appendleft((keys, increments, token))
+                return
+
+    def _give_back(self, keys: list[str], increments: list[int], token: str) -> bool:
+        """Run the give-back script once; whether it answered."""
+        try:
+            self._script(self._give_back_script, [*keys, token], increments)
+        except self._errors.ResponseError:
+            self.late_replies["lost"] += 1  # the script itself failed: running it again would too
+            return True
+        except (self._errors.RedisError, OSError):
+            return False
+        self.late_replies["given_back"] += 1  # by this run or by an earlier one whose reply was lost
+        return True
 
     def settle(self, timeout_s: float = 1.0) -> int:
         """Wait up to ``timeout_s`` for the late replies of timed-out acquires and give back what they counted.
@@ -473,12 +488,8 @@ class RedisCounters(CounterBackend):
         for c in checks:
             args += [c.limit, c.increment, c.ttl_s]
         args.append(1 if dry_run else 0)
-        late = None
-        if not dry_run:
-            counted = [(key, c.increment) for key, c in zip(keys, checks) if c.increment > 0]
-            if counted:
-                late = _Late(None, [k for k, _ in counted], [i for _, i in counted])
-        return int(self._call("acquire", self._script, self._acquire, keys, args, late=late))
+        counts = None if dry_run else checks
+        return int(self._call("acquire", self._script, self._acquire, keys, args, counts=counts))
 
     def add(self, key: str, period: int, amount: int, ttl_s: int) -> int:
         return int(self._call("add", self._add, keys=[self._counter(key, period)], args=[amount, ttl_s]))
@@ -505,6 +516,8 @@ class RedisCounters(CounterBackend):
             self._forget_after_fork()
             while self._late:
                 self._lose(self._late.popleft())
+            self.late_replies["lost"] += len(self._give_backs)
+            self._give_backs.clear()
         self._client.close()
 
     def ping(self) -> bool:
