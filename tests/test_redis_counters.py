@@ -120,6 +120,25 @@ def warm(router, calls: int = 40) -> list:
     return out
 
 
+def asleep(server: RedisServer, seconds: float) -> threading.Thread:
+    """Make redis-server sleep (DEBUG SLEEP) and return once it does; join the thread to wait for it to wake."""
+    import socket
+
+    sleeper = threading.Thread(target=server.cli, args=("DEBUG", "SLEEP", str(seconds)))
+    sleeper.start()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=1) as s:
+            s.settimeout(0.01)
+            s.sendall(b"PING\r\n")
+            try:
+                s.recv(16)
+            except TimeoutError:
+                return sleeper  # no answer: asleep
+        time.sleep(0.005)
+    raise AssertionError("redis-server did not fall asleep")
+
+
 # --- (a) reject: a refused call never keeps a cap place ------------------------------------------
 
 
@@ -168,9 +187,7 @@ def test_allow_uncounted_admissions_are_the_backend_errors(own_redis, make_route
 def test_one_slow_reply_does_not_open_a_window(own_redis, make_router):
     router = make_router(capped("allow", 1000), own_redis.url + "?timeout_ms=20")  # the default backoff
     assert router.route("4001012345", BJ).reason == "ok"
-    sleeper = threading.Thread(target=own_redis.cli, args=("DEBUG", "SLEEP", "0.3"))
-    sleeper.start()
-    time.sleep(0.05)
+    sleeper = asleep(own_redis, 0.3)
     slow = router.route("4001012345", BJ)
     assert (slow.action, router.backend_error_counts()) == ("bridge", {"allow": 1})
     sleeper.join()
@@ -317,3 +334,38 @@ def test_metrics_show_late_replies_and_the_breaker(own_redis, make_router):
     assert until_ok(router)[-1].reason == "ok"
     assert "tel400_counter_breaker_open 0.0" in generate_latest(registry).decode()
     assert counted(own_redis) == 2
+
+
+def test_no_reply_is_read_by_the_wrong_command_after_timeouts(own_redis):
+    """Each kind of command times out on an established connection during a DEBUG SLEEP;
+    afterwards every command reads its own reply, never the late one."""
+    from .test_shared_counters import check
+
+    counters = tel400.open_counters(own_redis.url + "?timeout_ms=20&open_after=1000")
+    attempts = [
+        lambda: counters.acquire([check("k", 100)]),  # kept for its late reply
+        lambda: counters.acquire([check("k", 100)], dry_run=True),  # closed: counts nothing
+        lambda: counters.acquire([check("k", 100, increment=0)]),  # counts nothing
+        lambda: counters.value("k", 7),
+        lambda: counters.add("m", 7, 1, 600),  # a charge: may be applied late, not given back
+        lambda: counters.pin_failures("p", 0, 600),
+    ]
+    try:
+        assert counters.acquire([check("k", 100)]) == -1
+        counters.add("m", 7, 5, 600)
+        for attempt in attempts:
+            sleeper = asleep(own_redis, 0.15)
+            with pytest.raises(tel400.BackendError, match="timeout"):
+                attempt()
+            sleeper.join()
+            charged = int(own_redis.cli("GET", "m:7"))
+            for _ in range(3):
+                assert counters.value("m", 7) == charged
+                assert counters.pin_failures("p", 0, 600) == 0
+                assert counters.acquire([check("other", 10**6)]) == -1
+        assert counters.settle(5) == 0
+        assert counters.value("k", 7) == 1  # the timed-out acquire ran late, and was given back
+        assert counters.late_replies == {"given_back": 1}
+        assert counters.failures == {"timeout": len(attempts)}
+    finally:
+        counters.close()
