@@ -243,29 +243,57 @@ def test_breaker_opens_after_failures_in_a_row_and_probes_one_at_a_time():
 
     clock = FakeClock()
     breaker = Breaker(open_after=3, backoff_s=0.25, clock=clock)
-    for _ in range(5):  # isolated failures, each followed by a success, never open it
+    for _ in range(5):  # failures, each run ended by a success, never open it
         assert breaker.admit()
-        breaker.failed()
-        breaker.failed()
+        breaker.failed(breaker.generation)
+        breaker.failed(breaker.generation)
         breaker.succeeded()
     assert breaker.state == "closed"
     for _ in range(3):
         assert breaker.admit()
-        breaker.failed()
+        breaker.failed(breaker.generation)
     assert breaker.state == "open" and not breaker.admit()
     clock.now += 0.25
     assert breaker.admit()  # the probe
     assert breaker.state == "half-open" and not breaker.admit() and not breaker.admit()  # only one
-    breaker.failed()  # a failed probe opens it again, for a whole backoff
-    assert breaker.state == "open" and not breaker.admit()
-    clock.now += 0.2
-    assert not breaker.admit()
-    breaker.probe_now()  # a late reply arrived: Redis answers again
-    assert breaker.admit() and not breaker.admit()
     breaker.succeeded()
     assert breaker.state == "closed" and breaker.admit() and breaker.admit()
     breaker.failed()
     assert breaker.state == "closed"  # one failure after a success: not yet
+
+
+def test_breaker_counts_one_stall_once_however_many_calls_it_hit():
+    from tel400.redis_counters import Breaker
+
+    breaker = Breaker(open_after=3, backoff_s=0.25, clock=FakeClock())
+    for _ in range(2):  # two stalls, each failing 8 calls that were waiting at once
+        began = breaker.generation
+        for _ in range(8):
+            breaker.failed(began)
+    assert breaker.state == "closed"
+    breaker.failed(breaker.generation)  # a third, begun after the second was seen
+    assert breaker.state == "open"
+
+
+def test_breaker_probes_at_a_late_reply_until_a_probe_fails():
+    from tel400.redis_counters import Breaker
+
+    clock = FakeClock()
+    breaker = Breaker(open_after=1, backoff_s=0.25, clock=clock)
+    breaker.failed()
+    assert not breaker.admit()
+    breaker.probe_now()  # a late reply arrived: Redis answers again
+    assert breaker.admit() and not breaker.admit()  # one probe, at once
+    breaker.failed()  # ... but it timed out too: Redis is slow, not back
+    assert breaker.state == "open"
+    breaker.probe_now()
+    assert not breaker.admit()  # from now on, one probe per backoff
+    clock.now += 0.25
+    assert breaker.admit()
+    breaker.succeeded()
+    breaker.failed()
+    breaker.probe_now()
+    assert breaker.admit()  # a new outage: late replies may shorten it again
 
 
 def test_give_back_is_once_never_negative_and_creates_nothing(redis_url):

@@ -27,7 +27,8 @@ slow or gone"):
   ``open_after`` failures in a row (3) calls fail at once for ``backoff_ms``
   (250); then one call at a time goes to Redis as a probe while the others
   still fail at once; the probe's success closes the breaker.  One slow
-  reply on a loaded host does not open it.
+  reply on a loaded host does not open it, however many threads it hit
+  (:class:`Breaker`).
 
 The client (redis-py) keeps a connection pool per process and starts a
 fresh one after a fork; connections kept aside for late replies belong to
@@ -140,8 +141,14 @@ class Breaker:
     it: for ``backoff_s`` :meth:`admit` says no at once (an outage costs no
     waiting).  Then it is half-open: one caller at a time is admitted as a
     probe, the others are not; the probe's :meth:`succeeded` closes it, its
-    :meth:`failed` opens it for another ``backoff_s``.  Any success resets
-    the run of failures, so isolated slow replies never open it.
+    :meth:`failed` opens it for another ``backoff_s``.
+
+    What makes a run of failures: any success ends it, so isolated slow
+    replies never open the breaker; and calls that were already waiting
+    when a failure was seen fail with it as one (they met the same stall),
+    so one stall on a busy router counts once however many threads it hit.
+    Callers read :attr:`generation` before going to Redis and hand it to
+    :meth:`failed`.
 
     Thread-safe; while closed without failures, :meth:`admit` and
     :meth:`succeeded` take no lock.
@@ -155,6 +162,10 @@ class Breaker:
         self._failures = 0  # in a row
         self._open_until: float | None = None  # None: closed
         self._probing = False
+        self._probe_failed = False  # since the breaker opened
+        #: bumped by every failure that counts: a call that began before the
+        #: latest one failed with it.
+        self.generation = 0
 
     @property
     def state(self) -> str:
@@ -176,9 +187,14 @@ class Breaker:
             return True
 
     def probe_now(self) -> None:
-        """Redis showed a sign of life (a late reply): let the next caller probe without waiting out the backoff."""
+        """Redis showed a sign of life (a late reply): let the next caller probe at once.
+
+        Only until a probe has failed since the breaker opened: a Redis that
+        answers every command, but late, is then probed every ``backoff_s``,
+        not after each of its late replies.
+        """
         with self._lock:
-            if self._open_until is not None:
+            if self._open_until is not None and not self._probe_failed:
                 self._open_until = min(self._open_until, self._clock())
 
     def succeeded(self) -> None:
@@ -188,14 +204,26 @@ class Breaker:
                 self._failures = 0
                 self._open_until = None
                 self._probing = False
+                self._probe_failed = False
 
-    def failed(self) -> None:
-        """Redis failed or did not answer in time: open after ``open_after`` in a row, or a failed probe."""
+    def failed(self, generation: int | None = None) -> None:
+        """Redis failed or did not answer in time.
+
+        Args:
+            generation: :attr:`generation` when the call began; a call that
+                began before the latest counted failure adds nothing to the
+                run (``None``: count it).
+        """
         with self._lock:
-            self._failures += 1
-            if self._probing or self._failures >= self.open_after:
-                self._open_until = self._clock() + self.backoff_s
+            if self._probing:
                 self._probing = False
+                self._probe_failed = True
+            elif generation is not None and generation != self.generation:
+                return  # the same stall as a failure already counted
+            self._failures += 1
+            self.generation += 1
+            if self._open_until is not None or self._failures >= self.open_after:
+                self._open_until = self._clock() + self.backoff_s
 
 
 class _Late:
@@ -287,6 +315,7 @@ class RedisCounters(CounterBackend):
         if self._late or self._give_backs:
             self._collect_late()
         breaker = self.breaker
+        generation = breaker.generation
         if not breaker.admit():
             self.failures["backoff"] += 1
             raise BackendError(
@@ -302,10 +331,10 @@ class RedisCounters(CounterBackend):
                 else "error"
             )
             self.failures[kind] += 1
-            breaker.failed()
+            breaker.failed(generation)
             raise BackendError(f"redis counters: {what} failed ({kind}: {exc})") from None
         except BaseException:
-            breaker.failed()  # never leave a probe outstanding
+            breaker.failed(generation)  # never leave a probe outstanding
             raise
         breaker.succeeded()
         return result
