@@ -397,3 +397,39 @@ def test_no_reply_is_read_by_the_wrong_command_after_timeouts(own_redis):
         assert counters.failures == {"timeout": len(attempts)}
     finally:
         counters.close()
+
+
+def _child_settles(counters, out):
+    # A forked child inherits the parked connection: it must leave its reply to the parent.
+    out.put((counters.settle(0.3), dict(counters.late_replies), counters.acquire([_check("child", 10)])))
+
+
+def _check(key, limit):
+    from .test_shared_counters import check
+
+    return check(key, limit)
+
+
+def test_a_forked_child_leaves_late_replies_to_its_parent(own_redis):
+    import multiprocessing
+
+    counters = tel400.open_counters(own_redis.url + "?timeout_ms=20&open_after=1000")
+    try:
+        assert counters.acquire([_check("k", 10)]) == -1
+        os.killpg(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(tel400.BackendError):
+                counters.acquire([_check("k", 10)])
+        finally:
+            os.killpg(own_redis.process.pid, signal.SIGCONT)
+        fork = multiprocessing.get_context("fork")
+        out = fork.Queue()
+        child = fork.Process(target=_child_settles, args=(counters, out))
+        child.start()
+        assert out.get(timeout=30) == (0, {}, -1)  # nothing awaited, nothing read, its own connection works
+        child.join(timeout=30)
+        assert counters.settle(5) == 0
+        assert counters.late_replies == {"given_back": 1}
+        assert counters.value("k", 7) == 1
+    finally:
+        counters.close()
