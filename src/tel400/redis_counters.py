@@ -417,7 +417,9 @@ class RedisCounters(CounterBackend):
 
         Polls at most once per ``timeout_ms`` unless ``force``d: a late
         reply costs the calls that happen to meet it one non-blocking read
-        per waiting connection, and the one that reads it a give-back.
+        per waiting connection, and the one that reads it a give-back.  A
+        call waits here for at most one ``timeout_ms`` (a reply that came in
+        pieces, or a give-back that timed out: the rest waits for later).
         """
         now = self._clock()
         ready = []
@@ -435,34 +437,38 @@ class RedisCounters(CounterBackend):
                     continue
                 (ready if arrived else waiting).append(late)
             self._late = waiting
-        for late in ready:
-            self._read_late(late)
+        for i, late in enumerate(ready):
+            if not self._read_late(late):
+                for rest in ready[i + 1:]:
+                    self._keep(rest)  # one read that had to wait is this call's share
+                return
         self._run_give_backs()
 
-    def _read_late(self, late: _Late) -> None:
+    def _read_late(self, late: _Late) -> bool:
+        """Read a late reply that has (begun to) arrive; False if the rest of it kept us waiting."""
         conn = late.conn
         try:
             reply = conn.read_response(disconnect_on_error=False)
         except self._errors.TimeoutError:
             self._keep(late)  # only part of it yet
-            return
+            return False
         except self._errors.ResponseError:
             reply = None  # the script did not run (NOSCRIPT) or failed: nothing counted
         except (self._errors.RedisError, OSError):
             self._lose(late)
-            return
+            return True
         self.breaker.probe_now()  # Redis answers again
-        if reply != -1:
-            self._pool.release(conn)
-            self.late_replies["not_counted"] += 1
-            return
         self._pool.release(conn)  # in step again
+        if reply != -1:
+            self.late_replies["not_counted"] += 1
+            return True
         token = f"tel400:{_tag(late.keys[0])}:given-back:{os.urandom(8).hex()}"
         with self._late_lock:
             self._give_backs.append((late.keys, late.increments, token))
             while len(self._give_backs) > self.max_late:
                 self._give_backs.popleft()
                 self.late_replies["lost"] += 1
+        return True
 
     def _run_give_backs(self) -> None:
         """Run the waiting give-backs, oldest first, until one fails (unless the breaker is open).
