@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import math
 import os
 import re
 import threading
@@ -575,15 +576,8 @@ def _options(query: dict, given: dict) -> dict:
     for name, default in DEFAULTS.items():
         raw = query.pop(name, None)
         if raw is None:
-            raw = given[name] if given[name] is not None else default
-        kind = int if isinstance(default, int) else float
-        try:
-            value = kind(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"redis counters: {name} must be a {'whole ' if kind is int else ''}number, got {raw!r}") from None
-        if value != value or value < (1 if name in ("open_after", "max_connections") else 0) or value == float("inf"):
-            raise ValueError(f"redis counters: {name} out of range: {raw!r}")
-        options[name] = value
+            raw = default if given[name] is None else given[name]
+        options[name] = _number(name, raw, whole=isinstance(default, int))
     if options["timeout_ms"] <= 0:
         raise ValueError("redis counters: timeout_ms must be more than 0")
     if options["max_late"] >= options["max_connections"]:
@@ -592,3 +586,14 @@ def _options(query: dict, given: dict) -> dict:
             f"({options['max_connections']}): connections awaiting late replies stay taken from the pool"
         )
     return options
+
+
+def _number(name: str, raw, *, whole: bool) -> int | float:
+    try:
+        value = int(raw) if whole else float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"redis counters: {name} must be a {'whole ' if whole else ''}number, got {raw!r}") from None
+    smallest = 1 if name in ("open_after", "max_connections") else 0
+    if not math.isfinite(value) or value < smallest:
+        raise ValueError(f"redis counters: {name} must be a finite number of at least {smallest}, got {raw!r}")
+    return value
