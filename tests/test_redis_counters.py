@@ -29,7 +29,7 @@ BJ = "13901012345"
 def own_redis():
     server = RedisServer().start()
     yield server
-    if server.process is not None:
+    if server.process is not None and server.process.poll() is None:
         os.killpg(server.process.pid, signal.SIGCONT)  # a test that failed while Redis was paused
     server.stop()
 
@@ -39,8 +39,8 @@ def capped(policy: str, limit: int) -> dict:
                       on_backend_error=policy)
 
 
-def route_while(router, stop: threading.Event, threads: int = 4) -> list:
-    """Route from several threads until ``stop`` is set; every decision, in no order."""
+def route_while(router, stop: threading.Event, threads: int = 4) -> tuple[list, list]:
+    """Start threads that route until ``stop`` is set; (the threads, the list their decisions go to)."""
     decisions: list = []
 
     def work(i):
