@@ -99,6 +99,20 @@ class RouterCollector:
             for kind, count in sorted(held["refused"].items()):
                 refused.add_metric([kind], count)
             yield refused
+        late = getattr(counters, "late_replies", None)  # redis://
+        if late is not None:
+            family = CounterMetricFamily(
+                "tel400_counter_late_replies",
+                "Timed-out counter scripts by what became of them (given_back, not_counted, lost).",
+                labels=["outcome"],
+            )
+            for outcome, count in sorted(late.items()):
+                family.add_metric([outcome], count)
+            yield family
+            yield GaugeMetricFamily(
+                "tel400_counter_breaker_open", "1 while the counter backend's circuit breaker is open or probing.",
+                value=int(counters.breaker.state != "closed"),
+            )
         stats = getattr(counters, "stats", None)  # shm://
         if stats is not None:
             table = stats()

@@ -7,20 +7,44 @@ counter a time to live of its period's length, so old periods disappear by
 themselves.  Keys carry the 400 number as a hash tag (``{4001012345}``), so
 in a Redis Cluster all keys of one call live in one slot.
 
-Every command has a time bound (``timeout_ms``, 20 by default): past it, or
-when Redis refuses the connection, the call gets :class:`~tel400.BackendError`
-and the plan's ``on_backend_error`` decides; the failure is counted.  After a
-failure the backend does not try Redis again for ``backoff_ms`` (1000), so
-that during an outage decisions cost no waiting at all; then it reconnects by
-itself.  The client (redis-py) keeps a connection pool per process and
-starts a fresh one after a fork.
+When Redis is slow or gone (docs/limits.md, "Redis counters when Redis is
+slow or gone"):
+
+* Every command has a time bound (``timeout_ms``, 20 by default): past it,
+  or when Redis refuses the connection, the call gets
+  :class:`~tel400.BackendError` and the plan's ``on_backend_error`` decides;
+  the failure is counted.
+* **A call that got BackendError is never counted.**  Redis runs a script
+  it has received even when the client stopped waiting (a paused or
+  overloaded server runs it when it resumes).  So the connection of a timed
+  out acquire is not closed but kept aside (at most ``max_late``); when its
+  late reply arrives and says the script counted, a give-back script takes
+  exactly those increments back, once (a token makes a retried give-back
+  change nothing twice; a counter never goes below zero and is never
+  created).  Late replies are collected by later calls (at most one poll per
+  ``timeout_ms``), by :meth:`RedisCounters.settle` and at :meth:`close`.
+* A circuit breaker keeps an outage from costing every call a wait: after
+  ``open_after`` failures in a row (3) calls fail at once for ``backoff_ms``
+  (250); then one call at a time goes to Redis as a probe while the others
+  still fail at once; the probe's success closes the breaker.  One slow
+  reply on a loaded host does not open it, however many threads it hit
+  (:class:`Breaker`).
+
+The client (redis-py) keeps a connection pool per process and starts a
+fresh one after a fork; connections kept aside for late replies belong to
+the process that sent the script.
 
 URL: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS, with
-optional ``?timeout_ms=20&backoff_ms=1000&max_connections=64``.
+optional ``?timeout_ms=20&open_after=3&backoff_ms=250&max_late=16&max_connections=64``.
 """
 
 from __future__ import annotations
 
+import collections
+import inspect
+import math
+import os
+import re
 import threading
 import time
 from collections import Counter
@@ -57,6 +81,35 @@ end
 return -1
 """
 
+# Takes back what an acquire counted after the client had stopped waiting.
+# KEYS: the counters it incremented, then a token naming this give-back.
+# ARGV: the increments, in KEYS order.
+# Once only: a token that exists means it was given back already (a retry).
+# Never below zero and never creating a key (a DECRBY on a missing key would
+# make one without a lifetime).  The token lives as long as the longest
+# lived of the counters (at least a minute): once it is gone, so are they,
+# and a give-back that arrives even later finds nothing to take.
+_GIVE_BACK = """
+local n = #ARGV
+if redis.call('EXISTS', KEYS[n + 1]) == 1 then
+  return 0
+end
+local ttl = 60
+for i = 1, n do
+  local value = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local amount = math.min(value, tonumber(ARGV[i]))
+  if amount > 0 then
+    redis.call('DECRBY', KEYS[i], amount)
+  end
+  local left = redis.call('TTL', KEYS[i])
+  if left > ttl then
+    ttl = left
+  end
+end
+redis.call('SET', KEYS[n + 1], '1', 'EX', ttl)
+return 1
+"""
+
 # KEYS[1]: counter; ARGV: amount, ttl.
 _ADD = """
 local value = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
@@ -76,71 +129,392 @@ end
 return count
 """
 
+_HASH_TAG = re.compile(r"\{[^}]*\}")
+
+#: URL options and their defaults (see the module docstring).
+DEFAULTS = {"timeout_ms": 20.0, "open_after": 3, "backoff_ms": 250.0, "max_late": 16, "max_connections": 64}
+
+
+class Breaker:
+    """When to ask Redis: a circuit breaker whose open state probes.
+
+    Closed, every call goes to Redis.  ``open_after`` failures in a row open
+    it: for ``backoff_s`` :meth:`admit` says no at once (an outage costs no
+    waiting).  Then it is half-open: one caller at a time is admitted as a
+    probe, the others are not; the probe's :meth:`succeeded` closes it, its
+    :meth:`failed` opens it for another ``backoff_s``.
+
+    What makes a run of failures: any success ends it, so isolated slow
+    replies never open the breaker; and calls that were already waiting
+    when a failure was seen fail with it as one (they met the same stall),
+    so one stall on a busy router counts once however many threads it hit.
+    Callers read :attr:`generation` before going to Redis and hand it to
+    :meth:`failed`.
+
+    Thread-safe; while closed without failures, :meth:`admit` and
+    :meth:`succeeded` take no lock.
+    """
+
+    def __init__(self, open_after: int, backoff_s: float, clock=time.monotonic) -> None:
+        self.open_after = open_after
+        self.backoff_s = backoff_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0  # in a row
+        self._open_until: float | None = None  # None: closed
+        self._probing = False
+        self._probe_failed = False  # since the breaker opened
+        #: bumped by every failure that counts: a call that began before the
+        #: latest one failed with it.
+        self.generation = 0
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"`` (probing or ready to)."""
+        if self._open_until is None:
+            return "closed"
+        return "half-open" if self._probing or self._clock() >= self._open_until else "open"
+
+    def admit(self) -> bool:
+        """Whether this caller may go to Redis now (when open: as the one probe)."""
+        if self._open_until is None:
+            return True
+        with self._lock:
+            if self._open_until is None:
+                return True
+            if self._probing or self._clock() < self._open_until:
+                return False
+            self._probing = True
+            return True
+
+    def probe_now(self) -> None:
+        """Redis showed a sign of life (a late reply): let the next caller probe at once.
+
+        Only until a probe has failed since the breaker opened: a Redis that
+        answers every command, but late, is then probed every ``backoff_s``,
+        not after each of its late replies.
+        """
+        with self._lock:
+            if self._open_until is not None and not self._probe_failed:
+                self._open_until = min(self._open_until, self._clock())
+
+    def succeeded(self) -> None:
+        """Redis answered: close."""
+        if self._failures:
+            with self._lock:
+                self._failures = 0
+                self._open_until = None
+                self._probing = False
+                self._probe_failed = False
+
+    def failed(self, generation: int | None = None) -> None:
+        """Redis failed or did not answer in time.
+
+        Args:
+            generation: :attr:`generation` when the call began; a call that
+                began before the latest counted failure adds nothing to the
+                run (``None``: count it).
+        """
+        with self._lock:
+            if self._probing:
+                self._probing = False
+                self._probe_failed = True
+            elif generation is not None and generation != self.generation:
+                return  # the same stall as a failure already counted
+            self._failures += 1
+            self.generation += 1
+            if self._open_until is not None or self._failures >= self.open_after:
+                self._open_until = self._clock() + self.backoff_s
+
+
+class _Late:
+    """A connection whose acquire timed out, kept until its reply arrives."""
+
+    __slots__ = ("conn", "keys", "increments")
+
+    def __init__(self, conn, keys: list[str], increments: list[int]) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.increments = increments
+
 
 class RedisCounters(CounterBackend):
-    """Counters in Redis, exact across every router that uses the same server."""
+    """Counters in Redis, exact across every router that uses the same server.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (``rediss://``, ``unix://``),
+            optionally with the options below as query parameters, which
+            take precedence over the keyword arguments.
+        timeout_ms: the bound on every command (20).
+        open_after: failures in a row that open the circuit breaker (3).
+        backoff_ms: how long the open breaker refuses calls before one
+            probe goes to Redis (250).
+        max_late: timed-out acquires whose late reply is awaited at once
+            (16); beyond it the oldest is given up (counted as ``lost``).
+        max_connections: the connection pool's size (64); must exceed
+            ``max_late``.
+
+    Raises:
+        ValueError: an option is not a number in its range.
+    """
 
     def __init__(self, url: str, *, timeout_ms: float | None = None, backoff_ms: float | None = None,
-                 max_connections: int | None = None, clock=time.monotonic) -> None:
+                 open_after: int | None = None, max_late: int | None = None, max_connections: int | None = None,
+                 clock=time.monotonic) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         parts = urlsplit(url)
-        options = dict(parse_qsl(parts.query))
-        timeout_ms = float(options.pop("timeout_ms", timeout_ms if timeout_ms is not None else 20))
-        backoff_ms = float(options.pop("backoff_ms", backoff_ms if backoff_ms is not None else 1000))
-        max_connections = int(options.pop("max_connections", max_connections or 64))
-        client_url = urlunsplit(parts._replace(query=urlencode(options)))
+        given = {"timeout_ms": timeout_ms, "backoff_ms": backoff_ms, "open_after": open_after,
+                 "max_late": max_late, "max_connections": max_connections}
+        query = dict(parse_qsl(parts.query))
+        options = _options(query, given)  # removes ours from query; the rest is redis-py's
+        client_url = urlunsplit(parts._replace(query=urlencode(query)))
         self.url = url
-        self.timeout_s = timeout_ms / 1000
-        self.backoff_s = backoff_ms / 1000
-        self._redis_error = redis.RedisError
+        self.timeout_s = options["timeout_ms"] / 1000
+        self.backoff_s = options["backoff_ms"] / 1000
+        self.max_late = options["max_late"]
+        self._errors = redis.exceptions
         self._client = redis.Redis.from_url(
             client_url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 0),  # one attempt: the time bound is the bound
             retry_on_timeout=False,
-            max_connections=max_connections,
+            max_connections=options["max_connections"],
             health_check_interval=0,
         )
+        self._pool = self._client.connection_pool
+        # redis-py < 5.3 wants a command name, later versions warn about one.
+        parameter = inspect.signature(self._pool.get_connection).parameters.get("command_name")
+        self._connection_args = ("EVALSHA",) if parameter is not None and parameter.default is parameter.empty else ()
         self._acquire = self._client.register_script(_ACQUIRE)
+        self._give_back_script = self._client.register_script(_GIVE_BACK)
         self._add = self._client.register_script(_ADD)
         self._pin_failure = self._client.register_script(_PIN_FAILURE)
         self._clock = clock
-        self._down_until = 0.0
-        self._lock = threading.Lock()
+        self.breaker = Breaker(options["open_after"], self.backoff_s, clock)
         #: failures by kind ("timeout", "connection", "error", "backoff"), for metrics.
         self.failures: Counter[str] = Counter()
+        #: timed-out acquires by what became of them: "given_back" (the script
+        #: ran late and its count was taken back), "not_counted" (it counted
+        #: nothing), "lost" (no reply ever came: the connection broke, or too
+        #: many were waiting; if the script ran, its count stays).
+        self.late_replies: Counter[str] = Counter()
+        self._late_lock = threading.Lock()
+        self._late: collections.deque[_Late] = collections.deque()
+        # Give-backs to run, oldest first, while the breaker is not open: (keys, increments, token).
+        self._give_backs: collections.deque[tuple] = collections.deque()
+        self._late_pid = os.getpid()
+        self._next_collect = 0.0
 
     # -- plumbing -------------------------------------------------------------
 
     def _call(self, what: str, fn, *args, **kwargs):
-        if self._down_until and self._clock() < self._down_until:
+        """Run one Redis operation through the breaker; failures become BackendError."""
+        if self._late or self._give_backs:
+            self._collect_late()
+        breaker = self.breaker
+        generation = breaker.generation
+        if not breaker.admit():
             self.failures["backoff"] += 1
-            raise BackendError(f"redis counters: unavailable, retrying in under {self.backoff_s:g} s")
+            raise BackendError(
+                f"redis counters: unavailable after {breaker.open_after} failures in a row; "
+                f"one call probes every {self.backoff_s:g} s"
+            )
         try:
             result = fn(*args, **kwargs)
-        except self._redis_error as exc:
-            import redis
-
+        except self._errors.RedisError as exc:
             kind = (
-                "timeout" if isinstance(exc, redis.TimeoutError)
-                else "connection" if isinstance(exc, redis.ConnectionError)
+                "timeout" if isinstance(exc, self._errors.TimeoutError)
+                else "connection" if isinstance(exc, self._errors.ConnectionError)
                 else "error"
             )
             self.failures[kind] += 1
-            with self._lock:
-                self._down_until = self._clock() + self.backoff_s
+            breaker.failed(generation)
             raise BackendError(f"redis counters: {what} failed ({kind}: {exc})") from None
-        if self._down_until:
-            self._down_until = 0.0
+        except BaseException:
+            breaker.failed(generation)  # never leave a probe outstanding
+            raise
+        breaker.succeeded()
         return result
+
+    def _script(self, script, keys: list[str], args: list, *, counts: Sequence[CapCheck] | None = None):
+        """One script, one round trip (two the first time Redis sees it), on a connection of our own.
+
+        redis-py would close a connection whose reply timed out; here, when
+        the script ``counts`` caps, a connection whose request was sent whole
+        is kept for its reply instead (:meth:`_park`).  Any other failure
+        closes it, so no reply is ever read by the wrong command.
+        """
+        conn = self._pool.get_connection(*self._connection_args)
+        command = (len(keys), *keys, *args)
+        sent = False
+        try:
+            conn.send_command("EVALSHA", script.sha, *command)
+            sent = True
+            try:
+                reply = conn.read_response(disconnect_on_error=False)
+            except self._errors.NoScriptError:
+                sent = False
+                conn.send_command("EVAL", script.script, *command)  # also caches it
+                sent = True
+                reply = conn.read_response(disconnect_on_error=False)
+        except self._errors.TimeoutError:
+            if counts is not None and sent:
+                self._park(conn, keys, counts)
+                raise
+            conn.disconnect()
+            self._pool.release(conn)
+            raise
+        except self._errors.ResponseError:
+            self._pool.release(conn)  # an error reply: the connection is in step
+            raise
+        except BaseException:
+            conn.disconnect()
+            self._pool.release(conn)
+            raise
+        self._pool.release(conn)
+        return reply
 
     @staticmethod
     def _counter(key: str, period: int) -> str:
         return f"{key}:{period}"
+
+    # -- late replies ---------------------------------------------------------
+
+    def _park(self, conn, keys: list[str], checks: Sequence[CapCheck]) -> None:
+        """Keep a timed-out acquire's connection until its reply says what to give back."""
+        counted = [(key, c.increment) for key, c in zip(keys, checks) if c.increment > 0]
+        if not counted:
+            conn.disconnect()  # it can count nothing: nothing to wait for
+            self._pool.release(conn)
+            return
+        self._keep(_Late(conn, [k for k, _ in counted], [i for _, i in counted]))
+
+    def _keep(self, late: _Late) -> None:
+        with self._late_lock:
+            self._forget_after_fork()
+            self._late.append(late)
+            while len(self._late) > self.max_late:
+                self._lose(self._late.popleft())
+
+    def _lose(self, late: _Late) -> None:
+        late.conn.disconnect()
+        self._pool.release(late.conn)
+        self.late_replies["lost"] += 1
+
+    def _forget_after_fork(self) -> None:
+        # A child must not read its parent's replies (the parent will); its
+        # pool has started afresh and does not know these connections.
+        if self._late_pid != os.getpid():
+            self._late_pid = os.getpid()
+            self._late.clear()
+            self._give_backs.clear()
+
+    def _collect_late(self, *, force: bool = False) -> None:
+        """Read the late replies that have arrived and give back what their scripts counted.
+
+        Polls at most once per ``timeout_ms`` unless ``force``d: a late
+        reply costs the calls that happen to meet it one non-blocking read
+        per waiting connection, and the one that reads it a give-back.  A
+        call waits here for at most one ``timeout_ms`` (a reply that came in
+        pieces, or a give-back that timed out: the rest waits for later).
+        """
+        now = self._clock()
+        ready = []
+        with self._late_lock:
+            self._forget_after_fork()
+            if not force and now < self._next_collect:
+                return
+            self._next_collect = now + self.timeout_s
+            waiting = collections.deque()
+            for late in self._late:
+                try:
+                    arrived = late.conn.can_read(timeout=0)
+                except (self._errors.RedisError, OSError):
+                    self._lose(late)
+                    continue
+                (ready if arrived else waiting).append(late)
+            self._late = waiting
+        for i, late in enumerate(ready):
+            if not self._read_late(late):
+                for rest in ready[i + 1:]:
+                    self._keep(rest)  # one read that had to wait is this call's share
+                return
+        self._run_give_backs()
+
+    def _read_late(self, late: _Late) -> bool:
+        """Read a late reply that has (begun to) arrive; False if the rest of it kept us waiting."""
+        conn = late.conn
+        try:
+            reply = conn.read_response(disconnect_on_error=False)
+        except self._errors.TimeoutError:
+            self._keep(late)  # only part of it yet
+            return False
+        except self._errors.ResponseError:
+            reply = None  # the script did not run (NOSCRIPT) or failed: nothing counted
+        except (self._errors.RedisError, OSError):
+            self._lose(late)
+            return True
+        self.breaker.probe_now()  # Redis answers again
+        self._pool.release(conn)  # in step again
+        if reply != -1:
+            self.late_replies["not_counted"] += 1
+            return True
+        token = f"tel400:{_tag(late.keys[0])}:given-back:{os.urandom(8).hex()}"
+        with self._late_lock:
+            self._give_backs.append((late.keys, late.increments, token))
+            while len(self._give_backs) > self.max_late:
+                self._give_backs.popleft()
+                self.late_replies["lost"] += 1
+        return True
+
+    def _run_give_backs(self) -> None:
+        """Run the waiting give-backs, oldest first, until one fails (unless the breaker is open).
+
+        A failed one stays first in line; its token makes running it again
+        harmless.  Stopping at the first failure keeps what one call can be
+        made to wait for give-backs to one ``timeout_ms``.
+        """
+        while self._give_backs and self.breaker.state != "open":
+            with self._late_lock:
+                if not self._give_backs:
+                    return
+                keys, increments, token = self._give_backs.popleft()
+            if not self._give_back(keys, increments, token):
+                with self._late_lock:
+                    self._give_backs.appendleft((keys, increments, token))
+                return
+
+    def _give_back(self, keys: list[str], increments: list[int], token: str) -> bool:
+        """Run the give-back script once; whether it answered."""
+        try:
+            self._script(self._give_back_script, [*keys, token], increments)
+        except self._errors.ResponseError:
+            self.late_replies["lost"] += 1  # the script itself failed: running it again would too
+            return True
+        except (self._errors.RedisError, OSError):
+            return False
+        self.late_replies["given_back"] += 1  # by this run or by an earlier one whose reply was lost
+        return True
+
+    def settle(self, timeout_s: float = 1.0) -> int:
+        """Wait up to ``timeout_s`` for the late replies of timed-out acquires and give back what they counted.
+
+        Returns:
+            How many are still awaited (0: every count is where it belongs).
+
+        Cost: one non-blocking read per awaited reply every 10 ms.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._collect_late(force=True)
+            pending = len(self._late) + len(self._give_backs)
+            if not pending or time.monotonic() >= deadline:
+                return pending
+            time.sleep(0.01)
 
     # -- the interface --------------------------------------------------------
 
@@ -150,7 +524,8 @@ class RedisCounters(CounterBackend):
         for c in checks:
             args += [c.limit, c.increment, c.ttl_s]
         args.append(1 if dry_run else 0)
-        return int(self._call("acquire", self._acquire, keys=keys, args=args))
+        counts = None if dry_run else checks
+        return int(self._call("acquire", self._script, self._acquire, keys, args, counts=counts))
 
     def add(self, key: str, period: int, amount: int, ttl_s: int) -> int:
         return int(self._call("add", self._add, keys=[self._counter(key, period)], args=[amount, ttl_s]))
@@ -171,11 +546,54 @@ class RedisCounters(CounterBackend):
         self._call("clear_pin_failures", self._client.delete, key)
 
     def close(self) -> None:
+        """Collect the late replies that have arrived, give up the others, and close the connections."""
+        self._collect_late(force=True)
+        with self._late_lock:
+            self._forget_after_fork()
+            while self._late:
+                self._lose(self._late.popleft())
+            self.late_replies["lost"] += len(self._give_backs)
+            self._give_backs.clear()
         self._client.close()
 
     def ping(self) -> bool:
-        """Whether Redis answers now (ignores the backoff)."""
+        """Whether Redis answers now (ignores the breaker)."""
         try:
             return bool(self._client.ping())
-        except self._redis_error:
+        except self._errors.RedisError:
             return False
+
+
+def _tag(key: str) -> str:
+    """The hash tag of a key (``{4001012345}``), so that a give-back's token lives in its counters' slot."""
+    found = _HASH_TAG.search(key)
+    return found.group(0) if found else "{}"
+
+
+def _options(query: dict, given: dict) -> dict:
+    """Our options from the URL's query (removed from it), else the arguments, else the defaults; checked."""
+    options = {}
+    for name, default in DEFAULTS.items():
+        raw = query.pop(name, None)
+        if raw is None:
+            raw = default if given[name] is None else given[name]
+        options[name] = _number(name, raw, whole=isinstance(default, int))
+    if options["timeout_ms"] <= 0:
+        raise ValueError("redis counters: timeout_ms must be more than 0")
+    if options["max_late"] >= options["max_connections"]:
+        raise ValueError(
+            f"redis counters: max_late ({options['max_late']}) must be less than max_connections "
+            f"({options['max_connections']}): connections awaiting late replies stay taken from the pool"
+        )
+    return options
+
+
+def _number(name: str, raw, *, whole: bool) -> int | float:
+    try:
+        value = int(raw) if whole else float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"redis counters: {name} must be a {'whole ' if whole else ''}number, got {raw!r}") from None
+    smallest = 1 if name in ("open_after", "max_connections") else 0
+    if not math.isfinite(value) or value < smallest:
+        raise ValueError(f"redis counters: {name} must be a finite number of at least {smallest}, got {raw!r}")
+    return value
