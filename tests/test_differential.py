@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tel400
-from tel400 import _impl
+from tel400 import _impl, pins
 
 pytestmark = pytest.mark.skipif("cython" not in _impl.ENGINES, reason="needs the compiled engine")
 
@@ -32,6 +32,7 @@ CALLERS = [
 TARGETS = ["13901010001", "13901010002", "02161234567", "02087654321", "agent@pbx.example", "19912345678"]
 CODES = ["CN-BJ", "CN-TJ", "CN-SH", "CN-GD", "CN-ZJ", "CN-HE", "CN-FJ"]
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London"]
+HASHED_2468 = pins.make_hash("2468", n=1 << 4)
 START = dt.datetime(2025, 12, 20, tzinfo=dt.timezone.utc).timestamp()
 
 # Slots and call times share a few minutes of the hour (every zone here is a
@@ -116,8 +117,11 @@ def plan(draw, number):
                                    max_size=2, unique=True)),
         "reject_unknown_callers": draw(st.booleans()),
     }
-    if draw(st.integers(0, 3)) == 0:
+    pin = draw(st.integers(0, 5))
+    if pin == 0:
         out["pin"] = "2468"
+    elif pin == 1:
+        out["pin_hash"] = HASHED_2468
     if draw(st.integers(0, 3)) == 0:
         out["calendar"] = {"holidays": draw(st.lists(a_date.map(str), max_size=2, unique=True))}
     if draw(st.integers(0, 4)) == 0:
@@ -147,6 +151,14 @@ def calls(draw):
         "call_id": draw(st.sampled_from([None, "a", "b", "c"])),
         "end": draw(st.sampled_from([None, 0, 1, 59, 61, 600])),
     }
+
+
+#: PIN lockouts at their smallest bounds and beyond, so that sequences of
+#: 25 calls reach them (number_failures = 0: no number-wide lockout).
+pin_policies = st.builds(
+    pins.PinPolicy, caller_failures=st.integers(1, 5), caller_window_s=st.sampled_from([1, 60, 3600]),
+    number_failures=st.integers(0, 4), number_window_s=st.sampled_from([1, 60, 600]),
+)
 
 
 def comparable(decision, weighted_rules):
@@ -180,14 +192,18 @@ def edge_times(draw, plans: tel400.PlanSet) -> list[float]:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(plan_sets(), st.lists(calls(), min_size=1, max_size=25), st.data())
-def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
+@given(plan_sets(), st.lists(calls(), min_size=1, max_size=25), pin_policies, st.data())
+def test_compiled_engine_decides_like_the_reference(tree, sequence, pin_policy, data):
     plans = tel400.PlanSet.from_dict(tree)
     edges = edge_times(data.draw, plans)
     if edges:
         for call in sequence:
             if data.draw(st.booleans()):
                 call["at"] = data.draw(st.sampled_from(edges))
+    if data.draw(st.integers(0, 2)) == 0:  # calls seconds apart: PIN windows open, fill and pass
+        step = data.draw(st.sampled_from([0.5, 1, 30, 599]))
+        for i, call in enumerate(sequence):
+            call["at"] = START + i * step
     weighted = set()
     for p in plans.numbers:
         for r in p.rules:
@@ -195,7 +211,8 @@ def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
                 weighted.add((p.number, r.name))
         if p.default.kind == "bridge" and p.default.strategy == "weighted":
             weighted.add((p.number, None))
-    routers = [tel400.Router(plans, seed=7, implementation=name) for name in ("python", "cython")]
+    routers = [tel400.Router(plans, seed=7, implementation=name, pin_policy=pin_policy)
+               for name in ("python", "cython")]
     remembered: dict[str, tuple] = {}  # call id -> targets of the call it was last routed for
     for call in sequence:
         decisions = [
@@ -212,5 +229,6 @@ def test_compiled_engine_decides_like_the_reference(tree, sequence, data):
             charges = [r.call_ended(call["call_id"], call["end"], target=target) for r in routers]
             assert charges[0] == charges[1]
     assert routers[0].decision_counts() == routers[1].decision_counts()
+    assert routers[0].pin_event_counts() == routers[1].pin_event_counts()
     explained = [r.explain(sequence[0]["dialed"], sequence[0]["caller"], sequence[0]["at"]) for r in routers]
     assert [s.check for s in explained[0].explain] == [s.check for s in explained[1].explain]

@@ -9,6 +9,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+import structlog.testing
 
 import tel400
 from tel400 import pins
@@ -128,6 +129,104 @@ def test_right_pin_clears_the_failures(make_router, pin_plan):
         router.route("4001012345", BJ, pin="0000", at=t0 + i)
     assert router.route("4001012345", BJ, pin=secret, at=t0 + 5).action == "bridge"
     assert [router.route("4001012345", BJ, pin="0000", at=t0 + 10 + i).reason for i in range(4)] == ["bad_pin"] * 4
+
+
+def _rotating_guesses(router, t0, guesses, per_caller=4, start_pin=0):
+    """The observed attack: a new caller id every ``per_caller`` guesses, PINs tried in order."""
+    reasons = []
+    for i in range(guesses):
+        caller = f"139{(start_pin + i) // per_caller:08d}"
+        reasons.append(router.route("4001012345", caller, pin=f"{start_pin + i:04d}", at=t0 + i).reason)
+    return reasons
+
+
+def test_rotating_callers_lock_the_number_for_everyone(make_router, pin_plan):
+    tree, secret = pin_plan
+    router = make_router(tree)
+    t0 = TUESDAY_10.timestamp()
+    # 1,239 guesses found the PIN through four guesses per caller id; now the
+    # twentieth wrong PIN to the number locks it, whoever the callers are.
+    reasons = _rotating_guesses(router, t0, 60, start_pin=5000)
+    assert reasons == ["bad_pin"] * 19 + ["pin_locked"] * 41
+    assert router.decision_counts()[("4001012345", "reject", "bad_pin")] == 19
+    # for everyone, the right PIN included, with or without a PIN, for 10 minutes from the first failure
+    assert router.route("4001012345", SH, pin=secret, at=t0 + 60).reason == "pin_locked"
+    assert router.route("4001012345", GD, at=t0 + 60).reason == "pin_locked"
+    assert router.route("4001012345", GD, pin=secret, at=t0 + 599).reason == "pin_locked"
+    assert router.route("4001012345", GD, pin=secret, at=t0 + 600).action == "bridge"
+    # other numbers are not touched
+    assert router.pin_event_counts() == {("number_locked", "4001012345"): 1}
+
+
+def test_number_lockout_is_logged_once_per_lockout(make_router, pin_plan):
+    tree, _secret = pin_plan
+    router = make_router(tree)
+    t0 = TUESDAY_10.timestamp()
+    with structlog.testing.capture_logs() as logs:
+        _rotating_guesses(router, t0, 40)
+        _rotating_guesses(router, t0 + 600, 25, start_pin=100)  # the next window: locked again, logged again
+    locked = [e for e in logs if e["event"] == "pin_number_locked"]
+    assert [(e["number"], e["failures"], e["window_s"], e["log_level"]) for e in locked] == \
+        [("4001012345", 20, 600, "warning")] * 2
+    assert router.pin_event_counts() == {("number_locked", "4001012345"): 2}
+
+
+def test_a_brute_force_gets_twenty_guesses_per_window(make_router):
+    router = make_router(one_number(rules=[bridge("1")], pin="9999"))
+    t0 = TUESDAY_10.timestamp()
+    reasons = _rotating_guesses(router, t0, 10_000, per_caller=1)  # every PIN, a new caller each, within 10,000 s
+    assert reasons.count("ok") == 0
+    assert reasons.count("bad_pin") <= 19 * (10_000 // 600 + 1)
+
+
+def test_number_lockout_is_tunable_and_can_be_turned_off(make_router):
+    tree = one_number(rules=[bridge("1")], pin="4821")
+    t0 = TUESDAY_10.timestamp()
+    strict = make_router(tree, pin_policy=pins.PinPolicy(number_failures=3, number_window_s=60))
+    assert _rotating_guesses(strict, t0, 5, per_caller=1) == ["bad_pin"] * 2 + ["pin_locked"] * 3
+    assert strict.route("4001012345", SH, pin="4821", at=t0 + 60).action == "bridge"
+    off = make_router(tree, pin_policy=pins.PinPolicy(number_failures=0))
+    assert _rotating_guesses(off, t0, 100) == ["bad_pin"] * 100
+    per_caller = make_router(tree, pin_policy=pins.PinPolicy(caller_failures=2, caller_window_s=10))
+    assert _rotating_guesses(per_caller, t0, 4, per_caller=4) == ["bad_pin", "pin_locked", "pin_locked", "pin_locked"]
+    assert per_caller.route("4001012345", "13900000000", pin="4821", at=t0 + 10).action == "bridge"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"number_failures": -1}, "number_failures: expected a whole number >= 0"),
+    ({"caller_failures": 0}, "caller_failures: expected a whole number >= 1"),
+    ({"derivations": 0}, "derivations"),
+    ({"number_window_s": 1.5}, "number_window_s"),
+])
+def test_pin_policy_bounds(options, message):
+    with pytest.raises(ValueError, match=message):
+        pins.PinPolicy(**options)
+
+
+@pytest.mark.parametrize("text, expected", [("20/600", (20, 600)), ("0/1", (0, 1))])
+def test_pin_policy_from_options(text, expected):
+    policy = pins.PinPolicy.from_options(text, 3)
+    assert (policy.number_failures, policy.number_window_s, policy.derivations) == (*expected, 3)
+
+
+@pytest.mark.parametrize("text", ["20", "20/", "/600", "x/600", "20/6.5", "²/600", "20/0"])
+def test_pin_policy_from_bad_options(text):
+    with pytest.raises(ValueError):
+        pins.PinPolicy.from_options(text)
+
+
+@pytest.mark.parametrize("caller", [None, "", "anonymous", "-number", "number", "13901012345", "*"])
+def test_number_key_cannot_be_a_callers_key(caller):
+    assert pins.number_key("4001012345") != pins.caller_key("4001012345", caller)
+    assert pins.number_key("4001012345").startswith("tel400:{4001012345}:")
+
+
+def test_explain_counts_nothing_towards_the_number_lockout(make_router):
+    router = make_router(one_number(rules=[bridge("1")], pin="4821"))
+    for i in range(30):
+        assert router.explain("4001012345", f"139{i:08d}", pin="0000", at=TUESDAY_10).reason == "bad_pin"
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"
+    assert router.pin_event_counts() == {}
 
 
 def test_pin_compare_is_constant_time_by_construction():
