@@ -251,6 +251,82 @@ def test_hashed_pin_derives_once_per_candidate(monkeypatch):
     assert calls == {"4821": 1, "1111": 1}
 
 
+def test_right_pin_stays_cached_whatever_is_guessed(monkeypatch):
+    calls = Counter()
+    real = pins._derive
+
+    def counting(pin_hash, candidate):
+        calls[candidate] += 1
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", counting)
+    check = pins.PinCheck(pin_hash=pins.make_hash("4821", n=1 << 4))
+    assert check("4821")
+    assert not any(check(f"{i:04d}") for i in range(1000, 1000 + 3 * pins.PinCheck._CACHE_SIZE))
+    assert check("4821") and calls["4821"] == 1
+
+
+@pytest.fixture
+def slow_derivations(monkeypatch):
+    """Key derivations that wait until the test lets them finish."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    real = pins._derive
+
+    def slow(pin_hash, candidate):
+        started.release()
+        assert release.wait(30)
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", slow)
+    yield started, release
+    release.set()
+
+
+def test_derivations_in_flight_are_bounded(make_router, slow_derivations):
+    started, release = slow_derivations
+    tree = one_number(rules=[bridge("1")], pin_hash=pins.make_hash("4821", n=1 << 4))
+    router = make_router(tree, pin_policy=pins.PinPolicy(derivations=2))
+    release.set()
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"  # verified once: cached
+    release.clear()
+    guesses = [threading.Thread(target=router.route, args=("4001012345", f"1390000000{i}"),
+                                kwargs={"pin": f"000{i}", "at": TUESDAY_10}) for i in range(2)]
+    for thread in guesses:
+        thread.start()
+    for _ in guesses:
+        assert started.acquire(timeout=30)  # both slots derive and wait
+    # a third derivation is not started: answered at once, nothing counted against the caller
+    busy = router.route("4001012345", SH, pin="9999", at=TUESDAY_10)
+    assert (busy.action, busy.reason, busy.prompt) == ("reject", "backend_error", "backend_error")
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"  # cached: no slot needed
+    assert router.route("4001012345", GD, at=TUESDAY_10).action == "collect_pin"
+    release.set()
+    for thread in guesses:
+        thread.join(30)
+    assert router.pin_event_counts() == {"busy": 1}
+    counts = router.decision_counts()
+    assert counts[("4001012345", "reject", "bad_pin")] == 2
+    assert counts[("4001012345", "reject", "backend_error")] == 1
+    assert router.backend_error_counts() == {}  # not a counter backend failure
+    assert router.route("4001012345", SH, pin="9999", at=TUESDAY_10).reason == "bad_pin"  # slots free again
+
+
+def test_busy_pin_check_ignores_on_backend_error_allow(make_router, slow_derivations):
+    """A PIN that could not be checked is never waived, whatever the plan's policy."""
+    started, release = slow_derivations
+    tree = one_number(rules=[bridge("1")], pin_hash=pins.make_hash("4821", n=1 << 4), on_backend_error="allow")
+    router = make_router(tree, pin_policy=pins.PinPolicy(derivations=1))
+    guess = threading.Thread(target=router.route, args=("4001012345", BJ), kwargs={"pin": "0000", "at": TUESDAY_10})
+    guess.start()
+    assert started.acquire(timeout=30)
+    assert router.route("4001012345", SH, pin="4821", at=TUESDAY_10).reason == "backend_error"
+    d = router.explain("4001012345", SH, pin="4822", at=TUESDAY_10)
+    assert d.reason == "backend_error" and "busy" in d.explain[-1].detail
+    release.set()
+    guess.join(30)
+
+
 def test_werkzeug_style_pbkdf2_hash():
     import hashlib
 
