@@ -35,6 +35,7 @@ import uuid as uuidlib
 import structlog
 
 import tel400
+from tel400 import pins
 
 from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
 
@@ -109,11 +110,13 @@ class EslCall:
 
     _event_uuids = itertools.count()
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, router, settings: Settings) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, router, settings: Settings,
+                 pin_threads=None) -> None:
         self.reader = reader
         self.writer = writer
         self.router = router
         self.s = settings
+        self.pin_threads = pin_threads  # where PINs are checked (None: the loop's default executor)
         self.protocol = EslProtocol()
         self.replies: list[asyncio.Future] = []
         self.events: asyncio.Queue = asyncio.Queue()
@@ -255,7 +258,9 @@ class EslCall:
             ask = decision.prompt  # "enter_pin", or the plan's name for it
             for attempt in range(1, self.s.pin_attempts + 1):
                 pin = await self._collect_pin(ask)
-                decision = self.router.route(dialed, caller, None, "voice", pin, self.uuid)
+                # a hashed PIN may cost a key derivation: never on the loop that serves every call
+                decision = await asyncio.get_running_loop().run_in_executor(
+                    self.pin_threads, self.router.route, dialed, caller, None, "voice", pin, self.uuid)
                 if decision.reason != "bad_pin" or attempt == self.s.pin_attempts:
                     break
                 await self.execute("playback", self.s.sound(decision.prompt))  # wrong: say so, ask again
@@ -343,6 +348,8 @@ class EslServer:
     def __init__(self, router, settings: Settings | None = None) -> None:
         self.router = router
         self.settings = settings or Settings()
+        # a stand-in router (tests) may have no policy: the default's bound then
+        self.pin_threads = pins.check_executor(getattr(router, "pin_policy", None) or pins.PinPolicy())
         self.handled = 0
         self._server: asyncio.AbstractServer | None = None
         self._calls: set[asyncio.Task] = set()
@@ -355,7 +362,7 @@ class EslServer:
         task = asyncio.current_task()
         self._calls.add(task)
         try:
-            await EslCall(reader, writer, self.router, self.settings).run()
+            await EslCall(reader, writer, self.router, self.settings, self.pin_threads).run()
         finally:
             self._calls.discard(task)
             self.handled += 1
@@ -379,6 +386,7 @@ class EslServer:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self.pin_threads.shutdown(wait=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,7 +407,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caller-id", choices=("caller", "number"), default="caller",
                    help="what the targets see: the caller's number or the 400 number")
     p.add_argument("--fallback-prompt", default="unavailable", help="played when a bridge fails or tel400 does")
+    add_pin_options(p)
     return p
+
+
+def add_pin_options(p: argparse.ArgumentParser) -> None:
+    """The PIN policy's options (tel400-http has them too; docs/limits.md, "PIN guessing")."""
+    p.add_argument("--pin-number-lockout", metavar="FAILURES/SECONDS", default=None,
+                   help="wrong PINs to one number from all callers that lock it for everyone, and the window "
+                        f"(default {pins.NUMBER_LOCKOUT_FAILURES}/{pins.NUMBER_LOCKOUT_WINDOW_S}; 0/1 turns it off)")
+    p.add_argument("--pin-derivations", type=int, default=None, metavar="N",
+                   help=f"hashed PINs checked at a time; more are answered backend_error (default {pins.MAX_DERIVATIONS})")
+
+
+def pin_policy(args) -> pins.PinPolicy:
+    """The :class:`tel400.pins.PinPolicy` of the command line (``ValueError`` if it makes none)."""
+    return pins.PinPolicy.from_options(args.pin_number_lockout, args.pin_derivations)
 
 
 def main(argv=None) -> int:
@@ -407,7 +430,12 @@ def main(argv=None) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
                         logger_factory=lambda *a: structlog.PrintLogger(sys.stderr))
     store = tel400.open_store(args.plans)
-    router = tel400.Router(store.load(), args.counters)
+    try:
+        policy = pin_policy(args)
+    except ValueError as exc:
+        print(f"tel400-esl: {exc}", file=sys.stderr)
+        return 2
+    router = tel400.Router(store.load(), args.counters, pin_policy=policy)
     tel400.PlanWatcher(router, store).start()
     settings = Settings(
         gateway=args.gateway, number_template=args.number_template, uri_template=args.uri_template,

@@ -28,6 +28,7 @@ import structlog
 import tel400
 from tel400 import pins
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
+from tel400_freeswitch.server import add_pin_options, pin_policy
 
 from .app import Service
 from .auth import Tokens, hash_token, new_token
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30, help="seconds to finish requests in flight on shutdown")
     p.add_argument("--max-connections", type=int, default=4096,
                    help="connections and requests in progress at most; beyond, new requests are answered 503")
+    add_pin_options(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
     return p
@@ -111,7 +113,7 @@ def build_service(args) -> Service:
     store = tel400.open_store(args.plans or f"sqlite:///{data / 'plans.db'}")
     if args.plans is None and not store.numbers():
         seed(store, example_plans())
-    router = tel400.Router(store.load(), args.counters)
+    router = tel400.Router(store.load(), args.counters, pin_policy=pin_policy(args))
     watcher = tel400.PlanWatcher(router, store, version=store.version())
     if args.tokens:
         tokens = Tokens.from_file(args.tokens)
