@@ -256,7 +256,8 @@ def test_pin_guesses_hold_neither_admin_requests_nor_the_right_pin(tmp_path, imp
         return real(pin_hash, candidate)
 
     monkeypatch.setattr(pins, "_derive", slow)
-    service = make_service(tmp_path, impl.name, plans=_hashed_manual(), pin_policy=pins.PinPolicy(derivations=3))
+    service = make_service(tmp_path, impl.name, plans=_hashed_manual(),
+                           pin_policy=pins.PinPolicy(derivations=3))
     route = {"dialed": "4001532532", "at": "2026-11-24T09:00"}
 
     async def attack():
@@ -268,7 +269,8 @@ def test_pin_guesses_hold_neither_admin_requests_nor_the_right_pin(tmp_path, imp
             release.set()  # whatever failed: let the derivations end, so the loop can close
 
     async def requests():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=service), base_url="http://t") as client:
+        transport = httpx.ASGITransport(app=service)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             release.set()
             right = await client.post("/v1/route", json={**route, "caller": "13901012345", "pin": "1234"})
             assert right.json()["action"] == "conference"  # verified once, then cached
@@ -288,7 +290,8 @@ def test_pin_guesses_hold_neither_admin_requests_nor_the_right_pin(tmp_path, imp
             form = fs_form(dest="4001532532", variable_tel400_pin="1234", variable_tel400_pin_round="1")
             xml = await asyncio.wait_for(client.post("/freeswitch/dialplan", data=form), 30)
             assert ("conference", "4001532532@default") in actions(xml.text)
-            busy = (await client.post("/v1/route", json={**route, "caller": "13903000000", "pin": "7777"})).json()
+            busy = await client.post("/v1/route", json={**route, "caller": "13903000000", "pin": "7777"})
+            busy = busy.json()
             assert (busy["action"], busy["reason"]) == ("reject", "backend_error")
             release.set()
             return [(await g).json()["reason"] for g in guesses]

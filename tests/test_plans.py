@@ -114,7 +114,8 @@ def test_pin_hash_cost_is_bounded(head, fragments):
 
 def test_pbkdf2_cost_counts_every_output_block():
     # 128 bytes of sha256 output are four derivations of 600,000 iterations each
-    expect_error(one_number(pin_hash="pbkdf2:sha256:600000$salt$" + "ab" * 128), "field 'pin_hash'", "4 blocks")
+    four_blocks = "pbkdf2:sha256:600000$salt$" + "ab" * 128
+    expect_error(one_number(pin_hash=four_blocks), "field 'pin_hash'", "4 blocks")
     tel400.PlanSet.from_dict(one_number(pin_hash="pbkdf2:sha256:150000$salt$" + "ab" * 128))
 
 

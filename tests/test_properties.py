@@ -164,8 +164,8 @@ def test_pin_lockouts_against_an_oracle(impl, caller_failures, number_failures, 
 
     policy = pins.PinPolicy(caller_failures=caller_failures, caller_window_s=window,
                             number_failures=number_failures, number_window_s=window)
-    router = tel400.Router(tel400.PlanSet.from_dict(one_number(pin="2468", rules=[{"targets": ["13901010001"]}])),
-                           implementation=impl.name, pin_policy=policy)
+    plans = tel400.PlanSet.from_dict(one_number(pin="2468", rules=[{"targets": ["13901010001"]}]))
+    router = tel400.Router(plans, implementation=impl.name, pin_policy=policy)
     windows: dict = {}  # key -> [opened_at, failures]
 
     def failures(key, now):

@@ -219,7 +219,8 @@ def pin_gate(plan: NumberPlan, shared) -> pins.PinGate | None:
     """A number's PIN step (both engines run this one), or ``None`` without a PIN."""
     if not plan.has_pin:
         return None
-    return pins.PinGate(plan.number, pins.PinCheck(plan.pin, plan.pin_hash), plan.on_backend_error == "allow", shared)
+    check = pins.PinCheck(plan.pin, plan.pin_hash)
+    return pins.PinGate(plan.number, check, plan.on_backend_error == "allow", shared)
 
 
 class CompiledPlan:

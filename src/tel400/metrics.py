@@ -71,13 +71,15 @@ class RouterCollector:
     def _pin_metrics(events):
         lockouts = CounterMetricFamily(
             "tel400_pin_number_lockouts",
-            "Times a 400 number was locked for every caller by wrong PINs from all callers.", labels=["number"],
+            "Times a 400 number was locked for every caller by wrong PINs from all callers.",
+            labels=["number"],
         )
         for key, count in sorted((k, v) for k, v in events.items() if isinstance(k, tuple)):
             lockouts.add_metric([key[1]], count)
         yield lockouts
         yield CounterMetricFamily(
-            "tel400_pin_checks_busy", "Hashed PINs not checked (answered backend_error): every derivation slot busy.",
+            "tel400_pin_checks_busy",
+            "Hashed PINs not checked (answered backend_error): every derivation slot busy.",
             value=events.get("busy", 0),
         )
 

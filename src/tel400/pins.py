@@ -246,13 +246,15 @@ class PinPolicy:
 
     caller_failures: int = attrs.field(default=LOCKOUT_FAILURES, validator=_positive("caller_failures"))
     caller_window_s: int = attrs.field(default=LOCKOUT_WINDOW_S, validator=_positive("caller_window_s"))
-    number_failures: int = attrs.field(default=NUMBER_LOCKOUT_FAILURES, validator=_positive("number_failures", 0))
-    number_window_s: int = attrs.field(default=NUMBER_LOCKOUT_WINDOW_S, validator=_positive("number_window_s"))
+    number_failures: int = attrs.field(default=NUMBER_LOCKOUT_FAILURES,
+                                       validator=_positive("number_failures", 0))
+    number_window_s: int = attrs.field(default=NUMBER_LOCKOUT_WINDOW_S,
+                                       validator=_positive("number_window_s"))
     derivations: int = attrs.field(default=MAX_DERIVATIONS, validator=_positive("derivations"))
 
     @classmethod
     def from_options(cls, number_lockout: str | None = None, derivations: int | None = None) -> PinPolicy:
-        """The policy from the adapters' ``--pin-number-lockout FAILURES/SECONDS`` and ``--pin-derivations N``.
+        """The policy of the adapters' ``--pin-number-lockout FAILURES/SECONDS`` and ``--pin-derivations N``.
 
         Raises:
             ValueError: an option that is not of that form.
@@ -261,7 +263,8 @@ class PinPolicy:
         if number_lockout is not None:
             failures, _, seconds = number_lockout.partition("/")
             if not (failures.isascii() and failures.isdigit() and seconds.isascii() and seconds.isdigit()):
-                raise ValueError(f"--pin-number-lockout: expected FAILURES/SECONDS like 20/600, got {number_lockout!r}")
+                raise ValueError(
+                    f"--pin-number-lockout: expected FAILURES/SECONDS like 20/600, got {number_lockout!r}")
             changes.update(number_failures=int(failures), number_window_s=int(seconds))
         if derivations is not None:
             changes["derivations"] = derivations
@@ -317,7 +320,9 @@ class PinGate:
         by_number = policy.number_failures > 0
         try:
             failures = counters.pin_failures(key, now, policy.caller_window_s)
-            number_failures = counters.pin_failures(self._number_key, now, policy.number_window_s) if by_number else 0
+            number_failures = 0
+            if by_number:
+                number_failures = counters.pin_failures(self._number_key, now, policy.number_window_s)
         except BackendError as exc:
             # Without the counts a lockout cannot be enforced; the PIN itself
             # is still checked, so fail open or closed by the plan's policy.
@@ -325,25 +330,21 @@ class PinGate:
                 return "backend_error"
             failures = number_failures = 0
         if by_number and number_failures >= policy.number_failures:
-            if trace is not None:
-                trace.append(Step("pin", None, False, f"number locked: {number_failures} wrong PINs from all callers "
-                                                      f"within {policy.number_window_s} s"))
+            _say(trace, f"number locked: {number_failures} wrong PINs from all callers "
+                        f"within {policy.number_window_s} s")
             return "pin_locked"
         if failures >= policy.caller_failures:
-            if trace is not None:
-                trace.append(Step("pin", None, False, f"locked: {failures} wrong PINs within {policy.caller_window_s} s"))
+            _say(trace, f"locked: {failures} wrong PINs within {policy.caller_window_s} s")
             return "pin_locked"
         if pin is None:
-            if trace is not None:
-                trace.append(Step("pin", None, False, "PIN required"))
+            _say(trace, "PIN required")
             return "pin_required"
         try:
             right = self.check(pin, shared.pin_slots)
         except PinCheckBusy:
             if not dry_run:
                 shared.pin_events["busy"] += 1
-            if trace is not None:
-                trace.append(Step("pin", None, False, f"every PIN check slot busy ({policy.derivations}): not checked"))
+            _say(trace, f"every PIN check slot busy ({policy.derivations}): not checked")
             return "backend_error"
         if right:
             if failures and not dry_run:
@@ -351,8 +352,7 @@ class PinGate:
                     counters.clear_pin_failures(key)
                 except BackendError as exc:
                     self._backend_failed(exc, trace, dry_run)
-            if trace is not None:
-                trace.append(Step("pin", None, True, "PIN accepted"))
+            _say(trace, "PIN accepted", passed=True)
             return None
         return self._wrong(key, failures, number_failures, now, trace, dry_run)
 
@@ -382,17 +382,13 @@ class PinGate:
                 if number_failures == policy.number_failures:
                     self._number_locked(number_failures)
         if by_number and number_failures >= policy.number_failures:
-            if trace is not None:
-                trace.append(Step("pin", None, False, f"wrong PIN ({number_failures} to this number); "
-                                                      f"number locked for {policy.number_window_s} s"))
+            _say(trace, f"wrong PIN ({number_failures} to this number); "
+                        f"number locked for {policy.number_window_s} s")
             return "pin_locked"
         if failures >= policy.caller_failures:
-            if trace is not None:
-                trace.append(Step("pin", None, False, f"wrong PIN ({failures}); caller locked out for "
-                                                      f"{policy.caller_window_s} s"))
+            _say(trace, f"wrong PIN ({failures}); caller locked out for {policy.caller_window_s} s")
             return "pin_locked"
-        if trace is not None:
-            trace.append(Step("pin", None, False, f"wrong PIN ({failures} of {policy.caller_failures})"))
+        _say(trace, f"wrong PIN ({failures} of {policy.caller_failures})")
         return "bad_pin"
 
     def _number_locked(self, failures: int) -> None:
@@ -400,7 +396,8 @@ class PinGate:
         # atomically), so this is logged once per lockout, not per call.
         policy: PinPolicy = self.shared.pin_policy
         self.shared.pin_events[("number_locked", self.number)] += 1
-        _log.warning("pin_number_locked", number=self.number, failures=failures, window_s=policy.number_window_s)
+        _log.warning("pin_number_locked", number=self.number, failures=failures,
+                     window_s=policy.number_window_s)
 
     def _backend_failed(self, exc: Exception, trace, dry_run: bool) -> bool:
         """Apply the plan's ``on_backend_error``: True to reject the call."""
@@ -411,6 +408,12 @@ class PinGate:
             trace.append(Step("backend", None, self.fail_open,
                               f"counter backend failed ({exc}); on_backend_error = {policy}"))
         return not self.fail_open
+
+
+def _say(trace: list | None, detail: str, passed: bool = False) -> None:
+    """Add the PIN step's line to an explanation, if one is being made."""
+    if trace is not None:
+        trace.append(Step("pin", None, passed, detail))
 
 
 def check_executor(policy: PinPolicy) -> concurrent.futures.ThreadPoolExecutor:

@@ -413,11 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_pin_options(p: argparse.ArgumentParser) -> None:
     """The PIN policy's options (tel400-http has them too; docs/limits.md, "PIN guessing")."""
+    default_lockout = f"{pins.NUMBER_LOCKOUT_FAILURES}/{pins.NUMBER_LOCKOUT_WINDOW_S}"
     p.add_argument("--pin-number-lockout", metavar="FAILURES/SECONDS", default=None,
                    help="wrong PINs to one number from all callers that lock it for everyone, and the window "
-                        f"(default {pins.NUMBER_LOCKOUT_FAILURES}/{pins.NUMBER_LOCKOUT_WINDOW_S}; 0/1 turns it off)")
+                        f"(default {default_lockout}; 0/1 turns it off)")
     p.add_argument("--pin-derivations", type=int, default=None, metavar="N",
-                   help=f"hashed PINs checked at a time; more are answered backend_error (default {pins.MAX_DERIVATIONS})")
+                   help="hashed PINs checked at a time; more are answered backend_error "
+                        f"(default {pins.MAX_DERIVATIONS})")
 
 
 def pin_policy(args) -> pins.PinPolicy:
