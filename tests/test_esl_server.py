@@ -259,7 +259,7 @@ def test_pin_policy_options_of_both_commands(tmp_path):
         policy = esl.pin_policy(args)
         assert (policy.number_failures, policy.number_window_s, policy.derivations) == (5, 60, 4)
         assert esl.pin_policy(parser.parse_args(["--plans", "p.toml"])) == tel400.pins.PinPolicy()
-        with pytest.raises(ValueError, match="derivations: expected a whole number >= 1"):
+        with pytest.raises(ValueError, match="derivations: expected a whole number from 1 to 64"):
             esl.pin_policy(parser.parse_args(["--plans", "p.toml", "--pin-derivations", "0"]))
     plans = tmp_path / "p.json"
     plans.write_text('{"numbers": []}')

@@ -193,10 +193,14 @@ def test_number_lockout_is_tunable_and_can_be_turned_off(make_router):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"number_failures": -1}, "number_failures: expected a whole number >= 0"),
-    ({"caller_failures": 0}, "caller_failures: expected a whole number >= 1"),
+    ({"number_failures": -1}, "number_failures: expected a whole number from 0 to 100000"),
+    ({"caller_failures": 0}, "caller_failures: expected a whole number from 1 to 1000"),
     ({"derivations": 0}, "derivations"),
+    ({"derivations": 65}, "derivations"),
     ({"number_window_s": 1.5}, "number_window_s"),
+    ({"number_window_s": 86401}, "number_window_s: expected a whole number from 1 to 86400"),
+    ({"caller_window_s": 10**30}, "caller_window_s"),
+    ({"number_failures": True}, "number_failures"),
 ])
 def test_pin_policy_bounds(options, message):
     with pytest.raises(ValueError, match=message):

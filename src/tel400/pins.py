@@ -169,11 +169,6 @@ class PinCheck:
         self._lock = threading.Lock()
         self._right: bytes | None = None  # the right PIN's token, kept apart from the LRU
 
-    @property
-    def hashed(self) -> bool:
-        """Whether checking a new candidate costs a key derivation."""
-        return self._hash is not None
-
     def __call__(self, candidate: str, slots: threading.Semaphore | None = None) -> bool:
         """Whether ``candidate`` is the PIN, in time independent of its digits.
 
@@ -219,11 +214,14 @@ class PinCheck:
         return hmac.compare_digest(_derive(self._hash, candidate), self._expected)
 
 
-def _positive(name: str, minimum: int = 1):
+def _whole(name: str, minimum: int, maximum: int):
     def check(instance, attribute, value) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name}: expected a whole number >= {minimum}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise ValueError(f"{name}: expected a whole number from {minimum} to {maximum}, got {value!r}")
     return check
+
+
+_DAY_S = 86400  # windows are counter lifetimes: a day at most keeps every backend's keys short-lived
 
 
 @attrs.frozen
@@ -242,15 +240,18 @@ class PinPolicy:
             also how long the number stays locked.
         derivations: key derivations of hashed PINs at a time; a check that
             needs one more is answered ``backend_error`` at once.
+
+    Bounds: failures 1-1000 per caller, 0-100,000 per number; windows
+    1-86,400 s; derivations 1-64.  Out of bounds raises ``ValueError``.
     """
 
-    caller_failures: int = attrs.field(default=LOCKOUT_FAILURES, validator=_positive("caller_failures"))
-    caller_window_s: int = attrs.field(default=LOCKOUT_WINDOW_S, validator=_positive("caller_window_s"))
+    caller_failures: int = attrs.field(default=LOCKOUT_FAILURES, validator=_whole("caller_failures", 1, 1000))
+    caller_window_s: int = attrs.field(default=LOCKOUT_WINDOW_S, validator=_whole("caller_window_s", 1, _DAY_S))
     number_failures: int = attrs.field(default=NUMBER_LOCKOUT_FAILURES,
-                                       validator=_positive("number_failures", 0))
+                                       validator=_whole("number_failures", 0, 100_000))
     number_window_s: int = attrs.field(default=NUMBER_LOCKOUT_WINDOW_S,
-                                       validator=_positive("number_window_s"))
-    derivations: int = attrs.field(default=MAX_DERIVATIONS, validator=_positive("derivations"))
+                                       validator=_whole("number_window_s", 1, _DAY_S))
+    derivations: int = attrs.field(default=MAX_DERIVATIONS, validator=_whole("derivations", 1, 64))
 
     @classmethod
     def from_options(cls, number_lockout: str | None = None, derivations: int | None = None) -> PinPolicy:
