@@ -431,12 +431,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
                         logger_factory=lambda *a: structlog.PrintLogger(sys.stderr))
-    store = tel400.open_store(args.plans)
     try:
         policy = pin_policy(args)
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
+    store = tel400.open_store(args.plans)
     router = tel400.Router(store.load(), args.counters, pin_policy=policy)
     tel400.PlanWatcher(router, store).start()
     settings = Settings(
