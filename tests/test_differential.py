@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import tel400
 import tel400._common
-from tel400 import _impl, limits
+from tel400 import _impl, limits, pins
 
 from .plans_at_bounds import NUMBER as BOUND_NUMBER
 from .plans_at_bounds import plan_set_at_the_bounds
@@ -36,6 +36,7 @@ CALLERS = [
 TARGETS = ["13901010001", "13901010002", "02161234567", "02087654321", "agent@pbx.example", "19912345678"]
 CODES = ["CN-BJ", "CN-TJ", "CN-SH", "CN-GD", "CN-ZJ", "CN-HE", "CN-FJ"]
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London"]
+HASHED_2468 = pins.make_hash("2468", n=1 << 4)
 START = dt.datetime(2025, 12, 20, tzinfo=dt.timezone.utc).timestamp()
 
 # Slots and call times share a few minutes of the hour (every zone here is a
@@ -127,8 +128,11 @@ def plan(draw, number):
                                    max_size=2, unique=True)),
         "reject_unknown_callers": draw(st.booleans()),
     }
-    if draw(st.integers(0, 3)) == 0:
+    pin = draw(st.integers(0, 5))
+    if pin == 0:
         out["pin"] = "2468"
+    elif pin == 1:
+        out["pin_hash"] = HASHED_2468
     if draw(st.integers(0, 3)) == 0:
         out["calendar"] = {"holidays": draw(st.lists(a_date.map(str), max_size=2, unique=True))}
     if draw(st.integers(0, 4)) == 0:
@@ -168,6 +172,14 @@ def _outcome(fn, *args, **kwargs):
         return ("ValueError", str(exc))
 
 
+#: PIN lockouts at their smallest bounds and beyond, so that sequences of
+#: 25 calls reach them (number_failures = 0: no number-wide lockout).
+pin_policies = st.builds(
+    pins.PinPolicy, caller_failures=st.integers(1, 5), caller_window_s=st.sampled_from([1, 60, 3600]),
+    number_failures=st.integers(0, 4), number_window_s=st.sampled_from([1, 60, 600]),
+)
+
+
 def comparable(decision, weighted_rules):
     fields = decision._asdict()
     fields.pop("explain")
@@ -199,15 +211,19 @@ def edge_times(draw, plans: tel400.PlanSet) -> list[float]:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(plan_sets(), st.lists(calls(), min_size=1, max_size=25), st.data(),
+@given(plan_sets(), st.lists(calls(), min_size=1, max_size=25), pin_policies, st.data(),
        st.sampled_from([tel400.counters.DEFAULT_MAX_KEYS, 1, 2, 5]))
-def test_compiled_engine_decides_like_the_reference(tree, sequence, data, max_keys):
+def test_compiled_engine_decides_like_the_reference(tree, sequence, pin_policy, data, max_keys):
     plans = tel400.PlanSet.from_dict(tree)
     edges = edge_times(data.draw, plans)
     if edges:
         for call in sequence:
             if data.draw(st.booleans()):
                 call["at"] = data.draw(st.sampled_from(edges))
+    if data.draw(st.integers(0, 2)) == 0:  # calls seconds apart: PIN windows open, fill and pass
+        step = data.draw(st.sampled_from([0.5, 1, 30, 599]))
+        for i, call in enumerate(sequence):
+            call["at"] = START + i * step
     weighted = set()
     for p in plans.numbers:
         for r in p.rules:
@@ -217,7 +233,8 @@ def test_compiled_engine_decides_like_the_reference(tree, sequence, data, max_ke
             weighted.add((p.number, None))
     # A small counter bound puts calls at it (backend_error or uncounted by the plan's policy).
     routers = [
-        tel400.Router(plans, _impl.ENGINES[name].MemoryCounters(max_keys=max_keys), seed=7, implementation=name)
+        tel400.Router(plans, _impl.ENGINES[name].MemoryCounters(max_keys=max_keys), seed=7, implementation=name,
+                      pin_policy=pin_policy)
         for name in ("python", "cython")
     ]
     remembered: dict[str, tuple] = {}  # call id -> targets of the call it was last routed for
@@ -240,6 +257,7 @@ def test_compiled_engine_decides_like_the_reference(tree, sequence, data, max_ke
     assert routers[0].decision_counts() == routers[1].decision_counts()
     assert routers[0].backend_error_counts() == routers[1].backend_error_counts()
     assert routers[0].counters.refused == routers[1].counters.refused
+    assert routers[0].pin_event_counts() == routers[1].pin_event_counts()
     explained = [r.explain(sequence[0]["dialed"], sequence[0]["caller"], sequence[0]["at"]) for r in routers]
     assert [s.check for s in explained[0].explain] == [s.check for s in explained[1].explain]
 

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -125,6 +126,42 @@ def test_pin_failures_end_the_call_and_lock_out(router):
     assert third.apps == [("answer", ""), ("playback", f"{SOUNDS}/pin_locked.wav")]  # locked before asking
 
 
+def test_a_pin_check_does_not_hold_other_calls(make_router, monkeypatch):
+    """A hashed PIN's key derivation ran on the event loop: every other call waited for it."""
+    from tel400 import pins
+
+    release, started, timed_out = threading.Event(), threading.Event(), []
+    real = pins._derive
+
+    def slow(pin_hash, candidate):  # lasts until the test says so (or 20 s)
+        started.set()
+        if not release.wait(20):
+            timed_out.append(candidate)
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", slow)
+    plans = {"numbers": [dict(PLANS["numbers"][0]),
+                         {"number": "4001532532", "pin_hash": pins.make_hash("2468", n=1 << 4),
+                          "default": {"action": "conference", "room": "4001"}}]}
+    router = make_router(plans)
+
+    async def scenario(server, peer):
+        pin_call = asyncio.ensure_future(peer.play("127.0.0.1", server.port, Call(
+            destination="4001532532", digits=["2468"], talk_s=1), timeout=60))
+        for _ in range(2000):
+            if started.is_set():
+                break
+            await asyncio.sleep(0.01)
+        other = await asyncio.wait_for(peer.play("127.0.0.1", server.port, Call(caller="13901012345")), 30)
+        release.set()
+        return await pin_call, other
+
+    pin_call, other = run(with_server(router, scenario))
+    assert other.apps[-1][0] == "bridge" and other.hangup_cause == "NORMAL_CLEARING"
+    assert pin_call.apps[-1] == ("conference", "4001@default")
+    assert timed_out == []  # the derivation was still waiting when the other call was done
+
+
 def test_queue_goes_to_callcenter(router):
     call = one_call(router, Call(destination="4001100868"))
     assert call.apps == [("callcenter", "support@default")] and not call.parked
@@ -238,3 +275,23 @@ def test_tel400_esl_starts_on_a_store_holding_a_bad_number(tmp_path):
         code = process.wait(timeout=20)
         process.stderr.close()
     assert code == 0
+
+
+def test_pin_policy_options_of_both_commands(tmp_path):
+    from tel400_freeswitch import server as esl
+    from tel400_http import server as http
+
+    for parser in (esl.build_parser(), http.build_parser()):
+        args = parser.parse_args(["--plans", "p.toml", "--pin-number-lockout", "5/60",
+                                  "--pin-derivations", "4"])
+        policy = esl.pin_policy(args)
+        assert (policy.number_failures, policy.number_window_s, policy.derivations) == (5, 60, 4)
+        assert esl.pin_policy(parser.parse_args(["--plans", "p.toml"])) == tel400.pins.PinPolicy()
+        with pytest.raises(ValueError, match="derivations: expected a whole number from 1 to 64"):
+            esl.pin_policy(parser.parse_args(["--plans", "p.toml", "--pin-derivations", "0"]))
+    plans = tmp_path / "p.json"
+    plans.write_text('{"numbers": []}')
+    # run as users run it (main() configures logging for the whole process)
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "tel400-esl"), "--plans", str(plans),
+                           "--pin-number-lockout", "twenty"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "FAILURES/SECONDS like 20/600" in done.stderr

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
+import threading
 import xml.etree.ElementTree as ET
 
+import httpx
 import pytest
 
+import tel400
+from tel400 import pins
+
+from .conftest import EXAMPLES
 from .http_harness import ADMIN, Client, make_service
 
 
@@ -357,6 +365,111 @@ def test_freeswitch_pin_collection_round_trip(http_client):
     done = actions(http_client.post("/freeswitch/dialplan", data=fs_form(
         dest="4001532532", variable_tel400_pin_round="3")).text)
     assert done[-1][0] == "hangup" and not any(a == "transfer" for a, _ in done)
+
+
+def test_rotating_callers_cannot_brute_force_the_pin(http_client):
+    """Observed: a new caller id every 4 guesses found the PIN in 1,239 guesses, on both endpoints."""
+    def dialplan(caller, pin):
+        form = fs_form(dest="4001532532", caller=caller, variable_tel400_pin=pin, variable_tel400_pin_round="1")
+        return actions(http_client.post("/freeswitch/dialplan", data=form).text)
+
+    reasons = [http_client.route(dialed="4001532532", caller=f"139{i // 4:08d}", pin=f"{i:04d}", at=None)["reason"]
+               for i in range(10)]  # now, like the switch's requests
+    guesses = [dialplan(f"139{i // 4:08d}", f"{i:04d}") for i in range(10, 30)]
+    assert reasons == ["bad_pin"] * 10
+    assert ("playback", "/usr/share/freeswitch/sounds/tel400/bad_pin.wav") in guesses[8]
+    assert ("playback", "/usr/share/freeswitch/sounds/tel400/pin_locked.wav") in guesses[9]  # the 20th
+    assert ("playback", "/usr/share/freeswitch/sounds/tel400/pin_locked.wav") in dialplan("13912345678", "1234")
+    assert http_client.route(dialed="4001532532", caller="13987654321", pin="1234", at=None)["reason"] == "pin_locked"
+
+
+def _hashed_manual() -> tel400.PlanSet:
+    """The manual's plans, the vanity number's PIN 1234 given as a (cheap) hash."""
+    tree = tel400.load_plans(EXAMPLES / "manual.toml").to_dict()
+    for plan in tree["numbers"]:
+        if plan.pop("pin", None):
+            plan["pin_hash"] = pins.make_hash("1234", n=1 << 4)
+    return tel400.PlanSet.from_dict(tree)
+
+
+async def _acquired(semaphore: threading.Semaphore) -> None:
+    """Wait (generously, on no thread pool) until ``semaphore`` can be taken."""
+    for _ in range(3000):
+        if semaphore.acquire(blocking=False):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not acquired in 30 s")
+
+
+async def _until_done(tasks, count: int) -> None:
+    """Wait (generously) until ``count`` of ``tasks`` have finished."""
+    pending = set(tasks)
+    while len(tasks) - len(pending) < count:
+        done, pending = await asyncio.wait(pending, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert done, f"{len(tasks) - len(pending)} of {count} requests finished; then none in 30 s"
+
+
+def test_pin_guesses_hold_neither_admin_requests_nor_the_right_pin(tmp_path, impl, monkeypatch):
+    """64 clients guessing distinct PINs held every thread for ~4.3 s: an admin GET and
+    the right PIN waited behind their key derivations.  Derivations now have their own
+    threads and a bound; a guess beyond it is answered at once."""
+    release, started = threading.Event(), threading.Semaphore(0)
+    real = pins._derive
+
+    def slow(pin_hash, candidate):  # a derivation that lasts until the test says so
+        started.release()
+        assert release.wait(60)
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", slow)
+    service = make_service(tmp_path, impl.name, plans=_hashed_manual(),
+                           pin_policy=pins.PinPolicy(derivations=3))
+    route = {"dialed": "4001532532", "at": "2026-11-24T09:00"}
+
+    async def attack():
+        # a small default pool: the one admin requests (and, before, PIN checks) ran on
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+        try:
+            return await requests()
+        finally:
+            release.set()  # whatever failed: let the derivations end, so the loop can close
+
+    async def requests():
+        transport = httpx.ASGITransport(app=service)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            release.set()
+            right = await client.post("/v1/route", json={**route, "caller": "13901012345", "pin": "1234"})
+            assert right.json()["action"] == "conference"  # verified once, then cached
+            assert started.acquire(blocking=False)
+            release.clear()
+            guesses = [asyncio.ensure_future(client.post("/v1/route", json={
+                **route, "caller": f"1390200{i:04d}", "pin": f"{5000 + i}"})) for i in range(12)]
+            for _ in range(3):
+                await _acquired(started)  # every slot derives and waits
+            await _until_done(guesses, 9)  # the others were answered at once
+            admin = await asyncio.wait_for(client.get("/v1/numbers/4001532532",
+                                                      headers={"Authorization": f"Bearer {ADMIN}"}), 30)
+            assert admin.status_code == 200
+            right = await asyncio.wait_for(client.post("/v1/route", json={
+                **route, "caller": "13901012345", "pin": "1234"}), 30)
+            assert right.json()["action"] == "conference"
+            form = fs_form(dest="4001532532", variable_tel400_pin="1234", variable_tel400_pin_round="1")
+            xml = await asyncio.wait_for(client.post("/freeswitch/dialplan", data=form), 30)
+            assert ("conference", "4001532532@default") in actions(xml.text)
+            busy = await client.post("/v1/route", json={**route, "caller": "13903000000", "pin": "7777"})
+            busy = busy.json()
+            assert (busy["action"], busy["reason"]) == ("reject", "backend_error")
+            release.set()
+            return [(await g).json()["reason"] for g in guesses]
+
+    try:
+        reasons = asyncio.run(attack())
+        assert sorted(reasons) == ["backend_error"] * 9 + ["bad_pin"] * 3
+        metrics = Client(service).get("/metrics").text
+        assert "tel400_pin_checks_busy_total 10.0" in metrics
+    finally:
+        release.set()
+        service.stop()
 
 
 def test_freeswitch_not_found_for_other_sections_and_numbers(http_client):

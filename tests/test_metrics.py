@@ -49,6 +49,24 @@ def test_calls_forgotten_or_not_remembered_are_counted(make_router):
     assert "tel400_calls_unremembered_total 2.0" in text and "tel400_calls_dropped_total 2.0" in text
 
 
+def test_pin_metrics(make_router):
+    from tel400 import pins
+
+    router = make_router(one_number(rules=[{"targets": ["1"]}], pin="4821"),
+                         pin_policy=pins.PinPolicy(number_failures=2, number_window_s=60))
+    registry = CollectorRegistry()
+    tel400.metrics.register(router, registry)
+    assert "tel400_pin_checks_busy_total 0.0" in generate_latest(registry).decode()
+    t0 = at(2026, 11, 24).timestamp()
+    for i in range(5):
+        router.route("4001012345", f"1390101234{i}", pin="0000", at=t0 + i)
+    router.route("4001012345", "13901012349", pin="0000", at=t0 + 60)
+    router.route("4001012345", "13901012348", pin="0000", at=t0 + 61)
+    text = generate_latest(registry).decode()
+    assert 'tel400_pin_number_lockouts_total{number="4001012345"} 2.0' in text
+    assert 'tel400_decisions_total{action="reject",number="4001012345",reason="pin_locked"} 5.0' in text
+
+
 def test_backend_and_watcher_metrics(tmp_path, redis_url):
     registry = CollectorRegistry()
     plans = tel400.PlanSet.from_dict(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 9}]))

@@ -96,6 +96,40 @@ def test_pin_and_hash_are_exclusive_and_hash_checked():
     expect_error(one_number(pin_hash="md5$abc$def"), "field 'pin_hash'", "scrypt:N:r:p$salt$hexhash")
 
 
+_SALT_AND_KEY = "$salt$" + "ab" * 32
+
+
+@pytest.mark.parametrize("head, fragments", [
+    ("scrypt:32768:8:120", ["N*r*p", "at most 524288", "tel400 pin-hash"]),   # 8.4 s a try, observed
+    ("scrypt:1048576:8:1", ["N*r*p", "at most 524288"]),
+    ("scrypt:65536:8:2", ["N*r*p"]),
+    ("scrypt:32768:9999999999999999999:1", ["N*r*p"]),
+    ("pbkdf2:sha256:1000000000000000000000", ["iterations", "at most 600000"]),  # 500 on every try, observed
+    ("pbkdf2:sha256:600001", ["iterations", "at most 600000"]),
+    ("pbkdf2:sha512:300000", ["iterations", "at most 250000"]),
+])
+def test_pin_hash_cost_is_bounded(head, fragments):
+    expect_error(one_number(pin_hash=head + _SALT_AND_KEY), "field 'pin_hash'", *fragments)
+
+
+def test_pbkdf2_cost_counts_every_output_block():
+    # 128 bytes of sha256 output are four derivations of 600,000 iterations each
+    four_blocks = "pbkdf2:sha256:600000$salt$" + "ab" * 128
+    expect_error(one_number(pin_hash=four_blocks), "field 'pin_hash'", "4 blocks")
+    tel400.PlanSet.from_dict(one_number(pin_hash="pbkdf2:sha256:150000$salt$" + "ab" * 128))
+
+
+@pytest.mark.parametrize("head", ["scrypt:32768:8:1", "scrypt:65536:8:1", "scrypt:32768:8:2", "scrypt:16:1:1",
+                                  "pbkdf2:sha256:600000", "pbkdf2:sha512:250000", "pbkdf2:sha256:1"])
+def test_pin_hash_costs_at_the_bounds_are_accepted(head):
+    plans = tel400.PlanSet.from_dict(one_number(pin_hash=head + _SALT_AND_KEY))
+    assert plans.numbers[0].pin_hash.startswith(head + "$")
+
+
+def test_default_pin_hash_is_within_the_bounds():
+    pins.check_hash_format(pins.make_hash("4821"))
+
+
 @pytest.mark.parametrize(
     "cap, fragments",
     [

@@ -150,3 +150,46 @@ def test_calls_cap_admits_exactly_the_limit_per_period(impl, limit, offsets, per
         admitted[period] += router.route("4001012345", None, at=local).reason == "ok"
     for period, count in offered.items():
         assert admitted[period] == min(limit, count)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 6), st.integers(0, 8), st.sampled_from([10, 600]),
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 40), st.booleans()), min_size=1, max_size=40),
+)
+def test_pin_lockouts_against_an_oracle(impl, caller_failures, number_failures, window, calls):
+    """Callers (by index) try wrong or right PINs at increasing times; an
+    obvious model of both lockouts (windows from the first failure) agrees."""
+    from tel400 import pins
+
+    policy = pins.PinPolicy(caller_failures=caller_failures, caller_window_s=window,
+                            number_failures=number_failures, number_window_s=window)
+    plans = tel400.PlanSet.from_dict(one_number(pin="2468", rules=[{"targets": ["13901010001"]}]))
+    router = tel400.Router(plans, implementation=impl.name, pin_policy=policy)
+    windows: dict = {}  # key -> [opened_at, failures]
+
+    def failures(key, now):
+        entry = windows.get(key)
+        return 0 if entry is None or now - entry[0] >= window else entry[1]
+
+    def fail(key, now):
+        if failures(key, now) == 0:
+            windows[key] = [now, 0]
+        windows[key][1] += 1
+        return windows[key][1]
+
+    now = dt.datetime(2026, 3, 2, 10, tzinfo=dt.timezone.utc).timestamp()
+    for who, gap, right in calls:
+        now += gap
+        caller = f"1390000000{who}"
+        if number_failures and failures("number", now) >= number_failures or failures(who, now) >= caller_failures:
+            expected = "pin_locked"
+        elif right:
+            windows.pop(who, None)
+            expected = "ok"
+        else:
+            mine = fail(who, now)
+            everyone = fail("number", now) if number_failures else 0
+            locked = (number_failures and everyone >= number_failures) or mine >= caller_failures
+            expected = "pin_locked" if locked else "bad_pin"
+        assert router.route("4001012345", caller, at=now, pin="2468" if right else "1357").reason == expected

@@ -9,6 +9,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+import structlog.testing
 
 import tel400
 from tel400 import pins
@@ -130,6 +131,108 @@ def test_right_pin_clears_the_failures(make_router, pin_plan):
     assert [router.route("4001012345", BJ, pin="0000", at=t0 + 10 + i).reason for i in range(4)] == ["bad_pin"] * 4
 
 
+def _rotating_guesses(router, t0, guesses, per_caller=4, start_pin=0):
+    """The observed attack: a new caller id every ``per_caller`` guesses, PINs tried in order."""
+    reasons = []
+    for i in range(guesses):
+        caller = f"139{(start_pin + i) // per_caller:08d}"
+        reasons.append(router.route("4001012345", caller, pin=f"{start_pin + i:04d}", at=t0 + i).reason)
+    return reasons
+
+
+def test_rotating_callers_lock_the_number_for_everyone(make_router, pin_plan):
+    tree, secret = pin_plan
+    router = make_router(tree)
+    t0 = TUESDAY_10.timestamp()
+    # 1,239 guesses found the PIN through four guesses per caller id; now the
+    # twentieth wrong PIN to the number locks it, whoever the callers are.
+    reasons = _rotating_guesses(router, t0, 60, start_pin=5000)
+    assert reasons == ["bad_pin"] * 19 + ["pin_locked"] * 41
+    assert router.decision_counts()[("4001012345", "reject", "bad_pin")] == 19
+    # for everyone, the right PIN included, with or without a PIN, for 10 minutes from the first failure
+    assert router.route("4001012345", SH, pin=secret, at=t0 + 60).reason == "pin_locked"
+    assert router.route("4001012345", GD, at=t0 + 60).reason == "pin_locked"
+    assert router.route("4001012345", GD, pin=secret, at=t0 + 599).reason == "pin_locked"
+    assert router.route("4001012345", GD, pin=secret, at=t0 + 600).action == "bridge"
+    # other numbers are not touched
+    assert router.pin_event_counts() == {("number_locked", "4001012345"): 1}
+
+
+def test_number_lockout_is_logged_once_per_lockout(make_router, pin_plan):
+    tree, _secret = pin_plan
+    router = make_router(tree)
+    t0 = TUESDAY_10.timestamp()
+    with structlog.testing.capture_logs() as logs:
+        _rotating_guesses(router, t0, 40)
+        _rotating_guesses(router, t0 + 600, 25, start_pin=100)  # the next window: locked again, logged again
+    locked = [e for e in logs if e["event"] == "pin_number_locked"]
+    assert [(e["number"], e["failures"], e["window_s"], e["log_level"]) for e in locked] == \
+        [("4001012345", 20, 600, "warning")] * 2
+    assert router.pin_event_counts() == {("number_locked", "4001012345"): 2}
+
+
+def test_a_brute_force_gets_twenty_guesses_per_window(make_router):
+    router = make_router(one_number(rules=[bridge("1")], pin="9999"))
+    t0 = TUESDAY_10.timestamp()
+    reasons = _rotating_guesses(router, t0, 10_000, per_caller=1)  # every PIN, a new caller each, within 10,000 s
+    assert reasons.count("ok") == 0
+    assert reasons.count("bad_pin") <= 19 * (10_000 // 600 + 1)
+
+
+def test_number_lockout_is_tunable_and_can_be_turned_off(make_router):
+    tree = one_number(rules=[bridge("1")], pin="4821")
+    t0 = TUESDAY_10.timestamp()
+    strict = make_router(tree, pin_policy=pins.PinPolicy(number_failures=3, number_window_s=60))
+    assert _rotating_guesses(strict, t0, 5, per_caller=1) == ["bad_pin"] * 2 + ["pin_locked"] * 3
+    assert strict.route("4001012345", SH, pin="4821", at=t0 + 60).action == "bridge"
+    off = make_router(tree, pin_policy=pins.PinPolicy(number_failures=0))
+    assert _rotating_guesses(off, t0, 100) == ["bad_pin"] * 100
+    per_caller = make_router(tree, pin_policy=pins.PinPolicy(caller_failures=2, caller_window_s=10))
+    assert _rotating_guesses(per_caller, t0, 4, per_caller=4) == ["bad_pin", "pin_locked", "pin_locked", "pin_locked"]
+    assert per_caller.route("4001012345", "13900000000", pin="4821", at=t0 + 10).action == "bridge"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"number_failures": -1}, "number_failures: expected a whole number from 0 to 100000"),
+    ({"caller_failures": 0}, "caller_failures: expected a whole number from 1 to 1000"),
+    ({"derivations": 0}, "derivations"),
+    ({"derivations": 65}, "derivations"),
+    ({"number_window_s": 1.5}, "number_window_s"),
+    ({"number_window_s": 86401}, "number_window_s: expected a whole number from 1 to 86400"),
+    ({"caller_window_s": 10**30}, "caller_window_s"),
+    ({"number_failures": True}, "number_failures"),
+])
+def test_pin_policy_bounds(options, message):
+    with pytest.raises(ValueError, match=message):
+        pins.PinPolicy(**options)
+
+
+@pytest.mark.parametrize("text, expected", [("20/600", (20, 600)), ("0/1", (0, 1))])
+def test_pin_policy_from_options(text, expected):
+    policy = pins.PinPolicy.from_options(text, 3)
+    assert (policy.number_failures, policy.number_window_s, policy.derivations) == (*expected, 3)
+
+
+@pytest.mark.parametrize("text", ["20", "20/", "/600", "x/600", "20/6.5", "²/600", "20/0"])
+def test_pin_policy_from_bad_options(text):
+    with pytest.raises(ValueError):
+        pins.PinPolicy.from_options(text)
+
+
+@pytest.mark.parametrize("caller", [None, "", "anonymous", "-number", "number", "13901012345", "*"])
+def test_number_key_cannot_be_a_callers_key(caller):
+    assert pins.number_key("4001012345") != pins.caller_key("4001012345", caller)
+    assert pins.number_key("4001012345").startswith("tel400:{4001012345}:")
+
+
+def test_explain_counts_nothing_towards_the_number_lockout(make_router):
+    router = make_router(one_number(rules=[bridge("1")], pin="4821"))
+    for i in range(30):
+        assert router.explain("4001012345", f"139{i:08d}", pin="0000", at=TUESDAY_10).reason == "bad_pin"
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"
+    assert router.pin_event_counts() == {}
+
+
 def test_pin_compare_is_constant_time_by_construction():
     """A clear PIN is compared as a fixed-length digest with hmac.compare_digest."""
     check = pins.PinCheck(pin="4821")
@@ -150,6 +253,82 @@ def test_hashed_pin_derives_once_per_candidate(monkeypatch):
     assert all(check("4821") for _ in range(5))
     assert not any(check("1111") for _ in range(5))
     assert calls == {"4821": 1, "1111": 1}
+
+
+def test_right_pin_stays_cached_whatever_is_guessed(monkeypatch):
+    calls = Counter()
+    real = pins._derive
+
+    def counting(pin_hash, candidate):
+        calls[candidate] += 1
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", counting)
+    check = pins.PinCheck(pin_hash=pins.make_hash("4821", n=1 << 4))
+    assert check("4821")
+    assert not any(check(f"{i:04d}") for i in range(1000, 1000 + 3 * pins.PinCheck._CACHE_SIZE))
+    assert check("4821") and calls["4821"] == 1
+
+
+@pytest.fixture
+def slow_derivations(monkeypatch):
+    """Key derivations that wait until the test lets them finish."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    real = pins._derive
+
+    def slow(pin_hash, candidate):
+        started.release()
+        assert release.wait(30)
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", slow)
+    yield started, release
+    release.set()
+
+
+def test_derivations_in_flight_are_bounded(make_router, slow_derivations):
+    started, release = slow_derivations
+    tree = one_number(rules=[bridge("1")], pin_hash=pins.make_hash("4821", n=1 << 4))
+    router = make_router(tree, pin_policy=pins.PinPolicy(derivations=2))
+    release.set()
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"  # verified once: cached
+    release.clear()
+    guesses = [threading.Thread(target=router.route, args=("4001012345", f"1390000000{i}"),
+                                kwargs={"pin": f"000{i}", "at": TUESDAY_10}) for i in range(2)]
+    for thread in guesses:
+        thread.start()
+    for _ in guesses:
+        assert started.acquire(timeout=30)  # both slots derive and wait
+    # a third derivation is not started: answered at once, nothing counted against the caller
+    busy = router.route("4001012345", SH, pin="9999", at=TUESDAY_10)
+    assert (busy.action, busy.reason, busy.prompt) == ("reject", "backend_error", "backend_error")
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"  # cached: no slot needed
+    assert router.route("4001012345", GD, at=TUESDAY_10).action == "collect_pin"
+    release.set()
+    for thread in guesses:
+        thread.join(30)
+    assert router.pin_event_counts() == {"busy": 1}
+    counts = router.decision_counts()
+    assert counts[("4001012345", "reject", "bad_pin")] == 2
+    assert counts[("4001012345", "reject", "backend_error")] == 1
+    assert router.backend_error_counts() == {}  # not a counter backend failure
+    assert router.route("4001012345", SH, pin="9999", at=TUESDAY_10).reason == "bad_pin"  # slots free again
+
+
+def test_busy_pin_check_ignores_on_backend_error_allow(make_router, slow_derivations):
+    """A PIN that could not be checked is never waived, whatever the plan's policy."""
+    started, release = slow_derivations
+    tree = one_number(rules=[bridge("1")], pin_hash=pins.make_hash("4821", n=1 << 4), on_backend_error="allow")
+    router = make_router(tree, pin_policy=pins.PinPolicy(derivations=1))
+    guess = threading.Thread(target=router.route, args=("4001012345", BJ), kwargs={"pin": "0000", "at": TUESDAY_10})
+    guess.start()
+    assert started.acquire(timeout=30)
+    assert router.route("4001012345", SH, pin="4821", at=TUESDAY_10).reason == "backend_error"
+    d = router.explain("4001012345", SH, pin="4822", at=TUESDAY_10)
+    assert d.reason == "backend_error" and "busy" in d.explain[-1].detail
+    release.set()
+    guess.join(30)
 
 
 def test_werkzeug_style_pbkdf2_hash():

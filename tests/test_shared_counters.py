@@ -144,6 +144,20 @@ def test_a_charge_to_the_previous_period_lands_there(backend):
 
 
 @needs_shm
+def test_number_pin_lockout_across_processes_on_every_backend(backend, make_router):
+    """Two routers sharing a backend (two processes, two hosts) share the number's
+    wrong-PIN count: guesses split between them still lock it, logged once."""
+    import structlog.testing
+
+    plans = one_number(rules=[{"targets": ["1"]}], pin="4821")
+    routers = [make_router(plans, backend), make_router(plans, backend)]
+    with structlog.testing.capture_logs() as logs:
+        reasons = [routers[i % 2].route("4001012345", f"1390000{i:04d}", pin="0000").reason for i in range(24)]
+    assert reasons == ["bad_pin"] * 19 + ["pin_locked"] * 5
+    assert all(r.route("4001012345", "13901012345", pin="4821").reason == "pin_locked" for r in routers)
+    assert len([e for e in logs if e["event"] == "pin_number_locked"]) == 1
+
+
 def test_shm_table_full_is_an_error_and_counted(tmp_path, make_router):
     counters = tel400.open_counters(f"shm://{tmp_path}/small?slots=16")
     for i in range(16):

@@ -11,10 +11,11 @@ import array
 import datetime as _dt
 import json
 import math
+import threading
 from collections import Counter
 from decimal import ROUND_CEILING, Decimal
 
-from . import provinces
+from . import pins, provinces
 from .decision import Charge
 from .exceptions import BackendError
 from .plans import Cap, Tariff, to_units
@@ -52,7 +53,7 @@ UNKNOWN_LABEL = "unknown"  # statistics label for dialed numbers without a plan
 class Shared:
     """Router state that outlives a reload: counters, randomness, statistics."""
 
-    def __init__(self, counters, rng, calls) -> None:
+    def __init__(self, counters, rng, calls, pin_policy: pins.PinPolicy | None = None) -> None:
         self.counters = counters
         self.rng = rng
         #: The compiled engine's generator, seeded from ``rng`` when first needed.
@@ -64,6 +65,11 @@ class Shared:
         self.backend_errors: Counter[str] = Counter()
         #: round-robin state by (number, rule, targets, weights), kept over reloads.
         self.round_robin: dict[tuple, array.array] = {}
+        #: the PIN rules, the key derivations they allow at a time, and what
+        #: they did: "busy" (no derivation slot) and ("number_locked", number).
+        self.pin_policy = pin_policy or pins.PinPolicy()
+        self.pin_slots = threading.BoundedSemaphore(self.pin_policy.derivations)
+        self.pin_events: Counter = Counter()
 
     def outcome_counts(self, label: str) -> array.array:
         counts = self.outcomes.get(label)
@@ -131,8 +137,7 @@ def cap_key(number: str, cap: Cap, occurrence: int) -> str:
     return f"tel400:{{{number}}}:cap:{cap.metric}:{cap.per}:{cap.scope}:{cap.channel}:{occurrence}"
 
 
-def pin_key(number: str, caller: str | None) -> str:
-    return f"tel400:{{{number}}}:pin:{caller or 'anonymous'}"
+pin_key = pins.caller_key  # the key format has one author, next to the lockout rules
 
 
 class CallRecord:

@@ -21,7 +21,7 @@ from collections import Counter
 from . import pins, provinces
 from ._common import (
     OUTCOME_INDEX, SMS_ACCESS_PREFIX, STANDARD_PROMPTS, UNKNOWN_LABEL, CallRecord, cap_key, charge_call,
-    check_at, pin_key,
+    check_at,
 )
 from ._numbers_py import national_key, normalize_or_none
 from ._select_py import make_selector
@@ -215,9 +215,17 @@ def action_prompt(action: Action, prompts: dict[str, str]) -> str | None:
     return action.prompt or prompts["closed"]
 
 
+def pin_gate(plan: NumberPlan, shared) -> pins.PinGate | None:
+    """A number's PIN step (both engines run this one), or ``None`` without a PIN."""
+    if not plan.has_pin:
+        return None
+    check = pins.PinCheck(plan.pin, plan.pin_hash)
+    return pins.PinGate(plan.number, check, plan.on_backend_error == "allow", shared)
+
+
 class CompiledPlan:
     __slots__ = (
-        "number", "zone", "calendar", "blacklist", "reject_unknown", "pin_check", "rules",
+        "number", "zone", "calendar", "blacklist", "reject_unknown", "pin_gate", "rules",
         "default", "caps", "prompts", "fail_open", "tariff", "outcomes",
     )
 
@@ -227,9 +235,9 @@ class CompiledPlan:
         self.calendar = plans.calendar.merged(plan.calendar).build()
         self.blacklist = Blacklist(plans.blacklist + plan.blacklist)
         self.reject_unknown = plan.reject_unknown_callers
-        self.pin_check = pins.PinCheck(plan.pin, plan.pin_hash) if plan.has_pin else None
         self.prompts = prompts = plan_prompts(plans, plan)
         self.fail_open = plan.on_backend_error == "allow"
+        self.pin_gate = pin_gate(plan, shared)
         self.tariff = plan.tariff
         self.outcomes = shared.outcome_counts(plan.number)
         self.rules = tuple(
@@ -329,12 +337,12 @@ class Engine:
 
         moment = Moment(at, plan.zone, plan.calendar)
 
-        if plan.pin_check is not None:
-            outcome = self._pin(plan, caller_n, pin, moment, trace, dry_run)
-            if outcome is not None:
-                reason, action = outcome
-                prompt = plan.prompts["enter_pin" if action == "collect_pin" else reason]
-                return done(action, _EMPTY, prompt, reason, None)
+        if plan.pin_gate is not None:
+            reason = plan.pin_gate.decide(caller_n, pin, moment.ts, trace, dry_run)
+            if reason == "pin_required":
+                return done("collect_pin", _EMPTY, plan.prompts["enter_pin"], reason, None)
+            if reason is not None:
+                return done("reject", _EMPTY, plan.prompts[reason], reason, None)
 
         chosen = None
         for rule in plan.rules:
@@ -393,54 +401,6 @@ class Engine:
                 plan.tariff, charges, plan.fail_open,
             ))
         return done(action.kind, targets, None, "ok", rule_name)
-
-    def _pin(self, plan: CompiledPlan, caller_n, pin, moment: Moment, trace, dry_run):
-        """None when the caller may go on; else (reason, action)."""
-        counters = self.shared.counters
-        key = pin_key(plan.number, caller_n)
-        window = pins.LOCKOUT_WINDOW_S
-        try:
-            failures = counters.pin_failures(key, moment.ts, window)
-        except BackendError as exc:
-            # Without the failure count a lockout cannot be enforced; the
-            # PIN itself is still checked, so fail open or closed by policy.
-            if self._backend_failed(plan, exc, trace, dry_run) == -2:
-                return ("backend_error", "reject")
-            failures = 0
-        if failures >= pins.LOCKOUT_FAILURES:
-            if trace is not None:
-                trace.append(Step("pin", None, False, f"locked: {failures} wrong PINs within the hour"))
-            return ("pin_locked", "reject")
-        if pin is None:
-            if trace is not None:
-                trace.append(Step("pin", None, False, "PIN required"))
-            return ("pin_required", "collect_pin")
-        if plan.pin_check(pin):
-            if failures and not dry_run:
-                try:
-                    counters.clear_pin_failures(key)
-                except BackendError as exc:
-                    self._backend_failed(plan, exc, trace, dry_run)
-            if trace is not None:
-                trace.append(Step("pin", None, True, "PIN accepted"))
-            return None
-        if dry_run:
-            failures += 1
-        else:
-            try:
-                failures = counters.add_pin_failure(key, moment.ts, window)
-            except BackendError as exc:
-                # The failure could not be counted towards a lockout.
-                if self._backend_failed(plan, exc, trace, dry_run) == -2:
-                    return ("backend_error", "reject")
-                failures += 1
-        if failures >= pins.LOCKOUT_FAILURES:
-            if trace is not None:
-                trace.append(Step("pin", None, False, f"wrong PIN ({failures}); caller locked out for the hour"))
-            return ("pin_locked", "reject")
-        if trace is not None:
-            trace.append(Step("pin", None, False, f"wrong PIN ({failures} of {pins.LOCKOUT_FAILURES})"))
-        return ("bad_pin", "reject")
 
     def _backend_failed(self, plan: CompiledPlan, exc: Exception, trace, dry_run) -> int:
         """Apply the plan's policy: -1 (allow, uncounted) or -2 (reject)."""

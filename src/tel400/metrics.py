@@ -42,6 +42,7 @@ class RouterCollector:
             errors.add_metric([policy], count)
         yield errors
 
+        yield from self._pin_metrics(router.pin_event_counts())
         yield CounterMetricFamily("tel400_reloads", "Plan reloads.", value=router.reloads)
         yield GaugeMetricFamily(
             "tel400_calls_in_progress", "Routed calls whose end has not been reported yet.",
@@ -74,6 +75,22 @@ class RouterCollector:
             yield GaugeMetricFamily("tel400_plans_quarantined",
                                     "Numbers whose stored plan is invalid: not routed, or routed by their last good "
                                     "plan (see the plan_quarantined log lines).", value=len(w.quarantined))
+
+    @staticmethod
+    def _pin_metrics(events):
+        lockouts = CounterMetricFamily(
+            "tel400_pin_number_lockouts",
+            "Times a 400 number was locked for every caller by wrong PINs from all callers.",
+            labels=["number"],
+        )
+        for key, count in sorted((k, v) for k, v in events.items() if isinstance(k, tuple)):
+            lockouts.add_metric([key[1]], count)
+        yield lockouts
+        yield CounterMetricFamily(
+            "tel400_pin_checks_busy",
+            "Hashed PINs not checked (answered backend_error): every derivation slot busy.",
+            value=events.get("busy", 0),
+        )
 
     @staticmethod
     def _backend_metrics(counters):

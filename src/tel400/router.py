@@ -10,6 +10,7 @@ import attrs
 import structlog
 
 from . import _impl, numbers
+from .pins import PinPolicy
 from ._common import CallRecord, Shared, apply_charges, bill_call
 from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
@@ -40,6 +41,9 @@ class Router:
             12 hours, by default) also bound the durations accepted.
         implementation: ``"cython"`` or ``"python"`` to pick an engine
             (tests and debugging); ``None`` uses ``tel400.IMPLEMENTATION``.
+        pin_policy: the PIN lockouts and how many hashed PINs are checked
+            at a time (:class:`tel400.pins.PinPolicy`; default: 5 wrong PINs
+            per caller per hour, 20 per number per 10 minutes, 2 at a time).
 
     A router is safe to share between threads.  :meth:`reload` swaps the
     plans atomically while other threads route.
@@ -54,6 +58,7 @@ class Router:
         seed: int | None = None,
         calls: CallRegistry | None = None,
         implementation: str | None = None,
+        pin_policy: PinPolicy | None = None,
     ) -> None:
         if not isinstance(plans, PlanSet):
             raise TypeError(f"plans: expected a PlanSet (see tel400.load_plans), got {type(plans).__name__}")
@@ -61,7 +66,9 @@ class Router:
         self._seed = seed
         self._prefixes = prefixes
         backend = open_counters(counters, memory=self._impl.MemoryCounters)
-        self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry())
+        if pin_policy is not None and not isinstance(pin_policy, PinPolicy):
+            raise TypeError(f"pin_policy: expected a tel400.pins.PinPolicy, got {type(pin_policy).__name__}")
+        self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry(), pin_policy)
         self._engine = self._compile(plans)
         self.reloads = 0
         _routers.add(self)
@@ -249,6 +256,16 @@ class Router:
     def decision_counts(self) -> dict[tuple[str, str, str], int]:
         """Decisions so far by (number, action, reason); unknown numbers as ``unknown``."""
         return self._shared.decision_counts()
+
+    @property
+    def pin_policy(self) -> PinPolicy:
+        """The PIN lockouts and derivation bound this router applies."""
+        return self._shared.pin_policy
+
+    def pin_event_counts(self) -> dict:
+        """PIN checks answered ``backend_error`` for want of a derivation slot (``"busy"``),
+        and number-wide lockouts by number (``("number_locked", number)``)."""
+        return dict(self._shared.pin_events)
 
     def backend_error_counts(self) -> dict[str, int]:
         """Counter backend failures so far, by the policy that was applied."""

@@ -42,6 +42,7 @@ import uuid as uuidlib
 import structlog
 
 import tel400
+from tel400 import pins
 from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
 
 from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
@@ -142,11 +143,13 @@ class EslCall:
 
     _event_uuids = itertools.count()
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, router, settings: Settings) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, router, settings: Settings,
+                 pin_threads=None) -> None:
         self.reader = reader
         self.writer = writer
         self.router = router
         self.s = settings
+        self.pin_threads = pin_threads  # where PINs are checked (None: the loop's default executor)
         self.protocol = EslProtocol()
         self.replies: list[asyncio.Future] = []
         self.events: asyncio.Queue = asyncio.Queue()
@@ -357,7 +360,9 @@ class EslCall:
             ask = decision.prompt  # "enter_pin", or the plan's name for it
             for attempt in range(1, self.s.pin_attempts + 1):
                 pin = await self._collect_pin(ask)
-                decision = self.router.route(dialed, caller, None, "voice", pin, self.uuid)
+                # a hashed PIN may cost a key derivation: never on the loop that serves every call
+                decision = await asyncio.get_running_loop().run_in_executor(
+                    self.pin_threads, self.router.route, dialed, caller, None, "voice", pin, self.uuid)
                 if decision.reason != "bad_pin" or attempt == self.s.pin_attempts:
                     break
                 await self.execute("playback", self.s.sound(decision.prompt))  # wrong: say so, ask again
@@ -501,6 +506,8 @@ class EslServer:
         self.settings = settings or Settings()
         self.max_connections = max_connections
         self.max_per_address = max_per_address
+        # a stand-in router (tests) may have no policy: the default's bound then
+        self.pin_threads = pins.check_executor(getattr(router, "pin_policy", None) or pins.PinPolicy())
         self.handled = 0
         self.shed = 0  # connections without channel data closed at max_connections to make room
         self.listener: Listener | None = None
@@ -512,7 +519,7 @@ class EslServer:
 
     async def _handle(self, reader, writer) -> None:
         task = asyncio.current_task()
-        call = EslCall(reader, writer, self.router, self.settings)
+        call = EslCall(reader, writer, self.router, self.settings, self.pin_threads)
         self._calls[task] = call
         try:
             await call.run()
@@ -557,6 +564,7 @@ class EslServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        self.pin_threads.shutdown(wait=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -590,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "are closed, or new ones wait until a call ends")
     p.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS,
                    help="connections from one address at once; beyond, new ones are closed at once")
+    add_pin_options(p)
     return p
 
 
@@ -604,6 +613,22 @@ def settings_from(args) -> Settings:
     )
 
 
+def add_pin_options(p: argparse.ArgumentParser) -> None:
+    """The PIN policy's options (tel400-http has them too; docs/limits.md, "PIN guessing")."""
+    default_lockout = f"{pins.NUMBER_LOCKOUT_FAILURES}/{pins.NUMBER_LOCKOUT_WINDOW_S}"
+    p.add_argument("--pin-number-lockout", metavar="FAILURES/SECONDS", default=None,
+                   help="wrong PINs to one number from all callers that lock it for everyone, and the window "
+                        f"(default {default_lockout}; 0/1 turns it off)")
+    p.add_argument("--pin-derivations", type=int, default=None, metavar="N",
+                   help="hashed PINs checked at a time; more are answered backend_error "
+                        f"(default {pins.MAX_DERIVATIONS})")
+
+
+def pin_policy(args) -> pins.PinPolicy:
+    """The :class:`tel400.pins.PinPolicy` of the command line (``ValueError`` if it makes none)."""
+    return pins.PinPolicy.from_options(args.pin_number_lockout, args.pin_derivations)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
@@ -615,11 +640,12 @@ def main(argv=None) -> int:
         if args.max_connections < 1 or args.max_per_address < 1:
             raise ValueError("--max-connections and --max-per-address: expected at least 1")
         settings = settings_from(args)
+        policy = pin_policy(args)
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
-    store = tel400.open_store(args.plans)
-    router = tel400.Router(store.load(), args.counters)
+    store = tel400.open_store(args.plans, create=False)  # a mistyped path is an error, not an empty store
+    router = tel400.Router(store.load(), args.counters, pin_policy=policy)
     tel400.PlanWatcher(router, store).start()
     raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
 

@@ -25,9 +25,11 @@ allow-list), take ``at`` only near this server's clock, and a call's end only
 for a duration a call can last.
 
 Routing runs on the event loop when it cannot block (memory and shm
-counters, no hashed PIN to derive); with Redis counters, or a PIN to check,
-it runs in a worker thread so that a slow backend never holds other
-requests.  Admin writes always run in a thread (SQLite, scrypt).
+counters, no PIN to check); with Redis counters it runs in a worker thread
+so that a slow backend never holds other requests; with a PIN, on threads
+of its own (:func:`tel400.pins.check_executor`), so that a flood of guesses
+waiting on key derivations never holds the threads everything else uses.
+Admin writes always run in a thread (SQLite, scrypt).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Service:
         if not at_tolerance_s >= 0:  # NaN too: it would let every time through
             raise ValueError(f"at tolerance: expected seconds >= 0 (or inf), got {at_tolerance_s!r}")
         self.at_tolerance_s = at_tolerance_s
+        self._pin_threads = pins.check_executor(router.pin_policy)
         self.draining = False
         self.started = False
         self._write_lock = threading.Lock()
@@ -190,6 +193,7 @@ class Service:
     def stop(self) -> None:
         """Stop watching plans and write the call records still queued."""
         self.draining = True
+        self._pin_threads.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
         if self.records is not None:
@@ -249,9 +253,15 @@ class Service:
         return decision
 
     async def _decide_async(self, endpoint, dialed, caller, at, channel, pin, call_id, explain=False):
-        if self.offload or pin is not None:
+        if pin is not None:
+            return await self._decide_pin(endpoint, dialed, caller, at, channel, pin, call_id, explain)
+        if self.offload:
             return await asyncio.to_thread(self._decide, endpoint, dialed, caller, at, channel, pin, call_id, explain)
         return self._decide(endpoint, dialed, caller, at, channel, pin, call_id, explain)
+
+    def _decide_pin(self, *args):
+        """A decision with a PIN, on the PIN threads (the router bounds the derivations in flight)."""
+        return asyncio.get_running_loop().run_in_executor(self._pin_threads, self._decide, *args)
 
     def _started(self, decision, at) -> float:
         if at is None:
@@ -330,7 +340,9 @@ class Service:
             call_id = _call_id(field(data, "call_id", str))
             explain = field(data, "explain", bool, default=False)
         # _decide_async, inlined: one coroutine less per decision on this path
-        if self.offload or pin is not None:
+        if pin is not None:
+            decision = await self._decide_pin("route", dialed, caller, at, channel, pin, call_id, explain)
+        elif self.offload:
             decision = await asyncio.to_thread(self._decide, "route", dialed, caller, at, channel, pin, call_id,
                                                explain)
         else:

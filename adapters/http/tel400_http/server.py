@@ -33,6 +33,7 @@ from tel400 import pins
 from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
 from tel400.listener import raise_descriptor_limit
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
+from tel400_freeswitch.server import add_pin_options, pin_policy
 
 from .app import Service
 from .auth import LOOPBACK, SwitchAuth, Tokens, hash_token, new_token
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calls in progress remembered for their end at most; beyond, new calls are not remembered")
     p.add_argument("--max-call-duration", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
                    help="the longest call: a longer reported duration is refused, an older call forgotten")
+    add_pin_options(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
     return p
@@ -138,7 +140,7 @@ def build_service(args) -> Service:
     if args.plans is None and not store.numbers():
         seed(store, example_plans())
     calls = CallRegistry(max_calls=args.max_calls, max_age_s=args.max_call_duration)
-    router = tel400.Router(store.load(), args.counters, calls=calls)
+    router = tel400.Router(store.load(), args.counters, calls=calls, pin_policy=pin_policy(args))
     watcher = tel400.PlanWatcher(router, store, version=store.version())
     if args.tokens:
         tokens = Tokens.from_file(args.tokens)

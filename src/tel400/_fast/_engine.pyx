@@ -28,10 +28,9 @@ from ._numbers cimport c_normalize_or_none
 from ._segments cimport IntervalLookup
 from ._select cimport FastRandom, Selector
 
-from .. import _engine_py, pins, provinces
+from .. import _engine_py, provinces
 from .._common import (
     AT_MAX, AT_MIN, OUTCOME_INDEX, SMS_ACCESS_PREFIX, UNKNOWN_LABEL, CallRecord, cap_key, charge_call, check_at,
-    pin_key,
 )
 from ..counters import PERIOD_TTL_S, CapCheck
 from ..decision import Decision
@@ -169,8 +168,7 @@ cdef class CPlan:
     cdef PrefixGroup* bl_groups
     cdef int n_bl_groups
     cdef bint reject_unknown
-    cdef object pin_check
-    cdef str pin_key_prefix
+    cdef object pin_gate
     cdef dict prompts
     cdef bint fail_open
     cdef object tariff
@@ -303,7 +301,7 @@ cdef class Engine:
         cp.calendar = calendar_table(plans.calendar.merged(plan.calendar).build())
         self._compile_blacklist(cp, plans.blacklist + plan.blacklist)
         cp.reject_unknown = plan.reject_unknown_callers
-        cp.pin_check = pins.PinCheck(plan.pin, plan.pin_hash) if plan.has_pin else None
+        cp.pin_gate = _engine_py.pin_gate(plan, self.shared)
         cp.prompts = _engine_py.plan_prompts(plans, plan)
         cp.fail_open = plan.on_backend_error == "allow"
         cp.tariff = plan.tariff
@@ -511,10 +509,9 @@ cdef class Engine:
         else:
             plan.zone.from_datetime(at, &lt)
 
-        if plan.pin_check is not None:
-            outcome = self._pin(plan, caller_n, pin, lt.ts)
-            if outcome is not None:
-                reason = outcome
+        if plan.pin_gate is not None:
+            reason = plan.pin_gate.decide(caller_n, pin, lt.ts)
+            if reason is not None:
                 if reason == "pin_required":
                     plan.outcome_data[I_PIN_REQUIRED] += 1
                     return _make_decision("collect_pin", _EMPTY, plan.prompts["enter_pin"], reason, None,
@@ -683,36 +680,6 @@ cdef class Engine:
             str(call_id), plan.number, caller_n, province_index, targets, channel, lt.ts,
             plan.tariff, charges, plan.fail_open,
         ))
-
-    cdef object _pin(self, CPlan plan, caller_n, pin, double ts):
-        """None when the caller may go on; else the reason (pin_required, bad_pin, …)."""
-        counters = self.counters
-        key = pin_key(plan.number, caller_n)
-        window = pins.LOCKOUT_WINDOW_S
-        try:
-            failures = counters.pin_failures(key, ts, window)
-        except BackendError:
-            if self._backend_failed(plan) == -2:
-                return "backend_error"
-            failures = 0
-        if failures >= pins.LOCKOUT_FAILURES:
-            return "pin_locked"
-        if pin is None:
-            return "pin_required"
-        if plan.pin_check(pin):
-            if failures:
-                try:
-                    counters.clear_pin_failures(key)
-                except BackendError:
-                    self._backend_failed(plan)
-            return None
-        try:
-            failures = counters.add_pin_failure(key, ts, window)
-        except BackendError:
-            if self._backend_failed(plan) == -2:
-                return "backend_error"
-            failures += 1
-        return "pin_locked" if failures >= pins.LOCKOUT_FAILURES else "bad_pin"
 
     cdef object _delegate(self, dialed):
         """A reference engine for the plan ``dialed`` reaches, sharing this engine's state."""
