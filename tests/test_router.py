@@ -158,6 +158,45 @@ def test_rotating_callers_lock_the_number_for_everyone(make_router, pin_plan):
     assert router.pin_event_counts() == {("number_locked", "4001012345"): 1}
 
 
+class _FailingPinCounters(tel400.MemoryCounters):
+    """A counter backend whose PIN counts fail, as a dead Redis or a full memory:// table does."""
+
+    def pin_failures(self, key, now, window_s):
+        raise tel400.BackendError("down")
+
+    def add_pin_failure(self, key, now, window_s):
+        raise tel400.BackendError("down")
+
+
+@pytest.mark.parametrize("policy", ["allow", "reject"])
+def test_a_failing_backend_never_gives_a_guesser_more_tries(make_router, pin_plan, policy):
+    """With the counts unreadable, on_backend_error = "allow" let every guess through to the
+    PIN check: unlimited guesses.  The router then counts wrong PINs per number itself."""
+    tree, secret = pin_plan
+    tree["numbers"][0]["on_backend_error"] = policy
+    router = make_router(tree, _FailingPinCounters())
+    t0 = TUESDAY_10.timestamp()
+    reasons = _rotating_guesses(router, t0, 40, start_pin=5000)
+    if policy == "reject":
+        assert set(reasons) == {"backend_error"}  # nothing is checked: no guess at all
+        return
+    assert reasons == ["bad_pin"] * 19 + ["pin_locked"] * 21
+    assert router.route("4001012345", SH, pin=secret, at=t0 + 60).reason == "pin_locked"
+    assert router.route("4001012345", SH, pin=secret, at=t0 + 600).action == "bridge"  # the window passed
+    assert router.pin_event_counts() == {("number_locked", "4001012345"): 1}
+
+
+def test_a_full_memory_table_never_gives_a_guesser_more_tries(make_router, impl, pin_plan):
+    """Strangers fill memory:// first, so the number-wide key cannot be made: the lockout still holds."""
+    tree, _secret = pin_plan
+    counters = impl.MemoryCounters(max_keys=2)
+    counters.add("filler-1", 1, 1, 3600)
+    counters.add("filler-2", 1, 1, 3600)
+    router = make_router(tree, counters)
+    reasons = _rotating_guesses(router, TUESDAY_10.timestamp(), 30, start_pin=5000)
+    assert reasons == ["bad_pin"] * 19 + ["pin_locked"] * 11
+
+
 def test_number_lockout_is_logged_once_per_lockout(make_router, pin_plan):
     tree, _secret = pin_plan
     router = make_router(tree)

@@ -70,6 +70,8 @@ class Shared:
         self.pin_policy = pin_policy or pins.PinPolicy()
         self.pin_slots = threading.BoundedSemaphore(self.pin_policy.derivations)
         self.pin_events: Counter = Counter()
+        #: wrong PINs per number the counter backend could not count (pins.LocalWindows)
+        self.pin_fallback = pins.LocalWindows()
 
     def outcome_counts(self, label: str) -> array.array:
         counts = self.outcomes.get(label)

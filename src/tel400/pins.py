@@ -286,6 +286,46 @@ def number_key(number: str) -> str:
     return f"tel400:{{{number}}}:pin-number"
 
 
+class LocalWindows:
+    """Wrong PINs per number counted in this process, for when the counter backend cannot.
+
+    A dead Redis, or a ``memory://`` table that strangers filled before a
+    number's first wrong PIN, raises on the number-wide count; with
+    ``on_backend_error = "allow"`` every guess would then reach the PIN check
+    unlimited.  The gate counts those failures here instead: a lockout per
+    process is weaker than one per deployment, but it bounds the guesses.
+    One entry per number with a PIN that saw such a failure; expired entries
+    are dropped when there are more than ``prune_at``.
+    """
+
+    def __init__(self, prune_at: int = 4096) -> None:
+        self._windows: dict[str, tuple[float, int]] = {}  # number -> (opened at, failures)
+        self._lock = threading.Lock()
+        self.prune_at = prune_at
+
+    def failures(self, number: str, now: float, window_s: int) -> int:
+        """Failures in the window still open at ``now`` (0 if none).  O(1)."""
+        entry = self._windows.get(number)
+        if entry is None or now - entry[0] >= window_s:
+            return 0
+        return entry[1]
+
+    def add(self, number: str, now: float, window_s: int) -> int:
+        """Count one failure (the window opens at the first); the count.  O(1), amortised."""
+        with self._lock:
+            entry = self._windows.get(number)
+            if entry is None or now - entry[0] >= window_s:
+                entry = (now, 0)
+            entry = (entry[0], entry[1] + 1)
+            self._windows[number] = entry
+            if len(self._windows) > self.prune_at:
+                self._windows = {n: e for n, e in self._windows.items() if now - e[0] < window_s}
+            return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
 class PinGate:
     """Step 3 of the decision order for one number: the PIN and its lockouts.
 
@@ -325,11 +365,15 @@ class PinGate:
             if by_number:
                 number_failures = counters.pin_failures(self._number_key, now, policy.number_window_s)
         except BackendError as exc:
-            # Without the counts a lockout cannot be enforced; the PIN itself
-            # is still checked, so fail open or closed by the plan's policy.
+            # Without the counts the caller's lockout cannot be enforced; the
+            # PIN itself is still checked, so fail open or closed by the plan's
+            # policy.  The number's lockout falls back on this process's count.
             if self._backend_failed(exc, trace, dry_run):
                 return "backend_error"
             failures = number_failures = 0
+        if by_number:
+            number_failures = max(number_failures,
+                                  shared.pin_fallback.failures(self.number, now, policy.number_window_s))
         if by_number and number_failures >= policy.number_failures:
             _say(trace, f"number locked: {number_failures} wrong PINs from all callers "
                         f"within {policy.number_window_s} s")
@@ -379,7 +423,10 @@ class PinGate:
                 except BackendError as exc:
                     if self._backend_failed(exc, trace, dry_run):
                         return "backend_error"
-                    number_failures += 1
+                    # Uncounted, a failure would give a guesser one more try:
+                    # this process counts it (LocalWindows).
+                    local = self.shared.pin_fallback.add(self.number, now, policy.number_window_s)
+                    number_failures = max(number_failures + 1, local)
                 if number_failures == policy.number_failures:
                     self._number_locked(number_failures)
         if by_number and number_failures >= policy.number_failures:
