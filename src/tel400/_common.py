@@ -257,10 +257,3 @@ def apply_charges(adds: tuple, counters, fail_open: bool, backend_errors) -> Non
             counters.add(key, period, amount, ttl_s)
         except BackendError:
             backend_errors["allow" if fail_open else "reject"] += 1
-
-
-def charge_call(record: CallRecord, duration_s: float, target, prefixes, counters, backend_errors) -> Charge:
-    """Charge a finished call's minutes and cost to the period it was routed in."""
-    charge, adds = bill_call(record, duration_s, target, prefixes)
-    apply_charges(adds, counters, record.fail_open, backend_errors)
-    return charge

@@ -20,8 +20,7 @@ from collections import Counter
 
 from . import pins, provinces
 from ._common import (
-    OUTCOME_INDEX, SMS_ACCESS_PREFIX, STANDARD_PROMPTS, UNKNOWN_LABEL, CallRecord, cap_key, charge_call,
-    check_at,
+    OUTCOME_INDEX, SMS_ACCESS_PREFIX, STANDARD_PROMPTS, UNKNOWN_LABEL, CallRecord, cap_key, check_at,
 )
 from ._numbers_py import national_key, normalize_or_none
 from ._select_py import make_selector
@@ -427,9 +426,6 @@ class Engine:
 
     # -- call end ---------------------------------------------------------
 
-    def charge(self, record: CallRecord, duration_s: float, target: str | None):
-        """Charge a finished call (see :func:`tel400._common.charge_call`)."""
-        return charge_call(record, duration_s, target, self.prefixes, self.shared.counters, self.shared.backend_errors)
 
 
 def _show_units(metric: str, units: int) -> str:

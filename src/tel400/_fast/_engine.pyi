@@ -1,5 +1,5 @@
-from .._common import CallRecord, Shared
-from ..decision import Charge, Decision
+from .._common import Shared
+from ..decision import Decision
 from ..plans import PlanSet
 from ..segments import PrefixTable
 
@@ -21,4 +21,3 @@ class Engine:
         explain: bool = False,
         dry_run: bool = False,
     ) -> Decision: ...
-    def charge(self, record: CallRecord, duration_s: float, target: str | None) -> Charge: ...

@@ -30,7 +30,7 @@ from ._select cimport FastRandom, Selector
 
 from .. import _engine_py, provinces
 from .._common import (
-    AT_MAX, AT_MIN, OUTCOME_INDEX, SMS_ACCESS_PREFIX, UNKNOWN_LABEL, CallRecord, cap_key, charge_call, check_at,
+    AT_MAX, AT_MIN, OUTCOME_INDEX, SMS_ACCESS_PREFIX, UNKNOWN_LABEL, CallRecord, cap_key, check_at,
 )
 from ..counters import PERIOD_TTL_S, CapCheck
 from ..decision import Decision
@@ -698,9 +698,6 @@ cdef class Engine:
 
     # -- call end ---------------------------------------------------------
 
-    def charge(self, record, duration_s, target):
-        """Charge a finished call (see :func:`tel400._common.charge_call`)."""
-        return charge_call(record, duration_s, target, self.prefixes, self.counters, self.shared.backend_errors)
 
 
 cdef inline bint _in_slot(int32_t start, int32_t end, int minute) noexcept nogil:
