@@ -74,6 +74,21 @@ def test_bridge_with_failover_dial_string_and_charging(router):
     assert router.route("4001012345", "13901012345").reason == "cap_exceeded"
 
 
+def test_a_call_longer_than_the_router_keeps_calls_is_charged_as_the_longest(make_router):
+    """FreeSWITCH's billsec past the longest call (--max-call above it) was refused: the call went uncharged."""
+    from tel400.calls import CallRegistry
+
+    plans = {"numbers": [{"number": "4001012345", "rules": [{"targets": ["13901010001"]}],
+                          "caps": [{"metric": "minutes", "per": "day", "limit": 100}]}]}
+    router = make_router(plans, calls=CallRegistry(max_age_s=3600))
+    call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (legs[0], 99_999)))
+    assert call.hangup_cause == "NORMAL_CLEARING" and router.calls_in_progress == 0
+    # charged as the longest call (60 of the 100 minutes): 40 more minutes fill the cap
+    router.route("4001012345", "13901012345", call_id="next")
+    assert router.call_ended("next", 40 * 60) is not None
+    assert router.route("4001012345", "13901012345").reason == "cap_exceeded"
+
+
 def test_bridge_failure_falls_back_to_a_notice(router):
     call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (None, 0)))
     assert [app for app, _ in call.apps] == ["multiset", "bridge", "answer", "playback"]

@@ -298,8 +298,11 @@ TARIFF = {"local": "0.1", "long_distance": "0.3"}
         ({"caps": [{"metric": "minutes", "per": "day", "limit": 2 * 10**17}]}, ["caps[0].limit", "at most"]),
         ({"tariff": TARIFF, "caps": [{"metric": "cost", "per": "month", "limit": "9.3e12"}]}, ["caps[0].limit"]),
         ({"caps": [{"metric": "calls", "per": "day", "limit": 10**13}]}, ["caps[0].limit", "0 to 1000000000000"]),
-        ({"tariff": {"local": "1e30", "long_distance": "1"}}, ["tariff.local", "at most 10000"]),
-        ({"tariff": {"local": "1", "long_distance": "10001"}}, ["tariff.long_distance", "at most 10000"]),
+        ({"tariff": {"local": "1e30", "long_distance": "1"}}, ["tariff.local", "at most 1000"]),
+        ({"tariff": {"local": "1", "long_distance": "1001"}}, ["tariff.long_distance", "at most 1000"]),
+        # shm:// slots hold 40-bit values: a cost cap of 1.1e6 units (1.1e12 millionths) would never be reached
+        ({"tariff": TARIFF, "caps": [{"metric": "cost", "per": "month", "limit": "1000001"}]},
+         ["caps[0].limit", "at most 1000000"]),
         ({"tariff": {"local": "0." + "0" * 60 + "1", "long_distance": "1"}}, ["tariff.local", "at most 32 characters"]),
         ({"tariff": {**TARIFF, "increment_s": 3601}}, ["tariff.increment_s", "1 to 3600"]),
         ({"default": {"action": "bridge", "targets": [{"to": "13901010001", "weight": 10**6 + 1}]}},

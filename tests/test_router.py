@@ -849,12 +849,17 @@ def test_a_charge_no_counter_can_hold_is_refused_before_anything_is_counted(make
 
     router = make_router(minutes_plan())
     charges = (("cost", "k", 1, 60),)
-    for rate in ("1e30", "1e8"):  # 1e30 cannot even be computed; 1e8 a minute is beyond 2**53 millionths
+    # 1e30 cannot even be computed; 1e8 a minute for 12 h is beyond shm://'s 40-bit counters
+    for rate in ("1e30", "1e8"):
         record = CallRecord("c", "4001012345", BJ, 1, ("13901010001",), "voice", 0.0,
                             Tariff(Decimal(rate), Decimal(rate), 60), charges, True)
         with pytest.raises(ValueError, match="duration_s: the charge"):
             bill_call(record, 43200, None, router.prefixes)
-    assert bill_call(record, 60, None, router.prefixes)[1] == (("k", 1, 100_000_000_000_000, 60),)
+    record = CallRecord("c", "4001012345", BJ, 1, ("13901010001",), "voice", 0.0,
+                        Tariff(Decimal("1e6"), Decimal("1e6"), 60), charges, True)
+    assert bill_call(record, 60, None, router.prefixes)[1] == (("k", 1, 10**12, 60),)  # just under 2**40
+    with pytest.raises(ValueError, match="beyond what a counter holds"):
+        bill_call(record, 120, None, router.prefixes)
 
 
 class FlakyCounters(tel400.MemoryCounters):

@@ -412,6 +412,9 @@ class Tel400:
             return
         started = KSR.pv.get("$dlg(start_ts)") or 0
         duration = max(0, int(time.time()) - int(started)) if started else 0
+        # a dialog ended by its timeout (a lost BYE) may run a second past the
+        # longest call: charged as the longest call, not refused
+        duration = min(duration, self.router.longest_call_s)
         self.router.call_ended(KSR.pv.get("$dlg(callid)"), duration, KSR.pv.get("$dlg_var(tel400_target)"),
                                record=record)
 

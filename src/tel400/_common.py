@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from decimal import ROUND_CEILING, Decimal
 
-from . import pins, provinces
+from . import limits, pins, provinces
 from .decision import Charge
 from .exceptions import BackendError
 from .plans import Cap, Tariff, to_units
@@ -203,9 +203,9 @@ class CallRecord:
 
 
 #: The most one call may add to one counter (units: seconds, or millionths of
-#: a currency unit): far beyond any real call, well inside every backend's
-#: 64-bit counters.  A charge beyond it is refused before anything is counted.
-MAX_CHARGE_UNITS = 1 << 53
+#: a currency unit): what the narrowest backend (``shm://``, 40-bit values)
+#: holds.  A charge beyond it is refused before anything is counted.
+MAX_CHARGE_UNITS = limits.MAX_COUNTER_UNITS
 
 
 def bill_call(record: CallRecord, duration_s: float, target, prefixes) -> tuple[Charge, tuple]:

@@ -11,8 +11,9 @@ Two kinds of bounds, all enforced when a plan is validated
   reads the same store should use the same values, or a plan one accepts
   another quarantines (docs/limits.md).
 * **Numbers** (cap limits, tariff rates, weights) are bounded so that every
-  value fits a signed 64-bit counter with room to spare, in both engines.
-  They are not tunable: larger values would not be representable.
+  value fits every counter backend: the narrowest is ``shm://``, whose slots
+  hold 40-bit values (:data:`MAX_COUNTER_UNITS`).  They are not tunable:
+  larger values would not be representable.
 
 docs/limits.md ("Plans: what one number's plan may hold") gives each bound
 with what happens when it is reached; bench/test_bench_plans.py measures a
@@ -84,14 +85,20 @@ MAX_FILE_VALUES = _tunable("MAX_FILE_VALUES", 5_000_000)
 CALENDAR_FIRST_YEAR = 1970
 CALENDAR_LAST_YEAR = 2100
 
+#: The most one counter holds, in its units (calls, seconds, millionths of a
+#: currency unit): ``shm://`` keeps 40-bit values in its slots.
+MAX_COUNTER_UNITS = (1 << 40) - 1
 #: A calls cap's limit.
 MAX_CAP_CALLS = 10**12
 #: A minutes cap's limit (counted in seconds: 6e10).
 MAX_CAP_MINUTES = 10**9
-#: A cost cap's limit, in currency units (counted in millionths: 1e15).
-MAX_CAP_COST = 10**9
-#: A tariff's rate per minute, in currency units.
-MAX_RATE = 10_000
+#: A cost cap's limit, in currency units (counted in millionths: 1e12, under
+#: MAX_COUNTER_UNITS).
+MAX_CAP_COST = 10**6
+#: A tariff's rate per minute, in currency units: the longest call (12 h by
+#: default) at this rate costs 720,000 units, 7.2e11 millionths, which one
+#: counter holds.
+MAX_RATE = 1_000
 #: Characters of a decimal written as text ("0.35", "1e3").
 MAX_DECIMAL_CHARS = 32
 #: A target's share weight.

@@ -240,6 +240,17 @@ class Router:
         return self._shared.counters
 
     @property
+    def longest_call_s(self) -> float:
+        """The longest call, in seconds: :meth:`call_ended` refuses a longer duration.
+
+        It is the call registry's ``max_age_s`` (12 h by default): a call
+        older than that is forgotten anyway.  A switch that measures a call's
+        length itself (Kamailio's dialog timeout, FreeSWITCH's billsec) clamps
+        to it, so that a call cut at the limit is still charged.
+        """
+        return self._shared.calls.max_age_s
+
+    @property
     def calls_in_progress(self) -> int:
         return len(self._shared.calls)
 

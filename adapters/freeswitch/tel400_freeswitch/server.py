@@ -462,6 +462,9 @@ class EslCall:
         else:
             seconds = 0 if self.bridged_at is None else math.ceil(self.loop.time() - self.bridged_at)
             target = None
+        # a call longer than the router keeps calls (--max-call above it) is
+        # charged as the longest call, not refused and lost
+        seconds = min(seconds, self.router.longest_call_s)
         try:
             charge = self.router.call_ended(self.uuid, seconds, target)
         except Exception as exc:
