@@ -10,7 +10,8 @@ import json
 import pytest
 
 from .http_harness import ServerProcess
-from .kamailio_harness import BROKEN_HEADERS, Kamailio, SippUAS, answers, invite, modules_dir, raw_invite, sipp_uac
+from .kamailio_harness import (BROKEN_HEADERS, Kamailio, SippUAS, answers, invite, modules_dir, raw_invite,
+                               sipp_uac)
 
 from .conftest import ROOT
 
@@ -49,9 +50,11 @@ def test_kamailio_routes_by_rtjson_with_failover_and_replies(tmp_path):
                                                         f"desk@127.0.0.1:{answer.port}"]}]}]}))
     try:
         with running(tmp_path, plans) as (server, kamailio):
-            counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001012345", ["13901012345"], calls=10, rate=20)
+            counts = sipp_uac(tmp_path, "uac_call", kamailio.port, "4001012345", ["13901012345"],
+                              calls=10, rate=20)
             assert answers(counts) == {200: 10}, counts
-            assert busy.calls() == 10 and answer.calls() == 10  # each call: the first target busy, the second answers
+            # each call: the first target busy, the second answers
+            assert busy.calls() == 10 and answer.calls() == 10
             assert invite(kamailio.port, "4001012345", "13800000000")[0] == "SIP/2.0 403 Forbidden"
             assert invite(kamailio.port, "4009999999", "13901012345")[0] == "SIP/2.0 404 Not Found"
             metrics = server.request("GET", "/metrics")[1].decode()
