@@ -276,6 +276,16 @@ def invite(port: int, dialed: str, caller: str, *, timeout: float = 5.0) -> tupl
         return status, headers
 
 
+#: (From, To) header pairs Kamailio could not relay: the sanity check before routing answers 400.
+BROKEN_HEADERS = [
+    (";tag=x1", None),  # no URI at all
+    ('"Alice";tag=x2', None),  # a display name without a URI
+    ("Alice;tag=x3", None),  # not a URI
+    ("<sip:13901010001@127.0.0.1>;tag=x4", "Bob"),  # a To that is not a URI
+    ("<sip:13901010001@127.0.0.1>;tag=x5;tag=x6", None),  # two tags
+]
+
+
 def raw_invite(port: int, dialed: str, from_header: str, *, to_header: str | None = None,
                timeout: float = 5.0) -> str:
     """One INVITE with the From (and To) header given verbatim; the status line of the final answer.

@@ -218,17 +218,8 @@ def test_call_end_charges_the_minutes_cap(kamailio, tmp_path):
     assert answers(second) == {486: 1}
 
 
-BROKEN_HEADERS = [  # (From, To): nothing Kamailio could relay
-    (";tag=x1", None),  # no URI at all
-    ('"Alice";tag=x2', None),  # a display name without a URI
-    ("Alice;tag=x3", None),  # not a URI
-    ("<sip:13901010001@127.0.0.1>;tag=x4", "Bob"),  # a To that is not a URI
-    ("<sip:13901010001@127.0.0.1>;tag=x5;tag=x6", None),  # two tags
-]
-
-
 def test_requests_kamailio_cannot_relay_get_400_and_use_no_cap_place(kamailio, targets, tmp_path):
-    from .kamailio_harness import raw_invite
+    from .kamailio_harness import BROKEN_HEADERS, raw_invite
 
     # Twice the cap in broken requests: before the sanity check each was
     # routed and counted, then answered 500 by tm, and the cap refused real callers.
