@@ -370,9 +370,10 @@ class ListenerCollector:
         s, p = listener.stats, self._prefix
         yield GaugeMetricFamily(f"{p}_connections_open", "Connections open now.", value=s.open)
         yield CounterMetricFamily(f"{p}_connections_accepted", "Connections accepted.", value=s.accepted)
-        yield CounterMetricFamily(f"{p}_connections_refused_address",
-                                  "Connections closed at once: their address is not in the allow-list.",
-                                  value=s.refused_address)
+        if listener.allow is not None:  # tel400-http checks addresses per endpoint instead: no such refusals
+            yield CounterMetricFamily(f"{p}_connections_refused_address",
+                                      "Connections closed at once: their address is not in the allow-list.",
+                                      value=s.refused_address)
         yield CounterMetricFamily(f"{p}_connections_refused_per_address",
                                   "Connections closed at once: their address had its share open.",
                                   value=s.refused_per_address)
