@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -329,6 +330,88 @@ async def _play_from(source: str, port: int, call: Call) -> Call:
     finally:
         writer.close()
     return call
+
+
+def test_esl_allow_list_closes_other_addresses_before_a_word_while_allowed_ones_are_served(tmp_path):
+    # the real command: --allow 127.0.0.1, a stranger on 127.0.0.2
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "tel400-esl")
+    process = subprocess.Popen([exe, "--plans", str(EXAMPLES / "manual.toml"), "--port", str(port),
+                                "--allow", "127.0.0.1", "--prompt-dir", SOUNDS], stderr=subprocess.PIPE, text=True)
+
+    async def scenario():
+        strangers = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+            strangers.append(await asyncio.wait_for(read_until_closed(reader), CLOSED_WITHIN))
+            writer.close()
+        served = await asyncio.wait_for(_play_from("127.0.0.1", port, Call(caller="13800000000")), CLOSED_WITHIN)
+        return strangers, served
+
+    try:
+        line = process.stderr.readline()
+        assert "listening on 127.0.0.1:" in line and "127.0.0.1/32" in line
+        strangers, served = asyncio.run(scenario())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+        log = process.stderr.read()
+        process.stderr.close()
+    assert strangers == [b"", b"", b""]  # closed before "connect": no protocol work for a stranger
+    assert served.apps == [("answer", ""), ("playback", f"{SOUNDS}/blacklisted.wav")] and not served.parked
+    refusals = [line for line in log.splitlines() if "connection_refused_address" in line]
+    assert len(refusals) == 1 and "127.0.0.2" in refusals[0]  # one line for the burst, not one per connection
+    assert code == 0
+
+
+def test_esl_default_allow_list_serves_this_host_through_a_dual_stack_socket(router):
+    # --host ::: an IPv4 client arrives as ::ffff:127.0.0.1, which the loopback default must let in
+    async def scenario():
+        server = EslServer(router, esl_settings())
+        await server.start("::", 0)
+        try:
+            served = await asyncio.wait_for(_play_from("127.0.0.1", server.port, Call(destination="4001000001")),
+                                            CLOSED_WITHIN)
+            return served, server.listener.stats
+        finally:
+            await server.close(grace_s=1)
+
+    served, stats = asyncio.run(scenario())
+    assert served.apps == [("answer", ""), ("playback", f"{SOUNDS}/closed.wav")] and not served.parked
+    assert stats.refused_address == 0
+
+
+def test_esl_refuses_a_connection_outside_the_allow_list_in_the_library_too(router):
+    from tel400.addresses import AllowList
+
+    async def scenario():
+        server = await esl_server(router, esl_settings(), allow=AllowList.parse("127.0.0.2"))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            refused = await asyncio.wait_for(read_until_closed(reader), CLOSED_WITHIN)
+            writer.close()
+            other = await asyncio.wait_for(_play_from("127.0.0.2", server.port, Call(destination="4001000001")),
+                                           CLOSED_WITHIN)
+        finally:
+            await server.close(grace_s=5)
+        return refused, other, server
+
+    refused, other, server = asyncio.run(scenario())
+    assert refused == b"" and not other.parked
+    stats = server.listener.stats
+    assert (stats.refused_address, stats.accepted, server.handled) == (1, 1, 1)  # the stranger never became a call
+
+
+@pytest.mark.parametrize("value, why", [
+    ("10.0.0.0/33", "'10.0.0.0/33' is not an address or network"),
+    ("localhost", "'localhost' is not an address or network"),
+    ("", "expected comma-separated addresses or networks"),
+])
+def test_esl_a_bad_allow_list_is_refused_at_start(value, why):
+    exe = os.path.join(os.path.dirname(sys.executable), "tel400-esl")
+    done = subprocess.run([exe, "--plans", str(EXAMPLES / "manual.toml"), "--allow", value],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and f"tel400-esl: --allow: {why}" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_esl_total_limit_holds_new_connections_until_a_call_ends(router):

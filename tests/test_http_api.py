@@ -219,9 +219,10 @@ def test_switch_endpoints_answer_only_the_allowed_addresses(tmp_path, impl):
     service = make_service(tmp_path, impl.name, switch_auth=SwitchAuth((), LOOPBACK + ("10.1.0.0/16",)))
     try:
         for method, path, kwargs in switch_requests():
-            for address in ("127.0.0.1", "::1", "10.1.2.3"):
+            # ::ffff:a.b.c.d: an IPv4 client of a dual-stack socket (--host ::)
+            for address in ("127.0.0.1", "::1", "10.1.2.3", "::ffff:127.0.0.1", "::ffff:10.1.2.3"):
                 assert request_from(service, address, method, path, **kwargs).status_code in (200, 404), path
-            for address in ("10.2.0.1", "192.0.2.7", "not-an-address"):
+            for address in ("10.2.0.1", "192.0.2.7", "::ffff:10.2.0.1", "not-an-address"):
                 r = request_from(service, address, method, path, **kwargs)
                 assert (r.status_code, r.json()["error"]) == (403, "forbidden_address"), (path, address)
         assert request_from(service, "192.0.2.7", "GET", "/v1/numbers",

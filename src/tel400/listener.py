@@ -3,6 +3,9 @@
 A :class:`Listener` runs one accept loop on a listening socket and enforces,
 before a connection costs more than its file descriptor:
 
+* an allow-list of client addresses (``allow``, a
+  :class:`tel400.addresses.AllowList`): a connection from anywhere else is
+  closed at once, before the protocol sees a byte of it;
 * a total (``max_connections``): at the limit it stops accepting, so new
   connections wait in the kernel's listen backlog until one closes, instead
   of being accepted only to be refused;
@@ -38,6 +41,8 @@ from collections.abc import Callable
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .addresses import AllowList
+
 _log = structlog.get_logger("tel400.listener")
 
 #: accept() errors about one connection that went away before it was accepted: skip it.
@@ -49,11 +54,12 @@ _BURST = 64
 class ListenerStats:
     """What a listener did: connections open and accepted, refused and failed accepts."""
 
-    __slots__ = ("open", "accepted", "refused_per_address", "accept_errors", "at_limit")
+    __slots__ = ("open", "accepted", "refused_address", "refused_per_address", "accept_errors", "at_limit")
 
     def __init__(self) -> None:
         self.open = 0
         self.accepted = 0
+        self.refused_address = 0  # from an address the allow-list does not name
         self.refused_per_address = 0
         self.accept_errors = 0  # accept() out of descriptors or memory
         self.at_limit = 0  # times the listener stopped accepting at max_connections
@@ -124,8 +130,11 @@ class Listener:
             listener stops accepting until one closes.
         max_per_address: connections from one client address at most; more
             are closed at once.
+        allow: the client addresses served (``None``: any); a connection
+            from another is closed at once, nothing written, and not counted
+            as accepted.
         refusal: bytes written (best effort) to a connection refused for its
-            address before it is closed.
+            address's share before it is closed.
         backoff_s: how long accepting pauses after an out-of-resources error.
         log_interval_s: at most one log line per interval for each kind of
             refusal or failure.
@@ -140,7 +149,8 @@ class Listener:
     """
 
     def __init__(self, sock: socket.socket, protocol_factory: Callable[[Callable[[], None]], asyncio.Protocol], *,
-                 max_connections: int, max_per_address: int, refusal: bytes = b"", backoff_s: float = 0.1,
+                 max_connections: int, max_per_address: int, allow: AllowList | None = None,
+                 refusal: bytes = b"", backoff_s: float = 0.1,
                  log_interval_s: float = 10.0, on_full: Callable[[], None] | None = None,
                  name: str = "tcp") -> None:
         if max_connections < 1 or max_per_address < 1:
@@ -150,6 +160,7 @@ class Listener:
         self.protocol_factory = protocol_factory
         self.max_connections = max_connections
         self.max_per_address = max_per_address
+        self.allow = allow
         self.refusal = refusal
         self.backoff_s = backoff_s
         self.on_full = on_full
@@ -162,6 +173,7 @@ class Listener:
         self._closed = asyncio.Event()
         self._log_failed = RareLog("accept_failed", log_interval_s)
         self._log_refused = RareLog("connection_refused_per_address", log_interval_s)
+        self._log_stranger = RareLog("connection_refused_address", log_interval_s)
         self._log_full = RareLog("connections_at_limit", log_interval_s)
 
     @property
@@ -229,6 +241,9 @@ class Listener:
 
     def _take(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer) -> None:
         address = peer[0] if isinstance(peer, tuple) else str(peer)
+        if self.allow is not None and not self.allow.allows(address):
+            self._refuse_stranger(conn, address)
+            return
         if self._per_address.get(address, 0) >= self.max_per_address:
             self._refuse(conn, address)
             return
@@ -261,6 +276,13 @@ class Listener:
                     await self._room.wait()
             except TimeoutError:
                 pass
+
+    def _refuse_stranger(self, conn: socket.socket, address: str) -> None:
+        """Close a connection from an address the allow-list does not name, without a word."""
+        self.stats.refused_address += 1
+        self._log_stranger(server=self.name, address=address, allow=str(self.allow),
+                           refused_address=self.stats.refused_address)
+        conn.close()
 
     def _refuse(self, conn: socket.socket, address: str) -> None:
         self.stats.refused_per_address += 1
@@ -348,6 +370,10 @@ class ListenerCollector:
         s, p = listener.stats, self._prefix
         yield GaugeMetricFamily(f"{p}_connections_open", "Connections open now.", value=s.open)
         yield CounterMetricFamily(f"{p}_connections_accepted", "Connections accepted.", value=s.accepted)
+        if listener.allow is not None:  # tel400-http checks addresses per endpoint instead: no such refusals
+            yield CounterMetricFamily(f"{p}_connections_refused_address",
+                                      "Connections closed at once: their address is not in the allow-list.",
+                                      value=s.refused_address)
         yield CounterMetricFamily(f"{p}_connections_refused_per_address",
                                   "Connections closed at once: their address had its share open.",
                                   value=s.refused_per_address)

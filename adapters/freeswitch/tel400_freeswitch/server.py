@@ -23,8 +23,13 @@ for a reply, ``--app-timeout`` for an application, ``--max-call`` for the
 call): a late application or a call over its limit is hung up; a FreeSWITCH
 that does not reply at all gets a hangup and ``exit`` written without waiting,
 and its socket closed.  Connections are accepted by
-:class:`tel400.listener.Listener` (a total, a share per address, a back-off
-when descriptors run out); see docs/limits.md.
+:class:`tel400.listener.Listener` (an allow-list of addresses, ``--allow``,
+this host by default; a total, a share per address, a back-off when
+descriptors run out); see docs/limits.md.
+
+Whoever can connect is FreeSWITCH to this server: it names the dialed number
+and the caller and reports the talk time that is charged.  Hence the
+allow-list, checked before the first byte is written.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import structlog
 
 import tel400
 from tel400 import pins
+from tel400.addresses import LOOPBACK, LOOPBACK_NETWORKS, AllowList
 from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
 
 from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
@@ -501,14 +507,18 @@ class EslServer:
             backlog until a call ends.
         max_per_address: connections from one address at most; more are
             closed at once (FreeSWITCH's dialplan then goes on after ``socket``).
+        allow: the addresses FreeSWITCH may connect from (default: this
+            host); a connection from another is closed as soon as it is
+            accepted, before a word is written.
     """
 
     def __init__(self, router, settings: Settings | None = None, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS) -> None:
+                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS, allow: AllowList = LOOPBACK) -> None:
         self.router = router
         self.settings = settings or Settings()
         self.max_connections = max_connections
         self.max_per_address = max_per_address
+        self.allow = allow
         # a stand-in router (tests) may have no policy: the default's bound then
         self.pin_threads = pins.check_executor(getattr(router, "pin_policy", None) or pins.PinPolicy())
         self.handled = 0
@@ -551,7 +561,7 @@ class EslServer:
         sock = listening_socket(host, port, backlog=1024)
         self.listener = Listener(sock, lambda on_closed: _CallProtocol(on_closed, self._handle),
                                  max_connections=self.max_connections, max_per_address=self.max_per_address,
-                                 on_full=self.make_room, name="tel400-esl").start()
+                                 allow=self.allow, on_full=self.make_room, name="tel400-esl").start()
         return self.listener
 
     @property
@@ -601,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "are closed, or new ones wait until a call ends")
     p.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS,
                    help="connections from one address at once; beyond, new ones are closed at once")
+    p.add_argument("--allow", metavar="NETS", default=",".join(LOOPBACK_NETWORKS),
+                   help="comma-separated addresses or networks FreeSWITCH may connect from, or 'any'; "
+                        "others are closed at once (default: %(default)s, this host)")
     add_pin_options(p)
     return p
 
@@ -627,6 +640,14 @@ def add_pin_options(p: argparse.ArgumentParser) -> None:
                         f"(default {pins.MAX_DERIVATIONS})")
 
 
+def allow_list(text: str) -> AllowList:
+    """The ``--allow`` option's :class:`~tel400.addresses.AllowList` (``ValueError`` naming the option)."""
+    try:
+        return AllowList.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"--allow: {exc}") from None
+
+
 def pin_policy(args) -> pins.PinPolicy:
     """The :class:`tel400.pins.PinPolicy` of the command line (``ValueError`` if it makes none)."""
     return pins.PinPolicy.from_options(args.pin_number_lockout, args.pin_derivations)
@@ -644,6 +665,7 @@ def main(argv=None) -> int:
             raise ValueError("--max-connections and --max-per-address: expected at least 1")
         settings = settings_from(args)
         policy = pin_policy(args)
+        allow = allow_list(args.allow)
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
@@ -654,10 +676,11 @@ def main(argv=None) -> int:
 
     async def serve() -> None:
         server = EslServer(router, settings, max_connections=args.max_connections,
-                           max_per_address=args.max_per_address)
+                           max_per_address=args.max_per_address, allow=allow)
         await server.start(args.host, args.port)
         print(f"tel400-esl: {len(router.plans.numbers)} numbers from {store.url}, listening on "
-              f"{args.host}:{server.port} ({tel400.IMPLEMENTATION})", file=sys.stderr, flush=True)
+              f"{args.host}:{server.port} ({tel400.IMPLEMENTATION}) for FreeSWITCH at {allow} (--allow)",
+              file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

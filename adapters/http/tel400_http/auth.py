@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import tomllib
 
 import attrs
 
 import tel400
+from tel400.addresses import LOOPBACK_NETWORKS, AllowList
 
 from .asgi import HttpError
 
 ALL = "*"
 #: Where a switch may call from when no secret is configured: this host only.
-LOOPBACK = ("127.0.0.0/8", "::1/128")
+LOOPBACK = LOOPBACK_NETWORKS
 
 
 def hash_token(token: str) -> str:
@@ -139,8 +138,11 @@ class SwitchAuth:
             password of HTTP basic auth (any user name: what mod_xml_curl's
             ``gateway-credentials`` and a ``http://user:SECRET@host`` URL
             send).  Empty: no secret is asked.
-        networks: the client addresses allowed (``"10.0.0.0/8"``, ``"::1"``);
-            ``None``: any address.  Checked before the secret.
+        networks: the client addresses allowed: a
+            :class:`tel400.addresses.AllowList`, or its entries
+            (``"10.0.0.0/8"``, ``"::1"``); ``None``: any address.  Checked
+            before the secret; an IPv4 client of a dual-stack socket
+            (``::ffff:10.1.2.3``) matches IPv4 networks.
 
     Secrets are kept and compared as SHA-256 digests, every known one in
     constant time, as for the admin tokens.  Refusals are 403
@@ -149,8 +151,12 @@ class SwitchAuth:
 
     def __init__(self, digests=(), networks=None) -> None:
         self._digests = tuple(digests)
-        self.networks = None if networks is None else tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self._allowed = functools.lru_cache(maxsize=1024)(self._address_allowed)
+        self.allow = networks if isinstance(networks, AllowList) else AllowList(networks)
+
+    @property
+    def networks(self):
+        """The allowed networks, ``None`` for any address."""
+        return self.allow.networks
 
     @property
     def asks_secret(self) -> bool:
@@ -185,19 +191,12 @@ class SwitchAuth:
     def single(cls, secret: str, networks=None) -> SwitchAuth:
         return cls([hashlib.sha256(secret.encode()).digest()], networks)
 
-    def _address_allowed(self, host: str | None) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
     def check(self, scope) -> None:
         """Let the request through, or raise the 403 / 401 :class:`HttpError`.  O(secrets) digests compared."""
-        if self.networks is not None:
+        if not self.allow.anyone:
             client = scope.get("client")
             host = client[0] if client else None
-            if not self._allowed(host):
+            if not self.allow.allows(host):
                 raise HttpError(403, "forbidden_address", f"the switch endpoints do not answer {host or 'this client'} "
                                 "(tel400-http --switch-allow, --switch-secrets)")
         if not self._digests:

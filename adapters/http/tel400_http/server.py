@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import ipaddress
 import logging
 import os
 import pathlib
@@ -30,13 +29,14 @@ import structlog
 
 import tel400
 from tel400 import pins
+from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
 from tel400.listener import raise_descriptor_limit
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
 from tel400_freeswitch.server import add_pin_options, pin_policy
 
 from .app import Service
-from .auth import LOOPBACK, SwitchAuth, Tokens, hash_token, new_token
+from .auth import SwitchAuth, Tokens, hash_token, new_token
 from .records import CallRecords, plan_zones
 
 DEFAULT_PORT = 8400
@@ -160,18 +160,13 @@ def build_service(args) -> Service:
 
 def switch_auth(args) -> SwitchAuth:
     """The switch endpoints' guard: secrets from --switch-secrets, addresses from --switch-allow."""
-    allow = args.switch_allow
-    if allow is None:
-        networks = None if args.switch_secrets else LOOPBACK
-    elif allow.strip().lower() == "any":
-        networks = None
+    if args.switch_allow is None:
+        networks = ANY if args.switch_secrets else LOOPBACK
     else:
-        networks = [n.strip() for n in allow.split(",") if n.strip()]
-        for n in networks:
-            try:
-                ipaddress.ip_network(n, strict=False)
-            except ValueError:
-                raise ValueError(f"--switch-allow: {n!r} is not an address or network") from None
+        try:
+            networks = AllowList.parse(args.switch_allow)
+        except ValueError as exc:
+            raise ValueError(f"--switch-allow: {exc}") from None
     if args.switch_secrets:
         return SwitchAuth.from_file(args.switch_secrets, networks)
     return SwitchAuth((), networks)
@@ -195,7 +190,7 @@ def banner(service: Service, url: str, args) -> str:
 def _switch_note(auth: SwitchAuth | None) -> str:
     if auth is None:
         return "open to anyone"
-    where = "any address" if auth.networks is None else ", ".join(map(str, auth.networks))
+    where = "any address" if auth.allow.anyone else str(auth.allow)
     return f"{where}, {'with' if auth.asks_secret else 'without'} a secret (--switch-secrets, --switch-allow)"
 
 
