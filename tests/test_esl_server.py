@@ -293,17 +293,18 @@ def test_tel400_esl_starts_on_a_store_holding_a_bad_number(tmp_path):
 
 
 def test_pin_policy_options_of_both_commands(tmp_path):
+    from tel400 import server_options
     from tel400_freeswitch import server as esl
     from tel400_http import server as http
 
     for parser in (esl.build_parser(), http.build_parser()):
         args = parser.parse_args(["--plans", "p.toml", "--pin-number-lockout", "5/60",
                                   "--pin-derivations", "4"])
-        policy = esl.pin_policy(args)
+        policy = server_options.pin_policy(args)
         assert (policy.number_failures, policy.number_window_s, policy.derivations) == (5, 60, 4)
-        assert esl.pin_policy(parser.parse_args(["--plans", "p.toml"])) == tel400.pins.PinPolicy()
+        assert server_options.pin_policy(parser.parse_args(["--plans", "p.toml"])) == tel400.pins.PinPolicy()
         with pytest.raises(ValueError, match="derivations: expected a whole number from 1 to 64"):
-            esl.pin_policy(parser.parse_args(["--plans", "p.toml", "--pin-derivations", "0"]))
+            server_options.pin_policy(parser.parse_args(["--plans", "p.toml", "--pin-derivations", "0"]))
     plans = tmp_path / "p.json"
     plans.write_text('{"numbers": []}')
     # run as users run it (main() configures logging for the whole process)

@@ -433,3 +433,12 @@ def test_size_bounds_are_tuned_by_environment_variables():
     env["TEL400_MAX_RULES"] = "lots"
     out = subprocess.run([sys.executable, "-c", "import tel400"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "TEL400_MAX_RULES: expected a whole number, got 'lots'" in out.stderr
+    # beyond what the compiled engine's structures hold: refused at import, not when a plan overflows them
+    env["TEL400_MAX_RULES"] = "1000"
+    env["TEL400_MAX_CONDITION_ENTRIES"] = "70000"
+    out = subprocess.run([sys.executable, "-c", "import tel400"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "TEL400_MAX_CONDITION_ENTRIES: expected a whole number from 1 to 65535" in out.stderr
+    env["TEL400_MAX_RULES"] = "600000"
+    env["TEL400_MAX_CONDITION_ENTRIES"] = "1000"
+    out = subprocess.run([sys.executable, "-c", "import tel400"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "more than the compiled engine can hold" in out.stderr

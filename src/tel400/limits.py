@@ -25,8 +25,13 @@ from __future__ import annotations
 import os
 
 
-def _tunable(name: str, default: int) -> int:
-    """``default``, or the whole number in the environment variable ``TEL400_<name>``."""
+def _tunable(name: str, default: int, most: int = 1 << 31) -> int:
+    """``default``, or the whole number in the environment variable ``TEL400_<name>``.
+
+    ``most`` is what the compiled engine's structures hold (a count kept in
+    16 bits, an offset in 31): a larger value is refused at import rather
+    than overflowing when a plan at the bound is compiled.
+    """
     raw = os.environ.get(f"TEL400_{name}")
     if raw is None:
         return default
@@ -34,8 +39,8 @@ def _tunable(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"TEL400_{name}: expected a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"TEL400_{name}: expected at least 1, got {value}")
+    if not 1 <= value <= most:
+        raise ValueError(f"TEL400_{name}: expected a whole number from 1 to {most}, got {value}")
     return value
 
 
@@ -56,7 +61,7 @@ MAX_GLOBAL_BLACKLIST = _tunable("MAX_GLOBAL_BLACKLIST", 100_000)
 #: of every day; the official calendar adds ~35 a year).
 MAX_CALENDAR_DAYS = _tunable("MAX_CALENDAR_DAYS", 3_700)
 #: Time slots or date ranges in one rule condition.
-MAX_CONDITION_ENTRIES = _tunable("MAX_CONDITION_ENTRIES", 1_000)
+MAX_CONDITION_ENTRIES = _tunable("MAX_CONDITION_ENTRIES", 1_000, most=(1 << 16) - 1)  # uint16 counts
 #: Entries of any other list in a plan (provinces, calendar years, the
 #: items of a days condition).
 MAX_LIST_ITEMS = _tunable("MAX_LIST_ITEMS", 400)
@@ -75,6 +80,14 @@ MAX_FILE_BYTES = _tunable("MAX_FILE_BYTES", 64 * 1024 * 1024)
 #: (a YAML alias counts each time it is used): a few hundred bytes of
 #: aliases cannot expand into billions of values.
 MAX_FILE_VALUES = _tunable("MAX_FILE_VALUES", 5_000_000)
+
+# A plan's time slots and date ranges share one pool of 32-bit offsets in the
+# compiled engine: two values per entry, two conditions per rule.
+if MAX_RULES * 4 * MAX_CONDITION_ENTRIES >= 1 << 31:
+    raise ValueError(
+        f"TEL400_MAX_RULES ({MAX_RULES}) times TEL400_MAX_CONDITION_ENTRIES ({MAX_CONDITION_ENTRIES}) "
+        f"is more than the compiled engine can hold: keep their product under {(1 << 31) // 4}"
+    )
 
 # -- numbers (what both engines represent; not tunable) ------------------------------
 

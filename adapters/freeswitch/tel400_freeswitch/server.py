@@ -50,6 +50,7 @@ import tel400
 from tel400 import pins
 from tel400.addresses import LOOPBACK, LOOPBACK_NETWORKS, AllowList
 from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
+from tel400.server_options import add_pin_options, pin_policy
 
 from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
 
@@ -629,28 +630,12 @@ def settings_from(args) -> Settings:
     )
 
 
-def add_pin_options(p: argparse.ArgumentParser) -> None:
-    """The PIN policy's options (tel400-http has them too; docs/limits.md, "PIN guessing")."""
-    default_lockout = f"{pins.NUMBER_LOCKOUT_FAILURES}/{pins.NUMBER_LOCKOUT_WINDOW_S}"
-    p.add_argument("--pin-number-lockout", metavar="FAILURES/SECONDS", default=None,
-                   help="wrong PINs to one number from all callers that lock it for everyone, and the window "
-                        f"(default {default_lockout}; 0/1 turns it off)")
-    p.add_argument("--pin-derivations", type=int, default=None, metavar="N",
-                   help="hashed PINs checked at a time; more are answered backend_error "
-                        f"(default {pins.MAX_DERIVATIONS})")
-
-
 def allow_list(text: str) -> AllowList:
     """The ``--allow`` option's :class:`~tel400.addresses.AllowList` (``ValueError`` naming the option)."""
     try:
         return AllowList.parse(text)
     except ValueError as exc:
         raise ValueError(f"--allow: {exc}") from None
-
-
-def pin_policy(args) -> pins.PinPolicy:
-    """The :class:`tel400.pins.PinPolicy` of the command line (``ValueError`` if it makes none)."""
-    return pins.PinPolicy.from_options(args.pin_number_lockout, args.pin_derivations)
 
 
 def main(argv=None) -> int:

@@ -32,8 +32,8 @@ from tel400 import pins
 from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
 from tel400.listener import raise_descriptor_limit
+from tel400.server_options import add_pin_options, pin_policy
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
-from tel400_freeswitch.server import add_pin_options, pin_policy
 
 from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
