@@ -309,6 +309,54 @@ def test_right_pin_stays_cached_whatever_is_guessed(monkeypatch):
     assert check("4821") and calls["4821"] == 1
 
 
+def test_verified_pins_survive_a_reload(make_router, monkeypatch):
+    """A reload (any tenant's PUT) used to rebuild every PinCheck: each right PIN derived again."""
+    calls = Counter()
+    real = pins._derive
+
+    def counting(pin_hash, candidate):
+        calls[candidate] += 1
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", counting)
+    tree = one_number(rules=[bridge("13901010001")], pin_hash=pins.make_hash("4821", n=1 << 4))
+    other = {"numbers": tree["numbers"] + one_number(number="4007654321")["numbers"]}
+    router = make_router(tree)
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"
+    assert router.route("4001012345", BJ, pin="1111", at=TUESDAY_10).reason == "bad_pin"
+    _failing_reload(router, monkeypatch, pins.make_hash("5555", n=1 << 4))
+    router.reload(tel400.PlanSet.from_dict(tree, source="test"))
+    router.reload(tel400.PlanSet.from_dict(other, source="test"))  # another number added
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"
+    assert router.route("4001012345", BJ, pin="1111", at=TUESDAY_10).reason == "bad_pin"
+    assert calls == {"4821": 1, "1111": 1}
+    changed = one_number(rules=[bridge("13901010001")], pin_hash=pins.make_hash("5555", n=1 << 4))
+    router.reload(tel400.PlanSet.from_dict(changed, source="test"))
+    assert router.route("4001012345", SH, pin="4821", at=TUESDAY_10).reason == "bad_pin"
+    assert router.route("4001012345", SH, pin="5555", at=TUESDAY_10).action == "bridge"
+    router.reload(tel400.PlanSet.from_dict(one_number(number="4007654321"), source="test"))
+    assert router._shared.pin_checks == {}  # kept only for the numbers and PINs in the plans
+
+
+def _failing_reload(router, monkeypatch, pin_hash):
+    """A reload that changes the PIN, then fails compiling the next number: nothing may change."""
+    from tel400 import _engine_py
+
+    real = _engine_py.plan_prompts
+
+    def prompts(plans, plan):
+        if plan.number == "4007654321":
+            raise ValueError("cannot compile this one")
+        return real(plans, plan)
+
+    tree = {"numbers": one_number(rules=[bridge("13901010001")], pin_hash=pin_hash)["numbers"]
+            + one_number(number="4007654321")["numbers"]}
+    with monkeypatch.context() as m:
+        m.setattr(_engine_py, "plan_prompts", prompts)
+        with pytest.raises(tel400.PlanError, match="4007654321"):
+            router.reload(tel400.PlanSet.from_dict(tree, source="test"))
+
+
 @pytest.fixture
 def slow_derivations(monkeypatch):
     """Key derivations that wait until the test lets them finish."""

@@ -65,6 +65,10 @@ class Shared:
         self.backend_errors: Counter[str] = Counter()
         #: round-robin state by (number, rule, targets, weights), kept over reloads.
         self.round_robin: dict[tuple, array.array] = {}
+        #: PIN checks by (number, pin, pin_hash), kept over reloads with the PINs
+        #: they verified: a reload must not make every right PIN derive again.
+        #: Like ``round_robin``, the engine in service's: only its plans' numbers.
+        self.pin_checks: dict[tuple, pins.PinCheck] = {}
         #: the PIN rules, the key derivations they allow at a time, and what
         #: they did: "busy" (no derivation slot) and ("number_locked", number).
         self.pin_policy = pin_policy or pins.PinPolicy()
@@ -94,6 +98,19 @@ class Shared:
             state = array.array("q", bytes(8 * n))
         carried[ident] = state
         return state
+
+    def pin_check(self, number: str, pin: str | None, pin_hash: str | None, carried: dict) -> pins.PinCheck:
+        """The PIN check of a number: the kept one, with what it verified, if its PIN is unchanged.
+
+        Like :meth:`round_robin_state`, it changes nothing here: ``carried``
+        (the new engine's) is adopted only once the engine is compiled.
+        """
+        ident = (number, pin, pin_hash)
+        check = self.pin_checks.get(ident)
+        if check is None:
+            check = pins.PinCheck(pin, pin_hash)
+        carried[ident] = check
+        return check
 
 
 #: The times a call may carry: years 1901 to 9998 in UTC.  A day's margin

@@ -81,8 +81,10 @@ class Router:
     def _compile(self, plans: PlanSet):
         prefixes = self._prefixes if self._prefixes is not None else _prefixes_of(plans)
         engine = _compiled(self._impl, plans, prefixes, self._shared)
-        # Adopted only once compiled: a failed reload keeps the old positions.
+        # Adopted only once compiled: a failed reload keeps the old positions
+        # and the old PIN checks (with the PINs they verified).
         self._shared.round_robin = engine.rr_states
+        self._shared.pin_checks = engine.pin_checks
         # The engine's own bound method, stored on the instance so that a call
         # to router.route skips this class's wrapper (a Python frame, ~60 ns).
         # Rebinding it is one atomic store, like the engine reference itself.
