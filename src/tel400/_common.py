@@ -181,6 +181,13 @@ class CallRecord:
         self.fail_open = fail_open
         self.remembered_at = 0.0
 
+    def with_charges(self, charges: tuple) -> CallRecord:
+        """A copy left with only ``charges`` to apply (those a failed end did not add), of the same age."""
+        copy = CallRecord(self.call_id, self.number, self.caller, self.province, self.targets, self.channel,
+                          self.ts, self.tariff, charges, self.fail_open)
+        copy.remembered_at = self.remembered_at
+        return copy
+
     def to_token(self) -> str:
         """The record as compact JSON (see :meth:`tel400.Router.export_call`)."""
         tariff = self.tariff
@@ -267,10 +274,18 @@ def bill_call(record: CallRecord, duration_s: float, target, prefixes) -> tuple[
     return charge, tuple(adds)
 
 
-def apply_charges(adds: tuple, counters, fail_open: bool, backend_errors) -> None:
-    """Add what :func:`bill_call` computed; a failing backend applies the plan's policy (counted)."""
+def apply_charges(adds: tuple, counters) -> tuple:
+    """Add what :func:`bill_call` computed, each add on its own.
+
+    Returns:
+        The keys whose add the backend refused (:class:`BackendError`):
+        empty when everything was added.  The caller keeps the call for a
+        retry of those alone, so that nothing is added twice.
+    """
+    failed = []
     for key, period, amount, ttl_s in adds:
         try:
             counters.add(key, period, amount, ttl_s)
         except BackendError:
-            backend_errors["allow" if fail_open else "reject"] += 1
+            failed.append(key)
+    return tuple(failed)
