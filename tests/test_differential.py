@@ -165,11 +165,15 @@ def calls(draw):
 
 
 def _outcome(fn, *args, **kwargs):
-    """What ``fn`` returns, or the ``ValueError`` it raises, as ("ValueError", message)."""
+    """What ``fn`` returns, or the ``ValueError`` or ``BackendError`` it raises, as (name, message).
+
+    Both leave a call waiting for its end: a full ``memory://`` refusing a
+    charge (``max_keys``) keeps it, with what is left to charge, for the retry.
+    """
     try:
         return fn(*args, **kwargs)
-    except ValueError as exc:
-        return ("ValueError", str(exc))
+    except (ValueError, tel400.BackendError) as exc:
+        return (type(exc).__name__, str(exc))
 
 
 #: PIN lockouts at their smallest bounds and beyond, so that sequences of

@@ -230,6 +230,21 @@ def test_a_router_failure_ends_in_the_fallback_notice(router):
     assert call.hangup_cause == "NORMAL_TEMPORARY_FAILURE" and not call.parked
 
 
+def test_a_charge_the_backend_refuses_is_logged_and_the_call_kept(make_router):
+    """Item 2: call_ended now raises BackendError (the call kept for a retry): the session still ends."""
+    import structlog.testing
+
+    from .test_router import FailingAddCounters
+
+    router = make_router(PLANS, FailingAddCounters(":cap:", failures=10**9))
+    with structlog.testing.capture_logs() as logs:
+        call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (legs[0], 65)))
+    assert call.apps[-1][0] == "bridge" and not call.parked and call.hangup_cause == "NORMAL_CLEARING"
+    failed = [e for e in logs if e["event"] == "esl_call_end_failed"]
+    assert len(failed) == 1 and "charge could not be added" in failed[0]["error"]
+    assert router.calls_in_progress == 1  # forgotten at its age, counted in calls_dropped
+
+
 def test_500_concurrent_calls(make_router):
     router = make_router({"numbers": [{"number": "4001012345", "rules": [
         {"strategy": "round_robin", "targets": [{"to": "13901010001", "weight": 3}, {"to": "13901010002", "weight": 7}]}]}]})

@@ -136,6 +136,27 @@ def test_call_end_from_a_form_as_freeswitch_curl_posts_it(http_client):
     assert r.status_code == 200 and r.json()["billed_s"] == 120 and r.json()["long_distance"] is False
 
 
+def test_call_end_the_backend_cannot_charge_answers_503_and_the_retry_charges(tmp_path, impl):
+    """Item 2: the charge used to be dropped, the call forgotten, and the end answered 200."""
+    from .test_router import FailingAddCounters
+
+    counters = FailingAddCounters(":cap:cost:")
+    service = make_service(tmp_path, impl.name, counters=counters)
+    try:
+        client = Client(service)
+        client.route(call_id="c-1")
+        r = client.post("/v1/calls/c-1/end", json={"duration": 125})
+        assert (r.status_code, r.json()["error"]) == (503, "charge_unavailable"), r.text
+        assert r.headers["retry-after"] == "1" and "reported again" in r.json()["message"]
+        assert service.router.calls_in_progress == 1
+        r = client.post("/v1/calls/c-1/end", json={"duration": 125})  # the switch's retry
+        assert r.status_code == 200 and r.json()["cost"] == "0.300000"
+        assert counters.added == {"cost": 300_000}  # added once, by the retry
+        assert client.post("/v1/calls/c-1/end", json={"duration": 125}).status_code == 404
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize("body", [{"duration": -1}, {"duration": "10"}, {}, {"duration": True},
                                   {"duration": 5, "extra": 1}])
 def test_call_end_bad_input(http_client, body):

@@ -309,6 +309,54 @@ def test_right_pin_stays_cached_whatever_is_guessed(monkeypatch):
     assert check("4821") and calls["4821"] == 1
 
 
+def test_verified_pins_survive_a_reload(make_router, monkeypatch):
+    """A reload (any tenant's PUT) used to rebuild every PinCheck: each right PIN derived again."""
+    calls = Counter()
+    real = pins._derive
+
+    def counting(pin_hash, candidate):
+        calls[candidate] += 1
+        return real(pin_hash, candidate)
+
+    monkeypatch.setattr(pins, "_derive", counting)
+    tree = one_number(rules=[bridge("13901010001")], pin_hash=pins.make_hash("4821", n=1 << 4))
+    other = {"numbers": tree["numbers"] + one_number(number="4007654321")["numbers"]}
+    router = make_router(tree)
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"
+    assert router.route("4001012345", BJ, pin="1111", at=TUESDAY_10).reason == "bad_pin"
+    _failing_reload(router, monkeypatch, pins.make_hash("5555", n=1 << 4))
+    router.reload(tel400.PlanSet.from_dict(tree, source="test"))
+    router.reload(tel400.PlanSet.from_dict(other, source="test"))  # another number added
+    assert router.route("4001012345", BJ, pin="4821", at=TUESDAY_10).action == "bridge"
+    assert router.route("4001012345", BJ, pin="1111", at=TUESDAY_10).reason == "bad_pin"
+    assert calls == {"4821": 1, "1111": 1}
+    changed = one_number(rules=[bridge("13901010001")], pin_hash=pins.make_hash("5555", n=1 << 4))
+    router.reload(tel400.PlanSet.from_dict(changed, source="test"))
+    assert router.route("4001012345", SH, pin="4821", at=TUESDAY_10).reason == "bad_pin"
+    assert router.route("4001012345", SH, pin="5555", at=TUESDAY_10).action == "bridge"
+    router.reload(tel400.PlanSet.from_dict(one_number(number="4007654321"), source="test"))
+    assert router._shared.pin_checks == {}  # kept only for the numbers and PINs in the plans
+
+
+def _failing_reload(router, monkeypatch, pin_hash):
+    """A reload that changes the PIN, then fails compiling the next number: nothing may change."""
+    from tel400 import _engine_py
+
+    real = _engine_py.plan_prompts
+
+    def prompts(plans, plan):
+        if plan.number == "4007654321":
+            raise ValueError("cannot compile this one")
+        return real(plans, plan)
+
+    tree = {"numbers": one_number(rules=[bridge("13901010001")], pin_hash=pin_hash)["numbers"]
+            + one_number(number="4007654321")["numbers"]}
+    with monkeypatch.context() as m:
+        m.setattr(_engine_py, "plan_prompts", prompts)
+        with pytest.raises(tel400.PlanError, match="4007654321"):
+            router.reload(tel400.PlanSet.from_dict(tree, source="test"))
+
+
 @pytest.fixture
 def slow_derivations(monkeypatch):
     """Key derivations that wait until the test lets them finish."""
@@ -888,6 +936,58 @@ def test_a_charge_that_fails_keeps_the_call_for_the_retry(make_router):
     assert router.route("4001012345", BJ, at=TUESDAY_10).reason == "cap_exceeded"
 
 
+class FailingAddCounters(tel400.MemoryCounters):
+    """Counters whose ``add`` to keys containing ``fail_on`` raises BackendError ``failures`` times."""
+
+    def __init__(self, fail_on, failures=1):
+        super().__init__()
+        self.fail_on, self.failures, self.added = fail_on, failures, Counter()
+
+    def add(self, key, period, amount, ttl_s):
+        if self.fail_on in key and self.failures:
+            self.failures -= 1
+            raise tel400.BackendError("counter backend unavailable")
+        self.added[key.split(":cap:")[1].split(":")[0]] += amount
+        return super().add(key, period, amount, ttl_s)
+
+
+def minutes_and_cost_plan():
+    return one_number(rules=[bridge("13901010001")], tariff={"local": "0.1", "long_distance": "0.3"},
+                      caps=[{"metric": "minutes", "per": "month", "limit": 60},
+                            {"metric": "cost", "per": "month", "limit": 100}])
+
+
+def test_a_charge_the_backend_refuses_keeps_the_call_until_the_retry_adds_it(make_router):
+    """Item 2: the charge used to be dropped (counted under the plan's policy) and the call forgotten."""
+    counters = FailingAddCounters(":cap:cost:")
+    router = make_router(minutes_and_cost_plan(), counters)
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="c1")
+    with pytest.raises(tel400.BackendError, match="charge"):
+        router.call_ended("c1", 120)
+    assert router.calls_in_progress == 1 and "c1" in router._shared.calls
+    assert counters.added == {"minutes": 120}  # added once: the retry must not add it again
+    charge = router.call_ended("c1", 120)  # the switch's retry
+    assert charge.billed_s == 120 and charge.cost > 0
+    assert counters.added == {"minutes": 120, "cost": int(charge.cost * 1_000_000)}
+    assert router.call_ended("c1", 120) is None and router.calls_in_progress == 0
+
+
+def test_a_backend_that_never_takes_the_charge_lets_the_call_expire(make_router):
+    from tel400.calls import CallRegistry
+
+    now = [0.0]
+    counters = FailingAddCounters(":cap:", failures=10**9)
+    router = make_router(minutes_and_cost_plan(), counters,
+                         calls=CallRegistry(max_age_s=3600, clock=lambda: now[0]))
+    router.route("4001012345", BJ, at=TUESDAY_10, call_id="c1")
+    for now[0] in (10.0, 1000.0, 3599.0):  # the switch retries: the call keeps its age
+        with pytest.raises(tel400.BackendError):
+            router.call_ended("c1", 60)
+    now[0] = 3600.0
+    assert router.call_ended("c1", 60) is None  # forgotten at the registry's age, counted
+    assert (router.calls_in_progress, router.calls_dropped) == (0, 1)
+
+
 def test_a_full_call_registry_never_evicts_a_call_in_progress(make_router):
     """Item 6: fresh call ids filled the registry and pushed out a real call, never charged."""
     from tel400.calls import CallRegistry
@@ -948,8 +1048,10 @@ def test_backend_failure_applies_the_plans_policy(make_router, policy, expected)
     )
     d = router.route("4001012345", BJ, at=TUESDAY_10, call_id="c")
     assert (d.action, d.reason) == expected
-    if policy == "allow":
-        assert router.call_ended("c", 60).billed_s == 60  # charged nowhere, but never raises
+    if policy == "allow":  # the call connected; its charge is not dropped but kept for the retry
+        with pytest.raises(tel400.BackendError):
+            router.call_ended("c", 60)
+        assert "c" in router._shared.calls and router.backend_error_counts()["charge_retry"] == 1
     assert router.backend_error_counts()[policy] >= 1
 
 

@@ -65,6 +65,10 @@ class Shared:
         self.backend_errors: Counter[str] = Counter()
         #: round-robin state by (number, rule, targets, weights), kept over reloads.
         self.round_robin: dict[tuple, array.array] = {}
+        #: PIN checks by (number, pin, pin_hash), kept over reloads with the PINs
+        #: they verified: a reload must not make every right PIN derive again.
+        #: Like ``round_robin``, the engine in service's: only its plans' numbers.
+        self.pin_checks: dict[tuple, pins.PinCheck] = {}
         #: the PIN rules, the key derivations they allow at a time, and what
         #: they did: "busy" (no derivation slot) and ("number_locked", number).
         self.pin_policy = pin_policy or pins.PinPolicy()
@@ -94,6 +98,19 @@ class Shared:
             state = array.array("q", bytes(8 * n))
         carried[ident] = state
         return state
+
+    def pin_check(self, number: str, pin: str | None, pin_hash: str | None, carried: dict) -> pins.PinCheck:
+        """The PIN check of a number: the kept one, with what it verified, if its PIN is unchanged.
+
+        Like :meth:`round_robin_state`, it changes nothing here: ``carried``
+        (the new engine's) is adopted only once the engine is compiled.
+        """
+        ident = (number, pin, pin_hash)
+        check = self.pin_checks.get(ident)
+        if check is None:
+            check = pins.PinCheck(pin, pin_hash)
+        carried[ident] = check
+        return check
 
 
 #: The times a call may carry: years 1901 to 9998 in UTC.  A day's margin
@@ -163,6 +180,13 @@ class CallRecord:
         self.charges = charges
         self.fail_open = fail_open
         self.remembered_at = 0.0
+
+    def with_charges(self, charges: tuple) -> CallRecord:
+        """A copy left with only ``charges`` to apply (those a failed end did not add), of the same age."""
+        copy = CallRecord(self.call_id, self.number, self.caller, self.province, self.targets, self.channel,
+                          self.ts, self.tariff, charges, self.fail_open)
+        copy.remembered_at = self.remembered_at
+        return copy
 
     def to_token(self) -> str:
         """The record as compact JSON (see :meth:`tel400.Router.export_call`)."""
@@ -250,10 +274,18 @@ def bill_call(record: CallRecord, duration_s: float, target, prefixes) -> tuple[
     return charge, tuple(adds)
 
 
-def apply_charges(adds: tuple, counters, fail_open: bool, backend_errors) -> None:
-    """Add what :func:`bill_call` computed; a failing backend applies the plan's policy (counted)."""
+def apply_charges(adds: tuple, counters) -> tuple:
+    """Add what :func:`bill_call` computed, each add on its own.
+
+    Returns:
+        The keys whose add the backend refused (:class:`BackendError`):
+        empty when everything was added.  The caller keeps the call for a
+        retry of those alone, so that nothing is added twice.
+    """
+    failed = []
     for key, period, amount, ttl_s in adds:
         try:
             counters.add(key, period, amount, ttl_s)
         except BackendError:
-            backend_errors["allow" if fail_open else "reject"] += 1
+            failed.append(key)
+    return tuple(failed)

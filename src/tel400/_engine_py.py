@@ -214,11 +214,16 @@ def action_prompt(action: Action, prompts: dict[str, str]) -> str | None:
     return action.prompt or prompts["closed"]
 
 
-def pin_gate(plan: NumberPlan, shared) -> pins.PinGate | None:
-    """A number's PIN step (both engines run this one), or ``None`` without a PIN."""
+def pin_gate(plan: NumberPlan, shared, carried_pins: dict) -> pins.PinGate | None:
+    """A number's PIN step (both engines run this one), or ``None`` without a PIN.
+
+    The check is the one kept over reloads if the PIN is unchanged
+    (:meth:`tel400._common.Shared.pin_check`); ``carried_pins`` collects
+    this engine's, for the router to adopt once the engine is compiled.
+    """
     if not plan.has_pin:
         return None
-    check = pins.PinCheck(plan.pin, plan.pin_hash)
+    check = shared.pin_check(plan.number, plan.pin, plan.pin_hash, carried_pins)
     return pins.PinGate(plan.number, check, plan.on_backend_error == "allow", shared)
 
 
@@ -228,7 +233,7 @@ class CompiledPlan:
         "default", "caps", "prompts", "fail_open", "tariff", "outcomes",
     )
 
-    def __init__(self, plan: NumberPlan, plans: PlanSet, shared, carried_rr: dict) -> None:
+    def __init__(self, plan: NumberPlan, plans: PlanSet, shared, carried_rr: dict, carried_pins: dict) -> None:
         self.number = plan.number
         self.zone = zoneinfo.ZoneInfo(plan.timezone)
         self.calendar = plans.calendar.merged(plan.calendar).build()
@@ -236,7 +241,7 @@ class CompiledPlan:
         self.reject_unknown = plan.reject_unknown_callers
         self.prompts = prompts = plan_prompts(plans, plan)
         self.fail_open = plan.on_backend_error == "allow"
-        self.pin_gate = pin_gate(plan, shared)
+        self.pin_gate = pin_gate(plan, shared, carried_pins)
         self.tariff = plan.tariff
         self.outcomes = shared.outcome_counts(plan.number)
         self.rules = tuple(
@@ -278,9 +283,11 @@ class Engine:
         #: round-robin states of this plan set; the router adopts them once
         #: the engine is in service, so a failed compile keeps the old ones.
         self.rr_states: dict[tuple, object] = {}
+        #: PIN checks of this plan set, adopted likewise (Shared.pin_checks).
+        self.pin_checks: dict[tuple, pins.PinCheck] = {}
         compiled: dict[str, CompiledPlan] = {}
         for plan in plans.numbers:
-            compiled[plan.number] = CompiledPlan(plan, plans, shared, self.rr_states)
+            compiled[plan.number] = CompiledPlan(plan, plans, shared, self.rr_states, self.pin_checks)
         self.by_number = compiled
         self.unknown_prompt = dict(plans.prompts).get("unknown_number", "unknown_number")
         self.unknown_outcomes = shared.outcome_counts(UNKNOWN_LABEL)

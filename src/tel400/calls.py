@@ -18,6 +18,12 @@ Two bounds keep memory finite, and neither may lose a charge silently:
 
 Both are logged, at most once per ``log_interval_s``, with the counts since
 the last line.
+
+A call leaves only once its charge is added: an end claims it
+(:meth:`CallRegistry.claim`), and :meth:`CallRegistry.settle` forgets it or,
+when the counter backend refused part of the charge, leaves in its place a
+record of what is left, which keeps the call's age, so a retry charges the
+rest and a charge that never succeeds expires with the call.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class CallRegistry:
                 or not 0 < max_age_s <= MAX_AGE_S:
             raise ValueError(f"max_age_s: expected seconds > 0, at most {MAX_AGE_S} (a week), got {max_age_s!r}")
         self._calls: OrderedDict = OrderedDict()
+        self._ending: set[str] = set()  # calls whose end is being charged (claim .. settle)
         self._lock = threading.Lock()
         self.max_calls = max_calls
         self.max_age_s = max_age_s
@@ -115,28 +122,49 @@ class CallRegistry:
                      last_number=number)
 
     def get(self, call_id):
-        """The record of ``call_id``, left in place; ``None`` if unknown."""
+        """The record of ``call_id``, left in place; ``None`` if unknown.
+
+        Records older than ``max_age_s`` are dropped first (counted, logged),
+        so that a call whose charge keeps failing is forgotten at its age
+        even when no new call is routed.
+        """
+        now = self._clock()
         with self._lock:
+            if self._drop_expired(now):
+                self._log(now, "")
             return self._calls.get(str(call_id))
 
-    def take(self, call_id, record) -> bool:
-        """Remove ``call_id`` if it still holds ``record``: ``False`` if another end (or route) came first."""
+    def claim(self, call_id, record) -> bool:
+        """Reserve the end of ``call_id`` for one report, leaving its record in place.
+
+        Returns:
+            ``False`` if the call no longer holds ``record`` or another
+            report of its end holds the claim: two reports charge once.
+        """
         key = str(call_id)
         with self._lock:
-            if self._calls.get(key) is not record:
+            if self._calls.get(key) is not record or key in self._ending:
                 return False
-            del self._calls[key]
+            self._ending.add(key)
             return True
 
-    def restore(self, record) -> None:
-        """Put back a record taken for a charge that failed, so that a retry finds it.
+    def settle(self, call_id, record, rest=None) -> None:
+        """End a :meth:`claim`: forget the call, or keep ``rest``, what is left to charge.
 
-        It goes back even when the registry is full (one record over the
-        bound, for a moment) rather than lose a charge, unless the same id
-        has been routed again meanwhile.
+        ``rest`` takes ``record``'s place, so it keeps the call's age and
+        expires with it: a charge that can never be applied does not keep a
+        call forever.  Nothing changes if the call was routed again or
+        expired meanwhile.
         """
+        key = str(call_id)
         with self._lock:
-            self._calls.setdefault(record.call_id, record)
+            self._ending.discard(key)
+            if self._calls.get(key) is not record:
+                return
+            if rest is None:
+                del self._calls[key]
+            else:
+                self._calls[key] = rest  # an existing key keeps its place in the age order
 
     def pop(self, call_id):
         with self._lock:

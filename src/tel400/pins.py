@@ -15,7 +15,9 @@ milliseconds, far too long to do per call, so each verified candidate's
 outcome is remembered under a keyed digest (a per-process random key, never
 the PIN itself) in a small LRU, and the right PIN in a slot of its own that
 wrong guesses cannot evict: a caller pays the derivation once per distinct
-PIN tried.  Derivations run at most :attr:`PinPolicy.derivations` at a time
+PIN tried.  The router keeps each number's :class:`PinCheck` over reloads
+while its PIN is unchanged (``tel400._common.Shared.pin_checks``), so a plan
+change anywhere does not make every right PIN derive again.  Derivations run at most :attr:`PinPolicy.derivations` at a time
 per router; a check that would need one more is answered at once
 (:class:`PinCheckBusy`, the decision ``reject``/``backend_error``).
 

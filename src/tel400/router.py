@@ -15,7 +15,7 @@ from ._common import CallRecord, Shared, apply_charges, bill_call
 from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
-from .exceptions import PlanError
+from .exceptions import BackendError, PlanError
 from .plans import PlanSet
 from .segments import PrefixTable, load_segments_cached
 
@@ -81,8 +81,10 @@ class Router:
     def _compile(self, plans: PlanSet):
         prefixes = self._prefixes if self._prefixes is not None else _prefixes_of(plans)
         engine = _compiled(self._impl, plans, prefixes, self._shared)
-        # Adopted only once compiled: a failed reload keeps the old positions.
+        # Adopted only once compiled: a failed reload keeps the old positions
+        # and the old PIN checks (with the PINs they verified).
         self._shared.round_robin = engine.rr_states
+        self._shared.pin_checks = engine.pin_checks
         # The engine's own bound method, stored on the instance so that a call
         # to router.route skips this class's wrapper (a Python frame, ~60 ns).
         # Rebinding it is one atomic store, like the engine reference itself.
@@ -156,11 +158,18 @@ class Router:
                 ``max_age_s``, 12 h by default), or ``record`` is not one
                 :meth:`export_call` made.  The call is then still waiting
                 for its end: a corrected report charges it.
+            BackendError: the counter backend refused part of the charge
+                (Redis down, ``memory://`` full).  The call is still waiting
+                for its end, with only the charges not yet added: the
+                switch's retry adds those, never twice what was added.  A
+                call whose charge keeps failing is forgotten at the call
+                registry's ``max_age_s`` after it was routed (counted in
+                :attr:`calls_dropped`).
 
-        The call is forgotten only once its charge has been computed; if
-        adding it to the counters fails other than by the backend's own
-        failure (which applies the plan's policy), it is remembered again
-        and the error propagates.  Two reports of one end charge it once.
+        The call is forgotten only once its charge has been added; it keeps
+        its place meanwhile, so two reports of one end charge it once.  An
+        ended call given as ``record`` whose charge fails is remembered by
+        this router for the retry.
 
         Cost: O(minutes and cost caps of the call).
         """
@@ -174,21 +183,37 @@ class Router:
             found = CallRecord.from_token(record)
             if found.call_id != str(call_id):
                 raise ValueError("record: it belongs to another call")
-            return self._charge(found, duration_s, target)
+            charge, adds = bill_call(found, duration_s, target, self._engine.prefixes)
+            rest = self._add_charges(found, adds)
+            if rest is not None:
+                calls.remember(rest)
+                raise self._charge_failed(found)
+            return charge
         charge, adds = bill_call(found, duration_s, target, self._engine.prefixes)
-        if not calls.take(call_id, found):
+        if not calls.claim(call_id, found):
             return None  # another report of this end came first
+        rest = found  # if adding raises anything else, the whole call waits for the retry
         try:
-            apply_charges(adds, self._shared.counters, found.fail_open, self._shared.backend_errors)
-        except BaseException:
-            calls.restore(found)
-            raise
+            rest = self._add_charges(found, adds)
+        finally:
+            calls.settle(call_id, found, rest)
+        if rest is not None:
+            raise self._charge_failed(found)
         return charge
 
-    def _charge(self, found: CallRecord, duration_s: float, target) -> Charge:
-        charge, adds = bill_call(found, duration_s, target, self._engine.prefixes)
-        apply_charges(adds, self._shared.counters, found.fail_open, self._shared.backend_errors)
-        return charge
+    def _add_charges(self, found: CallRecord, adds: tuple) -> CallRecord | None:
+        """Add a bill to the counters: ``None`` when all was added, else the call with what is left."""
+        failed = apply_charges(adds, self._shared.counters)
+        if not failed:
+            return None
+        self._shared.backend_errors["charge_retry"] += 1
+        return found.with_charges(tuple(c for c in found.charges if c[1] in failed))
+
+    def _charge_failed(self, found: CallRecord) -> BackendError:
+        _log.warning("call_charge_failed", call_id=found.call_id, number=found.number,
+                     why="the counter backend refused the charge; the call waits for the retry")
+        return BackendError(f"call {found.call_id}: the charge could not be added (counter backend unavailable); "
+                            "the call waits for its end to be reported again")
 
     def export_call(self, call_id) -> str | None:
         """Hand a routed call over to whoever will report its end.

@@ -66,6 +66,10 @@ _ROUTE_FIELDS = frozenset({"dialed", "caller", "at", "channel", "pin", "call_id"
 _COMMON_ROUTE_FIELDS = frozenset({"dialed", "caller"})
 _KAMAILIO_FIELDS = frozenset({"dialed", "caller", "call_id", "method", "at"})
 _END_FIELDS = frozenset({"duration", "target"})
+#: Retry-After of a call end whose charge the counter backend refused: the
+#: least whole second (Redis' breaker probes every 250 ms by default); the
+#: call waits up to --max-call-duration from its routing for a retry.
+CHARGE_RETRY_AFTER_S = b"1"
 _SWITCH_ENDPOINTS = frozenset({"route", "freeswitch", "kamailio", "calls.end"})
 _PLAN_SECRETS = ("pin", "pin_hash")
 
@@ -376,6 +380,9 @@ class Service:
         except ValueError as exc:
             raise HttpError(422, "bad_request", str(exc).replace("duration_s", "duration", 1),
                             field="duration") from None
+        except tel400.BackendError as exc:  # the call waits, with what is left to charge, for this retry
+            raise HttpError(503, "charge_unavailable", str(exc),
+                            headers=[(b"retry-after", CHARGE_RETRY_AFTER_S)]) from None
         if charge is None:
             raise HttpError(404, "unknown_call", f"no routed call {call_id!r} is waiting for its end "
                                                  "(never routed with this call_id, already ended, expired, or "

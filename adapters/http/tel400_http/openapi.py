@@ -162,7 +162,10 @@ _PATHS = {
             "application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/CallEnd"}}}},
         "security": _SWITCH,
         "responses": {"200": _json({"$ref": "#/components/schemas/Charge"}),
-                      **_errors(400, 401, 403, 404, 413, 422)},
+                      **_errors(400, 401, 403, 404, 413, 422),
+                      "503": {**_json(_ERROR, "the counter backend refused the charge: the call waits, "
+                                              "report its end again"),
+                              "headers": {"Retry-After": {"schema": {"type": "integer"}}}}},
     }},
     "/freeswitch/dialplan": {"post": {
         "summary": "FreeSWITCH mod_xml_curl dialplan lookup", "operationId": "freeswitchDialplan",

@@ -8,6 +8,7 @@ class Engine:
     prefixes: PrefixTable
     shared: Shared
     rr_states: dict[tuple, object]
+    pin_checks: dict[tuple, object]
     by_number: dict[str, object]
     def __init__(self, plans: PlanSet, prefixes: PrefixTable, shared: Shared) -> None: ...
     def route(

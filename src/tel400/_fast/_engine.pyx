@@ -256,6 +256,7 @@ cdef class Engine:
     cdef readonly object prefixes
     cdef readonly object shared
     cdef readonly dict rr_states
+    cdef readonly dict pin_checks
     cdef readonly dict by_number
     cdef IntervalLookup lookup
     cdef object counters
@@ -271,6 +272,7 @@ cdef class Engine:
         self.prefixes = prefixes
         self.shared = shared
         self.rr_states = {}
+        self.pin_checks = {}
         lookup = prefixes.lookup
         self.lookup = lookup if isinstance(lookup, IntervalLookup) else IntervalLookup(prefixes.starts, prefixes.codes)
         self.counters = shared.counters
@@ -301,7 +303,7 @@ cdef class Engine:
         cp.calendar = calendar_table(plans.calendar.merged(plan.calendar).build())
         self._compile_blacklist(cp, plans.blacklist + plan.blacklist)
         cp.reject_unknown = plan.reject_unknown_callers
-        cp.pin_gate = _engine_py.pin_gate(plan, self.shared)
+        cp.pin_gate = _engine_py.pin_gate(plan, self.shared, self.pin_checks)
         cp.prompts = _engine_py.plan_prompts(plans, plan)
         cp.fail_open = plan.on_backend_error == "allow"
         cp.tariff = plan.tariff
