@@ -279,7 +279,9 @@ def test_pin_compare_is_constant_time_by_construction():
     assert check._clear_digest is not None and len(check._clear_digest) == 32
 
 
-def test_hashed_pin_derives_once_per_candidate(monkeypatch):
+@pytest.fixture
+def derivations(monkeypatch) -> Counter:
+    """Key derivations of hashed PINs, counted by candidate."""
     calls = Counter()
     real = pins._derive
 
@@ -288,37 +290,28 @@ def test_hashed_pin_derives_once_per_candidate(monkeypatch):
         return real(pin_hash, candidate)
 
     monkeypatch.setattr(pins, "_derive", counting)
+    return calls
+
+
+def test_hashed_pin_derives_once_per_candidate(derivations):
+    calls = derivations
     check = pins.PinCheck(pin_hash=pins.make_hash("4821", n=1 << 4))
     assert all(check("4821") for _ in range(5))
     assert not any(check("1111") for _ in range(5))
     assert calls == {"4821": 1, "1111": 1}
 
 
-def test_right_pin_stays_cached_whatever_is_guessed(monkeypatch):
-    calls = Counter()
-    real = pins._derive
-
-    def counting(pin_hash, candidate):
-        calls[candidate] += 1
-        return real(pin_hash, candidate)
-
-    monkeypatch.setattr(pins, "_derive", counting)
+def test_right_pin_stays_cached_whatever_is_guessed(derivations):
+    calls = derivations
     check = pins.PinCheck(pin_hash=pins.make_hash("4821", n=1 << 4))
     assert check("4821")
     assert not any(check(f"{i:04d}") for i in range(1000, 1000 + 3 * pins.PinCheck._CACHE_SIZE))
     assert check("4821") and calls["4821"] == 1
 
 
-def test_verified_pins_survive_a_reload(make_router, monkeypatch):
+def test_verified_pins_survive_a_reload(make_router, derivations, monkeypatch):
     """A reload (any tenant's PUT) used to rebuild every PinCheck: each right PIN derived again."""
-    calls = Counter()
-    real = pins._derive
-
-    def counting(pin_hash, candidate):
-        calls[candidate] += 1
-        return real(pin_hash, candidate)
-
-    monkeypatch.setattr(pins, "_derive", counting)
+    calls = derivations
     tree = one_number(rules=[bridge("13901010001")], pin_hash=pins.make_hash("4821", n=1 << 4))
     other = {"numbers": tree["numbers"] + one_number(number="4007654321")["numbers"]}
     router = make_router(tree)
