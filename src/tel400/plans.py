@@ -256,6 +256,37 @@ class PlanSet:
         return attrs.evolve(self, numbers=tuple(p for p in self.numbers if p.number != wanted))
 
 
+def validate_number(raw: object, settings: PlanSet, *, source: str | None = None, index: int = 0) -> NumberPlan:
+    """Validate one number's plan tree against the settings it will be routed with.
+
+    Args:
+        raw: one number table (what ``numbers[i]`` of a plan tree holds).
+        settings: the top-level settings (a :class:`PlanSet`; its numbers are
+            not looked at): the number's calendar must agree with theirs.
+        source: where the tree came from, for error messages.
+        index: its place in a list of numbers, for error messages.
+
+    Raises:
+        PlanError: naming the number, the rule and the field of the first mistake.
+
+    Cost: O(this plan); nothing else is read.
+    """
+    return _Parser(source).number_plan(raw, index, settings.calendar)
+
+
+def validate_settings(raw: object, *, source: str | None = None, base_dir: str | None = None) -> PlanSet:
+    """Validate the top-level settings of a plan tree (``blacklist``, ``prompts``,
+    ``calendar``, ``segments``) into a :class:`PlanSet` with no numbers; a
+    ``numbers`` key is ignored.
+
+    Raises:
+        PlanError: naming the field of the first mistake.
+    """
+    if isinstance(raw, Mapping) and "numbers" in raw:
+        raw = {k: v for k, v in raw.items() if k != "numbers"}
+    return _Parser(source).plan_set(raw, base_dir)
+
+
 # --- parsing -----------------------------------------------------------------
 
 

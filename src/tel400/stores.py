@@ -41,6 +41,7 @@ from collections.abc import Hashable
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 import structlog
 
 from . import limits
@@ -55,6 +56,19 @@ _log = structlog.get_logger("tel400.stores")
 #: Top-level keys of a plan set other than ``numbers``.
 SETTINGS_KEYS = ("blacklist", "prompts", "calendar", "segments")
 AUDIT_LIMIT = 10_000
+
+
+@attrs.frozen
+class Changes:
+    """What changed in a store since a version (:meth:`PlanStore.changes_since`)."""
+
+    #: the store's version these changes bring a reader to
+    version: Hashable
+    #: numbers added, changed or deleted since (each to be read again, or dropped)
+    numbers: frozenset[str] = frozenset()
+    #: the top-level settings changed, or the store cannot tell what changed
+    #: (a version older than its change log keeps): read everything again
+    everything: bool = False
 
 
 class PlanStore(abc.ABC):
@@ -83,6 +97,15 @@ class PlanStore(abc.ABC):
                 file that does not parse (the caller keeps its own).
             BackendError: the store cannot be read now.
         """
+
+    def changes_since(self, version: Hashable | None) -> Changes:
+        """What changed since ``version`` (``None``: never read: everything).
+
+        The default knows only whether anything changed; stores with a change
+        log name the numbers.
+        """
+        current = self.version()
+        return Changes(current, everything=current != version)
 
     def _quarantine(self, refused: dict[str, PlanError]) -> None:
         self.quarantined = {number: str(exc) for number, exc in refused.items()}
