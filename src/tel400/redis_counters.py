@@ -298,10 +298,11 @@ class RedisCounters(CounterBackend):
         self._client_url = client_url
         self._client_options = dict(
             retry=Retry(NoBackoff(), 0),  # one attempt: the time bound is the bound
-            retry_on_timeout=False,
             max_connections=options["max_connections"],
             health_check_interval=0,
         )
+        if not self._cluster:  # (a cluster's node connections never retry; it warns about the option)
+            self._client_options["retry_on_timeout"] = False
         self._clock = clock
         self._connection_args: tuple | None = None  # how get_connection is called: learnt at first use
         self._client = None
@@ -309,11 +310,13 @@ class RedisCounters(CounterBackend):
         self._refreshing_in: int | None = None  # the pid whose thread is re-reading the cluster's slots
         self._next_refresh = 0.0
         self._refresh_lock = threading.Lock()
+        self._open_error: Exception | None = None
         try:
             self._open_client()
-        except self._failure_types:
+        except self._failure_types as exc:
             if not self._cluster:
                 raise
+            self._open_error = exc
             # No seed answered: calls fail (on_backend_error decides) until a
             # refresh in the background reaches the cluster (_refresh_soon).
         self._acquire = _lua(_ACQUIRE)
@@ -356,7 +359,7 @@ class RedisCounters(CounterBackend):
             return self._pool
         client = self._client
         if client is None:
-            raise self._errors.ConnectionError("no seed node of the cluster has answered yet")
+            raise self._errors.ConnectionError(f"no seed node of the cluster has answered yet ({self._open_error})")
         return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
 
     def _connection(self, pool):
@@ -390,8 +393,8 @@ class RedisCounters(CounterBackend):
                 self._open_client()
             else:
                 self._client.nodes_manager.initialize()
-        except Exception:  # noqa: BLE001 - the next failure asks again; calls already got BackendError
-            pass
+        except Exception as exc:  # noqa: BLE001 - the next failure asks again; calls already got BackendError
+            self._open_error = exc
         finally:
             self._refreshing_in = None
 
