@@ -305,3 +305,69 @@ def test_sentinel_failover_every_call_decided_by_the_policy_then_counting_resume
         router.close() if hasattr(router, "close") else router.counters.close()
     finally:
         group.stop()
+
+
+# --- a cluster failover, and a cluster that was not there at first --------------------------------------------
+
+
+def route_until_counted(router, number: str = "4001012345", deadline_s: float = 30) -> list:
+    """Route (every 5 ms) until a call is counted with the breaker closed; (decision, seconds) of each call."""
+    calls = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        decision = router.route(number, BJ)
+        calls.append((decision, time.monotonic() - started))
+        if decision.reason == "ok" and router.counters.breaker.state == "closed":
+            break
+        time.sleep(0.005)
+    return calls
+
+
+def test_cluster_failover_every_call_decided_by_the_policy_then_counting_resumes_on_the_replica():
+    servers = RedisClusterServers(3, replicas=1).start()
+    try:
+        tree = one_number(rules=[{"targets": ["1"]}], on_backend_error="reject",
+                          caps=[{"metric": "calls", "per": "day", "limit": 40}])
+        router = tel400.Router(tel400.PlanSet.from_dict(tree), servers.url + "?timeout_ms=50&backoff_ms=100")
+        before = [router.route("4001012345", BJ) for _ in range(10)]
+        assert {d.reason for d in before} == {"ok"}
+        home = servers.node_of(TAG)
+        replica = servers.replica_of(home)
+        assert home.cli("WAIT", 1, 2000) == 1
+
+        home.kill()
+        during = route_until_counted(router)
+        assert max(seconds for _, seconds in during) < BOUND_S
+        assert {(d.action, d.reason) for d, _ in during} == {("reject", "backend_error"), ("bridge", "ok")}
+        # The slot is the replica's now; it had never run the script (NOSCRIPT, then EVAL).
+        assert servers.node_of(TAG) is replica
+        assert replica.cli("INFO", "commandstats")["cmdstat_eval"]["calls"] >= 1
+
+        after = [router.route("4001012345", BJ) for _ in range(40)]
+        admitted = sum(d.reason == "ok" for d in before + [d for d, _ in during] + after)
+        assert admitted == 40
+        assert after[-1].reason == "cap_exceeded"
+        assert counted(servers.url) == 40
+    finally:
+        servers.stop()
+
+
+def test_a_cluster_that_answers_only_later_is_found_without_a_restart():
+    servers = RedisClusterServers(3)  # its ports are chosen, nothing listens yet
+    try:
+        tree = one_number(rules=[{"targets": ["1"]}], on_backend_error="reject",
+                          caps=[{"metric": "calls", "per": "day", "limit": 100}])
+        router = tel400.Router(tel400.PlanSet.from_dict(tree), servers.url + "?timeout_ms=50&backoff_ms=100")
+        first = router.route("4001012345", BJ)
+        assert (first.action, first.reason) == ("reject", "backend_error")
+        assert router.counters.failures["connection"] == 1
+
+        servers.start()
+        calls = route_until_counted(router)
+        assert max(seconds for _, seconds in calls) < BOUND_S
+        assert calls[-1][0].reason == "ok"
+        assert {d.reason for d, _ in calls[:-1]} <= {"backend_error"}
+        assert counted(servers.url) == 1
+    finally:
+        servers.stop()

@@ -109,21 +109,26 @@ def _wait_until(what: str, ready, timeout_s: float) -> None:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of ``masters`` masters and no replicas, on 127.0.0.1.
+    """A Redis Cluster of ``masters`` masters (at least 3), each with ``replicas`` replicas, on 127.0.0.1.
 
     Each node is a :class:`RedisServer` with ``--cluster-enabled yes`` and a
     cluster bus port of its own (``--cluster-port``, a free port, not port +
     10000, which may be taken); ``redis-cli --cluster create`` (Debian's
-    redis-tools, which redis-server depends on) divides the slots.
+    redis-tools, which redis-server depends on) divides the slots and picks
+    the replicas.  A master that does not answer for ``node_timeout_ms`` is
+    failed over to its replica by the cluster itself.  Ports are chosen when
+    the object is made, so a URL can be used before :meth:`start`.
     """
 
-    def __init__(self, masters: int = 3, *, node_timeout_ms: int = 2000) -> None:
+    def __init__(self, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
         if shutil.which("redis-cli") is None:
             raise RuntimeError("redis-cli is not installed (apt-get install redis-tools); .ci/run installs it")
+        self.replicas = replicas
         self.nodes = [
             RedisServer(args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                              "--cluster-port", str(free_port()), "--cluster-node-timeout", str(node_timeout_ms)])
-            for _ in range(masters)
+                              "--cluster-port", str(free_port()), "--cluster-node-timeout", str(node_timeout_ms),
+                              "--repl-diskless-sync-delay", "0"])
+            for _ in range(masters * (1 + replicas))
         ]
 
     @property
@@ -141,24 +146,40 @@ class RedisClusterServers:
                 node.start()
             subprocess.run(
                 ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                 "--cluster-replicas", "0", "--cluster-yes"],
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
             )
             for node in self.nodes:
-                _wait_until(f"cluster node {node.port}",
-                            lambda node=node: "cluster_state:ok" in node.cli("CLUSTER", "INFO"), 20)
+                _wait_until(f"cluster node {node.port}", lambda node=node: self._ready(node), 20)
         except BaseException:
             self.stop()
             raise
         return self
 
+    @staticmethod
+    def _ready(node: RedisServer) -> bool:
+        if "cluster_state:ok" not in node.cli("CLUSTER", "INFO"):
+            return False
+        replication = node.cli("INFO", "replication")
+        return replication["role"] == "master" or replication.get("master_link_status") == "up"
+
     def node_of(self, key: str) -> RedisServer:
         """The node that serves ``key``'s slot now."""
-        slot = self.nodes[0].cli("CLUSTER", "KEYSLOT", key)
-        for start, end, master, *_ in self.nodes[0].cli("CLUSTER", "SLOTS"):
+        asked = next(n for n in self.nodes if n.process is not None)
+        slot = asked.cli("CLUSTER", "KEYSLOT", key)
+        for start, end, master, *_ in asked.cli("CLUSTER", "SLOTS"):
             if start <= slot <= end:
                 return next(n for n in self.nodes if n.port == master[1])
         raise LookupError(f"no node serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A replica of ``master`` (``replicas`` at least 1)."""
+        for node in self.nodes:
+            if node is not master and node.process is not None:
+                replication = node.cli("INFO", "replication")
+                if replication["role"] == "slave" and replication["master_port"] == master.port:
+                    return node
+        raise LookupError(f"no replica of {master.port}")
 
     def stop(self) -> None:
         for node in self.nodes:
