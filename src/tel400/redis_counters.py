@@ -5,7 +5,8 @@ one round trip: the script reads every counter, refuses (returning the index
 of the first cap at its limit) or increments them all, and gives each new
 counter a time to live of its period's length, so old periods disappear by
 themselves.  Keys carry the 400 number as a hash tag (``{4001012345}``), so
-in a Redis Cluster all keys of one call live in one slot.
+in a Redis Cluster all keys of one call live in one slot, and the script
+runs on the node that serves it.
 
 When Redis is slow or gone (docs/limits.md, "Redis counters when Redis is
 slow or gone"):
@@ -34,8 +35,20 @@ The client (redis-py) keeps a connection pool per process and starts a
 fresh one after a fork; connections kept aside for late replies belong to
 the process that sent the script.
 
-URL: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS, with
-optional ``?timeout_ms=20&open_after=3&backoff_ms=250&max_late=16&max_connections=64``.
+Redis Cluster and Sentinel (``redis+cluster://``, ``redis+sentinel://``,
+read by :mod:`tel400.redis_clients`): the script of a call goes to the node
+that serves its slot, found by the counters themselves, not by redis-py's
+cluster client, whose retries would outlast the bound.  A node that answers
+NOSCRIPT gets the script itself (``EVAL``) on the same connection; one that
+answers MOVED (the script did not run) has the slot moved and the call sent
+once to the node named; a node that fails makes the client re-read the
+slots in a background thread, never on a call's path.  With Sentinel,
+every new connection asks the sentinels where the master is.
+
+URL: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS,
+``redis+cluster://host:port,host:port/``,
+``redis+sentinel://host:port,host:port/service/db``, with optional
+``?timeout_ms=20&open_after=3&backoff_ms=250&max_late=16&max_connections=64``.
 """
 
 from __future__ import annotations
@@ -258,16 +271,19 @@ class RedisCounters(CounterBackend):
 
     Args:
         url: ``redis://[:password@]host:port/db`` (``rediss://``, ``unix://``),
-            optionally with the options below as query parameters, which
-            take precedence over the keyword arguments.
+            ``redis+cluster://host:port,host:port/`` or
+            ``redis+sentinel://host:port,host:port/service/db``
+            (:mod:`tel400.redis_clients`), optionally with the options below
+            as query parameters, which take precedence over the keyword
+            arguments.
         timeout_ms: the bound on every command (20).
         open_after: failures in a row that open the circuit breaker (3).
         backoff_ms: how long the open breaker refuses calls before one
             probe goes to Redis (250).
         max_late: timed-out acquires whose late reply is awaited at once
             (16); beyond it the oldest is given up (counted as ``lost``).
-        max_connections: the connection pool's size (64); must exceed
-            ``max_late``.
+        max_connections: the connection pool's size (64), per node of a
+            cluster; must exceed ``max_late``.
 
     Raises:
         ValueError: an option is not a number in its range.
