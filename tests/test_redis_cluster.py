@@ -302,7 +302,7 @@ def test_sentinel_failover_every_call_decided_by_the_policy_then_counting_resume
         assert counted(group.url) == 40
         allowed = sum(d.action == "bridge" for d in before + [d for n, d, _ in during] if d.targets == ("2",))
         assert counted(group.url, "4001012346") == allowed - router.backend_error_counts()["allow"]
-        router.close() if hasattr(router, "close") else router.counters.close()
+        router.counters.close()
     finally:
         group.stop()
 
@@ -340,7 +340,11 @@ def test_cluster_failover_every_call_decided_by_the_policy_then_counting_resumes
         during = route_until_counted(router)
         assert max(seconds for _, seconds in during) < BOUND_S
         assert {(d.action, d.reason) for d, _ in during} == {("reject", "backend_error"), ("bridge", "ok")}
-        # The slot is the replica's now; it had never run the script (NOSCRIPT, then EVAL).
+        # The slot is the replica's now (every node agrees within moments);
+        # it had never run the script (NOSCRIPT, then EVAL).
+        deadline = time.monotonic() + 5
+        while servers.node_of(TAG) is not replica and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert servers.node_of(TAG) is replica
         assert replica.cli("INFO", "commandstats")["cmdstat_eval"]["calls"] >= 1
 
@@ -371,3 +375,9 @@ def test_a_cluster_that_answers_only_later_is_found_without_a_restart():
         assert counted(servers.url) == 1
     finally:
         servers.stop()
+
+
+def test_a_plan_store_on_a_cluster_that_does_not_answer_is_a_backend_error():
+    servers = RedisClusterServers(3)  # nothing listens on its ports
+    with pytest.raises(tel400.BackendError, match="no seed of redis\\+cluster://"):
+        tel400.open_store(servers.url)

@@ -119,9 +119,9 @@ def open_redis(url: str, *, timeout_s: float, decode_responses: bool = False, **
 
     Raises:
         ValueError: the URL is not one this module opens (:func:`parse_url`).
-        redis.exceptions.RedisClusterException, redis.RedisError: a cluster
-            none of whose seeds answered in ``timeout_s`` (``RedisCluster``
-            learns the slots when it is made).
+        redis.exceptions.ConnectionError: a cluster none of whose seeds
+            answered in ``timeout_s`` (``RedisCluster`` learns the slots
+            when it is made; the other forms connect at first use).
     """
     import redis
 
@@ -135,7 +135,10 @@ def open_redis(url: str, *, timeout_s: float, decode_responses: bool = False, **
         from redis.cluster import ClusterNode, RedisCluster
 
         nodes = [ClusterNode(host, port) for host, port in target.hosts]
-        return RedisCluster(startup_nodes=nodes, ssl=target.tls, **credentials, **common)
+        try:
+            return RedisCluster(startup_nodes=nodes, ssl=target.tls, **credentials, **common)
+        except redis.exceptions.RedisClusterException as exc:  # not a RedisError: callers catch those
+            raise redis.exceptions.ConnectionError(f"redis: no seed of {_redacted(url)} answered: {exc}") from exc
     from redis.sentinel import Sentinel
 
     sentinel_side = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}

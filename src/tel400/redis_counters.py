@@ -307,8 +307,8 @@ class RedisCounters(CounterBackend):
         self.backoff_s = options["backoff_ms"] / 1000
         self.max_late = options["max_late"]
         self._errors = redis.exceptions
-        # What a failure of Redis may raise: RedisCluster's own errors (no
-        # node serves a slot, no seed answered) are not RedisErrors.
+        # What a failure of Redis may raise: RedisCluster's own errors
+        # (SlotNotCoveredError, say) are not RedisErrors.
         self._failure_types = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
         self._cluster = url_kind(url) == "cluster"
         self._client_url = client_url
