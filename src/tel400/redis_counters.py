@@ -322,6 +322,7 @@ class RedisCounters(CounterBackend):
         self._clock = clock
         self._connection_args: tuple | None = None  # how get_connection is called: learnt at first use
         self._client = None
+        self._client_pid = os.getpid()
         self._pool = None  # one server or a Sentinel master: the one pool (a cluster has one per node)
         self._refreshing_in: int | None = None  # the pid whose thread is re-reading the cluster's slots
         self._next_refresh = 0.0
@@ -361,6 +362,7 @@ class RedisCounters(CounterBackend):
         client = open_redis(self._client_url, timeout_s=self.timeout_s, **self._client_options)
         if not self._cluster:
             self._pool = client.connection_pool
+        self._client_pid = os.getpid()
         self._client = client
 
     def _pool_for(self, key: str):
@@ -405,7 +407,9 @@ class RedisCounters(CounterBackend):
 
     def _refresh(self) -> None:
         try:
-            if self._client is None:
+            if self._client is None or self._client_pid != os.getpid():
+                # A forked child makes a client of its own: its parent's may
+                # have been refreshing, and a lock held then stays held here.
                 self._open_client()
             else:
                 self._client.nodes_manager.initialize()
