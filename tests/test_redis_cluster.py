@@ -134,7 +134,8 @@ def test_every_key_of_a_call_lives_in_the_numbers_slot(clean_cluster, make_route
         clean_cluster.url_via(1) + "?timeout_ms=2000",
     )
     shanghai = "02161234567"
-    assert [router.route("4001012345", shanghai, pin="0000").reason for _ in range(6)] == ["bad_pin"] * 4 + ["pin_locked"] * 2
+    wrong = [router.route("4001012345", shanghai, pin="0000").reason for _ in range(6)]
+    assert wrong == ["bad_pin"] * 4 + ["pin_locked"] * 2
     first = router.route("4001012345", BJ, pin="4821", call_id="a")
     router.call_ended("a", 125)
     assert [first.reason, router.route("4001012345", BJ, pin="4821").reason,

@@ -92,7 +92,9 @@ def parse_url(url: str) -> RedisURL:
     path = [unquote(p) for p in parts.path.split("/") if p]
     if kind == "cluster":
         if path not in ([], ["0"]):
-            raise ValueError(f"redis: a Redis Cluster has database 0 only; got path {parts.path!r} in {_redacted(url)!r}")
+            raise ValueError(
+                f"redis: a Redis Cluster has database 0 only; got path {parts.path!r} in {_redacted(url)!r}"
+            )
         return RedisURL("cluster", hosts, None, 0, username, password, parts.scheme == "rediss+cluster")
     if not path or len(path) > 2:
         raise ValueError(f"redis: redis+sentinel:// needs the service name, e.g. "

@@ -145,6 +145,7 @@ end
 return count
 """
 
+
 class _Lua(NamedTuple):
     """A Lua script and its SHA1, by which servers that have seen it run it (EVALSHA)."""
 
@@ -385,7 +386,8 @@ class RedisCounters(CounterBackend):
         if self._connection_args is None:
             # redis-py < 5.3 wants a command name, later versions warn about one.
             parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
-            self._connection_args = ("EVALSHA",) if parameter is not None and parameter.default is parameter.empty else ()
+            wants_name = parameter is not None and parameter.default is parameter.empty
+            self._connection_args = ("EVALSHA",) if wants_name else ()
         return pool.get_connection(*self._connection_args)
 
     def _refresh_soon(self) -> None:

@@ -215,7 +215,8 @@ class RedisSentinelServers:
         try:
             self.master.start()
             self.replica.start()
-            _wait_until("the replica", lambda: self.replica.cli("INFO", "replication")["master_link_status"] == "up", 20)
+            _wait_until("the replica",
+                        lambda: self.replica.cli("INFO", "replication")["master_link_status"] == "up", 20)
             for port in self.sentinel_ports:
                 self.sentinels.append(self._start_sentinel(port))
             # Ready when every sentinel knows the replica and the two other sentinels.
