@@ -104,6 +104,7 @@ def test_counters_and_stores_name_every_form_they_accept():
 # --- the cluster: counters ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_caps_exact_across_processes_coming_in_through_every_node(clean_cluster, impl):
     tree = one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 1500}])
     # A 2 s bound: this is about the script's exactness, not the bound (on a
@@ -123,6 +124,7 @@ def test_caps_exact_across_processes_coming_in_through_every_node(clean_cluster,
     assert counted(clean_cluster.url) == 1500
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_every_key_of_a_call_lives_in_the_numbers_slot(clean_cluster, make_router):
     # Caps of every kind, per caller, and the PIN's lockout keys: a script
     # whose keys spanned slots would fail (CROSSSLOT) and show as a failure.
@@ -149,6 +151,7 @@ def test_every_key_of_a_call_lives_in_the_numbers_slot(clean_cluster, make_route
     assert counted(clean_cluster.url) == 2
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_a_node_that_does_not_know_the_script_is_sent_it(clean_cluster, make_router):
     router = make_router(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 100}]),
                          clean_cluster.url_via(0) + "?timeout_ms=2000")
@@ -181,6 +184,7 @@ def move_slot(cluster: RedisClusterServers, key: str) -> tuple:
     return source, target
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_a_slot_that_moved_is_followed_without_a_failed_call(clean_cluster, make_router):
     router = make_router(one_number(rules=[{"targets": ["1"]}], caps=[{"metric": "calls", "per": "day", "limit": 100}]),
                          clean_cluster.url + "?timeout_ms=2000")
@@ -245,10 +249,12 @@ def edit_reaches_every_follower(writer_url: str, follower_urls: list[str]) -> No
         writer.close()
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_a_plan_edit_reaches_processes_connected_through_other_cluster_nodes(clean_cluster):
     edit_reaches_every_follower(clean_cluster.url_via(0), [clean_cluster.url_via(1), clean_cluster.url_via(2)])
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_a_plan_edit_through_sentinel_reaches_other_processes(sentinels):
     master = f"redis://127.0.0.1:{sentinels.master_port()}/0"
     tel400.open_store(master)._client.flushall()
@@ -264,6 +270,7 @@ def test_a_plan_edit_through_sentinel_reaches_other_processes(sentinels):
 BOUND_S = 1.0
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_sentinel_failover_every_call_decided_by_the_policy_then_counting_resumes():
     group = RedisSentinelServers().start()
     try:
@@ -325,6 +332,7 @@ def route_until_counted(router, number: str = "4001012345", deadline_s: float = 
     return calls
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_cluster_failover_every_call_decided_by_the_policy_then_counting_resumes_on_the_replica():
     servers = RedisClusterServers(3, replicas=1).start()
     try:
@@ -358,6 +366,7 @@ def test_cluster_failover_every_call_decided_by_the_policy_then_counting_resumes
         servers.stop()
 
 
+@pytest.mark.slow  # starts redis-servers
 def test_a_cluster_that_answers_only_later_is_found_without_a_restart():
     servers = RedisClusterServers(3)  # its ports are chosen, nothing listens yet
     try:
