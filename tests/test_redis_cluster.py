@@ -101,6 +101,65 @@ def test_counters_and_stores_name_every_form_they_accept():
         tel400.open_store("redis+shard://h/")
 
 
+class KeyRecorder(tel400.counters.CounterBackend):
+    """A memory backend that remembers every key it is asked about."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.keys: set[str] = set()
+
+    def acquire(self, checks, *, dry_run=False):
+        self.keys.update(c.key for c in checks)
+        return self.inner.acquire(checks, dry_run=dry_run)
+
+    def add(self, key, period, amount, ttl_s):
+        self.keys.add(key)
+        return self.inner.add(key, period, amount, ttl_s)
+
+    def value(self, key, period):
+        self.keys.add(key)
+        return self.inner.value(key, period)
+
+    def pin_failures(self, key, now, window_s):
+        self.keys.add(key)
+        return self.inner.pin_failures(key, now, window_s)
+
+    def add_pin_failure(self, key, now, window_s):
+        self.keys.add(key)
+        return self.inner.add_pin_failure(key, now, window_s)
+
+    def clear_pin_failures(self, key):
+        self.keys.add(key)
+        self.inner.clear_pin_failures(key)
+
+
+def test_every_key_either_engine_counts_carries_its_numbers_hash_tag(impl, make_router):
+    """What makes one call one slot: checked on both engines without a cluster."""
+    numbers = []
+    for i, scope in enumerate(["number", "caller"]):
+        numbers.append({
+            "number": f"400101234{i}", "pin": "4821", "tariff": {"local": "0.1", "long_distance": "0.3"},
+            "rules": [{"targets": ["1"]}],
+            "caps": [{"metric": metric, "per": per, "limit": 1000, "scope": scope, "channel": channel}
+                     for metric in ("calls", "minutes", "cost") for per in ("day",)
+                     for channel in ("voice", "sms", "any")]
+            + [{"metric": "calls", "per": "month", "limit": 1000, "scope": scope}],
+        })
+    recorder = KeyRecorder(impl.MemoryCounters())
+    router = make_router({"numbers": numbers}, recorder)
+    for number in ("4001012340", "4001012341"):
+        for caller in (BJ, "02161234567", None):
+            assert router.route(number, caller, pin="0000").reason == "bad_pin"
+            for channel in ("voice", "sms"):
+                decision = router.route(number, caller, pin="4821", channel=channel, call_id=f"{number}{caller}{channel}")
+                assert decision.reason == "ok"
+                router.call_ended(f"{number}{caller}{channel}", 125)
+    tags = {key[key.index("{"):key.index("}") + 1] for key in recorder.keys}
+    assert tags == {"{4001012340}", "{4001012341}"}
+    assert all(key.count("{") == 1 for key in recorder.keys)  # the first {…} is the tag Redis reads
+    assert any(":pin" in key for key in recorder.keys) and any(key.endswith(BJ) for key in recorder.keys)
+
+
 # --- the cluster: counters ----------------------------------------------------------------------------
 
 
