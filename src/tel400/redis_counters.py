@@ -321,7 +321,11 @@ class RedisCounters(CounterBackend):
         if not self._cluster:  # (a cluster's node connections never retry; it warns about the option)
             self._client_options["retry_on_timeout"] = False
         self._clock = clock
-        self._connection_args: tuple | None = None  # how get_connection is called: learnt at first use
+        # redis-py < 5.3 wants a command name, later versions warn about one
+        # (every pool here is a ConnectionPool: one server, a node, Sentinel's).
+        parameter = inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
+        wants_name = parameter is not None and parameter.default is parameter.empty
+        self._connection_args = ("EVALSHA",) if wants_name else ()
         self._client = None
         self._client_pid = os.getpid()
         self._pool = None  # one server or a Sentinel master: the one pool (a cluster has one per node)
@@ -376,19 +380,10 @@ class RedisCounters(CounterBackend):
         """
         if self._pool is not None:
             return self._pool
-        client = self._client
+        client = self._client  # a cluster
         if client is None:
             raise self._errors.ConnectionError(f"no seed node of the cluster has answered yet ({self._open_error})")
         return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
-
-    def _connection(self, pool):
-        """A connection from ``pool``, asked the way this redis-py wants."""
-        if self._connection_args is None:
-            # redis-py < 5.3 wants a command name, later versions warn about one.
-            parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
-            wants_name = parameter is not None and parameter.default is parameter.empty
-            self._connection_args = ("EVALSHA",) if wants_name else ()
-        return pool.get_connection(*self._connection_args)
 
     def _refresh_soon(self) -> None:
         """A cluster node failed: re-read which node serves which slot, in the background.
@@ -470,8 +465,8 @@ class RedisCounters(CounterBackend):
 
     def _command(self, key: str, *command):
         """One plain command about ``key``, one round trip, on the server that holds it."""
-        pool = self._pool_for(key)
-        conn = self._connection(pool)
+        pool = self._pool or self._pool_for(key)
+        conn = pool.get_connection(*self._connection_args)
         try:
             conn.send_command(*command)
             reply = conn.read_response(disconnect_on_error=False)
@@ -499,8 +494,8 @@ class RedisCounters(CounterBackend):
         is kept for its reply instead (:meth:`_park`).  Any other failure
         closes it, so no reply is ever read by the wrong command.
         """
-        pool = self._pool_for(keys[0])
-        conn = self._connection(pool)
+        pool = self._pool or self._pool_for(keys[0])
+        conn = pool.get_connection(*self._connection_args)
         command = (len(keys), *keys, *args)
         sent = False
         try:
