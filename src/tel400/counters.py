@@ -11,7 +11,8 @@ backends know nothing of plans.
 This module has the interface, the one-process ``memory://`` backend and
 :func:`open_counters`, which also opens ``shm:///path`` (processes on one
 host, :mod:`tel400._fast._shm`) and ``redis://`` (a cluster of hosts,
-:mod:`tel400.redis_counters`).
+:mod:`tel400.redis_counters`; also ``redis+cluster://`` and
+``redis+sentinel://``, :mod:`tel400.redis_clients`).
 Backends that fail or time out raise :class:`~tel400.BackendError`; the
 router then applies the plan's ``on_backend_error`` policy.
 """
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from . import redis_clients
 from .exceptions import BackendError
 
 _log = structlog.get_logger("tel400.counters")
@@ -365,7 +367,9 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
     Args:
         spec: a backend, a URL, or ``None``.  ``memory://?max_keys=N`` bounds
             the entries held in memory (:data:`DEFAULT_MAX_KEYS`);
-            ``shm:///path?slots=N`` sizes the shared table.
+            ``shm:///path?slots=N`` sizes the shared table; ``redis://``,
+            ``redis+cluster://`` and ``redis+sentinel://`` URLs are read by
+            :mod:`tel400.redis_clients` (:class:`~tel400.redis_counters.RedisCounters`).
         memory: the class that serves ``memory://`` (default: the active
             implementation's, compiled when available).
 
@@ -387,11 +391,14 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
         return memory(max_keys=_whole_query_number(parts, "max_keys", DEFAULT_MAX_KEYS))
     if scheme == "shm":
         return _open_shm(parts)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in redis_clients.SCHEMES:
         from .redis_counters import RedisCounters
 
         return RedisCounters(spec)
-    raise ValueError(f"counters: unsupported URL {spec!r}; expected memory://, shm:///path or redis://host:port/db")
+    raise ValueError(
+        f"counters: unsupported URL {spec!r}; expected memory://, shm:///path, redis://host:port/db, "
+        "redis+cluster://host:port,host:port/ or redis+sentinel://host:port/service/db"
+    )
 
 
 def _whole_query_number(parts, name: str, default: int) -> int:

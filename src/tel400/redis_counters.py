@@ -5,7 +5,8 @@ one round trip: the script reads every counter, refuses (returning the index
 of the first cap at its limit) or increments them all, and gives each new
 counter a time to live of its period's length, so old periods disappear by
 themselves.  Keys carry the 400 number as a hash tag (``{4001012345}``), so
-in a Redis Cluster all keys of one call live in one slot.
+in a Redis Cluster all keys of one call live in one slot, and the script
+runs on the node that serves it.
 
 When Redis is slow or gone (docs/limits.md, "Redis counters when Redis is
 slow or gone"):
@@ -34,13 +35,26 @@ The client (redis-py) keeps a connection pool per process and starts a
 fresh one after a fork; connections kept aside for late replies belong to
 the process that sent the script.
 
-URL: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS, with
-optional ``?timeout_ms=20&open_after=3&backoff_ms=250&max_late=16&max_connections=64``.
+Redis Cluster and Sentinel (``redis+cluster://``, ``redis+sentinel://``,
+read by :mod:`tel400.redis_clients`): the script of a call goes to the node
+that serves its slot, found by the counters themselves, not by redis-py's
+cluster client, whose retries would outlast the bound.  A node that answers
+NOSCRIPT gets the script itself (``EVAL``) on the same connection; one that
+answers MOVED (the script did not run) has the slot moved and the call sent
+once to the node named; a node that fails makes the client re-read the
+slots in a background thread, never on a call's path.  With Sentinel,
+every new connection asks the sentinels where the master is.
+
+URL: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS,
+``redis+cluster://host:port,host:port/``,
+``redis+sentinel://host:port,host:port/service/db``, with optional
+``?timeout_ms=20&open_after=3&backoff_ms=250&max_late=16&max_connections=64``.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import inspect
 import math
 import os
@@ -49,10 +63,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .counters import CapCheck, CounterBackend
 from .exceptions import BackendError
+from .redis_clients import open_redis, url_kind
 
 # KEYS: one counter key per cap (key:period).
 # ARGV: n, then per cap: limit, increment, ttl; then dry_run (0/1).
@@ -128,6 +144,18 @@ if count == 1 then
 end
 return count
 """
+
+
+class _Lua(NamedTuple):
+    """A Lua script and its SHA1, by which servers that have seen it run it (EVALSHA)."""
+
+    text: str
+    sha: str
+
+
+def _lua(text: str) -> _Lua:
+    return _Lua(text, hashlib.sha1(text.encode()).hexdigest())
+
 
 _HASH_TAG = re.compile(r"\{[^}]*\}")
 
@@ -230,9 +258,10 @@ class Breaker:
 class _Late:
     """A connection whose acquire timed out, kept until its reply arrives."""
 
-    __slots__ = ("conn", "keys", "increments")
+    __slots__ = ("pool", "conn", "keys", "increments")
 
-    def __init__(self, conn, keys: list[str], increments: list[int]) -> None:
+    def __init__(self, pool, conn, keys: list[str], increments: list[int]) -> None:
+        self.pool = pool  # the pool it came from (in a cluster, its node's)
         self.conn = conn
         self.keys = keys
         self.increments = increments
@@ -243,16 +272,19 @@ class RedisCounters(CounterBackend):
 
     Args:
         url: ``redis://[:password@]host:port/db`` (``rediss://``, ``unix://``),
-            optionally with the options below as query parameters, which
-            take precedence over the keyword arguments.
+            ``redis+cluster://host:port,host:port/`` or
+            ``redis+sentinel://host:port,host:port/service/db``
+            (:mod:`tel400.redis_clients`), optionally with the options below
+            as query parameters, which take precedence over the keyword
+            arguments.
         timeout_ms: the bound on every command (20).
         open_after: failures in a row that open the circuit breaker (3).
         backoff_ms: how long the open breaker refuses calls before one
             probe goes to Redis (250).
         max_late: timed-out acquires whose late reply is awaited at once
             (16); beyond it the oldest is given up (counted as ``lost``).
-        max_connections: the connection pool's size (64); must exceed
-            ``max_late``.
+        max_connections: the connection pool's size (64), per node of a
+            cluster; must exceed ``max_late``.
 
     Raises:
         ValueError: an option is not a number in its range.
@@ -276,24 +308,43 @@ class RedisCounters(CounterBackend):
         self.backoff_s = options["backoff_ms"] / 1000
         self.max_late = options["max_late"]
         self._errors = redis.exceptions
-        self._client = redis.Redis.from_url(
-            client_url,
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
+        # What a failure of Redis may raise: RedisCluster's own errors
+        # (SlotNotCoveredError, say) are not RedisErrors.
+        self._failure_types = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+        self._cluster = url_kind(url) == "cluster"
+        self._client_url = client_url
+        self._client_options = dict(
             retry=Retry(NoBackoff(), 0),  # one attempt: the time bound is the bound
-            retry_on_timeout=False,
             max_connections=options["max_connections"],
             health_check_interval=0,
         )
-        self._pool = self._client.connection_pool
-        # redis-py < 5.3 wants a command name, later versions warn about one.
-        parameter = inspect.signature(self._pool.get_connection).parameters.get("command_name")
-        self._connection_args = ("EVALSHA",) if parameter is not None and parameter.default is parameter.empty else ()
-        self._acquire = self._client.register_script(_ACQUIRE)
-        self._give_back_script = self._client.register_script(_GIVE_BACK)
-        self._add = self._client.register_script(_ADD)
-        self._pin_failure = self._client.register_script(_PIN_FAILURE)
+        if not self._cluster:  # (a cluster's node connections never retry; it warns about the option)
+            self._client_options["retry_on_timeout"] = False
         self._clock = clock
+        # redis-py < 5.3 wants a command name, later versions warn about one
+        # (every pool here is a ConnectionPool: one server, a node, Sentinel's).
+        parameter = inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
+        wants_name = parameter is not None and parameter.default is parameter.empty
+        self._connection_args = ("EVALSHA",) if wants_name else ()
+        self._client = None
+        self._client_pid = os.getpid()
+        self._pool = None  # one server or a Sentinel master: the one pool (a cluster has one per node)
+        self._refreshing_in: int | None = None  # the pid whose thread is re-reading the cluster's slots
+        self._next_refresh = 0.0
+        self._refresh_lock = threading.Lock()
+        self._open_error: Exception | None = None
+        try:
+            self._open_client()
+        except self._failure_types as exc:
+            if not self._cluster:
+                raise
+            self._open_error = exc
+            # No seed answered: calls fail (on_backend_error decides) until a
+            # refresh in the background reaches the cluster (_refresh_soon).
+        self._acquire = _lua(_ACQUIRE)
+        self._give_back_script = _lua(_GIVE_BACK)
+        self._add = _lua(_ADD)
+        self._pin_failure = _lua(_PIN_FAILURE)
         self.breaker = Breaker(options["open_after"], self.backoff_s, clock)
         #: failures by kind ("timeout", "connection", "error", "backoff"), for metrics.
         self.failures: Counter[str] = Counter()
@@ -311,8 +362,72 @@ class RedisCounters(CounterBackend):
 
     # -- plumbing -------------------------------------------------------------
 
+    def _open_client(self) -> None:
+        """Make the client (for a cluster: learn its slots from the first seed that answers)."""
+        client = open_redis(self._client_url, timeout_s=self.timeout_s, **self._client_options)
+        if not self._cluster:
+            self._pool = client.connection_pool
+        self._client_pid = os.getpid()
+        self._client = client
+
+    def _pool_for(self, key: str):
+        """The connection pool of the server that holds ``key``: O(1).
+
+        One server and a Sentinel master have one pool (a Sentinel pool asks
+        the sentinels where the master is whenever it opens a connection).
+        In a cluster, the pool of the node that serves the key's slot, as
+        the client last learnt it.
+        """
+        if self._pool is not None:
+            return self._pool
+        client = self._client  # a cluster
+        if client is None:
+            raise self._errors.ConnectionError(f"no seed node of the cluster has answered yet ({self._open_error})")
+        return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
+
+    def _refresh_soon(self) -> None:
+        """A cluster node failed: re-read which node serves which slot, in the background.
+
+        Never on a call's path, so a failover costs calls no more than their
+        own time bound; at most one refresh at a time, at most one per
+        ``backoff_ms``.  (After MOVED, the slot is moved at once: :meth:`_call`.)
+        """
+        if not self._cluster:
+            return
+        with self._refresh_lock:
+            now = self._clock()
+            if self._refreshing_in == os.getpid() or now < self._next_refresh:
+                return
+            self._refreshing_in = os.getpid()
+            self._next_refresh = now + self.backoff_s
+        threading.Thread(target=self._refresh, name="tel400-redis-cluster-slots", daemon=True).start()
+
+    def _refresh(self) -> None:
+        try:
+            if self._client is None or self._client_pid != os.getpid():
+                # A forked child makes a client of its own: its parent's may
+                # have been refreshing, and a lock held then stays held here.
+                self._open_client()
+            else:
+                self._client.nodes_manager.initialize()
+        except Exception as exc:  # noqa: BLE001 - the next failure asks again; calls already got BackendError
+            self._open_error = exc
+        finally:
+            self._refreshing_in = None
+
+    def _moved(self, exc) -> None:
+        """MOVED: the slot lives on another node now (a failover, a resharding); remember where."""
+        manager = self._client.nodes_manager
+        move = getattr(manager, "move_slot", None) or manager.update_moved_exception  # redis-py >= 6 / 5
+        move(exc)
+
     def _call(self, what: str, fn, *args, **kwargs):
-        """Run one Redis operation through the breaker; failures become BackendError."""
+        """Run one Redis operation through the breaker; failures become BackendError.
+
+        In a cluster, a MOVED reply (the script did not run) moves the slot
+        and the operation is sent once more, to the node named; a failed node
+        makes the client re-read the slots in the background.
+        """
         if self._late or self._give_backs:
             self._collect_late()
         breaker = self.breaker
@@ -324,15 +439,23 @@ class RedisCounters(CounterBackend):
                 f"one call probes every {self.backoff_s:g} s"
             )
         try:
-            result = fn(*args, **kwargs)
-        except self._errors.RedisError as exc:
+            try:
+                result = fn(*args, **kwargs)
+            except self._errors.MovedError as moved:
+                if not self._cluster:
+                    raise
+                self._moved(moved)
+                result = fn(*args, **kwargs)
+        except self._failure_types as exc:
             kind = (
                 "timeout" if isinstance(exc, self._errors.TimeoutError)
-                else "connection" if isinstance(exc, self._errors.ConnectionError)
+                else "connection" if isinstance(exc, (self._errors.ConnectionError, self._errors.RedisClusterException))
                 else "error"
             )
             self.failures[kind] += 1
             breaker.failed(generation)
+            if kind != "error" or isinstance(exc, (self._errors.MovedError, self._errors.ClusterDownError)):
+                self._refresh_soon()
             raise BackendError(f"redis counters: {what} failed ({kind}: {exc})") from None
         except BaseException:
             breaker.failed(generation)  # never leave a probe outstanding
@@ -340,15 +463,39 @@ class RedisCounters(CounterBackend):
         breaker.succeeded()
         return result
 
-    def _script(self, script, keys: list[str], args: list, *, counts: Sequence[CapCheck] | None = None):
-        """One script, one round trip (two the first time Redis sees it), on a connection of our own.
+    def _command(self, key: str, *command):
+        """One plain command about ``key``, one round trip, on the server that holds it."""
+        pool = self._pool or self._pool_for(key)
+        conn = pool.get_connection(*self._connection_args)
+        try:
+            conn.send_command(*command)
+            reply = conn.read_response(disconnect_on_error=False)
+        except self._errors.ResponseError:
+            pool.release(conn)  # an error reply: the connection is in step
+            raise
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        pool.release(conn)
+        return reply
+
+    def _script(self, script: _Lua, keys: list[str], args: list, *, counts: Sequence[CapCheck] | None = None):
+        """One script, one round trip (two the first time its server sees it), on a connection of our own.
+
+        Every key of one call shares the number's hash tag, so in a cluster
+        the script runs on the one node that serves that slot.  A server
+        that does not know the script (NOSCRIPT: it restarted, it was
+        promoted from replica, it was flushed, it is another node) gets it
+        whole with EVAL, which also caches it there.
 
         redis-py would close a connection whose reply timed out; here, when
         the script ``counts`` caps, a connection whose request was sent whole
         is kept for its reply instead (:meth:`_park`).  Any other failure
         closes it, so no reply is ever read by the wrong command.
         """
-        conn = self._pool.get_connection(*self._connection_args)
+        pool = self._pool or self._pool_for(keys[0])
+        conn = pool.get_connection(*self._connection_args)
         command = (len(keys), *keys, *args)
         sent = False
         try:
@@ -358,24 +505,24 @@ class RedisCounters(CounterBackend):
                 reply = conn.read_response(disconnect_on_error=False)
             except self._errors.NoScriptError:
                 sent = False
-                conn.send_command("EVAL", script.script, *command)  # also caches it
+                conn.send_command("EVAL", script.text, *command)  # also caches it
                 sent = True
                 reply = conn.read_response(disconnect_on_error=False)
         except self._errors.TimeoutError:
             if counts is not None and sent:
-                self._park(conn, keys, counts)
+                self._park(pool, conn, keys, counts)
                 raise
             conn.disconnect()
-            self._pool.release(conn)
+            pool.release(conn)
             raise
         except self._errors.ResponseError:
-            self._pool.release(conn)  # an error reply: the connection is in step
+            pool.release(conn)  # an error reply: the connection is in step
             raise
         except BaseException:
             conn.disconnect()
-            self._pool.release(conn)
+            pool.release(conn)
             raise
-        self._pool.release(conn)
+        pool.release(conn)
         return reply
 
     @staticmethod
@@ -384,14 +531,14 @@ class RedisCounters(CounterBackend):
 
     # -- late replies ---------------------------------------------------------
 
-    def _park(self, conn, keys: list[str], checks: Sequence[CapCheck]) -> None:
+    def _park(self, pool, conn, keys: list[str], checks: Sequence[CapCheck]) -> None:
         """Keep a timed-out acquire's connection until its reply says what to give back."""
         counted = [(key, c.increment) for key, c in zip(keys, checks) if c.increment > 0]
         if not counted:
             conn.disconnect()  # it can count nothing: nothing to wait for
-            self._pool.release(conn)
+            pool.release(conn)
             return
-        self._keep(_Late(conn, [k for k, _ in counted], [i for _, i in counted]))
+        self._keep(_Late(pool, conn, [k for k, _ in counted], [i for _, i in counted]))
 
     def _keep(self, late: _Late) -> None:
         with self._late_lock:
@@ -402,7 +549,7 @@ class RedisCounters(CounterBackend):
 
     def _lose(self, late: _Late) -> None:
         late.conn.disconnect()
-        self._pool.release(late.conn)
+        late.pool.release(late.conn)
         self.late_replies["lost"] += 1
 
     def _forget_after_fork(self) -> None:
@@ -459,7 +606,7 @@ class RedisCounters(CounterBackend):
             self._lose(late)
             return True
         self.breaker.probe_now()  # Redis answers again
-        self._pool.release(conn)  # in step again
+        late.pool.release(conn)  # in step again
         if reply != -1:
             self.late_replies["not_counted"] += 1
             return True
@@ -528,22 +675,23 @@ class RedisCounters(CounterBackend):
         return int(self._call("acquire", self._script, self._acquire, keys, args, counts=counts))
 
     def add(self, key: str, period: int, amount: int, ttl_s: int) -> int:
-        return int(self._call("add", self._add, keys=[self._counter(key, period)], args=[amount, ttl_s]))
+        return int(self._call("add", self._script, self._add, [self._counter(key, period)], [amount, ttl_s]))
 
     def value(self, key: str, period: int) -> int:
-        raw = self._call("value", self._client.get, self._counter(key, period))
+        counter = self._counter(key, period)
+        raw = self._call("value", self._command, counter, "GET", counter)
         return int(raw or 0)
 
     def pin_failures(self, key: str, now: float, window_s: int) -> int:
         # The window is the key's time to live, measured by the server's clock.
-        raw = self._call("pin_failures", self._client.get, key)
+        raw = self._call("pin_failures", self._command, key, "GET", key)
         return int(raw or 0)
 
     def add_pin_failure(self, key: str, now: float, window_s: int) -> int:
-        return int(self._call("add_pin_failure", self._pin_failure, keys=[key], args=[window_s]))
+        return int(self._call("add_pin_failure", self._script, self._pin_failure, [key], [window_s]))
 
     def clear_pin_failures(self, key: str) -> None:
-        self._call("clear_pin_failures", self._client.delete, key)
+        self._call("clear_pin_failures", self._command, key, "DEL", key)
 
     def close(self) -> None:
         """Collect the late replies that have arrived, give up the others, and close the connections."""
@@ -554,13 +702,14 @@ class RedisCounters(CounterBackend):
                 self._lose(self._late.popleft())
             self.late_replies["lost"] += len(self._give_backs)
             self._give_backs.clear()
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
     def ping(self) -> bool:
         """Whether Redis answers now (ignores the breaker)."""
         try:
-            return bool(self._client.ping())
-        except self._errors.RedisError:
+            return self._client is not None and bool(self._client.ping())
+        except self._failure_types:
             return False
 
 

@@ -49,6 +49,7 @@ from .exceptions import BackendError, NumberError, PlanError
 from .loading import load_plans
 from .numbers import normalize
 from .plans import PlanSet
+from .redis_clients import open_redis, url_kind
 from .router import compile_check
 
 _log = structlog.get_logger("tel400.stores")
@@ -453,7 +454,7 @@ class SqliteStore(WritableStore):
 class RedisStore(WritableStore):
     """Plans in Redis (``redis://host:port/db``), shared by every router of a cluster."""
 
-    PREFIX = "tel400:plans"
+    PREFIX = "tel400:{plans}"  # one hash tag: a Redis Cluster keeps every key in one slot, for MULTI
     CHANNEL = "tel400:plans:changed"
 
     def __init__(self, url: str, *, timeout_ms: float = 2000) -> None:
@@ -461,9 +462,7 @@ class RedisStore(WritableStore):
 
         self.url = url
         self._redis = redis
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000, decode_responses=True
-        )
+        self._client = self._guard(lambda: open_redis(url, timeout_s=timeout_ms / 1000, decode_responses=True))
         p = self.PREFIX
         self._numbers_key, self._settings_key = f"{p}:numbers", f"{p}:settings"
         self._version_key, self._audit_key = f"{p}:version", f"{p}:audit"
@@ -540,7 +539,9 @@ def open_store(source: str | os.PathLike[str], *, create: bool = True) -> PlanSt
 
     ``plans.toml`` (or ``.yaml``/``.json``, or ``file:///abs/plans.toml``) →
     :class:`FileStore`; ``sqlite:///relative.db`` or ``sqlite:////abs.db`` →
-    :class:`SqliteStore`; ``redis://host:port/db`` → :class:`RedisStore`.
+    :class:`SqliteStore`; ``redis://host:port/db``,
+    ``redis+cluster://host:port,host:port/`` or
+    ``redis+sentinel://host:port/service/db`` → :class:`RedisStore`.
     ``create=False`` (for readers) refuses a SQLite database that does not
     exist (:class:`BackendError`) instead of making an empty one.
     """
@@ -551,10 +552,11 @@ def open_store(source: str | os.PathLike[str], *, create: bool = True) -> PlanSt
         if not path:
             raise ValueError("plans: sqlite:// needs a database path, e.g. sqlite:///plans.db")
         return SqliteStore(path, create=create)
-    if parts.scheme in ("redis", "rediss", "unix"):
+    if url_kind(text) is not None:  # redis://, redis+cluster://, redis+sentinel:// (tel400.redis_clients)
         return RedisStore(text)
     if parts.scheme == "file":
         return FileStore(parts.path)
     if parts.scheme and len(parts.scheme) > 1:
-        raise ValueError(f"plans: unsupported source {text!r}; expected a file, sqlite:///path or redis://host")
+        raise ValueError(f"plans: unsupported source {text!r}; expected a file, sqlite:///path, redis://host, "
+                         "redis+cluster://host:port,host:port/ or redis+sentinel://host:port/service")
     return FileStore(text)
