@@ -1,0 +1,278 @@
+"""The validator's fast path against the precise parser: same plans, same errors.
+
+tel400._plans_fast accepts the common shapes of a plan and hands everything
+else to plans._Parser; these tests feed both the same generated trees (valid
+ones, ones with a mistake, hostile values anywhere) and demand an equal
+NumberPlan (compared type by type: True is not 1, Decimal("5") is not
+Decimal("5.0")) or the same error text.  They also check that the fast path
+really takes the shapes plans are written in, so that the comparison is not
+vacuous and the speed does not quietly go.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pathlib
+import types
+from decimal import Decimal
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tel400
+from tel400 import _plans_fast, limits, plans
+
+from .conftest import EXAMPLES
+
+SETTINGS = tel400.PlanSet()
+CALENDAR = tel400.PlanSet().calendar
+
+
+class Text(str):
+    """A str subclass: the parser takes it (isinstance), the fast path leaves it to the parser."""
+
+
+# --- comparing outcomes ----------------------------------------------------------
+
+
+def canonical(value):
+    """A value with every type spelled out, so that equal-but-different (1 and True) differ."""
+    if attrs.has(type(value)):
+        return (type(value).__name__, tuple(canonical(getattr(value, f.name)) for f in attrs.fields(type(value))))
+    if isinstance(value, frozenset):
+        return ("frozenset", tuple(sorted(canonical(v) for v in value)))
+    if isinstance(value, tuple):
+        return tuple(canonical(v) for v in value)
+    return (type(value).__name__, repr(value))
+
+
+def outcome(call):
+    try:
+        return ("plan", canonical(call()))
+    except tel400.PlanError as exc:
+        return ("PlanError", str(exc), exc.number, exc.rule, exc.field)
+    except Exception as exc:  # the parser's own behaviour on odd input, whatever it is, must not change
+        return (type(exc).__name__, str(exc))
+
+
+def precise(raw, index=0):
+    return outcome(lambda: plans._Parser("plans.json").number_plan(raw, index, CALENDAR))
+
+
+def checked(raw, index=0):
+    return outcome(lambda: plans.validate_number(raw, SETTINGS, source="plans.json", index=index))
+
+
+# --- generated plan trees -----------------------------------------------------
+
+HOSTILE = st.sampled_from([
+    None, True, False, 0, 1, -1, 2**70, 1.5, float("nan"), "", " ", "x" * 80, "🙂", [], {}, [None], {"a": 1},
+    Decimal("1"), Text("r1"), types.MappingProxyType({"to": "1"}), ("a",), dt.date(2026, 5, 1),
+]) | st.integers() | st.text(max_size=6)
+
+
+def field(*valid):
+    """Mostly one of ``valid``, sometimes anything hostile."""
+    good = st.sampled_from(valid)
+    return st.one_of(good, good, good, good, HOSTILE)
+
+
+def table(required: dict, optional: dict, unknown=True):
+    """A dict with the required keys, any of the optional ones, and now and then a key that does not belong."""
+    extra = {"priority": HOSTILE} if unknown else {}
+    return st.fixed_dictionaries(required, optional={**optional, **extra}).map(dict)
+
+
+TARGET = st.one_of(
+    field("13901010001", "13901010002", "agent@pbx.example.com:5060", "desk@10.0.0.5", "+8613901010003", "*86"),
+    table({"to": field("13901010001", "13901010004", "user@host:99999", "bad target", "q@x")},
+          {"weight": field(0, 1, 5, 70, -1, True, 1.0, limits.MAX_WEIGHT, limits.MAX_WEIGHT + 1)}),
+)
+TARGETS = st.one_of(st.lists(TARGET, min_size=0, max_size=4), HOSTILE)
+RULE = table(
+    {},
+    {
+        "name": field("r1", "r2", "office", "夜间", "night.shift:2", "bad name", "", "x" * 65),
+        "provinces": field("CN-BJ", "北京", ["CN-BJ", "浙江"], ["Beijing", "beijing", "CN-BJ"], [], ["Atlantis"], [1],
+                           ["Zhejiang"] * 3),
+        "days": field("mon-fri", "workday", "sat,sun", "any", "fri-mon", "funday", ["mon", "tue"], "", "workday,holiday"),
+        "time": field("09:00-18:00", "9:00-18:00", "20:00-07:59", "08:00-11:59,14:00-17:59", "25:00-26:00",
+                      ["09:00-10:00"], "09:00-18:00 ", "23:59-00:00", "09:00"),
+        "dates": field("2026-01-01..2026-12-31", "2026-12-31..2026-01-01", "2026-05-01", ["2026-05-01"],
+                       dt.date(2026, 5, 1), "May Day"),
+        "channel": field("voice", "sms", "any", "fax"),
+        "action": field("bridge", "reject", "queue", "conference", "teleport"),
+        "strategy": field("weighted", "round_robin", "sequential", "sticky", "random"),
+        "targets": TARGETS,
+        "queue": field("sales", "bad queue", 7),
+        "room": field("r100", 100),
+        "prompt": field("closed", "bad prompt;", "night.wav"),
+    },
+)
+CAP = table(
+    {"metric": field("calls", "minutes", "cost", "bogus"), "per": field("hour", "day", "week", "month", "year")},
+    {
+        "limit": field(0, 100, 10**12, 10**13, "5", "1.5", 1.5, -1, "1e3", Decimal("2.5")),
+        "scope": field("number", "caller", "world"),
+        "prompt": field("limit", "bad prompt;"),
+        "channel": field("voice", "sms", "any", "fax"),
+    },
+)
+ACTION = table({}, {
+    "action": field("reject", "bridge", "queue", "teleport"),
+    "targets": TARGETS,
+    "prompt": field("closed", "bad;"),
+    "queue": field("sales"),
+    "strategy": field("sticky"),
+})
+NUMBER = table(
+    {"number": field("4001012345", "400-101-2345", 4001012345, "+8613901012345", "12", "4001012346")},
+    {
+        "timezone": field("Asia/Shanghai", "Europe/London", "Nowhere/Zone", "America", "../etc/passwd"),
+        "rules": st.one_of(st.lists(RULE, max_size=4), HOSTILE),
+        "default": st.one_of(ACTION, HOSTILE),
+        "caps": st.one_of(st.lists(CAP, max_size=3), HOSTILE),
+        "prompts": field({"closed": "c1"}, {"unknown_number": "x"}, {"bogus": "x"}, {"closed": "bad;"}),
+        "pin": field("1234", 1234, "12", "12345678"),
+        "pin_hash": field("bad"),
+        "blacklist": field(["13901010001", "1710*"], ["bad"], "13901010001"),
+        "reject_unknown_callers": field(True, False, 1),
+        "on_backend_error": field("allow", "reject", "x"),
+        "tariff": field({"local": "0.1", "long_distance": "0.3"}, {"local": 1}),
+        "calendar": field({"holidays": ["2026-10-09"]}, {"years": [2027]}, {"holidays": ["1900-01-01"]}),
+    },
+)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(NUMBER, st.integers(0, 3))
+def test_fast_path_gives_what_the_parser_gives(raw, index):
+    assert checked(raw, index) == precise(raw, index)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(NUMBER)
+def test_whatever_the_fast_path_accepts_the_parser_accepts_alike(raw):
+    try:
+        fast = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
+    except Exception:
+        return
+    assert ("plan", canonical(fast)) == precise(raw)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(NUMBER, max_size=4))
+def test_plan_sets_and_refused_numbers_alike(numbers):
+    tree = {"numbers": numbers}
+    refused_fast: dict = {}
+    refused_precise: dict = {}
+    fast = outcome(lambda: tel400.PlanSet.from_dict(tree, source="plans.json", refused=refused_fast))
+    assert fast == outcome(lambda: _precise_parser().plan_set(tree, None, refused_precise))
+    assert {k: str(v) for k, v in refused_fast.items()} == {k: str(v) for k, v in refused_precise.items()}
+    assert outcome(lambda: tel400.PlanSet.from_dict(tree, source="plans.json")) == outcome(
+        lambda: _precise_parser().plan_set(tree, None)
+    )
+
+
+def _precise_parser():
+    """A parser that walks every number precisely (what from_dict did before the fast path)."""
+    parser = plans._Parser("plans.json")
+    parser.checked_number_plan = parser.number_plan
+    return parser
+
+
+# --- the JSON path ----------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(NUMBER)
+def test_json_text_gives_what_json_loads_gives(raw):
+    try:
+        text = json.dumps(raw, default=str, ensure_ascii=False)
+    except ValueError:  # a float nan is written NaN: still JSON to json.loads
+        return
+    expected = outcome(lambda: plans.validate_number(json.loads(text), SETTINGS, source="s"))
+    assert outcome(lambda: plans.validate_number_json(text.encode(), SETTINGS, source="s")) == expected
+    assert outcome(lambda: plans.validate_number_json(text, SETTINGS, source="s")) == expected
+
+
+@pytest.mark.parametrize("text", [
+    b'{"number": "4001012345", "rules": [{"targets": ["1"], "name": NaN}]}',  # json.loads reads NaN
+    b'{"number": "4001012345", "rules": [{"targets": ["\\ud800"]}]}',  # a lone surrogate
+    '{"number": "4001012345", "caps": [{"metric": "minutes", "per": "day", "limit": 1e400}]}'.encode(),
+    '{"number": "4001012345"}'.encode("utf-16"),
+    b'{"number": "4001012345", "number": "4001012346"}',
+    b'{"number": "4001012345", "rules": [{"targets": [{"to": "1", "weight": 1' + b"0" * 5000 + b"}]}]}",
+])
+def test_json_texts_msgspec_reads_differently_or_not_at_all(text):
+    try:
+        tree = json.loads(text)
+    except ValueError as exc:
+        expected = ("PlanError", f"s: invalid JSON: {exc}", None, None, None)
+    else:
+        expected = outcome(lambda: plans.validate_number(tree, SETTINGS, source="s"))
+    assert outcome(lambda: plans.validate_number_json(text, SETTINGS, source="s")) == expected
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (b'{"number": "4001012345",', "s: invalid JSON at line 1 column 25: Expecting property name"),
+    (b"\xff", "s: invalid JSON: "),
+])
+def test_json_that_is_not_json(text, fragment):
+    with pytest.raises(tel400.PlanError) as info:
+        plans.validate_number_json(text, SETTINGS, source="s")
+    assert str(info.value).startswith(fragment)
+
+
+# --- the fast path takes what plans are made of -----------------------------------------
+
+
+def example_numbers():
+    for path in sorted(pathlib.Path(EXAMPLES).glob("*.toml")):
+        for raw in tel400.loading.parse_text(path.read_text(), "toml", str(path)).get("numbers", []):
+            yield pytest.param(raw, id=f"{path.name}:{raw.get('number')}")
+
+
+@pytest.mark.parametrize("raw", list(example_numbers()))
+def test_the_examples_take_the_fast_path_where_it_applies(raw):
+    """Every example number takes the fast path unless it uses a field the parser keeps (queue, conference)."""
+    actions = [*raw.get("rules", []), raw.get("default", {})]
+    uses_rare = any(a.get("action") in ("queue", "conference") for a in actions)
+    try:
+        plan = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
+    except _plans_fast.Slow:
+        assert uses_rare
+    else:
+        assert ("plan", canonical(plan)) == precise(raw)
+
+
+def test_the_benchmark_shape_takes_the_fast_path():
+    raw = {
+        "number": "4000000001",
+        "rules": [{"name": f"r{k}", "provinces": ["CN-BJ", "CN-ZJ", "CN-GD"], "time": "09:00-18:00", "days": "mon-fri",
+                   "targets": [{"to": "13901010001", "weight": 3}, {"to": "13901010002", "weight": 7}]} for k in range(5)],
+        "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
+    }
+    plan = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
+    assert ("plan", canonical(plan)) == precise(raw)
+
+
+def test_rule_names_are_interned_on_both_paths():
+    name = "".join(["off", "ice"])  # built at run time: not interned by the compiler
+    raw = {"number": "4001012345", "rules": [{"name": name, "targets": ["1"]}]}
+    assert plans.validate_number(raw, SETTINGS).rules[0].name is "office"  # noqa: F632 (identity is the point)
+    _plans_fast.clear_caches()
+    assert plans.validate_number(raw, SETTINGS).rules[0].name is "office"  # noqa: F632
+
+
+def test_memos_are_bounded(monkeypatch):
+    """A memo that reaches its size is emptied, never grows past it."""
+    _plans_fast.clear_caches()
+    size = _plans_fast._times.size
+    for minute in range(size + 5):
+        start = minute % 1440
+        _plans_fast._time(f"{start // 60:02d}:{start % 60:02d}-{(minute // 1440) % 24:02d}:00")
+        assert len(_plans_fast._times) <= size
