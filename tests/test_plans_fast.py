@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import pathlib
+import sys
 import types
 from decimal import Decimal
 
@@ -74,77 +75,99 @@ HOSTILE = st.sampled_from([
 ]) | st.integers() | st.text(max_size=6)
 
 
-def field(*valid):
-    """Mostly one of ``valid``, sometimes anything hostile."""
+def pick(valid, wrong=(), bad=False):
+    """One of ``valid``; when ``bad``, now and then a plausible mistake or anything hostile."""
     good = st.sampled_from(valid)
-    return st.one_of(good, good, good, good, HOSTILE)
+    if not bad:
+        return good
+    mistakes = st.sampled_from(wrong) if wrong else HOSTILE
+    return st.one_of(good, good, good, good, good, good, mistakes, HOSTILE)
 
 
-def table(required: dict, optional: dict, unknown=True):
-    """A dict with the required keys, any of the optional ones, and now and then a key that does not belong."""
-    extra = {"priority": HOSTILE} if unknown else {}
+def table(required: dict, optional: dict, bad: bool):
+    """A dict of the required keys and any of the optional ones (when ``bad``, maybe a key that does not belong)."""
+    extra = {"priority": HOSTILE} if bad else {}
     return st.fixed_dictionaries(required, optional={**optional, **extra}).map(dict)
 
 
-TARGET = st.one_of(
-    field("13901010001", "13901010002", "agent@pbx.example.com:5060", "desk@10.0.0.5", "+8613901010003", "*86"),
-    table({"to": field("13901010001", "13901010004", "user@host:99999", "bad target", "q@x")},
-          {"weight": field(0, 1, 5, 70, -1, True, 1.0, limits.MAX_WEIGHT, limits.MAX_WEIGHT + 1)}),
-)
-TARGETS = st.one_of(st.lists(TARGET, min_size=0, max_size=4), HOSTILE)
-RULE = table(
-    {},
-    {
-        "name": field("r1", "r2", "office", "夜间", "night.shift:2", "bad name", "", "x" * 65),
-        "provinces": field("CN-BJ", "北京", ["CN-BJ", "浙江"], ["Beijing", "beijing", "CN-BJ"], [], ["Atlantis"], [1],
-                           ["Zhejiang"] * 3),
-        "days": field("mon-fri", "workday", "sat,sun", "any", "fri-mon", "funday", ["mon", "tue"], "", "workday,holiday"),
-        "time": field("09:00-18:00", "9:00-18:00", "20:00-07:59", "08:00-11:59,14:00-17:59", "25:00-26:00",
-                      ["09:00-10:00"], "09:00-18:00 ", "23:59-00:00", "09:00"),
-        "dates": field("2026-01-01..2026-12-31", "2026-12-31..2026-01-01", "2026-05-01", ["2026-05-01"],
-                       dt.date(2026, 5, 1), "May Day"),
-        "channel": field("voice", "sms", "any", "fax"),
-        "action": field("bridge", "reject", "queue", "conference", "teleport"),
-        "strategy": field("weighted", "round_robin", "sequential", "sticky", "random"),
-        "targets": TARGETS,
-        "queue": field("sales", "bad queue", 7),
-        "room": field("r100", 100),
-        "prompt": field("closed", "bad prompt;", "night.wav"),
-    },
-)
-CAP = table(
-    {"metric": field("calls", "minutes", "cost", "bogus"), "per": field("hour", "day", "week", "month", "year")},
-    {
-        "limit": field(0, 100, 10**12, 10**13, "5", "1.5", 1.5, -1, "1e3", Decimal("2.5")),
-        "scope": field("number", "caller", "world"),
-        "prompt": field("limit", "bad prompt;"),
-        "channel": field("voice", "sms", "any", "fax"),
-    },
-)
-ACTION = table({}, {
-    "action": field("reject", "bridge", "queue", "teleport"),
-    "targets": TARGETS,
-    "prompt": field("closed", "bad;"),
-    "queue": field("sales"),
-    "strategy": field("sticky"),
-})
-NUMBER = table(
-    {"number": field("4001012345", "400-101-2345", 4001012345, "+8613901012345", "12", "4001012346")},
-    {
-        "timezone": field("Asia/Shanghai", "Europe/London", "Nowhere/Zone", "America", "../etc/passwd"),
-        "rules": st.one_of(st.lists(RULE, max_size=4), HOSTILE),
-        "default": st.one_of(ACTION, HOSTILE),
-        "caps": st.one_of(st.lists(CAP, max_size=3), HOSTILE),
-        "prompts": field({"closed": "c1"}, {"unknown_number": "x"}, {"bogus": "x"}, {"closed": "bad;"}),
-        "pin": field("1234", 1234, "12", "12345678"),
-        "pin_hash": field("bad"),
-        "blacklist": field(["13901010001", "1710*"], ["bad"], "13901010001"),
-        "reject_unknown_callers": field(True, False, 1),
-        "on_backend_error": field("allow", "reject", "x"),
-        "tariff": field({"local": "0.1", "long_distance": "0.3"}, {"local": 1}),
-        "calendar": field({"holidays": ["2026-10-09"]}, {"years": [2027]}, {"holidays": ["1900-01-01"]}),
-    },
-)
+def maybe_hostile(strategy, bad: bool):
+    return st.one_of(strategy, strategy, strategy, strategy, HOSTILE) if bad else strategy
+
+
+def targets(bad: bool):
+    target = st.one_of(
+        pick(("13901010001", "13901010002", "agent@pbx.example.com:5060", "desk@10.0.0.5", "+8613901010003", "*86"),
+             ("user@host:99999", "bad target", "13901010001;x"), bad),
+        table({"to": pick(("13901010001", "13901010004", "q@x", "#100"), ("user@host:0", ""), bad)},
+              {"weight": pick((0, 1, 5, 70, limits.MAX_WEIGHT), (-1, True, 1.0, limits.MAX_WEIGHT + 1), bad)}, bad),
+    )
+    unique = None if bad else (lambda t: t if isinstance(t, str) else t["to"])
+    return maybe_hostile(st.lists(target, min_size=0 if bad else 1, max_size=4, unique_by=unique), bad)
+
+
+def rule(bad: bool):
+    conditions = {
+        "name": pick(("r1", "r2", "office", "夜间", "night.shift:2"), ("bad name", "", "x" * 65), bad),
+        "provinces": pick(("CN-BJ", "北京", ("CN-BJ", "浙江"), ("Beijing", "beijing", "CN-BJ"), ("Zhejiang",) * 3),
+                          ((), ("Atlantis",), (1,)), bad).map(lambda v: list(v) if isinstance(v, tuple) else v),
+        "days": pick(("mon-fri", "workday", "sat,sun", "any", "fri-mon", "workday,holiday", ("mon", "tue")),
+                     ("funday", ""), bad).map(lambda v: list(v) if isinstance(v, tuple) else v),
+        "time": pick(("09:00-18:00", "9:00-18:00", "20:00-07:59", "08:00-11:59,14:00-17:59", ("09:00-10:00",),
+                      "09:00-18:00 ", "23:59-00:00"), ("25:00-26:00", "09:00"), bad).map(
+                          lambda v: list(v) if isinstance(v, tuple) else v),
+        "dates": pick(("2026-01-01..2026-12-31", "2026-05-01", ("2026-05-01",), dt.date(2026, 5, 1)),
+                      ("2026-12-31..2026-01-01", "May Day"), bad).map(lambda v: list(v) if isinstance(v, tuple) else v),
+        "channel": pick(("voice", "sms", "any"), ("fax",), bad),
+    }
+    kinds = [
+        table({"targets": targets(bad)}, {**conditions, "action": pick(("bridge",)),
+              "strategy": pick(("weighted", "round_robin", "sequential", "sticky"), ("random",), bad)}, bad),
+        table({"action": pick(("reject",))}, {**conditions, "prompt": pick(("closed", "night.wav"), ("bad;",), bad)}, bad),
+        table({"action": pick(("queue",)), "queue": pick(("sales", 7), ("bad queue",), bad)}, conditions, bad),
+        table({"action": pick(("conference",)), "room": pick(("r100", 100), ("",), bad)}, conditions, bad),
+    ]
+    if bad:  # any field with any action
+        kinds.append(table({}, {**conditions, "action": pick(("bridge", "teleport")), "targets": targets(bad),
+                                "queue": pick(("sales",)), "prompt": pick(("closed",))}, bad))
+    return st.one_of(*kinds)
+
+
+def cap(bad: bool):
+    calls = table({"metric": pick(("calls",)), "per": pick(("hour", "day", "week", "month"), ("year",), bad),
+                   "limit": pick((0, 100, 10**12), (10**13, -1, 1.5, "5"), bad)},
+                  {"scope": pick(("number", "caller"), ("world",), bad), "prompt": pick(("limit",), ("bad;",), bad),
+                   "channel": pick(("voice", "sms", "any"), ("fax",), bad)}, bad)
+    minutes = table({"metric": pick(("minutes",)), "per": pick(("day",)),
+                     "limit": pick(("5", "1.5", 1.5, 100, "1e3", Decimal("2.5")), (-1, "x", True), bad)}, {}, bad)
+    return st.one_of(calls, calls, minutes)
+
+
+def number(bad: bool):
+    unique = None if bad else (lambda r: r.get("name"))
+    return table(
+        {"number": pick(("4001012345", "400-101-2345", 4001012345, "4001012346"), ("+8613901012345", "12"), bad)},
+        {
+            "timezone": pick(("Asia/Shanghai", "Europe/London"), ("Nowhere/Zone", "America", "../etc/passwd"), bad),
+            "rules": maybe_hostile(st.lists(rule(bad), min_size=0 if bad else 1, max_size=4, unique_by=unique), bad),
+            "default": maybe_hostile(st.one_of(
+                table({}, {"action": pick(("reject",)), "prompt": pick(("closed",), ("bad;",), bad)}, bad),
+                table({"action": pick(("bridge",)), "targets": targets(bad)}, {}, bad),
+            ), bad),
+            "caps": maybe_hostile(st.lists(cap(bad), max_size=3), bad),
+            "prompts": pick(({"closed": "c1"},), ({"unknown_number": "x"}, {"bogus": "x"}, {"closed": "bad;"}), bad),
+            "pin": pick(("1234", "12345678"), (1234, "12"), bad),
+            "reject_unknown_callers": pick((True, False), (1,), bad),
+            "on_backend_error": pick(("allow", "reject"), ("x",), bad),
+            "tariff": pick(({"local": "0.1", "long_distance": "0.3"},), ({"local": 1},), bad),
+            "calendar": pick(({"holidays": ["2026-10-09"]}, {"years": [2027]}), ({"holidays": ["1900-01-01"]},), bad),
+            "blacklist": pick((["13901010001", "1710*"],), (["bad"], "13901010001"), bad),
+        },
+        bad,
+    )
+
+
+#: Valid plans, and plans with mistakes and hostile values anywhere.
+NUMBER = st.one_of(number(False), number(True))
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -263,9 +286,9 @@ def test_the_benchmark_shape_takes_the_fast_path():
 def test_rule_names_are_interned_on_both_paths():
     name = "".join(["off", "ice"])  # built at run time: not interned by the compiler
     raw = {"number": "4001012345", "rules": [{"name": name, "targets": ["1"]}]}
-    assert plans.validate_number(raw, SETTINGS).rules[0].name is "office"  # noqa: F632 (identity is the point)
+    assert plans.validate_number(raw, SETTINGS).rules[0].name is sys.intern("office")
     _plans_fast.clear_caches()
-    assert plans.validate_number(raw, SETTINGS).rules[0].name is "office"  # noqa: F632
+    assert plans.validate_number(raw, SETTINGS).rules[0].name is sys.intern("office")
 
 
 def test_memos_are_bounded(monkeypatch):
@@ -276,3 +299,30 @@ def test_memos_are_bounded(monkeypatch):
         start = minute % 1440
         _plans_fast._time(f"{start // 60:02d}:{start % 60:02d}-{(minute // 1440) % 24:02d}:00")
         assert len(_plans_fast._times) <= size
+
+
+def test_many_generated_numbers_alike():
+    """Plans shaped like the benchmark's (bench/test_bench_validate.py), 300 numbers of 5 rules: equal plans."""
+    import random
+
+    from tel400 import provinces
+
+    rng = random.Random(7)
+    codes = [c for c in provinces.CODES if c]
+    for i in range(300):
+        raw = {
+            "number": f"400{i:07d}",
+            "rules": [
+                {
+                    "name": f"r{k}",
+                    "provinces": rng.sample(codes, 3),
+                    "time": f"{rng.randrange(24):02d}:{rng.randrange(60):02d}-{rng.randrange(24):02d}:{rng.randrange(60):02d}",
+                    "days": rng.choice(["mon-fri", "workday", "sat,sun", "any"]),
+                    "targets": [{"to": f"139{rng.randrange(10**8):08d}", "weight": rng.randrange(1, 10)} for _ in range(2)],
+                }
+                for k in range(5)
+            ],
+            "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
+        }
+        fast = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
+        assert ("plan", canonical(fast)) == precise(raw)
