@@ -24,9 +24,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tel400
-from tel400 import _plans_fast, limits, plans
+from tel400 import _impl, _plans_fast, limits, plans
 
 from .conftest import EXAMPLES
+
+#: Every fast path importable here: the reference module and its compiled twin.
+FAST_PATHS = [_plans_fast]
+if _impl.CYTHON is not None:
+    from tel400._fast import _plans as _compiled_plans
+
+    FAST_PATHS.append(_compiled_plans)
+FAST_IDS = [m.__name__ for m in FAST_PATHS]
 
 SETTINGS = tel400.PlanSet()
 CALENDAR = tel400.PlanSet().calendar
@@ -176,11 +184,12 @@ def test_fast_path_gives_what_the_parser_gives(raw, index):
     assert checked(raw, index) == precise(raw, index)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(NUMBER)
-def test_whatever_the_fast_path_accepts_the_parser_accepts_alike(raw):
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=FAST_IDS)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=NUMBER)
+def test_whatever_the_fast_path_accepts_the_parser_accepts_alike(fast_path, raw):
     try:
-        fast = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
+        fast = fast_path.number_plan(raw, plans._Parser(None), CALENDAR)
     except Exception:
         return
     assert ("plan", canonical(fast)) == precise(raw)
@@ -259,46 +268,55 @@ def example_numbers():
             yield pytest.param(raw, id=f"{path.name}:{raw.get('number')}")
 
 
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=FAST_IDS)
 @pytest.mark.parametrize("raw", list(example_numbers()))
-def test_the_examples_take_the_fast_path_where_it_applies(raw):
+def test_the_examples_take_the_fast_path_where_it_applies(fast_path, raw):
     """Every example number takes the fast path unless it uses a field the parser keeps (queue, conference)."""
     actions = [*raw.get("rules", []), raw.get("default", {})]
     uses_rare = any(a.get("action") in ("queue", "conference") for a in actions)
     try:
-        plan = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
-    except _plans_fast.Slow:
+        plan = fast_path.number_plan(raw, plans._Parser(None), CALENDAR)
+    except fast_path.Slow:
         assert uses_rare
     else:
         assert ("plan", canonical(plan)) == precise(raw)
 
 
-def test_the_benchmark_shape_takes_the_fast_path():
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=FAST_IDS)
+def test_the_benchmark_shape_takes_the_fast_path(fast_path):
     raw = {
         "number": "4000000001",
         "rules": [{"name": f"r{k}", "provinces": ["CN-BJ", "CN-ZJ", "CN-GD"], "time": "09:00-18:00", "days": "mon-fri",
                    "targets": [{"to": "13901010001", "weight": 3}, {"to": "13901010002", "weight": 7}]} for k in range(5)],
         "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
     }
-    plan = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
+    plan = fast_path.number_plan(raw, plans._Parser(None), CALENDAR)
     assert ("plan", canonical(plan)) == precise(raw)
+    assert plan.rules[0].name is sys.intern("r0")
 
 
 def test_rule_names_are_interned_on_both_paths():
     name = "".join(["off", "ice"])  # built at run time: not interned by the compiler
     raw = {"number": "4001012345", "rules": [{"name": name, "targets": ["1"]}]}
     assert plans.validate_number(raw, SETTINGS).rules[0].name is sys.intern("office")
-    _plans_fast.clear_caches()
+    for fast_path in FAST_PATHS:
+        fast_path.clear_caches()
     assert plans.validate_number(raw, SETTINGS).rules[0].name is sys.intern("office")
 
 
-def test_memos_are_bounded(monkeypatch):
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=FAST_IDS)
+def test_memos_are_bounded(fast_path):
     """A memo that reaches its size is emptied, never grows past it."""
-    _plans_fast.clear_caches()
-    size = _plans_fast._times.size
+    fast_path.clear_caches()
+    size = limits.VALIDATION_CACHE_ENTRIES
+    most = 0
     for minute in range(size + 5):
         start = minute % 1440
-        _plans_fast._time(f"{start // 60:02d}:{start % 60:02d}-{(minute // 1440) % 24:02d}:00")
-        assert len(_plans_fast._times) <= size
+        rule = {"name": f"r{minute}", "time": f"{start // 60:02d}:{start % 60:02d}-{(minute // 1440) % 24:02d}:00",
+                "targets": [f"1390{minute:07d}"]}
+        fast_path.number_plan({"number": "4001012345", "rules": [rule]}, plans._Parser(None), CALENDAR)
+        most = max(most, *fast_path.memo_lengths().values())
+    assert size // 2 < most <= size
 
 
 def test_many_generated_numbers_alike():
@@ -324,5 +342,6 @@ def test_many_generated_numbers_alike():
             ],
             "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
         }
-        fast = _plans_fast.number_plan(raw, plans._Parser(None), CALENDAR)
-        assert ("plan", canonical(fast)) == precise(raw)
+        for fast_path in FAST_PATHS:
+            fast = fast_path.number_plan(raw, plans._Parser(None), CALENDAR)
+            assert ("plan", canonical(fast)) == precise(raw)

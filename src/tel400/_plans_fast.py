@@ -135,6 +135,13 @@ def clear_caches() -> None:
         memo.clear()
 
 
+def memo_lengths() -> dict[str, int]:
+    """Entries each memo holds now, by name (tests)."""
+    return {"rule_names": len(_rule_names), "provinces": len(_provinces), "province_codes": len(_province_codes),
+            "days": len(_days), "times": len(_times), "dates": len(_dates), "prompts": len(_prompts),
+            "targets": len(_targets), "zones": len(_zones), "calendars": len(_calendars)}
+
+
 def number_plan(raw: object, parser, global_calendar: CalendarSpec) -> NumberPlan:
     """One number's plan, or :class:`Slow`.  O(this plan).
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import warnings
 import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -472,7 +473,7 @@ class _Parser:
         raises today's error, with where it is.
         """
         try:
-            plan = _plans_fast.number_plan(raw, self, global_calendar)
+            plan = (_FAST_PATH or _fast_path()).number_plan(raw, self, global_calendar)
         except Exception:
             return self.number_plan(raw, index, global_calendar)
         self.number = plan.number
@@ -818,8 +819,28 @@ class _Parser:
         )
 
 
-# The fast path builds this module's classes, so it is imported once they exist.
-from . import _plans_fast  # noqa: E402
+_FAST_PATH = None
+
+
+def _fast_path():
+    """The validator's fast path: the compiled twin when the compiled hot path
+    is in use (tel400._impl decides), else the reference module.  Imported on
+    first use: both build this module's classes, and _impl imports the engines,
+    which import this module."""
+    global _FAST_PATH
+    from . import _impl, _plans_fast
+
+    _FAST_PATH = _plans_fast
+    if _impl.IMPLEMENTATION == "cython":
+        try:
+            from ._fast import _plans
+        except ImportError as exc:  # an older build, or plan classes it does not know
+            warnings.warn(f"tel400: the compiled validator is not available ({exc}); using the reference",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            _FAST_PATH = _plans
+    return _FAST_PATH
+
 
 # --- dumping -------------------------------------------------------------------
 
