@@ -26,13 +26,14 @@ from .. import limits
 from ..plans import (
     ACTIONS, BACKEND_POLICIES, CHANNELS, DEFAULT_TIMEZONE, MAX_WEIGHT, METRICS, PERIODS, SCOPES, STRATEGIES,
     Action, CalendarSpec, Cap, NumberPlan, Rule, Target,
-    _NUMBER_TARGET, _PROMPT, _RULE_NAME, _URI_TARGET,
+    _PROMPT, _RULE_NAME, _URI_TARGET,
 )
 from ..timespec import TimeSlots, parse_dates, parse_days, parse_time
 from ._numbers import normalize
 
 cdef extern from "Python.h":
     int PyObject_GenericSetAttr(object o, object name, object value) except -1
+    object PyType_GenericAlloc(type t, Py_ssize_t nitems)
 
 
 class Slow(Exception):
@@ -75,12 +76,15 @@ cdef frozenset _SCOPES = frozenset(SCOPES)
 cdef frozenset _PERIODS = frozenset(PERIODS)
 cdef frozenset _METRICS = frozenset(METRICS)
 cdef frozenset _BACKEND_POLICIES = frozenset(BACKEND_POLICIES)
-cdef object _number_target = _NUMBER_TARGET.match
 cdef object _uri_target = _URI_TARGET.match
 cdef object _prompt_ok = _PROMPT.match
 cdef object _rule_name_ok = _RULE_NAME.match
 cdef object _intern = sys.intern
-cdef object _new = object.__new__
+cdef inline object _new(type cls):
+    """A blank instance, as object.__new__ makes it (the plan classes have no __new__ of their own)."""
+    return PyType_GenericAlloc(cls, 0)
+
+
 cdef object _REJECT = Action()
 cdef object _NO_CALENDAR = CalendarSpec()
 cdef long long _MAX_WEIGHT = MAX_WEIGHT
@@ -442,7 +446,7 @@ cdef tuple _targets_of(object value):
         if to in seen:
             raise Slow
         seen.add(to)
-        if to not in _targets:
+        if not _is_number_target(<str>to) and to not in _targets:
             _check_target(to)
         targets.append(_target(to, weight))
         if weight:
@@ -469,10 +473,10 @@ cdef bint _is_number_target(str s):
 
 
 cdef _check_target(object to):
-    if not _is_number_target(<str>to):
-        m = _uri_target(to)
-        if not (m and (m.group(1) is None or 0 < int(m.group(1)) < 65536)):
-            raise Slow
+    """A user@host[:port] target (the regex and the port's range), memoized."""
+    m = _uri_target(to)
+    if not (m and (m.group(1) is None or 0 < int(m.group(1)) < 65536)):
+        raise Slow
     _keep(_targets, to, True)
 
 
