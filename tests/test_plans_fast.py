@@ -345,3 +345,25 @@ def test_many_generated_numbers_alike():
         for fast_path in FAST_PATHS:
             fast = fast_path.number_plan(raw, plans._Parser(None), CALENDAR)
             assert ("plan", canonical(fast)) == precise(raw)
+
+
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=FAST_IDS)
+def test_plans_are_freed_and_compiled_ones_left_to_reference_counting(fast_path):
+    """The compiled fast path's plan objects are not tracked by the collector (they cannot form cycles;
+    the reference module has no way to say so); either way they are freed when the last reference goes."""
+    import gc
+    import weakref
+
+    raw = {"number": "4001012345", "rules": [{"name": "r", "time": "09:00-18:00", "provinces": ["CN-BJ"],
+                                              "targets": [{"to": "13901010001", "weight": 2}]}],
+           "caps": [{"metric": "calls", "per": "day", "limit": 5}]}
+    plan = fast_path.number_plan(raw, plans._Parser(None), CALENDAR)
+    rule = plan.rules[0]
+    if fast_path is not _plans_fast:
+        for obj in (plan, plan.rules, rule, rule.action, rule.action.targets, rule.action.targets[0], rule.time,
+                    rule.time.slots, rule.provinces, plan.caps, plan.caps[0]):
+            assert not gc.is_tracked(obj), obj
+    assert ("plan", canonical(plan)) == precise(raw)
+    gone = weakref.ref(rule.action.targets[0])
+    del plan, rule
+    assert gone() is None
