@@ -142,6 +142,54 @@ def table(repeats: int = 25) -> str:
     return "\n".join(head + rows)
 
 
+def precise_plan_set(tree: dict) -> tel400.PlanSet:
+    """PlanSet.from_dict as it was: every number through the precise parser."""
+    parser = plans._Parser(None)
+    parser.checked_number_plan = parser.number_plan
+    return parser.plan_set(tree, None)
+
+
+def fast_plan_set(tree: dict) -> tel400.PlanSet:
+    clear_memos()
+    return tel400.PlanSet.from_dict(tree)
+
+
+def precise_rows(blobs) -> list:
+    parser = plans._Parser(None)
+    return [parser.number_plan(json.loads(blob), i, SETTINGS.calendar) for i, blob in enumerate(blobs)]
+
+
+def fast_rows(blobs) -> list:
+    clear_memos()
+    return [plans.validate_number_json(blob, SETTINGS, index=i) for i, blob in enumerate(blobs)]
+
+
+def plan_set_table(repeats: int = 3) -> str:
+    """Whole plan sets, garbage collector on, as a load does: the plans made so far stay alive."""
+    rows = ["| plans | before | after | per rule before / after | speed-up |", "|---|---:|---:|---:|---:|"]
+    for n_numbers, n_rules in ((5000, 5), (1250, 20)):
+        trees = plan_trees(n_numbers, n_rules)
+        cases = [
+            ("`PlanSet.from_dict`", {"numbers": list(trees)}, precise_plan_set, fast_plan_set),
+            ("store rows (JSON bytes, one number each)", [json.dumps(t).encode() for t in trees], precise_rows,
+             fast_rows),
+        ]
+        for label, data, slow, fast in cases:
+            times: dict[str, list[float]] = {"before": [], "after": []}
+            for _ in range(repeats):
+                for side, run in (("before", slow), ("after", fast)):
+                    t0 = time.perf_counter()
+                    run(data)
+                    times[side].append(time.perf_counter() - t0)
+            before, after = (statistics.median(times[side]) for side in ("before", "after"))
+            rules = n_numbers * n_rules
+            rows.append(f"| {label}, {n_numbers:,} numbers x {n_rules} rules | {before:.2f} s | {after:.2f} s | "
+                        f"{before / rules * 1e6:.1f} / {after / rules * 1e6:.1f} µs | {before / after:.1f}x |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     print(f"fast path: {plans._fast_path().__name__}")
     print(table())
+    print()
+    print(plan_set_table())
