@@ -367,3 +367,10 @@ def test_plans_are_freed_and_compiled_ones_left_to_reference_counting(fast_path)
     gone = weakref.ref(rule.action.targets[0])
     del plan, rule
     assert gone() is None
+
+
+def test_a_rule_name_of_a_str_subclass_is_a_plain_interned_name():
+    """Python callers may hand in str subclasses; sys.intern refused them with a TypeError."""
+    raw = {"number": "4001012345", "rules": [{"name": Text("office"), "targets": ["1"]}]}
+    name = plans.validate_number(raw, SETTINGS).rules[0].name
+    assert type(name) is str and name is sys.intern("office")

@@ -702,7 +702,7 @@ class _Parser:
         name = data.get("name", f"rule-{index + 1}")
         # Interned: thousands of plans reuse a few names ("office", "night"),
         # and each decision carries one; shared objects stay in the CPU cache.
-        name = sys.intern(self.string(name, f"{field}.name"))
+        name = sys.intern(str(self.string(name, f"{field}.name")))  # str(): a subclass cannot be interned
         if not _RULE_NAME.match(name):
             raise self.error(f"{field}.name", f"bad rule name {_show(name)}: expected 1-64 letters, digits, _ . : -")
         self.rule = name
