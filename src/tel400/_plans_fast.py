@@ -19,6 +19,11 @@ that whatever this module accepts, the parser accepts into an equal
 :class:`NumberPlan`; tests/test_plans_fast.py checks it against generated
 valid, mutated and hostile trees.
 
+This is the reference; ``tel400/_fast/_plans.pyx`` is its compiled twin
+(the same checks, typed, ~4x faster, and its plan objects left to reference
+counting), used when the compiled hot path is.  A check added here is added
+there, and the differential tests run both.
+
 Memoized leaves (each a dict from the exact string, or tuple of strings, to
 the validated value; values are immutable and shared between plans):
 rule names, province lists, days, time slots, date ranges, prompt names,
