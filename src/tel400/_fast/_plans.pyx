@@ -31,10 +31,23 @@ from ..plans import (
 from ..timespec import TimeSlots, parse_dates, parse_days, parse_time
 from ._numbers import normalize
 
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+
 cdef extern from "Python.h":
-    int PyObject_GenericSetAttr(object o, object name, object value) except -1
     object PyType_GenericAlloc(type t, Py_ssize_t nitems)
     void PyObject_GC_UnTrack(object o)
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+
+cdef extern from "structmember.h":
+    int T_OBJECT_EX
+    int READONLY
 
 
 class Slow(Exception):
@@ -57,6 +70,44 @@ if (
     )
 ):
     raise ImportError("tel400._fast._plans: the plan classes' fields changed; update its constructors")
+
+# Where each field of the plan classes lives in their instances: the slot
+# offsets of their member descriptors (attrs makes slotted classes), read
+# once here, so that a field is written as attrs' __init__ writes it through
+# the descriptor, without the lookup.
+cdef Py_ssize_t _OFF_TARGET[2]
+cdef Py_ssize_t _OFF_ACTION[6]
+cdef Py_ssize_t _OFF_RULE[7]
+cdef Py_ssize_t _OFF_CAP[6]
+cdef Py_ssize_t _OFF_TIMESLOTS[2]
+cdef Py_ssize_t _OFF_NUMBERPLAN[13]
+
+
+cdef _offsets(type cls, Py_ssize_t* into):
+    cdef PyMemberDescrObject* descr
+    for i, name in enumerate(_fields(cls)):
+        member = cls.__dict__.get(name)
+        if type(member).__name__ != "member_descriptor":
+            raise ImportError(f"tel400._fast._plans: {cls.__name__}.{name} is not a slot")
+        descr = <PyMemberDescrObject*>member
+        if descr.d_member.type != T_OBJECT_EX or descr.d_member.flags & READONLY:
+            raise ImportError(f"tel400._fast._plans: {cls.__name__}.{name} is not a writable object slot")
+        into[i] = descr.d_member.offset
+
+
+_offsets(Target, _OFF_TARGET)
+_offsets(Action, _OFF_ACTION)
+_offsets(Rule, _OFF_RULE)
+_offsets(Cap, _OFF_CAP)
+_offsets(TimeSlots, _OFF_TIMESLOTS)
+_offsets(NumberPlan, _OFF_NUMBERPLAN)
+
+
+cdef inline void _put(object o, Py_ssize_t offset, object value):
+    """Write a field of a blank instance (its slot is empty: nothing to release)."""
+    Py_INCREF(value)
+    (<PyObject**>(<char*><PyObject*>o + offset))[0] = <PyObject*>value
+
 
 cdef frozenset _NUMBER_FIELDS = frozenset((
     "number", "timezone", "pin", "pin_hash", "blacklist", "default", "caps", "rules",
@@ -149,39 +200,39 @@ cdef inline object _keep(dict memo, object key, object value, Py_ssize_t size=-1
 
 cdef inline object _target(object to, object weight):
     cdef object o = _new(Target)
-    PyObject_GenericSetAttr(o, "to", to)
-    PyObject_GenericSetAttr(o, "weight", weight)
+    _put(o, _OFF_TARGET[0], to)  # to
+    _put(o, _OFF_TARGET[1], weight)  # weight
     return _acyclic(o)
 
 
 cdef inline object _bridge(tuple targets, object strategy):
     cdef object o = _new(Action)
-    PyObject_GenericSetAttr(o, "kind", "bridge")
-    PyObject_GenericSetAttr(o, "targets", targets)
-    PyObject_GenericSetAttr(o, "strategy", strategy)
-    PyObject_GenericSetAttr(o, "queue", None)
-    PyObject_GenericSetAttr(o, "room", None)
-    PyObject_GenericSetAttr(o, "prompt", None)
+    _put(o, _OFF_ACTION[0], "bridge")  # kind
+    _put(o, _OFF_ACTION[1], targets)  # targets
+    _put(o, _OFF_ACTION[2], strategy)  # strategy
+    _put(o, _OFF_ACTION[3], None)  # queue
+    _put(o, _OFF_ACTION[4], None)  # room
+    _put(o, _OFF_ACTION[5], None)  # prompt
     return _acyclic(o)
 
 
 cdef inline object _rule_object(object name, object action, object provinces, object days, object time, object dates,
                                 object channel):
     cdef object o = _new(Rule)
-    PyObject_GenericSetAttr(o, "name", name)
-    PyObject_GenericSetAttr(o, "action", action)
-    PyObject_GenericSetAttr(o, "provinces", provinces)
-    PyObject_GenericSetAttr(o, "days", days)
-    PyObject_GenericSetAttr(o, "time", time)
-    PyObject_GenericSetAttr(o, "dates", dates)
-    PyObject_GenericSetAttr(o, "channel", channel)
+    _put(o, _OFF_RULE[0], name)  # name
+    _put(o, _OFF_RULE[1], action)  # action
+    _put(o, _OFF_RULE[2], provinces)  # provinces
+    _put(o, _OFF_RULE[3], days)  # days
+    _put(o, _OFF_RULE[4], time)  # time
+    _put(o, _OFF_RULE[5], dates)  # dates
+    _put(o, _OFF_RULE[6], channel)  # channel
     return _acyclic(o)
 
 
 cdef inline object _slots(object text, int start, int end):
     cdef object o = _new(TimeSlots)
-    PyObject_GenericSetAttr(o, "text", text)
-    PyObject_GenericSetAttr(o, "slots", _acyclic((_acyclic((start, end)),)))
+    _put(o, _OFF_TIMESLOTS[0], text)  # text
+    _put(o, _OFF_TIMESLOTS[1], _acyclic((_acyclic((start, end)),)))  # slots
     return _acyclic(o)
 
 
@@ -233,19 +284,19 @@ def number_plan(object raw, object parser, object global_calendar):
     if type(unknown_callers) is not bool or type(on_error) is not str or on_error not in _BACKEND_POLICIES:
         raise Slow
     cdef object o = _new(NumberPlan)
-    PyObject_GenericSetAttr(o, "number", number)
-    PyObject_GenericSetAttr(o, "rules", rules)
-    PyObject_GenericSetAttr(o, "default", default)
-    PyObject_GenericSetAttr(o, "timezone", timezone)
-    PyObject_GenericSetAttr(o, "pin", pin)
-    PyObject_GenericSetAttr(o, "pin_hash", pin_hash)
-    PyObject_GenericSetAttr(o, "blacklist", blacklist)
-    PyObject_GenericSetAttr(o, "caps", caps)
-    PyObject_GenericSetAttr(o, "prompts", prompts)
-    PyObject_GenericSetAttr(o, "reject_unknown_callers", unknown_callers)
-    PyObject_GenericSetAttr(o, "on_backend_error", on_error)
-    PyObject_GenericSetAttr(o, "tariff", tariff)
-    PyObject_GenericSetAttr(o, "calendar", calendar)
+    _put(o, _OFF_NUMBERPLAN[0], number)  # number
+    _put(o, _OFF_NUMBERPLAN[1], rules)  # rules
+    _put(o, _OFF_NUMBERPLAN[2], default)  # default
+    _put(o, _OFF_NUMBERPLAN[3], timezone)  # timezone
+    _put(o, _OFF_NUMBERPLAN[4], pin)  # pin
+    _put(o, _OFF_NUMBERPLAN[5], pin_hash)  # pin_hash
+    _put(o, _OFF_NUMBERPLAN[6], blacklist)  # blacklist
+    _put(o, _OFF_NUMBERPLAN[7], caps)  # caps
+    _put(o, _OFF_NUMBERPLAN[8], prompts)  # prompts
+    _put(o, _OFF_NUMBERPLAN[9], unknown_callers)  # reject_unknown_callers
+    _put(o, _OFF_NUMBERPLAN[10], on_error)  # on_backend_error
+    _put(o, _OFF_NUMBERPLAN[11], tariff)  # tariff
+    _put(o, _OFF_NUMBERPLAN[12], calendar)  # calendar
     # Acyclic too: what the parser's own code gave (blacklist, prompts, tariff,
     # calendar) is frozen values as well, left tracked: they cost the collector
     # little and only plans that use them have them.
@@ -529,11 +580,11 @@ cdef tuple _caps(object value, object tariff, object parser):
             raise Slow
         prompt = _prompt(data["prompt"]) if "prompt" in data else None
         cap = _new(Cap)
-        PyObject_GenericSetAttr(cap, "metric", metric)
-        PyObject_GenericSetAttr(cap, "per", per)
-        PyObject_GenericSetAttr(cap, "limit", limit)
-        PyObject_GenericSetAttr(cap, "scope", scope)
-        PyObject_GenericSetAttr(cap, "prompt", prompt)
-        PyObject_GenericSetAttr(cap, "channel", channel)
+        _put(cap, _OFF_CAP[0], metric)  # metric
+        _put(cap, _OFF_CAP[1], per)  # per
+        _put(cap, _OFF_CAP[2], limit)  # limit
+        _put(cap, _OFF_CAP[3], scope)  # scope
+        _put(cap, _OFF_CAP[4], prompt)  # prompt
+        _put(cap, _OFF_CAP[5], channel)  # channel
         caps.append(_acyclic(cap))
     return _acyclic(tuple(caps))
