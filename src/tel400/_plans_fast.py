@@ -32,6 +32,8 @@ targets, time zones.  Each holds at most
 full (a bounded cost, not an LRU: the values are cheap to recompute).
 Keys are only ever exact ``str`` or tuples of exact ``str``: ``1``,
 ``1.0`` and ``True`` hash alike, so no other type may share a cache.
+Threads may validate at once: each memo step is one dict operation under the
+GIL, and a race can at worst empty a memo early (a miss validates again).
 """
 
 from __future__ import annotations
