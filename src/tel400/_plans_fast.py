@@ -59,6 +59,7 @@ from .plans import (
     NumberPlan,
     Rule,
     Target,
+    _NAME,
     _NUMBER_TARGET,
     _PROMPT,
     _RULE_NAME,
@@ -366,7 +367,19 @@ def _action(data: dict, default_kind: str) -> Action:
         if "prompt" in data:
             return Action("reject", prompt=_prompt(data["prompt"]))
         return _REJECT
-    raise Slow  # queue and conference: rare, left to the parser
+    key = "queue" if kind == "queue" else "room"
+    return Action(kind, **{key: _place(data.get(key))})
+
+
+def _place(name: object) -> str:
+    """A queue or room name (a whole number is taken as its digits, as the parser does)."""
+    if type(name) is int:
+        name = str(name)
+    elif type(name) is not str:
+        raise Slow
+    if not _NAME.match(name):
+        raise Slow
+    return name
 
 
 def _targets_of(value: object) -> tuple[Target, ...]:

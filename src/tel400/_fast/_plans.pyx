@@ -29,7 +29,7 @@ from .. import limits
 from ..plans import (
     ACTIONS, BACKEND_POLICIES, CHANNELS, DEFAULT_TIMEZONE, MAX_WEIGHT, METRICS, PERIODS, SCOPES, STRATEGIES,
     Action, CalendarSpec, Cap, NumberPlan, Rule, Target,
-    _PROMPT, _RULE_NAME, _URI_TARGET,
+    _NAME, _PROMPT, _RULE_NAME, _URI_TARGET,
 )
 from ..timespec import TimeSlots, parse_dates, parse_days, parse_time
 from ._numbers import normalize
@@ -125,6 +125,8 @@ cdef frozenset _CAP_FIELDS = frozenset(("metric", "per", "limit", "scope", "prom
 cdef frozenset _TARGET_FIELDS = frozenset(("to", "weight"))
 cdef tuple _BRIDGE_NOT = ("queue", "room", "prompt")
 cdef tuple _REJECT_NOT = ("strategy", "targets", "queue", "room")
+cdef tuple _QUEUE_NOT = ("strategy", "targets", "room", "prompt")
+cdef tuple _CONFERENCE_NOT = ("strategy", "targets", "queue", "prompt")
 cdef frozenset _CHANNELS = frozenset(CHANNELS)
 cdef frozenset _STRATEGIES = frozenset(STRATEGIES)
 cdef frozenset _SCOPES = frozenset(SCOPES)
@@ -133,6 +135,7 @@ cdef frozenset _METRICS = frozenset(METRICS)
 cdef frozenset _BACKEND_POLICIES = frozenset(BACKEND_POLICIES)
 cdef object _uri_target = _URI_TARGET.match
 cdef object _prompt_ok = _PROMPT.match
+cdef object _name_ok = _NAME.match
 cdef object _rule_name_ok = _RULE_NAME.match
 cdef object _intern = sys.intern
 cdef inline object _new(type cls):
@@ -489,7 +492,7 @@ cdef object _action(dict data, str default_kind):
         strategy = data.get("strategy", "weighted")
         if type(strategy) is not str or strategy not in _STRATEGIES or "targets" not in data:
             raise Slow
-        return _acyclic(_bridge(_targets_of(data["targets"]), strategy))
+        return _bridge(_targets_of(data["targets"]), strategy)
     if type(kind) is str and kind == "reject":
         for key in _REJECT_NOT:
             if key in data:
@@ -497,7 +500,28 @@ cdef object _action(dict data, str default_kind):
         if "prompt" in data:
             return Action("reject", prompt=_prompt(data["prompt"]))
         return _REJECT
-    raise Slow  # queue, conference (rare) and mistakes: left to the parser
+    if type(kind) is str and kind == "queue":
+        for key in _QUEUE_NOT:
+            if key in data:
+                raise Slow
+        return Action("queue", queue=_place(data.get("queue")))
+    if type(kind) is str and kind == "conference":
+        for key in _CONFERENCE_NOT:
+            if key in data:
+                raise Slow
+        return Action("conference", room=_place(data.get("room")))
+    raise Slow  # a mistake: left to the parser
+
+
+cdef str _place(object name):
+    """A queue or room name (a whole number is taken as its digits, as the parser does)."""
+    if type(name) is int:
+        name = str(name)
+    elif type(name) is not str:
+        raise Slow
+    if not _name_ok(name):
+        raise Slow
+    return name
 
 
 cdef tuple _targets_of(object value):
