@@ -32,6 +32,7 @@ GUARD_TESTS = [
     "bench/test_bench_route.py::test_route_counters_backend[memory]",
     "bench/test_bench_route.py::test_route_counters_backend[shm]",
     "bench/test_bench_http.py::test_http_requests_per_second",
+    "bench/test_bench_validate.py::test_validate_interleaved",
 ]
 
 # (label, numerator test, denominator test, floor, target): numerator / denominator >= floor
@@ -51,6 +52,10 @@ MEASURED = [
     # 10 plans / 10,000 in interleaved batches: at least 1/3, i.e. 10,000 plans cost at most 3x (target 1.5x)
     ("route(): 10 plans / 10,000 plans (compiled, interleaved)", "test_route_plan_count_interleaved",
      "small_over_large", 0.33, 0.67),
+    # The precise parser over the validator's fast path, per rule, in alternating batches: ~1 if every
+    # plan went the slow way again (a fast path that refuses the common shapes), ~10 when it works
+    ("validation: precise parser / fast path (compiled, interleaved)", "test_validate_interleaved",
+     "precise_over_fast", 5.0, 10.0),
 ]
 
 

@@ -80,6 +80,13 @@ MAX_FILE_BYTES = _tunable("MAX_FILE_BYTES", 64 * 1024 * 1024)
 #: (a YAML alias counts each time it is used): a few hundred bytes of
 #: aliases cannot expand into billions of values.
 MAX_FILE_VALUES = _tunable("MAX_FILE_VALUES", 5_000_000)
+#: Entries of each memo of the validator's fast path (rule names, province
+#: lists, days, time slots, date ranges, prompt names, targets, time zones:
+#: values that thousands of plans share, validated once).  A memo that
+#: reaches it is emptied.  ~300 bytes an entry: ~3 MB for a full memo,
+#: ~15 MB if the five that can fill up (provinces, days, time slots, dates,
+#: targets) all do (docs/performance.md, "Validation").
+VALIDATION_CACHE_ENTRIES = _tunable("VALIDATION_CACHE_ENTRIES", 10_000)
 
 # A plan's time slots and date ranges share one pool of 32-bit offsets in the
 # compiled engine: two values per entry, two conditions per rule.

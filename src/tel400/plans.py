@@ -11,15 +11,18 @@ characters that SIP or the Event Socket would read as syntax.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
 import sys
+import warnings
 import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import attrs
+import msgspec
 
 from . import limits, pins, provinces
 from ._show import show as _show
@@ -269,9 +272,44 @@ def validate_number(raw: object, settings: PlanSet, *, source: str | None = None
     Raises:
         PlanError: naming the number, the rule and the field of the first mistake.
 
-    Cost: O(this plan); nothing else is read.
+    Cost: O(this plan); nothing else is read.  ~3 µs a rule on the compiled fast
+    path (docs/performance.md, "Validation").
     """
-    return _Parser(source).number_plan(raw, index, settings.calendar)
+    return _Parser(source).checked_number_plan(raw, index, settings.calendar)
+
+
+def validate_number_json(
+    data: bytes | str, settings: PlanSet, *, source: str | None = None, index: int = 0
+) -> NumberPlan:
+    """:func:`validate_number` of one number's plan as JSON text (how stores keep it).
+
+    Decoded by msgspec (~2x faster than :func:`json.loads`); a text msgspec
+    refuses but :func:`json.loads` reads (``NaN``, a lone surrogate escape,
+    UTF-16) is read by the latter, so the result is always what
+    ``validate_number(json.loads(data), ...)`` gives.
+
+    Raises:
+        PlanError: invalid JSON, or the first mistake of the plan, naming where it is.
+
+    Cost: O(len(data)).
+    """
+    return validate_number(_json_tree(data, source), settings, source=source, index=index)
+
+
+_JSON = msgspec.json.Decoder()
+
+
+def _json_tree(data: bytes | str, source: str | None) -> object:
+    try:
+        return _JSON.decode(data)
+    except msgspec.DecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source) from None
+    except ValueError as exc:  # undecodable bytes, an integer of over 4300 digits
+        raise PlanError(f"invalid JSON: {exc}", source=source) from None
 
 
 def validate_settings(raw: object, *, source: str | None = None, base_dir: str | None = None) -> PlanSet:
@@ -398,7 +436,7 @@ class _Parser:
         seen: dict[str, int] = {}
         for i, raw in enumerate(numbers_raw):
             try:
-                plan = self.number_plan(raw, i, calendar)
+                plan = self.checked_number_plan(raw, i, calendar)
                 if plan.number in seen:
                     raise self.error(
                         "number",
@@ -426,6 +464,20 @@ class _Parser:
         except SegmentError as exc:
             raise self.error("segments", str(exc)) from None
         return path
+
+    def checked_number_plan(self, raw: object, index: int, global_calendar: CalendarSpec) -> NumberPlan:
+        """:meth:`number_plan`, by the fast path when it accepts the plan.
+
+        The fast path (:mod:`tel400._plans_fast` or its compiled twin) reports no mistakes: on
+        anything it does not accept, this walk runs on the same input and
+        raises today's error, with where it is.
+        """
+        try:
+            plan = (_FAST_PATH or _fast_path()).number_plan(raw, self, global_calendar)
+        except Exception:
+            return self.number_plan(raw, index, global_calendar)
+        self.number = plan.number
+        return plan
 
     def number_plan(self, raw: object, index: int, global_calendar: CalendarSpec) -> NumberPlan:
         field = f"numbers[{index}]"
@@ -650,7 +702,7 @@ class _Parser:
         name = data.get("name", f"rule-{index + 1}")
         # Interned: thousands of plans reuse a few names ("office", "night"),
         # and each decision carries one; shared objects stay in the CPU cache.
-        name = sys.intern(self.string(name, f"{field}.name"))
+        name = sys.intern(str(self.string(name, f"{field}.name")))  # str(): a subclass cannot be interned
         if not _RULE_NAME.match(name):
             raise self.error(f"{field}.name", f"bad rule name {_show(name)}: expected 1-64 letters, digits, _ . : -")
         self.rule = name
@@ -765,6 +817,29 @@ class _Parser:
             f"bad target {_show(to)}: expected a number (digits, optionally led by + * #) or "
             "user@host[:port] of A-Z a-z 0-9 . _ - (no spaces, quotes, ; < > | , { } or line breaks)",
         )
+
+
+_FAST_PATH = None
+
+
+def _fast_path():
+    """The validator's fast path: the compiled twin when the compiled hot path
+    is in use (tel400._impl decides), else the reference module.  Imported on
+    first use: both build this module's classes, and _impl imports the engines,
+    which import this module."""
+    global _FAST_PATH
+    from . import _impl, _plans_fast
+
+    _FAST_PATH = _plans_fast
+    if _impl.IMPLEMENTATION == "cython":
+        try:
+            from ._fast import _plans
+        except ImportError as exc:  # an older build, or plan classes it does not know
+            warnings.warn(f"tel400: the compiled validator is not available ({exc}); using the reference",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            _FAST_PATH = _plans
+    return _FAST_PATH
 
 
 # --- dumping -------------------------------------------------------------------
