@@ -276,6 +276,13 @@ class Engine:
         """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1)."""
         self.by_number.pop(number, None)
 
+    def _check(self) -> None:
+        """Assert every compiled number's invariants (tests call it after every compile).  O(plans)."""
+        assert not self.settings.numbers
+        for number, plan in self.by_number.items():
+            assert plan.number == number
+            plan._check()
+
 
 def settings_of(plans: PlanSet) -> PlanSet:
     """The settings part of a plan set (its numbers left out): what an engine keeps."""

@@ -233,7 +233,8 @@ class CompiledPlan:
         assert isinstance(self.rules, tuple)
         for rule in self.rules:
             assert isinstance(rule, CompiledRule) and rule.channel in CHANNELS
-            assert 0 <= rule.province_mask <= ALL_PROVINCES and rule.province_mask & 1 == 0 or rule.provinces is None
+            assert 0 <= rule.province_mask <= ALL_PROVINCES
+            assert (rule.provinces is None) == (rule.province_mask == ALL_PROVINCES)
             assert 0 <= rule.weekdays < 128 and (rule.has_days or not (rule.weekdays or rule.workday or rule.holiday))
             assert all(0 <= s < MINUTES_PER_DAY and 0 <= e < MINUTES_PER_DAY for s, e in rule.slots)
             assert all(s <= e for s, e in rule.date_ranges)

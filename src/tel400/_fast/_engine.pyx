@@ -704,7 +704,6 @@ cdef class Engine:
             plan = None
             if number is not None and self.shared.plan_source is not None:
                 plan = self.shared.plan_source(number)
-            numbers = (plan,) if plan is not None else ()
             engine = _engine_py.Engine(self.settings, self.prefixes, self.shared)
             if plan is not None:
                 engine.put(plan)
@@ -722,6 +721,13 @@ cdef class Engine:
         """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1)."""
         self.by_number.pop(number, None)
         self.delegates.pop(number, None)
+
+    def _check(self):
+        """Assert every packed number's invariants (tests call it after every compile).  O(plans)."""
+        assert not self.settings.numbers
+        for number, plan in self.by_number.items():
+            assert (<CPlan?>plan).number == number
+            plan._check()
 
 
 cdef CAction _pack_action(described):
