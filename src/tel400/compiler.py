@@ -99,9 +99,11 @@ class Blacklist:
     engine copies them into C arrays.
     """
 
-    __slots__ = ("exact", "prefixes", "lengths", "anonymous", "groups")
+    __slots__ = ("exact", "prefixes", "lengths", "anonymous", "groups", "packed")
 
     def __init__(self, entries) -> None:
+        #: the compiled engine's packed form, made once for all numbers sharing this blacklist
+        self.packed = None
         exact, prefixes = set(), set()
         self.anonymous = False
         for entry in entries:
@@ -266,6 +268,11 @@ def _check_action(action: CompiledAction, prompts: dict, *, is_default: bool) ->
 class Compiler:
     """Compiles numbers for one engine, with the router's settings; shares what numbers have alike.
 
+    Shared pieces (merged calendars, prompt dicts, blacklists) are kept in
+    caches of at most :attr:`SHARED_PIECES` entries each; a full cache is
+    emptied (later numbers then build their own until it fills again), so a
+    stream of edits over a long life cannot grow them without bound.
+
     Args:
         settings: the plan set whose top-level settings apply (its numbers
             are not read).
@@ -277,6 +284,9 @@ class Compiler:
             (the router adopts them once the engine is in service).
     """
 
+    #: Entries of each cache of shared pieces (tunable; see the class docstring).
+    SHARED_PIECES = 4096
+
     def __init__(self, settings: PlanSet, shared, make_selector: Callable[..., Any],
                  rr_states: dict, pin_checks: dict) -> None:
         self.settings = settings
@@ -287,7 +297,6 @@ class Compiler:
         self._calendars: dict = {}
         self._prompts: dict = {}
         self._blacklists: dict = {}
-        self._masks: dict = {}
         self._zones: dict = {}
 
     def compile(self, plan: NumberPlan) -> CompiledPlan:
@@ -315,40 +324,34 @@ class Compiler:
 
     # -- what numbers share ---------------------------------------------------
 
+    def _shared_piece(self, cache: dict, key, build: Callable[[], Any]):
+        piece = cache.get(key)
+        if piece is None:
+            if len(cache) >= self.SHARED_PIECES:
+                cache.clear()
+            piece = cache[key] = build()
+        return piece
+
     def _zone(self, name: str) -> zoneinfo.ZoneInfo:
-        zone = self._zones.get(name)
-        if zone is None:
-            zone = self._zones[name] = zoneinfo.ZoneInfo(name)
-        return zone
+        return self._shared_piece(self._zones, name, lambda: zoneinfo.ZoneInfo(name))
 
     def _calendar(self, spec):
         """The settings' calendar merged with a number's additions: built once per distinct spec."""
-        calendar = self._calendars.get(spec)
-        if calendar is None:
-            calendar = self._calendars[spec] = self.settings.calendar.merged(spec).build()
-        return calendar
+        return self._shared_piece(self._calendars, spec, lambda: self.settings.calendar.merged(spec).build())
 
     def _prompt_names(self, plan: NumberPlan) -> dict[str, str]:
-        prompts = self._prompts.get(plan.prompts)
-        if prompts is None:
-            prompts = self._prompts[plan.prompts] = plan_prompts(self.settings, plan)
-        return prompts
+        return self._shared_piece(self._prompts, plan.prompts, lambda: plan_prompts(self.settings, plan))
 
     def _blacklist(self, own: tuple[str, ...]) -> Blacklist:
-        blacklist = self._blacklists.get(own)
-        if blacklist is None:
-            blacklist = self._blacklists[own] = Blacklist(self.settings.blacklist + own)
-        return blacklist
+        return self._shared_piece(self._blacklists, own, lambda: Blacklist(self.settings.blacklist + own))
 
-    def _province_mask(self, codes) -> int:
+    @staticmethod
+    def _province_mask(codes) -> int:
         if codes is None:
             return ALL_PROVINCES
-        mask = self._masks.get(codes)
-        if mask is None:
-            mask = 0
-            for code in codes:
-                mask |= 1 << provinces.INDEX[code]
-            self._masks[codes] = mask
+        mask = 0
+        for code in codes:
+            mask |= 1 << provinces.INDEX[code]
         return mask
 
     # -- a number's own -------------------------------------------------------

@@ -347,8 +347,7 @@ cdef class Engine:
     cdef object unknown_prompt
     cdef array.array unknown_outcomes
     cdef dict delegates
-    cdef dict calendar_tables       # id(OfficialCalendar) -> CalendarTable (the compiler keeps each alive)
-    cdef dict blacklists            # id(Blacklist) -> CBlacklist, likewise
+    cdef dict calendar_tables       # id(OfficialCalendar) -> (that calendar, its CalendarTable)
 
     def __init__(self, plans, prefixes, shared):
         self.settings = _engine_py.settings_of(plans)
@@ -366,7 +365,6 @@ cdef class Engine:
         self.calls = shared.calls
         self.delegates = {}
         self.calendar_tables = {}
-        self.blacklists = {}
         self.compiler = Compiler(self.settings, shared, make_selector, self.rr_states, self.pin_checks)
         compiled = {}
         for plan in plans.numbers:
@@ -380,6 +378,15 @@ cdef class Engine:
     cdef CPlan _compile_plan(self, plan):
         return self._pack(self.compiler.compile(plan))
 
+    cdef CalendarTable _calendar_table(self, calendar):
+        """The table of a compiler's calendar, by identity (hashing a calendar costs more than the lookup saves)."""
+        entry = self.calendar_tables.get(id(calendar))
+        if entry is None or (<tuple>entry)[0] is not calendar:
+            if len(self.calendar_tables) >= 256:
+                self.calendar_tables.clear()
+            entry = self.calendar_tables[id(calendar)] = (calendar, calendar_table(calendar))
+        return (<tuple>entry)[1]
+
     cdef CPlan _pack(self, described):
         """Pack a :class:`tel400.compiler.CompiledPlan` into C structs.  O(this plan)."""
         cdef CPlan cp = CPlan()
@@ -388,16 +395,11 @@ cdef class Engine:
         cdef Py_ssize_t pool_size = 0
         cp.number = described.number
         cp.zone = zone_table(described.timezone)
-        calendar = described.calendar
-        table = self.calendar_tables.get(id(calendar))
-        if table is None:
-            table = self.calendar_tables[id(calendar)] = calendar_table(calendar)
-        cp.calendar = table
+        cp.calendar = self._calendar_table(described.calendar)
         blacklist = described.blacklist
-        packed = self.blacklists.get(id(blacklist))
-        if packed is None:
-            packed = self.blacklists[id(blacklist)] = _pack_blacklist(blacklist)
-        cp.blacklist = packed
+        if blacklist.packed is None:
+            blacklist.packed = _pack_blacklist(blacklist)  # once for all the numbers that share it
+        cp.blacklist = blacklist.packed
         cp.reject_unknown = described.reject_unknown
         cp.pin_gate = described.pin_gate
         cp.prompts = described.prompts
