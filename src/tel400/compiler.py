@@ -33,6 +33,7 @@ from .outcomes import OUTCOME_INDEX, OUTCOMES, SMS_ACCESS_PREFIX, STANDARD_PROMP
 from .plans import Action, Cap, NumberPlan, PlanSet, Rule
 
 _EMPTY: tuple[str, ...] = ()
+_OUTCOME_OF = OUTCOME_INDEX
 #: A rule without a province condition matches every province index.
 ALL_PROVINCES = (1 << 64) - 1
 #: Minutes of a day: slots hold 0 to 1439.
@@ -140,7 +141,7 @@ class CompiledAction:
     def __init__(self, kind: str, reason: str, prompt: str | None, selector, fixed: tuple, strategy) -> None:
         self.kind = kind
         self.reason = reason
-        self.outcome = OUTCOME_INDEX[(kind, reason)]
+        self.outcome = _OUTCOME_OF[kind, reason]
         self.prompt = prompt
         self.selector = selector
         self.fixed = fixed
@@ -365,11 +366,11 @@ class Compiler:
             return CompiledAction(kind, "ok", None, None, (action.queue,), None)
         if kind == "conference":
             return CompiledAction(kind, "ok", None, None, (action.room,), None)
-        targets = [t.to for t in action.targets]
+        targets = tuple([t.to for t in action.targets])
         weights = [t.weight for t in action.targets]
         state = None
         if action.strategy == "round_robin":
-            ident = (number, rule, tuple(targets), tuple(weights))
+            ident = (number, rule, targets, tuple(weights))
             state = self.shared.round_robin_state(ident, len(targets), self.rr_states)
         selector = self.make_selector(action.strategy, targets, weights, state)
         return CompiledAction(kind, "ok", None, selector, _EMPTY, action.strategy)

@@ -121,6 +121,8 @@ cdef tuple _orders_by_pick(targets, weights):
     targets = tuple(targets)
     if n == 1:
         return (targets,)
+    if n == 2:  # the pick, then the other, whatever the weights
+        return (targets, (targets[1], targets[0]))
     rank = <int*>PyMem_Malloc((n + 1) * (sizeof(int) + sizeof(int64_t)))
     if rank == NULL:
         raise MemoryError()
