@@ -136,9 +136,11 @@ class Blacklist:
 class CompiledAction:
     """What a rule or the default does: kind, reason and outcome index, prompt, selector or fixed targets."""
 
-    __slots__ = ("kind", "reason", "outcome", "prompt", "selector", "fixed", "connects", "strategy")
+    __slots__ = ("kind", "reason", "outcome", "prompt", "selector", "fixed", "connects", "strategy", "packed")
 
     def __init__(self, kind: str, reason: str, prompt: str | None, selector, fixed: tuple, strategy) -> None:
+        #: the compiled engine's packed form, made once for all the rules sharing this action
+        self.packed = None
         self.kind = kind
         self.reason = reason
         self.outcome = _OUTCOME_OF[kind, reason]
@@ -299,6 +301,7 @@ class Compiler:
         self._prompts: dict = {}
         self._blacklists: dict = {}
         self._zones: dict = {}
+        self._actions: dict = {}
 
     def compile(self, plan: NumberPlan) -> CompiledPlan:
         """The compiled description of one number.  O(this plan); shared pieces are built once."""
@@ -359,13 +362,14 @@ class Compiler:
 
     def _action(self, number: str, action: Action, rule: str | None, prompts: dict) -> CompiledAction:
         kind = action.kind
-        if kind == "reject":
-            return CompiledAction(kind, "closed" if rule is None else "rule_reject",
-                                  action.prompt or prompts["closed"], None, _EMPTY, None)
-        if kind == "queue":
-            return CompiledAction(kind, "ok", None, None, (action.queue,), None)
-        if kind == "conference":
-            return CompiledAction(kind, "ok", None, None, (action.room,), None)
+        if kind == "reject":  # shared: a reject, queue or conference action holds nothing of its own
+            reason, prompt = "closed" if rule is None else "rule_reject", action.prompt or prompts["closed"]
+            return self._shared_piece(self._actions, (reason, prompt),
+                                      lambda: CompiledAction(kind, reason, prompt, None, _EMPTY, None))
+        if kind == "queue" or kind == "conference":
+            fixed = (action.queue if kind == "queue" else action.room,)
+            return self._shared_piece(self._actions, (kind, fixed),
+                                      lambda: CompiledAction(kind, "ok", None, None, fixed, None))
         targets = tuple([t.to for t in action.targets])
         weights = [t.weight for t in action.targets]
         state = None

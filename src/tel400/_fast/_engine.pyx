@@ -733,7 +733,11 @@ cdef class Engine:
 
 
 cdef CAction _pack_action(described):
-    cdef CAction a = CAction()
+    """The packed form of a compiler action: made once per action (shared actions are packed once)."""
+    cdef CAction a = described.packed
+    if a is not None:
+        return a
+    a = CAction()
     a.kind = _KIND_CODES[described.kind]
     a.kind_name = _KIND_NAMES[a.kind]  # module constants, not each plan's own copy
     a.connects = described.connects
@@ -742,6 +746,7 @@ cdef CAction _pack_action(described):
     a.prompt = described.prompt
     a.selector = described.selector
     a.fixed = described.fixed
+    described.packed = a
     return a
 
 
