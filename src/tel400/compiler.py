@@ -30,7 +30,7 @@ from typing import Any
 from . import pins, provinces
 from .counters import PERIOD_TTL_S
 from .outcomes import OUTCOME_INDEX, OUTCOMES, SMS_ACCESS_PREFIX, STANDARD_PROMPTS
-from .plans import Action, Cap, NumberPlan, PlanSet, Rule
+from .plans import Action, CalendarSpec, Cap, NumberPlan, PlanSet, Rule
 
 _EMPTY: tuple[str, ...] = ()
 _OUTCOME_OF = OUTCOME_INDEX
@@ -302,6 +302,10 @@ class Compiler:
         self._blacklists: dict = {}
         self._zones: dict = {}
         self._actions: dict = {}
+        # What a number without a calendar, prompts or blacklist of its own gets (most numbers).
+        self._plain_calendar = settings.calendar.merged(CalendarSpec()).build()
+        self._plain_prompts = plan_prompts(settings, NumberPlan("0"))
+        self._plain_blacklist = Blacklist(settings.blacklist)
 
     def compile(self, plan: NumberPlan) -> CompiledPlan:
         """The compiled description of one number.  O(this plan); shared pieces are built once."""
@@ -322,8 +326,11 @@ class Compiler:
             for rule in plan.rules
         ])
         cp.default = self._action(number, plan.default, None, prompts)
-        cp.caps = self._caps(number, plan.caps, prompts)
-        cp.has_charges = any(cap.metric != "calls" for cap in cp.caps)
+        caps = cp.caps = self._caps(number, plan.caps, prompts) if plan.caps else ()
+        cp.has_charges = False
+        for cap in caps:
+            if cap.metric != "calls":
+                cp.has_charges = True
         return cp
 
     # -- what numbers share ---------------------------------------------------
@@ -337,16 +344,25 @@ class Compiler:
         return piece
 
     def _zone(self, name: str) -> zoneinfo.ZoneInfo:
-        return self._shared_piece(self._zones, name, lambda: zoneinfo.ZoneInfo(name))
+        zone = self._zones.get(name)
+        if zone is None:
+            zone = self._shared_piece(self._zones, name, lambda: zoneinfo.ZoneInfo(name))
+        return zone
 
-    def _calendar(self, spec):
+    def _calendar(self, spec: CalendarSpec):
         """The settings' calendar merged with a number's additions: built once per distinct spec."""
+        if not (spec.holidays or spec.workdays or spec.years):
+            return self._plain_calendar
         return self._shared_piece(self._calendars, spec, lambda: self.settings.calendar.merged(spec).build())
 
     def _prompt_names(self, plan: NumberPlan) -> dict[str, str]:
+        if not plan.prompts:
+            return self._plain_prompts
         return self._shared_piece(self._prompts, plan.prompts, lambda: plan_prompts(self.settings, plan))
 
     def _blacklist(self, own: tuple[str, ...]) -> Blacklist:
+        if not own:
+            return self._plain_blacklist
         return self._shared_piece(self._blacklists, own, lambda: Blacklist(self.settings.blacklist + own))
 
     @staticmethod
@@ -381,8 +397,9 @@ class Compiler:
 
     def _caps(self, number: str, caps: tuple[Cap, ...], prompts: dict) -> tuple[CompiledCap, ...]:
         """Caps numbered by occurrence of (metric, per, scope, channel): a reordered list keeps its counts."""
-        if not caps:
-            return ()
+        if len(caps) == 1:
+            cap = caps[0]
+            return (CompiledCap(number, cap, 1, prompts["limit_reached"] if cap.prompt is None else cap.prompt),)
         seen: dict[tuple, int] = {}
         out = []
         for cap in caps:
