@@ -5,7 +5,10 @@ from __future__ import annotations
 import gc
 import random
 
+import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tel400
 from tel400 import _impl, compiler
@@ -14,6 +17,7 @@ from tel400.router import _prefixes_of
 from tel400.shared import Shared
 
 from .conftest import at, plans_from
+from .test_differential import calls, plan_sets
 
 BJ, SH = "13901012345", "02112345678"
 TUESDAY_10 = at(2026, 11, 24, 10, 0)
@@ -153,3 +157,44 @@ def test_compiled_plans_without_a_pin_are_out_of_the_cyclic_gc():
     engine = engine_of(_impl.CYTHON, plans_from(FULL))
     assert gc.is_tracked(engine.by_number["4001012345"])  # holds a PIN gate (the router's shared state)
     assert not gc.is_tracked(engine.by_number["4007654321"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(plan_sets(), st.lists(calls(), min_size=1, max_size=15), st.randoms(use_true_random=False))
+def test_numbers_put_one_at_a_time_decide_like_a_whole_compile(tree, sequence, rnd):
+    """An engine built by put() (in any order, with a number removed again) routes like one built whole."""
+    plans = tel400.PlanSet.from_dict(tree)
+    settings_only = attrs.evolve(plans, numbers=())
+    spare = plans_from({"numbers": [{"number": "4009999999", "default": {"action": "queue", "queue": "q"}}]}).numbers[0]
+    for impl in _impl.ENGINES.values():
+        whole = engine_of(impl, plans)
+        one_by_one = engine_of(impl, settings_only)
+        one_by_one.shared.plan_source = whole.shared.plan_source  # what a router's store would give explain
+        order = list(plans.numbers) + [spare]
+        rnd.shuffle(order)
+        for plan in order:
+            one_by_one.put(plan)
+        one_by_one.remove(spare.number)
+        one_by_one._check()
+        assert set(one_by_one.by_number) == set(whole.by_number)
+        for call in sequence:
+            if call["pin"] is not None or call["call_id"] is not None:
+                continue  # PIN windows and calls in progress are router state, not the compile's
+            args = (call["dialed"], call["caller"], call["at"], call["channel"])
+            a, b = whole.route(*args, None, None, True, True), one_by_one.route(*args, None, None, True, True)
+            assert (a.action, a.reason, a.rule, a.prompt, a.number, [s.check for s in a.explain]) == \
+                   (b.action, b.reason, b.rule, b.prompt, b.number, [s.check for s in b.explain])
+
+
+def test_a_full_cache_of_shared_pieces_is_emptied_not_grown(monkeypatch, impl):
+    monkeypatch.setattr(compiler.Compiler, "SHARED_PIECES", 2)
+    tree = {"numbers": [{"number": f"40010{i:05d}", "prompts": {"closed": f"closed_{i}"}, "blacklist": [f"1390000000{i}"]}
+                        for i in range(5)]}
+    engine = engine_of(impl, plans_from(tree))
+    engine._check()
+    assert len(engine.compiler._prompts) <= 2 and len(engine.compiler._blacklists) <= 2
+    for i in range(5):
+        number = f"40010{i:05d}"
+        assert engine.route(number, BJ, at=TUESDAY_10).prompt == f"closed_{i}"
+        assert engine.route(number, f"1390000000{i}", at=TUESDAY_10).reason == "blacklisted"
+        assert engine.route(number, f"1390000000{(i + 1) % 5}", at=TUESDAY_10).reason == "closed"
