@@ -1,10 +1,12 @@
 """Reference implementation of the routing engine.
 
-An :class:`Engine` is one immutable compilation of a :class:`~tel400.PlanSet`
-(everything a call needs, looked up by the dialed number) plus references to
+An :class:`Engine` holds the compiled descriptions of a plan set's numbers
+(:class:`tel400.compiler.CompiledPlan`, made by the compile step both engines
+share), looked up by the dialed number, and executes them; plus references to
 the router's shared, mutable state (:class:`tel400.shared.Shared`).
 :meth:`tel400.Router.reload` compiles a new engine and swaps one reference,
-so a call sees either the old plans or the new ones, never a mixture.
+so a call sees either the old plans or the new ones, never a mixture;
+:meth:`Engine.put` and :meth:`Engine.remove` change one number's entry.
 
 The order of checks is design.md's "Decision order"; docs/routing.md
 documents each step.  ``tel400._fast._engine`` is the compiled twin; it

@@ -193,8 +193,7 @@ class CompiledRule:
 class CompiledCap:
     """A cap's counter key (and the per-caller key prefix), label, limit in units, period and prompt."""
 
-    __slots__ = ("key", "caller_prefix", "metric", "per", "limit", "scope", "prompt", "channel", "label", "ttl_s",
-                 "increment")
+    __slots__ = ("key", "caller_prefix", "metric", "per", "limit", "scope", "prompt", "channel", "ttl_s", "increment")
 
     def __init__(self, number: str, cap: Cap, occurrence: int, prompt: str) -> None:
         self.key = cap_key(number, cap, occurrence)
@@ -208,7 +207,11 @@ class CompiledCap:
         self.channel = cap.channel
         self.ttl_s = PERIOD_TTL_S[cap.per]
         self.increment = 1 if cap.metric == "calls" else 0  # minutes and cost are added at the call's end
-        self.label = f"{cap.metric}/{cap.per}/{cap.scope}" + (f"/{cap.channel}" if cap.channel != "any" else "")
+
+    @property
+    def label(self) -> str:
+        """How explain names the cap (made when asked: only traces read it)."""
+        return f"{self.metric}/{self.per}/{self.scope}" + (f"/{self.channel}" if self.channel != "any" else "")
 
     def applies(self, channel: str) -> bool:
         return self.channel == "any" or self.channel == channel
@@ -386,8 +389,11 @@ class Compiler:
             fixed = (action.queue if kind == "queue" else action.room,)
             return self._shared_piece(self._actions, (kind, fixed),
                                       lambda: CompiledAction(kind, "ok", None, None, fixed, None))
-        targets = tuple([t.to for t in action.targets])
-        weights = [t.weight for t in action.targets]
+        targets, weights = [], []
+        for target in action.targets:
+            targets.append(target.to)
+            weights.append(target.weight)
+        targets = tuple(targets)
         state = None
         if action.strategy == "round_robin":
             ident = (number, rule, targets, tuple(weights))

@@ -1,9 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled twin of ``tel400._engine_py``: the routing decision in C.
 
-A plan compiles into C structs (rules with province bit masks, weekday masks,
-minute slots and date ranges; blacklist prefixes as sorted integers; caps
-with their keys) and a call walks them touching Python objects only to read
+A number's plan is compiled by ``tel400.compiler`` (the step both engines
+share) and its description packed here into C structs (rules with province
+bit masks, weekday masks, minute slots and date ranges; blacklist prefixes as
+sorted integers; caps with their keys); nothing about what a plan means is
+decided here.  A call walks them touching Python objects only to read
 its arguments, to look the dialed number up in one dict, and to build the
 ``Decision``.  The order of checks and every choice are the reference's; a
 property test holds the two to the same decisions.
