@@ -42,6 +42,23 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("impl", [_impl.ENGINES[n] for n in names], ids=names, scope="session")
 
 
+@pytest.fixture(autouse=True)
+def checked_compiles(monkeypatch):
+    """Every engine a router compiles (construction, reload, compile_check) has its invariants asserted."""
+    from tel400 import router
+
+    real = router._compiled
+
+    def compiled(impl, plans, prefixes, shared):
+        engine = real(impl, plans, prefixes, shared)
+        check = getattr(engine, "_check", None)  # a test's stand-in engine may have none
+        if check is not None:
+            check()
+        return engine
+
+    monkeypatch.setattr(router, "_compiled", compiled)
+
+
 @pytest.fixture
 def make_router(impl):
     def make(plans, counters=None, **kwargs):

@@ -333,19 +333,19 @@ def test_verified_pins_survive_a_reload(make_router, derivations, monkeypatch):
 
 def _failing_reload(router, monkeypatch, pin_hash):
     """A reload that changes the PIN, then fails compiling the next number: nothing may change."""
-    from tel400 import _engine_py
+    from tel400 import compiler
 
-    real = _engine_py.plan_prompts
+    real = compiler.Compiler.compile
 
-    def prompts(plans, plan):
+    def compile_number(self, plan):
         if plan.number == "4007654321":
             raise ValueError("cannot compile this one")
-        return real(plans, plan)
+        return real(self, plan)
 
     tree = {"numbers": one_number(rules=[bridge("13901010001")], pin_hash=pin_hash)["numbers"]
             + one_number(number="4007654321")["numbers"]}
     with monkeypatch.context() as m:
-        m.setattr(_engine_py, "plan_prompts", prompts)
+        m.setattr(compiler.Compiler, "compile", compile_number)
         with pytest.raises(tel400.PlanError, match="4007654321"):
             router.reload(tel400.PlanSet.from_dict(tree, source="test"))
 

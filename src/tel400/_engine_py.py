@@ -1,10 +1,12 @@
 """Reference implementation of the routing engine.
 
-An :class:`Engine` is one immutable compilation of a :class:`~tel400.PlanSet`
-(everything a call needs, looked up by the dialed number) plus references to
-the router's shared, mutable state (:class:`tel400._common.Shared`).
+An :class:`Engine` holds the compiled descriptions of a plan set's numbers
+(:class:`tel400.compiler.CompiledPlan`, made by the compile step both engines
+share), looked up by the dialed number, and executes them; plus references to
+the router's shared, mutable state (:class:`tel400.shared.Shared`).
 :meth:`tel400.Router.reload` compiles a new engine and swaps one reference,
-so a call sees either the old plans or the new ones, never a mixture.
+so a call sees either the old plans or the new ones, never a mixture;
+:meth:`Engine.put` and :meth:`Engine.remove` change one number's entry.
 
 The order of checks is design.md's "Decision order"; docs/routing.md
 documents each step.  ``tel400._fast._engine`` is the compiled twin; it
@@ -16,18 +18,20 @@ from __future__ import annotations
 import datetime as _dt
 import time
 import zoneinfo
-from collections import Counter
+
+import attrs
 
 from . import pins, provinces
-from ._common import (
-    OUTCOME_INDEX, SMS_ACCESS_PREFIX, STANDARD_PROMPTS, UNKNOWN_LABEL, CallRecord, cap_key, check_at,
-)
 from ._numbers_py import national_key, normalize_or_none
 from ._select_py import make_selector
-from .counters import PERIOD_TTL_S, CapCheck
+from .billing import CallRecord
+from .calltime import check_at
+from .compiler import CompiledPlan, CompiledRule, Compiler, lookup_plan
+from .counters import CapCheck
 from .decision import Decision, Step
 from .exceptions import BackendError
-from .plans import Action, Cap, NumberPlan, PlanSet, Rule
+from .outcomes import OUTCOME_INDEX, UNKNOWN_LABEL
+from .plans import NumberPlan, PlanSet
 
 _EMPTY: tuple[str, ...] = ()
 _new_decision = tuple.__new__  # Decision(...) without the keyword-argument machinery
@@ -85,199 +89,37 @@ class Moment:
         return f"{day.isoformat()} {_DAY_NAMES[self.weekday].title()} {self.minute // 60:02d}:{self.minute % 60:02d}"
 
 
-class CompiledAction:
-    __slots__ = ("kind", "reason", "prompt", "selector", "fixed", "connects", "strategy")
+def first_failure(rule: CompiledRule, channel: str, province: int, moment: Moment) -> str | None:
+    """The first condition of a compiled rule that does not hold (``None``: the rule matches).
 
-    def __init__(self, action: Action, *, reason: str, prompt: str | None, selector=None) -> None:
-        self.kind = action.kind
-        self.reason = reason
-        self.prompt = prompt
-        self.selector = selector
-        self.strategy = action.strategy if action.kind == "bridge" else None
-        self.connects = action.connects
-        if action.kind == "queue":
-            self.fixed = (action.queue,)
-        elif action.kind == "conference":
-            self.fixed = (action.room,)
-        else:
-            self.fixed = _EMPTY
-
-
-class CompiledRule:
-    __slots__ = ("name", "provinces", "days", "time", "dates", "channel", "action", "uses_calendar")
-
-    def __init__(self, rule: Rule, action: CompiledAction) -> None:
-        self.name = rule.name
-        self.provinces = (
-            frozenset(provinces.INDEX[c] for c in rule.provinces) if rule.provinces is not None else None
-        )
-        self.days = rule.days
-        self.time = rule.time
-        self.dates = rule.dates
-        self.channel = rule.channel
-        self.action = action
-        self.uses_calendar = rule.days is not None and rule.days.needs_calendar
-
-    def first_failure(self, channel: str, province: int, moment: Moment) -> str | None:
-        """The first condition that does not hold (``None``: the rule matches).
-
-        Conditions are checked in a fixed order, cheapest first:
-        channel, province, date, day, time.
-        """
-        if self.channel != "any" and self.channel != channel:
-            return "channel"
-        if self.provinces is not None and province not in self.provinces:
-            return "province"
-        if self.dates is not None and not self.dates.matches(moment.ordinal):
-            return "date"
-        days = self.days
-        if days is not None and not days.weekdays >> moment.weekday & 1:
-            # The calendar is consulted only when the weekday alone does not
-            # decide (each lookup in an uncovered year counts as a fallback).
-            if not days.needs_calendar or not (days.workday if moment.workday else days.holiday):
-                return "day"
-        if self.time is not None and not self.time.matches(moment.minute):
-            return "time"
-        return None
-
-
-class CompiledCap:
-    __slots__ = ("key", "metric", "per", "limit", "scope", "prompt", "channel", "label", "ttl_s")
-
-    def __init__(self, number: str, cap: Cap, occurrence: int, prompt: str) -> None:
-        self.key = cap_key(number, cap, occurrence)
-        self.metric = cap.metric
-        self.per = cap.per
-        self.limit = cap.limit_units
-        self.scope = cap.scope
-        self.prompt = prompt
-        self.channel = cap.channel
-        self.ttl_s = PERIOD_TTL_S[cap.per]
-        self.label = f"{cap.metric}/{cap.per}/{cap.scope}" + (f"/{cap.channel}" if cap.channel != "any" else "")
-
-    def applies(self, channel: str) -> bool:
-        return self.channel == "any" or self.channel == channel
-
-    def key_for(self, scope_key: str) -> str:
-        return self.key if self.scope == "number" else f"{self.key}:{scope_key}"
-
-    def check(self, moment: Moment, scope_key: str) -> CapCheck:
-        return CapCheck(
-            self.key_for(scope_key), moment.period(self.per), self.limit,
-            1 if self.metric == "calls" else 0, self.ttl_s,
-        )
-
-
-class Blacklist:
-    """Exact numbers, prefixes (``1710*``) and ``anonymous``; normalised entries."""
-
-    __slots__ = ("exact", "prefixes", "lengths", "anonymous")
-
-    def __init__(self, entries) -> None:
-        exact, prefixes = set(), set()
-        self.anonymous = False
-        for entry in entries:
-            if entry == "anonymous":
-                self.anonymous = True
-            elif entry.endswith("*"):
-                prefixes.add(entry[:-1])
-            else:
-                exact.add(entry)
-        self.exact = frozenset(exact)
-        self.prefixes = frozenset(prefixes)
-        self.lengths = tuple(sorted({len(p) for p in prefixes}))
-
-    def matches(self, caller: str | None) -> str | None:
-        """The entry that blocks a caller, or ``None``.  O(distinct prefix lengths)."""
-        if caller is None:
-            return "anonymous" if self.anonymous else None
-        if caller in self.exact:
-            return caller
-        for n in self.lengths:
-            if caller[:n] in self.prefixes:
-                return caller[:n] + "*"
-        return None
-
-
-def plan_prompts(plans: PlanSet, plan: NumberPlan) -> dict[str, str]:
-    """A number's prompt names: standard, renamed globally, renamed by the number."""
-    prompts = {key: key for key in STANDARD_PROMPTS}
-    prompts.update(plans.prompts)
-    prompts.update(plan.prompts)
-    return prompts
-
-
-def action_prompt(action: Action, prompts: dict[str, str]) -> str | None:
-    """The prompt a reject action plays: as written, else the plan's ``closed``."""
-    if action.kind != "reject":
-        return None
-    return action.prompt or prompts["closed"]
-
-
-def pin_gate(plan: NumberPlan, shared, carried_pins: dict) -> pins.PinGate | None:
-    """A number's PIN step (both engines run this one), or ``None`` without a PIN.
-
-    The check is the one kept over reloads if the PIN is unchanged
-    (:meth:`tel400._common.Shared.pin_check`); ``carried_pins`` collects
-    this engine's, for the router to adopt once the engine is compiled.
+    Conditions are checked in a fixed order, cheapest first:
+    channel, province, date, day, time.
     """
-    if not plan.has_pin:
-        return None
-    check = shared.pin_check(plan.number, plan.pin, plan.pin_hash, carried_pins)
-    return pins.PinGate(plan.number, check, plan.on_backend_error == "allow", shared)
-
-
-class CompiledPlan:
-    __slots__ = (
-        "number", "zone", "calendar", "blacklist", "reject_unknown", "pin_gate", "rules",
-        "default", "caps", "prompts", "fail_open", "tariff", "outcomes",
-    )
-
-    def __init__(self, plan: NumberPlan, plans: PlanSet, shared, carried_rr: dict, carried_pins: dict) -> None:
-        self.number = plan.number
-        self.zone = zoneinfo.ZoneInfo(plan.timezone)
-        self.calendar = plans.calendar.merged(plan.calendar).build()
-        self.blacklist = Blacklist(plans.blacklist + plan.blacklist)
-        self.reject_unknown = plan.reject_unknown_callers
-        self.prompts = prompts = plan_prompts(plans, plan)
-        self.fail_open = plan.on_backend_error == "allow"
-        self.pin_gate = pin_gate(plan, shared, carried_pins)
-        self.tariff = plan.tariff
-        self.outcomes = shared.outcome_counts(plan.number)
-        self.rules = tuple(
-            CompiledRule(rule, self._action(plan, rule.action, rule.name, shared, carried_rr)) for rule in plan.rules
-        )
-        self.default = self._action(plan, plan.default, None, shared, carried_rr)
-        seen: Counter[tuple] = Counter()
-        caps = []
-        for cap in plan.caps:
-            ident = (cap.metric, cap.per, cap.scope, cap.channel)
-            seen[ident] += 1
-            prompt = prompts["limit_reached"] if cap.prompt is None else cap.prompt
-            caps.append(CompiledCap(plan.number, cap, seen[ident], prompt))
-        self.caps = tuple(caps)
-
-    def _action(self, plan: NumberPlan, action: Action, rule: str | None, shared, carried_rr: dict) -> CompiledAction:
-        if action.kind == "reject":
-            reason = "closed" if rule is None else "rule_reject"
-            return CompiledAction(action, reason=reason, prompt=action_prompt(action, self.prompts))
-        selector = None
-        if action.kind == "bridge":
-            targets = [t.to for t in action.targets]
-            weights = [t.weight for t in action.targets]
-            state = None
-            if action.strategy == "round_robin":
-                ident = (plan.number, rule, tuple(targets), tuple(weights))
-                state = shared.round_robin_state(ident, len(targets), carried_rr)
-            selector = make_selector(action.strategy, targets, weights, state)
-        return CompiledAction(action, reason="ok", prompt=None, selector=selector)
+    if rule.channel != "any" and rule.channel != channel:
+        return "channel"
+    if not rule.province_mask >> province & 1:
+        return "province"
+    if rule.date_ranges and not any(start <= moment.ordinal <= end for start, end in rule.date_ranges):
+        return "date"
+    if rule.has_days and not rule.weekdays >> moment.weekday & 1:
+        # The calendar is consulted only when the weekday alone does not
+        # decide (each lookup in an uncovered year counts as a fallback).
+        if not (rule.workday or rule.holiday) or not (rule.workday if moment.workday else rule.holiday):
+            return "day"
+    if rule.slots and not any(
+        (start <= moment.minute <= end) if start <= end else (moment.minute >= start or moment.minute <= end)
+        for start, end in rule.slots
+    ):
+        return "time"
+    return None
 
 
 class Engine:
     """A compiled plan set that routes calls."""
 
     def __init__(self, plans: PlanSet, prefixes, shared) -> None:
-        self.plans = plans
+        #: the plan set's settings (global blacklist, prompts, calendar), without its numbers
+        self.settings = settings_of(plans)
         self.prefixes = prefixes
         self.shared = shared
         #: round-robin states of this plan set; the router adopts them once
@@ -285,21 +127,15 @@ class Engine:
         self.rr_states: dict[tuple, object] = {}
         #: PIN checks of this plan set, adopted likewise (Shared.pin_checks).
         self.pin_checks: dict[tuple, pins.PinCheck] = {}
-        compiled: dict[str, CompiledPlan] = {}
-        for plan in plans.numbers:
-            compiled[plan.number] = CompiledPlan(plan, plans, shared, self.rr_states, self.pin_checks)
-        self.by_number = compiled
+        self.compiler = Compiler(self.settings, shared, make_selector, self.rr_states, self.pin_checks)
+        compile_number = self.compiler.compile
+        self.by_number: dict[str, CompiledPlan] = {plan.number: compile_number(plan) for plan in plans.numbers}
         self.unknown_prompt = dict(plans.prompts).get("unknown_number", "unknown_number")
         self.unknown_outcomes = shared.outcome_counts(UNKNOWN_LABEL)
 
     def plan_for(self, dialed_n: str | None) -> CompiledPlan | None:
         """The plan of a normalised dialed number; SMS arrive as 10657 + the number."""
-        if dialed_n is None:
-            return None
-        plan = self.by_number.get(dialed_n)
-        if plan is None and dialed_n.startswith(SMS_ACCESS_PREFIX):
-            plan = self.by_number.get(dialed_n[len(SMS_ACCESS_PREFIX):])
-        return plan
+        return lookup_plan(self.by_number, dialed_n)
 
     # -- the decision ---------------------------------------------------------
 
@@ -352,7 +188,7 @@ class Engine:
 
         chosen = None
         for rule in plan.rules:
-            failed = rule.first_failure(channel, province_index, moment)
+            failed = first_failure(rule, channel, province_index, moment)
             if failed is None:
                 chosen = rule
                 if trace is not None:
@@ -382,7 +218,8 @@ class Engine:
             checks, caps = [], []
             for cap in plan.caps:
                 if cap.applies(channel):
-                    checks.append(cap.check(moment, caller_key))
+                    checks.append(CapCheck(cap.key_for(caller_key), moment.period(cap.per), cap.limit, cap.increment,
+                                           cap.ttl_s))
                     caps.append(cap)
             if checks:
                 try:
@@ -397,7 +234,7 @@ class Engine:
                     return done("reject", _EMPTY, caps[over].prompt, "cap_exceeded", rule_name)
 
         if call_id is not None and not dry_run:
-            charges = tuple(
+            charges = () if not plan.has_charges else tuple(
                 (cap.metric, cap.key_for(caller_key), moment.period(cap.per), cap.ttl_s)
                 for cap in plan.caps
                 if cap.metric != "calls" and cap.applies(channel)
@@ -431,8 +268,27 @@ class Engine:
             else:
                 trace.append(Step("cap", cap.label, True, f"{shown} of {limit}"))
 
-    # -- call end ---------------------------------------------------------
+    # -- one number at a time ----------------------------------------------
 
+    def put(self, plan: NumberPlan) -> None:
+        """Compile one number with this engine's settings and route it by that from now on.  O(this plan)."""
+        self.by_number[plan.number] = self.compiler.compile(plan)
+
+    def remove(self, number: str) -> None:
+        """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1)."""
+        self.by_number.pop(number, None)
+
+    def _check(self) -> None:
+        """Assert every compiled number's invariants (tests call it after every compile).  O(plans)."""
+        assert not self.settings.numbers
+        for number, plan in self.by_number.items():
+            assert plan.number == number
+            plan._check()
+
+
+def settings_of(plans: PlanSet) -> PlanSet:
+    """The settings part of a plan set (its numbers left out): what an engine keeps."""
+    return plans if not plans.numbers else attrs.evolve(plans, numbers=())
 
 
 def _show_units(metric: str, units: int) -> str:
@@ -447,7 +303,7 @@ def _describe_failure(rule: CompiledRule, failed: str, channel: str, province: s
     if failed == "channel":
         return f"channel {channel} is not {rule.channel}"
     if failed == "province":
-        wanted = ",".join(sorted(provinces.CODES[i] for i in rule.provinces))
+        wanted = ",".join(sorted(rule.provinces))
         return f"province {province or 'unknown'} not in {wanted}"
     if failed == "date":
         return f"date {_dt.date.fromordinal(moment.ordinal).isoformat()} not in {rule.dates.text}"

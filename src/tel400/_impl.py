@@ -13,7 +13,7 @@ import os
 import platform
 import warnings
 
-from . import _engine_py, _numbers_py
+from . import _engine_py, _numbers_py, counters, segments
 from ._lookup_py import IntervalLookup as _PyLookup
 from .counters import MemoryCounters as _PyMemoryCounters
 
@@ -74,6 +74,11 @@ national_key = ACTIVE.national_key
 IntervalLookup = ACTIVE.IntervalLookup
 MemoryCounters = ACTIVE.MemoryCounters
 Engine = ACTIVE.Engine
+
+# The low-level modules default to the reference; the selector tells them
+# the active implementation (they never import this module).
+counters.use_memory_class(MemoryCounters)
+segments.use_lookup_class(IntervalLookup)
 
 
 def get(name: str | None) -> Implementation:

@@ -51,11 +51,19 @@ def failover_rank(weights: Sequence[int]) -> list[int]:
 
 
 def orders_by_pick(targets: Sequence[str], weights: Sequence[int]) -> tuple[tuple[str, ...], ...]:
-    """For each possible pick, the full order: that pick, then the failover rank."""
+    """For each possible pick, the full order: that pick, then the failover rank.
+
+    Built once per bridge rule when a plan compiles: one and two targets
+    (most rules) take a shortcut, since the rest of the order is then fixed.
+    """
+    n = len(targets)
+    if n == 1:
+        return (tuple(targets),)
+    if n == 2:
+        first, second = targets
+        return ((first, second), (second, first))
     rank = failover_rank(weights)
-    return tuple(
-        (targets[pick],) + tuple(targets[i] for i in rank if i != pick) for pick in range(len(targets))
-    )
+    return tuple([(targets[pick],) + tuple([targets[i] for i in rank if i != pick]) for pick in range(n)])
 
 
 class Sequential:

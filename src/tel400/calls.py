@@ -2,7 +2,7 @@
 
 Minutes and cost are charged when a call ends, to the period in which it
 was routed; the router keeps what it needs (see
-:class:`tel400._common.CallRecord`) under the call's id.
+:class:`tel400.billing.CallRecord`) under the call's id.
 
 Two bounds keep memory finite, and neither may lose a charge silently:
 

@@ -378,7 +378,7 @@ def open_counters(spec: CounterBackend | str | None, *, memory=None) -> CounterB
             that is not a whole number of at least 1.
     """
     if memory is None:
-        from ._impl import MemoryCounters as memory
+        memory = _memory_class
     if spec is None:
         return memory()
     if isinstance(spec, CounterBackend):
@@ -427,6 +427,18 @@ def _open_shm(parts) -> CounterBackend:
     if not parts.path:
         raise ValueError("counters: shm:// needs a file path, e.g. shm:///dev/shm/tel400.counters")
     return ShmCounters(parts.path, _whole_query_number(parts, "slots", DEFAULT_SLOTS))
+
+
+#: The class ``memory://`` opens when the caller names none: the reference
+#: here; :mod:`tel400._impl` (the implementation selector, which imports
+#: this module) installs the active implementation's with :func:`use_memory_class`.
+_memory_class = MemoryCounters
+
+
+def use_memory_class(cls) -> None:
+    """Make ``cls`` the default class of ``memory://`` (called by :mod:`tel400._impl`)."""
+    global _memory_class
+    _memory_class = cls
 
 
 __all__ = [

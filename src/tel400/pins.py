@@ -16,7 +16,7 @@ outcome is remembered under a keyed digest (a per-process random key, never
 the PIN itself) in a small LRU, and the right PIN in a slot of its own that
 wrong guesses cannot evict: a caller pays the derivation once per distinct
 PIN tried.  The router keeps each number's :class:`PinCheck` over reloads
-while its PIN is unchanged (``tel400._common.Shared.pin_checks``), so a plan
+while its PIN is unchanged (``tel400.shared.Shared.pin_checks``), so a plan
 change anywhere does not make every right PIN derive again.  Derivations run at most :attr:`PinPolicy.derivations` at a time
 per router; a check that would need one more is answered at once
 (:class:`PinCheckBusy`, the decision ``reject``/``backend_error``).
@@ -332,7 +332,7 @@ class PinGate:
     """Step 3 of the decision order for one number: the PIN and its lockouts.
 
     Both engines call :meth:`decide`, so they decide alike by construction.
-    ``shared`` is the router's state (:class:`tel400._common.Shared`): its
+    ``shared`` is the router's state (:class:`tel400.shared.Shared`): its
     counters, :class:`PinPolicy`, derivation slots and statistics.
     """
 

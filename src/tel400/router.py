@@ -11,7 +11,8 @@ import structlog
 
 from . import _impl, numbers
 from .pins import PinPolicy
-from ._common import CallRecord, Shared, apply_charges, bill_call
+from .billing import CallRecord, apply_charges, bill_call
+from .shared import Shared
 from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
@@ -85,6 +86,9 @@ class Router:
         # and the old PIN checks (with the PINs they verified).
         self._shared.round_robin = engine.rr_states
         self._shared.pin_checks = engine.pin_checks
+        # Engines keep only the compiled form: explain reads a number's plan from here.
+        self._plans = plans
+        self._shared.plan_source = {plan.number: plan for plan in plans.numbers}.get
         # The engine's own bound method, stored on the instance so that a call
         # to router.route skips this class's wrapper (a Python frame, ~60 ns).
         # Rebinding it is one atomic store, like the engine reference itself.
@@ -253,7 +257,7 @@ class Router:
     @property
     def plans(self) -> PlanSet:
         """The plan set being routed by."""
-        return self._engine.plans
+        return self._plans
 
     @property
     def prefixes(self) -> PrefixTable:

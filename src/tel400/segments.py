@@ -25,10 +25,22 @@ from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 
 from . import provinces
+from ._lookup_py import IntervalLookup as _PyLookup
 from ._numbers_py import KEY_WIDTH
 from .exceptions import SegmentError
 
 KEY_SPACE = 10**KEY_WIDTH
+
+#: The searchable form tables build: the reference here; :mod:`tel400._impl`
+#: (which imports this module) installs the active implementation's with
+#: :func:`use_lookup_class`, so this low-level module never imports upward.
+_lookup_class = _PyLookup
+
+
+def use_lookup_class(cls) -> None:
+    """Make ``cls`` the class of :attr:`PrefixTable.lookup` of tables built from now on (``tel400._impl``)."""
+    global _lookup_class
+    _lookup_class = cls
 _TRANSPARENT = -1  # in an overlay: "no opinion here, keep what is below"
 
 #: Where the built-in table comes from; regenerate with tools/build_segments.py.
@@ -151,14 +163,12 @@ class PrefixTable:
     __slots__ = ("_starts", "_codes", "source", "lookup")
 
     def __init__(self, starts: Sequence[int], codes: Sequence[int], source: str = "") -> None:
-        from ._impl import IntervalLookup
-
         self._starts = tuple(starts)
         self._codes = tuple(codes)
         self.source = source
         self._check()
         #: The searchable form (C arrays when compiled); engines use it directly.
-        self.lookup = IntervalLookup(self._starts, self._codes)
+        self.lookup = _lookup_class(self._starts, self._codes)
 
     # -- building ---------------------------------------------------------
 

@@ -1,10 +1,12 @@
-from .._common import Shared
+from ..plans import NumberPlan
+from ..shared import Shared
 from ..decision import Decision
 from ..plans import PlanSet
 from ..segments import PrefixTable
 
 class Engine:
-    plans: PlanSet
+    settings: PlanSet
+    compiler: object
     prefixes: PrefixTable
     shared: Shared
     rr_states: dict[tuple, object]
@@ -22,3 +24,5 @@ class Engine:
         explain: bool = False,
         dry_run: bool = False,
     ) -> Decision: ...
+    def put(self, plan: NumberPlan) -> None: ...
+    def remove(self, number: str) -> None: ...

@@ -1,9 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled twin of ``tel400._engine_py``: the routing decision in C.
 
-A plan compiles into C structs (rules with province bit masks, weekday masks,
-minute slots and date ranges; blacklist prefixes as sorted integers; caps
-with their keys) and a call walks them touching Python objects only to read
+A number's plan is compiled by ``tel400.compiler`` (the step both engines
+share) and its description packed here into C structs (rules with province
+bit masks, weekday masks, minute slots and date ranges; blacklist prefixes as
+sorted integers; caps with their keys); nothing about what a plan means is
+decided here.  A call walks them touching Python objects only to read
 its arguments, to look the dialed number up in one dict, and to build the
 ``Decision``.  The order of checks and every choice are the reference's; a
 property test holds the two to the same decisions.
@@ -13,8 +15,7 @@ concerned, sharing this engine's state (counters, round-robin positions,
 statistics), so that the trace has a single author.
 """
 
-import attrs
-
+cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_INCREF, PyObject
 from cpython.tuple cimport PyTuple_SET_ITEM
@@ -29,10 +30,11 @@ from ._segments cimport IntervalLookup
 from ._select cimport FastRandom, Selector
 
 from .. import _engine_py, provinces
-from .._common import (
-    AT_MAX, AT_MIN, OUTCOME_INDEX, SMS_ACCESS_PREFIX, UNKNOWN_LABEL, CallRecord, cap_key, check_at,
-)
-from ..counters import PERIOD_TTL_S, CapCheck
+from ..billing import CallRecord
+from ..calltime import AT_MAX, AT_MIN, check_at
+from ..compiler import Compiler, lookup_plan
+from ..counters import CapCheck
+from ..outcomes import OUTCOME_INDEX, UNKNOWN_LABEL
 from ..decision import Decision
 from ..exceptions import BackendError
 from ._select import make_selector
@@ -94,17 +96,12 @@ cdef str _SMS = "sms"
 cdef str _ANONYMOUS = "anonymous"
 cdef tuple _CODES = provinces.CODES
 
-cdef int I_BRIDGE_OK = OUTCOME_INDEX[("bridge", "ok")]
-cdef int I_QUEUE_OK = OUTCOME_INDEX[("queue", "ok")]
-cdef int I_CONFERENCE_OK = OUTCOME_INDEX[("conference", "ok")]
 cdef int I_PIN_REQUIRED = OUTCOME_INDEX[("collect_pin", "pin_required")]
 cdef int I_UNKNOWN = OUTCOME_INDEX[("reject", "unknown_number")]
 cdef int I_BLACKLISTED = OUTCOME_INDEX[("reject", "blacklisted")]
 cdef int I_BAD_CALLER = OUTCOME_INDEX[("reject", "bad_caller")]
 cdef int I_BAD_PIN = OUTCOME_INDEX[("reject", "bad_pin")]
 cdef int I_PIN_LOCKED = OUTCOME_INDEX[("reject", "pin_locked")]
-cdef int I_CLOSED = OUTCOME_INDEX[("reject", "closed")]
-cdef int I_RULE_REJECT = OUTCOME_INDEX[("reject", "rule_reject")]
 cdef int I_CAP_EXCEEDED = OUTCOME_INDEX[("reject", "cap_exceeded")]
 cdef int I_BACKEND_ERROR = OUTCOME_INDEX[("reject", "backend_error")]
 cdef dict _OUTCOME_OF_REASON = {
@@ -134,7 +131,9 @@ cdef struct PrefixGroup:
     int64_t* values          # sorted
 
 
+@cython.no_gc
 cdef class CAction:
+    """A CompiledAction packed: holds strings, a selector and a tuple, never itself (no cycle: no GC)."""
     cdef int kind
     cdef bint connects
     cdef str kind_name
@@ -145,28 +144,79 @@ cdef class CAction:
     cdef tuple fixed
 
 
+@cython.no_gc
 cdef class CCap:
+    """A CompiledCap packed (strings and numbers only: no GC)."""
     cdef str key
+    cdef object caller_prefix    # None: number-wide; else the key of a caller is this + the caller
     cdef int metric
     cdef str metric_name
     cdef int per
     cdef int64_t limit
-    cdef bint per_caller
+    cdef int64_t increment
     cdef object prompt
     cdef int channel
     cdef int64_t ttl
 
+    cdef inline str key_for(self, str caller_key):
+        return self.key if self.caller_prefix is None else <str>self.caller_prefix + caller_key
+
+
+@cython.no_gc
+cdef class CBlacklist:
+    """A compiler Blacklist packed; one per distinct blacklist, shared by the numbers that have it."""
+    cdef frozenset exact
+    cdef bint has_exact
+    cdef bint anonymous
+    cdef PrefixGroup* groups
+    cdef int n_groups
+
+    def __dealloc__(self):
+        cdef int i
+        if self.groups != NULL:
+            for i in range(self.n_groups):
+                PyMem_Free(self.groups[i].values)
+            PyMem_Free(self.groups)
+
+
+cdef CBlacklist _pack_blacklist(blacklist):
+    cdef CBlacklist b = CBlacklist()
+    cdef int i, k
+    b.exact = blacklist.exact
+    b.has_exact = bool(blacklist.exact)
+    b.anonymous = blacklist.anonymous
+    groups = blacklist.groups
+    b.n_groups = len(groups)
+    b.groups = NULL
+    if groups:
+        b.groups = <PrefixGroup*>PyMem_Malloc(len(groups) * sizeof(PrefixGroup))
+        if b.groups == NULL:
+            raise MemoryError()
+        for i in range(b.n_groups):
+            b.groups[i].values = NULL
+        for i, (length, values) in enumerate(groups):
+            b.groups[i].length = length
+            b.groups[i].count = len(values)
+            b.groups[i].values = <int64_t*>PyMem_Malloc(len(values) * sizeof(int64_t) + 8)
+            if b.groups[i].values == NULL:
+                raise MemoryError()
+            for k, v in enumerate(values):
+                b.groups[i].values[k] = v
+    return b
+
 
 cdef class CPlan:
+    """One number's CompiledPlan packed into C structs.
+
+    A plan without a PIN gate cannot reach itself again, so it is untracked
+    from the cyclic GC once packed (a million of them add nothing to a
+    collection's walk); one with a PIN gate stays tracked, since the gate
+    holds the router's shared state.
+    """
     cdef readonly str number
-    cdef object source_plan
     cdef ZoneTable zone
     cdef CalendarTable calendar
-    cdef frozenset bl_exact
-    cdef bint has_bl_exact
-    cdef bint bl_anonymous
-    cdef PrefixGroup* bl_groups
-    cdef int n_bl_groups
+    cdef CBlacklist blacklist
     cdef bint reject_unknown
     cdef object pin_gate
     cdef dict prompts
@@ -175,22 +225,54 @@ cdef class CPlan:
     cdef RuleC* rules
     cdef int nrules
     cdef int32_t* pool
-    cdef list rule_names
-    cdef list rule_actions
+    cdef Py_ssize_t pool_size
+    cdef tuple rule_names
+    cdef tuple rule_actions
     cdef CAction default
-    cdef list caps
+    cdef tuple caps
     cdef int ncaps
     cdef bint has_charges
     cdef array.array outcomes
     cdef int64_t* outcome_data
 
     def __dealloc__(self):
-        cdef int i
         PyMem_Free(self.rules)  # the pool lives in the same block
-        if self.bl_groups != NULL:
-            for i in range(self.n_bl_groups):
-                PyMem_Free(self.bl_groups[i].values)
-            PyMem_Free(self.bl_groups)
+
+    def _check(self):
+        """Assert the packing's invariants (tests call it after every compile).  O(this plan)."""
+        cdef int i, j
+        cdef RuleC* r
+        assert self.number and self.zone is not None and self.calendar is not None and self.blacklist is not None
+        assert self.nrules == len(self.rule_names) == len(self.rule_actions)
+        assert self.nrules == 0 or self.rules != NULL
+        for i in range(self.nrules):
+            r = &self.rules[i]
+            assert r.action == <PyObject*>self.rule_actions[i]
+            assert r.channel in (CH_ANY, CH_VOICE, CH_SMS) and r.weekdays < 128
+            assert 0 <= r.date_offset and r.date_offset + 2 * r.ndates <= self.pool_size
+            assert 0 <= r.slot_offset and r.slot_offset + 2 * r.nslots <= self.pool_size
+            for j in range(r.nslots):
+                assert 0 <= self.pool[r.slot_offset + 2 * j] < 1440 and 0 <= self.pool[r.slot_offset + 2 * j + 1] < 1440
+            for j in range(r.ndates):
+                assert self.pool[r.date_offset + 2 * j] <= self.pool[r.date_offset + 2 * j + 1]
+        for action in self.rule_actions + (self.default,):
+            _check_action(action)
+        assert self.ncaps == len(self.caps)
+        assert self.has_charges == any((<CCap>c).metric != M_CALLS for c in self.caps)
+        for c in self.caps:
+            assert (<CCap>c).key.startswith("tel400:{" + self.number + "}:cap:")
+            assert (<CCap>c).increment == (1 if (<CCap>c).metric == M_CALLS else 0)
+        assert self.outcome_data == <int64_t*>self.outcomes.data.as_longlongs
+        assert len(self.outcomes) == len(OUTCOME_INDEX)
+        for g in range(self.blacklist.n_groups):
+            for j in range(1, self.blacklist.groups[g].count):
+                assert self.blacklist.groups[g].values[j - 1] < self.blacklist.groups[g].values[j]
+
+
+cdef _check_action(CAction a):
+    assert a.kind_name == _KIND_NAMES[a.kind] and a.outcome == OUTCOME_INDEX[(a.kind_name, a.reason)]
+    assert a.connects == (a.kind != K_REJECT)
+    assert (a.selector is not None) == (a.kind == K_BRIDGE)
 
 
 cdef inline int64_t _period(int per, LocalTime* t) noexcept nogil:
@@ -252,12 +334,13 @@ cdef bint _sorted_contains(const int64_t* values, int count, int64_t v) noexcept
 cdef class Engine:
     """A compiled plan set that routes calls (compiled twin of the reference)."""
 
-    cdef readonly object plans
+    cdef readonly object settings
     cdef readonly object prefixes
     cdef readonly object shared
     cdef readonly dict rr_states
     cdef readonly dict pin_checks
     cdef readonly dict by_number
+    cdef readonly object compiler
     cdef IntervalLookup lookup
     cdef object counters
     cdef FastCounters fast_counters
@@ -266,9 +349,10 @@ cdef class Engine:
     cdef object unknown_prompt
     cdef array.array unknown_outcomes
     cdef dict delegates
+    cdef dict calendar_tables       # id(OfficialCalendar) -> (that calendar, its CalendarTable)
 
     def __init__(self, plans, prefixes, shared):
-        self.plans = plans
+        self.settings = _engine_py.settings_of(plans)
         self.prefixes = prefixes
         self.shared = shared
         self.rr_states = {}
@@ -282,6 +366,8 @@ cdef class Engine:
         self.rng = shared.fast_rng
         self.calls = shared.calls
         self.delegates = {}
+        self.calendar_tables = {}
+        self.compiler = Compiler(self.settings, shared, make_selector, self.rr_states, self.pin_checks)
         compiled = {}
         for plan in plans.numbers:
             compiled[plan.number] = self._compile_plan(plan)
@@ -289,159 +375,88 @@ cdef class Engine:
         self.unknown_prompt = dict(plans.prompts).get("unknown_number", "unknown_number")
         self.unknown_outcomes = shared.outcome_counts(UNKNOWN_LABEL)
 
-    # -- compiling ------------------------------------------------------------
+    # -- compiling: the compiler's description, packed ---------------------------
 
     cdef CPlan _compile_plan(self, plan):
+        return self._pack(self.compiler.compile(plan))
+
+    cdef CalendarTable _calendar_table(self, calendar):
+        """The table of a compiler's calendar, by identity (hashing a calendar costs more than the lookup saves)."""
+        entry = self.calendar_tables.get(id(calendar))
+        if entry is None or (<tuple>entry)[0] is not calendar:
+            if len(self.calendar_tables) >= 256:
+                self.calendar_tables.clear()
+            entry = self.calendar_tables[id(calendar)] = (calendar, calendar_table(calendar))
+        return (<tuple>entry)[1]
+
+    cdef CPlan _pack(self, described):
+        """Pack a :class:`tel400.compiler.CompiledPlan` into C structs.  O(this plan)."""
         cdef CPlan cp = CPlan()
-        cdef CCap c
         cdef RuleC* r
-        cdef int i, k, pos
-        plans = self.plans
-        cp.number = plan.number
-        cp.source_plan = plan
-        cp.zone = zone_table(plan.timezone)
-        cp.calendar = calendar_table(plans.calendar.merged(plan.calendar).build())
-        self._compile_blacklist(cp, plans.blacklist + plan.blacklist)
-        cp.reject_unknown = plan.reject_unknown_callers
-        cp.pin_gate = _engine_py.pin_gate(plan, self.shared, self.pin_checks)
-        cp.prompts = _engine_py.plan_prompts(plans, plan)
-        cp.fail_open = plan.on_backend_error == "allow"
-        cp.tariff = plan.tariff
-        cp.outcomes = self.shared.outcome_counts(plan.number)
+        cdef int i, pos
+        cdef Py_ssize_t pool_size = 0
+        cp.number = described.number
+        cp.zone = zone_table(described.timezone)
+        cp.calendar = self._calendar_table(described.calendar)
+        blacklist = described.blacklist
+        if blacklist.packed is None:
+            blacklist.packed = _pack_blacklist(blacklist)  # once for all the numbers that share it
+        cp.blacklist = blacklist.packed
+        cp.reject_unknown = described.reject_unknown
+        cp.pin_gate = described.pin_gate
+        cp.prompts = described.prompts
+        cp.fail_open = described.fail_open
+        cp.tariff = described.tariff
+        cp.outcomes = described.outcomes
         cp.outcome_data = <int64_t*>cp.outcomes.data.as_longlongs
 
-        rules = plan.rules
+        rules = described.rules
         cp.nrules = len(rules)
-        pool_size = 0
         for rule in rules:
-            pool_size += 2 * (len(rule.dates.ranges) if rule.dates is not None else 0)
-            pool_size += 2 * (len(rule.time.slots) if rule.time is not None else 0)
+            pool_size += 2 * (len(rule.date_ranges) + len(rule.slots))
         # Rules and the ranges they point into share one block: a plan's
         # conditions are then one or two cache lines apart, not anywhere.
         cp.rules = <RuleC*>PyMem_Malloc(cp.nrules * sizeof(RuleC) + pool_size * sizeof(int32_t) + 8)
         if cp.rules == NULL:
             raise MemoryError()
         cp.pool = <int32_t*>(cp.rules + cp.nrules)
-        cp.rule_names = []
-        cp.rule_actions = []
+        cp.pool_size = pool_size
+        names = []
+        actions = []
         pos = 0
         for i, rule in enumerate(rules):
             r = &cp.rules[i]
             r.channel = _CHANNEL_CODES[rule.channel]
-            r.provinces = ~(<uint64_t>0)
-            if rule.provinces is not None:
-                r.provinces = 0
-                for code in rule.provinces:
-                    r.provinces |= (<uint64_t>1) << provinces.INDEX[code]
-            r.ndates = 0
+            r.provinces = <uint64_t>rule.province_mask
             r.date_offset = pos
-            if rule.dates is not None:
-                for start, end in rule.dates.ranges:
-                    cp.pool[pos] = start
-                    cp.pool[pos + 1] = end
-                    pos += 2
-                r.ndates = len(rule.dates.ranges)
-            r.has_days = rule.days is not None
-            r.weekdays = rule.days.weekdays if r.has_days else 0
-            r.workday = r.has_days and rule.days.workday
-            r.holiday = r.has_days and rule.days.holiday
-            r.nslots = 0
+            r.ndates = len(rule.date_ranges)
+            for start, end in rule.date_ranges:
+                cp.pool[pos] = start
+                cp.pool[pos + 1] = end
+                pos += 2
+            r.has_days = rule.has_days
+            r.weekdays = rule.weekdays
+            r.workday = rule.workday
+            r.holiday = rule.holiday
             r.slot_offset = pos
-            if rule.time is not None:
-                for start, end in rule.time.slots:
-                    cp.pool[pos] = start
-                    cp.pool[pos + 1] = end
-                    pos += 2
-                r.nslots = len(rule.time.slots)
-            cp.rule_names.append(rule.name)
-            compiled_action = self._compile_action(cp, plan, rule.action, rule.name)
-            cp.rule_actions.append(compiled_action)
-            r.action = <PyObject*>compiled_action
-        cp.default = self._compile_action(cp, plan, plan.default, None)
-
-        seen = {}
-        cp.caps = []
-        for cap in plan.caps:
-            ident = (cap.metric, cap.per, cap.scope, cap.channel)
-            seen[ident] = seen.get(ident, 0) + 1
-            c = CCap()
-            c.key = cap_key(plan.number, cap, seen[ident])
-            c.metric = _METRIC_CODES[cap.metric]
-            c.metric_name = cap.metric
-            c.per = _PER_CODES[cap.per]
-            c.limit = cap.limit_units
-            c.per_caller = cap.scope == "caller"
-            c.prompt = cp.prompts["limit_reached"] if cap.prompt is None else cap.prompt
-            c.channel = _CHANNEL_CODES[cap.channel]
-            c.ttl = PERIOD_TTL_S[cap.per]
-            cp.caps.append(c)
+            r.nslots = len(rule.slots)
+            for start, end in rule.slots:
+                cp.pool[pos] = start
+                cp.pool[pos + 1] = end
+                pos += 2
+            names.append(rule.name)
+            action = _pack_action(rule.action)
+            actions.append(action)
+            r.action = <PyObject*>action
+        cp.rule_names = tuple(names)
+        cp.rule_actions = tuple(actions)
+        cp.default = _pack_action(described.default)
+        cp.caps = tuple([_pack_cap(cap) for cap in described.caps])
         cp.ncaps = len(cp.caps)
-        cp.has_charges = False
-        for c in cp.caps:
-            if c.metric != M_CALLS:
-                cp.has_charges = True
+        cp.has_charges = described.has_charges
+        if cp.pin_gate is None:
+            PyObject_GC_UnTrack(cp)  # nothing it holds can lead back to it (see CPlan)
         return cp
-
-    cdef _compile_blacklist(self, CPlan cp, entries):
-        exact = set()
-        groups = {}
-        cp.bl_anonymous = False
-        for entry in entries:
-            if entry == "anonymous":
-                cp.bl_anonymous = True
-            elif entry.endswith("*"):
-                digits = entry.removesuffix("*")
-                groups.setdefault(len(digits), set()).add(int(digits))
-            else:
-                exact.add(entry)
-        cp.bl_exact = frozenset(exact)
-        cp.has_bl_exact = bool(exact)
-        cp.n_bl_groups = len(groups)
-        cp.bl_groups = NULL
-        if groups:
-            cp.bl_groups = <PrefixGroup*>PyMem_Malloc(len(groups) * sizeof(PrefixGroup))
-            if cp.bl_groups == NULL:
-                raise MemoryError()
-            for i, length in enumerate(sorted(groups)):
-                values = sorted(groups[length])
-                cp.bl_groups[i].length = length
-                cp.bl_groups[i].count = len(values)
-                cp.bl_groups[i].values = <int64_t*>PyMem_Malloc(len(values) * sizeof(int64_t))
-                if cp.bl_groups[i].values == NULL:
-                    raise MemoryError()
-                for k, v in enumerate(values):
-                    cp.bl_groups[i].values[k] = v
-
-    cdef CAction _compile_action(self, CPlan cp, plan, action, rule_name):
-        cdef CAction a = CAction()
-        a.kind = _KIND_CODES[action.kind]
-        a.kind_name = _KIND_NAMES[a.kind]  # module constants, not each plan's own copy
-        a.connects = action.connects
-        a.selector = None
-        a.fixed = _EMPTY
-        a.prompt = None
-        if action.kind == "reject":
-            a.reason = "closed" if rule_name is None else "rule_reject"
-            a.outcome = I_CLOSED if rule_name is None else I_RULE_REJECT
-            a.prompt = _engine_py.action_prompt(action, cp.prompts)
-            return a
-        a.reason = "ok"
-        if action.kind == "bridge":
-            a.outcome = I_BRIDGE_OK
-            targets = [t.to for t in action.targets]
-            weights = [t.weight for t in action.targets]
-            state = None
-            if action.strategy == "round_robin":
-                ident = (plan.number, rule_name, tuple(targets), tuple(weights))
-                state = self.shared.round_robin_state(ident, len(targets), self.rr_states)
-            a.selector = make_selector(action.strategy, targets, weights, state)
-        elif action.kind == "queue":
-            a.outcome = I_QUEUE_OK
-            a.fixed = (action.queue,)
-        else:
-            a.outcome = I_CONFERENCE_OK
-            a.fixed = (action.room,)
-        return a
 
     # -- the decision ---------------------------------------------------------
 
@@ -484,9 +499,7 @@ cdef class Engine:
         found = self.by_number.get(dialed) if type(dialed) is str else None
         if found is None:
             dialed_n = c_normalize_or_none(dialed, &key)
-            found = self.by_number.get(dialed_n) if dialed_n is not None else None
-            if found is None and dialed_n is not None and dialed_n.startswith(SMS_ACCESS_PREFIX):
-                found = self.by_number.get(dialed_n[5:])  # an SMS: 10657 + the number
+            found = lookup_plan(self.by_number, dialed_n)  # an SMS: 10657 + the number
             if found is None:
                 self.unknown_outcomes.data.as_longlongs[I_UNKNOWN] += 1
                 return _make_decision("reject", _EMPTY, self.unknown_prompt, "unknown_number", None,
@@ -592,15 +605,16 @@ cdef class Engine:
         cdef const char* s
         cdef int64_t v
         cdef int g
+        cdef CBlacklist bl = plan.blacklist
         if caller_n is None:
-            return plan.bl_anonymous
-        if plan.has_bl_exact and caller_n in plan.bl_exact:
+            return bl.anonymous
+        if bl.has_exact and caller_n in bl.exact:
             return True
-        if plan.n_bl_groups:
+        if bl.n_groups:
             s = PyUnicode_AsUTF8AndSize(caller_n, &n)
-            for g in range(plan.n_bl_groups):
-                v = _digits_value(s, n, plan.bl_groups[g].length)
-                if v >= 0 and _sorted_contains(plan.bl_groups[g].values, plan.bl_groups[g].count, v):
+            for g in range(bl.n_groups):
+                v = _digits_value(s, n, bl.groups[g].length)
+                if v >= 0 and _sorted_contains(bl.groups[g].values, bl.groups[g].count, v):
                     return True
         return False
 
@@ -628,17 +642,17 @@ cdef class Engine:
             for cap in plan.caps:
                 if cap.channel != CH_ANY and cap.channel != ch:
                     continue
-                if cap.per_caller:
+                if cap.caller_prefix is not None:
                     if owned is None:
                         owned = []
-                    key = cap.key + ":" + caller_key
+                    key = cap.key_for(caller_key)
                     owned.append(key)  # keeps the borrowed pointer below alive
                     keys[n] = <PyObject*>key
                 else:
                     keys[n] = <PyObject*>cap.key
                 periods[n] = _period(cap.per, lt)
                 limits[n] = cap.limit
-                increments[n] = 1 if cap.metric == M_CALLS else 0
+                increments[n] = cap.increment
                 ttls[n] = cap.ttl
                 n += 1
             if n == 0:
@@ -651,10 +665,7 @@ cdef class Engine:
         for cap in plan.caps:
             if cap.channel != CH_ANY and cap.channel != ch:
                 continue
-            checks.append(CapCheck(
-                cap.key + ":" + caller_key if cap.per_caller else cap.key,
-                _period(cap.per, lt), cap.limit, 1 if cap.metric == M_CALLS else 0, cap.ttl,
-            ))
+            checks.append(CapCheck(cap.key_for(caller_key), _period(cap.per, lt), cap.limit, cap.increment, cap.ttl))
         if not checks:
             return -1
         try:
@@ -673,8 +684,7 @@ cdef class Engine:
         charges = ()
         if plan.has_charges:
             charges = tuple([
-                (cap.metric_name, cap.key + ":" + caller_key if cap.per_caller else cap.key,
-                 _period(cap.per, lt), cap.ttl)
+                (cap.metric_name, cap.key_for(caller_key), _period(cap.per, lt), cap.ttl)
                 for cap in plan.caps
                 if cap.metric != M_CALLS and (cap.channel == CH_ANY or cap.channel == ch)
             ])
@@ -684,22 +694,77 @@ cdef class Engine:
         ))
 
     cdef object _delegate(self, dialed):
-        """A reference engine for the plan ``dialed`` reaches, sharing this engine's state."""
+        """A reference engine for the plan ``dialed`` reaches, sharing this engine's state.
+
+        The plan is read from ``shared.plan_source`` (the router's): this
+        engine keeps only the packed form.  O(that plan) on first use.
+        """
         cdef int64_t key
         dialed_n = c_normalize_or_none(dialed, &key)
-        found = self.by_number.get(dialed_n) if dialed_n is not None else None
-        if found is None and dialed_n is not None and dialed_n.startswith(SMS_ACCESS_PREFIX):
-            found = self.by_number.get(dialed_n[5:])
+        found = lookup_plan(self.by_number, dialed_n)
         number = (<CPlan>found).number if found is not None else None
         engine = self.delegates.get(number)
         if engine is None:
-            numbers = ((<CPlan>found).source_plan,) if found is not None else ()
-            engine = _engine_py.Engine(attrs.evolve(self.plans, numbers=numbers), self.prefixes, self.shared)
+            plan = None
+            if number is not None and self.shared.plan_source is not None:
+                plan = self.shared.plan_source(number)
+            engine = _engine_py.Engine(self.settings, self.prefixes, self.shared)
+            if plan is not None:
+                engine.put(plan)
             self.delegates[number] = engine
         return engine
 
-    # -- call end ---------------------------------------------------------
+    # -- one number at a time ----------------------------------------------
 
+    def put(self, plan):
+        """Compile one number with this engine's settings and route it by that from now on.  O(this plan)."""
+        self.by_number[plan.number] = self._compile_plan(plan)
+        self.delegates.pop(plan.number, None)
+
+    def remove(self, number):
+        """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1)."""
+        self.by_number.pop(number, None)
+        self.delegates.pop(number, None)
+
+    def _check(self):
+        """Assert every packed number's invariants (tests call it after every compile).  O(plans)."""
+        assert not self.settings.numbers
+        for number, plan in self.by_number.items():
+            assert (<CPlan?>plan).number == number
+            plan._check()
+
+
+cdef CAction _pack_action(described):
+    """The packed form of a compiler action: made once per action (shared actions are packed once)."""
+    cdef CAction a = described.packed
+    if a is not None:
+        return a
+    a = CAction()
+    a.kind = _KIND_CODES[described.kind]
+    a.kind_name = _KIND_NAMES[a.kind]  # module constants, not each plan's own copy
+    a.connects = described.connects
+    a.reason = described.reason
+    a.outcome = described.outcome
+    a.prompt = described.prompt
+    a.selector = described.selector
+    a.fixed = described.fixed
+    described.packed = a
+    return a
+
+
+cdef CCap _pack_cap(described):
+    cdef CCap c = CCap()
+    c.key = described.key
+    c.caller_prefix = described.caller_prefix
+    c.metric = _METRIC_CODES[described.metric]
+    c.metric_name = described.metric
+    c.per = _PER_CODES[described.per]
+    c.limit = described.limit
+    c.increment = described.increment
+    c.prompt = described.prompt
+    c.channel = _CHANNEL_CODES[described.channel]
+    c.ttl = described.ttl_s
+    return c
 
 
 cdef inline bint _in_slot(int32_t start, int32_t end, int minute) noexcept nogil:

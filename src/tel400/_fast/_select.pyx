@@ -8,6 +8,7 @@ xoshiro256**, seeded from the router's ``random.Random``; its draws differ
 from the reference's, which is why weighted picks are compared by share.
 """
 
+cimport cython
 from cpython cimport array
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
@@ -107,13 +108,49 @@ cdef uint64_t fnv_of(str text) except? 0:
     return _fnv1a64(data, n)
 
 
-def _orders_by_pick(targets, weights):
-    rank = sorted(range(len(targets)), key=lambda i: (-weights[i], i))
-    return tuple(
-        (targets[pick],) + tuple(targets[i] for i in rank if i != pick) for pick in range(len(targets))
-    )
+cdef tuple _orders_by_pick(targets, weights):
+    """For each pick, the pick first and then the others by weight (heaviest first, ties in listed order).
+
+    Typed loops over a small array (an insertion sort of at most a plan's
+    targets): compiling a plan builds one of these per bridge rule.
+    """
+    cdef Py_ssize_t n = len(targets), i, j, pick, k
+    cdef int* rank
+    cdef int64_t* w
+    cdef int x
+    targets = tuple(targets)
+    if n == 1:
+        return (targets,)
+    if n == 2:  # the pick, then the other, whatever the weights
+        return (targets, (targets[1], targets[0]))
+    rank = <int*>PyMem_Malloc((n + 1) * (sizeof(int) + sizeof(int64_t)))
+    if rank == NULL:
+        raise MemoryError()
+    w = <int64_t*>(rank + n) if n % 2 == 0 else <int64_t*>(rank + n + 1)
+    try:
+        for i in range(n):
+            w[i] = weights[i]
+            x = <int>i
+            j = i
+            while j > 0 and w[rank[j - 1]] < w[x]:  # stable: equal weights keep their order
+                rank[j] = rank[j - 1]
+                j -= 1
+            rank[j] = x
+        orders = [None] * n
+        for pick in range(n):
+            order = [targets[pick]] + [None] * (n - 1)
+            k = 1
+            for i in range(n):
+                if rank[i] != pick:
+                    order[k] = targets[rank[i]]
+                    k += 1
+            orders[pick] = tuple(order)
+        return tuple(orders)
+    finally:
+        PyMem_Free(rank)
 
 
+@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
 cdef class Selector:
     def order(self, str caller_key, rng, bint advance=True):
         """The targets, the pick first (Python-visible; the engine uses c_order)."""
@@ -125,6 +162,7 @@ cdef class Selector:
         raise NotImplementedError
 
 
+@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
 cdef class Sequential(Selector):
     def __cinit__(self, targets, weights, *args):
         self.strategy = "sequential"
@@ -136,6 +174,7 @@ cdef class Sequential(Selector):
         return self._order
 
 
+@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
 cdef class Weighted(Selector):
     def __cinit__(self, targets, weights, *args):
         self.strategy = "weighted"
@@ -170,6 +209,7 @@ cdef class Weighted(Selector):
         return <tuple>self._orders[self._indexes[lo]]
 
 
+@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
 cdef class RoundRobin(Selector):
     """Smooth weighted round robin; ``state`` is an ``array('q')`` kept over reloads."""
 
@@ -228,6 +268,7 @@ def _peek_round_robin(orders, state, n, total, weights):
     return orders[best]
 
 
+@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
 cdef class Sticky(Selector):
     def __cinit__(self, targets, weights, *args):
         self.strategy = "sticky"
