@@ -530,8 +530,8 @@ class WritableStore(PlanStore):
                      problems: _Problems) -> Iterator[list[tuple[str, str, str]]]:
         """Validated, compiled, canonical (where, number, body) rows, a batch at a time.
 
-        Once anything is refused, the rest is only validated (to report
-        every refusal), not compiled or written.
+        Once anything is refused, the rest is only validated and checked
+        for numbers given twice (to report every refusal), not compiled.
         """
         for chunk in _chunks(numbers, IMPORT_BATCH):
             good: dict[str, tuple[str, NumberPlan]] = {}
@@ -547,8 +547,8 @@ class WritableStore(PlanStore):
                     problems.add(exc)
                     continue
                 good[plan.number] = (where, plan)
-            if problems.count:
-                yield []
+            if problems.count:  # nothing will be written: only look for numbers given twice
+                yield [(where, plan.number, "") for where, plan in good.values()]
                 continue
             _compile_each(settings, good, problems)
             bodies = _canonical([plan for _, plan in good.values()])
@@ -1177,8 +1177,7 @@ class RedisStore(WritableStore):
             cursor, page = self._guard(self._client.hscan, self._numbers_key, cursor, None, batch)
             rows = [(n, b) for n, b in page.items() if n not in seen]
             seen.update(n for n, _ in rows)
-            if rows:
-                yield rows
+            yield from _chunks(rows, batch)  # a small hash comes whole, whatever COUNT asks
             if cursor == 0:
                 return
 
