@@ -635,14 +635,15 @@ def test_jsonl_import_streams_settings_and_numbers(writable, tmp_path):
     write_jsonl(path, [{"settings": {"blacklist": ["13800000000"]}}]
                 + [numbered(f"400200{i:04d}") for i in range(12)] + [""])
     writable.put_number(numbered("4001000001"), actor="old")  # replaced: the import is everything
-    assert stores.import_jsonl(writable, path, actor="bulk") == 12
+    assert stores.import_jsonl(writable, path, actor="bulk", workers=2) == 12
     assert writable.count() == 12 and writable.get_number("4001000001") is None
     assert writable.settings().blacklist == ("13800000000",)
     assert writable.audit()[0]["action"] == "replace_all" and writable.audit()[0]["after"]["numbers"] == 12
     assert writable.changes_since(writable.version() - 1).everything
 
 
-def test_jsonl_import_reports_every_bad_line_and_writes_nothing(writable, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jsonl_import_reports_every_bad_line_and_writes_nothing(writable, tmp_path, monkeypatch, workers):
     monkeypatch.setattr(stores, "IMPORT_BATCH", 3)  # a duplicate across batches, too
     writable.put_number(numbered("4001000001"), actor="old")
     version, audit = writable.version(), writable.audit()
@@ -652,7 +653,7 @@ def test_jsonl_import_reports_every_bad_line_and_writes_nothing(writable, tmp_pa
     write_jsonl(path, [numbered("4002000001"), numbered("4002000002"), "{not json", bad_time,
                        numbered("4002000005"), numbered("4002000001"), numbered("4002000006")])
     with pytest.raises(tel400.PlanError) as info:
-        stores.import_jsonl(writable, path, actor="bulk")
+        stores.import_jsonl(writable, path, actor="bulk", workers=workers)
     text = str(info.value)
     assert text.startswith("3 numbers refused, nothing imported")
     assert f"{path} line 3: not JSON" in text

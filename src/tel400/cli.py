@@ -6,6 +6,7 @@ import argparse
 import datetime as _dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -150,7 +151,7 @@ def _cmd_store_import(args) -> int:
     if not store.writable:
         raise ValueError(f"{args.dest} is not a writable store (sqlite:///… or redis://…)")
     if args.source.lower().endswith(JSONL_EXTENSIONS):
-        count = import_jsonl(store, args.source, actor=args.actor)
+        count = import_jsonl(store, args.source, actor=args.actor, workers=args.workers)
     else:
         store.replace_all(plans, actor=args.actor)
         count = len(plans.numbers)
@@ -237,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("source")
     q.add_argument("dest")
     q.add_argument("--actor", default="tel400-cli")
+    q.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes that check a .jsonl file's numbers (default: one per core)")
     q.set_defaults(func=_cmd_store_import)
     q = store_sub.add_parser("export", help="print a store's plans as JSON")
     q.add_argument("store")

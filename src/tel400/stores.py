@@ -44,6 +44,7 @@ a file that does not parse) still refuse the whole load.
 from __future__ import annotations
 
 import abc
+import collections
 import hashlib
 import itertools
 import json
@@ -57,6 +58,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 import attrs
+import msgspec
 import structlog
 
 from . import limits
@@ -492,17 +494,22 @@ class WritableStore(PlanStore):
         self.import_numbers(settings, ((where, raw) for raw in tree["numbers"]), actor=actor)
 
     def import_numbers(self, settings: dict, numbers: Iterable[tuple[str, object]], *,
-                       actor: str = "unknown", source: str | None = None, base_dir: str | None = None) -> int:
+                       actor: str = "unknown", source: str | None = None, base_dir: str | None = None,
+                       workers: int = 1) -> int:
         """Replace every number and the settings, streamed: all or nothing.
 
         Args:
             settings: the top-level settings tree.
             numbers: (where, raw table) pairs; ``where`` names the place in
-                the input for errors (``plans.jsonl line 12``).  A
-                :class:`PlanError` in place of a table (a line that is not
-                JSON) is reported like an invalid plan.
+                the input for errors (``plans.jsonl line 12``).  The table
+                may be given as its JSON text (decoded with the rest of the
+                checks, in a worker); a :class:`PlanError` in its place (a
+                line too long to read) is reported like an invalid plan.
             source, base_dir: where ``settings`` came from, for errors and
                 a relative ``segments`` path.
+            workers: processes that check the numbers (forked: call from a
+                process without threads of its own, as ``tel400 store
+                import`` does); 1 checks them in this process.
 
         Every number is validated and compiled, ``IMPORT_BATCH`` at a
         time, and written in the same transaction; if any is refused
@@ -519,7 +526,7 @@ class WritableStore(PlanStore):
         validated = validate_settings(settings, source=source or self.url, base_dir=base_dir)
         stored_settings = {k: v for k, v in validated.to_dict().items() if k in SETTINGS_KEYS}
         problems = _Problems()
-        rows = self._import_rows(validated, numbers, problems)
+        rows = self._import_rows(validated, numbers, problems, workers)
         summary = {"numbers": None, "source": source}
         count = self._replace(stored_settings, rows, problems, actor=actor, summary=summary)
         if problems.count:
@@ -527,41 +534,37 @@ class WritableStore(PlanStore):
         return count
 
     def _import_rows(self, settings: PlanSet, numbers: Iterable[tuple[str, object]],
-                     problems: _Problems) -> Iterator[list[tuple[str, str, str]]]:
-        """Validated, compiled, canonical (where, number, body) rows, a batch at a time.
+                     problems: _Problems, workers: int) -> Iterator[list[tuple[str, str, str]]]:
+        """Checked (where, number, body) rows, a batch at a time (:func:`_checked_batch`).
 
-        Once anything is refused, the rest is only validated and checked
-        for numbers given twice (to report every refusal), not compiled.
+        With ``workers`` > 1 the batches are checked in that many forked
+        processes, at most two batches each in flight (memory stays bounded
+        whatever the input's length), and come back in input order.
         """
-        for chunk in _chunks(numbers, IMPORT_BATCH):
-            good: dict[str, tuple[str, NumberPlan]] = {}
-            for where, raw in chunk:
-                try:
-                    if isinstance(raw, PlanError):
-                        raise raw
-                    plan = validate_number(raw, settings, source=where)
-                    if plan.number in good:
-                        raise PlanError(f"duplicate number (also {good[plan.number][0]})", source=where,
-                                        number=plan.number)
-                except PlanError as exc:
-                    problems.add(exc)
-                    continue
-                good[plan.number] = (where, plan)
-            if problems.count:  # nothing will be written: only look for numbers given twice
-                yield [(where, plan.number, "") for where, plan in good.values()]
-                continue
-            _compile_each(settings, good, problems)
-            bodies = _canonical([plan for _, plan in good.values()])
-            rows = []
-            for (where, plan), body in zip(good.values(), bodies):
-                text = _dump(body)
-                # a character takes at most 4 bytes: encode only a text that might not fit
-                if len(text) * 4 > limits.MAX_STORED_PLAN_BYTES and len(text.encode()) > limits.MAX_STORED_PLAN_BYTES:
-                    problems.add(PlanError(f"the plan takes {len(text.encode())} bytes stored; at most "
-                                           f"{limits.MAX_STORED_PLAN_BYTES}", source=where, number=plan.number))
-                    continue
-                rows.append((where, plan.number, text))
-            yield rows
+        batches = _chunks(numbers, IMPORT_BATCH)
+        if workers <= 1:
+            for batch in batches:
+                rows, refused = _checked_batch(settings, batch, write=not problems.count)
+                problems.extend(refused)
+                yield rows
+            return
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                    initializer=_set_worker_settings,
+                                                    initargs=(settings,)) as pool:
+            pending: collections.deque = collections.deque()
+            for batch in batches:
+                pending.append(pool.submit(_checked_batch, None, batch, write=not problems.count))
+                if len(pending) >= 2 * workers:
+                    rows, refused = pending.popleft().result()
+                    problems.extend(refused)
+                    yield rows
+            while pending:
+                rows, refused = pending.popleft().result()
+                problems.extend(refused)
+                yield rows
 
     def export_jsonl(self, out: IO[str]) -> int:
         """Write the settings line and every stored number's body, one per line, as stored.
@@ -595,6 +598,10 @@ class _Problems:
         if len(self.kept) < IMPORT_PROBLEMS_KEPT:
             self.kept.append(exc)
 
+    def extend(self, excs: list[PlanError]) -> None:
+        for exc in excs:
+            self.add(exc)
+
     def error(self) -> PlanError:
         lines = [str(e) for e in self.kept]
         if self.count > len(self.kept):
@@ -604,8 +611,70 @@ class _Problems:
         return exc
 
 
-def _compile_each(settings: PlanSet, good: dict[str, tuple[str, NumberPlan]], problems: _Problems) -> None:
-    """Compile ``good`` together; a number no engine can compile is moved to ``problems``."""
+_worker_settings: PlanSet | None = None
+
+
+def _set_worker_settings(settings: PlanSet) -> None:
+    global _worker_settings
+    _worker_settings = settings
+
+
+def _checked_batch(settings: PlanSet | None, batch: list[tuple[str, object]], *,
+                   write: bool) -> tuple[list[tuple[str, str, str]], list[PlanError]]:
+    """One batch of an import: (rows to write, refusals).
+
+    Each table (or its JSON text, decoded here) is validated with
+    ``settings`` (``None``: this worker's); a number given twice in the
+    batch is refused.  With ``write``, the batch is compiled by every
+    engine and each plan put in its canonical stored form (bounded by
+    :data:`tel400.limits.MAX_STORED_PLAN_BYTES`); without (something is
+    already refused, nothing will be written), the rows carry no body and
+    serve only to find numbers given twice across batches.
+
+    Cost: O(batch); picklable in and out, so a worker process can run it.
+    """
+    settings = settings if settings is not None else _worker_settings
+    refused: list[PlanError] = []
+    good: dict[str, tuple[str, NumberPlan]] = {}
+    for where, raw in batch:
+        try:
+            if isinstance(raw, PlanError):
+                raise raw
+            if isinstance(raw, str):
+                raw = _json_line(raw, where)
+            plan = validate_number(raw, settings, source=where)
+            if plan.number in good:
+                raise PlanError(f"duplicate number (also {good[plan.number][0]})", source=where, number=plan.number)
+        except PlanError as exc:
+            refused.append(exc)
+            continue
+        good[plan.number] = (where, plan)
+    if not write:
+        return [(where, plan.number, "") for where, plan in good.values()], refused
+    _compile_each(settings, good, refused)
+    rows = []
+    for (where, plan), body in zip(good.values(), _canonical([plan for _, plan in good.values()])):
+        text = _dump(body)
+        # a character takes at most 4 bytes: encode only a text that might not fit
+        if len(text) * 4 > limits.MAX_STORED_PLAN_BYTES and len(text.encode()) > limits.MAX_STORED_PLAN_BYTES:
+            refused.append(PlanError(f"the plan takes {len(text.encode())} bytes stored; at most "
+                                     f"{limits.MAX_STORED_PLAN_BYTES}", source=where, number=plan.number))
+            continue
+        rows.append((where, plan.number, text))
+    return rows, refused
+
+
+def _json_line(text: str, where: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise PlanError(f"not JSON: {exc}", source=where) from None
+    except RecursionError:
+        raise PlanError("nested too deeply to be a plan", source=where) from None
+
+
+def _compile_each(settings: PlanSet, good: dict[str, tuple[str, NumberPlan]], refused: list[PlanError]) -> None:
+    """Compile ``good`` together; a number no engine can compile is moved to ``refused``."""
     while good:
         try:
             compile_check(attrs.evolve(settings, numbers=tuple(plan for _, plan in good.values())))
@@ -614,7 +683,7 @@ def _compile_each(settings: PlanSet, good: dict[str, tuple[str, NumberPlan]], pr
             if exc.number not in good:
                 raise
             where, _ = good.pop(exc.number)
-            problems.add(PlanError(exc.message, source=where, number=exc.number, rule=exc.rule, field=exc.field))
+            refused.append(PlanError(exc.message, source=where, number=exc.number, rule=exc.rule, field=exc.field))
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -654,8 +723,15 @@ def _decoded(body: str) -> Any:
         return _Unreadable(body[:60])
 
 
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
 def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    """Compact JSON, keys sorted, UTF-8 kept: what stores keep (msgspec: ~6x json.dumps for a plan)."""
+    try:
+        return _encoder.encode(value).decode()
+    except (TypeError, OverflowError, msgspec.EncodeError):  # not a plain tree: as json would
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def _audited(body: Any) -> Any:
@@ -684,7 +760,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> tuple[dict, Iterator[tuple[str, 
     ``{"settings": {...}}`` (the top-level blacklist, prompts, calendar,
     segments).  A line that is not JSON, or longer than
     :data:`tel400.limits.MAX_FILE_BYTES`, is given as a :class:`PlanError`
-    naming its line, in place of its table.
+    naming its line, in place of its table.  The numbers' lines are given
+    as text (JSON decoded by :meth:`WritableStore.import_numbers`, in its
+    workers).
 
     Raises:
         PlanError: the file cannot be opened, or its settings line is not a table.
@@ -697,8 +775,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> tuple[dict, Iterator[tuple[str, 
     lines = _numbered_lines(fh, source)
     settings: dict = {}
     first = next(lines, None)
-    if first is not None and isinstance(first[1], dict) and "settings" in first[1] and "number" not in first[1]:
-        settings = first[1]["settings"]
+    head = _first_table(first)
+    if isinstance(head, dict) and "settings" in head and "number" not in head:
+        settings = head["settings"]
         if not isinstance(settings, dict):
             fh.close()
             raise PlanError("expected the settings as a table", source=first[0], field="settings")
@@ -713,7 +792,18 @@ def read_jsonl(path: str | os.PathLike[str]) -> tuple[dict, Iterator[tuple[str, 
     return settings, numbers()
 
 
+def _first_table(first: tuple[str, object] | None) -> object:
+    """The first line's table, if it is one (a line that is not JSON is reported with the numbers)."""
+    if first is None or not isinstance(first[1], str):
+        return None
+    try:
+        return _json_line(first[1], first[0])
+    except PlanError:
+        return None
+
+
 def _numbered_lines(fh: IO[str], source: str) -> Iterator[tuple[str, object]]:
+    """(where, line text) of each non-blank line; a PlanError for one that cannot be read."""
     limit = limits.MAX_FILE_BYTES
     for lineno in itertools.count(1):
         try:
@@ -729,17 +819,12 @@ def _numbered_lines(fh: IO[str], source: str) -> Iterator[tuple[str, object]]:
                 line = fh.readline(limit)
             yield where, PlanError(f"line longer than {limit} characters", source=where)
             continue
-        if not line.strip():
-            continue
-        try:
-            yield where, json.loads(line)
-        except ValueError as exc:
-            yield where, PlanError(f"not JSON: {exc}", source=where)
-        except RecursionError:
-            yield where, PlanError("nested too deeply to be a plan", source=where)
+        if line.strip():
+            yield where, line
 
 
-def import_jsonl(store: WritableStore, path: str | os.PathLike[str], *, actor: str = "unknown") -> int:
+def import_jsonl(store: WritableStore, path: str | os.PathLike[str], *, actor: str = "unknown",
+                 workers: int = 1) -> int:
     """Replace ``store``'s plans with a JSON Lines file's (:func:`read_jsonl`); all or nothing.
 
     Returns how many numbers were written; raises one :class:`PlanError`
@@ -748,7 +833,7 @@ def import_jsonl(store: WritableStore, path: str | os.PathLike[str], *, actor: s
     source = os.fspath(path)
     settings, numbers = read_jsonl(source)
     return store.import_numbers(settings, numbers, actor=actor, source=source,
-                                base_dir=os.path.dirname(os.path.abspath(source)))
+                                base_dir=os.path.dirname(os.path.abspath(source)), workers=workers)
 
 
 # -- SQLite ----------------------------------------------------------------------------------------------
