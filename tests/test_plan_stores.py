@@ -105,7 +105,8 @@ def _wait_for(reports, pids, target, deadline_s=5.0):
 
 def test_a_change_reaches_every_process_within_two_seconds(store_url):
     reports, stop = FORK.Queue(), FORK.Event()
-    workers = [FORK.Process(target=_follow, args=(store_url, reports, stop)) for _ in range(3)]
+    # daemonic: a failed assertion below must not leave pytest waiting for them at exit
+    workers = [FORK.Process(target=_follow, args=(store_url, reports, stop), daemon=True) for _ in range(3)]
     for w in workers:
         w.start()
     pids = {w.pid for w in workers}
