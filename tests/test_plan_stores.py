@@ -677,3 +677,19 @@ def test_jsonl_export_reads_back(writable, tmp_path):
     copy = tel400.open_store(f"sqlite:///{tmp_path}/copy.db")
     assert stores.import_jsonl(copy, path) == 5
     assert copy.load() == writable.load()
+
+
+def test_opening_a_sqlite_store_does_not_wait_for_a_writer(tmp_path):
+    """A router starting while an import holds the write lock (minutes for a million numbers) opens at once."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    tel400.open_store(url).put_number(numbered("4001000001"), actor="test")
+    writer = sqlite3.connect(tmp_path / "p.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        reader = tel400.open_store(url, create=False)  # before: "database is locked" after busy_timeout
+        assert reader.load_number("4001000001").number == "4001000001"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -902,9 +902,18 @@ class SqliteStore(WritableStore):
         try:
             if create:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._transaction(self._migrate, bump=False, wrap=False)
+            if not self._schema_current():  # a read: opening never waits behind a long import
+                self._transaction(self._migrate, bump=False, wrap=False)
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(f"{self.url}: cannot open the database: {exc}") from None
+
+    def _schema_current(self) -> bool:
+        """Whether the tables, the change log's column, row, triggers and indexes are all there."""
+        db = self._connect()
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger', 'index')")}
+        wanted = {"plans", "settings", "meta", "audit", "deleted", "plans_inserted", "plans_updated", "plans_deleted",
+                  "plans_by_version", "deleted_by_version"}
+        return wanted <= names and bool(db.execute("SELECT 1 FROM meta WHERE key = 'settings_version'").fetchone())
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         for statement in self._TABLES:
