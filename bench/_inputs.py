@@ -43,9 +43,13 @@ def manual_plans() -> tel400.PlanSet:
 @functools.lru_cache(maxsize=None)
 def many_plans(n_plans: int, n_rules: int = 20, seed: int = 1) -> tel400.PlanSet:
     """``n_plans`` numbers of ``n_rules`` rules each: provinces, slots, days, 2 targets, a cap."""
+    return tel400.PlanSet.from_dict({"numbers": list(many_plan_tables(n_plans, n_rules, seed))})
+
+
+def many_plan_tables(n_plans: int, n_rules: int = 20, seed: int = 1):
+    """The number tables of :func:`many_plans`, one at a time (for JSON Lines and stores)."""
     rng = random.Random(seed)
     codes = [c for c in provinces.CODES if c]
-    numbers = []
     for i in range(n_plans):
         rules = []
         for k in range(n_rules):
@@ -57,12 +61,20 @@ def many_plans(n_plans: int, n_rules: int = 20, seed: int = 1) -> tel400.PlanSet
                 "days": rng.choice(["mon-fri", "workday", "sat,sun", "any"]),
                 "targets": [{"to": f"139{rng.randrange(10**8):08d}", "weight": rng.randrange(1, 10)} for _ in range(2)],
             })
-        numbers.append({
+        yield {
             "number": f"400{i:07d}",
             "rules": rules,
             "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
-        })
-    return tel400.PlanSet.from_dict({"numbers": numbers})
+        }
+
+
+def write_many_plans_jsonl(path, n_plans: int, n_rules: int = 5, seed: int = 1) -> None:
+    """:func:`many_plan_tables` as JSON Lines (one number a line), what ``tel400 store import`` reads."""
+    import json
+
+    with open(path, "w") as fh:
+        for table in many_plan_tables(n_plans, n_rules, seed):
+            fh.write(json.dumps(table, separators=(",", ":")) + "\n")
 
 
 def dialed_sample(n_plans: int, n: int = BATCH, seed: int = 2) -> tuple[str, ...]:

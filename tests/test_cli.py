@@ -162,6 +162,34 @@ def test_store_import_export_audit(tmp_path, capsys):
     assert "not a writable store" in capsys.readouterr().err
 
 
+def test_store_export_and_import_json_lines(tmp_path, capsys):
+    db, copy = f"sqlite:///{tmp_path}/plans.db", f"sqlite:///{tmp_path}/copy.db"
+    assert main(["store", "import", MANUAL, db]) == 0
+    capsys.readouterr()
+    assert main(["store", "export", db, "--jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and "settings" in json.loads(lines[0])  # the settings, then one number a line
+    (tmp_path / "plans.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["store", "import", str(tmp_path / "plans.jsonl"), copy]) == 0
+    assert "imported 3 numbers" in capsys.readouterr().out
+    assert main(["store", "export", copy]) == 0
+    from_copy = capsys.readouterr().out
+    assert main(["store", "export", db]) == 0
+    assert capsys.readouterr().out == from_copy
+
+    lines[2] = lines[2].replace('"rules"', '"rulez"')
+    (tmp_path / "bad.ndjson").write_text("\n".join(lines + ["{oops"]) + "\n")
+    assert main(["store", "import", str(tmp_path / "bad.ndjson"), copy]) == 1
+    err = capsys.readouterr().err
+    assert "2 numbers refused, nothing imported" in err and "bad.ndjson line 3: " in err and "rulez" in err
+    assert "bad.ndjson line 5: not JSON" in err
+    assert main(["store", "export", copy]) == 0
+    assert capsys.readouterr().out == from_copy  # nothing written
+
+    assert main(["store", "export", MANUAL, "--jsonl"]) == 0  # a file store too
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
 LAUGHS = "\n".join(
     ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     + [f"{c}: &{c} [" + ",".join([f"*{chr(ord(c) - 1)}"] * 9) + "]" for c in "bcdefghi"]

@@ -6,6 +6,7 @@ import argparse
 import datetime as _dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ from .plans import PlanSet
 from .router import Router
 from .segments import load_segments
 from .simulate import simulate
-from .stores import FileStore, open_store
+from .stores import JSONL_EXTENSIONS, FileStore, import_jsonl, open_store
 from .workdays import describe_years
 
 
@@ -143,17 +144,32 @@ def _cmd_calendar(args) -> int:
 
 
 def _cmd_store_import(args) -> int:
-    plans = _whole_plans(args.source)
+    """All or nothing: a JSON Lines file streamed (every bad line named), anything else loaded whole."""
+    if not args.source.lower().endswith(JSONL_EXTENSIONS):
+        plans = _whole_plans(args.source)
     store = open_store(args.dest)
     if not store.writable:
         raise ValueError(f"{args.dest} is not a writable store (sqlite:///… or redis://…)")
-    store.replace_all(plans, actor=args.actor)
-    print(f"imported {len(plans.numbers)} numbers from {args.source} into {args.dest}")
+    if args.source.lower().endswith(JSONL_EXTENSIONS):
+        count = import_jsonl(store, args.source, actor=args.actor, workers=args.workers)
+    else:
+        store.replace_all(plans, actor=args.actor)
+        count = len(plans.numbers)
+    print(f"imported {count} numbers from {args.source} into {args.dest}")
     return 0
 
 
 def _cmd_store_export(args) -> int:
-    print(json.dumps(open_store(args.store, create=False).load().to_dict(), ensure_ascii=False, indent=2))
+    store = open_store(args.store, create=False)
+    if not args.jsonl:
+        print(json.dumps(store.load().to_dict(), ensure_ascii=False, indent=2))
+    elif store.writable:
+        store.export_jsonl(sys.stdout)
+    else:  # a file: its valid numbers, one a line
+        tree = store.load().to_dict()
+        print(json.dumps({"settings": {k: v for k, v in tree.items() if k != "numbers"}}, ensure_ascii=False))
+        for plan in tree["numbers"]:
+            print(json.dumps(plan, ensure_ascii=False))
     return 0
 
 
@@ -217,13 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("store", help="copy plans into a SQLite or Redis store, export them, read the audit log")
     store_sub = p.add_subparsers(dest="store_command", required=True)
-    q = store_sub.add_parser("import", help="replace a store's plans with those of a file or another store")
+    q = store_sub.add_parser("import", help="replace a store's plans with those of a file or another store "
+                             "(.jsonl/.ndjson: one number a line, streamed)")
     q.add_argument("source")
     q.add_argument("dest")
     q.add_argument("--actor", default="tel400-cli")
+    q.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes that check a .jsonl file's numbers (default: one per core)")
     q.set_defaults(func=_cmd_store_import)
     q = store_sub.add_parser("export", help="print a store's plans as JSON")
     q.add_argument("store")
+    q.add_argument("--jsonl", action="store_true",
+                   help="JSON Lines: a settings line, then one number a line (what store import reads back)")
     q.set_defaults(func=_cmd_store_export)
     q = store_sub.add_parser("audit", help="the latest changes to a store")
     q.add_argument("store")

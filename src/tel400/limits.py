@@ -73,6 +73,12 @@ MAX_STORED_PLAN_BYTES = _tunable("MAX_STORED_PLAN_BYTES", 1024 * 1024)
 #: change; a larger one is logged as its size and SHA-256.  Bounds the log
 #: to 10,000 entries of twice this.
 MAX_AUDITED_BYTES = _tunable("MAX_AUDITED_BYTES", 64 * 1024)
+#: Versions a store's change log reaches back (SQLite, Redis): a reader
+#: whose version is older, or more changes behind than this, is told to read
+#: everything again (``Changes.everything``); it also bounds the tombstones
+#: of deleted numbers and the Redis log (docs/deploy.md, "The plan store's
+#: change log").
+CHANGE_LOG_VERSIONS = _tunable("CHANGE_LOG_VERSIONS", 10_000)
 #: Bytes of one plan file (a typo'd path to a log file should not take the
 #: router's memory).
 MAX_FILE_BYTES = _tunable("MAX_FILE_BYTES", 64 * 1024 * 1024)

@@ -29,6 +29,17 @@ def load_plans(path: str | os.PathLike[str], *, refused: dict[str, PlanError] | 
             the message names the file (and, for syntax errors, the line).
     """
     source = os.fspath(path)
+    tree = read_plan_tree(source)
+    return PlanSet.from_dict(tree, source=source, base_dir=os.path.dirname(os.path.abspath(source)), refused=refused)
+
+
+def read_plan_tree(path: str | os.PathLike[str]) -> object:
+    """The plain tree in a plan file, parsed but not validated (what :func:`load_plans` validates).
+
+    Raises:
+        PlanError: the file cannot be read or parsed (see :func:`load_plans`).
+    """
+    source = os.fspath(path)
     fmt = _EXTENSIONS.get(os.path.splitext(source)[1].lower())
     if fmt is None:
         raise PlanError(
@@ -45,7 +56,7 @@ def load_plans(path: str | os.PathLike[str], *, refused: dict[str, PlanError] | 
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PlanError(f"not UTF-8 text (byte {exc.start})", source=source) from None
-    return loads_plans(text, fmt, source=source, base_dir=os.path.dirname(os.path.abspath(source)), refused=refused)
+    return parse_text(text, fmt, source)
 
 
 def loads_plans(text: str, fmt: str = "toml", *, source: str | None = None, base_dir: str | None = None,
