@@ -1195,7 +1195,10 @@ class RedisStore(WritableStore):
 
         self.url = url
         self._redis = redis
-        self._client = self._guard(lambda: open_redis(url, timeout_s=timeout_ms / 1000, decode_responses=True))
+        try:  # a cluster URL asks its nodes for the slot map here
+            self._client = open_redis(url, timeout_s=timeout_ms / 1000, decode_responses=True)
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            raise BackendError(f"{url}: {exc}") from None
         p = self.PREFIX
         self._numbers_key, self._settings_key = f"{p}:numbers", f"{p}:settings"
         self._version_key, self._audit_key = f"{p}:version", f"{p}:audit"
