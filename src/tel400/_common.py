@@ -76,6 +76,9 @@ class Shared:
         self.pin_events: Counter = Counter()
         #: wrong PINs per number the counter backend could not count (pins.LocalWindows)
         self.pin_fallback = pins.LocalWindows()
+        #: number -> its NumberPlan, or None: where explain and dry runs get a
+        #: number's plan when the router does not hold it (Router(plan_source=)).
+        self.plan_source = None
 
     def outcome_counts(self, label: str) -> array.array:
         counts = self.outcomes.get(label)

@@ -431,8 +431,19 @@ class Engine:
             else:
                 trace.append(Step("cap", cap.label, True, f"{shown} of {limit}"))
 
-    # -- call end ---------------------------------------------------------
+    # -- one number at a time (Router.update, Router.from_store) ---------------
 
+    def put(self, plan: NumberPlan) -> None:
+        """Compile ``plan`` with this engine's settings and route its number by it.
+
+        The entry is replaced only once compiled: a call routed meanwhile
+        sees the old entry or the new one.  O(this plan).
+        """
+        self.by_number[plan.number] = CompiledPlan(plan, self.plans, self.shared, self.rr_states, self.pin_checks)
+
+    def remove(self, number: str) -> None:
+        """Stop routing ``number`` (nothing if it had no entry).  O(1)."""
+        self.by_number.pop(number, None)
 
 
 def _show_units(metric: str, units: int) -> str:

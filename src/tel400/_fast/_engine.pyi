@@ -1,6 +1,6 @@
 from .._common import Shared
 from ..decision import Decision
-from ..plans import PlanSet
+from ..plans import NumberPlan, PlanSet
 from ..segments import PrefixTable
 
 class Engine:
@@ -22,3 +22,5 @@ class Engine:
         explain: bool = False,
         dry_run: bool = False,
     ) -> Decision: ...
+    def put(self, plan: NumberPlan) -> None: ...
+    def remove(self, number: str) -> None: ...

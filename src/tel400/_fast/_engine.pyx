@@ -159,7 +159,6 @@ cdef class CCap:
 
 cdef class CPlan:
     cdef readonly str number
-    cdef object source_plan
     cdef ZoneTable zone
     cdef CalendarTable calendar
     cdef frozenset bl_exact
@@ -298,7 +297,6 @@ cdef class Engine:
         cdef int i, k, pos
         plans = self.plans
         cp.number = plan.number
-        cp.source_plan = plan
         cp.zone = zone_table(plan.timezone)
         cp.calendar = calendar_table(plans.calendar.merged(plan.calendar).build())
         self._compile_blacklist(cp, plans.blacklist + plan.blacklist)
@@ -693,13 +691,29 @@ cdef class Engine:
         number = (<CPlan>found).number if found is not None else None
         engine = self.delegates.get(number)
         if engine is None:
-            numbers = ((<CPlan>found).source_plan,) if found is not None else ()
+            # the plan is read back where the router keeps it (Shared.plan_source), not held here
+            plan = self.shared.plan_source(number) if found is not None else None
+            numbers = (plan,) if plan is not None else ()
             engine = _engine_py.Engine(attrs.evolve(self.plans, numbers=numbers), self.prefixes, self.shared)
             self.delegates[number] = engine
         return engine
 
-    # -- call end ---------------------------------------------------------
+    # -- one number at a time (Router.update, Router.from_store) ---------------
 
+    def put(self, plan):
+        """Compile ``plan`` with this engine's settings and route its number by it.
+
+        The entry is replaced only once compiled: a call routed meanwhile
+        sees the old entry or the new one.  O(this plan).
+        """
+        compiled = self._compile_plan(plan)
+        self.by_number[plan.number] = compiled
+        self.delegates.pop(plan.number, None)  # explain's copy of the old plan
+
+    def remove(self, number):
+        """Stop routing ``number`` (nothing if it had no entry).  O(1)."""
+        self.by_number.pop(number, None)
+        self.delegates.pop(number, None)
 
 
 cdef inline bint _in_slot(int32_t start, int32_t end, int minute) noexcept nogil:

@@ -1,0 +1,52 @@
+"""One-number and streamed reads of a plan store, for stores that lack them.
+
+Routers and watchers read stores through these four functions: a store with
+the method (``settings``, ``load_number``, ``iter_plans``, ``count``) is
+asked directly; an older or third-party :class:`~tel400.stores.PlanStore`
+with only ``version`` and ``load`` is served from one ``load()``.  The
+fallbacks cost O(numbers) per call; the stores of this package answer in
+O(one number) (``load_number``) and O(batch) per step (``iter_plans``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import attrs
+
+from .plans import NumberPlan, PlanSet
+
+
+def settings(store) -> PlanSet:
+    """The store's validated top-level settings (no numbers)."""
+    own = getattr(store, "settings", None)
+    if own is not None:
+        return own()
+    return attrs.evolve(store.load(), numbers=())
+
+
+def load_number(store, number: str) -> NumberPlan | None:
+    """One number's validated plan, ``None`` if absent.
+
+    Raises:
+        PlanError: the stored plan is invalid.
+    """
+    own = getattr(store, "load_number", None)
+    if own is not None:
+        return own(number)
+    plans = store.load()
+    if number in store.quarantined:
+        from .exceptions import PlanError
+        raise PlanError(store.quarantined[number], source=store.url, number=number)
+    return plans.get(number)
+
+
+def iter_plans(store, *, batch: int = 1000) -> Iterator[list[NumberPlan]]:
+    """Every valid number in batches; invalid ones go to ``store.quarantined``."""
+    own = getattr(store, "iter_plans", None)
+    if own is not None:
+        yield from own(batch=batch)
+        return
+    numbers = store.load().numbers
+    for start in range(0, len(numbers), batch):
+        yield list(numbers[start:start + batch])
