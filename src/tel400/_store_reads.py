@@ -10,6 +10,7 @@ O(one number) (``load_number``) and O(batch) per step (``iter_plans``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 
 import attrs
@@ -17,12 +18,19 @@ import attrs
 from .plans import NumberPlan, PlanSet
 
 
+#: A fallback load made for settings(), kept for the iter_plans() that follows
+#: it in a streamed load, so that the store is read (and its bad numbers
+#: logged) once.
+_loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def settings(store) -> PlanSet:
     """The store's validated top-level settings (no numbers)."""
     own = getattr(store, "settings", None)
     if own is not None:
         return own()
-    return attrs.evolve(store.load(), numbers=())
+    plans = _loaded[store] = store.load()
+    return attrs.evolve(plans, numbers=())
 
 
 def load_number(store, number: str) -> NumberPlan | None:
@@ -47,6 +55,17 @@ def iter_plans(store, *, batch: int = 1000) -> Iterator[list[NumberPlan]]:
     if own is not None:
         yield from own(batch=batch)
         return
-    numbers = store.load().numbers
+    loaded = _loaded.pop(store, None)
+    numbers = (loaded if loaded is not None else store.load()).numbers
+    del loaded
     for start in range(0, len(numbers), batch):
         yield list(numbers[start:start + batch])
+
+
+def count(store) -> int:
+    """How many numbers the store holds (invalid ones included where the store can tell)."""
+    own = getattr(store, "count", None)
+    if own is not None:
+        return own()
+    numbers = getattr(store, "numbers", None)
+    return len(numbers()) if numbers is not None else len(store.load().numbers)

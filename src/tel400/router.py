@@ -86,6 +86,9 @@ class Router:
         self._engine = self._compile(plans)
         self._hold(plans, plan_source)
         self.reloads = 0
+        #: calls of :meth:`update` that changed entries (a cache of anything
+        #: read from the plans is current while reloads and updates stand)
+        self.updates = 0
         #: the store version the plans were read at (:meth:`from_store`, the
         #: watcher); ``None`` for plans given as a PlanSet.
         self.plans_version = None
@@ -128,7 +131,7 @@ class Router:
         _stream_into(router._engine, store, router._impl, settings)
         router.plans_version = version
         _frozen_after_load()
-        _log.info("plans_loaded", numbers=router.number_count, source=store.url, version=str(version))
+        _log.debug("plans_loaded", numbers=router.number_count, source=store.url, version=str(version))
         return router
 
     @property
@@ -368,6 +371,8 @@ class Router:
             raise
         for number in gone:
             engine.remove(number)
+        if plans or gone:
+            self.updates += 1
         if self._held is not None:
             for plan in plans:
                 self._held[plan.number] = plan
@@ -438,7 +443,7 @@ class Router:
                 self._whole = attrs.evolve(self._settings, numbers=tuple(self._held.values()))
             return self._whole
         found = []
-        for number in sorted(_numbers_of(self._engine)):
+        for number in self.routed_numbers():
             try:
                 plan = self._shared.plan_source(number)
             except PlanError:
@@ -456,6 +461,10 @@ class Router:
     def number_count(self) -> int:
         """How many numbers are routed.  O(1)."""
         return len(_numbers_of(self._engine))
+
+    def routed_numbers(self) -> list[str]:
+        """The numbers routed, sorted; no plan is read.  O(numbers × log numbers)."""
+        return sorted(_numbers_of(self._engine))
 
     @property
     def prefixes(self) -> PrefixTable:

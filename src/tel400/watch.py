@@ -85,6 +85,9 @@ class PlanWatcher:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.reloads = 0
+        #: the numbers the last poll that changed something applied; ``None``
+        #: after a full reload (every number may have changed)
+        self.applied: frozenset[str] | None = None
         self.refusals = 0
         self.errors = 0
         _watchers.add(self)
@@ -150,8 +153,11 @@ class PlanWatcher:
             except PlanError as exc:  # an engine cannot hold it: that number keeps its entry
                 self._refuse(version, str(exc), number=exc.number)
                 plans = [plan for plan in plans if plan.number != exc.number]
-        self._version = version
-        return bool(plans or removed)
+        self._version = self.router.plans_version = version
+        if not (plans or removed):
+            return False
+        self.applied = frozenset(plan.number for plan in plans) | frozenset(removed)
+        return True
 
     def _reload_everything(self, version) -> bool:
         """Stream the whole store into a new engine and swap it; numbers left out keep their entries."""
@@ -159,6 +165,7 @@ class PlanWatcher:
         for number in kept:
             self._refuse(version, self.store.quarantined[number], number=number)
         self._version = version
+        self.applied = None
         self._retire(old)
         return True
 
