@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from .plans import NumberPlan, PlanSet
+from .plans import NumberPlan, PlanSet, validate_number, validate_settings
 
 
 #: A fallback load made for settings(), kept for the iter_plans() that follows
@@ -29,6 +29,9 @@ def settings(store) -> PlanSet:
     own = getattr(store, "settings", None)
     if own is not None:
         return own()
+    snapshot = getattr(store, "_snapshot", None)  # SQLite and Redis stores: the settings row alone
+    if snapshot is not None:
+        return validate_settings(snapshot()[0], source=store.url)
     plans = _loaded[store] = store.load()
     return attrs.evolve(plans, numbers=())
 
@@ -42,6 +45,10 @@ def load_number(store, number: str) -> NumberPlan | None:
     own = getattr(store, "load_number", None)
     if own is not None:
         return own(number)
+    get_number = getattr(store, "get_number", None)
+    if get_number is not None:  # SQLite and Redis stores: one number's tree
+        tree = get_number(number)
+        return None if tree is None else validate_number(tree, settings(store), source=store.url)
     plans = store.load()
     if number in store.quarantined:
         from .exceptions import PlanError
