@@ -43,6 +43,11 @@ def manual_plans() -> tel400.PlanSet:
 @functools.lru_cache(maxsize=None)
 def many_plans(n_plans: int, n_rules: int = 20, seed: int = 1) -> tel400.PlanSet:
     """``n_plans`` numbers of ``n_rules`` rules each: provinces, slots, days, 2 targets, a cap."""
+    return tel400.PlanSet.from_dict({"numbers": many_trees(n_plans, n_rules, seed)})
+
+
+def many_trees(n_plans: int, n_rules: int = 20, seed: int = 1) -> list[dict]:
+    """The plan trees of :func:`many_plans`, not validated."""
     rng = random.Random(seed)
     codes = [c for c in provinces.CODES if c]
     numbers = []
@@ -62,7 +67,7 @@ def many_plans(n_plans: int, n_rules: int = 20, seed: int = 1) -> tel400.PlanSet
             "rules": rules,
             "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
         })
-    return tel400.PlanSet.from_dict({"numbers": numbers})
+    return numbers
 
 
 def dialed_sample(n_plans: int, n: int = BATCH, seed: int = 2) -> tuple[str, ...]:
