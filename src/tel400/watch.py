@@ -157,6 +157,8 @@ class PlanWatcher:
         if not (plans or removed):
             return False
         self.applied = frozenset(plan.number for plan in plans) | frozenset(removed)
+        _log.info("plans_updated", store=self.store.url, changed=len(self.applied),
+                  numbers=",".join(sorted(self.applied)[:10]), version=str(version))
         return True
 
     def _reload_everything(self, version) -> bool:
