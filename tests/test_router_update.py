@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 
 import pytest
@@ -335,3 +336,33 @@ def test_a_full_reload_keeps_the_last_good_entry_of_a_number_gone_bad(from_store
     assert router.route("4000000001", BJ).targets == ("13901010001",)
     assert [e["number"] for e in logs if e["event"] == "plan_change_refused"] == ["4000000001"]
     assert router.number_count == 3
+
+
+def test_a_watcher_starts_from_the_version_the_router_was_loaded_at(from_store, compiles):
+    """Kamailio's script makes its watcher without a version: the first poll must not read everything again."""
+    store = DictStore(many(20))
+    router = from_store(store)
+    compiles.clear()
+    watcher = tel400.PlanWatcher(router, store, interval_s=0)
+    assert not watcher.poll() and compiles == [] and store.reads["iter_plans"] == 1
+
+
+def test_a_background_watcher_takes_the_replaced_engine_apart(from_store, monkeypatch):
+    from tel400 import router as router_module, watch
+
+    monkeypatch.setattr(watch, "RETIRE_GRACE_S", 0.01)
+    taken_apart = []
+    real = router_module._dismantle
+    monkeypatch.setattr(router_module, "_dismantle", lambda engine: (taken_apart.append(len(engine.by_number)),
+                                                                     real(engine)))
+    store = DictStore(many(30))
+    router = from_store(store)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0.01).start()
+    try:
+        store.put_settings({"blacklist": ["13901012345"]})
+        deadline = time.monotonic() + 5
+        while not taken_apart and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        watcher.stop()
+    assert taken_apart == [30] and router.route("4000000001", BJ).reason == "blacklisted"

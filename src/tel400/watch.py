@@ -68,7 +68,8 @@ class PlanWatcher:
         interval_s: how often to ask the store (0.5 s: a change reaches every
             process within about a second).
         version: the version the router's plans came from, if known (then the
-            first poll does not reload the same plans again).
+            first poll does not reload the same plans again); by default the
+            router's ``plans_version`` (set by :meth:`tel400.Router.from_store`).
     """
 
     def __init__(self, router, store: PlanStore | str, *, interval_s: float = 0.5, version=None,
@@ -78,7 +79,8 @@ class PlanWatcher:
         self.interval_s = interval_s
         self._clock = clock
         self._due = 0.0
-        self._version = version
+        self._version = version if version is not None else getattr(router, "plans_version", None)
+        self._retired = None  # an engine a full reload replaced, for the background thread to take apart
         self._refused_version = None  # the store version refusals were last logged for
         self._refused_numbers: set[str | None] = set()  # ... and the numbers (None: the whole change)
         self._lock = threading.Lock()
@@ -168,7 +170,8 @@ class PlanWatcher:
             self._refuse(version, self.store.quarantined[number], number=number)
         self._version = version
         self.applied = None
-        self._retire(old)
+        if self._thread is not None and threading.current_thread() is self._thread:
+            self._retired = old  # taken apart by _run, outside the poll lock
         return True
 
     def _quarantine(self, number: str, error: str | None) -> None:
@@ -176,17 +179,17 @@ class PlanWatcher:
         others = {n: e for n, e in self.store.quarantined.items() if n != number}
         self.store.quarantined = others if error is None else {**others, number: error}
 
-    def _retire(self, old) -> None:
-        """Let the engine just swapped out go without stalling routing.
+    def _take_apart_retired(self) -> None:
+        """Let the engine a full reload replaced go without stalling routing.
 
         Dropping the last reference to a large engine frees it in one C call;
-        a background watcher instead waits out calls still using it and then
-        takes it apart number by number (the interpreter changes hands in
-        between).  On the request path (``poll()``) it is just dropped.
+        the background thread instead waits out the calls that may still be
+        using it and then takes it apart number by number (the interpreter
+        changes hands in between).  On the request path (``poll()``) the
+        old engine is simply dropped.
         """
-        if self._thread is None or threading.current_thread() is not self._thread:
-            return
-        if self._stop.wait(RETIRE_GRACE_S):
+        old, self._retired = self._retired, None
+        if old is None or self._stop.wait(RETIRE_GRACE_S):
             return
         from .router import _dismantle
 
@@ -232,6 +235,7 @@ class PlanWatcher:
         while not self._stop.wait(self.interval_s):
             try:
                 self.poll(force=True)
+                self._take_apart_retired()
             except Exception:  # never let the thread die: the next interval tries again
                 self.errors += 1
                 _log.exception("plan_watcher_failed", store=self.store.url)
