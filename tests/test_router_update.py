@@ -366,3 +366,25 @@ def test_a_background_watcher_takes_the_replaced_engine_apart(from_store, monkey
     finally:
         watcher.stop()
     assert taken_apart == [30] and router.route("4000000001", BJ).reason == "blacklisted"
+
+
+def test_a_changed_plan_no_engine_can_compile_keeps_its_entry_and_the_others_apply(from_store, monkeypatch):
+    store = DictStore(many(3))
+    router = from_store(store)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0)
+    real = _engine_py.plan_prompts
+
+    def prompts(plans, plan):
+        if plan.number == "4000000001":
+            raise OverflowError("Python int too large to convert to C long")
+        return real(plans, plan)
+
+    monkeypatch.setattr(_engine_py, "plan_prompts", prompts)
+    store.put(tree_of("4000000001", "13901019999"))
+    store.put(tree_of("4000000002", "13901010007"))
+    with structlog.testing.capture_logs() as logs:
+        assert watcher.poll()
+    assert router.route("4000000001", BJ).targets == ("13901010001",)
+    assert router.route("4000000002", BJ).targets == ("13901010007",)
+    refused = [e for e in logs if e["event"] == "plan_change_refused"]
+    assert [e["number"] for e in refused] == ["4000000001"] and "cannot compile" in refused[0]["error"]

@@ -108,6 +108,7 @@ class PlanWatcher:
             self._lock.release()
 
     def _check(self) -> bool:
+        changes = None
         try:
             changes = self.store.changes_since(self._version)
             if changes.everything:
@@ -118,7 +119,7 @@ class PlanWatcher:
                 self._version = changes.version
                 return False
         except PlanError as exc:
-            self._refuse(getattr(changes, "version", None), str(exc), number=exc.number)
+            self._refuse(None if changes is None else changes.version, str(exc), number=exc.number)
             return False
         except BackendError as exc:
             self.errors += 1
@@ -154,7 +155,10 @@ class PlanWatcher:
                 break
             except PlanError as exc:  # an engine cannot hold it: that number keeps its entry
                 self._refuse(version, str(exc), number=exc.number)
-                plans = [plan for plan in plans if plan.number != exc.number]
+                kept = [plan for plan in plans if plan.number != exc.number]
+                if len(kept) == len(plans):  # an error naming no given number: refuse them all
+                    raise
+                plans = kept
         self._version = self.router.plans_version = version
         if not (plans or removed):
             return False
