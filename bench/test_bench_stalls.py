@@ -177,6 +177,28 @@ def test_route_while_single_numbers_are_edited(benchmark, impl, trees):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_one_number_edit_applied_by_a_poll(benchmark, impl, trees):
+    """What one edit costs the routing process: the poll that reads the number and compiles it."""
+    store = TreeStore(trees)
+    router = tel400.Router.from_store(store, implementation=impl)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0, version=router.plans_version)
+    edits = iter(range(10**9))
+
+    def edit():
+        i = next(edits)
+        tree = dict(store.trees[f"400{(i * 7919) % NUMBERS:07d}"])
+        tree["default"] = {"action": "reject", "prompt": f"edit{i}"}
+        store.put(tree)
+        return (), {}
+
+    benchmark.pedantic(watcher.poll, setup=edit, rounds=200, iterations=1)
+    benchmark.extra_info.update(impl=impl, numbers=NUMBERS, rules=RULES,
+                                median_ms=round(benchmark.stats.stats.median * 1000, 3))
+    print(f"\none edit applied {impl} {NUMBERS:,} numbers: median {benchmark.stats.stats.median * 1e3:.3f} ms")
+    assert watcher.reloads == 200 and router.reloads == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_route_while_the_store_is_reloaded_in_a_watcher_thread(benchmark, impl, trees):
     store = TreeStore(trees)
     router = tel400.Router.from_store(store, implementation=impl)
