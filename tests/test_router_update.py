@@ -388,3 +388,20 @@ def test_a_changed_plan_no_engine_can_compile_keeps_its_entry_and_the_others_app
     assert router.route("4000000002", BJ).targets == ("13901010007",)
     refused = [e for e in logs if e["event"] == "plan_change_refused"]
     assert [e["number"] for e in refused] == ["4000000001"] and "cannot compile" in refused[0]["error"]
+
+
+def test_a_router_given_a_plan_source_reads_plans_through_it(make_router):
+    plans = tel400.PlanSet.from_dict({"numbers": [tree_of("4001012345", "13901010001")]})
+    asked = []
+
+    def source(number):
+        asked.append(number)
+        return plans.get(number)
+
+    router = make_router(plans, plan_source=source)
+    assert router.plan_of("+86 400-101-2345").number == "4001012345" and asked == ["4001012345"]
+    assert router.plan_of("not a number") is None and router.plan_of("4009999999") is None
+    assert router.explain("4001012345", BJ).targets == ("13901010001",)
+    assert router.plans.numbers == plans.numbers and router.routed_numbers() == ["4001012345"]
+    with pytest.raises(TypeError, match="plan_source"):
+        make_router(plans, plan_source="store")
