@@ -405,3 +405,38 @@ def test_a_router_given_a_plan_source_reads_plans_through_it(make_router):
     assert router.plans.numbers == plans.numbers and router.routed_numbers() == ["4001012345"]
     with pytest.raises(TypeError, match="plan_source"):
         make_router(plans, plan_source="store")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_updates_route_like_a_router_built_from_the_final_plans(make_router, seed):
+    """Seeded stress: a router changed by 300 random updates and removals decides like one built afresh."""
+    import random
+
+    rng = random.Random(seed)
+    numbers = [f"40010{i:05d}" for i in range(40)]
+
+    def random_tree(number):
+        start = rng.randrange(1440)
+        rules = [{"name": f"r{k}", "time": f"{start // 60:02d}:{start % 60:02d}-{(start + 600) % 1440 // 60:02d}:00",
+                  "strategy": "sequential", "targets": [f"139{rng.randrange(10**8):08d}" for _ in range(2)]}
+                 for k in range(rng.randrange(1, 4))]
+        return {"number": number, "rules": rules, "blacklist": [f"1390101{rng.randrange(10):04d}"],
+                "caps": [{"metric": "calls", "per": "day", "limit": 10**6}]}
+
+    current = {n: random_tree(n) for n in numbers[:20]}
+    router = make_router({"numbers": list(current.values())})
+    for _ in range(300):
+        number = rng.choice(numbers)
+        if number in current and rng.random() < 0.3:
+            del current[number]
+            router.update(removed=[number])
+        else:
+            current[number] = random_tree(number)
+            router.update([validate_number(current[number], router.settings)])
+    fresh = make_router({"numbers": list(current.values())})
+    assert router.routed_numbers() == sorted(current) and router.plans == fresh.plans
+    for number in numbers:
+        for hour in (0, 6, 12, 18):
+            for caller in (BJ, "13901010003"):
+                when = at(2026, 11, 24, hour)
+                assert router.route(number, caller, at=when) == fresh.route(number, caller, at=when)
