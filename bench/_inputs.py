@@ -77,6 +77,11 @@ def write_many_plans_jsonl(path, n_plans: int, n_rules: int = 5, seed: int = 1) 
             fh.write(json.dumps(table, separators=(",", ":")) + "\n")
 
 
+def many_trees(n_plans: int, n_rules: int = 20, seed: int = 1) -> list[dict]:
+    """The plan trees of :func:`many_plans`, not validated."""
+    return list(many_plan_tables(n_plans, n_rules, seed))
+
+
 def dialed_sample(n_plans: int, n: int = BATCH, seed: int = 2) -> tuple[str, ...]:
     rng = random.Random(seed)
     return tuple(f"400{rng.randrange(n_plans):07d}" for _ in range(n))

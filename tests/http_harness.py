@@ -45,8 +45,8 @@ def make_service(tmp_path, impl_name: str | None = None, *, records: bool = True
     if store is None:
         store = tel400.SqliteStore(tmp_path / "plans.db")
         store.replace_all(plans or tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
-    router = tel400.Router(store.load(), counters, implementation=impl_name, seed=7, pin_policy=pin_policy)
-    watcher = tel400.PlanWatcher(router, store, version=store.version(), interval_s=0.1)
+    router = tel400.Router.from_store(store, counters, implementation=impl_name, seed=7, pin_policy=pin_policy)
+    watcher = tel400.PlanWatcher(router, store, version=router.plans_version, interval_s=0.1)
     call_records = None
     if records:
         # the tests route at fixed dates in 2026: a retention that keeps them whenever the tests run

@@ -4,6 +4,7 @@ blacklist and PIN management, the audit log, call records and the month's report
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 
 import pytest
@@ -156,6 +157,33 @@ def test_a_read_only_store_says_so(tmp_path, impl):
     r = http_client.put("/v1/numbers/4001012345", token=ADMIN, json={"rules": []})
     assert r.status_code == 409 and r.json()["error"] == "read_only" and "manual.toml" in r.json()["message"]
     assert http_client.get("/v1/numbers/4001012345/report", token=ADMIN).status_code == 409  # no records kept
+
+
+def test_the_admin_api_reads_and_writes_one_number_never_the_set(tmp_path, impl, monkeypatch):
+    """GET, PUT, DELETE, the listing and explain on a router made from the store: no whole-store load."""
+    from tel400_http import Service
+
+    from .conftest import EXAMPLES
+    store = tel400.SqliteStore(tmp_path / "plans.db")
+    store.replace_all(tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
+    router = tel400.Router.from_store(store, implementation=impl.name)
+
+    def whole_load():
+        raise AssertionError("the admin API read the whole store")
+
+    monkeypatch.setattr(store, "load", whole_load)
+    client = Client(Service(router, store=store, tokens=Tokens.single(ADMIN), at_tolerance_s=math.inf))  # no watcher
+    assert client.get("/v1/numbers/4001100868", token=ADMIN).json()["number"] == "4001100868"
+    plan = {"rules": [{"name": "all", "targets": ["13901010077"]}]}
+    assert client.put("/v1/numbers/4001100868", token=ADMIN, json=plan).status_code == 200
+    assert client.route(dialed="4001100868")["targets"] == ["13901010077"]
+    explained = client.route(dialed="4001100868", explain=True)
+    assert explained["targets"] == ["13901010077"] and explained["explain"]
+    assert client.put("/v1/numbers/4009990000", token=ADMIN, json=plan).status_code == 201
+    assert client.delete("/v1/numbers/4001532532", token=ADMIN).status_code == 204
+    assert client.route(dialed="4001532532")["reason"] == "unknown_number"
+    assert client.get("/v1/numbers", token=ADMIN).json()["numbers"] == ["4001012345", "4001100868", "4009990000"]
+    assert router.updates == 3 and router.reloads == 0
 
 
 # -- blacklist and PIN ------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ def test_metrics_follow_decisions_and_calendar_fallbacks(make_router):
     router.route("4009999999", "13901012345")
     router.route("4001012345", "13901012345", at=at(2043, 1, 5), call_id="b")
     router.reload(router.plans)
+    router.update([router.plan_of("4001012345")])
     text = generate_latest(registry).decode()
     assert 'tel400_decisions_total{action="bridge",number="4001012345",reason="ok"} 2.0' in text
     assert 'tel400_decisions_total{action="reject",number="4001012345",reason="closed"} 1.0' in text
     assert 'tel400_decisions_total{action="reject",number="unknown",reason="unknown_number"} 1.0' in text
-    assert "tel400_reloads_total 1.0" in text
+    assert "tel400_reloads_total 1.0" in text and "tel400_plan_updates_total 1.0" in text
     assert "tel400_calls_in_progress 2.0" in text
     assert f'tel400_calendar_fallback_total{{year="2043"}} {float(workdays.FALLBACK_LOOKUPS[2043])}' in text
     router.call_ended("a", 30)

@@ -156,7 +156,8 @@ def without_password(url):
 
 
 def _default_factory(store, counters):
-    return tel400.Router(store.load(), counters)
+    # Streamed: each number is compiled as it is read, and only the compiled form is kept.
+    return tel400.Router.from_store(store, counters)
 
 
 def _load_factory(spec):
@@ -179,8 +180,13 @@ def _check_modules(settings):
 
 
 def _first_number_target(plans):
-    """(400 number, target) of the first target that is a number, or None."""
-    for plan in plans.numbers:
+    """(400 number, target) of the first target that is a number, or None.
+
+    ``plans``: NumberPlans (``None`` items are skipped).
+    """
+    for plan in plans:
+        if plan is None:
+            continue
         for action in (plan.default, *(rule.action for rule in plan.rules)):
             for target in action.targets:
                 if sip.is_number_target(target.to):
@@ -188,15 +194,17 @@ def _first_number_target(plans):
     return None
 
 
-def _check_gateway(settings, plans):
+def _check_gateway(settings, store):
     """Refuse to start when calls would go to numbers and no gateway says where numbers go.
 
-    Plans changed later are not checked here: a call to a number target then
-    gets 500 and a ``tel400: request failed: ... numbers need a gateway`` line.
+    Without a gateway the store is read once more, streamed (a deployment
+    that sends calls to numbers sets TEL400_GATEWAY and skips this).  Plans
+    changed later are not checked here: a call to a number target then gets
+    500 and a ``tel400: request failed: ... numbers need a gateway`` line.
     """
     if settings.gateway:
         return
-    found = _first_number_target(plans)
+    found = _first_number_target(plan for batch in store.iter_plans() for plan in batch)
     if found:
         raise RuntimeError(f"tel400: TEL400_GATEWAY is not set, and {found[0]} sends calls to the number "
                            f"{found[1]}: set TEL400_GATEWAY=host[:port], where numbers are sent")
@@ -208,10 +216,10 @@ def mod_init():
     _check_modules(settings)
     store = tel400.open_store(settings.plans, create=False)  # a mistyped path: an error, not an empty store
     router = _load_factory(settings.factory)(store, settings.counters)
-    _check_gateway(settings, router.plans)
+    _check_gateway(settings, store)
     if router.counters.url.startswith("memory:"):
         KSR.warn("tel400: memory:// counters are per worker; caps will not hold across workers\n")
-    KSR.info(f"tel400 {tel400.__version__} ({tel400.IMPLEMENTATION}): {len(router.plans.numbers)} numbers "
+    KSR.info(f"tel400 {tel400.__version__} ({tel400.IMPLEMENTATION}): {router.number_count} numbers "
              f"from {without_password(store.url)}, counters {without_password(router.counters.url)}, "
              f"mode {settings.mode}\n")
     return Tel400(settings, router, tel400.PlanWatcher(router, store))
@@ -271,7 +279,9 @@ class Tel400:
                 return
             if KSR.tm.t_check_trans() == 0:
                 return
-        if self.watcher.poll():  # a clock comparison unless a plan check is due
+        # A clock comparison unless a plan check is due; then one store read and one
+        # compile per changed number, between two requests of this worker.
+        if self.watcher.poll():
             self._check_reloaded_plans()
         if time.monotonic() >= self._backend_report_due:
             self._report_backend_errors()
@@ -426,10 +436,20 @@ class Tel400:
         At start this stops Kamailio (_check_gateway); a later change cannot,
         so its calls to numbers get 500 and this line says why, once per reload.
         """
-        found = None if self.s.gateway else _first_number_target(self.router.plans)
+        if self.s.gateway:
+            return
+        applied = self.watcher.applied  # the changed numbers, or None: everything was read again
+        found = _first_number_target(self.router.plans.numbers if applied is None
+                                     else (self._plan_or_none(n) for n in sorted(applied)))
         if found:
             _log.error("number_target_without_gateway", number=found[0], target=found[1],
                        fix="set TEL400_GATEWAY=host[:port]")
+
+    def _plan_or_none(self, number):
+        try:
+            return self.router.plan_of(number)
+        except (tel400.PlanError, tel400.BackendError):
+            return None
 
     def _report_backend_errors(self):
         """One log line for the counter backend failures this process saw since the last one.

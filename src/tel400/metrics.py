@@ -43,7 +43,9 @@ class RouterCollector:
         yield errors
 
         yield from self._pin_metrics(router.pin_event_counts())
-        yield CounterMetricFamily("tel400_reloads", "Plan reloads.", value=router.reloads)
+        yield CounterMetricFamily("tel400_reloads", "Plan reloads (every number compiled again).", value=router.reloads)
+        yield CounterMetricFamily("tel400_plan_updates", "Plan changes applied to single numbers (Router.update).",
+                                  value=router.updates)
         yield GaugeMetricFamily(
             "tel400_calls_in_progress", "Routed calls whose end has not been reported yet.",
             value=router.calls_in_progress,

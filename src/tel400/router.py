@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
+import time
 import weakref
+from collections.abc import Callable, Iterable
 
 import attrs
 import structlog
@@ -17,7 +20,7 @@ from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
 from .exceptions import BackendError, PlanError
-from .plans import PlanSet
+from .plans import NumberPlan, PlanSet
 from .segments import PrefixTable, load_segments_cached
 
 _log = structlog.get_logger("tel400.router")
@@ -45,9 +48,16 @@ class Router:
         pin_policy: the PIN lockouts and how many hashed PINs are checked
             at a time (:class:`tel400.pins.PinPolicy`; default: 5 wrong PINs
             per caller per hour, 20 per number per 10 minutes, 2 at a time).
+        plan_source: where the router reads a number's plan back when it
+            does not hold it: a callable number -> :class:`~tel400.NumberPlan`
+            or ``None`` (a store's ``load_number``; :meth:`from_store` passes
+            it).  With it the router keeps only the compiled form of
+            ``plans``; :meth:`plan_of`, :attr:`plans` and ``explain`` read
+            through it.  ``None``: the router holds ``plans`` itself.
 
     A router is safe to share between threads.  :meth:`reload` swaps the
-    plans atomically while other threads route.
+    plans atomically while other threads route; :meth:`update` replaces
+    single numbers.
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class Router:
         calls: CallRegistry | None = None,
         implementation: str | None = None,
         pin_policy: PinPolicy | None = None,
+        plan_source: Callable[[str], NumberPlan | None] | None = None,
     ) -> None:
         if not isinstance(plans, PlanSet):
             raise TypeError(f"plans: expected a PlanSet (see tel400.load_plans), got {type(plans).__name__}")
@@ -69,10 +80,59 @@ class Router:
         backend = open_counters(counters, memory=self._impl.MemoryCounters)
         if pin_policy is not None and not isinstance(pin_policy, PinPolicy):
             raise TypeError(f"pin_policy: expected a tel400.pins.PinPolicy, got {type(pin_policy).__name__}")
+        if plan_source is not None and not callable(plan_source):
+            raise TypeError(f"plan_source: expected a callable number -> NumberPlan | None, got {type(plan_source).__name__}")
         self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry(), pin_policy)
         self._engine = self._compile(plans)
+        self._hold(plans, plan_source)
         self.reloads = 0
+        #: calls of :meth:`update` that changed entries (a cache of anything
+        #: read from the plans is current while reloads and updates stand)
+        self.updates = 0
+        #: the store version the plans were read at (:meth:`from_store`, the
+        #: watcher); ``None`` for plans given as a PlanSet.
+        self.plans_version = None
         _routers.add(self)
+
+    @classmethod
+    def from_store(cls, store, counters: CounterBackend | str | None = None, **router_kwargs) -> Router:
+        """A router for the plans in ``store``, read number by number.
+
+        The store is streamed (``store.iter_plans``) and each number is
+        compiled as it arrives, so no more than one batch of
+        :class:`~tel400.NumberPlan` objects is alive at a time; the router
+        keeps only the compiled form and reads plans back through
+        ``store.load_number`` (``plan_source``).  A number whose stored plan
+        is invalid is left out and reported by the store
+        (``store.quarantined``, a ``plan_quarantined`` log line), as by
+        :meth:`~tel400.stores.PlanStore.load`; so is one an engine cannot
+        compile.  :attr:`plans_version` is the store's version read before
+        streaming: a :class:`~tel400.PlanWatcher` given it takes any change
+        made meanwhile.
+
+        Args:
+            store: a :class:`~tel400.stores.PlanStore`, or a path or URL for
+                :func:`~tel400.open_store` (opened for reading).
+            counters, router_kwargs: as for :class:`Router`.
+
+        Raises:
+            PlanError: the store's top-level settings are invalid.
+            BackendError: the store cannot be read.
+
+        Cost: O(numbers × rules) time; memory O(compiled numbers) plus one
+        batch of plans.  The loaded tables are then frozen out of the cyclic
+        garbage collector (see :func:`_frozen_after_load`).
+        """
+        store = _opened(store)
+        version = store.version()
+        settings = store.settings()
+        router = cls(settings, counters, plan_source=store.load_number,
+                     **router_kwargs)
+        _stream_into(router._engine, store, router._impl, settings)
+        router.plans_version = version
+        _frozen_after_load()
+        _log.debug("plans_loaded", numbers=router.number_count, source=store.url, version=str(version))
+        return router
 
     @property
     def implementation(self) -> str:
@@ -80,15 +140,32 @@ class Router:
         return self._impl.name
 
     def _compile(self, plans: PlanSet):
-        prefixes = self._prefixes if self._prefixes is not None else _prefixes_of(plans)
-        engine = _compiled(self._impl, plans, prefixes, self._shared)
+        """An engine for ``plans``, built number by number (see :func:`_put_in_batches`), adopted."""
+        settings = attrs.evolve(plans, numbers=())
+        engine = _compiled(self._impl, settings, self._prefixes_for(plans), self._shared)
+        _put_in_batches(engine, plans.numbers, self._impl, plans)
+        return self._adopt(engine)
+
+    def _prefixes_for(self, plans: PlanSet) -> PrefixTable:
+        return self._prefixes if self._prefixes is not None else _prefixes_of(plans)
+
+    def _hold(self, plans: PlanSet, plan_source) -> None:
+        """Keep ``plans`` (no ``plan_source``) or only their settings and where to read plans back."""
+        self._settings = attrs.evolve(plans, numbers=())
+        if plan_source is None:
+            self._held: dict[str, NumberPlan] | None = {plan.number: plan for plan in plans.numbers}
+            self._whole: PlanSet | None = plans
+            plan_source = self._held.get
+        else:
+            self._held = self._whole = None
+        self._shared.plan_source = plan_source
+
+    def _adopt(self, engine):
+        """Make the router's shared state the compiled ``engine``'s; the caller then routes by it."""
         # Adopted only once compiled: a failed reload keeps the old positions
         # and the old PIN checks (with the PINs they verified).
         self._shared.round_robin = engine.rr_states
         self._shared.pin_checks = engine.pin_checks
-        # Engines keep only the compiled form: explain reads a number's plan from here.
-        self._plans = plans
-        self._shared.plan_source = {plan.number: plan for plan in plans.numbers}.get
         # The engine's own bound method, stored on the instance so that a call
         # to router.route skips this class's wrapper (a Python frame, ~60 ns).
         # Rebinding it is one atomic store, like the engine reference itself.
@@ -239,25 +316,159 @@ class Router:
         the old ones; then one reference is swapped.  Counters, PIN lockouts,
         calls in progress and the round-robin position of unchanged rules
         carry over.  If compiling fails, the old plans stay and the error
-        propagates.
+        propagates.  The router then holds ``plans`` (a router made by
+        :meth:`from_store` stops reading plans back from its store).
 
         Raises:
             PlanError: a number's plan cannot be compiled by this router's
                 engine (validation bounds every value both engines hold, so
                 this means a plan that bypassed validation); the message names
                 the number.
+
+        Cost: O(numbers × rules); the new tables are then frozen out of the
+        cyclic garbage collector (:func:`_frozen_after_load`).
         """
         if not isinstance(plans, PlanSet):
             raise TypeError(f"plans: expected a PlanSet, got {type(plans).__name__}")
         engine = self._compile(plans)
         self._engine = engine
+        self._hold(plans, None)
+        self.plans_version = None
         self.reloads += 1
+        _frozen_after_load()
         _log.info("plans_reloaded", numbers=len(plans.numbers), source=plans.source)
+
+    def update(self, plans: Iterable[NumberPlan] = (), *, removed: Iterable[str] = ()) -> None:
+        """Replace the plans of some numbers, leaving every other number's entry alone.
+
+        Each given plan (validated with this router's settings:
+        :func:`tel400.plans.validate_number`) is compiled; only when all are
+        compiled do they become what their numbers are routed by.  Then the
+        numbers in ``removed`` stop being routed (``unknown_number``).  A
+        call routed meanwhile sees each number's old entry or its new one.
+        Counters, PIN lockouts and round-robin positions of unchanged rules
+        carry over, as with :meth:`reload`.
+
+        Raises:
+            PlanError: a plan cannot be compiled by this router's engine;
+                the message names the number, and no entry has changed.
+            TypeError: an item of ``plans`` is not a NumberPlan.
+
+        Cost: O(the given plans' rules + removed numbers), independent of
+        how many numbers the router routes.
+        """
+        plans = list(plans)
+        for plan in plans:
+            if not isinstance(plan, NumberPlan):
+                raise TypeError(f"plans: expected NumberPlan items, got {type(plan).__name__}")
+        gone = [numbers.normalize(number) for number in removed]
+        engine = self._engine
+        previous = {plan.number: _entry_of(engine, plan.number) for plan in plans}
+        put: list[str] = []
+        try:
+            for plan in plans:
+                _put(engine, plan, self._impl, self._settings)
+                put.append(plan.number)
+        except BaseException:
+            for number in put:  # all or nothing: back to the entries calls were routed by
+                _restore_entry(engine, number, previous[number])
+            raise
+        for number in gone:
+            engine.remove(number)
+        if plans or gone:
+            self.updates += 1
+        if self._held is not None:
+            for plan in plans:
+                self._held[plan.number] = plan
+            for number in gone:
+                self._held.pop(number, None)
+            self._whole = None
+
+    def _reload_from_store(self, store, *, version):
+        """Rebuild every entry from ``store``, streamed like :meth:`from_store`, and swap.
+
+        ``version``: the store's version, read before this call.  A number
+        the store leaves out as invalid (``store.quarantined``) keeps its
+        current entry, if it has one: its last good plan.  Returns the
+        retired engine and the numbers kept so.  Cost: as :meth:`from_store`.
+        """
+        settings = store.settings()
+        engine = _compiled(self._impl, settings, self._prefixes_for(settings), self._shared)
+        _stream_into(engine, store, self._impl, settings)
+        old = self._engine
+        kept = []
+        for number in store.quarantined:
+            entry = _entry_of(old, number)
+            if entry is not None and _entry_of(engine, number) is None:
+                _restore_entry(engine, number, entry)
+                kept.append(number)
+        self._engine = self._adopt(engine)
+        self._hold(settings, store.load_number)
+        self.plans_version = version
+        self.reloads += 1
+        _frozen_after_load()
+        _log.info("plans_reloaded", numbers=self.number_count, source=store.url, version=str(version))
+        return old, kept
+
+    def _routes(self, number: str) -> bool:
+        """Whether the (normalised) ``number`` has an entry.  O(1)."""
+        return _entry_of(self._engine, number) is not None
+
+    def plan_of(self, number) -> NumberPlan | None:
+        """The plan ``number`` (any written form) is routed by, or ``None``.
+
+        Read from the plans the router holds, or through its
+        ``plan_source`` (the store: :meth:`from_store`).
+
+        Raises:
+            PlanError: the plan source holds an invalid plan for the number.
+            BackendError: the plan source (a store) cannot be read now.
+
+        Cost: O(1) for held plans; one store read otherwise.
+        """
+        wanted = _impl.normalize_or_none(number) if isinstance(number, str) else None
+        if wanted is None:
+            return None
+        return self._shared.plan_source(wanted)
 
     @property
     def plans(self) -> PlanSet:
-        """The plan set being routed by."""
-        return self._plans
+        """The plan set being routed by.
+
+        For a router that holds its plans (built from a PlanSet): O(1), or
+        O(numbers) once after an :meth:`update`.  For a router built by
+        :meth:`from_store`: every routed number's plan is read back from
+        the store, O(numbers) store reads at every access (a number whose
+        stored plan is now invalid is left out); prefer :meth:`plan_of` and
+        :attr:`number_count`.
+        """
+        if self._held is not None:
+            if self._whole is None:
+                self._whole = attrs.evolve(self._settings, numbers=tuple(self._held.values()))
+            return self._whole
+        found = []
+        for number in self.routed_numbers():
+            try:
+                plan = self._shared.plan_source(number)
+            except PlanError:
+                continue
+            if plan is not None:
+                found.append(plan)
+        return attrs.evolve(self._settings, numbers=tuple(found))
+
+    @property
+    def settings(self) -> PlanSet:
+        """The top-level settings routed by (blacklist, prompts, calendar, segments), with no numbers."""
+        return self._settings
+
+    @property
+    def number_count(self) -> int:
+        """How many numbers are routed.  O(1)."""
+        return len(_numbers_of(self._engine))
+
+    def routed_numbers(self) -> list[str]:
+        """The numbers routed, sorted; no plan is read.  O(numbers × log numbers)."""
+        return sorted(_numbers_of(self._engine))
 
     @property
     def prefixes(self) -> PrefixTable:
@@ -365,6 +576,120 @@ def compile_check(plans: PlanSet) -> None:
     for impl in _impl.ENGINES.values():
         shared = Shared(impl.MemoryCounters(), random.Random(0), CallRegistry())
         _compiled(impl, plans, prefixes, shared)
+
+
+# -- one number at a time -----------------------------------------------------------
+# The router reaches into an engine's table of compiled numbers (by_number)
+# only through these helpers.
+
+def _entry_of(engine, number: str):
+    """The compiled entry ``number`` is routed by in ``engine``, or ``None``."""
+    return engine.by_number.get(number)
+
+
+def _restore_entry(engine, number: str, entry) -> None:
+    """Put back an entry :func:`_entry_of` returned (``None``: no entry)."""
+    if entry is None:
+        engine.remove(number)
+    else:
+        engine.by_number[number] = entry
+
+
+def _numbers_of(engine):
+    """The numbers ``engine`` routes (a live view: copy before iterating while it may change)."""
+    return engine.by_number.keys()
+
+
+def _dismantle(engine) -> None:
+    """Free a retired engine's entries one at a time instead of in one C call.
+
+    Only for an engine no call can still be using (PlanWatcher waits
+    first): a call that had picked it up would find its numbers gone.
+    """
+    table = engine.by_number
+    while table:
+        table.popitem()
+
+
+def _put(engine, plan: NumberPlan, impl, settings: PlanSet) -> None:
+    """``engine.put(plan)``; a value the engine cannot hold becomes a PlanError naming the number."""
+    try:
+        engine.put(plan)
+    except PlanError:
+        raise
+    except _COMPILE_FAILURES as exc:
+        raise PlanError(f"the {impl.name} engine cannot compile this plan: {type(exc).__name__}: {exc}",
+                        source=settings.source, number=plan.number) from exc
+
+
+#: Plans read from a store at a time in a streamed load (the NumberPlans alive at once).
+STREAM_BATCH = 100
+#: Numbers compiled between two freezes of a load.  Each freeze first walks
+#: what is not frozen yet: about 100 plans and their compiled form, some
+#: 5,000 objects at 5 rules (1-2 ms); a batch of 1,000 plans made it 49,000
+#: objects and 7-9 ms.
+FREEZE_EVERY = 100
+
+
+def _stream_into(engine, store, impl, settings: PlanSet) -> None:
+    """Compile every plan of ``store`` into ``engine``, one batch of plans alive at a time.
+
+    A plan the engine cannot compile is left out like an invalid one: put in
+    ``store.quarantined`` and logged (``plan_quarantined``).
+    """
+    for batch in store.iter_plans(batch=STREAM_BATCH):
+        _put_in_batches(engine, batch, impl, settings, store=store)
+        del batch  # the plans die here: only the compiled form stays
+        time.sleep(0)  # offer the interpreter to the threads that route
+
+
+def _put_in_batches(engine, plans, impl, settings: PlanSet, *, store=None) -> None:
+    """Compile ``plans`` into ``engine`` one at a time, freezing every FREEZE_EVERY numbers.
+
+    One C call per number, never one for the whole set: another thread
+    waiting to route gets the interpreter within the switch interval, and a
+    collection of the cyclic GC meanwhile walks at most FREEZE_EVERY
+    numbers' objects, not everything compiled so far.  With ``store``, a
+    plan the engine cannot compile is quarantined there; without, its
+    PlanError propagates.
+    """
+    for i, plan in enumerate(plans, 1):
+        try:
+            _put(engine, plan, impl, settings)
+        except PlanError as exc:
+            if store is None:
+                raise
+            store.quarantined = {**store.quarantined, plan.number: str(exc)}
+            _log.error("plan_quarantined", store=store.url, number=plan.number, error=str(exc))
+        if i % FREEZE_EVERY == 0:
+            _frozen_after_load()
+    _frozen_after_load()
+
+
+def _frozen_after_load() -> None:
+    """Move everything alive now out of the cyclic garbage collector's generations.
+
+    A loaded plan set is millions of long-lived objects (compiled rules,
+    keys, selectors).  Left in the oldest generation, every full collection
+    walks all of them while holding the interpreter: measured before this,
+    a reload of 10,000 numbers in a thread stalled route() in another
+    thread for 1.2 s (issue 12 measured 6.3 s at 100,000).  Frozen objects
+    are never walked again; they are still freed by reference counting when
+    a reload drops them (compiled plans form no cycles).
+
+    The collection first reclaims the cyclic garbage among the objects not
+    yet frozen (only those made since the last freeze are walked: cheap),
+    so that no unreachable cycle, the application's included, is frozen
+    for good.  Unfreezing is never needed.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _opened(store):
+    from .stores import PlanStore, open_store  # stores import this module for compile_check
+
+    return store if isinstance(store, PlanStore) else open_store(store, create=False)
 
 
 def _prefixes_of(plans: PlanSet) -> PrefixTable:

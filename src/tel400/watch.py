@@ -1,15 +1,29 @@
 """Keeping a router's plans in step with their store.
 
-A :class:`PlanWatcher` asks the store for its version (cheap) at most every
-``interval_s`` seconds and reloads the router when it changed.  Use it one of
-two ways:
+A :class:`PlanWatcher` asks the store what changed since the version the
+router's plans came from (:meth:`~tel400.stores.PlanStore.changes_since`,
+cheap) at most every ``interval_s`` seconds, and applies it:
+
+* the store names the changed numbers: each is read alone
+  (``store.load_number``) and :meth:`tel400.Router.update` replaces only
+  those entries (a number gone from the store stops being routed).  The
+  work is proportional to the changed numbers' plans, not to the plan set.
+* the top-level settings changed, or the store cannot tell (a file store,
+  a version older than its change log): everything is read again, streamed
+  number by number into a new engine that is swapped in at the end (as
+  :meth:`tel400.Router.from_store` does); the router then reads plans back
+  from the store instead of holding them.
+
+Use it one of two ways:
 
 * ``watcher.start()``: a daemon thread polls in the background.  It restarts
   itself in children forked with :func:`os.fork` (``multiprocessing``,
   gunicorn).
 * ``watcher.poll()`` from the request path: a clock comparison when nothing
   is due, so it can run on every call.  This is the way for processes a C
-  program forks without telling Python (Kamailio's workers).
+  program forks without telling Python (Kamailio's workers): a one-number
+  change then costs that worker one store read and one compile between two
+  requests.
 
 A change that does not validate is refused: the router keeps its plans, the
 refusal is logged once per bad version (``plan_change_refused``, with the
@@ -37,6 +51,11 @@ from .stores import PlanStore, open_store
 _log = structlog.get_logger("tel400.watch")
 _watchers: weakref.WeakSet[PlanWatcher] = weakref.WeakSet()
 
+#: Seconds a background watcher waits after swapping in a fully reloaded
+#: engine before taking the old one apart: every call that picked the old
+#: engine up has long finished its lookup by then.
+RETIRE_GRACE_S = 1.0
+
 
 class PlanWatcher:
     """Reloads ``router`` from ``store`` when the store's version changes.
@@ -48,7 +67,8 @@ class PlanWatcher:
         interval_s: how often to ask the store (0.5 s: a change reaches every
             process within about a second).
         version: the version the router's plans came from, if known (then the
-            first poll does not reload the same plans again).
+            first poll does not reload the same plans again); by default the
+            router's ``plans_version`` (set by :meth:`tel400.Router.from_store`).
     """
 
     def __init__(self, router, store: PlanStore | str, *, interval_s: float = 0.5, version=None,
@@ -58,13 +78,17 @@ class PlanWatcher:
         self.interval_s = interval_s
         self._clock = clock
         self._due = 0.0
-        self._version = version
+        self._version = version if version is not None else getattr(router, "plans_version", None)
+        self._retired = None  # an engine a full reload replaced, for the background thread to take apart
         self._refused_version = None  # the store version refusals were last logged for
         self._refused_numbers: set[str | None] = set()  # ... and the numbers (None: the whole change)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.reloads = 0
+        #: the numbers the last poll that changed something applied; ``None``
+        #: after a full reload (every number may have changed)
+        self.applied: frozenset[str] | None = None
         self.refusals = 0
         self.errors = 0
         _watchers.add(self)
@@ -83,43 +107,96 @@ class PlanWatcher:
             self._lock.release()
 
     def _check(self) -> bool:
+        changes = None
         try:
-            version = self.store.version()
-        except BackendError as exc:
-            self.errors += 1
-            _log.warning("plan_store_unavailable", store=self.store.url, error=str(exc))
-            return False
-        if version == self._version:
-            return False
-        try:
-            plans = self._keeping_last_good(self.store.load(), version)
-            if plans == self.router.plans:
-                self._version = version  # only a refused change: nothing to reload
+            changes = self.store.changes_since(self._version)
+            if changes.everything:
+                applied = self._reload_everything(changes.version)
+            elif changes.numbers:
+                applied = self._apply(changes.numbers, changes.version)
+            else:
+                self._version = changes.version
                 return False
-            self.router.reload(plans)
         except PlanError as exc:
-            self._refuse(version, str(exc), number=exc.number)
+            self._refuse(None if changes is None else changes.version, str(exc), number=exc.number)
             return False
         except BackendError as exc:
             self.errors += 1
             _log.warning("plan_store_unavailable", store=self.store.url, error=str(exc))
             return False
-        self._version = version
-        self.reloads += 1
+        if applied:
+            self.reloads += 1
+        return applied
+
+    def _apply(self, changed: frozenset[str], version) -> bool:
+        """Read each changed number alone and replace only its entry.  O(the changed plans).
+
+        A number whose stored plan is now invalid keeps its current entry
+        (refused, logged with the number); the others are applied together.
+        """
+        plans, removed = [], []
+        for number in sorted(changed):
+            try:
+                plan = self.store.load_number(number)
+            except PlanError as exc:
+                self._quarantine(number, str(exc))
+                if self.router._routes(number):
+                    self._refuse(version, str(exc), number=number)
+                continue
+            self._quarantine(number, None)
+            if plan is None:
+                removed.append(number)
+            else:
+                plans.append(plan)
+        while True:
+            try:
+                self.router.update(plans, removed=removed)
+                break
+            except PlanError as exc:  # an engine cannot hold it: that number keeps its entry
+                self._refuse(version, str(exc), number=exc.number)
+                kept = [plan for plan in plans if plan.number != exc.number]
+                if len(kept) == len(plans):  # an error naming no given number: refuse them all
+                    raise
+                plans = kept
+        self._version = self.router.plans_version = version
+        if not (plans or removed):
+            return False
+        self.applied = frozenset(plan.number for plan in plans) | frozenset(removed)
+        _log.info("plans_updated", store=self.store.url, changed=len(self.applied),
+                  numbers=",".join(sorted(self.applied)[:10]), version=str(version))
         return True
 
-    def _keeping_last_good(self, plans, version):
-        """``plans`` with the router's current plan for each number the store's load left out.
+    def _reload_everything(self, version) -> bool:
+        """Stream the whole store into a new engine and swap it; numbers left out keep their entries."""
+        old, kept = self.router._reload_from_store(self.store, version=version)
+        for number in kept:
+            self._refuse(version, self.store.quarantined[number], number=number)
+        self._version = version
+        self.applied = None
+        if self._thread is not None and threading.current_thread() is self._thread:
+            self._retired = old  # taken apart by _run, outside the poll lock
+        return True
 
-        O(numbers left out × numbers): a store rarely holds more than a few.
+    def _quarantine(self, number: str, error: str | None) -> None:
+        """Record (or, with ``None``, clear) a number whose stored plan is invalid.  O(quarantined)."""
+        others = {n: e for n, e in self.store.quarantined.items() if n != number}
+        self.store.quarantined = others if error is None else {**others, number: error}
+
+    def _take_apart_retired(self) -> None:
+        """Let the engine a full reload replaced go without stalling routing.
+
+        Dropping the last reference to a large engine frees it in one C call;
+        the background thread instead waits out the calls that may still be
+        using it and then takes it apart number by number (the interpreter
+        changes hands in between).  On the request path (``poll()``) the
+        old engine is simply dropped.
         """
-        current = self.router.plans
-        for number, error in self.store.quarantined.items():
-            old = current.get(number)
-            if old is not None and plans.get(number) is None:
-                plans = plans.with_number(old)
-                self._refuse(version, error, number=number)
-        return plans
+        old, self._retired = self._retired, None
+        if old is None or self._stop.wait(RETIRE_GRACE_S):
+            return
+        from .router import _dismantle
+
+        _dismantle(old)
 
     def _refuse(self, version, error: str, *, number: str | None) -> None:
         """Count and log a refused change (of one number, or ``None``: of all) once per store version."""
@@ -130,7 +207,7 @@ class PlanWatcher:
         self._refused_numbers.add(number)
         self.refusals += 1
         _log.error("plan_change_refused", store=self.store.url, error=error, number=number,
-                   kept=len(self.router.plans.numbers))
+                   kept=self.router.number_count)
 
     @property
     def quarantined(self) -> dict[str, str]:
@@ -161,6 +238,7 @@ class PlanWatcher:
         while not self._stop.wait(self.interval_s):
             try:
                 self.poll(force=True)
+                self._take_apart_retired()
             except Exception:  # never let the thread die: the next interval tries again
                 self.errors += 1
                 _log.exception("plan_watcher_failed", store=self.store.url)

@@ -655,15 +655,16 @@ def main(argv=None) -> int:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
     store = tel400.open_store(args.plans, create=False)  # a mistyped path is an error, not an empty store
-    router = tel400.Router(store.load(), args.counters, pin_policy=policy)
-    tel400.PlanWatcher(router, store).start()
+    # Streamed: each number is compiled as it is read; the watcher then applies changed numbers only.
+    router = tel400.Router.from_store(store, args.counters, pin_policy=policy)
+    tel400.PlanWatcher(router, store, version=router.plans_version).start()
     raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
 
     async def serve() -> None:
         server = EslServer(router, settings, max_connections=args.max_connections,
                            max_per_address=args.max_per_address, allow=allow)
         await server.start(args.host, args.port)
-        print(f"tel400-esl: {len(router.plans.numbers)} numbers from {store.url}, listening on "
+        print(f"tel400-esl: {router.number_count} numbers from {store.url}, listening on "
               f"{args.host}:{server.port} ({tel400.IMPLEMENTATION}) for FreeSWITCH at {allow} (--allow)",
               file=sys.stderr, flush=True)
         stop = asyncio.Event()

@@ -439,7 +439,7 @@ class Service:
         # A number whose stored plan is invalid does not make the process unready: it routes every
         # other number, and taking it out of service would take them all down.  It is listed here.
         body = {"status": "not ready" if problems else "ready", "problems": problems,
-                "numbers": len(self.router.plans.numbers), "implementation": self.router.implementation,
+                "numbers": self.router.number_count, "implementation": self.router.implementation,
                 "quarantined": sorted(self._quarantined())}
         return (503 if problems else 200), encode_json(body), b"application/json", None
 
@@ -466,7 +466,7 @@ class Service:
 
     def _writable(self) -> WritableStore:
         if not isinstance(self.store, WritableStore):
-            source = getattr(self.store, "url", None) or self.router.plans.source or "their source"
+            source = getattr(self.store, "url", None) or self.router.settings.source or "their source"
             raise HttpError(409, "read_only", f"plans come from {source}, which this service does not write; "
                                               "run it with --plans sqlite:///… or redis://… to manage them here")
         return self.store
@@ -474,15 +474,23 @@ class Service:
     def _plan_tree(self, number: str) -> dict | None:
         if isinstance(self.store, WritableStore):
             return self.store.get_number(number)
-        plan = self.router.plans.get(number)
+        plan = self.router.plan_of(number)
         return None if plan is None else tel400.PlanSet(numbers=(plan,)).to_dict()["numbers"][0]
 
-    def _applied(self) -> None:
-        """This process routes by the change at once; the others within their watcher's interval."""
+    def _applied(self, number: str, stored: tel400.PlanSet | None = None) -> None:
+        """This process routes by the change at once; the others within their watcher's interval.
+
+        ``stored``: what ``put_number`` returned (the number's validated
+        plan); ``None`` for a deletion.  One number is applied, never the set.
+        """
         if self.watcher is not None:
-            self.watcher.poll(force=True)
+            self.watcher.poll(force=True)  # takes the numbers changed since its version: this one
         elif isinstance(self.store, WritableStore):
-            self.router.reload(self.store.load())
+            plan = stored.get(number) if stored is not None else None
+            if plan is None:
+                self.router.update(removed=[number])
+            else:
+                self.router.update([plan])
 
     def _quarantined(self) -> dict[str, str]:
         """Numbers the store holds whose plan is invalid (see tel400.PlanWatcher.quarantined)."""
@@ -491,7 +499,7 @@ class Service:
 
     async def h_list_numbers(self, req: Request):
         token = self._auth(req)
-        numbers = [p.number for p in self.router.plans.numbers if token.may(p.number)]
+        numbers = [number for number in self.router.routed_numbers() if token.may(number)]
         body = {"numbers": sorted(numbers)}
         quarantined = {n: error for n, error in self._quarantined().items() if token.may(n)}
         if quarantined:  # stored but refused: the token's owner should fix them
@@ -531,8 +539,8 @@ class Service:
                             body[key] = before[key]
                 if isinstance(body.get("pin"), str) and pins.PIN_RE.match(body["pin"]):
                     body["pin_hash"] = pins.make_hash(body.pop("pin"))  # never kept in clear
-                store.put_number(body, actor=token.name)
-                self._applied()
+                stored = store.put_number(body, actor=token.name)
+                self._applied(number, stored)
                 return before is None, store.get_number(number)
 
         created, stored = await asyncio.to_thread(_plan_errors(write))
@@ -548,7 +556,7 @@ class Service:
             with self._write_lock:
                 gone = store.delete_number(number, actor=token.name)
                 if gone:
-                    self._applied()
+                    self._applied(number)
                 return gone
 
         if not await asyncio.to_thread(_plan_errors(delete)):
@@ -566,8 +574,8 @@ class Service:
                 if tree is None:
                     raise HttpError(404, "unknown_number", f"{number} has no plan")
                 changed = change(dict(tree))
-                store.put_number(changed, actor=token.name)
-                self._applied()
+                stored = store.put_number(changed, actor=token.name)
+                self._applied(number, stored)
                 return store.get_number(number)
 
         return await asyncio.to_thread(_plan_errors(edit))

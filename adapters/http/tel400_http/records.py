@@ -31,6 +31,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import structlog
 
+import tel400
+
 _log = structlog.get_logger("tel400.http.records")
 
 CONNECTS = ("bridge", "queue", "conference")
@@ -49,20 +51,28 @@ CREATE INDEX IF NOT EXISTS records_call_id ON records (call_id);
 """
 
 
-def plan_zones(router):
+def plan_zones(router, *, max_cached: int = 10_000):
     """``zone_of(number)`` for :class:`CallRecords`: the time zone of a number's plan, or ``None``.
 
-    A dict built once per plan set (``PlanSet.get`` is a scan of every plan),
-    rebuilt when the router reloads.
+    Each number's zone is read once (:meth:`tel400.Router.plan_of`: one
+    store read for a router made by ``from_store``) and kept, for at most
+    ``max_cached`` numbers; the cache is dropped whenever the router's
+    plans change (a reload or an update).
     """
-    cache: dict = {"plans": None, "zones": {}}
+    cache: dict = {"stamp": None, "zones": {}}
 
     def zone_of(number):
-        plans = router.plans
-        if cache["plans"] is not plans:
-            cache["zones"] = {p.number: p.timezone for p in plans.numbers}
-            cache["plans"] = plans
-        name = cache["zones"].get(number)
+        stamp = (router.reloads, router.updates)
+        if cache["stamp"] != stamp or len(cache["zones"]) >= max_cached:
+            cache["zones"], cache["stamp"] = {}, stamp
+        zones = cache["zones"]
+        if number not in zones:
+            try:
+                plan = router.plan_of(number)
+            except (tel400.PlanError, tel400.BackendError):
+                plan = None  # an invalid stored plan, a store away: the record is kept in UTC
+            zones[number] = plan.timezone if plan is not None else None
+        name = zones[number]
         return zoneinfo.ZoneInfo(name) if name else None
 
     return zone_of

@@ -137,11 +137,12 @@ def build_service(args) -> Service:
     if args.plans is None or args.records is None or args.tokens is None:
         data.mkdir(parents=True, exist_ok=True)
     store = tel400.open_store(args.plans or f"sqlite:///{data / 'plans.db'}")
-    if args.plans is None and not store.numbers():
+    if args.plans is None and not store.count():
         seed(store, example_plans())
     calls = CallRegistry(max_calls=args.max_calls, max_age_s=args.max_call_duration)
-    router = tel400.Router(store.load(), args.counters, calls=calls, pin_policy=pin_policy(args))
-    watcher = tel400.PlanWatcher(router, store, version=store.version())
+    # Streamed: each number is compiled as it is read, and only the compiled form is kept.
+    router = tel400.Router.from_store(store, args.counters, calls=calls, pin_policy=pin_policy(args))
+    watcher = tel400.PlanWatcher(router, store, version=router.plans_version)
     if args.tokens:
         tokens = Tokens.from_file(args.tokens)
     else:
@@ -173,7 +174,7 @@ def switch_auth(args) -> SwitchAuth:
 
 
 def banner(service: Service, url: str, args) -> str:
-    numbers = len(service.router.plans.numbers)
+    numbers = service.router.number_count
     token = (f'"Authorization: Bearer $(cat {pathlib.Path(args.data) / "admin-token"})"' if not args.tokens
              else '"Authorization: Bearer $TOKEN"')
     return "\n".join([

@@ -1,7 +1,7 @@
 from ..plans import NumberPlan
 from ..shared import Shared
 from ..decision import Decision
-from ..plans import PlanSet
+from ..plans import NumberPlan, PlanSet
 from ..segments import PrefixTable
 
 class Engine:
