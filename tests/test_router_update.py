@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 import tel400
-from tel400 import _engine_py
+from tel400.compiler import Compiler
 from tel400.plans import validate_number, validate_settings
 from tel400.stores import Changes, PlanStore
 
@@ -117,15 +117,15 @@ def from_store(impl):
 
 @pytest.fixture
 def compiles(monkeypatch):
-    """Numbers compiled, counted where both engines compile one number (its prompts)."""
+    """Numbers compiled, counted where both engines compile one number (the shared compiler)."""
     seen: list[str] = []
-    real = _engine_py.plan_prompts
+    real = Compiler.compile
 
-    def counting(plans, plan):
+    def counting(self, plan):
         seen.append(plan.number)
-        return real(plans, plan)
+        return real(self, plan)
 
-    monkeypatch.setattr(_engine_py, "plan_prompts", counting)
+    monkeypatch.setattr(Compiler, "compile", counting)
     return seen
 
 
@@ -165,14 +165,14 @@ def test_update_compiles_every_plan_before_changing_any(make_router, monkeypatch
     router = make_router({"numbers": [tree_of("4001012345", "13901010001"), tree_of("4007654321", "13901010002")]})
     good = validate_number(tree_of("4001012345", "13901019999"), router.settings)
     bad = validate_number(tree_of("4007654321", "13901018888"), router.settings)
-    real = _engine_py.plan_prompts
+    real = Compiler.compile
 
-    def prompts(plans, plan):
+    def compile_(self, plan):
         if plan.number == "4007654321":
             raise ValueError("cannot compile this one")
-        return real(plans, plan)
+        return real(self, plan)
 
-    monkeypatch.setattr(_engine_py, "plan_prompts", prompts)
+    monkeypatch.setattr(Compiler, "compile", compile_)
     with pytest.raises(tel400.PlanError, match="cannot compile this plan") as info:
         router.update([good, bad])
     assert info.value.number == "4007654321"
@@ -372,14 +372,14 @@ def test_a_changed_plan_no_engine_can_compile_keeps_its_entry_and_the_others_app
     store = DictStore(many(3))
     router = from_store(store)
     watcher = tel400.PlanWatcher(router, store, interval_s=0)
-    real = _engine_py.plan_prompts
+    real = Compiler.compile
 
-    def prompts(plans, plan):
+    def compile_(self, plan):
         if plan.number == "4000000001":
             raise OverflowError("Python int too large to convert to C long")
-        return real(plans, plan)
+        return real(self, plan)
 
-    monkeypatch.setattr(_engine_py, "plan_prompts", prompts)
+    monkeypatch.setattr(Compiler, "compile", compile_)
     store.put(tree_of("4000000001", "13901019999"))
     store.put(tree_of("4000000002", "13901010007"))
     with structlog.testing.capture_logs() as logs:
