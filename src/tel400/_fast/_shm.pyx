@@ -21,13 +21,17 @@ key takes a POSIX record lock on the file, so two processes cannot give one
 key two slots; the lock belongs to the process, so a process that dies
 holding it releases it, and forked children take it like anyone else.  Slots
 whose key expired more than a day ago are reused for new keys (a daily cap
-thus holds about three slots in turn).  A key looks for a slot among the
-``MAX_PROBES`` slots from its hash's place, which bounds the work of every
-lookup however full the table is; with no free or reusable slot there the
-table counts as full: :class:`~tel400.BackendError` is raised (the plan's
-``on_backend_error`` applies), the event is counted (``full_events``,
-``tel400_shm_table_full``) and logged at most once a minute; nothing is
-overwritten silently.
+thus holds at most three slots in turn, an hourly cap 26, a weekly or
+monthly cap 2).  A key looks for a slot among the ``MAX_PROBES`` slots from
+its hash's place, which bounds the work of every lookup however full the
+table is; with no free or reusable slot there the table counts as full:
+:class:`~tel400.BackendError` is raised (the plan's ``on_backend_error``
+applies), the event is counted (``full_events``, ``tel400_shm_table_full``)
+and logged at most once a minute; nothing is overwritten silently, and the
+caps a call already holds are checked before any slot is claimed, so a full
+table never admits a call that a held cap refuses.  Filled with distinct
+keys, tables refused their first key at 77 % full; sizing for at most 70 %
+(docs/deploy.md, "Sizing shm:// for a million numbers") avoids refusals.
 
 Several caps of one call are acquired one by one and, if a later one is at
 its limit, the earlier increments are taken back: a cap is never exceeded,
