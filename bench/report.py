@@ -55,11 +55,11 @@ MEASURED = [
     ("route(): 10 plans / 10,000 plans (compiled, interleaved)", "test_route_plan_count_interleaved",
      "small_over_large", 0.33, 0.67),
     # 10 numbers / 100,000 (5 rules each), interleaved: uniform traffic at most 4x (issue target at
-    # 10^6: 3x), Zipf traffic at most 2x (target 1.5x).
+    # 10^6: 3x; measured 0.35), Zipf traffic at most 2.5x (target 1.5x; measured 0.60-0.66).
     ("route(): 10 numbers / 100,000, uniform traffic", "test_scale_route_by_numbers[guard]",
      "uniform_small_over_large", 0.25, 0.33),
     ("route(): 10 numbers / 100,000, Zipf traffic", "test_scale_route_by_numbers[guard]",
-     "zipf_small_over_large", 0.5, 0.67),
+     "zipf_small_over_large", 0.4, 0.67),
     # Applying a one-number edit (PlanWatcher poll, CPU) at 1,000 numbers / at 10,000: at most 3x
     # dearer at ten times the numbers (a whole-set reload is ~10x).  Skipped, so not checked, until
     # the incremental watcher is merged (issue 12, c2/c3).
