@@ -152,23 +152,25 @@ def rss_bytes() -> tuple[int, int]:
 
 
 def open_router(url: str):
-    """The router a routing process builds from the store, and how (streamed or whole set)."""
+    """The router a routing process builds from the store: (router, store, how, the store's
+    version its plans came from); ``how`` is ``from_store`` (streamed) or ``load+Router``."""
     import tel400
 
     store = tel400.open_store(url, create=False)
     if has_streamed_start():
-        return tel400.Router.from_store(store), store, "from_store"
-    version = store.version()
-    return tel400.Router(store.load()), store, f"load+Router:{version}"
+        router = tel400.Router.from_store(store)
+        return router, store, "from_store", router.plans_version
+    version = store.version()  # read before loading: a change made meanwhile is seen at the first poll
+    return tel400.Router(store.load()), store, "load+Router", version
 
 
 def child_cold_start(url: str, number: str) -> None:
     t0 = time.perf_counter()
-    router, store, path = open_router(url)
+    router, store, path, _ = open_router(url)
     decision = router.route(number, CALLER, AT)
     seconds = time.perf_counter() - t0
     rss, hwm = rss_bytes()
-    print(json.dumps({"seconds": seconds, "rss": rss, "hwm": hwm, "path": path.split(":")[0],
+    print(json.dumps({"seconds": seconds, "rss": rss, "hwm": hwm, "path": path,
                       "action": decision.action}), flush=True)
 
 
@@ -176,10 +178,7 @@ def child_watch(url: str, number: str) -> None:
     """Route, say ready, then poll until ``number`` routes to an edited target; report when and the CPU."""
     import tel400
 
-    router, store, path = open_router(url)
-    version = getattr(router, "plans_version", None)
-    if version is None and ":" in path:
-        version = store.version()
+    router, store, _, version = open_router(url)
     watcher = tel400.PlanWatcher(router, store, interval_s=0.05, version=version)
     before = router.route(number, CALLER, AT).targets
     print("ready", flush=True)

@@ -17,7 +17,8 @@ seed)``, never on how many numbers are generated or in what order, so a
 benchmark can rebuild one number's plan (:func:`number_plan`) to edit it,
 and a 1,000-number file is the first 1,000 lines of a 1,000,000-number file.
 
-Cost: O(rules) per number; ~10 µs per rule here (the JSON encoding included).
+Cost: O(rules) per number; ~15 µs per rule here (the JSON encoding included): 1,000,000
+numbers x 5 rules take about 80 s and 0.9 GB of disk.
 """
 
 from __future__ import annotations

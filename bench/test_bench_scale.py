@@ -25,6 +25,7 @@ import time
 import pytest
 
 import tel400
+import tel400.plans
 from tel400 import _impl
 
 import _scale
@@ -65,6 +66,12 @@ def test_scale_generate_jsonl(benchmark, tmp_path):
     numbers, rules = min(_scale.numbers_from_env(), 100_000), _scale.rules_from_env()
     out = tmp_path / "plans.jsonl"
     benchmark.pedantic(generate.write_jsonl_file, args=(str(out), numbers, rules), rounds=1, iterations=1)
+    with out.open(encoding="utf-8") as lines:
+        first = json.loads(next(lines))
+        assert 1 + sum(1 for _ in lines) == numbers
+    settings = tel400.plans.validate_settings({})
+    assert tel400.plans.validate_number(first, settings).number == generate.number_of(0)
+    assert first == generate.number_plan(0, rules)  # the same plan, however many are generated
     benchmark.extra_info.update(numbers=numbers, rules=rules, bytes=out.stat().st_size,
                                 us_per_rule=benchmark.stats.stats.median / (numbers * rules) * 1e6)
 
@@ -184,8 +191,8 @@ def test_scale_edit_cost_by_store_size(benchmark, guard_stores):
     """
     sides = []
     for n, db in sorted(guard_stores.items(), reverse=True):
-        router, store, _ = _scale.open_router(_store_url(db))
-        watcher = tel400.PlanWatcher(router, store, version=getattr(router, "plans_version", None))
+        router, store, _, version = _scale.open_router(_store_url(db))
+        watcher = tel400.PlanWatcher(router, store, version=version)
         watcher.poll(force=True)
         sides.append((n, store, watcher))
     ratios, costs = [], {n: [] for n, _, _ in sides}
