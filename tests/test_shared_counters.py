@@ -513,3 +513,20 @@ def test_shm_used_slots_are_counted_without_a_scan(tmp_path):
     stats = counters.stats()
     assert stats["reuses"] > 0 and stats["used"] == 256 and stats["inserts"] - stats["reuses"] == 256
     counters._check()
+
+
+@needs_shm
+def test_shm_refuses_a_table_its_file_system_cannot_hold(tmp_path, monkeypatch):
+    """A 384 MiB sparse table on a 64 MB /dev/shm would die of SIGBUS mid-call: refused at open instead."""
+    import types
+
+    from tel400._fast import _shm
+
+    real = os.fstatvfs
+    monkeypatch.setattr(_shm.os, "fstatvfs", lambda fd: types.SimpleNamespace(f_bavail=16384, f_frsize=4096))
+    with pytest.raises(tel400.BackendError, match=r"takes 402653248 bytes.*has 67108864 bytes free"):
+        tel400.open_counters(f"shm://{tmp_path}/big")
+    small = tel400.open_counters(f"shm://{tmp_path}/small?slots=65536")  # 1.5 MB fits
+    small.add("k", 1, 1, 60)
+    monkeypatch.setattr(_shm.os, "fstatvfs", real)
+    assert small.value("k", 1) == 1

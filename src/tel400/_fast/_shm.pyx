@@ -238,6 +238,7 @@ cdef class ShmCounters(CCounters):
             if slots is None:
                 slots = self._slots_in_file(existing) if existing else DEFAULT_SLOTS
             self.size = HEADER_BYTES + <size_t>slots * SLOT_BYTES
+            self._check_room(slots)
             if existing == 0:
                 os.ftruncate(self.fd, self.size)
             elif existing != self.size:
@@ -265,6 +266,26 @@ cdef class ShmCounters(CCounters):
         self.probes = min(<uint64_t>slots, <uint64_t>MAX_PROBES)
         self.pid = os.getpid()
         self._refusal_log = RefusalLog("shm", f"slots={slots}")
+
+    def _check_room(self, slots):
+        """Refuse a table its file system cannot hold in full.
+
+        The file is sparse: its pages are allocated as keys land in them, and
+        a page the file system has no room for would kill the process with
+        SIGBUS in the middle of a call (a container's /dev/shm is often
+        64 MB, and the default table is 384 MiB).  So the unallocated part
+        must fit in the free space now; filling the file system with other
+        files later is the operator's to avoid.
+        """
+        allocated = os.fstat(self.fd).st_blocks * 512
+        fs = os.fstatvfs(self.fd)
+        free = fs.f_bavail * fs.f_frsize
+        if self.size > allocated + free:
+            raise BackendError(
+                f"shm counters: a table of {slots} slots takes {self.size} bytes, but the file system of "
+                f"{self.path} has {free} bytes free; give it fewer slots (shm:///path?slots=N, a power of two) "
+                "or more room (e.g. docker run --shm-size)"
+            )
 
     def _slots_in_file(self, Py_ssize_t existing):
         """The slot count of the table already in the file (its header, checked against its size)."""
