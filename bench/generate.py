@@ -18,7 +18,7 @@ benchmark can rebuild one number's plan (:func:`number_plan`) to edit it,
 and a 1,000-number file is the first 1,000 lines of a 1,000,000-number file.
 
 Cost: O(rules) per number; ~15 µs per rule here (the JSON encoding included): 1,000,000
-numbers x 5 rules take about 80 s and 0.9 GB of disk.
+numbers x 5 rules took 69 s, 921 MB of disk and 35 MB resident (measured).
 """
 
 from __future__ import annotations
