@@ -51,6 +51,7 @@ def scale_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def scale_store(scale_dir) -> tuple[pathlib.Path, str]:
     """The SQLite store of TEL400_BENCH_NUMBERS x TEL400_BENCH_RULES, and how it was filled."""
+    _scale.skip_unless_streamed(_scale.numbers_from_env())
     return _scale.build_store(scale_dir, _scale.numbers_from_env(), _scale.rules_from_env())
 
 
@@ -268,6 +269,7 @@ def test_scale_route_by_numbers(benchmark, numbers, scale_dir):
     """
     n = _scale.env_int("TEL400_BENCH_GUARD_NUMBERS", 100_000) if numbers == "guard" else _scale.numbers_from_env()
     rules = _scale.rules_from_env()
+    _scale.skip_unless_streamed(n)
     large = _router_of(n, rules, scale_dir)
     small = _router_of(10, rules, scale_dir)
     sample = callers()
