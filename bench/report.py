@@ -33,6 +33,9 @@ GUARD_TESTS = [
     "bench/test_bench_route.py::test_route_counters_backend[shm]",
     "bench/test_bench_http.py::test_http_requests_per_second",
     "bench/test_bench_validate.py::test_validate_interleaved",
+    # Issue 12 (a million numbers): ratios that catch a return to whole-set work.
+    "bench/test_bench_scale.py::test_scale_route_by_numbers[guard]",
+    "bench/test_bench_scale.py::test_scale_edit_cost_by_store_size",
 ]
 
 # (label, numerator test, denominator test, floor, target): numerator / denominator >= floor
@@ -56,6 +59,17 @@ MEASURED = [
     # plan went the slow way again (a fast path that refuses the common shapes), ~10 when it works
     ("validation: precise parser / fast path (compiled, interleaved)", "test_validate_interleaved",
      "precise_over_fast", 5.0, 10.0),
+    # 10 numbers / 100,000 (5 rules each), interleaved: uniform traffic at most 4x (issue target at
+    # 10^6: 3x; measured 0.35), Zipf traffic at most 2.5x (target 1.5x; measured 0.60-0.66).
+    ("route(): 10 numbers / 100,000, uniform traffic", "test_scale_route_by_numbers[guard]",
+     "uniform_small_over_large", 0.25, 0.33),
+    ("route(): 10 numbers / 100,000, Zipf traffic", "test_scale_route_by_numbers[guard]",
+     "zipf_small_over_large", 0.4, 0.67),
+    # Applying a one-number edit (PlanWatcher poll, CPU) at 1,000 numbers / at 10,000: at most 3x
+    # dearer at ten times the numbers (a whole-set reload is ~10x).  Skipped, so not checked, until
+    # the incremental watcher is merged (issue 12, c2/c3).
+    ("one-number edit applied: 1,000 numbers / 10,000", "test_scale_edit_cost_by_store_size",
+     "small_over_large", 0.33, 0.9),
 ]
 
 
@@ -123,6 +137,8 @@ def check(results: dict[str, dict]) -> list[str]:
             lines.append(f"{'ok  ' if ok else 'FAIL'} {label}: {ratio:.2f} (floor {floor}, target {target})")
             if not ok:
                 failures.append(label)
+        else:  # a benchmark that skipped (an API not in this build) says so
+            lines.append(f"skip {label}: not measured")
     print("\n".join(lines))
     return failures
 

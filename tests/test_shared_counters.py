@@ -187,6 +187,7 @@ def test_shm_rotating_callers_fill_the_table_but_held_counts_go_on(tmp_path):
     stats = counters.stats()
     assert stats["used"] <= 1024 and stats["full_events"] == refused > 3000
     assert counters.value("number", 7) == 5000 - refused  # the held count never lost a call
+    counters._check()
 
 
 @needs_shm
@@ -375,3 +376,157 @@ def test_redis_one_round_trip_per_connecting_call(redis_url, make_router):
     assert commands.pop("evalsha") == 20  # the round trips
     # What the script itself ran on the server: three caps read, counted, given a lifetime.
     assert commands == {"get": 60, "incrby": 60, "expire": 20}
+
+
+# --- a full table at scale (issue #12 item 6) -------------------------------------------
+
+
+def _fill(counters, prefix="stranger") -> int:
+    """Insert distinct keys until the table refuses one; return how many went in."""
+    i = 0
+    while True:
+        try:
+            counters.add(f"{prefix}:{i}", 1, 1, 3600)
+        except tel400.BackendError:
+            return i
+        i += 1
+
+
+def _metric(router, name, **labels) -> float:
+    from prometheus_client import CollectorRegistry
+
+    import tel400.metrics
+
+    registry = CollectorRegistry()
+    tel400.metrics.register(router, registry)
+    return registry.get_sample_value(name, labels)
+
+
+CALLER_CAPPED = [{"metric": "calls", "per": "day", "limit": 3},
+                 {"metric": "calls", "per": "day", "limit": 9, "scope": "caller"}]
+
+
+def _full_table_router(tmp_path, make_router, policy):
+    """Two numbers on a table of 64 slots: 4001012345 called once (its keys held), then strangers fill it."""
+    counters = tel400.open_counters(f"shm://{tmp_path}/full?slots=64")
+    plans = {"numbers": [
+        {"number": n, "rules": [{"targets": ["1"]}], "caps": CALLER_CAPPED, "on_backend_error": policy}
+        for n in ("4001012345", "4001012346")
+    ]}
+    router = make_router(plans, counters)
+    assert router.route("4001012345", BJ).reason == "ok"
+    assert _fill(counters) > 40
+    assert counters.stats()["full_events"] == 1
+    counters._check()
+    return router, counters
+
+
+@needs_shm
+@pytest.mark.parametrize("policy", ["allow", "reject"])
+def test_shm_full_table_applies_the_policy_to_new_keys_only(tmp_path, make_router, policy):
+    router, counters = _full_table_router(tmp_path, make_router, policy)
+    # A number whose cap has no slot yet: the plan's policy, counted, never a silent loss.
+    decision = router.route("4001012346", BJ)
+    if policy == "allow":
+        assert (decision.action, decision.reason) == ("bridge", "ok")
+    else:
+        assert (decision.action, decision.reason) == ("reject", "backend_error")
+    assert router.backend_error_counts() == {policy: 1}
+    assert counters.stats()["full_events"] == 2
+    assert _metric(router, "tel400_shm_table_full_total") == 2
+    assert _metric(router, "tel400_shm_slots") == 64
+    assert _metric(router, "tel400_shm_slots_used") == counters.stats()["used"] == 64
+    # The held keys count on exactly: two more calls from the same caller reach the cap of 3.
+    reasons = [router.route("4001012345", BJ).reason for _ in range(3)]
+    assert reasons == ["ok", "ok", "cap_exceeded"]
+    assert router.backend_error_counts() == {policy: 1}
+    counters._check()
+
+
+@needs_shm
+@pytest.mark.parametrize("policy", ["allow", "reject"])
+def test_shm_full_table_never_admits_past_a_held_cap(tmp_path, make_router, policy):
+    """A number at its cap is refused for reaching it, even when a new caller's key finds no slot.
+
+    The caps already counted decide first, as on memory://: a full table must
+    not turn a call the held counts refuse into the policy's (allow: connect).
+    """
+    router, counters = _full_table_router(tmp_path, make_router, policy)
+    assert [router.route("4001012345", BJ).reason for _ in range(2)] == ["ok", "ok"]
+    assert calls_today(counters) == 3  # the number is at its cap of 3
+    assert [router.route("4001012345", f"1390101{i:04d}").reason for i in range(5)] == ["cap_exceeded"] * 5
+    assert router.backend_error_counts() == {}
+    assert calls_today(counters) == 3 and counters.stats()["full_events"] == 1
+    counters._check()
+
+
+@pytest.mark.parametrize("policy", ["allow", "reject"])
+def test_memory_at_max_keys_applies_the_policy_and_held_caps_first(impl, make_router, policy):
+    """memory:// at its bound, as shm:// when full: new keys get the policy, held caps decide first."""
+    counters = impl.MemoryCounters(max_keys=3)
+    plans = {"numbers": [
+        {"number": n, "rules": [{"targets": ["1"]}], "caps": CALLER_CAPPED, "on_backend_error": policy}
+        for n in ("4001012345", "4001012346")
+    ]}
+    router = make_router(plans, counters)
+    assert router.route("4001012345", BJ).reason == "ok"  # two keys: the number's and BJ's
+    counters.add("stranger", 1, 1, 3600)  # the third: full
+    decision = router.route("4001012346", BJ)
+    assert (decision.action, decision.reason) == (("bridge", "ok") if policy == "allow" else ("reject", "backend_error"))
+    assert router.backend_error_counts() == {policy: 1} and counters.refused["cap"] == 1
+    assert _metric(router, "tel400_counter_keys_refused_total", kind="cap") == 1
+    assert [router.route("4001012345", BJ).reason for _ in range(2)] == ["ok", "ok"]
+    assert calls_today(counters) == 3
+    assert [router.route("4001012345", f"1390101{i:04d}").reason for i in range(5)] == ["cap_exceeded"] * 5
+    assert router.backend_error_counts() == {policy: 1} and counters.refused["cap"] == 1
+    counters._check()
+
+
+@needs_shm
+def test_shm_without_slots_opens_the_table_in_the_file_or_a_default_one(tmp_path):
+    from tel400._fast._shm import DEFAULT_SLOTS
+
+    sized = tel400.open_counters(f"shm://{tmp_path}/sized?slots=1024")
+    sized.add("k", 1, 5, 60)
+    again = tel400.open_counters(f"shm://{tmp_path}/sized")  # an upgrade that changed the default still opens it
+    assert again.url == f"shm://{tmp_path}/sized?slots=1024" and again.value("k", 1) == 5
+    fresh = tel400.open_counters(f"shm://{tmp_path}/fresh")
+    assert fresh.stats()["slots"] == DEFAULT_SLOTS == 1 << 24
+    assert os.path.getsize(tmp_path / "fresh") == 64 + 24 * DEFAULT_SLOTS
+    assert os.stat(tmp_path / "fresh").st_blocks * 512 < 1 << 20  # sparse: untouched pages take nothing
+    (tmp_path / "junk").write_bytes(b"x" * 100)
+    with pytest.raises(tel400.BackendError, match="not a tel400 counter table"):
+        tel400.open_counters(f"shm://{tmp_path}/junk")
+
+
+@needs_shm
+def test_shm_used_slots_are_counted_without_a_scan(tmp_path):
+    """stats() reads the header (a metrics scrape must not walk a 16-million-slot table); _check scans."""
+    counters = tel400.open_counters(f"shm://{tmp_path}/used?slots=256")
+    for i in range(100):
+        counters.add(f"k{i}", 1, 1, -2 * 86400)  # expired long ago: reusable
+    for i in range(300):
+        try:
+            counters.add(f"n{i}", 1, 1, 60)
+        except tel400.BackendError:
+            pass
+    stats = counters.stats()
+    assert stats["reuses"] > 0 and stats["used"] == 256 and stats["inserts"] - stats["reuses"] == 256
+    counters._check()
+
+
+@needs_shm
+def test_shm_refuses_a_table_its_file_system_cannot_hold(tmp_path, monkeypatch):
+    """A 384 MiB sparse table on a 64 MB /dev/shm would die of SIGBUS mid-call: refused at open instead."""
+    import types
+
+    from tel400._fast import _shm
+
+    real = os.fstatvfs
+    monkeypatch.setattr(_shm.os, "fstatvfs", lambda fd: types.SimpleNamespace(f_bavail=16384, f_frsize=4096))
+    with pytest.raises(tel400.BackendError, match=r"takes 402653248 bytes.*has 67108864 bytes free"):
+        tel400.open_counters(f"shm://{tmp_path}/big")
+    small = tel400.open_counters(f"shm://{tmp_path}/small?slots=65536")  # 1.5 MB fits
+    small.add("k", 1, 1, 60)
+    monkeypatch.setattr(_shm.os, "fstatvfs", real)
+    assert small.value("k", 1) == 1

@@ -418,7 +418,7 @@ def _whole_query_number(parts, name: str, default: int) -> int:
 
 def _open_shm(parts) -> CounterBackend:
     try:
-        from ._fast._shm import DEFAULT_SLOTS, ShmCounters
+        from ._fast._shm import ShmCounters
     except ImportError:
         raise ValueError(
             "counters: shm:// needs tel400's compiled extension (atomic operations on shared memory), "
@@ -426,7 +426,8 @@ def _open_shm(parts) -> CounterBackend:
         ) from None
     if not parts.path:
         raise ValueError("counters: shm:// needs a file path, e.g. shm:///dev/shm/tel400.counters")
-    return ShmCounters(parts.path, _whole_query_number(parts, "slots", DEFAULT_SLOTS))
+    # No slots= in the URL: the table already in the file, whatever its size, or a new default one.
+    return ShmCounters(parts.path, _whole_query_number(parts, "slots", None))
 
 
 #: The class ``memory://`` opens when the caller names none: the reference

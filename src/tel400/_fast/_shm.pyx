@@ -21,13 +21,17 @@ key takes a POSIX record lock on the file, so two processes cannot give one
 key two slots; the lock belongs to the process, so a process that dies
 holding it releases it, and forked children take it like anyone else.  Slots
 whose key expired more than a day ago are reused for new keys (a daily cap
-thus holds about three slots in turn).  A key looks for a slot among the
-``MAX_PROBES`` slots from its hash's place, which bounds the work of every
-lookup however full the table is; with no free or reusable slot there the
-table counts as full: :class:`~tel400.BackendError` is raised (the plan's
-``on_backend_error`` applies), the event is counted (``full_events``,
-``tel400_shm_table_full``) and logged at most once a minute; nothing is
-overwritten silently.
+thus holds at most three slots in turn, an hourly cap 26, a weekly or
+monthly cap 2).  A key looks for a slot among the ``MAX_PROBES`` slots from
+its hash's place, which bounds the work of every lookup however full the
+table is; with no free or reusable slot there the table counts as full:
+:class:`~tel400.BackendError` is raised (the plan's ``on_backend_error``
+applies), the event is counted (``full_events``, ``tel400_shm_table_full``)
+and logged at most once a minute; nothing is overwritten silently, and the
+caps a call already holds are checked before any slot is claimed, so a full
+table never admits a call that a held cap refuses.  Filled with distinct
+keys, tables refused their first key at 77 % full; sizing for at most 70 %
+(docs/deploy.md, "Sizing shm:// for a million numbers") avoids refusals.
 
 Several caps of one call are acquired one by one and, if a later one is at
 its limit, the earlier increments are taken back: a cap is never exceeded,
@@ -143,7 +147,12 @@ cdef uint64_t PERIOD_MASK = (<uint64_t>1 << 24) - 1
 cdef int64_t MAX_VALUE = <int64_t>VALUE_MASK
 cdef int64_t REUSE_AFTER_S = 86400  # a slot is reused a day after its key expired
 cdef bytes MAGIC = b"TEL400SH"
-DEFAULT_SLOTS = 1 << 20
+#: The table's size when none is given and no table exists yet: 16,777,216
+#: slots, a 402,653,248-byte file (384 MiB; sparse: a page of it takes memory
+#: once a key lands in it).  It holds a million numbers with two daily caps
+#: each (at most 6 million slots) at 36 % full: see docs/deploy.md, "Sizing
+#: shm:// for a million numbers".
+DEFAULT_SLOTS = 1 << 24
 
 
 cdef inline uint64_t _pack(int64_t period, int64_t value) noexcept nogil:
@@ -192,8 +201,10 @@ cdef class ShmCounters(CCounters):
 
     Args:
         path: the file, e.g. ``/dev/shm/tel400.counters`` (created if missing).
-        slots: table size, a power of two (default 1,048,576: 24 MB); every
-            process opening the file must agree.
+        slots: table size, a power of two of at least 16 (24 bytes each);
+            every process opening the file must agree.  ``None`` (the
+            default): the size of the table already in the file, or
+            :data:`DEFAULT_SLOTS` for a new file.
     """
 
     cdef readonly str url
@@ -208,16 +219,14 @@ cdef class ShmCounters(CCounters):
     cdef int pid
     cdef object _refusal_log
 
-    def __cinit__(self, path, slots=DEFAULT_SLOTS):
+    def __cinit__(self, path, slots=None):
         self.fd = -1
         self.base = NULL
 
-    def __init__(self, path, slots=DEFAULT_SLOTS):
-        if slots < 16 or slots & (slots - 1):
+    def __init__(self, path, slots=None):
+        if slots is not None and (slots < 16 or slots & (slots - 1)):
             raise ValueError(f"shm counters: slots must be a power of two of at least 16, got {slots}")
         self.path = os.fspath(path)
-        self.url = f"shm://{self.path}?slots={slots}"
-        self.size = HEADER_BYTES + <size_t>slots * SLOT_BYTES
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -226,6 +235,10 @@ cdef class ShmCounters(CCounters):
             raise BackendError(f"shm counters: cannot lock {self.path}")
         try:
             existing = os.fstat(self.fd).st_size
+            if slots is None:
+                slots = self._slots_in_file(existing) if existing else DEFAULT_SLOTS
+            self.size = HEADER_BYTES + <size_t>slots * SLOT_BYTES
+            self._check_room(slots)
             if existing == 0:
                 os.ftruncate(self.fd, self.size)
             elif existing != self.size:
@@ -248,10 +261,40 @@ cdef class ShmCounters(CCounters):
                 raise BackendError(f"shm counters: {self.path} is not a tel400 counter table of this layout")
         finally:
             tel400_lock(self.fd, 0)
+        self.url = f"shm://{self.path}?slots={slots}"
         self.mask = slots - 1
         self.probes = min(<uint64_t>slots, <uint64_t>MAX_PROBES)
         self.pid = os.getpid()
         self._refusal_log = RefusalLog("shm", f"slots={slots}")
+
+    def _check_room(self, slots):
+        """Refuse a table its file system cannot hold in full.
+
+        The file is sparse: its pages are allocated as keys land in them, and
+        a page the file system has no room for would kill the process with
+        SIGBUS in the middle of a call (a container's /dev/shm is often
+        64 MB, and the default table is 384 MiB).  So the unallocated part
+        must fit in the free space now; filling the file system with other
+        files later is the operator's to avoid.
+        """
+        allocated = os.fstat(self.fd).st_blocks * 512
+        fs = os.fstatvfs(self.fd)
+        free = fs.f_bavail * fs.f_frsize
+        if self.size > allocated + free:
+            raise BackendError(
+                f"shm counters: a table of {slots} slots takes {self.size} bytes, but the file system of "
+                f"{self.path} has {free} bytes free; give it fewer slots (shm:///path?slots=N, a power of two) "
+                "or more room (e.g. docker run --shm-size)"
+            )
+
+    def _slots_in_file(self, Py_ssize_t existing):
+        """The slot count of the table already in the file (its header, checked against its size)."""
+        header = os.pread(self.fd, HEADER_BYTES, 0)
+        slots = int.from_bytes(header[16:24], "little")
+        if header[:8] != MAGIC or int.from_bytes(header[8:12], "little") != LAYOUT \
+                or existing != HEADER_BYTES + slots * SLOT_BYTES:
+            raise BackendError(f"shm counters: {self.path} is not a tel400 counter table of this layout")
+        return slots
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -349,18 +392,33 @@ cdef class ShmCounters(CCounters):
 
     cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
                        const int64_t* increments, const int64_t* ttls, int n) except -2:
+        """Check and count every cap; -1 when all were counted, else the first index at its limit.
+
+        The caps already counted decide first: a cap at its limit refuses
+        the call even when another cap of it (a new caller) finds no free
+        slot, so a full table never turns a refusal into the plan's
+        ``on_backend_error`` (``allow`` would connect it).  Only then are
+        slots claimed for new keys (:class:`~tel400.BackendError` when the
+        table is full, with nothing counted), then the caps counted one by
+        one.  Cost: O(caps) slot lookups of at most ``MAX_PROBES`` each.
+        """
         cdef tel400_shm_slot* slots[MAX_CAPS]
         cdef uint64_t old
         cdef int64_t value
         cdef int i, j
+        cdef uint64_t hashes[MAX_CAPS]
         self._ready()
         if n > MAX_CAPS:
             raise BackendError(f"shm counters: at most {MAX_CAPS} caps per call")
         for i in range(n):
-            if increments[i]:
-                slots[i] = self._claim(counter_hash(<object>keys[i], periods[i]), ttls[i], "cap")
-            else:
-                slots[i] = self._find(counter_hash(<object>keys[i], periods[i]))
+            hashes[i] = counter_hash(<object>keys[i], periods[i])
+            slots[i] = self._find(hashes[i])
+            value = 0 if slots[i] == NULL else _value_in(tel400_load(&slots[i].state), periods[i])
+            if value >= limits[i]:
+                return i  # nothing counted yet
+        for i in range(n):
+            if slots[i] == NULL and increments[i]:
+                slots[i] = self._claim(hashes[i], ttls[i], "cap")
         for i in range(n):
             if slots[i] == NULL:  # never counted: its value is 0
                 if limits[i] <= 0:
@@ -468,20 +526,36 @@ cdef class ShmCounters(CCounters):
             tel400_store(&slot.state, 0)
 
     def stats(self):
-        """Table statistics: slots, used (a scan), full_events, inserts, reuses, rollbacks."""
+        """Table statistics: slots, used, full_events, inserts, reuses, rollbacks.
+
+        O(1): ``used`` is the header's inserts less its reuses (slots are
+        never emptied), so a metrics scrape never walks the table (at the
+        default size a walk took 0.6 s and made the whole sparse file
+        resident).
+        """
         self._ready()
-        cdef uint64_t used = 0, i
-        for i in range(self.mask + 1):
-            if tel400_load(&self.table[i].key) != 0:
-                used += 1
+        cdef uint64_t inserts = tel400_load(&self.header.inserts)
+        cdef uint64_t reuses = tel400_load(&self.header.reuses)
         return {
             "slots": self.mask + 1,
-            "used": used,
+            "used": inserts - reuses,
             "full_events": self.header.full_events,
             "inserts": self.header.inserts,
             "reuses": self.header.reuses,
             "rollbacks": self.header.rollbacks,
         }
+
+    def _check(self):
+        """Assert the invariants (tests): the header's ``used`` is the slots holding a key, and
+        every key is found from its hash's place within ``MAX_PROBES``.  O(slots)."""
+        self._ready()
+        cdef uint64_t used = 0, i, k
+        for i in range(self.mask + 1):
+            k = tel400_load(&self.table[i].key)
+            if k != 0:
+                used += 1
+                assert self._find(k) == &self.table[i], f"slot {i}: its key is not found from its place"
+        assert used == self.stats()["used"], (used, self.stats())
 
     def __len__(self):
         return self.stats()["used"]
