@@ -28,7 +28,7 @@ The change log reaches back :data:`tel400.limits.CHANGE_LOG_VERSIONS`
 versions; a reader further behind, or behind a change of the settings, is
 told to read everything again (:attr:`Changes.everything`).
 
-Writable stores validate a change and compile it with every engine before
+Writable stores validate a change and compile it (the shared compile step, packed by the compiled engine where there is one) before
 writing it (:class:`~tel400.PlanError` otherwise, and nothing is written),
 and record who made it.  A change to one number reads and writes that
 number only.
