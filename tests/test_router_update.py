@@ -241,14 +241,25 @@ def test_explain_reads_the_plan_back_from_the_store(from_store):
 
 
 def test_a_load_freezes_the_tables_out_of_the_cyclic_gc(from_store, make_router):
+    big = tel400.router.FREEZE_EVERY
     gc.unfreeze()
-    from_store(DictStore(many(5)))
+    from_store(DictStore(many(big)))
     assert gc.get_freeze_count() > 0
     gc.unfreeze()
     router = make_router(one_number(rules=[bridge("1")]))
     gc.unfreeze()
-    router.reload(tel400.PlanSet.from_dict(one_number(rules=[bridge("2")])))
+    router.reload(tel400.PlanSet.from_dict({"numbers": list(many(big).values())}))
     assert gc.get_freeze_count() > 0
+
+
+def test_a_small_load_leaves_the_collector_alone(from_store, make_router):
+    # An application's few numbers (and every test) must not freeze its
+    # objects: what is frozen is never collected if it becomes cyclic garbage.
+    gc.unfreeze()
+    from_store(DictStore(many(tel400.router.FREEZE_EVERY - 1)))
+    router = make_router(one_number(rules=[bridge("1")]))
+    router.reload(tel400.PlanSet.from_dict(one_number(rules=[bridge("2")])))
+    assert gc.get_freeze_count() == 0
 
 
 def test_from_store_opens_a_url(tmp_path, impl):

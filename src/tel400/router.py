@@ -85,6 +85,7 @@ class Router:
         self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry(), pin_policy)
         self._engine = self._compile(plans)
         self._hold(plans, plan_source)
+        _frozen_after_load(len(plans.numbers))
         self.reloads = 0
         #: calls of :meth:`update` that changed entries (a cache of anything
         #: read from the plans is current while reloads and updates stand)
@@ -130,7 +131,7 @@ class Router:
                      **router_kwargs)
         _stream_into(router._engine, store, router._impl, settings)
         router.plans_version = version
-        _frozen_after_load()
+        _frozen_after_load(router.number_count)
         _log.debug("plans_loaded", numbers=router.number_count, source=store.url, version=str(version))
         return router
 
@@ -335,7 +336,7 @@ class Router:
         self._hold(plans, None)
         self.plans_version = None
         self.reloads += 1
-        _frozen_after_load()
+        _frozen_after_load(len(plans.numbers))
         _log.info("plans_reloaded", numbers=len(plans.numbers), source=plans.source)
 
     def update(self, plans: Iterable[NumberPlan] = (), *, removed: Iterable[str] = ()) -> None:
@@ -406,7 +407,7 @@ class Router:
         self._hold(settings, store.load_number)
         self.plans_version = version
         self.reloads += 1
-        _frozen_after_load()
+        _frozen_after_load(self.number_count)
         _log.info("plans_reloaded", numbers=self.number_count, source=store.url, version=str(version))
         return old, kept
 
@@ -669,26 +670,36 @@ def _put_in_batches(engine, plans, impl, settings: PlanSet, *, store=None) -> No
             store.quarantined = {**store.quarantined, plan.number: str(exc)}
             _log.error("plan_quarantined", store=store.url, number=plan.number, error=str(exc))
         if i % FREEZE_EVERY == 0:
-            _frozen_after_load()
-    _frozen_after_load()
+            _frozen_after_load(i)
 
 
-def _frozen_after_load() -> None:
-    """Move everything alive now out of the cyclic garbage collector's generations.
+def _frozen_after_load(loaded: int) -> None:
+    """After a load of ``loaded`` numbers, move everything alive now out of the cyclic GC's generations.
 
-    A loaded plan set is millions of long-lived objects (compiled rules,
-    keys, selectors).  Left in the oldest generation, every full collection
-    walks all of them while holding the interpreter: measured before this,
-    a reload of 10,000 numbers in a thread stalled route() in another
-    thread for 1.2 s (issue 12 measured 6.3 s at 100,000).  Frozen objects
-    are never walked again; they are still freed by reference counting when
-    a reload drops them (compiled plans form no cycles).
+    A loaded plan set is many long-lived objects (with the reference engine
+    dozens per number; with the compiled engine about one, most being
+    untracked as they are packed).  Left in the oldest generation, every
+    full collection walks all of them while holding the interpreter:
+    measured before this, a reload of 10,000 numbers in a thread stalled
+    route() in another thread for 1.2 s (issue 12 measured 6.3 s at
+    100,000).  Frozen objects are never walked again; they are still freed
+    by reference counting when a reload drops them (compiled plans form no
+    cycles).  Loads call this every FREEZE_EVERY numbers, so each
+    collection walks only what was made since the last one.
 
     The collection first reclaims the cyclic garbage among the objects not
-    yet frozen (only those made since the last freeze are walked: cheap),
-    so that no unreachable cycle, the application's included, is frozen
-    for good.  Unfreezing is never needed.
+    yet frozen, so no unreachable cycle is frozen.  The price: objects of
+    the application that are part of a reference cycle and alive at that
+    moment (another thread's request in flight) are frozen with the plans
+    and, should they become garbage later, never collected: a few objects
+    per freeze, at most ``loaded / FREEZE_EVERY`` freezes per load, and
+    loads are rare (start, a change of the top-level settings).  A load of
+    fewer than FREEZE_EVERY numbers (an application's small plan set, the
+    tests) therefore freezes nothing: it leaves the process's collector
+    untouched.  Unfreezing is never needed.
     """
+    if loaded < FREEZE_EVERY:
+        return
     gc.collect()
     gc.freeze()
 
