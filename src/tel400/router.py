@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import heapq
 import os
 import random
 import time
@@ -471,6 +472,16 @@ class Router:
         """The numbers routed, sorted; no plan is read.  O(numbers × log numbers)."""
         return sorted(_numbers_of(self._engine))
 
+    def routed_numbers_after(self, after: str = "", limit: int = 1000) -> list[str]:
+        """The first ``limit`` routed numbers sorting after ``after``, sorted: one page of :meth:`routed_numbers`.
+
+        The keys are copied in one step (a few ms at a million), then
+        selected in Python code, which gives the interpreter to other
+        threads meanwhile: run it in a thread, not on an event loop.
+        O(numbers × log limit); no plan is read.
+        """
+        return heapq.nsmallest(limit, filter(after.__lt__, list(_numbers_of(self._engine))))
+
     @property
     def prefixes(self) -> PrefixTable:
         """The prefix table callers are located with."""
@@ -642,33 +653,36 @@ FREEZE_EVERY = 100
 def _stream_into(engine, store, impl, settings: PlanSet) -> None:
     """Compile every plan of ``store`` into ``engine``, one batch of plans alive at a time.
 
-    A plan the engine cannot compile is left out like an invalid one: put in
-    ``store.quarantined`` and logged (``plan_quarantined``).
+    A plan the engine cannot compile is left out like an invalid one: added
+    to ``store.quarantined`` and logged (``plan_quarantined``) once the
+    stream ends, after the store has reported its own (a complete
+    ``iter_plans`` replaces ``quarantined`` at its end).
     """
+    uncompiled: dict[str, PlanError] = {}
     for batch in store.iter_plans(batch=STREAM_BATCH):
-        _put_in_batches(engine, batch, impl, settings, store=store)
+        _put_in_batches(engine, batch, impl, settings, refused=uncompiled)
         del batch  # the plans die here: only the compiled form stays
         time.sleep(0)  # offer the interpreter to the threads that route
+    store._quarantine(uncompiled, adding=True)
 
 
-def _put_in_batches(engine, plans, impl, settings: PlanSet, *, store=None) -> None:
+def _put_in_batches(engine, plans, impl, settings: PlanSet, *, refused: dict[str, PlanError] | None = None) -> None:
     """Compile ``plans`` into ``engine`` one at a time, freezing every FREEZE_EVERY numbers.
 
     One C call per number, never one for the whole set: another thread
     waiting to route gets the interpreter within the switch interval, and a
     collection of the cyclic GC meanwhile walks at most FREEZE_EVERY
-    numbers' objects, not everything compiled so far.  With ``store``, a
-    plan the engine cannot compile is quarantined there; without, its
-    PlanError propagates.
+    numbers' objects, not everything compiled so far.  With ``refused``, a
+    plan the engine cannot compile is left out and its PlanError put there
+    by number; without, the PlanError propagates.
     """
     for i, plan in enumerate(plans, 1):
         try:
             _put(engine, plan, impl, settings)
         except PlanError as exc:
-            if store is None:
+            if refused is None:
                 raise
-            store.quarantined = {**store.quarantined, plan.number: str(exc)}
-            _log.error("plan_quarantined", store=store.url, number=plan.number, error=str(exc))
+            refused[plan.number] = exc
         if i % FREEZE_EVERY == 0:
             _frozen_after_load(i)
 
