@@ -83,19 +83,6 @@ def pin_gate(plan: NumberPlan, shared, carried_pins: dict) -> pins.PinGate | Non
     return pins.PinGate(plan.number, check, plan.on_backend_error == "allow", shared)
 
 
-def plan_digest(plan: NumberPlan) -> int:
-    """What a compiled entry remembers of the plan it was compiled from: the plan's hash.
-
-    Explain of the compiled engine reads the plan back (``plan_source``) to
-    trace it, and traces it only if the plan read has this digest: a plan
-    changed meanwhile is never traced as the entry calls are routed by.
-    Equal plans have equal digests (``source`` is not part of a plan's
-    equality); a different plan with the same digest is a 64-bit hash
-    collision.  O(this plan).
-    """
-    return hash(plan)
-
-
 def _replace_entry(by_number: dict, number: str, entries: dict) -> None:
     """Make ``entries`` (ident -> state) what ``number`` keeps; none: drop the number.  O(1)."""
     if entries:
@@ -247,7 +234,7 @@ class CompiledPlan:
 
     __slots__ = (
         "number", "timezone", "zone", "calendar", "blacklist", "reject_unknown", "pin_gate", "rules",
-        "default", "caps", "has_charges", "prompts", "fail_open", "tariff", "outcomes", "digest",
+        "default", "caps", "has_charges", "prompts", "fail_open", "tariff", "outcomes",
     )
 
     def _check(self) -> None:
@@ -343,8 +330,6 @@ class Compiler:
         """
         cp = CompiledPlan()
         number = cp.number = plan.number
-        # what explain checks a plan read back against (see plan_digest)
-        cp.digest = plan_digest(plan)
         rr_states: dict = {}
         pin_checks: dict = {}
         cp.timezone = plan.timezone

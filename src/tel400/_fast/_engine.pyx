@@ -14,8 +14,9 @@ property test holds the two to the same decisions.
 concerned (a *tracer*), sharing this engine's state (counters, round-robin
 positions, statistics) and compiler, so that the trace has a single author.
 This engine keeps only the packed form, so a tracer compiles the plan read
-back through ``shared.plan_source``, and only if it is the plan the entry
-was compiled from (the same :func:`tel400.compiler.plan_digest`): a plan
+back through ``shared.plan_source``, and is used only if the entry packs
+that description (``CPlan._differs``: nothing is kept per number for it, and
+compiling costs nothing more): a plan
 changed or unreadable since (a change not applied yet, a number whose stored
 plan went bad and keeps its last good entry) is not traced; the packed entry
 then decides, honouring ``dry_run``, and the trace is one step saying why.
@@ -38,12 +39,12 @@ from ._clock cimport CalendarTable, LocalTime, ZoneTable, calendar_table, zone_t
 from ._counters cimport CCounters as FastCounters
 from ._numbers cimport c_normalize_or_none
 from ._segments cimport IntervalLookup
-from ._select cimport FastRandom, Selector
+from ._select cimport FastRandom, RoundRobin, Selector, Sequential, Sticky, Weighted
 
 from .. import _engine_py, limits, provinces
 from ..billing import CallRecord
 from ..calltime import AT_MAX, AT_MIN, check_at
-from ..compiler import Compiler, lookup_plan, plan_digest
+from ..compiler import Compiler, lookup_plan
 from ..counters import CapCheck
 from ..outcomes import OUTCOME_INDEX, UNKNOWN_LABEL
 from ..decision import Decision, Step
@@ -225,7 +226,6 @@ cdef class CPlan:
     holds the router's shared state.
     """
     cdef readonly str number
-    cdef readonly object digest   # of the plan it was compiled from (tel400.compiler.plan_digest)
     cdef ZoneTable zone
     cdef CalendarTable calendar
     cdef CBlacklist blacklist
@@ -282,46 +282,93 @@ cdef class CPlan:
 
 
     def _check_against(self, described):
-        """Assert that this packs ``described`` (a CompiledPlan of the same plan): every field.  O(this plan)."""
+        """Assert that this packs ``described`` (a CompiledPlan): tests call it after compiling."""
+        why = self._differs(described)
+        assert why is None, f"number {self.number}: the packed {why} differs from the compiler's description"
+
+    cdef str _differs(self, described):
+        """The first part in which this does not pack ``described``, or ``None`` when it packs it.
+
+        Compares every part a decision depends on (conditions, actions with
+        their selectors' targets and weights, caps, blacklist, prompts, PIN,
+        zone, calendar), not where state is kept (round-robin positions,
+        statistics).  Explain uses it to trace only the plan an entry was
+        compiled from.  O(this plan).
+        """
         cdef int i, j
         cdef RuleC* r
         cdef CCap c
-        assert self.number == described.number and self.digest == described.digest
-        assert self.reject_unknown == described.reject_unknown and self.fail_open == described.fail_open
-        assert self.prompts == described.prompts and self.tariff == described.tariff
-        assert self.outcomes is described.outcomes
-        assert (self.pin_gate is None) == (described.pin_gate is None)
+        cdef CBlacklist b = self.blacklist
+        if self.number != described.number:
+            return "number"
+        calendar = self.calendar.calendar
+        if self.zone.zone.key != described.timezone or (calendar is not described.calendar
+                                                        and calendar != described.calendar):
+            return "zone or calendar"
+        if (self.reject_unknown, self.fail_open, self.tariff) != \
+                (described.reject_unknown, described.fail_open, described.tariff) or self.prompts != described.prompts:
+            return "settings"
+        if not _same_pin(self.pin_gate, described.pin_gate):
+            return "PIN"
         bl = described.blacklist
-        assert self.blacklist.exact == bl.exact and self.blacklist.anonymous == bl.anonymous
-        assert self.blacklist.n_groups == len(bl.groups)
-        for i, (length, values) in enumerate(bl.groups):
-            assert self.blacklist.groups[i].length == length and self.blacklist.groups[i].count == len(values)
-            assert [self.blacklist.groups[i].values[j] for j in range(len(values))] == list(values)
-        assert self.nrules == len(described.rules)
+        if b.exact != bl.exact or b.anonymous != bl.anonymous or b.n_groups != len(bl.groups) or any(
+                (b.groups[i].length, [b.groups[i].values[j] for j in range(b.groups[i].count)]) != (length, list(values))
+                for i, (length, values) in enumerate(bl.groups)):
+            return "blacklist"
+        if self.nrules != len(described.rules):
+            return "rules"
         for i, rule in enumerate(described.rules):
             r = &self.rules[i]
-            assert self.rule_names[i] == rule.name and r.channel == _CHANNEL_CODES[rule.channel]
-            assert r.provinces == <uint64_t>rule.province_mask
-            assert (r.has_days, r.weekdays, r.workday, r.holiday) == \
-                   (rule.has_days, rule.weekdays, rule.workday, rule.holiday)
-            assert [(self.pool[r.date_offset + 2 * j], self.pool[r.date_offset + 2 * j + 1])
-                    for j in range(r.ndates)] == [tuple(d) for d in rule.date_ranges]
-            assert [(self.pool[r.slot_offset + 2 * j], self.pool[r.slot_offset + 2 * j + 1])
-                    for j in range(r.nslots)] == [tuple(t) for t in rule.slots]
-            _check_action_against(<CAction>self.rule_actions[i], rule.action)
-        _check_action_against(self.default, described.default)
-        assert self.ncaps == len(described.caps) and self.has_charges == described.has_charges
+            if (self.rule_names[i], r.channel, r.provinces, r.has_days, r.weekdays, r.workday, r.holiday) != \
+                    (rule.name, _CHANNEL_CODES[rule.channel], <uint64_t>rule.province_mask, rule.has_days,
+                     rule.weekdays, rule.workday, rule.holiday):
+                return f"rule {i}"
+            if [(self.pool[r.date_offset + 2 * j], self.pool[r.date_offset + 2 * j + 1]) for j in range(r.ndates)] \
+                    != [tuple(d) for d in rule.date_ranges] or \
+                    [(self.pool[r.slot_offset + 2 * j], self.pool[r.slot_offset + 2 * j + 1]) for j in range(r.nslots)] \
+                    != [tuple(t) for t in rule.slots]:
+                return f"rule {i}'s dates or time"
+            if not _same_action(<CAction>self.rule_actions[i], rule.action):
+                return f"rule {i}'s action"
+        if not _same_action(self.default, described.default):
+            return "default"
+        if self.ncaps != len(described.caps) or self.has_charges != described.has_charges:
+            return "caps"
         for c, cap in zip(self.caps, described.caps):
-            assert (c.key, c.caller_prefix, c.metric_name, c.limit, c.increment, c.prompt, c.ttl) == \
-                   (cap.key, cap.caller_prefix, cap.metric, cap.limit, cap.increment, cap.prompt, cap.ttl_s)
-            assert c.metric == _METRIC_CODES[cap.metric] and c.per == _PER_CODES[cap.per]
-            assert c.channel == _CHANNEL_CODES[cap.channel]
+            if (c.key, c.caller_prefix, c.metric, c.per, c.limit, c.increment, c.prompt, c.channel, c.ttl) != \
+                    (cap.key, cap.caller_prefix, _METRIC_CODES[cap.metric], _PER_CODES[cap.per], cap.limit,
+                     cap.increment, cap.prompt, _CHANNEL_CODES[cap.channel], cap.ttl_s):
+                return f"cap {cap.key}"
+        return None
 
 
-cdef _check_action_against(CAction a, described):
-    assert (a.kind_name, a.reason, a.outcome, a.prompt, a.fixed, a.connects) == \
-           (described.kind, described.reason, described.outcome, described.prompt, described.fixed, described.connects)
-    assert type(a.selector) is type(described.selector)
+cdef bint _same_pin(packed, described) except -1:
+    if packed is None or described is None:
+        return packed is described
+    return packed.check.same_pin(described.check)
+
+
+cdef bint _same_action(CAction a, described) except -1:
+    return (a.kind_name, a.reason, a.outcome, a.prompt, a.fixed) == \
+           (described.kind, described.reason, described.outcome, described.prompt, described.fixed) and \
+           _selector_key(a.selector) == _selector_key(described.selector)
+
+
+cdef tuple _selector_key(Selector s):
+    """What a selector picks from: its strategy, targets (in every pick's order) and weights (not its state)."""
+    cdef int i
+    if s is None:
+        return None
+    if isinstance(s, Sequential):
+        return ("sequential", (<Sequential>s)._order)
+    if isinstance(s, Weighted):
+        w = <Weighted>s
+        return ("weighted", w._orders, tuple([(w._cumulative[i], w._indexes[i]) for i in range(w._count)]))
+    if isinstance(s, RoundRobin):
+        rr = <RoundRobin>s
+        return ("round_robin", rr._orders, tuple([rr._weights[i] for i in range(rr._n)]))
+    st = <Sticky>s
+    return ("sticky", st._targets, tuple([st._weights[i] for i in range(st._n)]))
 
 
 cdef _check_action(CAction a):
@@ -456,7 +503,6 @@ cdef class Engine:
         cdef int i, pos
         cdef Py_ssize_t pool_size = 0
         cp.number = described.number
-        cp.digest = described.digest
         cp.zone = zone_table(described.timezone)
         cp.calendar = self._calendar_table(described.calendar)
         blacklist = described.blacklist
@@ -812,9 +858,10 @@ cdef class Engine:
             return f"its plan could not be read back ({exc})"
         if plan is None:
             return "its plan is no longer stored"
-        if plan_digest(plan) != entry.digest:
+        described = self.compiler.compile(plan, carry=False)
+        if entry._differs(described) is not None:
             return "its stored plan changed since it was compiled"
-        return self.compiler.compile(plan, carry=False)
+        return described
 
     # -- one number at a time ----------------------------------------------
 
