@@ -568,8 +568,28 @@ cdef class Engine:
     # -- the decision ---------------------------------------------------------
 
     def route(self, dialed, caller, at=None, channel="voice", pin=None, call_id=None,
-              bint explain=False, bint dry_run=False):
+              bint explain=False, bint dry_run=False, bint untraced=False):
+        """The decision (the reference's ``route``).
+
+        ``explain``/``dry_run`` go to a tracer (see the module docstring);
+        ``untraced``: decide by the packed entry even then, honouring
+        ``dry_run`` (count nothing, advance nothing, remember nothing) and
+        attaching no trace: what explain falls back to.
+        """
         cdef int ch
+        cdef int64_t key
+        cdef int province_index = 0
+        cdef CPlan plan
+        cdef LocalTime lt
+        cdef timespec now
+        cdef int i, j, workday = -1
+        cdef RuleC* r
+        cdef bint ok
+        cdef CAction action
+        cdef object rule_name = None
+        cdef bint dry = dry_run
+        cdef int64_t* counts
+
         if channel is _VOICE or channel == _VOICE:
             ch = CH_VOICE
         elif channel is _SMS or channel == _SMS:
@@ -583,23 +603,8 @@ cdef class Engine:
                     check_at(at)
             else:
                 check_at(at)
-        if explain or dry_run:
-            return self._traced(dialed, caller, at, ch, channel, pin, call_id, explain, dry_run)
-        return self._decide(dialed, caller, at, ch, channel, pin, call_id, False)
-
-    cdef object _decide(self, dialed, caller, at, int ch, str channel, pin, call_id, bint dry):
-        """The decision by the packed entry; ``dry``: count nothing, advance nothing, remember nothing."""
-        cdef int64_t key
-        cdef int province_index = 0
-        cdef CPlan plan
-        cdef LocalTime lt
-        cdef timespec now
-        cdef int i, j, workday = -1
-        cdef RuleC* r
-        cdef bint ok
-        cdef CAction action
-        cdef object rule_name = None
-        cdef int64_t* counts
+        if (explain or dry_run) and not untraced:
+            return self._traced(dialed, caller, at, channel, pin, call_id, explain, dry_run)
 
         caller_n = c_normalize_or_none(caller, &key)
         if caller_n is not None:
@@ -811,12 +816,12 @@ cdef class Engine:
 
     # -- explain and dry runs: traced by a reference engine ----------------------
 
-    cdef object _traced(self, dialed, caller, at, int ch, str channel, pin, call_id, bint explain, bint dry_run):
+    cdef object _traced(self, dialed, caller, at, channel, pin, call_id, bint explain, bint dry_run):
         """The decision with its trace (see the module docstring).  O(that plan) when its tracer is made."""
         tracer = self._tracer(dialed)
         if type(tracer) is not str:
             return tracer.route(dialed, caller, at, channel, pin, call_id, explain, dry_run)
-        decision = self._decide(dialed, caller, at, ch, channel, pin, call_id, dry_run)
+        decision = self.route(dialed, caller, at, channel, pin, call_id, False, dry_run, True)
         if not explain:
             return decision
         why = f"plan {decision.number}: {tracer}; decided by its compiled entry, whose checks are not traced"
