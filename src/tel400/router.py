@@ -347,7 +347,9 @@ class Router:
         numbers in ``removed`` stop being routed (``unknown_number``).  A
         call routed meanwhile sees each number's old entry or its new one.
         Counters, PIN lockouts and round-robin positions of unchanged rules
-        carry over, as with :meth:`reload`.
+        carry over, as with :meth:`reload`; an edited number's positions and
+        PIN checks for rules and PINs it no longer has are dropped, and a
+        removed number's statistics (:meth:`decision_counts`) go with it.
 
         Raises:
             PlanError: a plan cannot be compiled by this router's engine;

@@ -25,7 +25,7 @@ class Shared:
         #: number -> array('q') of decisions by OUTCOMES position.  A number
         #: removed (Engine.remove) loses its statistics, so that adding and
         #: removing numbers in a loop cannot grow a process; a full reload
-        #: keeps those of every number (they are counted again if it returns).
+        #: drops none (those of numbers it no longer routes stay: docs/limits.md).
         self.outcomes: dict[str, array.array] = {}
         #: backend failures, by the policy that was applied.
         self.backend_errors: Counter[str] = Counter()
