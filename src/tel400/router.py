@@ -349,7 +349,9 @@ class Router:
         numbers in ``removed`` stop being routed (``unknown_number``).  A
         call routed meanwhile sees each number's old entry or its new one.
         Counters, PIN lockouts and round-robin positions of unchanged rules
-        carry over, as with :meth:`reload`.
+        carry over, as with :meth:`reload`; an edited number's positions and
+        PIN checks for rules and PINs it no longer has are dropped, and a
+        removed number's statistics (:meth:`decision_counts`) go with it.
 
         Raises:
             PlanError: a plan cannot be compiled by this router's engine;
@@ -365,7 +367,7 @@ class Router:
                 raise TypeError(f"plans: expected NumberPlan items, got {type(plan).__name__}")
         gone = [numbers.normalize(number) for number in removed]
         engine = self._engine
-        previous = {plan.number: _entry_of(engine, plan.number) for plan in plans}
+        previous = {plan.number: _kept_of(engine, plan.number) for plan in plans}
         put: list[str] = []
         try:
             for plan in plans:
@@ -400,9 +402,9 @@ class Router:
         old = self._engine
         kept = []
         for number in store.quarantined:
-            entry = _entry_of(old, number)
-            if entry is not None and _entry_of(engine, number) is None:
-                _restore_entry(engine, number, entry)
+            kept_old = _kept_of(old, number)
+            if kept_old[0] is not None and _entry_of(engine, number) is None:
+                _restore_entry(engine, number, kept_old)
                 kept.append(number)
         self._engine = self._adopt(engine)
         self._hold(settings, store.load_number)
@@ -606,12 +608,27 @@ def _entry_of(engine, number: str):
     return engine.by_number.get(number)
 
 
-def _restore_entry(engine, number: str, entry) -> None:
-    """Put back an entry :func:`_entry_of` returned (``None``: no entry)."""
+def _kept_of(engine, number: str) -> tuple:
+    """What ``engine`` keeps for ``number``: its entry (or ``None``), round-robin states, PIN checks."""
+    return engine.by_number.get(number), engine.rr_states.get(number), engine.pin_checks.get(number)
+
+
+def _restore_entry(engine, number: str, kept: tuple) -> None:
+    """Put back what :func:`_kept_of` returned (no entry: the number is removed).  O(1).
+
+    The states go back with the entry whose selectors and PIN gate hold
+    them, so that the next compile of the number finds them again.
+    """
+    entry, rr_states, pin_checks = kept
     if entry is None:
         engine.remove(number)
-    else:
-        engine.by_number[number] = entry
+        return
+    engine.by_number[number] = entry
+    for by_number, states in ((engine.rr_states, rr_states), (engine.pin_checks, pin_checks)):
+        if states:
+            by_number[number] = states
+        else:
+            by_number.pop(number, None)
 
 
 def _numbers_of(engine):
