@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tel400
-from tel400 import _impl, compiler
+from tel400 import _impl, compiler, limits
 from tel400.calls import CallRegistry
 from tel400.router import _prefixes_of
 from tel400.shared import Shared
@@ -71,7 +71,7 @@ def test_the_description_holds_what_both_engines_route_by():
     assert (bj.weekdays, bj.workday, bj.holiday) == (0b0100000, True, False)
     assert bj.slots == ((1200, 479), (540, 1079)) and len(bj.date_ranges) == 1
     assert sms.province_mask == compiler.ALL_PROVINCES and not sms.has_days and sms.slots == ()
-    assert sms.action.selector[0] == "round_robin" and list(rr) == [("4001012345", "rr", ("13901010003", "13901010004"), (1, 1))]
+    assert sms.action.selector[0] == "round_robin" and list(rr["4001012345"]) == [("4001012345", "rr", ("13901010003", "13901010004"), (1, 1))]
     assert (queue.action.kind, queue.action.fixed, queue.action.reason) == ("queue", ("sales",), "ok")
     assert (shut.action.reason, shut.action.prompt) == ("rule_reject", "after_hours")  # the global renaming
     assert (cp.default.kind, cp.default.fixed) == ("conference", ("all-hands",))
@@ -80,7 +80,7 @@ def test_the_description_holds_what_both_engines_route_by():
                     "tel400:{4001012345}:cap:minutes:month:caller:voice:1"]
     assert [cap.prompt for cap in cp.caps] == ["busy_today"] * 3
     assert cp.caps[2].key_for(BJ) == keys[2] + ":" + BJ and cp.caps[0].key_for(BJ) == keys[0]
-    assert cp.has_charges and cp.pin_gate is not None and list(pin_checks) == [("4001012345", "4821", None)]
+    assert cp.has_charges and cp.pin_gate is not None and list(pin_checks["4001012345"]) == [("4001012345", "4821", None)]
     assert cp.blacklist.groups == ((3, (170,)), (4, (1710,))) and cp.blacklist.anonymous
     assert "13800000000" in cp.blacklist.exact
 
@@ -198,3 +198,33 @@ def test_a_full_cache_of_shared_pieces_is_emptied_not_grown(monkeypatch, impl):
         assert engine.route(number, BJ, at=TUESDAY_10).prompt == f"closed_{i}"
         assert engine.route(number, f"1390000000{i}", at=TUESDAY_10).reason == "blacklisted"
         assert engine.route(number, f"1390000000{(i + 1) % 5}", at=TUESDAY_10).reason == "closed"
+
+
+@pytest.mark.skipif(_impl.CYTHON is None, reason="the compiled engine is not built here")
+def test_the_compiled_engines_check_compares_each_packed_plan_with_its_description():
+    plans = plans_from(FULL)
+    engine = engine_of(_impl.CYTHON, plans)
+    assert engine._check() == 2  # both numbers read back and compared field by field
+    full = engine.by_number["4001012345"]
+    full._check_against(engine.compiler.compile(plans.numbers[0], carry=False))
+    with pytest.raises(AssertionError):
+        full._check_against(engine.compiler.compile(plans.numbers[1], carry=False))
+    nearly = attrs.evolve(plans.numbers[0], caps=plans.numbers[0].caps[:2] + (
+        attrs.evolve(plans.numbers[0].caps[2], limit=plans.numbers[0].caps[2].limit + 1),))
+    with pytest.raises(AssertionError):
+        full._check_against(engine.compiler.compile(nearly, carry=False))
+
+
+@pytest.mark.skipif(_impl.CYTHON is None, reason="the compiled engine is not built here")
+def test_explain_keeps_a_bounded_number_of_tracers_sharing_the_engines_compiler(monkeypatch):
+    monkeypatch.setattr(limits, "EXPLAIN_TRACERS", 3)
+    tree = {"numbers": [{"number": f"40010{i:05d}", "rules": [{"name": "r", "targets": [f"139010{i:05d}"]}]}
+                        for i in range(8)]}
+    engine = engine_of(_impl.CYTHON, plans_from(tree))
+    for i in [0, 1, 2, 0, 3, 4]:
+        decision = engine.route(f"40010{i:05d}", BJ, TUESDAY_10, "voice", None, None, True, True)
+        assert decision.targets == (f"139010{i:05d}",) and decision.explain
+    assert list(engine.tracers) == ["4001000000", "4001000003", "4001000004"]  # least recently explained out
+    assert all(tracer.compiler is engine.compiler for _, tracer in engine.tracers.values())
+    engine.put(plans_from({"numbers": [{"number": "4001000003", "default": {"action": "queue", "queue": "q"}}]}).numbers[0])
+    assert "4001000003" not in engine.tracers

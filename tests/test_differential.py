@@ -325,3 +325,31 @@ def test_the_engines_agree_on_a_plan_at_every_bound():
     assert [s.check for s in explained[0].explain] == [s.check for s in explained[1].explain]
     # the explain trace is bounded by the rule limit: one step per rule tried and a few more
     assert limits.MAX_RULES <= len(explained[0].explain) <= limits.MAX_RULES + 20
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(plan_sets(), st.lists(calls(), min_size=1, max_size=20), pin_policies,
+       st.sampled_from([tel400.counters.DEFAULT_MAX_KEYS, 1, 2]))
+def test_explain_without_a_readable_plan_decides_like_the_references_explain(tree, sequence, pin_policy, max_keys):
+    """The compiled engine's fallback (its packed entry, dry run, no trace) changes nothing and decides alike."""
+    plans = tel400.PlanSet.from_dict(tree)
+    weighted = {(p.number, r.name) for p in plans.numbers for r in p.rules
+                if r.action.kind == "bridge" and r.action.strategy == "weighted"}
+    weighted |= {(p.number, None) for p in plans.numbers if p.default.kind == "bridge" and p.default.strategy == "weighted"}
+    routers = [
+        tel400.Router(plans, _impl.ENGINES[name].MemoryCounters(max_keys=max_keys), seed=7, implementation=name,
+                      pin_policy=pin_policy)
+        for name in ("python", "cython")
+    ]
+    routers[1]._shared.plan_source = lambda number: None  # no plan to read back: every explain falls back
+    for call in sequence:
+        args = (call["dialed"], call["caller"], call["at"], call["channel"], call["pin"])
+        explained = [r.explain(*args) for r in routers]
+        assert comparable(explained[0], weighted) == comparable(explained[1], weighted), call
+        assert explained[1].explain is not None and len(explained[1].explain) == 1
+        routed = [r.route(*args, call["call_id"], explain=True) for r in routers]
+        assert comparable(routed[0], weighted) == comparable(routed[1], weighted), call
+    assert routers[0].decision_counts() == routers[1].decision_counts()
+    assert routers[0].backend_error_counts() == routers[1].backend_error_counts()
+    assert routers[0].pin_event_counts() == routers[1].pin_event_counts()
+    assert routers[0].calls_in_progress == routers[1].calls_in_progress

@@ -380,3 +380,37 @@ def test_a_service_on_a_store_holding_a_bad_number_routes_the_others_and_says_wh
     assert client.put("/v1/numbers/4007777777", token=ADMIN, json=fixed).status_code == 200
     assert client.route("4007777777")["targets"] == ["13901010001"]
     assert client.get("/readyz").json()["quarantined"] == []
+
+
+def test_a_write_routes_by_the_change_even_while_the_background_poll_runs(http_client, http_service):
+    import threading
+
+    watcher = http_service.watcher
+    watcher._lock.acquire()  # the background thread is polling (it may have read the store before the write)
+    threading.Timer(0.2, watcher._lock.release).start()
+    plan = {"number": "4001100868", "rules": [{"name": "all", "targets": ["13901010077"]}]}
+    assert http_client.put("/v1/numbers/4001100868", token=ADMIN, json=plan).status_code == 200
+    # before: the write's own poll gave up at once, and the change waited for the next interval
+    assert http_client.route(dialed="4001100868")["targets"] == ["13901010077"]
+
+
+def test_a_tenants_listing_reads_its_own_numbers_only(http_client, http_service, monkeypatch):
+    def every_number(*args):
+        raise AssertionError("listed every routed number for a tenant")
+
+    monkeypatch.setattr(http_service.router, "routed_numbers", every_number)
+    monkeypatch.setattr(http_service.router, "routed_numbers_after", every_number)
+    assert http_client.get("/v1/numbers", token=ACME).json() == {"numbers": ["4001012345"]}
+    assert http_client.get("/v1/numbers", token=OTHER).json() == {"numbers": ["4001100868"]}
+
+
+def test_the_operators_listing_comes_in_pages(http_client, http_service, monkeypatch):
+    def sorted_all():
+        raise AssertionError("sorted every routed number")
+
+    monkeypatch.setattr(http_service.router, "routed_numbers", sorted_all)
+    first = http_client.get("/v1/numbers?limit=2", token=ADMIN).json()
+    assert first == {"numbers": ["4001012345", "4001100868"], "next": "4001100868"}
+    rest = http_client.get(f"/v1/numbers?limit=2&after={first['next']}", token=ADMIN).json()
+    assert rest == {"numbers": ["4001532532"]}
+    assert http_client.get("/v1/numbers?limit=0", token=ADMIN).status_code == 422

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -693,3 +694,111 @@ def test_opening_a_sqlite_store_does_not_wait_for_a_writer(tmp_path):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+# -- what a store reports and what the router routes agree -----------------------------------------
+
+from tel400.compiler import Compiler  # noqa: E402
+
+
+def _compile_refusing(monkeypatch, number: str) -> None:
+    """Both engines' one-number compile step fails for ``number`` (a value an engine cannot hold)."""
+    real = Compiler.compile
+
+    def compile_(self, plan):
+        if plan.number == number:
+            raise OverflowError("Python int too large to convert to C long")
+        return real(self, plan)
+
+    monkeypatch.setattr(Compiler, "compile", compile_)
+
+
+def test_a_number_no_engine_can_compile_is_reported_with_the_invalid_ones(writable, impl, monkeypatch):
+    for number in ("4001000001", "4001000002"):
+        writable.put_number(numbered(number), actor="test")
+    plant(writable.url, POISON)
+    _compile_refusing(monkeypatch, "4001000002")
+    router = tel400.Router.from_store(writable, implementation=impl.name)
+    # before: the store's own report at the end of iter_plans replaced the compile failure
+    assert sorted(writable.quarantined) == ["4001000002", "4007777777"]
+    assert "cannot compile" in writable.quarantined["4001000002"]
+    assert router.routed_numbers() == ["4001000001"]
+
+
+def test_a_full_reload_keeps_the_last_good_entry_of_a_number_no_engine_can_compile(writable, impl, monkeypatch):
+    for number in ("4001000001", "4001000002"):
+        writable.put_number(numbered(number), actor="test")
+    router = tel400.Router.from_store(writable, implementation=impl.name)
+    watcher = tel400.PlanWatcher(router, writable, interval_s=0)
+    writable.put_settings({"blacklist": ["13800000000"]}, actor="test")  # the settings: everything again
+    _compile_refusing(monkeypatch, "4001000002")
+    assert watcher.poll() and watcher.applied is None
+    assert router.route("4001000002", BJ).targets == ("13901010001",)  # its last good plan
+    assert "4001000002" in watcher.quarantined
+
+
+def test_a_redis_load_keeps_no_set_of_the_numbers_seen(redis_url, monkeypatch):
+    """HSCAN may give a number twice (a rehash): a streamed load puts it twice rather than remember them all."""
+    store = tel400.open_store(redis_url)
+    for number in ("4001000001", "4001000002"):
+        store.put_number(numbered(number), actor="test")
+    client = store._client
+    real = client.hscan
+    pages = iter([(7, {"4001000001": client.hget(store._numbers_key, "4001000001")}), None])
+
+    def hscan(key, cursor=0, match=None, count=None):  # the first page comes again in the second
+        page = next(pages)
+        return page if page is not None else real(key, 0, match, count)
+
+    monkeypatch.setattr(client, "hscan", hscan)
+    streamed = [p.number for b in store.iter_plans() for p in b]
+    assert sorted(streamed) == ["4001000001", "4001000001", "4001000002"]  # before: a set removed the repeat
+    pages = iter([(7, {"4001000001": client.hget(store._numbers_key, "4001000001")}), None])
+    assert [p.number for p in store.load().numbers] == ["4001000001", "4001000002"]
+    pages = iter([(7, {"4001000001": client.hget(store._numbers_key, "4001000001")}), None])
+    out = io.StringIO()
+    assert store.export_jsonl(out) == 2  # an export names each number once
+
+
+def _write_json(path, tree) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(tree, fh)
+    os.replace(tmp, path)
+
+
+def test_a_file_table_without_a_number_going_away_never_makes_poll_raise(tmp_path, make_router, impl):
+    path = tmp_path / "plans.json"
+    bad = {"number": "12", "rules": [{"name": "office", "targets": ["13901010001"]}]}
+    _write_json(path, {"numbers": [numbered("4001000001"), bad]})
+    store = tel400.open_store(path)
+    router = tel400.Router.from_store(store, implementation=impl.name)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0)
+    assert list(watcher.quarantined) == ["numbers[1]"]
+    _write_json(path, {"numbers": [numbered("4001000001"), bad]})
+    watcher.poll()  # the same tables: a parse to compare the next change with
+    _write_json(path, {"numbers": [numbered("4001000001", "13901010002")]})  # the bad table fixed away
+    assert watcher.poll()  # before: NumberError out of poll, at every poll
+    assert router.route("4001000001", BJ).targets == ("13901010002",)
+    assert watcher.quarantined == {}
+
+
+def test_a_file_number_given_twice_is_refused_as_a_whole_at_start_and_by_the_watcher(tmp_path, impl):
+    path = tmp_path / "plans.json"
+    one, other = numbered("4001000001"), numbered("4001000002")
+    twice = [numbered("4001000002", "13901010002"), numbered("400-100-0002", "13901010003")]
+    _write_json(path, {"numbers": [one, *twice]})
+    cold_store = tel400.open_store(path)
+    cold = tel400.Router.from_store(cold_store, implementation=impl.name)
+    assert cold.routed_numbers() == ["4001000001"]  # before: routed by its first table, yet quarantined
+    assert "duplicate number" in cold_store.quarantined["4001000002"]
+    _write_json(path, {"numbers": [one, other]})
+    store = tel400.open_store(path)
+    router = tel400.Router.from_store(store, implementation=impl.name)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0)
+    _write_json(path, {"numbers": [one, other]})
+    watcher.poll()  # the same tables: a parse to compare the next change with
+    _write_json(path, {"numbers": [one, *twice]})
+    watcher.poll()  # 4001000002 named changed, read alone
+    assert router.route("4001000002", BJ).targets == ("13901010001",)  # its last good plan, as a full reload keeps
+    assert "duplicate number" in watcher.quarantined["4001000002"]

@@ -337,10 +337,10 @@ def _failing_reload(router, monkeypatch, pin_hash):
 
     real = compiler.Compiler.compile
 
-    def compile_number(self, plan):
+    def compile_number(self, plan, **kwargs):
         if plan.number == "4007654321":
             raise ValueError("cannot compile this one")
-        return real(self, plan)
+        return real(self, plan, **kwargs)
 
     tree = {"numbers": one_number(rules=[bridge("13901010001")], pin_hash=pin_hash)["numbers"]
             + one_number(number="4007654321")["numbers"]}

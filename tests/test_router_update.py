@@ -121,9 +121,9 @@ def compiles(monkeypatch):
     seen: list[str] = []
     real = Compiler.compile
 
-    def counting(self, plan):
+    def counting(self, plan, **kwargs):
         seen.append(plan.number)
-        return real(self, plan)
+        return real(self, plan, **kwargs)
 
     monkeypatch.setattr(Compiler, "compile", counting)
     return seen
@@ -167,10 +167,10 @@ def test_update_compiles_every_plan_before_changing_any(make_router, monkeypatch
     bad = validate_number(tree_of("4007654321", "13901018888"), router.settings)
     real = Compiler.compile
 
-    def compile_(self, plan):
+    def compile_(self, plan, **kwargs):
         if plan.number == "4007654321":
             raise ValueError("cannot compile this one")
-        return real(self, plan)
+        return real(self, plan, **kwargs)
 
     monkeypatch.setattr(Compiler, "compile", compile_)
     with pytest.raises(tel400.PlanError, match="cannot compile this plan") as info:
@@ -241,14 +241,25 @@ def test_explain_reads_the_plan_back_from_the_store(from_store):
 
 
 def test_a_load_freezes_the_tables_out_of_the_cyclic_gc(from_store, make_router):
+    big = tel400.router.FREEZE_EVERY
     gc.unfreeze()
-    from_store(DictStore(many(5)))
+    from_store(DictStore(many(big)))
     assert gc.get_freeze_count() > 0
     gc.unfreeze()
     router = make_router(one_number(rules=[bridge("1")]))
     gc.unfreeze()
-    router.reload(tel400.PlanSet.from_dict(one_number(rules=[bridge("2")])))
+    router.reload(tel400.PlanSet.from_dict({"numbers": list(many(big).values())}))
     assert gc.get_freeze_count() > 0
+
+
+def test_a_small_load_leaves_the_collector_alone(from_store, make_router):
+    # An application's few numbers (and every test) must not freeze its
+    # objects: what is frozen is never collected if it becomes cyclic garbage.
+    gc.unfreeze()
+    from_store(DictStore(many(tel400.router.FREEZE_EVERY - 1)))
+    router = make_router(one_number(rules=[bridge("1")]))
+    router.reload(tel400.PlanSet.from_dict(one_number(rules=[bridge("2")])))
+    assert gc.get_freeze_count() == 0
 
 
 def test_from_store_opens_a_url(tmp_path, impl):
@@ -374,10 +385,10 @@ def test_a_changed_plan_no_engine_can_compile_keeps_its_entry_and_the_others_app
     watcher = tel400.PlanWatcher(router, store, interval_s=0)
     real = Compiler.compile
 
-    def compile_(self, plan):
+    def compile_(self, plan, **kwargs):
         if plan.number == "4000000001":
             raise OverflowError("Python int too large to convert to C long")
-        return real(self, plan)
+        return real(self, plan, **kwargs)
 
     monkeypatch.setattr(Compiler, "compile", compile_)
     store.put(tree_of("4000000001", "13901019999"))
@@ -440,3 +451,121 @@ def test_updates_route_like_a_router_built_from_the_final_plans(make_router, see
             for caller in (BJ, "13901010003"):
                 when = at(2026, 11, 24, hour)
                 assert router.route(number, caller, at=when) == fresh.route(number, caller, at=when)
+
+
+# -- explain traces the plan its entry was compiled from ----------------------------------------------
+
+
+def test_explain_does_not_keep_tracing_a_plan_read_while_the_number_changed(from_store):
+    """Explain reads the old plan; the watcher applies a change before explain keeps its tracer."""
+    store = DictStore(many(2))
+    router = from_store(store)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0, version=router.plans_version)
+    read = router._shared.plan_source
+
+    def racing(number):
+        plan = read(number)
+        router._shared.plan_source = read
+        store.put(tree_of("4000000001", "13901019999"))
+        assert watcher.poll()
+        return plan
+
+    router._shared.plan_source = racing
+    assert router.explain("4000000001", BJ, at=TUESDAY_10).targets == ("13901010001",)  # the entry it found then
+    if router._shared.plan_source is racing:  # the reference engine traces its entries: it reads nothing back
+        router._shared.plan_source = read
+        store.put(tree_of("4000000001", "13901019999"))
+        assert watcher.poll()
+    assert router.route("4000000001", BJ, at=TUESDAY_10).targets == ("13901019999",)
+    explained = router.explain("4000000001", BJ, at=TUESDAY_10)
+    assert explained.targets == ("13901019999",) and [s.check for s in explained.explain] == ["number", "rule", "select"]
+
+
+def test_explain_during_an_update_or_a_reload_answers_by_the_entry_in_service(make_router, monkeypatch):
+    router = make_router({"numbers": [tree_of("4001012345", "13901010001")]})
+    seen = []
+
+    def both():
+        seen.append((router.route("4001012345", BJ, at=TUESDAY_10).targets,
+                     router.explain("4001012345", BJ, at=TUESDAY_10).targets))
+
+    real_put = tel400.router._put
+
+    def put(engine, plan, impl, settings):
+        real_put(engine, plan, impl, settings)
+        both()  # another thread's explain: the entry is new, the plan held not yet
+
+    monkeypatch.setattr(tel400.router, "_put", put)
+    router.update([validate_number(tree_of("4001012345", "13901019999"), router.settings)])
+    monkeypatch.undo()
+    real_hold = tel400.Router._hold
+
+    def hold(self, plans, source):
+        both()  # between the swap of engines and of the plans held
+        real_hold(self, plans, source)
+
+    monkeypatch.setattr(tel400.Router, "_hold", hold)
+    router.reload(tel400.PlanSet.from_dict({"numbers": [tree_of("4001012345", "13901018888")]}))
+    monkeypatch.undo()
+    both()
+    assert seen == [(("13901019999",), ("13901019999",)), (("13901018888",), ("13901018888",)),
+                    (("13901018888",), ("13901018888",))]
+
+
+def test_explain_of_a_number_whose_stored_plan_went_bad_answers_by_its_last_good_entry(from_store):
+    store = DictStore(many(2))
+    router = from_store(store)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0, version=router.plans_version)
+    store.put({**tree_of("4000000001", "13901019999"), "rules": [bridge("13901019999", time="25:00-26:00")]})
+    watcher.poll()
+    assert "4000000001" in watcher.quarantined
+    assert router.route("4000000001", BJ, at=TUESDAY_10).targets == ("13901010001",)
+    before = router.decision_counts().get(("4000000001", "bridge", "ok"), 0)
+    explained = router.explain("4000000001", BJ, at=TUESDAY_10)
+    assert explained.targets == ("13901010001",) and explained.explain[0].check == "number"
+    assert router.decision_counts().get(("4000000001", "bridge", "ok"), 0) == before  # explain counts nothing
+    routed = router.route("4000000001", BJ, at=TUESDAY_10, explain=True)
+    assert routed.targets == ("13901010001",) and routed.explain
+    assert router.decision_counts()[("4000000001", "bridge", "ok")] == before + 1
+
+
+# -- what is kept per number follows its current plan ----------------------------------------------
+
+
+def rr_pin_tree(number: str, i: int) -> dict:
+    return {"number": number, "pin": f"{1000 + i}",
+            "rules": [bridge("13901010001", f"1390102{i:04d}", strategy="round_robin")]}
+
+
+def test_edits_keep_only_the_current_plans_round_robin_states_pin_checks_and_statistics(make_router):
+    router = make_router({"numbers": [rr_pin_tree("4001012345", 0), rr_pin_tree("4007654321", 0)]})
+    shared = router._shared
+    for i in range(1, 30):
+        router.update([validate_number(rr_pin_tree("4001012345", i), router.settings)])
+        router.route("4001012345", BJ, pin=f"{1000 + i}", at=TUESDAY_10)
+    assert len(shared.round_robin) == 2 and len(shared.pin_checks) == 2
+    assert [len(kept) for kept in shared.round_robin.values()] == [1, 1]
+    router.update(removed=["4001012345"])
+    assert list(shared.round_robin) == list(shared.pin_checks) == ["4007654321"]
+    assert "4001012345" not in shared.outcomes
+    assert not [key for key in router.decision_counts() if key[0] == "4001012345"]
+
+
+def test_a_failed_update_puts_back_the_round_robin_states_with_the_entries(make_router, monkeypatch):
+    tree = {"numbers": [rr_pin_tree("4001012345", 0), tree_of("4007654321", "13901010002")]}
+    router = make_router(tree)
+    assert router.route("4001012345", BJ, pin="1000", at=TUESDAY_10).targets[0] == "13901010001"
+    real = Compiler.compile
+
+    def compile_(self, plan, **kwargs):
+        if plan.number == "4007654321":
+            raise ValueError("cannot compile this one")
+        return real(self, plan, **kwargs)
+
+    monkeypatch.setattr(Compiler, "compile", compile_)
+    with pytest.raises(tel400.PlanError):
+        router.update([validate_number(rr_pin_tree("4001012345", 1), router.settings),
+                       validate_number(tree_of("4007654321", "13901018888"), router.settings)])
+    monkeypatch.undo()
+    router.reload(tel400.PlanSet.from_dict(tree))  # the position carries over: the next target
+    assert router.route("4001012345", BJ, pin="1000", at=TUESDAY_10).targets[0] == "13901020000"

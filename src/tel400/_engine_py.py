@@ -117,17 +117,23 @@ def first_failure(rule: CompiledRule, channel: str, province: int, moment: Momen
 class Engine:
     """A compiled plan set that routes calls."""
 
-    def __init__(self, plans: PlanSet, prefixes, shared) -> None:
+    def __init__(self, plans: PlanSet, prefixes, shared, *, compiler: Compiler | None = None) -> None:
+        """``compiler``: compile with this one (and keep its round-robin states and PIN
+        checks) instead of a new one: the compiled engine's tracers share its compiler."""
         #: the plan set's settings (global blacklist, prompts, calendar), without its numbers
         self.settings = settings_of(plans)
         self.prefixes = prefixes
         self.shared = shared
-        #: round-robin states of this plan set; the router adopts them once
-        #: the engine is in service, so a failed compile keeps the old ones.
-        self.rr_states: dict[tuple, object] = {}
-        #: PIN checks of this plan set, adopted likewise (Shared.pin_checks).
-        self.pin_checks: dict[tuple, pins.PinCheck] = {}
-        self.compiler = Compiler(self.settings, shared, make_selector, self.rr_states, self.pin_checks)
+        #: round-robin states of this plan set, by number; the router adopts
+        #: them once the engine is in service, so a failed compile keeps the old ones.
+        self.rr_states: dict[str, dict[tuple, object]] = {}
+        #: PIN checks of this plan set, by number, adopted likewise (Shared.pin_checks).
+        self.pin_checks: dict[str, dict[tuple, pins.PinCheck]] = {}
+        if compiler is None:
+            compiler = Compiler(self.settings, shared, make_selector, self.rr_states, self.pin_checks)
+        else:
+            self.rr_states, self.pin_checks = compiler.rr_states, compiler.pin_checks
+        self.compiler = compiler
         compile_number = self.compiler.compile
         self.by_number: dict[str, CompiledPlan] = {plan.number: compile_number(plan) for plan in plans.numbers}
         self.unknown_prompt = dict(plans.prompts).get("unknown_number", "unknown_number")
@@ -275,8 +281,12 @@ class Engine:
         self.by_number[plan.number] = self.compiler.compile(plan)
 
     def remove(self, number: str) -> None:
-        """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1)."""
+        """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1).
+
+        What is kept for it (round-robin states, PIN checks, statistics) goes too.
+        """
         self.by_number.pop(number, None)
+        self.compiler.forget(number)
 
     def _check(self) -> None:
         """Assert every compiled number's invariants (tests call it after every compile).  O(plans)."""

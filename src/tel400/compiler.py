@@ -75,12 +75,20 @@ def pin_gate(plan: NumberPlan, shared, carried_pins: dict) -> pins.PinGate | Non
 
     The check is the one kept over reloads if the PIN is unchanged
     (:meth:`tel400.shared.Shared.pin_check`); ``carried_pins`` collects
-    this engine's, for the router to adopt once the engine is compiled.
+    this number's (ident -> check).
     """
     if not plan.has_pin:
         return None
     check = shared.pin_check(plan.number, plan.pin, plan.pin_hash, carried_pins)
     return pins.PinGate(plan.number, check, plan.on_backend_error == "allow", shared)
+
+
+def _replace_entry(by_number: dict, number: str, entries: dict) -> None:
+    """Make ``entries`` (ident -> state) what ``number`` keeps; none: drop the number.  O(1)."""
+    if entries:
+        by_number[number] = entries
+    else:
+        by_number.pop(number, None)
 
 
 def lookup_plan(by_number: dict, dialed_n: str | None):
@@ -286,8 +294,11 @@ class Compiler:
             counters, round-robin states and PIN checks kept over reloads).
         make_selector: the engine's selector factory
             (``make_selector(strategy, targets, weights, state)``).
-        rr_states, pin_checks: the engine's own, filled as numbers compile
-            (the router adopts them once the engine is in service).
+        rr_states, pin_checks: the engine's own, by number (number ->
+            {ident: state}), filled as numbers compile (the router adopts
+            them once the engine is in service).  Compiling a number
+            replaces its entry there, so an edited number's old round-robin
+            positions and PIN checks go with its old plan: O(that number's).
     """
 
     #: Entries of each cache of shared pieces (tunable; see the class docstring).
@@ -310,10 +321,17 @@ class Compiler:
         self._plain_prompts = plan_prompts(settings, NumberPlan("0"))
         self._plain_blacklist = Blacklist(settings.blacklist)
 
-    def compile(self, plan: NumberPlan) -> CompiledPlan:
-        """The compiled description of one number.  O(this plan); shared pieces are built once."""
+    def compile(self, plan: NumberPlan, *, carry: bool = True) -> CompiledPlan:
+        """The compiled description of one number.  O(this plan); shared pieces are built once.
+
+        ``carry``: make this number's round-robin states and PIN checks in
+        ``rr_states``/``pin_checks`` the ones of this plan (False: leave them
+        as they are: explain compiling a plan again to trace it).
+        """
         cp = CompiledPlan()
         number = cp.number = plan.number
+        rr_states: dict = {}
+        pin_checks: dict = {}
         cp.timezone = plan.timezone
         cp.zone = self._zone(plan.timezone)
         cp.calendar = self._calendar(plan.calendar)
@@ -321,20 +339,36 @@ class Compiler:
         cp.reject_unknown = plan.reject_unknown_callers
         prompts = cp.prompts = self._prompt_names(plan)
         cp.fail_open = plan.on_backend_error == "allow"
-        cp.pin_gate = pin_gate(plan, self.shared, self.pin_checks)
+        cp.pin_gate = pin_gate(plan, self.shared, pin_checks)
         cp.tariff = plan.tariff
         cp.outcomes = self.shared.outcome_counts(number)
         cp.rules = tuple([
-            CompiledRule(rule, self._province_mask(rule.provinces), self._action(number, rule.action, rule.name, prompts))
+            CompiledRule(rule, self._province_mask(rule.provinces),
+                         self._action(number, rule.action, rule.name, prompts, rr_states))
             for rule in plan.rules
         ])
-        cp.default = self._action(number, plan.default, None, prompts)
+        cp.default = self._action(number, plan.default, None, prompts, rr_states)
         caps = cp.caps = self._caps(number, plan.caps, prompts) if plan.caps else ()
         cp.has_charges = False
         for cap in caps:
             if cap.metric != "calls":
                 cp.has_charges = True
+        if carry:
+            _replace_entry(self.rr_states, number, rr_states)
+            _replace_entry(self.pin_checks, number, pin_checks)
         return cp
+
+    def forget(self, number: str) -> None:
+        """Drop what is kept for a number its engine no longer routes.  O(that number's).
+
+        Its round-robin states and PIN checks, and its statistics
+        (``shared.outcomes``): a tenant adding and removing numbers in a
+        loop must not grow the process.  A call still routed by the old
+        entry counts into the dropped array, which nothing reads again.
+        """
+        self.rr_states.pop(number, None)
+        self.pin_checks.pop(number, None)
+        self.shared.outcomes.pop(number, None)
 
     # -- what numbers share ---------------------------------------------------
 
@@ -379,7 +413,7 @@ class Compiler:
 
     # -- a number's own -------------------------------------------------------
 
-    def _action(self, number: str, action: Action, rule: str | None, prompts: dict) -> CompiledAction:
+    def _action(self, number: str, action: Action, rule: str | None, prompts: dict, rr_states: dict) -> CompiledAction:
         kind = action.kind
         if kind == "reject":  # shared: a reject, queue or conference action holds nothing of its own
             reason, prompt = "closed" if rule is None else "rule_reject", action.prompt or prompts["closed"]
@@ -397,7 +431,7 @@ class Compiler:
         state = None
         if action.strategy == "round_robin":
             ident = (number, rule, targets, tuple(weights))
-            state = self.shared.round_robin_state(ident, len(targets), self.rr_states)
+            state = self.shared.round_robin_state(ident, len(targets), rr_states)
         selector = self.make_selector(action.strategy, targets, weights, state)
         return CompiledAction(kind, "ok", None, selector, _EMPTY, action.strategy)
 

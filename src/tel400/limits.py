@@ -79,6 +79,13 @@ MAX_AUDITED_BYTES = _tunable("MAX_AUDITED_BYTES", 64 * 1024)
 #: of deleted numbers and the Redis log (docs/deploy.md, "The plan store's
 #: change log").
 CHANGE_LOG_VERSIONS = _tunable("CHANGE_LOG_VERSIONS", 10_000)
+#: Numbers whose ``explain`` tracer the compiled engine keeps (a reference
+#: engine holding the number's compiled description, some 2 KB for a plan of
+#: a few rules; it shares the engine's compiler and calendar): the least
+#: recently explained go first, so explaining every number of a million
+#: keeps this many, and an explain of a number not kept costs one plan read
+#: and one compile (docs/limits.md).
+EXPLAIN_TRACERS = _tunable("EXPLAIN_TRACERS", 256)
 #: Bytes of one plan file (a typo'd path to a log file should not take the
 #: router's memory).
 MAX_FILE_BYTES = _tunable("MAX_FILE_BYTES", 64 * 1024 * 1024)

@@ -171,6 +171,10 @@ class PinCheck:
         self._lock = threading.Lock()
         self._right: bytes | None = None  # the right PIN's token, kept apart from the LRU
 
+    def same_pin(self, other: PinCheck) -> bool:
+        """Whether ``other`` checks the same PIN (or PIN hash) as this.  O(1)."""
+        return (self._clear_digest, self._hash) == (other._clear_digest, other._hash)
+
     def __call__(self, candidate: str, slots: threading.Semaphore | None = None) -> bool:
         """Whether ``candidate`` is the PIN, in time independent of its digits.
 

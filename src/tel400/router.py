@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import heapq
 import os
 import random
 import time
@@ -85,6 +86,7 @@ class Router:
         self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry(), pin_policy)
         self._engine = self._compile(plans)
         self._hold(plans, plan_source)
+        _frozen_after_load(len(plans.numbers))
         self.reloads = 0
         #: calls of :meth:`update` that changed entries (a cache of anything
         #: read from the plans is current while reloads and updates stand)
@@ -130,7 +132,7 @@ class Router:
                      **router_kwargs)
         _stream_into(router._engine, store, router._impl, settings)
         router.plans_version = version
-        _frozen_after_load()
+        _frozen_after_load(router.number_count)
         _log.debug("plans_loaded", numbers=router.number_count, source=store.url, version=str(version))
         return router
 
@@ -335,7 +337,7 @@ class Router:
         self._hold(plans, None)
         self.plans_version = None
         self.reloads += 1
-        _frozen_after_load()
+        _frozen_after_load(len(plans.numbers))
         _log.info("plans_reloaded", numbers=len(plans.numbers), source=plans.source)
 
     def update(self, plans: Iterable[NumberPlan] = (), *, removed: Iterable[str] = ()) -> None:
@@ -347,7 +349,9 @@ class Router:
         numbers in ``removed`` stop being routed (``unknown_number``).  A
         call routed meanwhile sees each number's old entry or its new one.
         Counters, PIN lockouts and round-robin positions of unchanged rules
-        carry over, as with :meth:`reload`.
+        carry over, as with :meth:`reload`; an edited number's positions and
+        PIN checks for rules and PINs it no longer has are dropped, and a
+        removed number's statistics (:meth:`decision_counts`) go with it.
 
         Raises:
             PlanError: a plan cannot be compiled by this router's engine;
@@ -363,7 +367,7 @@ class Router:
                 raise TypeError(f"plans: expected NumberPlan items, got {type(plan).__name__}")
         gone = [numbers.normalize(number) for number in removed]
         engine = self._engine
-        previous = {plan.number: _entry_of(engine, plan.number) for plan in plans}
+        previous = {plan.number: _kept_of(engine, plan.number) for plan in plans}
         put: list[str] = []
         try:
             for plan in plans:
@@ -398,15 +402,15 @@ class Router:
         old = self._engine
         kept = []
         for number in store.quarantined:
-            entry = _entry_of(old, number)
-            if entry is not None and _entry_of(engine, number) is None:
-                _restore_entry(engine, number, entry)
+            kept_old = _kept_of(old, number)
+            if kept_old[0] is not None and _entry_of(engine, number) is None:
+                _restore_entry(engine, number, kept_old)
                 kept.append(number)
         self._engine = self._adopt(engine)
         self._hold(settings, store.load_number)
         self.plans_version = version
         self.reloads += 1
-        _frozen_after_load()
+        _frozen_after_load(self.number_count)
         _log.info("plans_reloaded", numbers=self.number_count, source=store.url, version=str(version))
         return old, kept
 
@@ -469,6 +473,16 @@ class Router:
     def routed_numbers(self) -> list[str]:
         """The numbers routed, sorted; no plan is read.  O(numbers × log numbers)."""
         return sorted(_numbers_of(self._engine))
+
+    def routed_numbers_after(self, after: str = "", limit: int = 1000) -> list[str]:
+        """The first ``limit`` routed numbers sorting after ``after``, sorted: one page of :meth:`routed_numbers`.
+
+        The keys are copied in one step (a few ms at a million), then
+        selected in Python code, which gives the interpreter to other
+        threads meanwhile: run it in a thread, not on an event loop.
+        O(numbers × log limit); no plan is read.
+        """
+        return heapq.nsmallest(limit, filter(after.__lt__, list(_numbers_of(self._engine))))
 
     @property
     def prefixes(self) -> PrefixTable:
@@ -594,12 +608,27 @@ def _entry_of(engine, number: str):
     return engine.by_number.get(number)
 
 
-def _restore_entry(engine, number: str, entry) -> None:
-    """Put back an entry :func:`_entry_of` returned (``None``: no entry)."""
+def _kept_of(engine, number: str) -> tuple:
+    """What ``engine`` keeps for ``number``: its entry (or ``None``), round-robin states, PIN checks."""
+    return engine.by_number.get(number), engine.rr_states.get(number), engine.pin_checks.get(number)
+
+
+def _restore_entry(engine, number: str, kept: tuple) -> None:
+    """Put back what :func:`_kept_of` returned (no entry: the number is removed).  O(1).
+
+    The states go back with the entry whose selectors and PIN gate hold
+    them, so that the next compile of the number finds them again.
+    """
+    entry, rr_states, pin_checks = kept
     if entry is None:
         engine.remove(number)
-    else:
-        engine.by_number[number] = entry
+        return
+    engine.by_number[number] = entry
+    for by_number, states in ((engine.rr_states, rr_states), (engine.pin_checks, pin_checks)):
+        if states:
+            by_number[number] = states
+        else:
+            by_number.pop(number, None)
 
 
 def _numbers_of(engine):
@@ -641,54 +670,67 @@ FREEZE_EVERY = 100
 def _stream_into(engine, store, impl, settings: PlanSet) -> None:
     """Compile every plan of ``store`` into ``engine``, one batch of plans alive at a time.
 
-    A plan the engine cannot compile is left out like an invalid one: put in
-    ``store.quarantined`` and logged (``plan_quarantined``).
+    A plan the engine cannot compile is left out like an invalid one: added
+    to ``store.quarantined`` and logged (``plan_quarantined``) once the
+    stream ends, after the store has reported its own (a complete
+    ``iter_plans`` replaces ``quarantined`` at its end).
     """
+    uncompiled: dict[str, PlanError] = {}
     for batch in store.iter_plans(batch=STREAM_BATCH):
-        _put_in_batches(engine, batch, impl, settings, store=store)
+        _put_in_batches(engine, batch, impl, settings, refused=uncompiled)
         del batch  # the plans die here: only the compiled form stays
         time.sleep(0)  # offer the interpreter to the threads that route
+    store._quarantine(uncompiled, adding=True)
 
 
-def _put_in_batches(engine, plans, impl, settings: PlanSet, *, store=None) -> None:
+def _put_in_batches(engine, plans, impl, settings: PlanSet, *, refused: dict[str, PlanError] | None = None) -> None:
     """Compile ``plans`` into ``engine`` one at a time, freezing every FREEZE_EVERY numbers.
 
     One C call per number, never one for the whole set: another thread
     waiting to route gets the interpreter within the switch interval, and a
     collection of the cyclic GC meanwhile walks at most FREEZE_EVERY
-    numbers' objects, not everything compiled so far.  With ``store``, a
-    plan the engine cannot compile is quarantined there; without, its
-    PlanError propagates.
+    numbers' objects, not everything compiled so far.  With ``refused``, a
+    plan the engine cannot compile is left out and its PlanError put there
+    by number; without, the PlanError propagates.
     """
     for i, plan in enumerate(plans, 1):
         try:
             _put(engine, plan, impl, settings)
         except PlanError as exc:
-            if store is None:
+            if refused is None:
                 raise
-            store.quarantined = {**store.quarantined, plan.number: str(exc)}
-            _log.error("plan_quarantined", store=store.url, number=plan.number, error=str(exc))
+            refused[plan.number] = exc
         if i % FREEZE_EVERY == 0:
-            _frozen_after_load()
-    _frozen_after_load()
+            _frozen_after_load(i)
 
 
-def _frozen_after_load() -> None:
-    """Move everything alive now out of the cyclic garbage collector's generations.
+def _frozen_after_load(loaded: int) -> None:
+    """After a load of ``loaded`` numbers, move everything alive now out of the cyclic GC's generations.
 
-    A loaded plan set is millions of long-lived objects (compiled rules,
-    keys, selectors).  Left in the oldest generation, every full collection
-    walks all of them while holding the interpreter: measured before this,
-    a reload of 10,000 numbers in a thread stalled route() in another
-    thread for 1.2 s (issue 12 measured 6.3 s at 100,000).  Frozen objects
-    are never walked again; they are still freed by reference counting when
-    a reload drops them (compiled plans form no cycles).
+    A loaded plan set is many long-lived objects (with the reference engine
+    dozens per number; with the compiled engine about one, most being
+    untracked as they are packed).  Left in the oldest generation, every
+    full collection walks all of them while holding the interpreter:
+    measured before this, a reload of 10,000 numbers in a thread stalled
+    route() in another thread for 1.2 s (issue 12 measured 6.3 s at
+    100,000).  Frozen objects are never walked again; they are still freed
+    by reference counting when a reload drops them (compiled plans form no
+    cycles).  Loads call this every FREEZE_EVERY numbers, so each
+    collection walks only what was made since the last one.
 
     The collection first reclaims the cyclic garbage among the objects not
-    yet frozen (only those made since the last freeze are walked: cheap),
-    so that no unreachable cycle, the application's included, is frozen
-    for good.  Unfreezing is never needed.
+    yet frozen, so no unreachable cycle is frozen.  The price: objects of
+    the application that are part of a reference cycle and alive at that
+    moment (another thread's request in flight) are frozen with the plans
+    and, should they become garbage later, never collected: a few objects
+    per freeze, at most ``loaded / FREEZE_EVERY`` freezes per load, and
+    loads are rare (start, a change of the top-level settings).  A load of
+    fewer than FREEZE_EVERY numbers (an application's small plan set, the
+    tests) therefore freezes nothing: it leaves the process's collector
+    untouched.  Unfreezing is never needed.
     """
+    if loaded < FREEZE_EVERY:
+        return
     gc.collect()
     gc.freeze()
 

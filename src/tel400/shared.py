@@ -10,6 +10,9 @@ from . import pins
 from .outcomes import OUTCOMES
 
 
+_NONE: dict = {}  # what a number without kept states has (never written)
+
+
 class Shared:
     """Router state that outlives a reload: counters, randomness, statistics."""
 
@@ -19,16 +22,23 @@ class Shared:
         #: The compiled engine's generator, seeded from ``rng`` when first needed.
         self.fast_rng = None
         self.calls = calls
-        #: number -> array('q') of decisions by OUTCOMES position.
+        #: number -> array('q') of decisions by OUTCOMES position.  A number
+        #: removed (Engine.remove) loses its statistics, so that adding and
+        #: removing numbers in a loop cannot grow a process; a full reload
+        #: drops none (those of numbers it no longer routes stay: docs/limits.md).
         self.outcomes: dict[str, array.array] = {}
         #: backend failures, by the policy that was applied.
         self.backend_errors: Counter[str] = Counter()
-        #: round-robin state by (number, rule, targets, weights), kept over reloads.
-        self.round_robin: dict[tuple, array.array] = {}
-        #: PIN checks by (number, pin, pin_hash), kept over reloads with the PINs
-        #: they verified: a reload must not make every right PIN derive again.
-        #: Like ``round_robin``, the engine in service's: only its plans' numbers.
-        self.pin_checks: dict[tuple, pins.PinCheck] = {}
+        #: round-robin states, kept over reloads and edits of other rules:
+        #: number -> {(number, rule, targets, weights): state}.  Indexed by
+        #: number so that compiling one number replaces only its own
+        #: (tel400.compiler.Compiler.compile) and removing it drops them.
+        self.round_robin: dict[str, dict[tuple, array.array]] = {}
+        #: PIN checks, kept over reloads with the PINs they verified (a
+        #: reload must not make every right PIN derive again): number ->
+        #: {(number, pin, pin_hash): check}.  Like ``round_robin``, the engine
+        #: in service's: only its numbers, and only their current plans'.
+        self.pin_checks: dict[str, dict[tuple, pins.PinCheck]] = {}
         #: the PIN rules, the key derivations they allow at a time, and what
         #: they did: "busy" (no derivation slot) and ("number_locked", number).
         self.pin_policy = pin_policy or pins.PinPolicy()
@@ -56,8 +66,12 @@ class Shared:
         return out
 
     def round_robin_state(self, ident: tuple, n: int, carried: dict) -> array.array:
-        """The state of a round-robin rule: kept if the rule is unchanged."""
-        state = self.round_robin.get(ident)
+        """The state of a round-robin rule: kept if the rule is unchanged.
+
+        ``ident`` is (number, rule, targets, weights); ``carried`` collects
+        the number's states being compiled (ident -> state).  O(1).
+        """
+        state = self.round_robin.get(ident[0], _NONE).get(ident)
         if state is None or len(state) != n:
             state = array.array("q", bytes(8 * n))
         carried[ident] = state
@@ -70,8 +84,9 @@ class Shared:
         (the new engine's) is adopted only once the engine is compiled.
         """
         ident = (number, pin, pin_hash)
-        check = self.pin_checks.get(ident)
+        check = self.pin_checks.get(number, _NONE).get(ident)
         if check is None:
             check = pins.PinCheck(pin, pin_hash)
         carried[ident] = check
         return check
+

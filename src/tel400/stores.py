@@ -63,7 +63,7 @@ import structlog
 
 from . import limits
 from .exceptions import BackendError, NumberError, PlanError
-from .loading import load_plans, read_plan_tree
+from .loading import read_plan_tree
 from .numbers import normalize
 from .plans import NumberPlan, PlanSet, validate_number, validate_settings
 from .redis_clients import open_redis, url_kind
@@ -162,9 +162,11 @@ class PlanStore(abc.ABC):
         """How many numbers the store holds (valid or not)."""
         return len(self.load().numbers)
 
-    def _quarantine(self, refused: dict[str, PlanError]) -> None:
-        self.quarantined = {number: str(exc) for number, exc in refused.items()}
-        for number, error in self.quarantined.items():
+    def _quarantine(self, refused: dict[str, PlanError], *, adding: bool = False) -> None:
+        """Report ``refused`` (logged, kept in :attr:`quarantined`): instead of the last load's, or ``adding`` to them."""
+        new = {number: str(exc) for number, exc in refused.items()}
+        self.quarantined = {**self.quarantined, **new} if adding else new
+        for number, error in new.items():
             _log.error("plan_quarantined", store=self.url, number=number, error=error)
 
     def close(self) -> None:
@@ -182,6 +184,8 @@ class _ParsedFile:
     settings_raw: dict
     #: number → its tables (more than one: a duplicate, refused when read)
     tables: dict[str, list]
+    #: number → the index of its first table in ``numbers`` (for error messages)
+    indexes: dict[str, int]
     digests: dict[str, bytes]
     settings_digest: bytes
     settings_cache: list = attrs.field(factory=list, eq=False)
@@ -209,10 +213,23 @@ class FileStore(PlanStore):
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def load(self) -> PlanSet:
+        """The plans, each number validated from one parse as :meth:`load_number` does.
+
+        A number given by more than one table is refused as a whole (neither
+        table is routed at a cold start; a running watcher keeps its last
+        good plan), so a cold start and a watcher agree.  O(file).
+        """
+        parsed = self._parse()
+        settings = self.settings()
+        plans: list[NumberPlan] = []
         refused: dict[str, PlanError] = {}
-        plans = load_plans(self.path, refused=refused)
+        for number, tables in parsed.tables.items():
+            try:
+                plans.append(self._validated(number, tables, parsed.indexes[number], settings))
+            except PlanError as exc:
+                refused[number] = exc
         self._quarantine(refused)
-        return plans
+        return attrs.evolve(settings, numbers=tuple(plans))
 
     def changes_since(self, version: Hashable | None) -> Changes:
         """The numbers whose tables differ from the last parse, when ``version`` is that parse's.
@@ -230,6 +247,10 @@ class FileStore(PlanStore):
             return Changes(parsed.version, everything=True)
         changed = {n for n in before.digests.keys() | parsed.digests.keys()
                    if before.digests.get(n) != parsed.digests.get(n)}
+        if any(_is_placeholder(n) for n in changed):
+            # A table without a readable number (named numbers[i]) came, went or
+            # moved: it names no number to update, so everything is read again.
+            return Changes(parsed.version, everything=True)
         return Changes(parsed.version, frozenset(changed))
 
     def settings(self) -> PlanSet:
@@ -242,13 +263,18 @@ class FileStore(PlanStore):
     def load_number(self, number: str) -> NumberPlan | None:
         """One number from the last parse of the file (parsed again if it changed)."""
         wanted = _normal(number)
-        tables = self._parse().tables.get(wanted)
+        parsed = self._parse()
+        tables = parsed.tables.get(wanted)
         if not tables:
             return None
+        return self._validated(wanted, tables, parsed.indexes[wanted], self.settings())
+
+    def _validated(self, number: str, tables: list, index: int, settings: PlanSet) -> NumberPlan:
+        """The one table of ``number`` validated; a duplicated number is refused as a whole.  O(this plan)."""
         if len(tables) > 1:
-            raise PlanError(f"duplicate number ({len(tables)} tables); each number has one plan",
-                            source=self.path, number=wanted)
-        return validate_number(tables[0], self.settings(), source=self.path)
+            raise PlanError(f"duplicate number ({len(tables)} tables, the first numbers[{index}]); "
+                            "each number has one plan", source=self.path, number=number)
+        return validate_number(tables[0], settings, source=self.path, index=index)
 
     def count(self) -> int:
         return len(self._parse().tables)
@@ -265,10 +291,13 @@ class FileStore(PlanStore):
         if not isinstance(raw_numbers, list):
             raise PlanError("expected a list of number tables", source=self.path, field="numbers")
         tables: dict[str, list] = {}
+        indexes: dict[str, int] = {}
         for i, table in enumerate(raw_numbers):
-            tables.setdefault(_table_number(table, i), []).append(table)
+            number = _table_number(table, i)
+            tables.setdefault(number, []).append(table)
+            indexes.setdefault(number, i)
         settings_raw = {k: v for k, v in tree.items() if k != "numbers"}
-        parsed = _ParsedFile(version, settings_raw, tables, {n: _digest(t) for n, t in tables.items()},
+        parsed = _ParsedFile(version, settings_raw, tables, indexes, {n: _digest(t) for n, t in tables.items()},
                              _digest(settings_raw))
         self._parsed = parsed
         return parsed
@@ -282,6 +311,11 @@ def _table_number(table: object, index: int) -> str:
         except NumberError:
             pass
     return f"numbers[{index}]"
+
+
+def _is_placeholder(name: str) -> bool:
+    """Whether ``name`` is :func:`_table_number`'s ``numbers[i]`` for a table without a readable number."""
+    return name.startswith("numbers[")
 
 
 def _digest(value: object) -> bytes:
@@ -308,8 +342,14 @@ class WritableStore(PlanStore):
         """One number's stored body (JSON text), or ``None``.  One read."""
 
     @abc.abstractmethod
-    def _raw_batches(self, batch: int) -> Iterator[list[tuple[str, str]]]:
-        """Every (number, body), ``batch`` at a time."""
+    def _raw_batches(self, batch: int, *, distinct: bool = True) -> Iterator[list[tuple[str, str]]]:
+        """Every (number, body), ``batch`` at a time.
+
+        ``distinct=False`` allows a number to come twice (Redis: a hash being
+        rehashed during HSCAN), which spares the set of every number seen
+        (O(numbers) memory, ~100 MB at a million); for readers to whom a
+        number given twice is harmless (a streamed load puts it twice).
+        """
 
     @abc.abstractmethod
     def count(self) -> int: ...
@@ -358,7 +398,7 @@ class WritableStore(PlanStore):
         """
         settings = self.settings()
         refused: dict[str, PlanError] = {}
-        for rows in self._raw_batches(batch):
+        for rows in self._raw_batches(batch, distinct=False):  # a number put twice is harmless
             plans = []
             for number, body in rows:
                 try:
@@ -372,7 +412,8 @@ class WritableStore(PlanStore):
     def load(self) -> PlanSet:
         """Every number, sorted, with the settings (a :class:`PlanSet`).  O(numbers)."""
         settings = self.settings()
-        numbers = sorted((p for plans in self.iter_plans() for p in plans), key=lambda p: p.number)
+        by_number = {p.number: p for plans in self.iter_plans() for p in plans}  # a number read twice: once
+        numbers = sorted(by_number.values(), key=lambda p: p.number)
         return attrs.evolve(settings, numbers=tuple(numbers), source=self.url)
 
     def tree(self) -> dict[str, Any]:
@@ -982,8 +1023,8 @@ class SqliteStore(WritableStore):
         rows = self._read("SELECT body FROM plans WHERE number = ?", (number,))
         return rows[0][0] if rows else None
 
-    def _raw_batches(self, batch: int) -> Iterator[list[tuple[str, str]]]:
-        # Keyset pages: each a short read, none holding a transaction between batches.
+    def _raw_batches(self, batch: int, *, distinct: bool = True) -> Iterator[list[tuple[str, str]]]:
+        # Keyset pages (each number once, whatever ``distinct`` says): each a short read, none holding a transaction between batches.
         after = ""
         while rows := self._read("SELECT number, body FROM plans WHERE number > ? ORDER BY number LIMIT ?",
                                  (after, batch)):
@@ -1267,14 +1308,17 @@ class RedisStore(WritableStore):
     def _get_raw(self, number: str) -> str | None:
         return self._guard(self._client.hget, self._numbers_key, number)
 
-    def _raw_batches(self, batch: int) -> Iterator[list[tuple[str, str]]]:
-        # HSCAN may return a field twice (while the hash is rehashed): each number is given once.
-        seen: set[str] = set()
+    def _raw_batches(self, batch: int, *, distinct: bool = True) -> Iterator[list[tuple[str, str]]]:
+        # HSCAN may return a field twice (while the hash is rehashed): with
+        # ``distinct``, each number is given once, at the cost of a set of them all.
+        seen: set[str] | None = set() if distinct else None
         cursor = 0
         while True:
             cursor, page = self._guard(self._client.hscan, self._numbers_key, cursor, None, batch)
-            rows = [(n, b) for n, b in page.items() if n not in seen]
-            seen.update(n for n, _ in rows)
+            rows = list(page.items())
+            if seen is not None:
+                rows = [(n, b) for n, b in rows if n not in seen]
+                seen.update(n for n, _ in rows)
             yield from _chunks(rows, batch)  # a small hash comes whole, whatever COUNT asks
             if cursor == 0:
                 return

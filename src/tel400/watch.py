@@ -45,7 +45,8 @@ import weakref
 
 import structlog
 
-from .exceptions import BackendError, PlanError
+from . import _impl
+from .exceptions import BackendError, NumberError, PlanError
 from .stores import PlanStore, open_store
 
 _log = structlog.get_logger("tel400.watch")
@@ -93,12 +94,26 @@ class PlanWatcher:
         self.errors = 0
         _watchers.add(self)
 
-    def poll(self, *, force: bool = False) -> bool:
-        """Reload if the store changed and the interval has passed; ``True`` if it reloaded."""
+    def poll(self, *, force: bool = False, wait_s: float = 0.0) -> bool:
+        """Reload if the store changed and the interval has passed; ``True`` if it reloaded.
+
+        Args:
+            force: poll now, whatever the interval says.
+            wait_s: if another thread of this process is polling right now,
+                wait up to this long for it to finish, then poll (0: return
+                ``False`` at once).  A writer that must route by its own
+                change when this returns (the HTTP admin API) waits; the
+                request path does not.
+
+        A refused change and an unreachable store are logged and counted
+        (:attr:`refusals`, :attr:`errors`), not raised: the router keeps its
+        plans.  A changed name that is not a number is skipped.
+        """
         now = self._clock()
         if not force and now < self._due:
             return False
-        if not self._lock.acquire(blocking=False):
+        taken = self._lock.acquire(timeout=wait_s) if wait_s > 0 else self._lock.acquire(blocking=False)
+        if not taken:
             return False  # another thread of this process is polling right now
         try:
             self._due = now + self.interval_s
@@ -117,6 +132,9 @@ class PlanWatcher:
             else:
                 self._version = changes.version
                 return False
+        except NumberError as exc:  # a store named a changed "number" that is none: refuse the change
+            self._refuse(None if changes is None else changes.version, str(exc), number=None)
+            return False
         except PlanError as exc:
             self._refuse(None if changes is None else changes.version, str(exc), number=exc.number)
             return False
@@ -136,6 +154,8 @@ class PlanWatcher:
         """
         plans, removed = [], []
         for number in sorted(changed):
+            if _impl.normalize_or_none(number) != number:
+                continue  # not a number (a file's numbers[i]): nothing routes by it
             try:
                 plan = self.store.load_number(number)
             except PlanError as exc:

@@ -56,7 +56,7 @@ from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from . import openapi, switches
 from .asgi import ClientGone, HttpError, Request, encode_json, field, send
-from .auth import SwitchAuth, Tokens
+from .auth import ALL, SwitchAuth, Tokens
 from .records import CallRecords, check_month, plan_zones
 
 _log = structlog.get_logger("tel400.http")
@@ -100,6 +100,10 @@ class Service:
             (``tel400-http`` sets it: loopback only, or a shared secret).
         at_tolerance_s: how far from this server's clock a switch's ``at``
             may be (seconds; ``math.inf`` accepts any time, for a test bed).
+        apply_wait_s: how long an admin write waits for a poll the watcher's
+            background thread is making before polling itself (so that this
+            process routes by the change when the write answers); past it
+            the change arrives with the next poll.
     """
 
     ROUTE_BODY = 16 * 1024
@@ -109,8 +113,9 @@ class Service:
                  gateway: str | None = None, media_server: str | None = None, ring_timeout_ms: int = 30000,
                  cap_code: int = 486, end_url: str | None = None, max_body: int = 1 << 20,
                  offload: bool | None = None, switch_auth: SwitchAuth | None = None,
-                 at_tolerance_s: float = 300.0) -> None:
+                 at_tolerance_s: float = 300.0, apply_wait_s: float = 5.0) -> None:
         self.router = router
+        self.apply_wait_s = apply_wait_s
         self.store = store
         self.watcher = watcher
         self.records = records
@@ -484,7 +489,9 @@ class Service:
         plan); ``None`` for a deletion.  One number is applied, never the set.
         """
         if self.watcher is not None:
-            self.watcher.poll(force=True)  # takes the numbers changed since its version: this one
+            # takes the numbers changed since its version: this one; waits for
+            # a poll the background thread is making (it may predate the write)
+            self.watcher.poll(force=True, wait_s=self.apply_wait_s)
         elif isinstance(self.store, WritableStore):
             plan = stored.get(number) if stored is not None else None
             if plan is None:
@@ -498,12 +505,29 @@ class Service:
         return dict(getattr(source, "quarantined", None) or {})
 
     async def h_list_numbers(self, req: Request):
+        """The routed numbers a token may manage: its own, or (operator) one page of all.
+
+        A tenant's answer costs O(its numbers) on the loop.  The operator's
+        is paged (``after``, ``limit`` up to LIST_PAGE_MAX, LIST_PAGE
+        by default; ``next`` is the ``after`` of the next page) and selected
+        in a thread: O(numbers × log limit) there, never a sort of every
+        number on the loop.
+        """
         token = self._auth(req)
-        numbers = [number for number in self.router.routed_numbers() if token.may(number)]
-        body = {"numbers": sorted(numbers)}
-        quarantined = {n: error for n, error in self._quarantined().items() if token.may(n)}
-        if quarantined:  # stored but refused: the token's owner should fix them
-            body["quarantined"] = quarantined
+        limit = _int_param(req, "limit", LIST_PAGE, 1, LIST_PAGE_MAX)
+        after = req.query.get("after") or ""
+        quarantined = self._quarantined()
+        if ALL in token.numbers:
+            numbers = await asyncio.to_thread(self.router.routed_numbers_after, after, limit + 1)
+            mine = quarantined if not after else {}  # listed once, with the first page
+        else:
+            numbers = sorted(n for n in token.numbers if n > after and self.router._routes(n))[:limit + 1]
+            mine = {n: quarantined[n] for n in token.numbers if n in quarantined} if not after else {}
+        body: dict = {"numbers": numbers[:limit]}
+        if len(numbers) > limit:
+            body["next"] = numbers[limit - 1]
+        if mine:  # stored but refused: the token's owner should fix them
+            body["quarantined"] = mine
         return 200, encode_json(body), b"application/json", None
 
     async def h_get_number(self, req: Request):
@@ -788,6 +812,11 @@ def _normalized(dialed: str) -> str | None:
         return tel400.normalize(dialed)
     except tel400.NumberError:
         return None
+
+
+#: Numbers in one page of the operator's ``GET /v1/numbers`` (``?limit=``), and the most a page may ask.
+LIST_PAGE = 1000
+LIST_PAGE_MAX = 10000
 
 
 def _int_param(req: Request, name: str, default, low: int, high: int):

@@ -115,6 +115,7 @@ _SCHEMAS = {
     },
     "NumberList": {"type": "object", "required": ["numbers"],
                    "properties": {"numbers": {"type": "array", "items": {"type": "string"}},
+                                  "next": {"type": "string", "description": "the after of the next page"},
                                   "quarantined": {"type": "object", "additionalProperties": {"type": "string"},
                                                   "description": "numbers whose stored plan is invalid, with the "
                                                                  "reason; not routed by it (docs/limits.md)"}}},
@@ -189,8 +190,12 @@ _PATHS = {
                       **_errors(400, 401, 403, 409, 413, 422)},
     }},
     "/v1/numbers": {"get": {
-        "summary": "The numbers this token may manage", "operationId": "listNumbers", "security": _ADMIN,
-        "responses": {"200": _json({"$ref": "#/components/schemas/NumberList"}), **_errors(401)},
+        "summary": "The numbers this token may manage, one page", "operationId": "listNumbers", "security": _ADMIN,
+        "parameters": [{"name": "after", "in": "query", "schema": {"type": "string", "maxLength": 40},
+                        "description": "list the numbers after this one (a page's next)"},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                   "maximum": 10000, "default": 1000}}],
+        "responses": {"200": _json({"$ref": "#/components/schemas/NumberList"}), **_errors(401, 422)},
     }},
     "/v1/numbers/{number}": {
         "parameters": [_NUMBER_PARAM],

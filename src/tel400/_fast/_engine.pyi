@@ -9,9 +9,11 @@ class Engine:
     compiler: object
     prefixes: PrefixTable
     shared: Shared
-    rr_states: dict[tuple, object]
-    pin_checks: dict[tuple, object]
+    rr_states: dict[str, dict[tuple, object]]
+    pin_checks: dict[str, dict[tuple, object]]
     by_number: dict[str, object]
+    #: number -> (the entry traced, its reference-engine tracer), least recently used first
+    tracers: dict[str, tuple[object, object]]
     def __init__(self, plans: PlanSet, prefixes: PrefixTable, shared: Shared) -> None: ...
     def route(
         self,
@@ -26,3 +28,4 @@ class Engine:
     ) -> Decision: ...
     def put(self, plan: NumberPlan) -> None: ...
     def remove(self, number: str) -> None: ...
+    def _check(self) -> int: ...

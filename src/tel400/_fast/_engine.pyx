@@ -11,9 +11,21 @@ its arguments, to look the dialed number up in one dict, and to build the
 property test holds the two to the same decisions.
 
 ``explain`` and dry runs go to a reference engine for the one plan
-concerned, sharing this engine's state (counters, round-robin positions,
-statistics), so that the trace has a single author.
+concerned (a *tracer*), sharing this engine's state (counters, round-robin
+positions, statistics) and compiler, so that the trace has a single author.
+This engine keeps only the packed form, so a tracer compiles the plan read
+back through ``shared.plan_source``, and is used only if the entry packs
+that description (``CPlan._differs``: nothing is kept per number for it, and
+compiling costs nothing more): a plan
+changed or unreadable since (a change not applied yet, a number whose stored
+plan went bad and keeps its last good entry) is not traced; the packed entry
+then decides, honouring ``dry_run``, and the trace is one step saying why.
+A tracer is kept with the entry it was made for, and used only while that
+entry is the number's: at most ``tel400.limits.EXPLAIN_TRACERS`` of them,
+the least recently used dropped first.
 """
+
+from collections import OrderedDict
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -27,16 +39,16 @@ from ._clock cimport CalendarTable, LocalTime, ZoneTable, calendar_table, zone_t
 from ._counters cimport CCounters as FastCounters
 from ._numbers cimport c_normalize_or_none
 from ._segments cimport IntervalLookup
-from ._select cimport FastRandom, Selector
+from ._select cimport FastRandom, RoundRobin, Selector, Sequential, Sticky, Weighted
 
-from .. import _engine_py, provinces
+from .. import _engine_py, limits, provinces
 from ..billing import CallRecord
 from ..calltime import AT_MAX, AT_MIN, check_at
 from ..compiler import Compiler, lookup_plan
 from ..counters import CapCheck
 from ..outcomes import OUTCOME_INDEX, UNKNOWN_LABEL
-from ..decision import Decision
-from ..exceptions import BackendError
+from ..decision import Decision, Step
+from ..exceptions import BackendError, PlanError
 from ._select import make_selector
 
 cdef double _AT_MIN = AT_MIN
@@ -269,6 +281,96 @@ cdef class CPlan:
                 assert self.blacklist.groups[g].values[j - 1] < self.blacklist.groups[g].values[j]
 
 
+    def _check_against(self, described):
+        """Assert that this packs ``described`` (a CompiledPlan): tests call it after compiling."""
+        why = self._differs(described)
+        assert why is None, f"number {self.number}: the packed {why} differs from the compiler's description"
+
+    cdef str _differs(self, described):
+        """The first part in which this does not pack ``described``, or ``None`` when it packs it.
+
+        Compares every part a decision depends on (conditions, actions with
+        their selectors' targets and weights, caps, blacklist, prompts, PIN,
+        zone, calendar), not where state is kept (round-robin positions,
+        statistics).  Explain uses it to trace only the plan an entry was
+        compiled from.  O(this plan).
+        """
+        cdef int i, j
+        cdef RuleC* r
+        cdef CCap c
+        cdef CBlacklist b = self.blacklist
+        if self.number != described.number:
+            return "number"
+        calendar = self.calendar.calendar
+        if self.zone.zone.key != described.timezone or (calendar is not described.calendar
+                                                        and calendar != described.calendar):
+            return "zone or calendar"
+        if (self.reject_unknown, self.fail_open, self.tariff) != \
+                (described.reject_unknown, described.fail_open, described.tariff) or self.prompts != described.prompts:
+            return "settings"
+        if not _same_pin(self.pin_gate, described.pin_gate):
+            return "PIN"
+        bl = described.blacklist
+        if b.exact != bl.exact or b.anonymous != bl.anonymous or b.n_groups != len(bl.groups) or any(
+                (b.groups[i].length, [b.groups[i].values[j] for j in range(b.groups[i].count)]) != (length, list(values))
+                for i, (length, values) in enumerate(bl.groups)):
+            return "blacklist"
+        if self.nrules != len(described.rules):
+            return "rules"
+        for i, rule in enumerate(described.rules):
+            r = &self.rules[i]
+            if (self.rule_names[i], r.channel, r.provinces, r.has_days, r.weekdays, r.workday, r.holiday) != \
+                    (rule.name, _CHANNEL_CODES[rule.channel], <uint64_t>rule.province_mask, rule.has_days,
+                     rule.weekdays, rule.workday, rule.holiday):
+                return f"rule {i}"
+            if [(self.pool[r.date_offset + 2 * j], self.pool[r.date_offset + 2 * j + 1]) for j in range(r.ndates)] \
+                    != [tuple(d) for d in rule.date_ranges] or \
+                    [(self.pool[r.slot_offset + 2 * j], self.pool[r.slot_offset + 2 * j + 1]) for j in range(r.nslots)] \
+                    != [tuple(t) for t in rule.slots]:
+                return f"rule {i}'s dates or time"
+            if not _same_action(<CAction>self.rule_actions[i], rule.action):
+                return f"rule {i}'s action"
+        if not _same_action(self.default, described.default):
+            return "default"
+        if self.ncaps != len(described.caps) or self.has_charges != described.has_charges:
+            return "caps"
+        for c, cap in zip(self.caps, described.caps):
+            if (c.key, c.caller_prefix, c.metric, c.per, c.limit, c.increment, c.prompt, c.channel, c.ttl) != \
+                    (cap.key, cap.caller_prefix, _METRIC_CODES[cap.metric], _PER_CODES[cap.per], cap.limit,
+                     cap.increment, cap.prompt, _CHANNEL_CODES[cap.channel], cap.ttl_s):
+                return f"cap {cap.key}"
+        return None
+
+
+cdef bint _same_pin(packed, described) except -1:
+    if packed is None or described is None:
+        return packed is described
+    return packed.check.same_pin(described.check)
+
+
+cdef bint _same_action(CAction a, described) except -1:
+    return (a.kind_name, a.reason, a.outcome, a.prompt, a.fixed) == \
+           (described.kind, described.reason, described.outcome, described.prompt, described.fixed) and \
+           _selector_key(a.selector) == _selector_key(described.selector)
+
+
+cdef tuple _selector_key(Selector s):
+    """What a selector picks from: its strategy, targets (in every pick's order) and weights (not its state)."""
+    cdef int i
+    if s is None:
+        return None
+    if isinstance(s, Sequential):
+        return ("sequential", (<Sequential>s)._order)
+    if isinstance(s, Weighted):
+        w = <Weighted>s
+        return ("weighted", w._orders, tuple([(w._cumulative[i], w._indexes[i]) for i in range(w._count)]))
+    if isinstance(s, RoundRobin):
+        rr = <RoundRobin>s
+        return ("round_robin", rr._orders, tuple([rr._weights[i] for i in range(rr._n)]))
+    st = <Sticky>s
+    return ("sticky", st._targets, tuple([st._weights[i] for i in range(st._n)]))
+
+
 cdef _check_action(CAction a):
     assert a.kind_name == _KIND_NAMES[a.kind] and a.outcome == OUTCOME_INDEX[(a.kind_name, a.reason)]
     assert a.connects == (a.kind != K_REJECT)
@@ -348,7 +450,10 @@ cdef class Engine:
     cdef object calls
     cdef object unknown_prompt
     cdef array.array unknown_outcomes
-    cdef dict delegates
+    cdef array.array dry_outcomes   # what a dry run through the packed form counts into: read by nothing
+    #: number -> (the entry it traces, a reference engine tracing it); see the module docstring
+    cdef readonly object tracers
+    cdef object unknown_tracer
     cdef dict calendar_tables       # id(OfficialCalendar) -> (that calendar, its CalendarTable)
 
     def __init__(self, plans, prefixes, shared):
@@ -365,7 +470,9 @@ cdef class Engine:
             shared.fast_rng = FastRandom(shared.rng.getrandbits(64))
         self.rng = shared.fast_rng
         self.calls = shared.calls
-        self.delegates = {}
+        self.tracers = OrderedDict()
+        self.unknown_tracer = None
+        self.dry_outcomes = array.array("q", bytes(8 * len(OUTCOME_INDEX)))
         self.calendar_tables = {}
         self.compiler = Compiler(self.settings, shared, make_selector, self.rr_states, self.pin_checks)
         compiled = {}
@@ -461,19 +568,27 @@ cdef class Engine:
     # -- the decision ---------------------------------------------------------
 
     def route(self, dialed, caller, at=None, channel="voice", pin=None, call_id=None,
-              bint explain=False, bint dry_run=False):
+              bint explain=False, bint dry_run=False, bint untraced=False):
+        """The decision (the reference's ``route``).
+
+        ``explain``/``dry_run`` go to a tracer (see the module docstring);
+        ``untraced``: decide by the packed entry even then, honouring
+        ``dry_run`` (count nothing, advance nothing, remember nothing) and
+        attaching no trace: what explain falls back to.
+        """
         cdef int ch
         cdef int64_t key
         cdef int province_index = 0
         cdef CPlan plan
         cdef LocalTime lt
         cdef timespec now
-        cdef double ts
         cdef int i, j, workday = -1
         cdef RuleC* r
         cdef bint ok
         cdef CAction action
         cdef object rule_name = None
+        cdef bint dry = dry_run
+        cdef int64_t* counts
 
         if channel is _VOICE or channel == _VOICE:
             ch = CH_VOICE
@@ -488,8 +603,8 @@ cdef class Engine:
                     check_at(at)
             else:
                 check_at(at)
-        if explain or dry_run:
-            return self._delegate(dialed).route(dialed, caller, at, channel, pin, call_id, explain, dry_run)
+        if (explain or dry_run) and not untraced:
+            return self._traced(dialed, caller, at, channel, pin, call_id, explain, dry_run)
 
         caller_n = c_normalize_or_none(caller, &key)
         if caller_n is not None:
@@ -501,18 +616,20 @@ cdef class Engine:
             dialed_n = c_normalize_or_none(dialed, &key)
             found = lookup_plan(self.by_number, dialed_n)  # an SMS: 10657 + the number
             if found is None:
-                self.unknown_outcomes.data.as_longlongs[I_UNKNOWN] += 1
+                if not dry:
+                    self.unknown_outcomes.data.as_longlongs[I_UNKNOWN] += 1
                 return _make_decision("reject", _EMPTY, self.unknown_prompt, "unknown_number", None,
                                       province, dialed_n, caller_n, channel, call_id)
         plan = <CPlan>found
         number = plan.number
+        counts = plan.outcome_data if not dry else <int64_t*>self.dry_outcomes.data.as_longlongs
 
         if self._blacklisted(plan, caller_n):
-            plan.outcome_data[I_BLACKLISTED] += 1
+            counts[I_BLACKLISTED] += 1
             return _make_decision("reject", _EMPTY, plan.prompts["blacklisted"], "blacklisted", None,
                                   province, number, caller_n, channel, call_id)
         if caller_n is None and plan.reject_unknown:
-            plan.outcome_data[I_BAD_CALLER] += 1
+            counts[I_BAD_CALLER] += 1
             return _make_decision("reject", _EMPTY, plan.prompts["bad_caller"], "bad_caller", None,
                                   province, number, caller_n, channel, call_id)
 
@@ -525,13 +642,13 @@ cdef class Engine:
             plan.zone.from_datetime(at, &lt)
 
         if plan.pin_gate is not None:
-            reason = plan.pin_gate.decide(caller_n, pin, lt.ts)
+            reason = plan.pin_gate.decide(caller_n, pin, lt.ts, None, dry)
             if reason is not None:
                 if reason == "pin_required":
-                    plan.outcome_data[I_PIN_REQUIRED] += 1
+                    counts[I_PIN_REQUIRED] += 1
                     return _make_decision("collect_pin", _EMPTY, plan.prompts["enter_pin"], reason, None,
                                           province, number, caller_n, channel, call_id)
-                plan.outcome_data[<int>_OUTCOME_OF_REASON[reason]] += 1
+                counts[<int>_OUTCOME_OF_REASON[reason]] += 1
                 return _make_decision("reject", _EMPTY, plan.prompts[reason], reason, None,
                                       province, number, caller_n, channel, call_id)
 
@@ -573,30 +690,30 @@ cdef class Engine:
             action = plan.default
 
         if not action.connects:
-            plan.outcome_data[action.outcome] += 1
+            counts[action.outcome] += 1
             return _make_decision(action.kind_name, _EMPTY, action.prompt, action.reason, rule_name,
                                   province, number, caller_n, channel, call_id)
 
         caller_key = caller_n if caller_n is not None else _ANONYMOUS
         if action.selector is not None:
-            targets = action.selector.c_order(caller_key, self.rng, True)
+            targets = action.selector.c_order(caller_key, self.rng, not dry)
         else:
             targets = action.fixed
 
         if plan.ncaps:
-            over = self._acquire(plan, ch, caller_key, &lt)
+            over = self._acquire(plan, ch, caller_key, &lt, dry)
             if over == -2:
-                plan.outcome_data[I_BACKEND_ERROR] += 1
+                counts[I_BACKEND_ERROR] += 1
                 return _make_decision("reject", _EMPTY, plan.prompts["backend_error"], "backend_error", rule_name,
                                       province, number, caller_n, channel, call_id)
             if over >= 0:
-                plan.outcome_data[I_CAP_EXCEEDED] += 1
+                counts[I_CAP_EXCEEDED] += 1
                 return _make_decision("reject", _EMPTY, self._applying_cap(plan, ch, over).prompt, "cap_exceeded",
                                       rule_name, province, number, caller_n, channel, call_id)
 
-        if call_id is not None:
+        if call_id is not None and not dry:
             self._remember(plan, call_id, caller_n, caller_key, province_index, targets, ch, channel, &lt)
-        plan.outcome_data[action.outcome] += 1
+        counts[action.outcome] += 1
         return _make_decision(action.kind_name, targets, None, "ok", rule_name,
                               province, number, caller_n, channel, call_id)
 
@@ -628,8 +745,11 @@ cdef class Engine:
                 index -= 1
         raise AssertionError("cap index out of range")
 
-    cdef int _acquire(self, CPlan plan, int ch, str caller_key, LocalTime* lt) except -3:
-        """-1 admitted and counted, >= 0 the first applying cap at its limit, -2 backend failed (reject)."""
+    cdef int _acquire(self, CPlan plan, int ch, str caller_key, LocalTime* lt, bint dry) except -3:
+        """-1 admitted and counted, >= 0 the first applying cap at its limit, -2 backend failed (reject).
+
+        ``dry``: checked, not counted (through the backend's Python interface).
+        """
         cdef PyObject* keys[MAX_STACK_CAPS]
         cdef int64_t periods[MAX_STACK_CAPS]
         cdef int64_t limits[MAX_STACK_CAPS]
@@ -638,7 +758,7 @@ cdef class Engine:
         cdef int n = 0
         cdef CCap cap
         cdef list owned = None
-        if self.fast_counters is not None and plan.ncaps <= MAX_STACK_CAPS:
+        if self.fast_counters is not None and plan.ncaps <= MAX_STACK_CAPS and not dry:
             for cap in plan.caps:
                 if cap.channel != CH_ANY and cap.channel != ch:
                     continue
@@ -660,7 +780,7 @@ cdef class Engine:
             try:
                 return self.fast_counters.c_acquire(keys, periods, limits, increments, ttls, n)
             except BackendError:
-                return self._backend_failed(plan)
+                return self._backend_failed(plan, False)
         checks = []
         for cap in plan.caps:
             if cap.channel != CH_ANY and cap.channel != ch:
@@ -669,13 +789,14 @@ cdef class Engine:
         if not checks:
             return -1
         try:
-            return self.counters.acquire(checks, dry_run=False)
+            return self.counters.acquire(checks, dry_run=dry)
         except BackendError:
-            return self._backend_failed(plan)
+            return self._backend_failed(plan, dry)
 
-    cdef int _backend_failed(self, CPlan plan) except -3:
+    cdef int _backend_failed(self, CPlan plan, bint dry) except -3:
         policy = "allow" if plan.fail_open else "reject"
-        self.shared.backend_errors[policy] += 1
+        if not dry:
+            self.shared.backend_errors[policy] += 1
         return -1 if plan.fail_open else -2
 
     cdef _remember(self, CPlan plan, call_id, caller_n, str caller_key, int province_index, tuple targets,
@@ -693,45 +814,93 @@ cdef class Engine:
             plan.tariff, charges, plan.fail_open,
         ))
 
-    cdef object _delegate(self, dialed):
-        """A reference engine for the plan ``dialed`` reaches, sharing this engine's state.
+    # -- explain and dry runs: traced by a reference engine ----------------------
 
-        The plan is read from ``shared.plan_source`` (the router's): this
-        engine keeps only the packed form.  O(that plan) on first use.
-        """
+    cdef object _traced(self, dialed, caller, at, channel, pin, call_id, bint explain, bint dry_run):
+        """The decision with its trace (see the module docstring).  O(that plan) when its tracer is made."""
+        tracer = self._tracer(dialed)
+        if type(tracer) is not str:
+            return tracer.route(dialed, caller, at, channel, pin, call_id, explain, dry_run)
+        decision = self.route(dialed, caller, at, channel, pin, call_id, False, dry_run, True)
+        if not explain:
+            return decision
+        why = f"plan {decision.number}: {tracer}; decided by its compiled entry, whose checks are not traced"
+        return decision._replace(explain=(Step("number", None, True, why),))
+
+    cdef object _tracer(self, dialed):
+        """The reference engine tracing the entry ``dialed`` reaches, or why there is none (a str)."""
         cdef int64_t key
-        dialed_n = c_normalize_or_none(dialed, &key)
-        found = lookup_plan(self.by_number, dialed_n)
-        number = (<CPlan>found).number if found is not None else None
-        engine = self.delegates.get(number)
-        if engine is None:
-            plan = None
-            if number is not None and self.shared.plan_source is not None:
-                plan = self.shared.plan_source(number)
-            engine = _engine_py.Engine(self.settings, self.prefixes, self.shared)
-            if plan is not None:
-                engine.put(plan)
-            self.delegates[number] = engine
-        return engine
+        found = lookup_plan(self.by_number, c_normalize_or_none(dialed, &key))
+        if found is None:
+            if self.unknown_tracer is None:
+                self.unknown_tracer = _engine_py.Engine(self.settings, self.prefixes, self.shared, compiler=self.compiler)
+            return self.unknown_tracer
+        number = (<CPlan>found).number
+        kept = self.tracers.pop(number, None)  # popped and put back last: least recently used first out
+        if kept is None or (<tuple>kept)[0] is not found:
+            described = self._described(<CPlan>found)
+            if type(described) is str:
+                return described
+            tracer = _engine_py.Engine(self.settings, self.prefixes, self.shared, compiler=self.compiler)
+            tracer.by_number[number] = described
+            kept = (found, tracer)
+        self.tracers[number] = kept
+        while len(self.tracers) > limits.EXPLAIN_TRACERS:
+            try:
+                self.tracers.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                break
+        return (<tuple>kept)[1]
+
+    cdef object _described(self, CPlan entry):
+        """The compiler's description of the plan ``entry`` was packed from, read back; or why not (a str)."""
+        source = self.shared.plan_source
+        if source is None:
+            return "no plan source to read it back from"
+        try:
+            plan = source(entry.number)
+        except (PlanError, BackendError, OSError) as exc:
+            return f"its plan could not be read back ({exc})"
+        if plan is None:
+            return "its plan is no longer stored"
+        described = self.compiler.compile(plan, carry=False)
+        if entry._differs(described) is not None:
+            return "its stored plan changed since it was compiled"
+        return described
 
     # -- one number at a time ----------------------------------------------
 
     def put(self, plan):
         """Compile one number with this engine's settings and route it by that from now on.  O(this plan)."""
         self.by_number[plan.number] = self._compile_plan(plan)
-        self.delegates.pop(plan.number, None)
+        self.tracers.pop(plan.number, None)  # no longer used (and never for the new entry): free it now
 
     def remove(self, number):
-        """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1)."""
+        """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1).
+
+        What is kept for it (round-robin states, PIN checks, statistics) goes too.
+        """
         self.by_number.pop(number, None)
-        self.delegates.pop(number, None)
+        self.tracers.pop(number, None)
+        self.compiler.forget(number)
 
     def _check(self):
-        """Assert every packed number's invariants (tests call it after every compile).  O(plans)."""
+        """Assert every packed number's invariants and, when its plan can be read back
+        (``shared.plan_source``) and is the one it was compiled from, that it packs
+        that plan's description field by field.  Tests call it after every compile.
+
+        Returns how many numbers were compared with their description.  O(plans).
+        """
         assert not self.settings.numbers
+        compared = 0
         for number, plan in self.by_number.items():
             assert (<CPlan?>plan).number == number
             plan._check()
+            described = self._described(<CPlan>plan)
+            if type(described) is not str:
+                plan._check_against(described)
+                compared += 1
+        return compared
 
 
 cdef CAction _pack_action(described):
