@@ -110,6 +110,18 @@ def edited_plan(i: int, rules: int, version: int) -> dict:
     return plan
 
 
+def next_edit_version(store, i: int) -> int:
+    """A version for :func:`edited_plan` that differs from the one number ``i`` has in ``store``
+    (a kept store may hold an earlier run's edit, and an edit to the same plan changes no route)."""
+    stored = store.get_number(generate.number_of(i)) or {}
+    first = (stored.get("rules") or [{}])[0]
+    if first.get("name") != "edited":
+        return 1
+    target = first["targets"][0]
+    target = target["to"] if isinstance(target, dict) else target  # stored in canonical form
+    return int(target[-4:]) % 9999 + 1
+
+
 def rss_bytes() -> tuple[int, int]:
     """This process's resident set now and at its peak (VmRSS, VmHWM)."""
     fields = {}
