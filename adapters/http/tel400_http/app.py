@@ -516,6 +516,8 @@ class Service:
         token = self._auth(req)
         limit = _int_param(req, "limit", LIST_PAGE, 1, LIST_PAGE_MAX)
         after = req.query.get("after") or ""
+        if len(after) > LIST_AFTER_MAX:  # a number is at most 40 characters (the schema says so too)
+            raise HttpError(422, "bad_request", f"after: expected at most {LIST_AFTER_MAX} characters", field="after")
         quarantined = self._quarantined()
         if ALL in token.numbers:
             numbers = await asyncio.to_thread(self.router.routed_numbers_after, after, limit + 1)
@@ -817,6 +819,8 @@ def _normalized(dialed: str) -> str | None:
 #: Numbers in one page of the operator's ``GET /v1/numbers`` (``?limit=``), and the most a page may ask.
 LIST_PAGE = 1000
 LIST_PAGE_MAX = 10000
+#: The longest ``after`` a listing takes (the longest number the API names).
+LIST_AFTER_MAX = 40
 
 
 def _int_param(req: Request, name: str, default, low: int, high: int):
