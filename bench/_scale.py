@@ -13,15 +13,11 @@ Run as a script, this module is the routing process the benchmarks start::
     python bench/_scale.py cold-start sqlite:////tmp/plans.db 4000000000
     python bench/_scale.py watch sqlite:////tmp/plans.db 4000000007
 
-``cold-start`` opens the store, builds a router, routes one call and prints
-one JSON line (seconds, resident memory, which loading path was used).
-``watch`` does the same, prints ``ready``, then polls a PlanWatcher and prints
-one JSON line when the watched number's edit has been applied (when, and the
-CPU the applying poll cost this process).
-
-Both use the streamed cold start (``Router.from_store``) and the incremental
-watcher when this build has them, else today's whole-set path (``load`` and
-``Router(plans)``), and say which in ``path``.
+``cold-start`` opens the store, builds a router with the streamed cold start
+(``Router.from_store``), routes one call and prints one JSON line (seconds,
+resident memory).  ``watch`` does the same, prints ``ready``, then polls an
+incremental PlanWatcher and prints one JSON line when the watched number's
+edit has been applied (when, and the CPU the applying poll cost this process).
 """
 
 from __future__ import annotations
@@ -29,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import time
@@ -61,37 +58,6 @@ def rules_from_env() -> int:
     return env_int("TEL400_BENCH_RULES", 5)
 
 
-def has_streamed_start() -> bool:
-    """``Router.from_store`` (issue 12, helper c2) is in this build."""
-    import tel400
-
-    return hasattr(tel400.Router, "from_store")
-
-
-def has_incremental_watcher() -> bool:
-    """Stores read one number and routers replace one number (issue 12, c2 and c3), so the
-    watcher can apply a one-number change without a reload of the set."""
-    import tel400
-    from tel400.stores import SqliteStore
-
-    return hasattr(tel400.Router, "update") and hasattr(SqliteStore, "load_number")
-
-
-#: Above this many numbers the whole-set path (every plan in memory, ~16 KB per number of
-#: 5 rules) would need more memory than the issue's machine has: benchmarks then wait for
-#: the streamed cold start instead of thrashing.
-WHOLE_SET_MAX_NUMBERS = 200_000
-
-
-def skip_unless_streamed(numbers: int) -> None:
-    """Skip (pytest) when ``numbers`` needs ``Router.from_store`` and this build lacks it."""
-    if numbers > WHOLE_SET_MAX_NUMBERS and not has_streamed_start():
-        import pytest
-
-        pytest.skip(f"waiting for the merge: {numbers} numbers need Router.from_store (issue 12, c2); "
-                    f"the whole-set path stops at {WHOLE_SET_MAX_NUMBERS}")
-
-
 def jsonl_file(directory: pathlib.Path, numbers: int, rules: int) -> pathlib.Path:
     """The generated plans, written once per size and kept in ``directory``."""
     path = directory / f"plans-{numbers}x{rules}.jsonl"
@@ -102,50 +68,39 @@ def jsonl_file(directory: pathlib.Path, numbers: int, rules: int) -> pathlib.Pat
     return path
 
 
-def cli_import(source: pathlib.Path, db: pathlib.Path) -> subprocess.CompletedProcess:
-    """``tel400 store import source sqlite:////db`` in a process of its own."""
-    return subprocess.run(
+def cli_import(source: pathlib.Path, db: pathlib.Path, *, workers: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """``tel400 store import source sqlite:////db [--workers N]`` in a process of its own;
+    returns the finished process and the CPU seconds it and its workers spent."""
+    options = [] if workers is None else ["--workers", str(workers)]
+    before = _children_cpu()
+    result = subprocess.run(
         [sys.executable, "-c", "import sys; from tel400.cli import main; sys.exit(main())",
-         "store", "import", str(source), f"sqlite:///{db}"],
+         "store", "import", str(source), f"sqlite:///{db}", *options],
         capture_output=True, text=True,
     )
+    return result, _children_cpu() - before
 
 
-def jsonl_import_missing(result: subprocess.CompletedProcess) -> bool:
-    """The import failed only because this build does not read JSON Lines yet (c3 adds it)."""
-    return result.returncode != 0 and "unknown plan file type" in result.stderr
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def build_store(directory: pathlib.Path, numbers: int, rules: int) -> tuple[pathlib.Path, str]:
-    """An SQLite store of the generated plans; returns it and how it was filled.
-
-    ``tel400 store import`` of the JSON Lines when this build reads them;
-    else (until the merge) a PlanSet of all numbers written with
-    ``replace_all``, which holds every plan at once: fine to 100,000 numbers.
-    """
+def build_store(directory: pathlib.Path, numbers: int, rules: int) -> pathlib.Path:
+    """An SQLite store of the generated plans, filled by ``tel400 store import`` of the
+    JSON Lines and kept in ``directory`` for the next run."""
     db = directory / f"plans-{numbers}x{rules}.db"
     if db.exists():
-        return db, "kept"
+        return db
     source = jsonl_file(directory, numbers, rules)
     partial = db.with_suffix(".partial.db")
     partial.unlink(missing_ok=True)
-    result = cli_import(source, partial)
-    if result.returncode == 0:
-        how = "jsonl-import"
-    elif jsonl_import_missing(result):
-        import tel400
-
-        plans = tel400.PlanSet.from_dict({"numbers": list(generate.iter_plans(numbers, rules))})
-        store = tel400.open_store(f"sqlite:///{partial}")
-        try:
-            store.replace_all(plans, actor="bench")
-        finally:
-            store.close()  # checkpoints the WAL: the file may be renamed only when closed
-        how = "replace_all"
-    else:
+    result, _ = cli_import(source, partial)
+    if result.returncode != 0:
         raise RuntimeError(f"tel400 store import failed: {result.stderr.strip()}")
     partial.rename(db)
-    return db, how
+    return db
 
 
 def edited_plan(i: int, rules: int, version: int) -> dict:
@@ -153,6 +108,18 @@ def edited_plan(i: int, rules: int, version: int) -> dict:
     plan = generate.number_plan(i, rules)
     plan["rules"].insert(0, {"name": "edited", "targets": [f"1380000{version:04d}"]})
     return plan
+
+
+def next_edit_version(store, i: int) -> int:
+    """A version for :func:`edited_plan` that differs from the one number ``i`` has in ``store``
+    (a kept store may hold an earlier run's edit, and an edit to the same plan changes no route)."""
+    stored = store.get_number(generate.number_of(i)) or {}
+    first = (stored.get("rules") or [{}])[0]
+    if first.get("name") != "edited":
+        return 1
+    target = first["targets"][0]
+    target = target["to"] if isinstance(target, dict) else target  # stored in canonical form
+    return int(target[-4:]) % 9999 + 1
 
 
 def rss_bytes() -> tuple[int, int]:
@@ -167,25 +134,21 @@ def rss_bytes() -> tuple[int, int]:
 
 
 def open_router(url: str):
-    """The router a routing process builds from the store: (router, store, how, the store's
-    version its plans came from); ``how`` is ``from_store`` (streamed) or ``load+Router``."""
+    """The router a routing process builds from the store, streamed (``Router.from_store``),
+    and the store: (router, store)."""
     import tel400
 
     store = tel400.open_store(url, create=False)
-    if has_streamed_start():
-        router = tel400.Router.from_store(store)
-        return router, store, "from_store", router.plans_version
-    version = store.version()  # read before loading: a change made meanwhile is seen at the first poll
-    return tel400.Router(store.load()), store, "load+Router", version
+    return tel400.Router.from_store(store), store
 
 
 def child_cold_start(url: str, number: str) -> None:
     t0 = time.perf_counter()
-    router, store, path, _ = open_router(url)
+    router, _ = open_router(url)
     decision = router.route(number, CALLER, AT)
     seconds = time.perf_counter() - t0
     rss, hwm = rss_bytes()
-    print(json.dumps({"seconds": seconds, "rss": rss, "hwm": hwm, "path": path,
+    print(json.dumps({"seconds": seconds, "rss": rss, "hwm": hwm,
                       "action": decision.action}), flush=True)
 
 
@@ -193,8 +156,8 @@ def child_watch(url: str, number: str) -> None:
     """Route, say ready, then poll until ``number`` routes to an edited target; report when and the CPU."""
     import tel400
 
-    router, store, _, version = open_router(url)
-    watcher = tel400.PlanWatcher(router, store, interval_s=0.05, version=version)
+    router, store = open_router(url)
+    watcher = tel400.PlanWatcher(router, store, interval_s=0.05, version=router.plans_version)
     before = router.route(number, CALLER, AT).targets
     print("ready", flush=True)
     while True:

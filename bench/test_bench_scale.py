@@ -8,9 +8,7 @@ Sizes come from the environment (bench/_scale.py): CI runs the defaults
         .venv/bin/pytest bench/test_bench_scale.py --benchmark-enable -s
 
 Each figure is a benchmark's ``extra_info`` (seconds, bytes, ratios);
-bench/report.py prints them and guards the ratios.  Benchmarks that need an
-API of issue 12 that this build lacks (JSON Lines import, the incremental
-watcher) skip saying so, and only then.
+bench/report.py prints them and guards the ratios.
 """
 
 from __future__ import annotations
@@ -50,8 +48,7 @@ def scale_dir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def scale_store(scale_dir) -> tuple[pathlib.Path, str]:
-    """The SQLite store of TEL400_BENCH_NUMBERS x TEL400_BENCH_RULES, and how it was filled."""
-    _scale.skip_unless_streamed(_scale.numbers_from_env())
+    """The SQLite store of TEL400_BENCH_NUMBERS x TEL400_BENCH_RULES (``tel400 store import``)."""
     return _scale.build_store(scale_dir, _scale.numbers_from_env(), _scale.rules_from_env())
 
 
@@ -77,8 +74,10 @@ def test_scale_generate_jsonl(benchmark, tmp_path):
                                 us_per_rule=benchmark.stats.stats.median / (numbers * rules) * 1e6)
 
 
-def test_scale_store_import(benchmark, scale_dir):
-    """``tel400 store import plans.jsonl sqlite:///…``, wall time of the whole command (target: 60 s at 10⁶ × 5)."""
+@pytest.mark.parametrize("workers", [None, 1], ids=["default-workers", "one-worker"])
+def test_scale_store_import(benchmark, scale_dir, workers):
+    """``tel400 store import plans.jsonl sqlite:///…``: wall and CPU time of the whole command
+    (target: 60 s at 10⁶ × 5), with the default workers (one per core) and with one."""
     numbers, rules = _scale.numbers_from_env(), _scale.rules_from_env()
     source = _scale.jsonl_file(scale_dir, numbers, rules)
     db = scale_dir / "import-timed.db"
@@ -86,14 +85,15 @@ def test_scale_store_import(benchmark, scale_dir):
 
     def run():
         db.unlink(missing_ok=True)
-        results.append(_scale.cli_import(source, db))
+        results.append(_scale.cli_import(source, db, workers=workers))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    if _scale.jsonl_import_missing(results[-1]):
-        pytest.skip("waiting for the merge: tel400 store import of JSON Lines (issue 12, helper c3)")
-    assert results[-1].returncode == 0, results[-1].stderr
+    result, cpu_s = results[-1]
+    assert result.returncode == 0, result.stderr
+    assert f"imported {numbers} numbers" in result.stdout
     seconds = benchmark.stats.stats.median
-    benchmark.extra_info.update(numbers=numbers, rules=rules, seconds=seconds,
+    benchmark.extra_info.update(numbers=numbers, rules=rules, workers=workers or "default",
+                                seconds=seconds, cpu_s=cpu_s,
                                 us_per_rule=seconds / (numbers * rules) * 1e6)
     db.unlink(missing_ok=True)
 
@@ -108,7 +108,7 @@ def _child(command: str, url: str, number: str, stderr=subprocess.PIPE) -> subpr
 
 def test_scale_cold_start_and_rss(benchmark, scale_store):
     """A fresh process: store → router → first route (target 60 s at 10⁶ × 5), and its RSS (target 2 GB)."""
-    db, how = scale_store
+    db = scale_store
     reports = []
 
     def run():
@@ -121,7 +121,7 @@ def test_scale_cold_start_and_rss(benchmark, scale_store):
     report = reports[-1]
     numbers = _scale.numbers_from_env()
     benchmark.extra_info.update(
-        numbers=numbers, rules=_scale.rules_from_env(), store_filled_by=how, path=report["path"],
+        numbers=numbers, rules=_scale.rules_from_env(),
         seconds=report["seconds"], rss_mb=report["rss"] / 2**20, peak_rss_mb=report["hwm"] / 2**20,
         bytes_per_number=report["rss"] / numbers,
     )
@@ -134,25 +134,25 @@ def test_scale_edit_seen_by_three_processes(benchmark, scale_store, tmp_path):
     """One number edited in the store: when each of 3 watching processes routes by it, and its CPU.
 
     Targets at 10⁶ × 5: seen everywhere within 1 s, costing each process ≤ 10 ms
-    of CPU.  Until the incremental watcher is merged a poll reloads the whole
-    set; the benchmark still runs (sizes to 100,000) and records ``path``.
+    of CPU.
     """
-    db, _ = scale_store
+    db = scale_store
     numbers, rules = _scale.numbers_from_env(), _scale.rules_from_env()
     index = numbers // 2
     number = generate.number_of(index)
     logs = [open(tmp_path / f"watcher{i}.log", "w") for i in range(3)]
     children = [_child("watch", _store_url(db), number, stderr=log) for log in logs]
+    reports, edit = [], {}
     try:
         for child, log in zip(children, logs):
             line = child.stdout.readline()
             assert line.strip() == "ready", pathlib.Path(log.name).read_text()
         store = tel400.open_store(_store_url(db), create=False)
-        reports, edit = [], {}
+        edit["version"] = _scale.next_edit_version(store, index)
 
         def run():
             edit["t"] = time.time()
-            store.put_number(_scale.edited_plan(index, rules, 1), actor="bench")
+            store.put_number(_scale.edited_plan(index, rules, edit["version"]), actor="bench")
             edit["write_s"] = time.time() - edit["t"]
             for child in children:
                 reports.append(json.loads(child.stdout.readline()))
@@ -166,9 +166,9 @@ def test_scale_edit_seen_by_three_processes(benchmark, scale_store, tmp_path):
             child.stdout.close()
             log.close()
     seen = [r["seen"] - edit["t"] for r in reports]
-    assert all(r["targets"] == ["13800000001"] for r in reports)
+    assert all(r["targets"] == [f"1380000{edit['version']:04d}"] for r in reports)
     benchmark.extra_info.update(
-        numbers=numbers, rules=rules, incremental=_scale.has_incremental_watcher(),
+        numbers=numbers, rules=rules,
         write_s=edit["write_s"], seen_s_max=max(seen), seen_s=seen,
         cpu_ms_max=max(r["cpu_s"] for r in reports) * 1e3,
     )
@@ -176,9 +176,7 @@ def test_scale_edit_seen_by_three_processes(benchmark, scale_store, tmp_path):
 
 @pytest.fixture(scope="module")
 def guard_stores(scale_dir):
-    if not _scale.has_incremental_watcher():
-        pytest.skip("waiting for the merge: the incremental PlanWatcher (Router.update, store.load_number)")
-    return {n: _scale.build_store(scale_dir, n, 5)[0] for n in (1_000, 10_000)}
+    return {n: _scale.build_store(scale_dir, n, 5) for n in (1_000, 10_000)}
 
 
 @needs_cython
@@ -192,8 +190,8 @@ def test_scale_edit_cost_by_store_size(benchmark, guard_stores):
     """
     sides = []
     for n, db in sorted(guard_stores.items(), reverse=True):
-        router, store, _, version = _scale.open_router(_store_url(db))
-        watcher = tel400.PlanWatcher(router, store, version=version)
+        router, store = _scale.open_router(_store_url(db))
+        watcher = tel400.PlanWatcher(router, store, version=router.plans_version)
         watcher.poll(force=True)
         sides.append((n, store, watcher))
     ratios, costs = [], {n: [] for n, _, _ in sides}
@@ -222,14 +220,10 @@ def test_scale_edit_cost_by_store_size(benchmark, guard_stores):
 
 
 def _router_of(numbers: int, rules: int, scale_dir: pathlib.Path):
-    """A compiled router over ``numbers`` generated numbers: streamed from a store when this
-    build can, else from a PlanSet (every plan at once: fine to 100,000)."""
-    if _scale.has_streamed_start():
-        db, _ = _scale.build_store(scale_dir, numbers, rules)
-        return tel400.Router.from_store(tel400.open_store(_store_url(db), create=False), seed=1,
-                                        implementation="cython")
-    plans = tel400.PlanSet.from_dict({"numbers": list(generate.iter_plans(numbers, rules))})
-    return tel400.Router(plans, seed=1, implementation="cython")
+    """A compiled router over ``numbers`` generated numbers, streamed from a store."""
+    db = _scale.build_store(scale_dir, numbers, rules)
+    return tel400.Router.from_store(tel400.open_store(_store_url(db), create=False), seed=1,
+                                    implementation="cython")
 
 
 def _dialed(numbers: int, traffic: str) -> tuple[str, ...]:
@@ -269,7 +263,6 @@ def test_scale_route_by_numbers(benchmark, numbers, scale_dir):
     """
     n = _scale.env_int("TEL400_BENCH_GUARD_NUMBERS", 100_000) if numbers == "guard" else _scale.numbers_from_env()
     rules = _scale.rules_from_env()
-    _scale.skip_unless_streamed(n)
     large = _router_of(n, rules, scale_dir)
     small = _router_of(10, rules, scale_dir)
     sample = callers()
