@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import statistics
 import time
 
 import pytest
 
 import tel400
-from tel400 import plans, provinces
+from tel400 import plans
+
+from _inputs import many_plan_tables
 
 SETTINGS = tel400.PlanSet()
 RULES_PER_BATCH = 1000
@@ -32,26 +33,7 @@ RULES_PER_BATCH = 1000
 @functools.lru_cache(maxsize=None)
 def plan_trees(n_numbers: int, n_rules: int, seed: int = 1) -> tuple[dict, ...]:
     """``n_numbers`` number tables of ``n_rules`` rules, as a plan file or a store holds them."""
-    rng = random.Random(seed)
-    codes = [c for c in provinces.CODES if c]
-    numbers = []
-    for i in range(n_numbers):
-        rules = []
-        for k in range(n_rules):
-            start, end = rng.randrange(1440), rng.randrange(1440)
-            rules.append({
-                "name": f"r{k}",
-                "provinces": rng.sample(codes, 3),
-                "time": f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}",
-                "days": rng.choice(["mon-fri", "workday", "sat,sun", "any"]),
-                "targets": [{"to": f"139{rng.randrange(10**8):08d}", "weight": rng.randrange(1, 10)} for _ in range(2)],
-            })
-        numbers.append({
-            "number": f"400{i:07d}",
-            "rules": rules,
-            "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
-        })
-    return tuple(numbers)
+    return tuple(many_plan_tables(n_numbers, n_rules, seed))
 
 
 def clear_memos() -> None:
