@@ -802,3 +802,21 @@ def test_a_file_number_given_twice_is_refused_as_a_whole_at_start_and_by_the_wat
     watcher.poll()  # 4001000002 named changed, read alone
     assert router.route("4001000002", BJ).targets == ("13901010001",)  # its last good plan, as a full reload keeps
     assert "duplicate number" in watcher.quarantined["4001000002"]
+
+
+@pytest.mark.parametrize("body", [
+    '{"a": 1, "a": 2}', '{"x": NaN}', '[1e400]', '{"n": 123456789012345678901234567890}', '"\\ud800"',
+    '{"a": 1.5, "b": [true, null, "\\u4e2d"]}',
+])
+def test_a_stored_row_reads_as_json_loads_reads_it(body):
+    # Rows are decoded with msgspec (faster) and json.loads where msgspec refuses:
+    # whatever the row, the tree validation sees is json.loads's.
+    from tel400.stores import _decoded
+
+    assert repr(_decoded(body)) == repr(json.loads(body))
+
+
+def test_a_stored_row_that_is_not_json_is_unreadable():
+    from tel400.stores import _decoded, _Unreadable
+
+    assert isinstance(_decoded("{not json"), _Unreadable)
