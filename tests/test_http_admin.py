@@ -414,3 +414,14 @@ def test_the_operators_listing_comes_in_pages(http_client, http_service, monkeyp
     rest = http_client.get(f"/v1/numbers?limit=2&after={first['next']}", token=ADMIN).json()
     assert rest == {"numbers": ["4001532532"]}
     assert http_client.get("/v1/numbers?limit=0", token=ADMIN).status_code == 422
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/numbers?limt=5", "/v1/numbers/4001012345/audit?limt=5", "/v1/numbers/4001012345/report?mnth=2026-11",
+    "/v1/numbers/4001012345/calls?befor=3",
+])
+def test_an_unknown_query_parameter_is_refused_not_ignored(http_client, path):
+    # A mistyped parameter silently falling back to its default would page or
+    # report something else than asked: 422 naming it, as the OpenAPI document says.
+    response = http_client.get(path, token=ADMIN)
+    assert response.status_code == 422 and response.json()["field"] in ("limt", "mnth", "befor")

@@ -514,6 +514,7 @@ class Service:
         number on the loop.
         """
         token = self._auth(req)
+        _only_params(req, "after", "limit")
         limit = _int_param(req, "limit", LIST_PAGE, 1, LIST_PAGE_MAX)
         after = req.query.get("after") or ""
         if len(after) > LIST_AFTER_MAX:  # a number is at most 40 characters (the schema says so too)
@@ -680,6 +681,7 @@ class Service:
 
     async def h_audit(self, req: Request):
         number = self._number(req, self._auth(req))
+        _only_params(req, "limit")
         limit = _int_param(req, "limit", 100, 1, 1000)
         if not isinstance(self.store, WritableStore):
             entries = []
@@ -697,6 +699,7 @@ class Service:
     async def h_report(self, req: Request):
         number = self._number(req, self._auth(req))
         records = self._records()
+        _only_params(req, "month")
         month = req.query.get("month")
         if month is None:
             month = dt.datetime.now(self._zone_of(number)).strftime("%Y-%m")
@@ -714,6 +717,7 @@ class Service:
     async def h_calls(self, req: Request):
         number = self._number(req, self._auth(req))
         records = self._records()
+        _only_params(req, "limit", "before")
         limit = _int_param(req, "limit", 100, 1, 1000)
         before = _int_param(req, "before", None, 1, 2**62)
 
@@ -821,6 +825,15 @@ LIST_PAGE = 1000
 LIST_PAGE_MAX = 10000
 #: The longest ``after`` a listing takes (the longest number the API names).
 LIST_AFTER_MAX = 40
+
+
+def _only_params(req: Request, *names: str) -> None:
+    """Refuse a query parameter the endpoint does not take (422), as its OpenAPI document says:
+    a mistyped ``limt=5`` is an error, not a silent default."""
+    for name in req.query:
+        if name not in names:
+            raise HttpError(422, "bad_request", f"unknown query parameter {name[:40]!r}; expected "
+                            f"{', '.join(names) or 'none'}", field=name[:40])
 
 
 def _int_param(req: Request, name: str, default, low: int, high: int):
