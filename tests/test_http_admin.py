@@ -425,3 +425,10 @@ def test_an_unknown_query_parameter_is_refused_not_ignored(http_client, path):
     # report something else than asked: 422 naming it, as the OpenAPI document says.
     response = http_client.get(path, token=ADMIN)
     assert response.status_code == 422 and response.json()["field"] in ("limt", "mnth", "befor")
+
+
+@pytest.mark.parametrize("path", ["/v1/numbers?limit=", "/v1/numbers/4001012345/calls?before=",
+                                  "/v1/numbers/4001012345/report?month="])
+def test_a_query_parameter_given_empty_is_refused_not_defaulted(http_client, path):
+    response = http_client.get(path, token=ADMIN)
+    assert response.status_code == 422, response.text

@@ -58,7 +58,8 @@ class Request:
 
     @property
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+        # Blank values kept: ``?limit=`` is a limit given empty (refused), not a limit left out.
+        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
 
     async def read(self, limit: int) -> bytes:
         """The whole body, refusing more than ``limit`` bytes (413) before reading it if possible."""
