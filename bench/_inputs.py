@@ -8,8 +8,8 @@ import pathlib
 import random
 import zoneinfo
 
+import generate
 import tel400
-from tel400 import provinces
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MANUAL = ROOT / "examples" / "manual.toml"
@@ -49,18 +49,8 @@ def many_plans(n_plans: int, n_rules: int = 20, seed: int = 1) -> tel400.PlanSet
 def many_plan_tables(n_plans: int, n_rules: int = 20, seed: int = 1):
     """The number tables of :func:`many_plans`, one at a time (for JSON Lines and stores)."""
     rng = random.Random(seed)
-    codes = [c for c in provinces.CODES if c]
     for i in range(n_plans):
-        rules = []
-        for k in range(n_rules):
-            start, end = rng.randrange(1440), rng.randrange(1440)
-            rules.append({
-                "name": f"r{k}",
-                "provinces": rng.sample(codes, 3),
-                "time": f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}",
-                "days": rng.choice(["mon-fri", "workday", "sat,sun", "any"]),
-                "targets": [{"to": f"139{rng.randrange(10**8):08d}", "weight": rng.randrange(1, 10)} for _ in range(2)],
-            })
+        rules = [generate.random_rule(rng, k) for k in range(n_rules)]
         yield {
             "number": f"400{i:07d}",
             "rules": rules,

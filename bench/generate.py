@@ -60,17 +60,21 @@ def number_plan(i: int, rules: int = 5, *, caps: int = 1, seed: int = 1, rng: ra
         raise ValueError(f"caps: 0 to {len(_CAPS)}, got {caps}")
     rng = rng or random.Random()
     rng.seed(seed * MAX_NUMBERS + i)  # an int seed: the same stream on every Python
-    plan_rules = []
-    for k in range(rules):
-        start, end = rng.randrange(1440), rng.randrange(1440)
-        plan_rules.append({
-            "name": f"r{k}",
-            "provinces": rng.sample(_CODES, 3),
-            "time": f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}",
-            "days": rng.choice(_DAYS),
-            "targets": [{"to": f"139{rng.randrange(10**8):08d}", "weight": rng.randrange(1, 10)} for _ in range(2)],
-        })
+    plan_rules = [random_rule(rng, k) for k in range(rules)]
     return {"number": number_of(i), "rules": plan_rules, "caps": [dict(c) for c in _CAPS[:caps]]}
+
+
+def random_rule(rng: random.Random, k: int) -> dict:
+    """Rule ``r{k}``: 3 provinces, a time slot, days and 2 weighted targets, drawn from ``rng``
+    (the shape of every benchmark's plans; bench/_inputs.py draws its plans with it too)."""
+    start, end = rng.randrange(1440), rng.randrange(1440)
+    return {
+        "name": f"r{k}",
+        "provinces": rng.sample(_CODES, 3),
+        "time": f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}",
+        "days": rng.choice(_DAYS),
+        "targets": [{"to": f"139{rng.randrange(10**8):08d}", "weight": rng.randrange(1, 10)} for _ in range(2)],
+    }
 
 
 def iter_plans(numbers: int, rules: int = 5, *, caps: int = 1, seed: int = 1, start: int = 0) -> Iterator[dict]:

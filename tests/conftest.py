@@ -117,3 +117,18 @@ def http_client(http_service):
     from .http_harness import Client
 
     return Client(http_service)
+
+
+def refuse_compile(monkeypatch, number: str, error: Exception | None = None) -> None:
+    """Make both engines' one-number compile step (the shared compiler) fail for ``number``,
+    as it would on a value an engine cannot hold."""
+    from tel400.compiler import Compiler
+
+    real = Compiler.compile
+
+    def compile_(self, plan, **kwargs):
+        if plan.number == number:
+            raise error or OverflowError("Python int too large to convert to C long")
+        return real(self, plan, **kwargs)
+
+    monkeypatch.setattr(Compiler, "compile", compile_)

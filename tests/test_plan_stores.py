@@ -15,7 +15,7 @@ import structlog
 import tel400
 from tel400.stores import SqliteStore
 
-from .conftest import EXAMPLES, one_number
+from .conftest import EXAMPLES, one_number, refuse_compile
 
 FORK = multiprocessing.get_context("fork")
 BJ = "13901012345"
@@ -698,26 +698,11 @@ def test_opening_a_sqlite_store_does_not_wait_for_a_writer(tmp_path):
 
 # -- what a store reports and what the router routes agree -----------------------------------------
 
-from tel400.compiler import Compiler  # noqa: E402
-
-
-def _compile_refusing(monkeypatch, number: str) -> None:
-    """Both engines' one-number compile step fails for ``number`` (a value an engine cannot hold)."""
-    real = Compiler.compile
-
-    def compile_(self, plan):
-        if plan.number == number:
-            raise OverflowError("Python int too large to convert to C long")
-        return real(self, plan)
-
-    monkeypatch.setattr(Compiler, "compile", compile_)
-
-
 def test_a_number_no_engine_can_compile_is_reported_with_the_invalid_ones(writable, impl, monkeypatch):
     for number in ("4001000001", "4001000002"):
         writable.put_number(numbered(number), actor="test")
     plant(writable.url, POISON)
-    _compile_refusing(monkeypatch, "4001000002")
+    refuse_compile(monkeypatch, "4001000002")
     router = tel400.Router.from_store(writable, implementation=impl.name)
     # before: the store's own report at the end of iter_plans replaced the compile failure
     assert sorted(writable.quarantined) == ["4001000002", "4007777777"]
@@ -731,7 +716,7 @@ def test_a_full_reload_keeps_the_last_good_entry_of_a_number_no_engine_can_compi
     router = tel400.Router.from_store(writable, implementation=impl.name)
     watcher = tel400.PlanWatcher(router, writable, interval_s=0)
     writable.put_settings({"blacklist": ["13800000000"]}, actor="test")  # the settings: everything again
-    _compile_refusing(monkeypatch, "4001000002")
+    refuse_compile(monkeypatch, "4001000002")
     assert watcher.poll() and watcher.applied is None
     assert router.route("4001000002", BJ).targets == ("13901010001",)  # its last good plan
     assert "4001000002" in watcher.quarantined

@@ -14,7 +14,7 @@ from tel400.compiler import Compiler
 from tel400.plans import validate_number, validate_settings
 from tel400.stores import Changes, PlanStore
 
-from .conftest import at, one_number
+from .conftest import at, one_number, refuse_compile
 
 BJ = "13901012345"
 TUESDAY_10 = at(2026, 11, 24, 10)
@@ -165,14 +165,7 @@ def test_update_compiles_every_plan_before_changing_any(make_router, monkeypatch
     router = make_router({"numbers": [tree_of("4001012345", "13901010001"), tree_of("4007654321", "13901010002")]})
     good = validate_number(tree_of("4001012345", "13901019999"), router.settings)
     bad = validate_number(tree_of("4007654321", "13901018888"), router.settings)
-    real = Compiler.compile
-
-    def compile_(self, plan, **kwargs):
-        if plan.number == "4007654321":
-            raise ValueError("cannot compile this one")
-        return real(self, plan, **kwargs)
-
-    monkeypatch.setattr(Compiler, "compile", compile_)
+    refuse_compile(monkeypatch, "4007654321", ValueError("cannot compile this one"))
     with pytest.raises(tel400.PlanError, match="cannot compile this plan") as info:
         router.update([good, bad])
     assert info.value.number == "4007654321"
@@ -383,14 +376,7 @@ def test_a_changed_plan_no_engine_can_compile_keeps_its_entry_and_the_others_app
     store = DictStore(many(3))
     router = from_store(store)
     watcher = tel400.PlanWatcher(router, store, interval_s=0)
-    real = Compiler.compile
-
-    def compile_(self, plan, **kwargs):
-        if plan.number == "4000000001":
-            raise OverflowError("Python int too large to convert to C long")
-        return real(self, plan, **kwargs)
-
-    monkeypatch.setattr(Compiler, "compile", compile_)
+    refuse_compile(monkeypatch, "4000000001")
     store.put(tree_of("4000000001", "13901019999"))
     store.put(tree_of("4000000002", "13901010007"))
     with structlog.testing.capture_logs() as logs:
@@ -555,14 +541,7 @@ def test_a_failed_update_puts_back_the_round_robin_states_with_the_entries(make_
     tree = {"numbers": [rr_pin_tree("4001012345", 0), tree_of("4007654321", "13901010002")]}
     router = make_router(tree)
     assert router.route("4001012345", BJ, pin="1000", at=TUESDAY_10).targets[0] == "13901010001"
-    real = Compiler.compile
-
-    def compile_(self, plan, **kwargs):
-        if plan.number == "4007654321":
-            raise ValueError("cannot compile this one")
-        return real(self, plan, **kwargs)
-
-    monkeypatch.setattr(Compiler, "compile", compile_)
+    refuse_compile(monkeypatch, "4007654321", ValueError("cannot compile this one"))
     with pytest.raises(tel400.PlanError):
         router.update([validate_number(rr_pin_tree("4001012345", 1), router.settings),
                        validate_number(tree_of("4007654321", "13901018888"), router.settings)])
