@@ -101,6 +101,46 @@ def lookup_plan(by_number: dict, dialed_n: str | None):
     return plan
 
 
+def compiled_rules(compiler: Compiler, number: str, rules: tuple[Rule, ...], prompts: dict,
+                   rr_states: dict) -> tuple[CompiledRule, ...]:
+    """A number's rules compiled, in order (the reference; ``tel400._fast._compile`` is its twin).
+
+    Each rule is its :class:`CompiledRule` with the province mask and action
+    the compiler gives it.  O(rules).
+    """
+    return tuple([
+        CompiledRule(rule, compiler._province_mask(rule.provinces),
+                     compiler._action(number, rule.action, rule.name, prompts, rr_states))
+        for rule in rules
+    ])
+
+
+_RULES_BUILDER = None
+
+
+def _rules_builder() -> Callable[..., tuple]:
+    """What builds a number's rules: the compiled twin of :func:`compiled_rules` when the compiled
+    hot path is in use (:mod:`tel400._impl` decides; it builds the same objects without their
+    ``__init__``: a third of a compile's time), else the reference.  Imported on first use: the twin
+    imports this module's classes."""
+    global _RULES_BUILDER
+    if _RULES_BUILDER is None:
+        from . import _impl
+
+        _RULES_BUILDER = compiled_rules
+        if _impl.IMPLEMENTATION == "cython":
+            try:
+                from ._fast import _compile
+            except ImportError as exc:  # an older build, or description classes it does not know
+                import warnings
+
+                warnings.warn(f"tel400: the compiled rule builder is not available ({exc}); using the reference",
+                              RuntimeWarning, stacklevel=2)
+            else:
+                _RULES_BUILDER = _compile.compiled_rules
+    return _RULES_BUILDER
+
+
 class Blacklist:
     """Exact numbers, prefixes (``1710*``) and ``anonymous``; normalised entries.
 
@@ -316,6 +356,8 @@ class Compiler:
         self._blacklists: dict = {}
         self._zones: dict = {}
         self._actions: dict = {}
+        #: builds a number's rules: :func:`compiled_rules`, or its compiled twin (:func:`_rules_builder`)
+        self._compiled_rules = _rules_builder()
         # What a number without a calendar, prompts or blacklist of its own gets (most numbers).
         self._plain_calendar = settings.calendar.merged(CalendarSpec()).build()
         self._plain_prompts = plan_prompts(settings, NumberPlan("0"))
@@ -342,11 +384,7 @@ class Compiler:
         cp.pin_gate = pin_gate(plan, self.shared, pin_checks)
         cp.tariff = plan.tariff
         cp.outcomes = self.shared.outcome_counts(number)
-        cp.rules = tuple([
-            CompiledRule(rule, self._province_mask(rule.provinces),
-                         self._action(number, rule.action, rule.name, prompts, rr_states))
-            for rule in plan.rules
-        ])
+        cp.rules = self._compiled_rules(self, number, plan.rules, prompts, rr_states)
         cp.default = self._action(number, plan.default, None, prompts, rr_states)
         caps = cp.caps = self._caps(number, plan.caps, prompts) if plan.caps else ()
         cp.has_charges = False
@@ -404,6 +442,7 @@ class Compiler:
 
     @staticmethod
     def _province_mask(codes) -> int:
+        """A rule's province bit mask (every bit for no condition).  O(provinces named)."""
         if codes is None:
             return ALL_PROVINCES
         mask = 0
