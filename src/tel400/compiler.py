@@ -374,8 +374,9 @@ class Compiler:
         number = cp.number = plan.number
         rr_states: dict = {}
         pin_checks: dict = {}
-        cp.timezone = plan.timezone
-        cp.zone = self._zone(plan.timezone)
+        timezone = cp.timezone = plan.timezone
+        zone = self._zones.get(timezone)
+        cp.zone = zone if zone is not None else self._zone(timezone)
         cp.calendar = self._calendar(plan.calendar)
         cp.blacklist = self._blacklist(plan.blacklist)
         cp.reject_unknown = plan.reject_unknown_callers
@@ -391,9 +392,11 @@ class Compiler:
         for cap in caps:
             if cap.metric != "calls":
                 cp.has_charges = True
-        if carry:
-            _replace_entry(self.rr_states, number, rr_states)
-            _replace_entry(self.pin_checks, number, pin_checks)
+        if carry:  # (most numbers have neither, and had none: nothing to replace)
+            if rr_states or number in self.rr_states:
+                _replace_entry(self.rr_states, number, rr_states)
+            if pin_checks or number in self.pin_checks:
+                _replace_entry(self.pin_checks, number, pin_checks)
         return cp
 
     def forget(self, number: str) -> None:
@@ -456,6 +459,9 @@ class Compiler:
         kind = action.kind
         if kind == "reject":  # shared: a reject, queue or conference action holds nothing of its own
             reason, prompt = "closed" if rule is None else "rule_reject", action.prompt or prompts["closed"]
+            shared = self._actions.get((reason, prompt))  # (every number's default, most often)
+            if shared is not None:
+                return shared
             return self._shared_piece(self._actions, (reason, prompt),
                                       lambda: CompiledAction(kind, reason, prompt, None, _EMPTY, None))
         if kind == "queue" or kind == "conference":

@@ -931,8 +931,15 @@ def _dump_plan(plan: NumberPlan) -> dict[str, Any]:
     return out
 
 
+def dumped_plan(plan: NumberPlan) -> dict[str, Any]:
+    """:func:`_dump_plan`, by the validator's compiled twin when it is in use (``dump_plan``,
+    ~3x faster: a store import dumps every number once).  O(this plan)."""
+    dump = getattr(_FAST_PATH or _fast_path(), "dump_plan", None)
+    return _dump_plan(plan) if dump is None else dump(plan, _dump_plan)
+
+
 def _dump_plan_set(plans: PlanSet) -> dict[str, Any]:
-    out: dict[str, Any] = {"numbers": [_dump_plan(p) for p in plans.numbers]}
+    out: dict[str, Any] = {"numbers": [dumped_plan(p) for p in plans.numbers]}
     if plans.blacklist:
         out["blacklist"] = list(plans.blacklist)
     if plans.prompts:
