@@ -1126,7 +1126,10 @@ class SqliteStore(WritableStore):
             version = db.execute(f"SELECT {self._NEXT}").fetchone()[0]
             now, count = time.time(), 0
             for batch in rows:
-                count += self._insert_new(db, batch, problems, (now, actor, version))
+                fresh = self._not_stored(db, batch, problems)
+                db.executemany("INSERT INTO plans (number, body, updated_at, updated_by, version) VALUES (?, ?, ?, ?, ?)",
+                               [(number, body, now, actor, version) for _, number, body in fresh])
+                count += len(fresh)
             if problems.count:
                 raise _Refused()
             self._audit(db, actor, "replace_all", None, None, {**summary, "numbers": summary["numbers"] or count})
@@ -1136,27 +1139,6 @@ class SqliteStore(WritableStore):
             return self._transaction(work)
         except _Refused:
             return 0
-
-    @classmethod
-    def _insert_new(cls, db, batch, problems, stamp: tuple) -> int:
-        """Insert the rows of ``batch`` whose number an earlier batch did not write; how many.
-
-        Numbers given twice across batches are rare: the batch is inserted
-        under a savepoint and, only if that finds a number already there, it
-        is undone and the batch's stored numbers looked up
-        (:meth:`_not_stored`; asking first cost ~4 µs a number, a tenth of a
-        million-number import's writing).
-        """
-        insert = "INSERT INTO plans (number, body, updated_at, updated_by, version) VALUES (?, ?, ?, ?, ?)"
-        db.execute("SAVEPOINT import_batch")
-        try:
-            db.executemany(insert, [(number, body, *stamp) for _, number, body in batch])
-        except sqlite3.IntegrityError:
-            db.execute("ROLLBACK TO import_batch")
-            batch = cls._not_stored(db, batch, problems)
-            db.executemany(insert, [(number, body, *stamp) for _, number, body in batch])
-        db.execute("RELEASE import_batch")
-        return len(batch)
 
     @staticmethod
     def _not_stored(db, batch, problems) -> list:
