@@ -17,7 +17,11 @@ module, and one branch in each executor.
 What many numbers have alike is built once per compiler and shared: the
 merged calendar of each distinct calendar spec, the zone, the prompt dict
 of each distinct prompt renaming, the blacklist of each distinct number
-blacklist, province masks.  Shared pieces are never mutated.
+blacklist.  Shared pieces are never mutated.
+
+A number's rules are built by :func:`compiled_rules` or, in the compiled
+build, by its twin ``tel400._fast._compile`` (the same objects, made slot
+by slot; tests/test_compiler.py compares them).
 """
 
 from __future__ import annotations
@@ -121,8 +125,8 @@ _RULES_BUILDER = None
 def _rules_builder() -> Callable[..., tuple]:
     """What builds a number's rules: the compiled twin of :func:`compiled_rules` when the compiled
     hot path is in use (:mod:`tel400._impl` decides; it builds the same objects without their
-    ``__init__``: a third of a compile's time), else the reference.  Imported on first use: the twin
-    imports this module's classes."""
+    ``__init__``: 1.4 instead of 2.8 µs a rule), else the reference.  Imported on first use: the
+    twin imports this module's classes."""
     global _RULES_BUILDER
     if _RULES_BUILDER is None:
         from . import _impl
