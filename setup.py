@@ -10,7 +10,7 @@ import os
 
 from setuptools import setup
 
-MODULES = ["_numbers", "_segments", "_clock", "_select", "_counters", "_shm", "_engine", "_plans"]
+MODULES = ["_numbers", "_segments", "_clock", "_select", "_counters", "_shm", "_engine", "_plans", "_compile"]
 
 
 def extensions():

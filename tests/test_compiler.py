@@ -228,3 +228,48 @@ def test_explain_keeps_a_bounded_number_of_tracers_sharing_the_engines_compiler(
     assert all(tracer.compiler is engine.compiler for _, tracer in engine.tracers.values())
     engine.put(plans_from({"numbers": [{"number": "4001000003", "default": {"action": "queue", "queue": "q"}}]}).numbers[0])
     assert "4001000003" not in engine.tracers
+
+
+def _slots_of(obj, cls) -> dict:
+    return {name: getattr(obj, name) for name in cls.__slots__ if name not in ("action", "packed")}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(plan_sets())
+def test_the_rule_builder_in_use_builds_what_the_reference_builds(tree):
+    """compiler._rules_builder() (the compiled twin where built) against compiler.compiled_rules."""
+    plans = plans_from(tree)
+    builder = compiler._rules_builder()
+    assert (builder is compiler.compiled_rules) == (_impl.IMPLEMENTATION == "python")
+    for plan in plans.numbers:
+        made = []
+        for build in (compiler.compiled_rules, builder):
+            c = compiler.Compiler(plans, Shared(None, random.Random(0), CallRegistry()), lambda *args: args, {}, {})
+            prompts, rr_states = c._prompt_names(plan), {}
+            made.append((build(c, plan.number, plan.rules, prompts, rr_states), rr_states))
+        (reference, reference_rr), (built, built_rr) = made
+        assert built_rr == reference_rr
+        assert len(built) == len(reference) == len(plan.rules)
+        for ours, theirs in zip(built, reference):
+            assert type(ours) is compiler.CompiledRule and type(ours.action) is compiler.CompiledAction
+            assert _slots_of(ours, compiler.CompiledRule) == _slots_of(theirs, compiler.CompiledRule)
+            assert _slots_of(ours.action, compiler.CompiledAction) == _slots_of(theirs.action, compiler.CompiledAction)
+            assert [type(v) for v in _slots_of(ours, compiler.CompiledRule).values()] == \
+                   [type(v) for v in _slots_of(theirs, compiler.CompiledRule).values()]
+            assert ours.action.packed is None
+
+
+def test_a_rule_of_a_subclass_is_built_by_the_reference():
+    """The twin reads the validator's classes' slots; anything else goes the reference's way."""
+    plans = plans_from(FULL)
+    plan = plans.numbers[0]
+
+    @attrs.frozen
+    class OwnRule(tel400.plans.Rule):
+        pass
+
+    rules = tuple(OwnRule(**attrs.asdict(rule, recurse=False)) for rule in plan.rules)
+    c = compiler.Compiler(plans, Shared(None, random.Random(0), CallRegistry()), lambda *args: args, {}, {})
+    built = compiler._rules_builder()(c, plan.number, rules, c._prompt_names(plan), {})
+    assert [rule.name for rule in built] == [rule.name for rule in plan.rules]
+    assert built[0].province_mask == 1 << tel400.provinces.INDEX["CN-BJ"]

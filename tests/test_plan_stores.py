@@ -666,6 +666,25 @@ def test_jsonl_import_reports_every_bad_line_and_writes_nothing(writable, tmp_pa
     assert writable.numbers() == ["4001000001"]
 
 
+def test_jsonl_import_of_valid_lines_refuses_a_number_given_again_in_a_later_batch(writable, tmp_path, monkeypatch):
+    """The only refusal a duplicate across batches (found when its batch is written): nothing written."""
+    monkeypatch.setattr(stores, "IMPORT_BATCH", 2)
+    writable.put_number(numbered("4001000001"), actor="old")
+    version = writable.version()
+    path = tmp_path / "plans.jsonl"
+    write_jsonl(path, [numbered("4002000001"), numbered("4002000002"), numbered("4002000003"),
+                       numbered("4002000002"), numbered("4002000004"), numbered("4002000001")])
+    with pytest.raises(tel400.PlanError) as info:
+        stores.import_jsonl(writable, path, actor="bulk")
+    assert str(info.value).startswith("2 numbers refused, nothing imported")
+    assert [(p.source, p.number) for p in info.value.problems] == \
+           [(f"{path} line 4", "4002000002"), (f"{path} line 6", "4002000001")]
+    assert writable.version() == version and writable.numbers() == ["4001000001"]
+    write_jsonl(path, [numbered(f"400200000{i}") for i in range(1, 6)])
+    assert stores.import_jsonl(writable, path, actor="bulk") == 5
+    assert writable.numbers() == [f"400200000{i}" for i in range(1, 6)]
+
+
 def test_jsonl_export_reads_back(writable, tmp_path):
     import io
 

@@ -368,3 +368,37 @@ def test_a_rule_name_of_a_str_subclass_is_a_plain_interned_name():
     raw = {"number": "4001012345", "rules": [{"name": Text("office"), "targets": ["1"]}]}
     name = plans.validate_number(raw, SETTINGS).rules[0].name
     assert type(name) is str and name is sys.intern("office")
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=number(False))
+def test_the_dumped_tree_is_the_references_key_by_key(raw):
+    """plans.dumped_plan (the compiled twin's dump_plan where built) against plans._dump_plan,
+    keys in the same order (stores sort them; PlanSet.to_dict's users may not), for plans from
+    the fast path and from the precise parser (whose objects the twin hands to the reference)."""
+    try:
+        made = [plans.validate_number(raw, SETTINGS), plans._Parser(None).number_plan(raw, 0, CALENDAR)]
+    except tel400.PlanError:
+        return
+    for plan in made:
+        dumped = plans.dumped_plan(plan)
+        assert json.dumps(dumped) == json.dumps(plans._dump_plan(plan))
+        assert plans.validate_number(dumped, SETTINGS) == plan  # what the stores keep reads back the same
+
+
+def test_the_benchmark_shape_is_dumped_by_the_compiled_twin(monkeypatch):
+    """The twin really dumps the common shape (else the comparison above would be vacuous)."""
+    raw = {
+        "number": "4000000001",
+        "rules": [{"name": "r0", "provinces": ["CN-BJ", "CN-ZJ"], "time": "09:00-18:00", "days": "mon-fri",
+                   "targets": [{"to": "13901010001", "weight": 3}, {"to": "13901010002", "weight": 7}]}],
+        "caps": [{"metric": "calls", "per": "day", "limit": 10**12}],
+    }
+    plan = plans.validate_number(raw, SETTINGS)
+    expected = plans._dump_plan(plan)
+    if plans._fast_path() is _plans_fast:
+        assert not hasattr(_plans_fast, "dump_plan")  # the reference dumps
+    else:
+        monkeypatch.setattr(plans, "_dump_plan", lambda plan: pytest.fail("the reference was asked"))
+    assert plans.dumped_plan(plan) == expected
+    assert expected["rules"][0]["provinces"] == ["CN-BJ", "CN-ZJ"] and expected["caps"][0]["limit"] == 10**12

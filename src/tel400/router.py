@@ -584,7 +584,8 @@ def compile_check(plans: PlanSet) -> None:
     structs.  Compiling with the compiled engine, when this process has it,
     therefore checks both; the reference engine compiles only where there
     is no compiled one.  (A store import of a million numbers spends about
-    half as long here as when both compiled: 5 instead of 10 µs per rule.)
+    half as long here as when both compiled: ~3 µs per rule with the compiled
+    build's rule builder, docs/performance.md "Compilation".)
 
     Raises:
         PlanError: naming the number whose plan an engine cannot compile.

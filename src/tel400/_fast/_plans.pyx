@@ -615,3 +615,116 @@ cdef tuple _caps(object value, object tariff, object parser):
         _put(cap, _OFF_CAP[5], channel)  # channel
         caps.append(_acyclic(cap))
     return _acyclic(tuple(caps))
+
+
+# -- dumping: the canonical tree of a validated plan (twin of tel400.plans._dump_plan) --
+
+cdef inline object _slot(object o, Py_ssize_t offset):
+    """A field of a plan object (attrs sets every field of a built instance: never empty)."""
+    return <object>(<PyObject**>(<char*><PyObject*>o + offset))[0]
+
+
+cdef dict _dump_action(object action, dict out):
+    """The action's fields written into ``out`` (a rule's table, or a new one for a default)."""
+    kind = _slot(action, _OFF_ACTION[0])
+    out["action"] = kind
+    if kind == "bridge":
+        given = _slot(action, _OFF_ACTION[1])
+        if type(given) is not tuple:
+            raise Slow
+        targets = []
+        for target in <tuple>given:
+            if type(target) is not Target:
+                raise Slow
+            targets.append({"to": _slot(target, _OFF_TARGET[0]), "weight": _slot(target, _OFF_TARGET[1])})
+        out["strategy"] = _slot(action, _OFF_ACTION[2])
+        out["targets"] = targets
+    elif kind == "queue":
+        out["queue"] = _slot(action, _OFF_ACTION[3])
+    elif kind == "conference":
+        out["room"] = _slot(action, _OFF_ACTION[4])
+    else:
+        prompt = _slot(action, _OFF_ACTION[5])
+        if prompt is not None:
+            out["prompt"] = prompt
+    return out
+
+
+cdef dict _dump_rule(object rule):
+    cdef dict r = {"name": _slot(rule, _OFF_RULE[0])}
+    provinces = _slot(rule, _OFF_RULE[2])
+    if provinces is not None:
+        r["provinces"] = sorted(provinces)
+    days = _slot(rule, _OFF_RULE[3])
+    if days is not None:
+        r["days"] = days.text
+    time = _slot(rule, _OFF_RULE[4])
+    if time is not None:
+        r["time"] = time.text
+    dates = _slot(rule, _OFF_RULE[5])
+    if dates is not None:
+        r["dates"] = dates.text
+    channel = _slot(rule, _OFF_RULE[6])
+    if channel != "any":
+        r["channel"] = channel
+    action = _slot(rule, _OFF_RULE[1])
+    if type(action) is not Action:
+        raise Slow
+    return _dump_action(action, r)
+
+
+cdef dict _dump_cap(object cap):
+    metric = _slot(cap, _OFF_CAP[0])
+    limit = _slot(cap, _OFF_CAP[2])
+    cdef dict out = {"metric": metric, "per": _slot(cap, _OFF_CAP[1]),
+                     "limit": int(limit) if metric == "calls" else str(limit),
+                     "scope": _slot(cap, _OFF_CAP[3]), "channel": _slot(cap, _OFF_CAP[5])}
+    prompt = _slot(cap, _OFF_CAP[4])
+    if prompt is not None:
+        out["prompt"] = prompt
+    return out
+
+
+def dump_plan(object plan, object reference):
+    """``reference(plan)`` (``tel400.plans._dump_plan``: the tree stores keep), built from the
+    slots; a plan holding objects of other classes than the validator's goes to ``reference``.
+    O(this plan)."""
+    try:
+        return _dump_plan(plan, reference)
+    except Slow:
+        return reference(plan)
+
+
+cdef dict _dump_plan(object plan, object reference):
+    if type(plan) is not NumberPlan:
+        raise Slow
+    cdef dict out = {"number": _slot(plan, _OFF_NUMBERPLAN[0]), "timezone": _slot(plan, _OFF_NUMBERPLAN[3])}
+    pin, pin_hash = _slot(plan, _OFF_NUMBERPLAN[4]), _slot(plan, _OFF_NUMBERPLAN[5])
+    blacklist, prompts = _slot(plan, _OFF_NUMBERPLAN[6]), _slot(plan, _OFF_NUMBERPLAN[8])
+    tariff, calendar = _slot(plan, _OFF_NUMBERPLAN[11]), _slot(plan, _OFF_NUMBERPLAN[12])
+    on_error = _slot(plan, _OFF_NUMBERPLAN[10])
+    if (pin is not None or pin_hash is not None or blacklist or prompts or tariff is not None
+            or calendar is not _NO_CALENDAR or on_error != "allow" or _slot(plan, _OFF_NUMBERPLAN[9])):
+        raise Slow  # a field most plans leave out: the reference writes it
+    default = _slot(plan, _OFF_NUMBERPLAN[2])
+    if type(default) is not Action:
+        raise Slow
+    out["default"] = _dump_action(default, {})
+    caps = _slot(plan, _OFF_NUMBERPLAN[7])
+    rules_given = _slot(plan, _OFF_NUMBERPLAN[1])
+    if type(caps) is not tuple or type(rules_given) is not tuple:
+        raise Slow
+    if caps:
+        dumped = []
+        for cap in <tuple>caps:
+            if type(cap) is not Cap:
+                raise Slow
+            dumped.append(_dump_cap(cap))
+        out["caps"] = dumped
+    rules = []
+    for rule in <tuple>rules_given:
+        if type(rule) is not Rule:
+            raise Slow
+        rules.append(_dump_rule(rule))
+    out["rules"] = rules
+    return out
