@@ -236,7 +236,7 @@ def test_route_while_a_planset_is_reloaded_in_a_thread(benchmark, impl, trees):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_route_while_reloading_as_before(benchmark, impl, trees, monkeypatch):
     """The old watcher: the whole store loaded and reloaded, the tables left to the cyclic GC."""
-    monkeypatch.setattr(router_module, "_frozen_after_load", lambda: None)
+    monkeypatch.setattr(router_module, "_frozen_after_load", lambda loaded: None)
     gc.unfreeze()
     store = TreeStore(trees)
     router = tel400.Router(store.load(), implementation=impl)
