@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import pathlib
 import random
+import subprocess
+import sys
 
 import attrs
 import pytest
@@ -273,3 +276,51 @@ def test_a_rule_of_a_subclass_is_built_by_the_reference():
     built = compiler._rules_builder()(c, plan.number, rules, c._prompt_names(plan), {})
     assert [rule.name for rule in built] == [rule.name for rule in plan.rules]
     assert built[0].province_mask == 1 << tel400.provinces.INDEX["CN-BJ"]
+
+
+def test_the_rule_builder_never_shows_a_half_built_tuple_to_another_thread(tmp_path):
+    """A thread walking young objects while rules are built (a profiler or leak finder does).
+
+    Round-robin rules run Python code (the state lookup) between two rules,
+    so another thread can run mid-build; it must find nothing half made.
+    Run in a child: the failure this guards against is a segfault.
+    """
+    script = tmp_path / "walk.py"
+    script.write_text(
+        "import gc, random, sys, threading\n"
+        f"sys.path.insert(0, {str(pathlib.Path(__file__).resolve().parent.parent)!r})\n"
+        "from tel400 import compiler\n"
+        "from tel400.calls import CallRegistry\n"
+        "from tel400.shared import Shared\n"
+        "from tests.conftest import plans_from\n"
+        "rules = [{'name': f'r{i}', 'strategy': 'round_robin', 'targets': ['13901010001', '13901010002']}"
+        " for i in range(60)]\n"
+        "plans = plans_from({'numbers': [{'number': '4001000001', 'rules': rules}]})\n"
+        "plan = plans.numbers[0]\n"
+        "c = compiler.Compiler(plans, Shared(None, random.Random(0), CallRegistry()), lambda *a: a, {}, {})\n"
+        "prompts = c._prompt_names(plan)\n"
+        "sys.setswitchinterval(1e-5)\n"
+        "stop = False\n"
+        "def walk():\n"
+        "    while not stop:\n"
+        "        for o in gc.get_objects(generation=0):\n"
+        "            if type(o) is tuple and len(o) == 60:\n"
+        "                sum(1 for _ in o)\n"
+        "threading.Thread(target=walk, daemon=True).start()\n"
+        "build = compiler._rules_builder()\n"
+        "for _ in range(20000):\n"
+        "    assert len(build(c, plan.number, plan.rules, prompts, {})) == 60\n"
+        "stop = True\n"
+        "print('built')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "built", (done.returncode, done.stderr[-500:])
+
+
+def test_plans_built_by_hand_with_a_list_of_rules_compile_as_validated_ones(impl):
+    """The rule builder takes what the reference takes: a plan built by hand with a list of rules."""
+    from tel400.plans import Action, NumberPlan, PlanSet, Rule, Target
+
+    plan = NumberPlan("4001000001", rules=[Rule("r", Action("bridge", (Target("13901010001"),)))])
+    router = tel400.Router(PlanSet(numbers=(plan,)), implementation=impl.name)
+    assert router.route("4001000001", "13901012345", at(2026, 1, 6, 10)).targets == ("13901010001",)

@@ -824,3 +824,42 @@ def test_a_stored_row_that_is_not_json_is_unreadable():
     from tel400.stores import _decoded, _Unreadable
 
     assert isinstance(_decoded("{not json"), _Unreadable)
+
+
+DEEP = "[" * 3000 + "]" * 3000  # past every JSON decoder's nesting limit
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jsonl_import_reports_a_line_nested_too_deeply_with_the_others(writable, tmp_path, workers):
+    """msgspec refuses deep nesting with RecursionError, not DecodeError: still one refusal among the others."""
+    path = tmp_path / "plans.jsonl"
+    no_rules = {"number": "4002000003", "rules": 5}
+    write_jsonl(path, [numbered("4002000001"), '{"number": "4002000002", "x": ' + DEEP + "}", no_rules])
+    with pytest.raises(tel400.PlanError) as info:
+        stores.import_jsonl(writable, path, actor="bulk", workers=workers)
+    text = str(info.value)
+    assert text.startswith("2 numbers refused, nothing imported")
+    assert f"{path} line 2: nested too deeply to be a plan" in text
+    assert f"{path} line 3: number 4002000003" in text
+    assert writable.numbers() == []
+
+
+def test_import_of_text_lines_reports_a_lone_surrogate_with_the_others(writable):
+    """A text table handed to import_numbers (not read from a UTF-8 file) may hold a lone surrogate."""
+    bad_name = numbered("4002000001")
+    bad_name["rules"][0]["name"] = "\ud800"
+    lines = [("t[1]", json.dumps(bad_name, ensure_ascii=False)), ("t[2]", '{"number": "4002000002", "rules": 5}')]
+    with pytest.raises(tel400.PlanError) as info:
+        writable.import_numbers({}, iter(lines), actor="bulk")
+    assert str(info.value).startswith("2 numbers refused, nothing imported")
+    assert writable.numbers() == []
+
+
+def test_a_stored_row_nested_too_deeply_is_quarantined(tmp_path):
+    store = tel400.open_store(f"sqlite:///{tmp_path}/p.db")
+    store.put_number(plan_tree("13901010001"), actor="test")
+    store._connect().execute("INSERT INTO plans (number, body, updated_at, updated_by) VALUES (?, ?, 0, 'x')",
+                             ("4007777777", DEEP))
+    plans = store.load()  # before: RecursionError, nothing loaded
+    assert [p.number for p in plans.numbers] == ["4001012345"]
+    assert "4007777777" in store.quarantined

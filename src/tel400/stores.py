@@ -719,11 +719,7 @@ def _json_line(text: str, where: str) -> object:
     """A line's table: msgspec's decoder, and :func:`json.loads` (its error named) for what msgspec
     refuses, so the tree and the message are always json's (as :func:`_decoded`)."""
     try:
-        return _decoder.decode(text)
-    except msgspec.DecodeError:
-        pass
-    try:
-        return json.loads(text)
+        return _json_tree(text)
     except ValueError as exc:
         raise PlanError(f"not JSON: {exc}", source=where) from None
     except RecursionError:
@@ -781,13 +777,24 @@ def _decoded(body: str) -> Any:
     time before), and :func:`json.loads` for what msgspec refuses (``NaN``, a lone surrogate),
     so the tree is always what ``json.loads`` gives; a row neither reads is ``_Unreadable``."""
     try:
-        return _decoder.decode(body)
-    except msgspec.DecodeError:
-        pass
-    try:
-        return json.loads(body)
-    except ValueError:
+        return _json_tree(body)
+    except (ValueError, RecursionError):
         return _Unreadable(body[:60])
+
+
+def _json_tree(text: str) -> Any:
+    """``json.loads(text)``, by msgspec's decoder when it can (~2x faster, the same tree).
+
+    What msgspec refuses goes to :func:`json.loads`, so the tree and the
+    error are always json's: msgspec raises ``DecodeError`` for bad JSON,
+    ``RecursionError`` past its nesting limit and ``UnicodeEncodeError``
+    for a lone surrogate in the text, where json has its own answer.
+    """
+    try:
+        return _decoder.decode(text)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        pass
+    return json.loads(text)
 
 
 _encoder = msgspec.json.Encoder(order="sorted")

@@ -160,14 +160,20 @@ cdef bint _plain(tuple rules):
     return True
 
 
-def compiled_rules(compiler, str number, tuple rules, dict prompts, dict rr_states):
-    """A number's rules compiled, in order: what ``tel400.compiler.compiled_rules`` returns.  O(rules)."""
-    cdef Py_ssize_t i, n = len(rules)
-    cdef tuple out = PyTuple_New_of(n)
-    if not _plain(rules):
+def compiled_rules(compiler, number, rules, prompts, rr_states):
+    """A number's rules compiled, in order: what ``tel400.compiler.compiled_rules`` returns.  O(rules).
+
+    What the validator makes (an exact ``str`` number, a ``tuple`` of its
+    own classes) is built here; anything else (plans built by hand with a
+    list of rules, subclasses) by the reference.
+    """
+    if type(number) is not str or type(rules) is not tuple or not _plain(<tuple>rules):
         return _reference(compiler, number, rules, prompts, rr_states)
-    for i in range(n):
-        rule = rules[i]
+    # A list, made a tuple at the end: Python code runs between two rules (a
+    # round-robin state, a shared action), and a tuple is visible to the
+    # collector, and to other threads walking it, from its creation.
+    cdef list out = []
+    for rule in <tuple>rules:
         name = _get(rule, _IN_RULE[0])
         action = _get(rule, _IN_RULE[1])
         codes = _get(rule, _IN_RULE[2])
@@ -201,6 +207,5 @@ def compiled_rules(compiler, str number, tuple rules, dict prompts, dict rr_stat
         _put(compiled, _OFF_RULE[12], dates)
         _put(compiled, _OFF_RULE[13], compiled_action)
         PyObject_GC_UnTrack(compiled)
-        Py_INCREF(compiled)
-        PyTuple_SET_ITEM(out, i, compiled)
-    return out
+        out.append(compiled)
+    return tuple(out)
