@@ -245,7 +245,7 @@ class CompiledPlan:
         assert isinstance(self.blacklist, Blacklist)
         for n, values in self.blacklist.groups:
             assert n in self.blacklist.lengths and list(values) == sorted(values)
-        assert isinstance(self.outcomes, array.array) and len(self.outcomes) == len(OUTCOMES)
+        assert self.outcomes is None or (isinstance(self.outcomes, array.array) and len(self.outcomes) == len(OUTCOMES))
         assert isinstance(self.rules, tuple)
         for rule in self.rules:
             assert isinstance(rule, CompiledRule) and rule.channel in CHANNELS
@@ -341,7 +341,7 @@ class Compiler:
         cp.fail_open = plan.on_backend_error == "allow"
         cp.pin_gate = pin_gate(plan, self.shared, pin_checks)
         cp.tariff = plan.tariff
-        cp.outcomes = self.shared.outcome_counts(number)
+        cp.outcomes = None  # made at the number's first counted decision (Shared.outcome_counts)
         cp.rules = tuple([
             CompiledRule(rule, self._province_mask(rule.provinces),
                          self._action(number, rule.action, rule.name, prompts, rr_states))
