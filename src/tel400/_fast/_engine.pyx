@@ -458,6 +458,9 @@ cdef tuple _packed_order(CPlan plan, RuleC* r, str caller_key, FastRandom rng, b
             text = _target_text(plan, first + out[k])
             Py_INCREF(text)
             PyTuple_SET_ITEM(result, k, text)
+        # Strings only: no cycle can pass through it.  Untracked, a call
+        # allocates no GC-tracked object (they would trigger collections).
+        PyObject_GC_UnTrack(result)
         return result
     finally:
         if out != stack_out:
