@@ -221,7 +221,8 @@ cdef int select_order(int strategy, const int32_t* weights, const uint64_t* seed
     cdef void* scratch = NULL
     cdef int64_t* current
     cdef Py_ssize_t pick
-    if n <= 0:
+    if n <= 1:  # one target: every strategy gives it (a round robin's state would come back unchanged)
+        out[0] = 0
         return 0
     if strategy == S_SEQUENTIAL:
         _sequential_order(weights, n, out)
