@@ -104,6 +104,7 @@ cdef enum:
 cdef dict _CHANNEL_CODES = {"any": CH_ANY, "voice": CH_VOICE, "sms": CH_SMS}
 cdef dict _KIND_CODES = {"bridge": K_BRIDGE, "reject": K_REJECT, "queue": K_QUEUE, "conference": K_CONFERENCE}
 cdef tuple _KIND_NAMES = ("bridge", "reject", "queue", "conference")
+cdef tuple _METRIC_NAMES = ("calls", "minutes", "cost")
 cdef dict _PER_CODES = {"hour": P_HOUR, "day": P_DAY, "week": P_WEEK, "month": P_MONTH}
 cdef dict _METRIC_CODES = {"calls": M_CALLS, "minutes": M_MINUTES, "cost": M_COST}
 cdef tuple _EMPTY = ()
@@ -169,22 +170,24 @@ cdef class CAction:
     cdef tuple fixed
 
 
-@cython.no_gc
-cdef class CCap:
-    """A CompiledCap packed (strings and numbers only: no GC)."""
-    cdef str key
-    cdef object caller_prefix    # None: number-wide; else the key of a caller is this + the caller
-    cdef int metric
-    cdef str metric_name
-    cdef int per
-    cdef int64_t limit
-    cdef int64_t increment
-    cdef object prompt
-    cdef int channel
-    cdef int64_t ttl
+cdef struct CapC:
+    # 56 bytes, in the plan's block after its rules: a CompiledCap packed.
+    PyObject* key            # owned str: the counter key (number-wide), or the per-caller prefix's base
+    PyObject* caller_prefix  # owned str, or NULL for a number-wide cap: the key of a caller is this + the caller
+    PyObject* prompt         # owned (a str)
+    int64_t limit
+    int64_t increment
+    int64_t ttl
+    uint8_t metric
+    uint8_t per
+    uint8_t channel
 
-    cdef inline str key_for(self, str caller_key):
-        return self.key if self.caller_prefix is None else <str>self.caller_prefix + caller_key
+
+cdef inline str _cap_key(CapC* cap, str caller_key):
+    """The counter key of a call from ``caller_key`` (CompiledCap.key_for)."""
+    if cap.caller_prefix == NULL:
+        return <str>cap.key
+    return <str>cap.caller_prefix + caller_key
 
 
 @cython.no_gc
@@ -266,7 +269,7 @@ cdef class CPlan:
     cdef int32_t ntargets
     cdef bint text_ascii             # every target is ASCII (its str is then made with a memcpy)
     cdef tuple rr_states             # the round-robin rules' states (None: no round robin)
-    cdef tuple caps
+    cdef CapC* caps                  # in the block, after the rules
     cdef int ncaps
     cdef bint has_charges
     cdef array.array outcomes        # None until the number's first counted decision
@@ -278,12 +281,17 @@ cdef class CPlan:
             for i in range(self.nrules + 1):
                 Py_XDECREF(self.rules[i].action)
                 Py_XDECREF(self.rules[i].name)
+            for i in range(self.ncaps):
+                Py_XDECREF(self.caps[i].key)
+                Py_XDECREF(self.caps[i].caller_prefix)
+                Py_XDECREF(self.caps[i].prompt)
         PyMem_Free(self.rules)  # the pool and the targets live in the same block
 
     def _check(self):
         """Assert the packing's invariants (tests call it after every compile).  O(this plan)."""
         cdef int i, j
         cdef RuleC* r
+        cdef CapC* c
         cdef int32_t next_target = 0
         assert self.number and self.zone is not None and self.calendar is not None and self.blacklist is not None
         assert self.rules != NULL and self.nrules >= 0
@@ -315,11 +323,14 @@ cdef class CPlan:
             assert self.weights[i] >= 0 and self.text_ends[i] >= (self.text_ends[i - 1] if i else 0)
         text = self._target(0, self.ntargets)
         assert self.text_ascii == all(t.isascii() for t in text)
-        assert self.ncaps == len(self.caps)
-        assert self.has_charges == any((<CCap>c).metric != M_CALLS for c in self.caps)
-        for c in self.caps:
-            assert (<CCap>c).key.startswith("tel400:{" + self.number + "}:cap:")
-            assert (<CCap>c).increment == (1 if (<CCap>c).metric == M_CALLS else 0)
+        assert self.ncaps == 0 or self.caps == <CapC*>(self.rules + self.nrules + 1)
+        assert self.has_charges == any(self.caps[i].metric != M_CALLS for i in range(self.ncaps))
+        for i in range(self.ncaps):
+            c = &self.caps[i]
+            assert type(<object>c.key) is str and (<str>c.key).startswith("tel400:{" + self.number + "}:cap:")
+            assert c.caller_prefix == NULL or <str>c.caller_prefix == <str>c.key + ":"
+            assert c.prompt != NULL and c.metric <= M_COST and c.per <= P_MONTH and c.channel <= CH_SMS
+            assert c.increment == (1 if c.metric == M_CALLS else 0)
         if self.outcomes is None:
             assert self.outcome_data == NULL
         else:
@@ -349,7 +360,7 @@ cdef class CPlan:
         """
         cdef int i, j
         cdef RuleC* r
-        cdef CCap c
+        cdef CapC* c
         cdef CBlacklist b = self.blacklist
         if self.number != described.number:
             return "number"
@@ -386,8 +397,10 @@ cdef class CPlan:
             return "default"
         if self.ncaps != len(described.caps) or self.has_charges != described.has_charges:
             return "caps"
-        for c, cap in zip(self.caps, described.caps):
-            if (c.key, c.caller_prefix, c.metric, c.per, c.limit, c.increment, c.prompt, c.channel, c.ttl) != \
+        for i, cap in enumerate(described.caps):
+            c = &self.caps[i]
+            if (<object>c.key, <object>c.caller_prefix if c.caller_prefix != NULL else None, c.metric, c.per, c.limit,
+                    c.increment, <object>c.prompt, c.channel, c.ttl) != \
                     (cap.key, cap.caller_prefix, _METRIC_CODES[cap.metric], _PER_CODES[cap.per], cap.limit,
                      cap.increment, cap.prompt, _CHANNEL_CODES[cap.channel], cap.ttl_s):
                 return f"cap {cap.key}"
@@ -655,14 +668,20 @@ cdef class Engine:
         # Rules, the ranges they point into and the targets share one block:
         # a plan's conditions are then one or two cache lines apart, not
         # anywhere, and a target costs its UTF-8 and 8 bytes, not a str.
-        block = (cp.nrules + 1) * sizeof(RuleC) + (pool_size + 2 * ntargets) * sizeof(int32_t) + text_size
+        caps = described.caps
+        block = (cp.nrules + 1) * sizeof(RuleC) + len(caps) * sizeof(CapC) \
+            + (pool_size + 2 * ntargets) * sizeof(int32_t) + text_size
         cp.rules = <RuleC*>PyMem_Malloc(block + 8)
         if cp.rules == NULL:
             raise MemoryError()
         for i in range(cp.nrules + 1):  # owned references: none until set (the dealloc reads them)
             cp.rules[i].action = NULL
             cp.rules[i].name = NULL
-        cp.pool = <int32_t*>(cp.rules + cp.nrules + 1)
+        cp.caps = <CapC*>(cp.rules + cp.nrules + 1)
+        for i in range(len(caps)):
+            cp.caps[i].key = cp.caps[i].caller_prefix = cp.caps[i].prompt = NULL
+        cp.ncaps = len(caps)
+        cp.pool = <int32_t*>(cp.caps + cp.ncaps)
         cp.pool_size = pool_size
         cp.weights = cp.pool + pool_size
         cp.text_ends = cp.weights + ntargets
@@ -727,8 +746,8 @@ cdef class Engine:
                 t += 1
             r.ntargets = t - r.first_target
         cp.rr_states = tuple(states) if states else None
-        cp.caps = tuple([_pack_cap(cap) for cap in described.caps])
-        cp.ncaps = len(cp.caps)
+        for i, cap in enumerate(caps):
+            _pack_cap(&cp.caps[i], cap)
         cp.has_charges = described.has_charges
         if cp.pin_gate is None:
             PyObject_GC_UnTrack(cp)  # nothing it holds can lead back to it (see CPlan)
@@ -885,7 +904,7 @@ cdef class Engine:
                                       province, number, caller_n, channel, call_id)
             if over >= 0:
                 counts[I_CAP_EXCEEDED] += 1
-                return _make_decision("reject", _EMPTY, self._applying_cap(plan, ch, over).prompt, "cap_exceeded",
+                return _make_decision("reject", _EMPTY, self._applying_cap_prompt(plan, ch, over), "cap_exceeded",
                                       rule_name, province, number, caller_n, channel, call_id)
 
         if call_id is not None and not dry:
@@ -912,13 +931,13 @@ cdef class Engine:
                     return True
         return False
 
-    cdef CCap _applying_cap(self, CPlan plan, int ch, int index):
-        """The ``index``-th cap that applies to the channel."""
-        cdef CCap cap
-        for cap in plan.caps:
-            if cap.channel == CH_ANY or cap.channel == ch:
+    cdef object _applying_cap_prompt(self, CPlan plan, int ch, int index):
+        """The prompt of the ``index``-th cap that applies to the channel."""
+        cdef int i
+        for i in range(plan.ncaps):
+            if plan.caps[i].channel == CH_ANY or plan.caps[i].channel == ch:
                 if index == 0:
-                    return cap
+                    return <object>plan.caps[i].prompt
                 index -= 1
         raise AssertionError("cap index out of range")
 
@@ -932,21 +951,22 @@ cdef class Engine:
         cdef int64_t limits[MAX_STACK_CAPS]
         cdef int64_t increments[MAX_STACK_CAPS]
         cdef int64_t ttls[MAX_STACK_CAPS]
-        cdef int n = 0
-        cdef CCap cap
+        cdef int n = 0, i
+        cdef CapC* cap
         cdef list owned = None
         if self.fast_counters is not None and plan.ncaps <= MAX_STACK_CAPS and not dry:
-            for cap in plan.caps:
+            for i in range(plan.ncaps):
+                cap = &plan.caps[i]
                 if cap.channel != CH_ANY and cap.channel != ch:
                     continue
-                if cap.caller_prefix is not None:
+                if cap.caller_prefix != NULL:
                     if owned is None:
                         owned = []
-                    key = cap.key_for(caller_key)
+                    key = _cap_key(cap, caller_key)
                     owned.append(key)  # keeps the borrowed pointer below alive
                     keys[n] = <PyObject*>key
                 else:
-                    keys[n] = <PyObject*>cap.key
+                    keys[n] = cap.key
                 periods[n] = _period(cap.per, lt)
                 limits[n] = cap.limit
                 increments[n] = cap.increment
@@ -959,10 +979,11 @@ cdef class Engine:
             except BackendError:
                 return self._backend_failed(plan, False)
         checks = []
-        for cap in plan.caps:
+        for i in range(plan.ncaps):
+            cap = &plan.caps[i]
             if cap.channel != CH_ANY and cap.channel != ch:
                 continue
-            checks.append(CapCheck(cap.key_for(caller_key), _period(cap.per, lt), cap.limit, cap.increment, cap.ttl))
+            checks.append(CapCheck(_cap_key(cap, caller_key), _period(cap.per, lt), cap.limit, cap.increment, cap.ttl))
         if not checks:
             return -1
         try:
@@ -978,14 +999,16 @@ cdef class Engine:
 
     cdef _remember(self, CPlan plan, call_id, caller_n, str caller_key, int province_index, tuple targets,
                    int ch, str channel, LocalTime* lt):
-        cdef CCap cap
+        cdef CapC* cap
+        cdef int i
         charges = ()
         if plan.has_charges:
-            charges = tuple([
-                (cap.metric_name, cap.key_for(caller_key), _period(cap.per, lt), cap.ttl)
-                for cap in plan.caps
-                if cap.metric != M_CALLS and (cap.channel == CH_ANY or cap.channel == ch)
-            ])
+            kept = []
+            for i in range(plan.ncaps):
+                cap = &plan.caps[i]
+                if cap.metric != M_CALLS and (cap.channel == CH_ANY or cap.channel == ch):
+                    kept.append((_METRIC_NAMES[cap.metric], _cap_key(cap, caller_key), _period(cap.per, lt), cap.ttl))
+            charges = tuple(kept)
         self.calls.remember(CallRecord(
             str(call_id), plan.number, caller_n, province_index, targets, channel, lt.ts,
             plan.tariff, charges, plan.fail_open,
@@ -1104,19 +1127,25 @@ cdef CAction _pack_action(described):
     return a
 
 
-cdef CCap _pack_cap(described):
-    cdef CCap c = CCap()
-    c.key = described.key
-    c.caller_prefix = described.caller_prefix
+cdef int _pack_cap(CapC* c, described) except -1:
+    """Fill a plan's CapC from a CompiledCap (its strings owned by the plan)."""
+    key, prefix, prompt = described.key, described.caller_prefix, described.prompt
+    if type(key) is not str or (prefix is not None and type(prefix) is not str) or type(prompt) is not str:
+        raise TypeError("a compiled cap's key, caller prefix and prompt are strings")
     c.metric = _METRIC_CODES[described.metric]
-    c.metric_name = described.metric
     c.per = _PER_CODES[described.per]
+    c.channel = _CHANNEL_CODES[described.channel]
     c.limit = described.limit
     c.increment = described.increment
-    c.prompt = described.prompt
-    c.channel = _CHANNEL_CODES[described.channel]
     c.ttl = described.ttl_s
-    return c
+    Py_INCREF(key)
+    c.key = <PyObject*>key
+    Py_INCREF(prompt)
+    c.prompt = <PyObject*>prompt
+    if prefix is not None:
+        Py_INCREF(prefix)
+        c.caller_prefix = <PyObject*>prefix
+    return 0
 
 
 cdef inline bint _in_slot(int32_t start, int32_t end, int minute) noexcept nogil:
