@@ -195,3 +195,24 @@ def test_selectors_past_the_stack_arrays_match_the_reference(n, data):
     assert _select.Sequential(targets, weights).order("x", rng) == _select_py.Sequential(targets, weights).order("x", None)
     picked = _select.Weighted(targets, weights).order("x", rng)
     assert picked == failover_after(picked[0], targets, weights) and weights[targets.index(picked[0])]
+
+
+@pytest.mark.parametrize("source", ["kept", "gone"])
+def test_dry_runs_leave_the_round_robin_where_it_was(source):
+    """Traced (the plan read back) or decided by the packed entry (the plan gone from the source): no advance."""
+    tree = bridge_tree("round_robin", ["13900000001", "13900000002", "13900000003"], [3, 2, 1])
+    plans = plans_from(tree)
+    expected = None
+    for engine in engines_of(plans):
+        if source == "gone":
+            engine.shared.plan_source = {}.get
+        picks = []
+        for _ in range(6):
+            for _ in range(3):
+                dry = engine.route("4001012345", BJ, TUESDAY_10, "voice", None, None, False, True)
+                assert dry.targets[0] == engine.route("4001012345", BJ, TUESDAY_10, "voice", None, None, True, True).targets[0]
+            picks.append(engine.route("4001012345", BJ, at=TUESDAY_10).targets)
+        assert [p[0] for p in picks] == ["13900000001", "13900000002", "13900000001", "13900000003", "13900000002",
+                                         "13900000001"]  # smooth weighted round robin of 3/2/1
+        assert expected is None or picks == expected
+        expected = picks
