@@ -3,11 +3,12 @@
 
 A number's plan is compiled by ``tel400.compiler`` (the step both engines
 share) and its description packed here into C structs (rules with province
-bit masks, weekday masks, minute slots and date ranges; blacklist prefixes as
-sorted integers; caps with their keys); nothing about what a plan means is
+bit masks, weekday masks, minute slots and date ranges, bridge targets as
+UTF-8 with their weights, caps with their keys: one block per plan;
+blacklist prefixes as sorted integers); nothing about what a plan means is
 decided here.  A call walks them touching Python objects only to read
 its arguments, to look the dialed number up in one dict, and to build the
-``Decision``.  The order of checks and every choice are the reference's; a
+``Decision`` (its targets made from the block: ``_packed_order``).  The order of checks and every choice are the reference's; a
 property test holds the two to the same decisions.
 
 ``explain`` and dry runs go to a reference engine for the one plan
