@@ -448,6 +448,13 @@ cdef tuple _packed_order(CPlan plan, RuleC* r, str caller_key, FastRandom rng, b
     cdef int64_t* current = NULL
     cdef uint64_t h = 0
     cdef tuple result
+    if n == 1:  # most rules: nothing to choose (select_order would answer the same), only the tuple to make
+        text = _target_text(plan, first)
+        result = PyTuple_New(1)
+        Py_INCREF(text)
+        PyTuple_SET_ITEM(result, 0, text)
+        PyObject_GC_UnTrack(result)
+        return result
     if n > STACK_TARGETS:
         out = <int*>PyMem_Malloc(n * (sizeof(int) + sizeof(uint64_t)) + 8)
         if out == NULL:
