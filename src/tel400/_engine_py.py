@@ -160,7 +160,12 @@ class Engine:
 
         def done(action, targets, prompt, reason, rule):
             if not dry_run:
-                counts = plan.outcomes if plan is not None else self.unknown_outcomes
+                if plan is None:
+                    counts = self.unknown_outcomes
+                else:
+                    counts = plan.outcomes
+                    if counts is None:  # the number's first counted decision (kept over reloads in shared)
+                        counts = plan.outcomes = shared.outcome_counts(plan.number)
                 counts[OUTCOME_INDEX[(action, reason)]] += 1
             number = plan.number if plan is not None else dialed_n
             return _new_decision(Decision, (action, targets, prompt, reason, rule, province, number, caller_n,

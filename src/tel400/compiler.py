@@ -289,7 +289,7 @@ class CompiledPlan:
         assert isinstance(self.blacklist, Blacklist)
         for n, values in self.blacklist.groups:
             assert n in self.blacklist.lengths and list(values) == sorted(values)
-        assert isinstance(self.outcomes, array.array) and len(self.outcomes) == len(OUTCOMES)
+        assert self.outcomes is None or (isinstance(self.outcomes, array.array) and len(self.outcomes) == len(OUTCOMES))
         assert isinstance(self.rules, tuple)
         for rule in self.rules:
             assert isinstance(rule, CompiledRule) and rule.channel in CHANNELS
@@ -388,7 +388,7 @@ class Compiler:
         cp.fail_open = plan.on_backend_error == "allow"
         cp.pin_gate = pin_gate(plan, self.shared, pin_checks)
         cp.tariff = plan.tariff
-        cp.outcomes = self.shared.outcome_counts(number)
+        cp.outcomes = None  # made at the number's first counted decision (Shared.outcome_counts)
         cp.rules = self._compiled_rules(self, number, plan.rules, prompts, rr_states)
         cp.default = self._action(number, plan.default, None, prompts, rr_states)
         caps = cp.caps = self._caps(number, plan.caps, prompts) if plan.caps else ()

@@ -3,11 +3,12 @@
 
 A number's plan is compiled by ``tel400.compiler`` (the step both engines
 share) and its description packed here into C structs (rules with province
-bit masks, weekday masks, minute slots and date ranges; blacklist prefixes as
-sorted integers; caps with their keys); nothing about what a plan means is
+bit masks, weekday masks, minute slots and date ranges, bridge targets as
+UTF-8 with their weights, caps with their keys: one block per plan;
+blacklist prefixes as sorted integers); nothing about what a plan means is
 decided here.  A call walks them touching Python objects only to read
 its arguments, to look the dialed number up in one dict, and to build the
-``Decision``.  The order of checks and every choice are the reference's; a
+``Decision`` (its targets made from the block: ``_packed_order``).  The order of checks and every choice are the reference's; a
 property test holds the two to the same decisions.
 
 ``explain`` and dry runs go to a reference engine for the one plan
@@ -29,17 +30,18 @@ from collections import OrderedDict
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.ref cimport Py_INCREF, PyObject
-from cpython.tuple cimport PyTuple_SET_ITEM
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython cimport array
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
+from libc.string cimport memcpy
 
 from ._clock cimport CalendarTable, LocalTime, ZoneTable, calendar_table, zone_table
 from ._counters cimport CCounters as FastCounters
 from ._numbers cimport c_normalize_or_none
 from ._segments cimport IntervalLookup
-from ._select cimport FastRandom, RoundRobin, Selector, Sequential, Sticky, Weighted
+from ._select cimport S_ROUND_ROBIN, S_STICKY, STACK_TARGETS, FastRandom, fnv1a64, fnv_of, select_order
 
 from .. import _engine_py, limits, provinces
 from ..billing import CallRecord
@@ -49,7 +51,7 @@ from ..counters import CapCheck
 from ..outcomes import OUTCOME_INDEX, UNKNOWN_LABEL
 from ..decision import Decision, Step
 from ..exceptions import BackendError, PlanError
-from ._select import make_selector
+from ._select import make_selector, strategy_code
 
 cdef double _AT_MIN = AT_MIN
 cdef double _AT_MAX = AT_MAX
@@ -70,6 +72,9 @@ cdef extern from *:
     """
     object tel400_alloc_tuple(object type, Py_ssize_t n)
     void PyObject_GC_UnTrack(object o)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object o)
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
 
 cdef enum:
     CH_ANY = 0
@@ -100,6 +105,7 @@ cdef enum:
 cdef dict _CHANNEL_CODES = {"any": CH_ANY, "voice": CH_VOICE, "sms": CH_SMS}
 cdef dict _KIND_CODES = {"bridge": K_BRIDGE, "reject": K_REJECT, "queue": K_QUEUE, "conference": K_CONFERENCE}
 cdef tuple _KIND_NAMES = ("bridge", "reject", "queue", "conference")
+cdef tuple _METRIC_NAMES = ("calls", "minutes", "cost")
 cdef dict _PER_CODES = {"hour": P_HOUR, "day": P_DAY, "week": P_WEEK, "month": P_MONTH}
 cdef dict _METRIC_CODES = {"calls": M_CALLS, "minutes": M_MINUTES, "cost": M_COST}
 cdef tuple _EMPTY = ()
@@ -123,11 +129,15 @@ cdef dict _OUTCOME_OF_REASON = {
 
 
 cdef struct RuleC:
-    # 40 bytes: a plan's rules are scanned in order, so keep them dense.
-    PyObject* action         # the rule's CAction (owned by CPlan.rule_actions)
+    # 56 bytes: a plan's rules are scanned in order, so keep them dense.
+    PyObject* action         # the rule's CAction, owned: shared by every rule alike (all bridges share one)
+    PyObject* name           # the rule's name, owned (the engine's one copy of equal names); NULL: the default
     uint64_t provinces       # a bit per province index; every bit set when the rule names none
     int32_t date_offset      # into the plan's int32 pool: start, end, start, end …
     int32_t slot_offset      # into the pool: start minute, end minute …
+    int32_t first_target     # a bridge's first target in the plan's target arrays
+    int32_t ntargets         # a bridge's targets (0: not a bridge)
+    int32_t rr_index         # round robin: its state in CPlan.rr_states (else -1)
     uint16_t ndates          # 0: no date condition
     uint16_t nslots          # 0: no time condition
     uint8_t channel
@@ -135,6 +145,7 @@ cdef struct RuleC:
     uint8_t weekdays
     uint8_t workday
     uint8_t holiday
+    uint8_t strategy         # a bridge's strategy (_select's S_* codes)
 
 
 cdef struct PrefixGroup:
@@ -145,33 +156,39 @@ cdef struct PrefixGroup:
 
 @cython.no_gc
 cdef class CAction:
-    """A CompiledAction packed: holds strings, a selector and a tuple, never itself (no cycle: no GC)."""
+    """What a CompiledAction does, without its targets: strings and a tuple, never itself (no cycle: no GC).
+
+    Shared: one per distinct reject, queue or conference action (the
+    compiler shares those), and one, ``_BRIDGE``, for every bridge: a
+    bridge's targets, weights and strategy are packed in its plan's block.
+    """
     cdef int kind
     cdef bint connects
     cdef str kind_name
     cdef str reason
     cdef int outcome
     cdef object prompt
-    cdef Selector selector
     cdef tuple fixed
 
 
-@cython.no_gc
-cdef class CCap:
-    """A CompiledCap packed (strings and numbers only: no GC)."""
-    cdef str key
-    cdef object caller_prefix    # None: number-wide; else the key of a caller is this + the caller
-    cdef int metric
-    cdef str metric_name
-    cdef int per
-    cdef int64_t limit
-    cdef int64_t increment
-    cdef object prompt
-    cdef int channel
-    cdef int64_t ttl
+cdef struct CapC:
+    # 56 bytes, in the plan's block after its rules: a CompiledCap packed.
+    PyObject* key            # owned str: the counter key (number-wide), or the per-caller prefix's base
+    PyObject* caller_prefix  # owned str, or NULL for a number-wide cap: the key of a caller is this + the caller
+    PyObject* prompt         # owned (a str)
+    int64_t limit
+    int64_t increment
+    int64_t ttl
+    uint8_t metric
+    uint8_t per
+    uint8_t channel
 
-    cdef inline str key_for(self, str caller_key):
-        return self.key if self.caller_prefix is None else <str>self.caller_prefix + caller_key
+
+cdef inline str _cap_key(CapC* cap, str caller_key):
+    """The counter key of a call from ``caller_key`` (CompiledCap.key_for)."""
+    if cap.caller_prefix == NULL:
+        return <str>cap.key
+    return <str>cap.caller_prefix + caller_key
 
 
 @cython.no_gc
@@ -220,6 +237,15 @@ cdef CBlacklist _pack_blacklist(blacklist):
 cdef class CPlan:
     """One number's CompiledPlan packed into C structs.
 
+    One block holds the rules (``nrules`` + 1: the last is the default, its
+    conditions unused), the int32 pool of their date ranges and minute
+    slots, and every bridge's targets: weights (int32, listed order), the
+    end offset of each target's text and the texts themselves, UTF-8
+    back to back.  A decision's targets tuple is made from it per call
+    (:func:`_packed_order`), so a plan keeps no Python string per target
+    and no tuple per pick.  Round-robin states stay ``array('q')`` objects
+    (``rr_states``), since they are kept over reloads.
+
     A plan without a PIN gate cannot reach itself again, so it is untracked
     from the cyclic GC once packed (a million of them add nothing to a
     collection's walk); one with a PIN gate stays tracked, since the gate
@@ -238,28 +264,42 @@ cdef class CPlan:
     cdef int nrules
     cdef int32_t* pool
     cdef Py_ssize_t pool_size
-    cdef tuple rule_names
-    cdef tuple rule_actions
-    cdef CAction default
-    cdef tuple caps
+    cdef int32_t* weights            # every bridge's targets, rule after rule
+    cdef int32_t* text_ends          # target i's UTF-8 is text[text_ends[i - 1] (0 for i = 0) : text_ends[i]]
+    cdef char* text
+    cdef int32_t ntargets
+    cdef bint text_ascii             # every target is ASCII (its str is then made with a memcpy)
+    cdef tuple rr_states             # the round-robin rules' states (None: no round robin)
+    cdef CapC* caps                  # in the block, after the rules
     cdef int ncaps
     cdef bint has_charges
-    cdef array.array outcomes
+    cdef array.array outcomes        # None until the number's first counted decision
     cdef int64_t* outcome_data
 
     def __dealloc__(self):
-        PyMem_Free(self.rules)  # the pool lives in the same block
+        cdef int i
+        if self.rules != NULL:
+            for i in range(self.nrules + 1):
+                Py_XDECREF(self.rules[i].action)
+                Py_XDECREF(self.rules[i].name)
+            for i in range(self.ncaps):
+                Py_XDECREF(self.caps[i].key)
+                Py_XDECREF(self.caps[i].caller_prefix)
+                Py_XDECREF(self.caps[i].prompt)
+        PyMem_Free(self.rules)  # the pool and the targets live in the same block
 
     def _check(self):
         """Assert the packing's invariants (tests call it after every compile).  O(this plan)."""
         cdef int i, j
         cdef RuleC* r
+        cdef CapC* c
+        cdef int32_t next_target = 0
         assert self.number and self.zone is not None and self.calendar is not None and self.blacklist is not None
-        assert self.nrules == len(self.rule_names) == len(self.rule_actions)
-        assert self.nrules == 0 or self.rules != NULL
-        for i in range(self.nrules):
+        assert self.rules != NULL and self.nrules >= 0
+        for i in range(self.nrules + 1):
             r = &self.rules[i]
-            assert r.action == <PyObject*>self.rule_actions[i]
+            assert r.action != NULL and isinstance(<object>r.action, CAction)
+            assert (r.name == NULL) == (i == self.nrules) and (r.name == NULL or type(<object>r.name) is str)
             assert r.channel in (CH_ANY, CH_VOICE, CH_SMS) and r.weekdays < 128
             assert 0 <= r.date_offset and r.date_offset + 2 * r.ndates <= self.pool_size
             assert 0 <= r.slot_offset and r.slot_offset + 2 * r.nslots <= self.pool_size
@@ -267,19 +307,43 @@ cdef class CPlan:
                 assert 0 <= self.pool[r.slot_offset + 2 * j] < 1440 and 0 <= self.pool[r.slot_offset + 2 * j + 1] < 1440
             for j in range(r.ndates):
                 assert self.pool[r.date_offset + 2 * j] <= self.pool[r.date_offset + 2 * j + 1]
-        for action in self.rule_actions + (self.default,):
+            action = <CAction>r.action
             _check_action(action)
-        assert self.ncaps == len(self.caps)
-        assert self.has_charges == any((<CCap>c).metric != M_CALLS for c in self.caps)
-        for c in self.caps:
-            assert (<CCap>c).key.startswith("tel400:{" + self.number + "}:cap:")
-            assert (<CCap>c).increment == (1 if (<CCap>c).metric == M_CALLS else 0)
-        assert self.outcome_data == <int64_t*>self.outcomes.data.as_longlongs
-        assert len(self.outcomes) == len(OUTCOME_INDEX)
+            assert (r.ntargets > 0) == (action.kind == K_BRIDGE) and (action.kind != K_BRIDGE or action is _BRIDGE)
+            if r.ntargets:  # a bridge's targets follow the previous bridge's
+                assert r.first_target == next_target and r.strategy <= S_STICKY
+                assert any(self.weights[r.first_target + j] > 0 for j in range(r.ntargets))
+                next_target += r.ntargets
+            assert (r.rr_index >= 0) == (r.ntargets > 0 and r.strategy == S_ROUND_ROBIN)
+            if r.rr_index >= 0:
+                state = self.rr_states[r.rr_index]
+                assert isinstance(state, array.array) and state.typecode == "q" and len(state) == r.ntargets
+        assert next_target == self.ntargets
+        assert (self.rr_states is None) == all(self.rules[i].rr_index < 0 for i in range(self.nrules + 1))
+        for i in range(self.ntargets):
+            assert self.weights[i] >= 0 and self.text_ends[i] >= (self.text_ends[i - 1] if i else 0)
+        text = self._target(0, self.ntargets)
+        assert self.text_ascii == all(t.isascii() for t in text)
+        assert self.ncaps == 0 or self.caps == <CapC*>(self.rules + self.nrules + 1)
+        assert self.has_charges == any(self.caps[i].metric != M_CALLS for i in range(self.ncaps))
+        for i in range(self.ncaps):
+            c = &self.caps[i]
+            assert type(<object>c.key) is str and (<str>c.key).startswith("tel400:{" + self.number + "}:cap:")
+            assert c.caller_prefix == NULL or <str>c.caller_prefix == <str>c.key + ":"
+            assert c.prompt != NULL and c.metric <= M_COST and c.per <= P_MONTH and c.channel <= CH_SMS
+            assert c.increment == (1 if c.metric == M_CALLS else 0)
+        if self.outcomes is None:
+            assert self.outcome_data == NULL
+        else:
+            assert self.outcome_data == <int64_t*>self.outcomes.data.as_longlongs
+            assert len(self.outcomes) == len(OUTCOME_INDEX)
         for g in range(self.blacklist.n_groups):
             for j in range(1, self.blacklist.groups[g].count):
                 assert self.blacklist.groups[g].values[j - 1] < self.blacklist.groups[g].values[j]
 
+    cdef tuple _target(self, int32_t first, int32_t n):
+        """Targets ``first`` .. ``first + n - 1`` as strings, in listed order (checks and comparisons)."""
+        return tuple([_target_text(self, first + i) for i in range(n)])
 
     def _check_against(self, described):
         """Assert that this packs ``described`` (a CompiledPlan): tests call it after compiling."""
@@ -289,15 +353,15 @@ cdef class CPlan:
     cdef str _differs(self, described):
         """The first part in which this does not pack ``described``, or ``None`` when it packs it.
 
-        Compares every part a decision depends on (conditions, actions with
-        their selectors' targets and weights, caps, blacklist, prompts, PIN,
-        zone, calendar), not where state is kept (round-robin positions,
-        statistics).  Explain uses it to trace only the plan an entry was
-        compiled from.  O(this plan).
+        Compares every part a decision depends on (conditions, rule names,
+        actions with their targets' text, weights and strategy, caps,
+        blacklist, prompts, PIN, zone, calendar), not where state is kept
+        (round-robin positions, statistics).  Explain uses it to trace only
+        the plan an entry was compiled from.  O(this plan).
         """
         cdef int i, j
         cdef RuleC* r
-        cdef CCap c
+        cdef CapC* c
         cdef CBlacklist b = self.blacklist
         if self.number != described.number:
             return "number"
@@ -319,7 +383,7 @@ cdef class CPlan:
             return "rules"
         for i, rule in enumerate(described.rules):
             r = &self.rules[i]
-            if (self.rule_names[i], r.channel, r.provinces, r.has_days, r.weekdays, r.workday, r.holiday) != \
+            if (<object>r.name, r.channel, r.provinces, r.has_days, r.weekdays, r.workday, r.holiday) != \
                     (rule.name, _CHANNEL_CODES[rule.channel], <uint64_t>rule.province_mask, rule.has_days,
                      rule.weekdays, rule.workday, rule.holiday):
                 return f"rule {i}"
@@ -328,18 +392,100 @@ cdef class CPlan:
                     [(self.pool[r.slot_offset + 2 * j], self.pool[r.slot_offset + 2 * j + 1]) for j in range(r.nslots)] \
                     != [tuple(t) for t in rule.slots]:
                 return f"rule {i}'s dates or time"
-            if not _same_action(<CAction>self.rule_actions[i], rule.action):
+            if not self._same_action(r, rule.action):
                 return f"rule {i}'s action"
-        if not _same_action(self.default, described.default):
+        if not self._same_action(&self.rules[self.nrules], described.default):
             return "default"
         if self.ncaps != len(described.caps) or self.has_charges != described.has_charges:
             return "caps"
-        for c, cap in zip(self.caps, described.caps):
-            if (c.key, c.caller_prefix, c.metric, c.per, c.limit, c.increment, c.prompt, c.channel, c.ttl) != \
+        for i, cap in enumerate(described.caps):
+            c = &self.caps[i]
+            if (<object>c.key, <object>c.caller_prefix if c.caller_prefix != NULL else None, c.metric, c.per, c.limit,
+                    c.increment, <object>c.prompt, c.channel, c.ttl) != \
                     (cap.key, cap.caller_prefix, _METRIC_CODES[cap.metric], _PER_CODES[cap.per], cap.limit,
                      cap.increment, cap.prompt, _CHANNEL_CODES[cap.channel], cap.ttl_s):
                 return f"cap {cap.key}"
         return None
+
+    cdef bint _same_action(self, RuleC* r, described) except -1:
+        """A packed rule's action against the description's: what it does and, for a bridge, what it picks from."""
+        cdef CAction a = <CAction>r.action
+        if (a.kind_name, a.reason, a.outcome, a.prompt, a.fixed) != \
+                (described.kind, described.reason, described.outcome, described.prompt, described.fixed):
+            return False
+        selector = described.selector
+        if selector is None:
+            return r.ntargets == 0
+        return (r.strategy, self._target(r.first_target, r.ntargets),
+                tuple([self.weights[r.first_target + j] for j in range(r.ntargets)])) == \
+               (strategy_code(selector.strategy), tuple(selector.targets), tuple(selector.weights))
+
+
+cdef inline str _target_text(CPlan plan, int32_t i):
+    """Target ``i`` of a packed plan as a new str: a memcpy when the plan's targets are ASCII.  O(its length)."""
+    cdef int32_t start = plan.text_ends[i - 1] if i else 0
+    cdef Py_ssize_t n = plan.text_ends[i] - start
+    if plan.text_ascii:
+        text = PyUnicode_New(n, 127)
+        memcpy(PyUnicode_DATA(text), plan.text + start, n)
+        return text
+    return PyUnicode_DecodeUTF8(plan.text + start, n, NULL)
+
+
+cdef tuple _packed_order(CPlan plan, RuleC* r, str caller_key, FastRandom rng, bint advance):
+    """A bridge rule's targets, the pick first (select_order on the plan's block), as a new tuple.
+
+    O(targets): the order, then a str per target made from its UTF-8
+    (tens of nanoseconds each); allocates scratch only past STACK_TARGETS.
+    """
+    cdef int stack_out[STACK_TARGETS]
+    cdef uint64_t stack_seeds[STACK_TARGETS]
+    cdef int* out = stack_out
+    cdef uint64_t* seeds = NULL
+    cdef int32_t n = r.ntargets, first = r.first_target, k, start
+    cdef const int32_t* weights = plan.weights + first
+    cdef int64_t total = 0
+    cdef int64_t* current = NULL
+    cdef uint64_t h = 0
+    cdef tuple result
+    if n == 1:  # most rules: nothing to choose (select_order would answer the same), only the tuple to make
+        text = _target_text(plan, first)
+        result = PyTuple_New(1)
+        Py_INCREF(text)
+        PyTuple_SET_ITEM(result, 0, text)
+        PyObject_GC_UnTrack(result)
+        return result
+    if n > STACK_TARGETS:
+        out = <int*>PyMem_Malloc(n * (sizeof(int) + sizeof(uint64_t)) + 8)
+        if out == NULL:
+            raise MemoryError()
+    try:
+        for k in range(n):
+            total += weights[k]
+        if r.strategy == S_STICKY:
+            h = fnv_of(caller_key)
+            if n <= STACK_TARGETS:
+                seeds = &stack_seeds[0]
+            else:
+                seeds = <uint64_t*>(out + n + (n & 1))
+            for k in range(n):
+                start = plan.text_ends[first + k - 1] if first + k else 0
+                seeds[k] = fnv1a64(plan.text + start, plan.text_ends[first + k] - start)
+        elif r.strategy == S_ROUND_ROBIN:
+            current = <int64_t*>(<array.array>plan.rr_states[r.rr_index]).data.as_longlongs
+        select_order(r.strategy, weights, seeds, n, total, current, h, rng, advance, out)
+        result = PyTuple_New(n)
+        for k in range(n):
+            text = _target_text(plan, first + out[k])
+            Py_INCREF(text)
+            PyTuple_SET_ITEM(result, k, text)
+        # Strings only: no cycle can pass through it.  Untracked, a call
+        # allocates no GC-tracked object (they would trigger collections).
+        PyObject_GC_UnTrack(result)
+        return result
+    finally:
+        if out != stack_out:
+            PyMem_Free(out)
 
 
 cdef bint _same_pin(packed, described) except -1:
@@ -348,33 +494,10 @@ cdef bint _same_pin(packed, described) except -1:
     return packed.check.same_pin(described.check)
 
 
-cdef bint _same_action(CAction a, described) except -1:
-    return (a.kind_name, a.reason, a.outcome, a.prompt, a.fixed) == \
-           (described.kind, described.reason, described.outcome, described.prompt, described.fixed) and \
-           _selector_key(a.selector) == _selector_key(described.selector)
-
-
-cdef tuple _selector_key(Selector s):
-    """What a selector picks from: its strategy, targets (in every pick's order) and weights (not its state)."""
-    cdef int i
-    if s is None:
-        return None
-    if isinstance(s, Sequential):
-        return ("sequential", (<Sequential>s)._order)
-    if isinstance(s, Weighted):
-        w = <Weighted>s
-        return ("weighted", w._orders, tuple([(w._cumulative[i], w._indexes[i]) for i in range(w._count)]))
-    if isinstance(s, RoundRobin):
-        rr = <RoundRobin>s
-        return ("round_robin", rr._orders, tuple([rr._weights[i] for i in range(rr._n)]))
-    st = <Sticky>s
-    return ("sticky", st._targets, tuple([st._weights[i] for i in range(st._n)]))
-
-
 cdef _check_action(CAction a):
     assert a.kind_name == _KIND_NAMES[a.kind] and a.outcome == OUTCOME_INDEX[(a.kind_name, a.reason)]
     assert a.connects == (a.kind != K_REJECT)
-    assert (a.selector is not None) == (a.kind == K_BRIDGE)
+    assert (a.kind == K_BRIDGE) == (a.fixed == ()) or a.kind == K_REJECT
 
 
 cdef inline int64_t _period(int per, LocalTime* t) noexcept nogil:
@@ -455,6 +578,7 @@ cdef class Engine:
     cdef readonly object tracers
     cdef object unknown_tracer
     cdef dict calendar_tables       # id(OfficialCalendar) -> (that calendar, its CalendarTable)
+    cdef dict names                 # rule name -> the one copy the packed plans hold (see _name)
 
     def __init__(self, plans, prefixes, shared):
         self.settings = _engine_py.settings_of(plans)
@@ -474,6 +598,7 @@ cdef class Engine:
         self.unknown_tracer = None
         self.dry_outcomes = array.array("q", bytes(8 * len(OUTCOME_INDEX)))
         self.calendar_tables = {}
+        self.names = {}
         self.compiler = Compiler(self.settings, shared, make_selector, self.rr_states, self.pin_checks)
         compiled = {}
         for plan in plans.numbers:
@@ -496,12 +621,27 @@ cdef class Engine:
             entry = self.calendar_tables[id(calendar)] = (calendar, calendar_table(calendar))
         return (<tuple>entry)[1]
 
+    cdef object _name(self, name):
+        """The engine's one copy of a rule name (equal names of many numbers share it).
+
+        At most ``Compiler.SHARED_PIECES`` names are kept; a full table is
+        emptied, like the compiler's caches.  O(1).
+        """
+        kept = self.names.get(name)
+        if kept is None:
+            if len(self.names) >= self.compiler.SHARED_PIECES:
+                self.names.clear()
+            self.names[name] = kept = name
+        return kept
+
     cdef CPlan _pack(self, described):
-        """Pack a :class:`tel400.compiler.CompiledPlan` into C structs.  O(this plan)."""
+        """Pack a :class:`tel400.compiler.CompiledPlan` into C structs (see CPlan).  O(this plan)."""
         cdef CPlan cp = CPlan()
         cdef RuleC* r
         cdef int i, pos
-        cdef Py_ssize_t pool_size = 0
+        cdef int32_t t, k
+        cdef Py_ssize_t pool_size = 0, ntargets = 0, text_size = 0, n, block
+        cdef const char* data
         cp.number = described.number
         cp.zone = zone_table(described.timezone)
         cp.calendar = self._calendar_table(described.calendar)
@@ -515,21 +655,46 @@ cdef class Engine:
         cp.fail_open = described.fail_open
         cp.tariff = described.tariff
         cp.outcomes = described.outcomes
-        cp.outcome_data = <int64_t*>cp.outcomes.data.as_longlongs
+        if cp.outcomes is not None:
+            cp.outcome_data = <int64_t*>cp.outcomes.data.as_longlongs
 
         rules = described.rules
         cp.nrules = len(rules)
+        actions = [rule.action for rule in rules]
+        actions.append(described.default)
+        cp.text_ascii = True
         for rule in rules:
             pool_size += 2 * (len(rule.date_ranges) + len(rule.slots))
-        # Rules and the ranges they point into share one block: a plan's
-        # conditions are then one or two cache lines apart, not anywhere.
-        cp.rules = <RuleC*>PyMem_Malloc(cp.nrules * sizeof(RuleC) + pool_size * sizeof(int32_t) + 8)
+        for action in actions:
+            if action.selector is not None:
+                for target in action.selector.targets:
+                    PyUnicode_AsUTF8AndSize(target, &n)
+                    text_size += n
+                    ntargets += 1
+                    if not (<str>target).isascii():
+                        cp.text_ascii = False
+        # Rules, the ranges they point into and the targets share one block:
+        # a plan's conditions are then one or two cache lines apart, not
+        # anywhere, and a target costs its UTF-8 and 8 bytes, not a str.
+        caps = described.caps
+        block = (cp.nrules + 1) * sizeof(RuleC) + len(caps) * sizeof(CapC) \
+            + (pool_size + 2 * ntargets) * sizeof(int32_t) + text_size
+        cp.rules = <RuleC*>PyMem_Malloc(block + 8)
         if cp.rules == NULL:
             raise MemoryError()
-        cp.pool = <int32_t*>(cp.rules + cp.nrules)
+        for i in range(cp.nrules + 1):  # owned references: none until set (the dealloc reads them)
+            cp.rules[i].action = NULL
+            cp.rules[i].name = NULL
+        cp.caps = <CapC*>(cp.rules + cp.nrules + 1)
+        for i in range(len(caps)):
+            cp.caps[i].key = cp.caps[i].caller_prefix = cp.caps[i].prompt = NULL
+        cp.ncaps = len(caps)
+        cp.pool = <int32_t*>(cp.caps + cp.ncaps)
         cp.pool_size = pool_size
-        names = []
-        actions = []
+        cp.weights = cp.pool + pool_size
+        cp.text_ends = cp.weights + ntargets
+        cp.text = <char*>(cp.text_ends + ntargets)
+        cp.ntargets = ntargets
         pos = 0
         for i, rule in enumerate(rules):
             r = &cp.rules[i]
@@ -551,19 +716,57 @@ cdef class Engine:
                 cp.pool[pos] = start
                 cp.pool[pos + 1] = end
                 pos += 2
-            names.append(rule.name)
-            action = _pack_action(rule.action)
-            actions.append(action)
-            r.action = <PyObject*>action
-        cp.rule_names = tuple(names)
-        cp.rule_actions = tuple(actions)
-        cp.default = _pack_action(described.default)
-        cp.caps = tuple([_pack_cap(cap) for cap in described.caps])
-        cp.ncaps = len(cp.caps)
+            name = self._name(rule.name)
+            Py_INCREF(name)
+            r.name = <PyObject*>name
+        r = &cp.rules[cp.nrules]  # the default: matches whatever reaches it
+        r.channel = CH_ANY
+        r.provinces = 0xFFFFFFFFFFFFFFFFULL
+        r.date_offset = r.slot_offset = 0
+        r.ndates = r.nslots = 0
+        r.has_days = r.weekdays = r.workday = r.holiday = 0
+        states = []
+        t = 0
+        text_size = 0
+        for i, action in enumerate(actions):
+            r = &cp.rules[i]
+            packed = _pack_action(action)
+            Py_INCREF(packed)
+            r.action = <PyObject*>packed
+            r.first_target = t
+            r.ntargets = 0
+            r.rr_index = -1
+            r.strategy = 0
+            selector = action.selector
+            if selector is None:
+                continue
+            r.strategy = strategy_code(selector.strategy)
+            if r.strategy == S_ROUND_ROBIN:
+                r.rr_index = len(states)
+                states.append(selector.state)
+            weights = selector.weights
+            for k, target in enumerate(selector.targets):
+                data = PyUnicode_AsUTF8AndSize(target, &n)
+                memcpy(cp.text + text_size, data, n)
+                text_size += n
+                cp.text_ends[t] = text_size
+                cp.weights[t] = weights[k]
+                t += 1
+            r.ntargets = t - r.first_target
+        cp.rr_states = tuple(states) if states else None
+        for i, cap in enumerate(caps):
+            _pack_cap(&cp.caps[i], cap)
         cp.has_charges = described.has_charges
         if cp.pin_gate is None:
             PyObject_GC_UnTrack(cp)  # nothing it holds can lead back to it (see CPlan)
         return cp
+
+    cdef int64_t* _counts(self, CPlan plan) except NULL:
+        """The number's decision counters, made (or found: kept over reloads) at its first counted decision.  O(1)."""
+        if plan.outcome_data == NULL:
+            plan.outcomes = self.shared.outcome_counts(plan.number)
+            plan.outcome_data = <int64_t*>plan.outcomes.data.as_longlongs
+        return plan.outcome_data
 
     # -- the decision ---------------------------------------------------------
 
@@ -584,6 +787,7 @@ cdef class Engine:
         cdef timespec now
         cdef int i, j, workday = -1
         cdef RuleC* r
+        cdef RuleC* chosen = NULL
         cdef bint ok
         cdef CAction action
         cdef object rule_name = None
@@ -622,7 +826,7 @@ cdef class Engine:
                                       province, dialed_n, caller_n, channel, call_id)
         plan = <CPlan>found
         number = plan.number
-        counts = plan.outcome_data if not dry else <int64_t*>self.dry_outcomes.data.as_longlongs
+        counts = self._counts(plan) if not dry else <int64_t*>self.dry_outcomes.data.as_longlongs
 
         if self._blacklisted(plan, caller_n):
             counts[I_BLACKLISTED] += 1
@@ -652,7 +856,6 @@ cdef class Engine:
                 return _make_decision("reject", _EMPTY, plan.prompts[reason], reason, None,
                                       province, number, caller_n, channel, call_id)
 
-        action = None
         for i in range(plan.nrules):
             r = &plan.rules[i]
             if r.channel != CH_ANY and r.channel != ch:
@@ -683,11 +886,12 @@ cdef class Engine:
                         break
                 if not ok:
                     continue
-            action = <CAction>r.action
-            rule_name = plan.rule_names[i]
+            chosen = r
+            rule_name = <object>r.name
             break
-        if action is None:
-            action = plan.default
+        if chosen is NULL:
+            chosen = &plan.rules[plan.nrules]  # the default
+        action = <CAction>chosen.action
 
         if not action.connects:
             counts[action.outcome] += 1
@@ -695,8 +899,8 @@ cdef class Engine:
                                   province, number, caller_n, channel, call_id)
 
         caller_key = caller_n if caller_n is not None else _ANONYMOUS
-        if action.selector is not None:
-            targets = action.selector.c_order(caller_key, self.rng, not dry)
+        if chosen.ntargets:
+            targets = _packed_order(plan, chosen, caller_key, self.rng, not dry)
         else:
             targets = action.fixed
 
@@ -708,7 +912,7 @@ cdef class Engine:
                                       province, number, caller_n, channel, call_id)
             if over >= 0:
                 counts[I_CAP_EXCEEDED] += 1
-                return _make_decision("reject", _EMPTY, self._applying_cap(plan, ch, over).prompt, "cap_exceeded",
+                return _make_decision("reject", _EMPTY, self._applying_cap_prompt(plan, ch, over), "cap_exceeded",
                                       rule_name, province, number, caller_n, channel, call_id)
 
         if call_id is not None and not dry:
@@ -735,13 +939,13 @@ cdef class Engine:
                     return True
         return False
 
-    cdef CCap _applying_cap(self, CPlan plan, int ch, int index):
-        """The ``index``-th cap that applies to the channel."""
-        cdef CCap cap
-        for cap in plan.caps:
-            if cap.channel == CH_ANY or cap.channel == ch:
+    cdef object _applying_cap_prompt(self, CPlan plan, int ch, int index):
+        """The prompt of the ``index``-th cap that applies to the channel."""
+        cdef int i
+        for i in range(plan.ncaps):
+            if plan.caps[i].channel == CH_ANY or plan.caps[i].channel == ch:
                 if index == 0:
-                    return cap
+                    return <object>plan.caps[i].prompt
                 index -= 1
         raise AssertionError("cap index out of range")
 
@@ -755,21 +959,22 @@ cdef class Engine:
         cdef int64_t limits[MAX_STACK_CAPS]
         cdef int64_t increments[MAX_STACK_CAPS]
         cdef int64_t ttls[MAX_STACK_CAPS]
-        cdef int n = 0
-        cdef CCap cap
+        cdef int n = 0, i
+        cdef CapC* cap
         cdef list owned = None
         if self.fast_counters is not None and plan.ncaps <= MAX_STACK_CAPS and not dry:
-            for cap in plan.caps:
+            for i in range(plan.ncaps):
+                cap = &plan.caps[i]
                 if cap.channel != CH_ANY and cap.channel != ch:
                     continue
-                if cap.caller_prefix is not None:
+                if cap.caller_prefix != NULL:
                     if owned is None:
                         owned = []
-                    key = cap.key_for(caller_key)
+                    key = _cap_key(cap, caller_key)
                     owned.append(key)  # keeps the borrowed pointer below alive
                     keys[n] = <PyObject*>key
                 else:
-                    keys[n] = <PyObject*>cap.key
+                    keys[n] = cap.key
                 periods[n] = _period(cap.per, lt)
                 limits[n] = cap.limit
                 increments[n] = cap.increment
@@ -782,10 +987,11 @@ cdef class Engine:
             except BackendError:
                 return self._backend_failed(plan, False)
         checks = []
-        for cap in plan.caps:
+        for i in range(plan.ncaps):
+            cap = &plan.caps[i]
             if cap.channel != CH_ANY and cap.channel != ch:
                 continue
-            checks.append(CapCheck(cap.key_for(caller_key), _period(cap.per, lt), cap.limit, cap.increment, cap.ttl))
+            checks.append(CapCheck(_cap_key(cap, caller_key), _period(cap.per, lt), cap.limit, cap.increment, cap.ttl))
         if not checks:
             return -1
         try:
@@ -801,14 +1007,16 @@ cdef class Engine:
 
     cdef _remember(self, CPlan plan, call_id, caller_n, str caller_key, int province_index, tuple targets,
                    int ch, str channel, LocalTime* lt):
-        cdef CCap cap
+        cdef CapC* cap
+        cdef int i
         charges = ()
         if plan.has_charges:
-            charges = tuple([
-                (cap.metric_name, cap.key_for(caller_key), _period(cap.per, lt), cap.ttl)
-                for cap in plan.caps
-                if cap.metric != M_CALLS and (cap.channel == CH_ANY or cap.channel == ch)
-            ])
+            kept = []
+            for i in range(plan.ncaps):
+                cap = &plan.caps[i]
+                if cap.metric != M_CALLS and (cap.channel == CH_ANY or cap.channel == ch):
+                    kept.append((_METRIC_NAMES[cap.metric], _cap_key(cap, caller_key), _period(cap.per, lt), cap.ttl))
+            charges = tuple(kept)
         self.calls.remember(CallRecord(
             str(call_id), plan.number, caller_n, province_index, targets, channel, lt.ts,
             plan.tariff, charges, plan.fail_open,
@@ -903,40 +1111,63 @@ cdef class Engine:
         return compared
 
 
-cdef CAction _pack_action(described):
-    """The packed form of a compiler action: made once per action (shared actions are packed once)."""
-    cdef CAction a = described.packed
-    if a is not None:
-        return a
-    a = CAction()
+cdef CAction _new_action(described):
+    cdef CAction a = CAction()
     a.kind = _KIND_CODES[described.kind]
     a.kind_name = _KIND_NAMES[a.kind]  # module constants, not each plan's own copy
     a.connects = described.connects
     a.reason = described.reason
     a.outcome = described.outcome
     a.prompt = described.prompt
-    a.selector = described.selector
     a.fixed = described.fixed
-    described.packed = a
     return a
 
 
-cdef CCap _pack_cap(described):
-    cdef CCap c = CCap()
-    c.key = described.key
-    c.caller_prefix = described.caller_prefix
+cdef CAction _pack_action(described):
+    """The packed form of a compiler action, without its targets: every bridge's is ``_BRIDGE``
+    (its targets go into the plan's block); a shared reject, queue or conference action is packed once."""
+    cdef CAction a
+    if described.selector is not None:
+        return _BRIDGE
+    a = described.packed
+    if a is None:
+        a = described.packed = _new_action(described)
+    return a
+
+
+cdef int _pack_cap(CapC* c, described) except -1:
+    """Fill a plan's CapC from a CompiledCap (its strings owned by the plan)."""
+    key, prefix, prompt = described.key, described.caller_prefix, described.prompt
+    if type(key) is not str or (prefix is not None and type(prefix) is not str) or type(prompt) is not str:
+        raise TypeError("a compiled cap's key, caller prefix and prompt are strings")
     c.metric = _METRIC_CODES[described.metric]
-    c.metric_name = described.metric
     c.per = _PER_CODES[described.per]
+    c.channel = _CHANNEL_CODES[described.channel]
     c.limit = described.limit
     c.increment = described.increment
-    c.prompt = described.prompt
-    c.channel = _CHANNEL_CODES[described.channel]
     c.ttl = described.ttl_s
-    return c
+    Py_INCREF(key)
+    c.key = <PyObject*>key
+    Py_INCREF(prompt)
+    c.prompt = <PyObject*>prompt
+    if prefix is not None:
+        Py_INCREF(prefix)
+        c.caller_prefix = <PyObject*>prefix
+    return 0
 
 
 cdef inline bint _in_slot(int32_t start, int32_t end, int minute) noexcept nogil:
     if start <= end:
         return start <= minute <= end
     return minute >= start or minute <= end
+
+
+#: What every bridge does (its targets are its plan's): one object for all of them.
+cdef CAction _BRIDGE = CAction()
+_BRIDGE.kind = K_BRIDGE
+_BRIDGE.kind_name = "bridge"
+_BRIDGE.connects = True
+_BRIDGE.reason = "ok"
+_BRIDGE.outcome = OUTCOME_INDEX[("bridge", "ok")]
+_BRIDGE.prompt = None
+_BRIDGE.fixed = _EMPTY

@@ -1,5 +1,14 @@
 from cpython cimport array
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+
+cdef enum:
+    S_WEIGHTED = 0
+    S_ROUND_ROBIN = 1
+    S_SEQUENTIAL = 2
+    S_STICKY = 3
+    # orders of at most this many targets are chosen in stack arrays; longer ones allocate
+    STACK_TARGETS = 64
 
 
 cdef class FastRandom:
@@ -8,34 +17,37 @@ cdef class FastRandom:
     cdef uint64_t below(self, uint64_t n) noexcept nogil
 
 
+# The selection itself, over C arrays: what the Selector classes and the
+# compiled engine's packed plans both run (one author for every order).
+cdef uint64_t fnv1a64(const char* data, Py_ssize_t n) noexcept nogil
+cdef uint64_t fnv_of(str text) except? 0
+cdef int select_order(int strategy, const int32_t* weights, const uint64_t* seeds, Py_ssize_t n, int64_t total,
+                      int64_t* rr_current, uint64_t caller_hash, FastRandom rng, bint advance, int* out) except -1
+
+
 cdef class Selector:
     cdef readonly str strategy
+    cdef readonly tuple targets
+    cdef int kind
+    cdef Py_ssize_t n
+    cdef int64_t total
+    cdef int32_t* _weights
+    cdef uint64_t* _seeds          # sticky only: fnv1a64 of each target's UTF-8, else NULL
+    cdef array.array _state        # round_robin only: array('q'), one slot per target, else None
     cdef tuple c_order(self, str caller_key, FastRandom rng, bint advance)
 
 
 cdef class Sequential(Selector):
-    cdef tuple _order
+    pass
 
 
 cdef class Weighted(Selector):
-    cdef tuple _orders
-    cdef int64_t* _cumulative
-    cdef int* _indexes
-    cdef int _count
-    cdef int64_t _total
+    pass
 
 
 cdef class RoundRobin(Selector):
-    cdef tuple _orders
-    cdef int64_t* _weights
-    cdef int _n
-    cdef int64_t _total
-    cdef array.array _state
+    pass
 
 
 cdef class Sticky(Selector):
-    cdef tuple _targets
-    cdef tuple _zero
-    cdef int64_t* _weights
-    cdef uint64_t* _seeds
-    cdef int _n
+    pass

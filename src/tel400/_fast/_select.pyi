@@ -11,6 +11,11 @@ class FastRandom:
 
 class Selector:
     strategy: str
+    #: the targets, in listed order
+    targets: tuple[str, ...]
+    #: the weights, in listed order
+    @property
+    def weights(self) -> tuple[int, ...]: ...
     def order(self, caller_key: str, rng: FastRandom | random.Random, advance: bool = True) -> tuple[str, ...]: ...
 
 class Sequential(Selector):
@@ -28,6 +33,8 @@ class Sticky(Selector):
     def __init__(self, targets: Sequence[str], weights: Sequence[int], state: None = None) -> None: ...
 
 SELECTORS: dict[str, type[Selector]]
+
+def strategy_code(strategy: str) -> int: ...
 
 def make_selector(
     strategy: str, targets: Sequence[str], weights: Sequence[int], state: array.array | None = None

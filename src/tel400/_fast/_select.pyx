@@ -6,6 +6,16 @@ finaliser, weighted rendezvous scores in IEEE doubles, so the sticky choice
 is identical to the reference's bit for bit).  Randomness comes from
 xoshiro256**, seeded from the router's ``random.Random``; its draws differ
 from the reference's, which is why weighted picks are compared by share.
+
+The selection is written once, :func:`select_order`, over C arrays (the
+weights in listed order, a round-robin state, sticky seeds): it writes the
+order as target indexes.  The :class:`Selector` classes (the compiler's
+description, what explain's tracer runs) and the compiled engine's packed
+plans (``_engine.pyx``: targets as UTF-8 in the plan's own block) both call
+it, and each turns the indexes into its tuple of strings.  Nothing is
+precomputed per pick: an order costs O(targets) per call (a sort of the
+others by weight, heaviest first), which for the one or two targets most
+rules have is a few nanoseconds, and keeps no tuple per pick in memory.
 """
 
 cimport cython
@@ -13,7 +23,10 @@ from cpython cimport array
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport log
-from libc.stdint cimport int64_t, uint64_t
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memcpy
 
 import array as _array
 
@@ -88,7 +101,7 @@ cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325ULL
 cdef uint64_t FNV_PRIME = 0x100000001B3ULL
 
 
-cdef inline uint64_t _fnv1a64(const char* data, Py_ssize_t n) noexcept nogil:
+cdef uint64_t fnv1a64(const char* data, Py_ssize_t n) noexcept nogil:
     cdef uint64_t h = FNV_OFFSET
     cdef Py_ssize_t i
     for i in range(n):
@@ -105,221 +118,254 @@ cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
 cdef uint64_t fnv_of(str text) except? 0:
     cdef Py_ssize_t n
     cdef const char* data = PyUnicode_AsUTF8AndSize(text, &n)
-    return _fnv1a64(data, n)
+    return fnv1a64(data, n)
 
 
-cdef tuple _orders_by_pick(targets, weights):
-    """For each pick, the pick first and then the others by weight (heaviest first, ties in listed order).
+# -- the strategies, over C arrays ------------------------------------------------
 
-    Typed loops over a small array (an insertion sort of at most a plan's
-    targets): compiling a plan builds one of these per bridge rule.
+cdef inline Py_ssize_t _weighted_pick(const int32_t* weights, Py_ssize_t n, int64_t total, FastRandom rng) noexcept:
+    """The first target whose running sum of weights (listed order) exceeds a uniform draw in [0, total).
+
+    The reference's bisect over cumulative weights, as a scan: O(targets).
     """
-    cdef Py_ssize_t n = len(targets), i, j, pick, k
-    cdef int* rank
-    cdef int64_t* w
-    cdef int x
-    targets = tuple(targets)
-    if n == 1:
-        return (targets,)
-    if n == 2:  # the pick, then the other, whatever the weights
-        return (targets, (targets[1], targets[0]))
-    rank = <int*>PyMem_Malloc((n + 1) * (sizeof(int) + sizeof(int64_t)))
-    if rank == NULL:
-        raise MemoryError()
-    w = <int64_t*>(rank + n) if n % 2 == 0 else <int64_t*>(rank + n + 1)
-    try:
-        for i in range(n):
-            w[i] = weights[i]
-            x = <int>i
-            j = i
-            while j > 0 and w[rank[j - 1]] < w[x]:  # stable: equal weights keep their order
-                rank[j] = rank[j - 1]
-                j -= 1
-            rank[j] = x
-        orders = [None] * n
-        for pick in range(n):
-            order = [targets[pick]] + [None] * (n - 1)
-            k = 1
-            for i in range(n):
-                if rank[i] != pick:
-                    order[k] = targets[rank[i]]
-                    k += 1
-            orders[pick] = tuple(order)
-        return tuple(orders)
-    finally:
-        PyMem_Free(rank)
+    cdef int64_t r
+    cdef Py_ssize_t i
+    if total <= 0:
+        return 0
+    r = <int64_t>rng.below(<uint64_t>total)
+    for i in range(n):
+        r -= weights[i]
+        if r < 0:
+            return i
+    return n - 1
 
 
-@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
-cdef class Selector:
-    def order(self, str caller_key, rng, bint advance=True):
-        """The targets, the pick first (Python-visible; the engine uses c_order)."""
-        if not isinstance(rng, FastRandom):
-            rng = FastRandom(rng.getrandbits(64))
-        return self.c_order(caller_key, <FastRandom>rng, advance)
-
-    cdef tuple c_order(self, str caller_key, FastRandom rng, bint advance):
-        raise NotImplementedError
-
-
-@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
-cdef class Sequential(Selector):
-    def __cinit__(self, targets, weights, *args):
-        self.strategy = "sequential"
-        self._order = tuple(t for t, w in zip(targets, weights) if w) + tuple(
-            t for t, w in zip(targets, weights) if not w
-        )
-
-    cdef tuple c_order(self, str caller_key, FastRandom rng, bint advance):
-        return self._order
-
-
-@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
-cdef class Weighted(Selector):
-    def __cinit__(self, targets, weights, *args):
-        self.strategy = "weighted"
-        self._orders = _orders_by_pick(targets, weights)
-        cdef Py_ssize_t n = len(weights)
-        # one block: cumulative weights, then the target index of each
-        self._cumulative = <int64_t*>PyMem_Malloc(n * (sizeof(int64_t) + sizeof(int)))
-        if self._cumulative == NULL:
-            raise MemoryError()
-        self._indexes = <int*>(self._cumulative + n)
-        self._count = 0
-        self._total = 0
-        for i, w in enumerate(weights):
-            if w:
-                self._total += w
-                self._cumulative[self._count] = self._total
-                self._indexes[self._count] = i
-                self._count += 1
-
-    def __dealloc__(self):
-        PyMem_Free(self._cumulative)
-
-    cdef tuple c_order(self, str caller_key, FastRandom rng, bint advance):
-        cdef int64_t r = <int64_t>rng.below(<uint64_t>self._total)
-        cdef int lo = 0, hi = self._count - 1, mid
-        while lo < hi:  # first cumulative weight above r
-            mid = (lo + hi) >> 1
-            if self._cumulative[mid] <= r:
-                lo = mid + 1
-            else:
-                hi = mid
-        return <tuple>self._orders[self._indexes[lo]]
-
-
-@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
-cdef class RoundRobin(Selector):
-    """Smooth weighted round robin; ``state`` is an ``array('q')`` kept over reloads."""
-
-    def __cinit__(self, targets, weights, state=None):
-        self.strategy = "round_robin"
-        self._orders = _orders_by_pick(targets, weights)
-        self._n = len(weights)
-        self._weights = <int64_t*>PyMem_Malloc(self._n * sizeof(int64_t))
-        if self._weights == NULL:
-            raise MemoryError()
-        self._total = 0
-        for i, w in enumerate(weights):
-            self._weights[i] = w
-            self._total += w
-        if state is None:
-            state = _array.array("q", [0] * self._n)
-        if not isinstance(state, _array.array) or state.typecode != "q" or len(state) != self._n:
-            raise TypeError("round-robin state: expected array('q') with one slot per target")
-        self._state = state
-
-    def __dealloc__(self):
-        PyMem_Free(self._weights)
-
-    @property
-    def state(self):
-        return self._state
-
-    cdef tuple c_order(self, str caller_key, FastRandom rng, bint advance):
-        cdef int64_t* current = <int64_t*>self._state.data.as_longlongs
-        cdef int64_t scratch[64]
-        cdef int i, best = 0
-        cdef int64_t value, best_value = 0
-        cdef bint found = False
-        if not advance:
-            if self._n > 64:
-                return _peek_round_robin(self._orders, self._state, self._n, self._total, [self._weights[i] for i in range(self._n)])
-            for i in range(self._n):
-                scratch[i] = current[i]
-            current = scratch
-        for i in range(self._n):
-            current[i] += self._weights[i]
-            value = current[i]
-            if self._weights[i] and (not found or value > best_value):
-                best, best_value, found = i, value, True
-        current[best] -= self._total
-        return <tuple>self._orders[best]
-
-
-def _peek_round_robin(orders, state, n, total, weights):
-    current = list(state)
-    best, best_value = 0, None
+cdef inline Py_ssize_t _round_robin_pick(const int32_t* weights, int64_t* current, Py_ssize_t n,
+                                         int64_t total) noexcept nogil:
+    """Smooth weighted round robin (nginx's): add each weight, take the largest (first on ties), subtract the total."""
+    cdef Py_ssize_t i, best = 0
+    cdef int64_t best_value = 0
+    cdef bint found = False
     for i in range(n):
         current[i] += weights[i]
-        if weights[i] and (best_value is None or current[i] > best_value):
-            best, best_value = i, current[i]
-    return orders[best]
+        if weights[i] and (not found or current[i] > best_value):
+            best, best_value, found = i, current[i], True
+    current[best] -= total
+    return best
 
 
-@cython.no_gc  # strings, tuples of strings and an array('q'): no cycle can pass through
-cdef class Sticky(Selector):
-    def __cinit__(self, targets, weights, *args):
-        self.strategy = "sticky"
-        self._targets = tuple(targets)
-        self._n = len(targets)
-        self._zero = tuple(t for t, w in zip(targets, weights) if not w)
-        self._weights = <int64_t*>PyMem_Malloc(self._n * sizeof(int64_t))
-        self._seeds = <uint64_t*>PyMem_Malloc(self._n * sizeof(uint64_t))
-        if self._weights == NULL or self._seeds == NULL:
+cdef inline void _failover_order(const int32_t* weights, Py_ssize_t n, Py_ssize_t pick, int* out) noexcept nogil:
+    """The pick, then the others by weight, heaviest first, ties in listed order (a stable insertion sort)."""
+    cdef Py_ssize_t i, j, k = 1
+    out[0] = <int>pick
+    for i in range(n):
+        if i == pick:
+            continue
+        j = k
+        while j > 1 and weights[out[j - 1]] < weights[i]:
+            out[j] = out[j - 1]
+            j -= 1
+        out[j] = <int>i
+        k += 1
+
+
+cdef inline void _sequential_order(const int32_t* weights, Py_ssize_t n, int* out) noexcept nogil:
+    """The listed order; a zero weight means failover only, so those go last."""
+    cdef Py_ssize_t i, k = 0
+    for i in range(n):
+        if weights[i]:
+            out[k] = <int>i
+            k += 1
+    for i in range(n):
+        if not weights[i]:
+            out[k] = <int>i
+            k += 1
+
+
+cdef inline void _sticky_order(const int32_t* weights, const uint64_t* seeds, Py_ssize_t n, uint64_t h,
+                               double* scores, int* out) noexcept nogil:
+    """Weighted rendezvous: targets by descending score -w/ln(u), ties in listed order; zero weights last."""
+    cdef Py_ssize_t i, j, count = 0
+    cdef double u, s
+    for i in range(n):
+        if weights[i]:
+            u = ((_mix64(h ^ seeds[i]) >> 11) + 0.5) / 9007199254740992.0
+            s = -(<double>weights[i]) / log(u)
+            j = count
+            while j > 0 and scores[j - 1] < s:
+                scores[j] = scores[j - 1]
+                out[j] = out[j - 1]
+                j -= 1
+            scores[j] = s
+            out[j] = <int>i
+            count += 1
+    for i in range(n):
+        if not weights[i]:
+            out[count] = <int>i
+            count += 1
+
+
+cdef int select_order(int strategy, const int32_t* weights, const uint64_t* seeds, Py_ssize_t n, int64_t total,
+                      int64_t* rr_current, uint64_t caller_hash, FastRandom rng, bint advance, int* out) except -1:
+    """Write into ``out`` (``n`` ints) the order of a rule's targets: every index once, the pick first.
+
+    ``weights`` in listed order; ``seeds`` (sticky) the targets' FNV-1a;
+    ``rr_current`` (round robin) the state, advanced unless ``advance`` is
+    false (a dry run peeks on a copy); ``caller_hash`` (sticky) the caller's
+    FNV-1a.  O(targets) (sticky and the failover sort: O(targets^2) worst,
+    an insertion sort of at most ``limits.MAX_TARGETS``); allocates only for
+    more than STACK_TARGETS targets.
+    """
+    cdef int64_t stack_current[STACK_TARGETS]
+    cdef double stack_scores[STACK_TARGETS]
+    cdef void* scratch = NULL
+    cdef int64_t* current
+    cdef Py_ssize_t pick
+    if n <= 1:  # one target: every strategy gives it (a round robin's state would come back unchanged)
+        out[0] = 0
+        return 0
+    if strategy == S_SEQUENTIAL:
+        _sequential_order(weights, n, out)
+        return 0
+    if (strategy == S_STICKY or (strategy == S_ROUND_ROBIN and not advance)) and n > STACK_TARGETS:
+        scratch = PyMem_Malloc(n * sizeof(double) if strategy == S_STICKY else n * sizeof(int64_t))
+        if scratch == NULL:
             raise MemoryError()
-        for i, (t, w) in enumerate(zip(targets, weights)):
-            self._weights[i] = w
-            self._seeds[i] = fnv_of(t)
+    try:
+        if strategy == S_STICKY:
+            _sticky_order(weights, seeds, n, caller_hash, <double*>scratch if scratch != NULL else stack_scores, out)
+            return 0
+        if strategy == S_ROUND_ROBIN:
+            current = rr_current
+            if not advance:
+                current = <int64_t*>scratch if scratch != NULL else stack_current
+                memcpy(current, rr_current, n * sizeof(int64_t))
+            pick = _round_robin_pick(weights, current, n, total)
+        else:
+            pick = _weighted_pick(weights, n, total, rng)
+        _failover_order(weights, n, pick, out)
+        return 0
+    finally:
+        PyMem_Free(scratch)
+
+
+cdef dict _STRATEGY_CODES = {"weighted": S_WEIGHTED, "round_robin": S_ROUND_ROBIN, "sequential": S_SEQUENTIAL,
+                             "sticky": S_STICKY}
+
+
+def strategy_code(str strategy):
+    """The code a packed plan keeps for a strategy name."""
+    return _STRATEGY_CODES[strategy]
+
+
+# -- the selectors the compiler describes rules with ------------------------------
+
+@cython.no_gc  # strings, a tuple of strings and an array('q'): no cycle can pass through
+cdef class Selector:
+    """A bridge rule's targets and weights, choosing with :func:`select_order`.
+
+    Built by the compiler for each bridge action (``make_selector``); the
+    compiled engine copies what it holds into its packed plan, and
+    explain's tracer calls :meth:`order`.  Keeps no order: O(targets) per call.
+    """
+
+    def __cinit__(self, targets, weights, state=None):
+        cdef Py_ssize_t i
+        self.targets = tuple(targets)
+        self.n = len(self.targets)
+        if len(weights) != self.n:
+            raise ValueError("a selector needs one weight per target")
+        self._weights = <int32_t*>PyMem_Malloc(max(self.n, 1) * sizeof(int32_t))
+        if self._weights == NULL:
+            raise MemoryError()
+        self._seeds = NULL
+        self._state = None
+        self.total = 0
+        for i in range(self.n):
+            self._weights[i] = weights[i]
+            self.total += self._weights[i]
 
     def __dealloc__(self):
         PyMem_Free(self._weights)
         PyMem_Free(self._seeds)
 
+    @property
+    def weights(self):
+        """The weights, in listed order."""
+        return tuple([self._weights[i] for i in range(self.n)])
+
+    def order(self, str caller_key, rng, bint advance=True):
+        """The targets, the pick first (Python-visible; the engine runs select_order on its packed form)."""
+        if not isinstance(rng, FastRandom):
+            rng = FastRandom(rng.getrandbits(64))
+        return self.c_order(caller_key, <FastRandom>rng, advance)
+
     cdef tuple c_order(self, str caller_key, FastRandom rng, bint advance):
-        cdef uint64_t h = fnv_of(caller_key)
-        cdef double scores[64]
-        cdef int idx[64]
-        cdef int count = 0, i, j, k
-        cdef double u, s
-        if self._n > 64:
-            return _sticky_python(self._targets, [self._weights[i] for i in range(self._n)], caller_key) + self._zero
-        for i in range(self._n):
-            if self._weights[i]:
-                u = ((_mix64(h ^ self._seeds[i]) >> 11) + 0.5) / 9007199254740992.0
-                s = -(<double>self._weights[i]) / log(u)
-                # insertion by descending score, ties in listed order
-                j = count
-                while j > 0 and scores[j - 1] < s:
-                    scores[j] = scores[j - 1]
-                    idx[j] = idx[j - 1]
-                    j -= 1
-                scores[j] = s
-                idx[j] = i
-                count += 1
-        out = [None] * (count + len(self._zero))
-        for k in range(count):
-            out[k] = self._targets[idx[k]]
-        for k in range(len(self._zero)):
-            out[count + k] = self._zero[k]
-        return tuple(out)
+        cdef int stack[STACK_TARGETS]
+        cdef int* out = stack
+        cdef Py_ssize_t k
+        cdef uint64_t h = fnv_of(caller_key) if self.kind == S_STICKY else 0
+        cdef int64_t* current = <int64_t*>self._state.data.as_longlongs if self._state is not None else NULL
+        if self.n > STACK_TARGETS:
+            out = <int*>PyMem_Malloc(self.n * sizeof(int))
+            if out == NULL:
+                raise MemoryError()
+        try:
+            select_order(self.kind, self._weights, self._seeds, self.n, self.total, current, h, rng, advance, out)
+            result = PyTuple_New(self.n)
+            for k in range(self.n):
+                item = self.targets[out[k]]
+                Py_INCREF(item)
+                PyTuple_SET_ITEM(result, k, item)
+            return result
+        finally:
+            if out != stack:
+                PyMem_Free(out)
 
 
-def _sticky_python(targets, weights, caller_key):
-    from .._select_py import Sticky as Reference
+@cython.no_gc
+cdef class Sequential(Selector):
+    def __cinit__(self, targets, weights, *args):
+        self.strategy = "sequential"
+        self.kind = S_SEQUENTIAL
 
-    return Reference(targets, weights).order(caller_key, None)[: sum(1 for w in weights if w)]
+
+@cython.no_gc
+cdef class Weighted(Selector):
+    def __cinit__(self, targets, weights, *args):
+        self.strategy = "weighted"
+        self.kind = S_WEIGHTED
+
+
+@cython.no_gc
+cdef class RoundRobin(Selector):
+    """Smooth weighted round robin; ``state`` is an ``array('q')`` kept over reloads."""
+
+    def __cinit__(self, targets, weights, state=None):
+        self.strategy = "round_robin"
+        self.kind = S_ROUND_ROBIN
+        if state is None:
+            state = _array.array("q", bytes(8 * self.n))
+        if not isinstance(state, _array.array) or state.typecode != "q" or len(state) != self.n:
+            raise TypeError("round-robin state: expected array('q') with one slot per target")
+        self._state = state
+
+    @property
+    def state(self):
+        return self._state
+
+
+@cython.no_gc
+cdef class Sticky(Selector):
+    def __cinit__(self, targets, weights, *args):
+        cdef Py_ssize_t i
+        self.strategy = "sticky"
+        self.kind = S_STICKY
+        self._seeds = <uint64_t*>PyMem_Malloc(max(self.n, 1) * sizeof(uint64_t))
+        if self._seeds == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            self._seeds[i] = fnv_of(self.targets[i])
 
 
 SELECTORS = {"weighted": Weighted, "round_robin": RoundRobin, "sequential": Sequential, "sticky": Sticky}
