@@ -7,9 +7,11 @@ bit masks, weekday masks, minute slots and date ranges, bridge targets as
 UTF-8 with their weights, caps with their keys: one block per plan;
 blacklist prefixes as sorted integers); nothing about what a plan means is
 decided here.  A call walks them touching Python objects only to read
-its arguments, to look the dialed number up in one dict, and to build the
-``Decision`` (its targets made from the block: ``_packed_order``).  The order of checks and every choice are the reference's; a
-property test holds the two to the same decisions.
+its arguments and to build the ``Decision`` (its targets made from the
+block: ``_packed_order``); the dialed number is found in an index of
+``by_number`` keyed by its digits (``NumberIndex``).  The order of checks
+and every choice are the reference's; a property test holds the two to
+the same decisions.
 
 ``explain`` and dry runs go to a reference engine for the one plan
 concerned (a *tracer*), sharing this engine's state (counters, round-robin
@@ -584,16 +586,13 @@ cdef extern from *:
     int MADV_HUGEPAGE
     bint PyUnicode_IS_COMPACT_ASCII(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
-    void __builtin_prefetch(const void* address) nogil
 
 cdef struct PlanSlot:
-    # 32 bytes, two to a cache line.  Besides the plan, where route() reads
-    # next (the plan's block, its first cap's key), so that it can ask for
-    # all three at once before it works on the caller (see _prefetch_plan).
+    # 16 bytes, four to a cache line.  (Slots of 32 bytes that also held the
+    # plan's block and cap key, to prefetch all three at once before the
+    # caller is worked on, measured no faster at 10^6: docs/performance.md.)
     int64_t key            # _index_key of the number (0: an empty slot)
     PyObject* plan         # the CPlan by_number holds for it (borrowed: by_number owns it)
-    const void* block      # its rules, caps, pool and targets (CPlan.rules): fixed for the CPlan's life
-    PyObject* cap_key      # its first cap's key when that is fixed (else NULL)
 
 cdef enum:
     INDEX_DIGITS = 17      # longer numbers (none are: 400 numbers have 10 digits) are looked up in by_number
@@ -624,26 +623,6 @@ cdef inline Py_ssize_t _index_home(int64_t key, int shift) noexcept nogil:
     return <Py_ssize_t>((<uint64_t>key * 0x9E3779B97F4A7C15ULL) >> shift)  # Fibonacci hashing
 
 
-cdef inline void _prefetch_plan(const PlanSlot* slot) noexcept nogil:
-    """Ask for the cache lines route() reads first of a plan: its CPlan's
-    fields, the start of its block (rules, then caps), its cap key's hash.
-    A number called rarely has them in main memory (~100 ns each); asked
-    together, before the caller is worked on, they arrive in about the
-    time of one.  Only a hint: nothing is read here."""
-    cdef const char* plan = <const char*>slot.plan
-    cdef const char* block = <const char*>slot.block
-    __builtin_prefetch(plan)
-    __builtin_prefetch(plan + 64)
-    __builtin_prefetch(plan + 128)
-    __builtin_prefetch(plan + 192)
-    __builtin_prefetch(block)
-    __builtin_prefetch(block + 64)
-    __builtin_prefetch(block + 128)
-    __builtin_prefetch(block + 192)
-    if slot.cap_key != NULL:
-        __builtin_prefetch(slot.cap_key)
-
-
 cdef void _release_slots(PlanSlot* slots, void* mapped, size_t mapped_size) noexcept:
     """Free what NumberIndex._allocate took."""
     if mapped != NULL:
@@ -657,8 +636,8 @@ cdef class NumberIndex:
     :func:`_index_key` to a borrowed CPlan pointer.
 
     At most half full: it doubles past that (a rehash of every slot, O(n),
-    amortised O(1) a put) and never shrinks; 32 bytes a slot, so 10^6
-    numbers take 2^21 slots, 64 MiB.  A table of 2 MiB or more is its own
+    amortised O(1) a put) and never shrinks; 16 bytes a slot, so 10^6
+    numbers take 2^21 slots, 32 MiB.  A table of 2 MiB or more is its own
     mapping, advised to use transparent huge pages (``madvise``): one TLB
     entry covers 2 MiB of it, not 4 KiB.  Not thread-safe by itself: the
     engine changes it only under the GIL, with no Python code in between.
@@ -727,8 +706,6 @@ cdef class NumberIndex:
             self.slots[i].key = key
             self.count += 1
         self.slots[i].plan = <PyObject*>plan
-        self.slots[i].block = plan.rules
-        self.slots[i].cap_key = plan.caps[0].key if plan.ncaps and plan.caps[0].caller_prefix == NULL else NULL
         return 0
 
     cdef void drop(self, int64_t key) noexcept:
@@ -1046,6 +1023,11 @@ cdef class Engine:
         if (explain or dry_run) and not untraced:
             return self._traced(dialed, caller, at, channel, pin, call_id, explain, dry_run)
 
+        caller_n = c_normalize_or_none(caller, &key)
+        if caller_n is not None:
+            province_index = self.lookup.c_index(key)
+        province = _CODES[province_index]
+
         found = None
         number = None
         if type(dialed) is str:
@@ -1053,17 +1035,10 @@ cdef class Engine:
             if key:
                 slot = self.index.find(key)
                 if slot != NULL:
-                    _prefetch_plan(slot)  # arriving while the caller is worked on
                     found = <object>slot.plan
                     number = dialed  # equal to its number (the key says so), and already in the cache
             else:
                 found = self.by_number.get(dialed)
-
-        caller_n = c_normalize_or_none(caller, &key)
-        if caller_n is not None:
-            province_index = self.lookup.c_index(key)
-        province = _CODES[province_index]
-
         if found is None:
             dialed_n = c_normalize_or_none(dialed, &key)
             found = lookup_plan(self.by_number, dialed_n)  # an SMS: 10657 + the number
@@ -1374,7 +1349,6 @@ cdef class Engine:
             if key:
                 slot = self.index.find(key)
                 assert slot != NULL and slot.plan == <PyObject*>plan, f"the index misleads for {number!r}"
-                assert slot.block == (<CPlan>plan).rules, f"the index holds another block for {number!r}"
                 indexed += 1
         assert indexed == self.index.count, f"the index holds {self.index.count} numbers, by_number {indexed}"
         for number, plan in self.by_number.items():
