@@ -285,6 +285,18 @@ class Engine:
         """Compile one number with this engine's settings and route it by that from now on.  O(this plan)."""
         self.by_number[plan.number] = self.compiler.compile(plan)
 
+    def put_entry(self, number: str, entry: CompiledPlan) -> None:
+        """Route ``number`` by ``entry``, an entry of this engine's ``by_number``
+        taken before (the router's undo).  O(1)."""
+        if not isinstance(entry, CompiledPlan) or entry.number != number:
+            raise TypeError(f"put_entry: expected this engine's entry for {number!r}, got {entry!r}")
+        self.by_number[number] = entry
+
+    def drop_entry(self, number: str) -> None:
+        """Stop routing ``number``, keeping what is kept for it (the router frees a
+        retired engine's entries one at a time with this).  O(1)."""
+        self.by_number.pop(number, None)
+
     def remove(self, number: str) -> None:
         """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1).
 

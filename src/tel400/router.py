@@ -602,7 +602,8 @@ def compile_check(plans: PlanSet) -> None:
 
 # -- one number at a time -----------------------------------------------------------
 # The router reaches into an engine's table of compiled numbers (by_number)
-# only through these helpers.
+# only through these helpers, and changes it only through the engine (the
+# compiled engine keeps an index of it in step).
 
 def _entry_of(engine, number: str):
     """The compiled entry ``number`` is routed by in ``engine``, or ``None``."""
@@ -624,7 +625,7 @@ def _restore_entry(engine, number: str, kept: tuple) -> None:
     if entry is None:
         engine.remove(number)
         return
-    engine.by_number[number] = entry
+    engine.put_entry(number, entry)
     for by_number, states in ((engine.rr_states, rr_states), (engine.pin_checks, pin_checks)):
         if states:
             by_number[number] = states
@@ -645,7 +646,7 @@ def _dismantle(engine) -> None:
     """
     table = engine.by_number
     while table:
-        table.popitem()
+        engine.drop_entry(next(reversed(table)))  # the last first, as popitem: nothing moves
 
 
 def _put(engine, plan: NumberPlan, impl, settings: PlanSet) -> None:

@@ -11,8 +11,8 @@ cdef class Entry:
 
 cdef class CCounters:
     """Counter backends the compiled engine can call with C arrays."""
-    cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
-                       const int64_t* increments, const int64_t* ttls, int n) except -2
+    cdef int c_acquire(self, PyObject** keys, const Py_hash_t* hashes, const int64_t* periods,
+                       const int64_t* limits, const int64_t* increments, const int64_t* ttls, int n) except -2
 
 
 cdef class MemoryCounters(CCounters):
@@ -42,7 +42,7 @@ cdef class MemoryCounters(CCounters):
     cdef bint _has_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods)
     cdef int _make_room(self, Py_ssize_t new_keys, Py_ssize_t new_periods, double now, str kind) except -1
     cdef int _refuse(self, str kind) except -1
-    cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
-                       const int64_t* increments, const int64_t* ttls, int n) except -2
+    cdef int c_acquire(self, PyObject** keys, const Py_hash_t* hashes, const int64_t* periods,
+                       const int64_t* limits, const int64_t* increments, const int64_t* ttls, int n) except -2
     cdef double _now(self) except? -1
     cdef int64_t c_value(self, object key, int64_t period)

@@ -37,13 +37,28 @@ cdef class Entry:
 
 
 cdef class CCounters:
-    cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
-                       const int64_t* increments, const int64_t* ttls, int n) except -2:
+    cdef int c_acquire(self, PyObject** keys, const Py_hash_t* hashes, const int64_t* periods,
+                       const int64_t* limits, const int64_t* increments, const int64_t* ttls, int n) except -2:
         """Like ``acquire``: -1 all admitted and counted, else the first index at its limit.
 
-        May raise :class:`~tel400.BackendError`.  ``keys`` are borrowed.
+        May raise :class:`~tel400.BackendError`.  ``keys`` are borrowed;
+        ``hashes`` are theirs (``hash(key)``), or NULL: a backend that looks
+        keys up in a dict need not then read a key to hash it (the key of a
+        number called rarely is in main memory).
         """
         raise NotImplementedError
+
+
+cdef extern from "Python.h":
+    PyObject* _PyDict_GetItem_KnownHash(object mp, object key, Py_hash_t hash) except? NULL
+
+
+cdef inline PyObject* _get(dict table, PyObject* key, const Py_hash_t* hashes, int i) except? NULL:
+    """``table[key]`` borrowed, or NULL; by the hash given when there is one (the key's str is
+    then not read: the dict's keys are the engine's own key objects, found by identity)."""
+    if hashes == NULL:
+        return PyDict_GetItem(table, <object>key)
+    return _PyDict_GetItem_KnownHash(table, <object>key, hashes[i])
 
 
 cdef class MemoryCounters(CCounters):
@@ -202,8 +217,8 @@ cdef class MemoryCounters(CCounters):
 
     # -- the interface ------------------------------------------------------------
 
-    cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
-                       const int64_t* increments, const int64_t* ttls, int n) except -2:
+    cdef int c_acquire(self, PyObject** keys, const Py_hash_t* hashes, const int64_t* periods,
+                       const int64_t* limits, const int64_t* increments, const int64_t* ttls, int n) except -2:
         """:meth:`acquire` for the compiled engine: C arrays, borrowed keys, never a dry run."""
         cdef int i
         cdef Py_ssize_t new_keys = 0, new_periods = 0
@@ -217,7 +232,7 @@ cdef class MemoryCounters(CCounters):
             now = self._now()
             self._evict(now, -1)  # near the bound: expired entries go first
         for i in range(n):
-            found = PyDict_GetItem(self._counters, <object>keys[i])
+            found = _get(self._counters, keys[i], hashes, i)
             if found != NULL and (<Entry>found).period == periods[i]:
                 current = (<Entry>found).value
             else:  # another period of the key, or a key not counted yet
@@ -240,7 +255,7 @@ cdef class MemoryCounters(CCounters):
         for i in range(n):
             if not increments[i]:
                 continue
-            found = PyDict_GetItem(self._counters, <object>keys[i])
+            found = _get(self._counters, keys[i], hashes, i)
             if found != NULL and (<Entry>found).period == periods[i]:
                 (<Entry>found).value += increments[i]
                 continue

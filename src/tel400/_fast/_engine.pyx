@@ -7,9 +7,11 @@ bit masks, weekday masks, minute slots and date ranges, bridge targets as
 UTF-8 with their weights, caps with their keys: one block per plan;
 blacklist prefixes as sorted integers); nothing about what a plan means is
 decided here.  A call walks them touching Python objects only to read
-its arguments, to look the dialed number up in one dict, and to build the
-``Decision`` (its targets made from the block: ``_packed_order``).  The order of checks and every choice are the reference's; a
-property test holds the two to the same decisions.
+its arguments and to build the ``Decision`` (its targets made from the
+block: ``_packed_order``); the dialed number is found in an index of
+``by_number`` keyed by its digits (``NumberIndex``).  The order of checks
+and every choice are the reference's; a property test holds the two to
+the same decisions.
 
 ``explain`` and dry runs go to a reference engine for the one plan
 concerned (a *tracer*), sharing this engine's state (counters, round-robin
@@ -29,13 +31,13 @@ the least recently used dropped first.
 from collections import OrderedDict
 
 cimport cython
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython cimport array
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from ._clock cimport CalendarTable, LocalTime, ZoneTable, calendar_table, zone_table
 from ._counters cimport CCounters as FastCounters
@@ -172,10 +174,11 @@ cdef class CAction:
 
 
 cdef struct CapC:
-    # 56 bytes, in the plan's block after its rules: a CompiledCap packed.
+    # 64 bytes, in the plan's block after its rules: a CompiledCap packed.
     PyObject* key            # owned str: the counter key (number-wide), or the per-caller prefix's base
     PyObject* caller_prefix  # owned str, or NULL for a number-wide cap: the key of a caller is this + the caller
     PyObject* prompt         # owned (a str)
+    Py_hash_t key_hash       # hash(key) of a number-wide cap: the counters find it without reading the key
     int64_t limit
     int64_t increment
     int64_t ttl
@@ -329,6 +332,7 @@ cdef class CPlan:
         for i in range(self.ncaps):
             c = &self.caps[i]
             assert type(<object>c.key) is str and (<str>c.key).startswith("tel400:{" + self.number + "}:cap:")
+            assert c.key_hash == hash(<object>c.key)
             assert c.caller_prefix == NULL or <str>c.caller_prefix == <str>c.key + ":"
             assert c.prompt != NULL and c.metric <= M_COST and c.per <= P_MONTH and c.channel <= CH_SMS
             assert c.increment == (1 if c.metric == M_CALLS else 0)
@@ -556,6 +560,189 @@ cdef bint _sorted_contains(const int64_t* values, int count, int64_t v) noexcept
     return False
 
 
+# -- the number index: dialed digits -> the CPlan by_number holds -----------------
+#
+# ``by_number`` (a dict of str) stays the table every other piece reads; a
+# call reads this index instead.  A dict lookup of a cold number reads three
+# scattered places (its index slot, its entry, the key str it compares);
+# this reads one 16-byte slot, and the Decision is given the caller's equal
+# str, so the number's own str is not read either.  At 10^6 numbers Zipf
+# traffic (s = 1) still takes about half its plans from main memory: that
+# is where the time goes (docs/performance.md, "Why Zipf traffic misses").
+
+cdef extern from "sys/mman.h" nogil:
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void* addr, size_t length)
+    int madvise(void* addr, size_t length, int advice)
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS
+    void* MAP_FAILED
+
+cdef extern from *:
+    """
+    #ifndef MADV_HUGEPAGE
+    #define MADV_HUGEPAGE 14
+    #endif
+    """
+    int MADV_HUGEPAGE
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
+cdef struct PlanSlot:
+    # 16 bytes, four to a cache line.  (Slots of 32 bytes that also held the
+    # plan's block and cap key, to prefetch all three at once before the
+    # caller is worked on, measured no faster at 10^6: docs/performance.md.)
+    int64_t key            # _index_key of the number (0: an empty slot)
+    PyObject* plan         # the CPlan by_number holds for it (borrowed: by_number owns it)
+
+cdef enum:
+    INDEX_DIGITS = 17      # longer numbers (none are: 400 numbers have 10 digits) are looked up in by_number
+    INDEX_MIN_SLOTS = 16
+    INDEX_HUGE_PAGE = 2 * 1024 * 1024
+
+
+cdef inline int64_t _index_key(object number):
+    """The index key of ``number``: its digits' value and their count, 0 if it
+    is not a str of 1..INDEX_DIGITS ASCII digits.  Equal keys, equal strs.  O(len)."""
+    cdef Py_ssize_t n, i
+    cdef const char* s
+    cdef int64_t value = 0
+    if type(number) is not str or not PyUnicode_IS_COMPACT_ASCII(number):
+        return 0
+    n = PyUnicode_GET_LENGTH(number)
+    if n == 0 or n > INDEX_DIGITS:
+        return 0
+    s = <const char*>PyUnicode_DATA(number)
+    for i in range(n):
+        if s[i] < c'0' or s[i] > c'9':
+            return 0
+        value = value * 10 + (s[i] - c'0')
+    return (value << 5) | n    # 10^17 < 2^57: fits, and > 0
+
+
+cdef inline Py_ssize_t _index_home(int64_t key, int shift) noexcept nogil:
+    return <Py_ssize_t>((<uint64_t>key * 0x9E3779B97F4A7C15ULL) >> shift)  # Fibonacci hashing
+
+
+cdef void _release_slots(PlanSlot* slots, void* mapped, size_t mapped_size) noexcept:
+    """Free what NumberIndex._allocate took."""
+    if mapped != NULL:
+        munmap(mapped, mapped_size)
+    elif slots != NULL:
+        PyMem_Free(slots)
+
+
+cdef class NumberIndex:
+    """Open addressing (linear probing, backward-shift deletion) from
+    :func:`_index_key` to a borrowed CPlan pointer.
+
+    At most half full: it doubles past that (a rehash of every slot, O(n),
+    amortised O(1) a put) and never shrinks; 16 bytes a slot, so 10^6
+    numbers take 2^21 slots, 32 MiB.  A table of 2 MiB or more is its own
+    mapping, advised to use transparent huge pages (``madvise``): one TLB
+    entry covers 2 MiB of it, not 4 KiB.  Not thread-safe by itself: the
+    engine changes it only under the GIL, with no Python code in between.
+    """
+    cdef PlanSlot* slots
+    cdef Py_ssize_t mask          # slots - 1 (a power of two, minus one)
+    cdef int shift                # 64 - log2(slots)
+    cdef Py_ssize_t count
+    cdef void* mapped             # the mapping holding ``slots`` (NULL: PyMem)
+    cdef size_t mapped_size
+
+    def __cinit__(self, Py_ssize_t expected=0):
+        cdef Py_ssize_t size = INDEX_MIN_SLOTS
+        while size < 2 * expected:
+            size *= 2
+        self._allocate(size)
+
+    def __dealloc__(self):
+        _release_slots(self.slots, self.mapped, self.mapped_size)
+
+    cdef int _allocate(self, Py_ssize_t size) except -1:
+        """Empty slots for ``size`` entries (a power of two); on MemoryError nothing has changed."""
+        cdef size_t nbytes = size * sizeof(PlanSlot)
+        cdef size_t mapped_size = 0
+        cdef void* mapped = NULL
+        cdef PlanSlot* slots
+        cdef int bits = 0
+        if nbytes >= INDEX_HUGE_PAGE:
+            # one huge page more than asked for, so that the table can start on a 2 MiB boundary
+            mapped_size = nbytes + INDEX_HUGE_PAGE
+            mapped = mmap(NULL, mapped_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            if mapped == MAP_FAILED:
+                raise MemoryError()
+            slots = <PlanSlot*>(((<size_t>mapped) + INDEX_HUGE_PAGE - 1) & ~(<size_t>INDEX_HUGE_PAGE - 1))
+            madvise(slots, nbytes, MADV_HUGEPAGE)  # only advice: refused, the table works on small pages
+        else:
+            slots = <PlanSlot*>PyMem_Calloc(size, sizeof(PlanSlot))  # a mapping comes zeroed; this is zeroed
+            if slots == NULL:
+                raise MemoryError()
+        self.slots, self.mapped, self.mapped_size = slots, mapped, mapped_size
+        self.mask = size - 1
+        while (<Py_ssize_t>1 << bits) < size:
+            bits += 1
+        self.shift = 64 - bits
+        self.count = 0
+        return 0
+
+    cdef inline PlanSlot* find(self, int64_t key) noexcept:
+        """The slot of ``key`` (its plan borrowed), or NULL.  O(1)."""
+        cdef Py_ssize_t i = _index_home(key, self.shift)
+        while self.slots[i].key != 0:
+            if self.slots[i].key == key:
+                return &self.slots[i]
+            i = (i + 1) & self.mask
+        return NULL
+
+    cdef int set(self, int64_t key, CPlan plan) except -1:
+        """``key`` now leads to ``plan`` (the caller keeps it alive).  Amortised O(1)."""
+        cdef Py_ssize_t i
+        if 2 * (self.count + 1) > self.mask + 1:
+            self._grow()
+        i = _index_home(key, self.shift)
+        while self.slots[i].key != 0 and self.slots[i].key != key:
+            i = (i + 1) & self.mask
+        if self.slots[i].key == 0:
+            self.slots[i].key = key
+            self.count += 1
+        self.slots[i].plan = <PyObject*>plan
+        return 0
+
+    cdef void drop(self, int64_t key) noexcept:
+        """``key`` leads nowhere any more (absent: nothing happens).  O(1) expected."""
+        cdef Py_ssize_t i = _index_home(key, self.shift), j, home
+        while self.slots[i].key != key:
+            if self.slots[i].key == 0:
+                return
+            i = (i + 1) & self.mask
+        self.count -= 1
+        j = i
+        while True:  # backward shift: move up what would no longer be found past the hole at i
+            memset(&self.slots[i], 0, sizeof(PlanSlot))
+            while True:
+                j = (j + 1) & self.mask
+                if self.slots[j].key == 0:
+                    return
+                home = _index_home(self.slots[j].key, self.shift)
+                # the entry at j moves to i unless its home lies cyclically in (i, j]
+                if (home <= i or home > j) if i <= j else (home <= i and home > j):
+                    break
+            self.slots[i] = self.slots[j]
+            i = j
+
+    cdef int _grow(self) except -1:
+        cdef PlanSlot* old = self.slots
+        cdef void* old_mapped = self.mapped
+        cdef size_t old_mapped_size = self.mapped_size
+        cdef Py_ssize_t old_size = self.mask + 1, i
+        self._allocate(2 * old_size)
+        for i in range(old_size):
+            if old[i].key != 0:
+                self.set(old[i].key, <CPlan>old[i].plan)
+        _release_slots(old, old_mapped, old_mapped_size)
+        return 0
+
+
 cdef class Engine:
     """A compiled plan set that routes calls (compiled twin of the reference)."""
 
@@ -565,6 +752,7 @@ cdef class Engine:
     cdef readonly dict rr_states
     cdef readonly dict pin_checks
     cdef readonly dict by_number
+    cdef NumberIndex index          # by_number's numbers of digits only, for route() (see NumberIndex)
     cdef readonly object compiler
     cdef IntervalLookup lookup
     cdef object counters
@@ -603,9 +791,33 @@ cdef class Engine:
         compiled = {}
         for plan in plans.numbers:
             compiled[plan.number] = self._compile_plan(plan)
+        self.index = NumberIndex(len(compiled))
+        for number, entry in compiled.items():
+            self._index_set(number, entry)
         self.by_number = compiled
         self.unknown_prompt = dict(plans.prompts).get("unknown_number", "unknown_number")
         self.unknown_outcomes = shared.outcome_counts(UNKNOWN_LABEL)
+
+    # -- by_number and its index: changed together, only here --------------------
+    # The index holds borrowed pointers: an entry leaves it before by_number
+    # lets it go (whose dealloc may run Python code, other threads included).
+
+    cdef int _index_set(self, number, entry) except -1:
+        cdef int64_t key = _index_key(number)
+        if key:
+            self.index.set(key, <CPlan?>entry)
+        return 0
+
+    cdef int _set_entry(self, number, entry) except -1:
+        self._index_set(number, entry)
+        self.by_number[number] = entry
+        return 0
+
+    cdef object _pop_entry(self, number):
+        cdef int64_t key = _index_key(number)
+        if key:
+            self.index.drop(key)
+        return self.by_number.pop(number, None)
 
     # -- compiling: the compiler's description, packed ---------------------------
 
@@ -791,6 +1003,7 @@ cdef class Engine:
         cdef bint ok
         cdef CAction action
         cdef object rule_name = None
+        cdef PlanSlot* slot
         cdef bint dry = dry_run
         cdef int64_t* counts
 
@@ -815,7 +1028,17 @@ cdef class Engine:
             province_index = self.lookup.c_index(key)
         province = _CODES[province_index]
 
-        found = self.by_number.get(dialed) if type(dialed) is str else None
+        found = None
+        number = None
+        if type(dialed) is str:
+            key = _index_key(dialed)
+            if key:
+                slot = self.index.find(key)
+                if slot != NULL:
+                    found = <object>slot.plan
+                    number = dialed  # equal to its number (the key says so), and already in the cache
+            else:
+                found = self.by_number.get(dialed)
         if found is None:
             dialed_n = c_normalize_or_none(dialed, &key)
             found = lookup_plan(self.by_number, dialed_n)  # an SMS: 10657 + the number
@@ -825,7 +1048,8 @@ cdef class Engine:
                 return _make_decision("reject", _EMPTY, self.unknown_prompt, "unknown_number", None,
                                       province, dialed_n, caller_n, channel, call_id)
         plan = <CPlan>found
-        number = plan.number
+        if number is None:
+            number = plan.number
         counts = self._counts(plan) if not dry else <int64_t*>self.dry_outcomes.data.as_longlongs
 
         if self._blacklisted(plan, caller_n):
@@ -955,6 +1179,7 @@ cdef class Engine:
         ``dry``: checked, not counted (through the backend's Python interface).
         """
         cdef PyObject* keys[MAX_STACK_CAPS]
+        cdef Py_hash_t hashes[MAX_STACK_CAPS]
         cdef int64_t periods[MAX_STACK_CAPS]
         cdef int64_t limits[MAX_STACK_CAPS]
         cdef int64_t increments[MAX_STACK_CAPS]
@@ -973,8 +1198,10 @@ cdef class Engine:
                     key = _cap_key(cap, caller_key)
                     owned.append(key)  # keeps the borrowed pointer below alive
                     keys[n] = <PyObject*>key
+                    hashes[n] = hash(key)
                 else:
                     keys[n] = cap.key
+                    hashes[n] = cap.key_hash
                 periods[n] = _period(cap.per, lt)
                 limits[n] = cap.limit
                 increments[n] = cap.increment
@@ -983,7 +1210,7 @@ cdef class Engine:
             if n == 0:
                 return -1
             try:
-                return self.fast_counters.c_acquire(keys, periods, limits, increments, ttls, n)
+                return self.fast_counters.c_acquire(keys, hashes, periods, limits, increments, ttls, n)
             except BackendError:
                 return self._backend_failed(plan, False)
         checks = []
@@ -1080,15 +1307,27 @@ cdef class Engine:
 
     def put(self, plan):
         """Compile one number with this engine's settings and route it by that from now on.  O(this plan)."""
-        self.by_number[plan.number] = self._compile_plan(plan)
+        self._set_entry(plan.number, self._compile_plan(plan))
         self.tracers.pop(plan.number, None)  # no longer used (and never for the new entry): free it now
+
+    def put_entry(self, number, entry):
+        """Route ``number`` by ``entry``, an entry of this engine's ``by_number``
+        taken before (the router's undo).  O(1) amortised."""
+        if type(entry) is not CPlan or (<CPlan>entry).number != number:
+            raise TypeError(f"put_entry: expected this engine's entry for {number!r}, got {entry!r}")
+        self._set_entry(number, entry)
+
+    def drop_entry(self, number):
+        """Stop routing ``number``, keeping what is kept for it (the router frees a
+        retired engine's entries one at a time with this).  O(1)."""
+        self._pop_entry(number)
 
     def remove(self, number):
         """Stop routing ``number`` (a normalised number; absent: nothing happens).  O(1).
 
         What is kept for it (round-robin states, PIN checks, statistics) goes too.
         """
-        self.by_number.pop(number, None)
+        self._pop_entry(number)
         self.tracers.pop(number, None)
         self.compiler.forget(number)
 
@@ -1099,10 +1338,20 @@ cdef class Engine:
 
         Returns how many numbers were compared with their description.  O(plans).
         """
+        cdef int64_t key
+        cdef PlanSlot* slot
+        cdef Py_ssize_t indexed = 0
         assert not self.settings.numbers
         compared = 0
         for number, plan in self.by_number.items():
             assert (<CPlan?>plan).number == number
+            key = _index_key(number)
+            if key:
+                slot = self.index.find(key)
+                assert slot != NULL and slot.plan == <PyObject*>plan, f"the index misleads for {number!r}"
+                indexed += 1
+        assert indexed == self.index.count, f"the index holds {self.index.count} numbers, by_number {indexed}"
+        for number, plan in self.by_number.items():
             plan._check()
             described = self._described(<CPlan>plan)
             if type(described) is not str:
@@ -1148,6 +1397,7 @@ cdef int _pack_cap(CapC* c, described) except -1:
     c.ttl = described.ttl_s
     Py_INCREF(key)
     c.key = <PyObject*>key
+    c.key_hash = hash(key)
     Py_INCREF(prompt)
     c.prompt = <PyObject*>prompt
     if prefix is not None:

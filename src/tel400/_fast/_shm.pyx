@@ -390,8 +390,8 @@ cdef class ShmCounters(CCounters):
                     tel400_store_i(&slot.expires, tel400_now() + ttl)
                 return value + amount
 
-    cdef int c_acquire(self, PyObject** keys, const int64_t* periods, const int64_t* limits,
-                       const int64_t* increments, const int64_t* ttls, int n) except -2:
+    cdef int c_acquire(self, PyObject** keys, const Py_hash_t* key_hashes, const int64_t* periods,
+                       const int64_t* limits, const int64_t* increments, const int64_t* ttls, int n) except -2:
         """Check and count every cap; -1 when all were counted, else the first index at its limit.
 
         The caps already counted decide first: a cap at its limit refuses
@@ -482,7 +482,7 @@ cdef class ShmCounters(CCounters):
             limits[i] = check.limit
             increments[i] = check.increment
             ttls[i] = check.ttl_s
-        return self.c_acquire(keys, periods, limits, increments, ttls, n)
+        return self.c_acquire(keys, NULL, periods, limits, increments, ttls, n)
 
     def add(self, key, int64_t period, int64_t amount, int64_t ttl_s):
         self._ready()
