@@ -58,6 +58,17 @@ def rules_from_env() -> int:
     return env_int("TEL400_BENCH_RULES", 5)
 
 
+def kept_dir(tmp_path_factory, name: str) -> pathlib.Path:
+    """``TEL400_BENCH_DIR`` (created if missing), where generated files and stores are kept
+    between runs; without it, a fresh temporary directory called ``name``."""
+    kept = os.environ.get("TEL400_BENCH_DIR")
+    if kept:
+        path = pathlib.Path(kept)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp(name)
+
+
 def jsonl_file(directory: pathlib.Path, numbers: int, rules: int) -> pathlib.Path:
     """The generated plans, written once per size and kept in ``directory``."""
     path = directory / f"plans-{numbers}x{rules}.jsonl"

@@ -64,14 +64,7 @@ def _child(mode: str, db: pathlib.Path) -> dict:
 
 @pytest.fixture(scope="module")
 def memory_dir(tmp_path_factory) -> pathlib.Path:
-    import os
-
-    kept = os.environ.get("TEL400_BENCH_DIR")
-    if kept:
-        path = pathlib.Path(kept)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("memory")
+    return _scale.kept_dir(tmp_path_factory, "memory")
 
 
 @pytest.mark.parametrize("rules", [5, 20])

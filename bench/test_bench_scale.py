@@ -36,14 +36,7 @@ needs_cython = pytest.mark.skipif("cython" not in _impl.ENGINES, reason="measure
 
 @pytest.fixture(scope="session")
 def scale_dir(tmp_path_factory) -> pathlib.Path:
-    import os
-
-    kept = os.environ.get("TEL400_BENCH_DIR")
-    if kept:
-        path = pathlib.Path(kept)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("scale")
+    return _scale.kept_dir(tmp_path_factory, "scale")
 
 
 @pytest.fixture(scope="session")

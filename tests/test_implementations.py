@@ -72,3 +72,12 @@ def test_a_missing_extension_falls_back_with_one_warning():
 def test_unknown_implementation_is_refused():
     with pytest.raises(ValueError, match="not available"):
         tel400.Router(tel400.PlanSet(), implementation="fortran")
+
+
+def test_a_compiled_twin_that_cannot_be_imported_gives_its_reference_with_a_warning(monkeypatch):
+    reference = object()
+    monkeypatch.setattr(_impl, "IMPLEMENTATION", "cython")
+    with pytest.warns(RuntimeWarning, match="the twin is not available"):
+        assert _impl.compiled_twin("_no_such_twin", None, reference, "the twin") is reference
+    monkeypatch.setattr(_impl, "IMPLEMENTATION", "python")
+    assert _impl.compiled_twin("_plans", None, reference, "the twin") is reference  # the reference engine: never the twin

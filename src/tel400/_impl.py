@@ -9,6 +9,7 @@ the test suite can run every test against each.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import warnings
@@ -91,3 +92,19 @@ def get(name: str | None) -> Implementation:
         raise ValueError(
             f"implementation {name!r} is not available here; have {', '.join(ENGINES)}"
         ) from None
+
+
+def compiled_twin(module: str, attribute: str | None, reference, what: str):
+    """The compiled twin ``tel400._fast.<module>`` (or its ``attribute``) when the compiled hot
+    path is in use, else ``reference``; a twin that fails to import (an older build, classes it
+    does not know) gives the reference with one warning.  For twins that import the module they
+    twin, and so are looked up on first use rather than here."""
+    if IMPLEMENTATION != "cython":
+        return reference
+    try:
+        twin = importlib.import_module(f"tel400._fast.{module}")
+    except ImportError as exc:
+        warnings.warn(f"tel400: {what} is not available ({exc}); using the reference", RuntimeWarning, stacklevel=3)
+        return reference
+    return twin if attribute is None else getattr(twin, attribute)
+

@@ -131,17 +131,7 @@ def _rules_builder() -> Callable[..., tuple]:
     if _RULES_BUILDER is None:
         from . import _impl
 
-        _RULES_BUILDER = compiled_rules
-        if _impl.IMPLEMENTATION == "cython":
-            try:
-                from ._fast import _compile
-            except ImportError as exc:  # an older build, or description classes it does not know
-                import warnings
-
-                warnings.warn(f"tel400: the compiled rule builder is not available ({exc}); using the reference",
-                              RuntimeWarning, stacklevel=2)
-            else:
-                _RULES_BUILDER = _compile.compiled_rules
+        _RULES_BUILDER = _impl.compiled_twin("_compile", "compiled_rules", compiled_rules, "the compiled rule builder")
     return _RULES_BUILDER
 
 

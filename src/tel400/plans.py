@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import warnings
 import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -830,15 +829,7 @@ def _fast_path():
     global _FAST_PATH
     from . import _impl, _plans_fast
 
-    _FAST_PATH = _plans_fast
-    if _impl.IMPLEMENTATION == "cython":
-        try:
-            from ._fast import _plans
-        except ImportError as exc:  # an older build, or plan classes it does not know
-            warnings.warn(f"tel400: the compiled validator is not available ({exc}); using the reference",
-                          RuntimeWarning, stacklevel=2)
-        else:
-            _FAST_PATH = _plans
+    _FAST_PATH = _impl.compiled_twin("_plans", None, _plans_fast, "the compiled validator")
     return _FAST_PATH
 
 

@@ -26,24 +26,10 @@ from ..outcomes import OUTCOME_INDEX
 from ..provinces import INDEX as _PROVINCE_INDEX
 from ..plans import Action, Rule, Target
 
-from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New as PyTuple_New_of, PyTuple_SET_ITEM
 
-cdef extern from "Python.h":
-    object PyType_GenericAlloc(type t, Py_ssize_t nitems)
-    void PyObject_GC_UnTrack(object o)
-    ctypedef struct PyMemberDef:
-        const char* name
-        int type
-        Py_ssize_t offset
-        int flags
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-
-cdef extern from "structmember.h":
-    int T_OBJECT_EX
-    int READONLY
+from ._slots cimport PyObject_GC_UnTrack, PyType_GenericAlloc, get_slot as _get, put_slot as _put, slot_offsets
 
 
 _RULE_SLOTS = (
@@ -64,15 +50,7 @@ cdef Py_ssize_t _IN_TARGET[2]
 
 
 cdef _offsets(type cls, names, Py_ssize_t* into):
-    cdef PyMemberDescrObject* descr
-    for i, name in enumerate(names):
-        member = cls.__dict__.get(name)
-        if type(member).__name__ != "member_descriptor":
-            raise ImportError(f"tel400._fast._compile: {cls.__name__}.{name} is not a slot")
-        descr = <PyMemberDescrObject*>member
-        if descr.d_member.type != T_OBJECT_EX or descr.d_member.flags & READONLY:
-            raise ImportError(f"tel400._fast._compile: {cls.__name__}.{name} is not a writable object slot")
-        into[i] = descr.d_member.offset
+    slot_offsets("tel400._fast._compile", cls, names, into)
 
 
 _offsets(CompiledRule, _RULE_SLOTS, _OFF_RULE)
@@ -80,17 +58,6 @@ _offsets(CompiledAction, _ACTION_SLOTS, _OFF_ACTION)
 _offsets(Rule, ("name", "action", "provinces", "days", "time", "dates", "channel"), _IN_RULE)
 _offsets(Action, ("kind", "targets", "strategy"), _IN_ACTION)
 _offsets(Target, ("to", "weight"), _IN_TARGET)
-
-
-cdef inline void _put(object o, Py_ssize_t offset, object value):
-    """Write an attribute of a blank instance (its slot is empty: nothing to release)."""
-    Py_INCREF(value)
-    (<PyObject**>(<char*><PyObject*>o + offset))[0] = <PyObject*>value
-
-
-cdef inline object _get(object o, Py_ssize_t offset):
-    """A slot of a validated plan object (attrs sets every field: never empty)."""
-    return <object>(<PyObject**>(<char*><PyObject*>o + offset))[0]
 
 
 cdef object _BRIDGE_OUTCOME = OUTCOME_INDEX["bridge", "ok"]

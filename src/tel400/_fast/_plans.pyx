@@ -34,23 +34,7 @@ from ..plans import (
 from ..timespec import TimeSlots, parse_dates, parse_days, parse_time
 from ._numbers import normalize
 
-from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
-
-cdef extern from "Python.h":
-    object PyType_GenericAlloc(type t, Py_ssize_t nitems)
-    void PyObject_GC_UnTrack(object o)
-    ctypedef struct PyMemberDef:
-        const char* name
-        int type
-        Py_ssize_t offset
-        int flags
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-
-cdef extern from "structmember.h":
-    int T_OBJECT_EX
-    int READONLY
+from ._slots cimport PyObject_GC_UnTrack, PyType_GenericAlloc, get_slot as _slot, put_slot as _put, slot_offsets
 
 
 class Slow(Exception):
@@ -87,15 +71,7 @@ cdef Py_ssize_t _OFF_NUMBERPLAN[13]
 
 
 cdef _offsets(type cls, Py_ssize_t* into):
-    cdef PyMemberDescrObject* descr
-    for i, name in enumerate(_fields(cls)):
-        member = cls.__dict__.get(name)
-        if type(member).__name__ != "member_descriptor":
-            raise ImportError(f"tel400._fast._plans: {cls.__name__}.{name} is not a slot")
-        descr = <PyMemberDescrObject*>member
-        if descr.d_member.type != T_OBJECT_EX or descr.d_member.flags & READONLY:
-            raise ImportError(f"tel400._fast._plans: {cls.__name__}.{name} is not a writable object slot")
-        into[i] = descr.d_member.offset
+    slot_offsets("tel400._fast._plans", cls, _fields(cls), into)
 
 
 _offsets(Target, _OFF_TARGET)
@@ -104,12 +80,6 @@ _offsets(Rule, _OFF_RULE)
 _offsets(Cap, _OFF_CAP)
 _offsets(TimeSlots, _OFF_TIMESLOTS)
 _offsets(NumberPlan, _OFF_NUMBERPLAN)
-
-
-cdef inline void _put(object o, Py_ssize_t offset, object value):
-    """Write a field of a blank instance (its slot is empty: nothing to release)."""
-    Py_INCREF(value)
-    (<PyObject**>(<char*><PyObject*>o + offset))[0] = <PyObject*>value
 
 
 cdef frozenset _NUMBER_FIELDS = frozenset((
@@ -618,11 +588,6 @@ cdef tuple _caps(object value, object tariff, object parser):
 
 
 # -- dumping: the canonical tree of a validated plan (twin of tel400.plans._dump_plan) --
-
-cdef inline object _slot(object o, Py_ssize_t offset):
-    """A field of a plan object (attrs sets every field of a built instance: never empty)."""
-    return <object>(<PyObject**>(<char*><PyObject*>o + offset))[0]
-
 
 cdef dict _dump_action(object action, dict out):
     """The action's fields written into ``out`` (a rule's table, or a new one for a default)."""
