@@ -149,3 +149,26 @@ def test_a_router_routes_every_tricky_number_to_its_own_plan(impl):
     router = tel400.Router(plans_from(tree), implementation=impl.name)
     for number in TRICKY:
         assert router.route(number, BJ, at=TUESDAY_10).targets == (f"q{number}",)
+
+
+def test_numbers_given_as_a_str_subclass_change_the_index_with_by_number(impl):
+    """remove/drop_entry/put_entry with an equal str subclass: by_number matches it by equality,
+    so the index must follow (it held a pointer to the freed plan: a crash at the next route)."""
+
+    class Digits(str):
+        pass
+
+    engine = empty_engine(impl)
+    engine.put(queue_plan("4001012345", "q"))
+    engine.remove(Digits("4001012345"))
+    engine._check()
+    assert routes_to(engine, "4001012345") == "unknown_number"
+    engine.put(queue_plan("4001012345", "q"))
+    kept = engine.by_number["4001012345"]
+    engine.put(queue_plan("4001012345", "r"))
+    engine.put_entry(Digits("4001012345"), kept)
+    engine._check()
+    assert routes_to(engine, "4001012345") == "q"
+    engine.drop_entry(Digits("4001012345"))
+    engine._check()
+    assert routes_to(engine, "4001012345") == "unknown_number"

@@ -809,15 +809,33 @@ cdef class Engine:
         return 0
 
     cdef int _set_entry(self, number, entry) except -1:
-        self._index_set(number, entry)
-        self.by_number[number] = entry
+        """by_number first (if it cannot take the entry, nothing changed), then the index, keyed
+        by the entry's own number: ``number`` may be an equal str subclass, which the dict
+        matches and ``_index_key`` does not.  ``old`` keeps the replaced entry alive until the
+        index no longer leads to it."""
+        cdef CPlan plan = <CPlan?>entry
+        old = self.by_number.get(number)
+        self.by_number[number] = plan
+        try:
+            self._index_set(plan.number, plan)
+        except BaseException:
+            if old is None:
+                self.by_number.pop(number, None)
+            else:
+                self.by_number[number] = old
+            raise
         return 0
 
     cdef object _pop_entry(self, number):
-        cdef int64_t key = _index_key(number)
-        if key:
-            self.index.drop(key)
-        return self.by_number.pop(number, None)
+        """Out of by_number, then out of the index by the entry's own number (see _set_entry);
+        the popped entry is held until then.  Returns it, or None."""
+        cdef int64_t key
+        entry = self.by_number.pop(number, None)
+        if entry is not None:
+            key = _index_key((<CPlan>entry).number)
+            if key:
+                self.index.drop(key)
+        return entry
 
     # -- compiling: the compiler's description, packed ---------------------------
 
