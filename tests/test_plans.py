@@ -442,3 +442,7 @@ def test_size_bounds_are_tuned_by_environment_variables():
     env["TEL400_MAX_CONDITION_ENTRIES"] = "1000"
     out = subprocess.run([sys.executable, "-c", "import tel400"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "more than the compiled engine can hold" in out.stderr
+    env["TEL400_MAX_RULES"] = "60000"  # the packed targets' text: rules x targets x the longest target
+    env["TEL400_MAX_TARGETS"] = "200"
+    out = subprocess.run([sys.executable, "-c", "import tel400"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "TEL400_MAX_TARGETS (200) is more than the compiled engine can hold" in out.stderr

@@ -109,6 +109,19 @@ if MAX_RULES * 4 * MAX_CONDITION_ENTRIES >= 1 << 31:
         f"is more than the compiled engine can hold: keep their product under {(1 << 31) // 4}"
     )
 
+#: The longest target a plan may name: user (64) @ host (253) :port (5)
+#: (``tel400.plans``' target pattern); numbers are shorter.
+MAX_TARGET_CHARS = 64 + 1 + 253 + 6
+
+# A plan's bridge targets are packed as text with 32-bit offsets in the
+# compiled engine: every rule and the default at the most targets, each at
+# the longest.
+if (MAX_RULES + 1) * MAX_TARGETS * MAX_TARGET_CHARS >= 1 << 31:
+    raise ValueError(
+        f"TEL400_MAX_RULES ({MAX_RULES}) times TEL400_MAX_TARGETS ({MAX_TARGETS}) is more than the "
+        f"compiled engine can hold: keep their product under {(1 << 31) // MAX_TARGET_CHARS}"
+    )
+
 # -- numbers (what both engines represent; not tunable) ------------------------------
 
 #: Years a plan's calendar additions (holidays, workdays, years) may name.
