@@ -119,7 +119,7 @@ MAX_TARGET_CHARS = 64 + 1 + 253 + 6
 if (MAX_RULES + 1) * MAX_TARGETS * MAX_TARGET_CHARS >= 1 << 31:
     raise ValueError(
         f"TEL400_MAX_RULES ({MAX_RULES}) times TEL400_MAX_TARGETS ({MAX_TARGETS}) is more than the "
-        f"compiled engine can hold: keep their product under {(1 << 31) // MAX_TARGET_CHARS}"
+        f"compiled engine can hold: keep (rules + 1) x targets at most {((1 << 31) - 1) // MAX_TARGET_CHARS}"
     )
 
 # -- numbers (what both engines represent; not tunable) ------------------------------
