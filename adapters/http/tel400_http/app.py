@@ -19,6 +19,12 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``GET /openapi.json /v1/ping``            the API description; a trivial endpoint
 ========================================  =====================================================
 
+The switch endpoints (the first four) and the operations endpoints are
+answered here, on raw ASGI, checked first; then the apps given to
+:meth:`Service.mount`; every other request goes to the admin API, a Starlette
+app (:mod:`tel400_http.admin`, bodies declared once in
+:mod:`tel400_http.schemas`, which also generates ``/openapi.json``).
+
 The switch endpoints (the first four) answer only the callers
 :class:`~tel400_http.auth.SwitchAuth` lets in (a shared secret, an address
 allow-list), take ``at`` only near this server's clock, and a call's end only
@@ -54,9 +60,10 @@ from tel400.sip import check_gateway
 from tel400.stores import WritableStore
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
-from . import openapi, switches
+from . import switches
+from .admin import create_admin
 from .asgi import ClientGone, HttpError, Request, encode_json, field, send
-from .auth import ALL, SwitchAuth, Tokens
+from .auth import SwitchAuth, Tokens
 from .records import CallRecords, check_month, plan_zones
 
 _log = structlog.get_logger("tel400.http")
@@ -71,7 +78,6 @@ _END_FIELDS = frozenset({"duration", "target"})
 #: call waits up to --max-call-duration from its routing for a retry.
 CHARGE_RETRY_AFTER_S = b"1"
 _SWITCH_ENDPOINTS = frozenset({"route", "freeswitch", "kamailio", "calls.end"})
-_PLAN_SECRETS = ("pin", "pin_hash")
 
 
 class Service:
@@ -153,24 +159,24 @@ class Service:
             ("GET", "/healthz"): ("healthz", self.h_healthz),
             ("GET", "/readyz"): ("readyz", self.h_readyz),
             ("GET", "/metrics"): ("metrics", self.h_metrics),
-            ("GET", "/openapi.json"): ("openapi", self.h_openapi),
-            ("GET", "/v1/numbers"): ("numbers.list", self.h_list_numbers),
         }
-        n = r"(?P<number>[^/]+)"
         self._patterns = [
             (re.compile(r"\A/v1/calls/(?P<call_id>[^/]+)/end\Z"), {"POST": ("calls.end", self.h_call_end)}),
-            (re.compile(rf"\A/v1/numbers/{n}\Z"), {"GET": ("numbers.get", self.h_get_number),
-                                                    "PUT": ("numbers.put", self.h_put_number),
-                                                    "DELETE": ("numbers.delete", self.h_delete_number)}),
-            (re.compile(rf"\A/v1/numbers/{n}/blacklist\Z"), {"GET": ("blacklist.get", self.h_get_blacklist)}),
-            (re.compile(rf"\A/v1/numbers/{n}/blacklist/(?P<entry>[^/]+)\Z"),
-             {"PUT": ("blacklist.add", self.h_blacklist_add), "DELETE": ("blacklist.remove", self.h_blacklist_remove)}),
-            (re.compile(rf"\A/v1/numbers/{n}/pin\Z"), {"PUT": ("pin.put", self.h_put_pin),
-                                                        "DELETE": ("pin.delete", self.h_delete_pin)}),
-            (re.compile(rf"\A/v1/numbers/{n}/audit\Z"), {"GET": ("audit", self.h_audit)}),
-            (re.compile(rf"\A/v1/numbers/{n}/report\Z"), {"GET": ("report", self.h_report)}),
-            (re.compile(rf"\A/v1/numbers/{n}/calls\Z"), {"GET": ("calls.list", self.h_calls)}),
         ]
+        self._mounts: list[tuple[str, object]] = []
+        #: The admin API: every request the raw table and the mounted apps leave.
+        self.admin = create_admin(self)
+
+    def mount(self, prefix: str, app) -> None:
+        """Serve ``prefix`` and every path under ``prefix + "/"`` by the ASGI ``app``.
+
+        The app gets the full path (per the ASGI spec) with ``root_path``
+        extended by ``prefix``; Starlette strips it to route.  The switch and
+        operations endpoints are matched first, so a mount never slows them.
+        """
+        if not prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"mount prefix: expected /name without a trailing slash, got {prefix!r}")
+        self._mounts.append((prefix, app))
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -214,6 +220,11 @@ class Service:
         params = None
         if found is None:
             found, params = self._match(method, path)
+            if found is None:
+                for prefix, app in self._mounts:
+                    if path == prefix or path.startswith(prefix + "/"):
+                        return await app(dict(scope, root_path=scope.get("root_path", "") + prefix), receive, send_)
+                return await self.admin(scope, receive, send_)
         name, handler = found
         req = Request(scope, receive, params)
         try:
@@ -246,7 +257,7 @@ class Service:
         if allowed:
             return ("method_not_allowed", _refuse(405, "method_not_allowed", f"{method} is not allowed on {path}",
                                                   headers=[(b"allow", ", ".join(allowed).encode())])), None
-        return ("not_found", _refuse(404, "not_found", f"no endpoint {path}")), None
+        return None, None  # not a raw endpoint: a mounted app's or the admin API's
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -451,23 +462,9 @@ class Service:
     async def h_metrics(self, req: Request):
         return 200, generate_latest(self.registry), b"text/plain; version=0.0.4; charset=utf-8", None
 
-    async def h_openapi(self, req: Request):
-        return 200, openapi.document(), b"application/json", None
-
     # -- the admin API -----------------------------------------------------------------------
 
-    def _number(self, req: Request, token) -> str:
-        raw = req.params["number"]
-        try:
-            number = tel400.normalize(raw)
-        except tel400.NumberError:
-            raise HttpError(404, "not_found", f"{raw!r} is not a telephone number") from None
-        if not token.may(number):
-            raise HttpError(403, "forbidden", f"this token may not manage {number}")
-        return number
-
-    def _auth(self, req: Request):
-        return self.tokens.check(req.header(b"authorization"))
+    # -- what the admin API and the portal share ------------------------------------------
 
     def _writable(self) -> WritableStore:
         if not isinstance(self.store, WritableStore):
@@ -503,229 +500,6 @@ class Service:
         """Numbers the store holds whose plan is invalid (see tel400.PlanWatcher.quarantined)."""
         source = self.watcher if self.watcher is not None else self.store
         return dict(getattr(source, "quarantined", None) or {})
-
-    async def h_list_numbers(self, req: Request):
-        """The routed numbers a token may manage: its own, or (operator) one page of all.
-
-        A tenant's answer costs O(its numbers) on the loop.  The operator's
-        is paged (``after``, ``limit`` up to LIST_PAGE_MAX, LIST_PAGE
-        by default; ``next`` is the ``after`` of the next page) and selected
-        in a thread: O(numbers × log limit) there, never a sort of every
-        number on the loop.
-        """
-        token = self._auth(req)
-        _only_params(req, "after", "limit")
-        limit = _int_param(req, "limit", LIST_PAGE, 1, LIST_PAGE_MAX)
-        after = req.query.get("after") or ""
-        if len(after) > LIST_AFTER_MAX:  # a number is at most 40 characters (the schema says so too)
-            raise HttpError(422, "bad_request", f"after: expected at most {LIST_AFTER_MAX} characters", field="after")
-        quarantined = self._quarantined()
-        if ALL in token.numbers:
-            numbers = await asyncio.to_thread(self.router.routed_numbers_after, after, limit + 1)
-            mine = quarantined if not after else {}  # listed once, with the first page
-        else:
-            numbers = sorted(n for n in token.numbers if n > after and self.router._routes(n))[:limit + 1]
-            mine = {n: quarantined[n] for n in token.numbers if n in quarantined} if not after else {}
-        body: dict = {"numbers": numbers[:limit]}
-        if len(numbers) > limit:
-            body["next"] = numbers[limit - 1]
-        if mine:  # stored but refused: the token's owner should fix them
-            body["quarantined"] = mine
-        return 200, encode_json(body), b"application/json", None
-
-    async def h_get_number(self, req: Request):
-        number = self._number(req, self._auth(req))
-        tree = await asyncio.to_thread(self._plan_tree, number)
-        if tree is None:
-            raise HttpError(404, "unknown_number", f"{number} has no plan")
-        return 200, encode_json(_redacted(tree)), b"application/json", None
-
-    async def h_put_number(self, req: Request):
-        token = self._auth(req)
-        number = self._number(req, token)
-        await req.read(self.max_body)
-        plan = req.json()
-        if "number" in plan:
-            try:
-                given = tel400.normalize(str(plan["number"]))
-            except tel400.NumberError:
-                given = None
-            if given != number:
-                raise HttpError(422, "invalid_plan", f"number: the body is for {plan['number']!r}, the path for {number}",
-                                field="number")
-        store = self._writable()
-
-        def write():
-            with self._write_lock:
-                before = store.get_number(number)
-                body = {k: v for k, v in plan.items() if k != "has_pin"}
-                body["number"] = number
-                if not any(k in body for k in _PLAN_SECRETS) and before is not None:
-                    for key in _PLAN_SECRETS:  # the PIN is managed at …/pin; a plan without one keeps it
-                        if key in before:
-                            body[key] = before[key]
-                if isinstance(body.get("pin"), str) and pins.PIN_RE.match(body["pin"]):
-                    body["pin_hash"] = pins.make_hash(body.pop("pin"))  # never kept in clear
-                stored = store.put_number(body, actor=token.name)
-                self._applied(number, stored)
-                return before is None, store.get_number(number)
-
-        created, stored = await asyncio.to_thread(_plan_errors(write))
-        _log.info("plan_changed", number=number, actor=token.name, created=created)
-        return (201 if created else 200), encode_json(_redacted(stored)), b"application/json", None
-
-    async def h_delete_number(self, req: Request):
-        token = self._auth(req)
-        number = self._number(req, token)
-        store = self._writable()
-
-        def delete():
-            with self._write_lock:
-                gone = store.delete_number(number, actor=token.name)
-                if gone:
-                    self._applied(number)
-                return gone
-
-        if not await asyncio.to_thread(_plan_errors(delete)):
-            raise HttpError(404, "unknown_number", f"{number} has no plan")
-        _log.info("plan_deleted", number=number, actor=token.name)
-        return 204, b"", b"application/json", None
-
-    async def _edit(self, token, number: str, change) -> dict:
-        """Read one number's stored plan, change it, write it back; 404 without a plan."""
-        store = self._writable()
-
-        def edit():
-            with self._write_lock:
-                tree = store.get_number(number)
-                if tree is None:
-                    raise HttpError(404, "unknown_number", f"{number} has no plan")
-                changed = change(dict(tree))
-                stored = store.put_number(changed, actor=token.name)
-                self._applied(number, stored)
-                return store.get_number(number)
-
-        return await asyncio.to_thread(_plan_errors(edit))
-
-    async def h_get_blacklist(self, req: Request):
-        number = self._number(req, self._auth(req))
-        tree = await asyncio.to_thread(self._plan_tree, number)
-        if tree is None:
-            raise HttpError(404, "unknown_number", f"{number} has no plan")
-        return 200, encode_json({"number": number, "blacklist": tree.get("blacklist", [])}), b"application/json", None
-
-    async def h_blacklist_add(self, req: Request):
-        token = self._auth(req)
-        number = self._number(req, token)
-        entry = req.params["entry"]
-
-        def add(tree):
-            entries = list(tree.get("blacklist", []))
-            if not any(_same_entry(entry, e) for e in entries):
-                entries.append(entry)
-            tree["blacklist"] = entries
-            return tree
-
-        stored = await self._edit(token, number, add)
-        return 200, encode_json({"number": number, "blacklist": stored.get("blacklist", [])}), b"application/json", None
-
-    async def h_blacklist_remove(self, req: Request):
-        token = self._auth(req)
-        number = self._number(req, token)
-        entry = req.params["entry"]
-
-        def remove(tree):
-            entries = list(tree.get("blacklist", []))
-            kept = [e for e in entries if not _same_entry(entry, e)]
-            if len(kept) == len(entries):
-                raise HttpError(404, "not_blacklisted", f"{entry!r} is not on {number}'s blacklist")
-            tree["blacklist"] = kept
-            return tree
-
-        stored = await self._edit(token, number, remove)
-        return 200, encode_json({"number": number, "blacklist": stored.get("blacklist", [])}), b"application/json", None
-
-    async def h_put_pin(self, req: Request):
-        token = self._auth(req)
-        number = self._number(req, token)
-        await req.read(self.ROUTE_BODY)
-        data = req.json()
-        _only(data, frozenset({"pin"}))
-        pin = field(data, "pin", str, required=True)
-        if not pins.PIN_RE.match(pin):
-            raise HttpError(422, "invalid_plan", "pin: expected 4 to 8 digits", field="pin")
-
-        def set_pin(tree):
-            tree.pop("pin", None)
-            tree["pin_hash"] = pins.make_hash(pin)
-            return tree
-
-        await self._edit(token, number, set_pin)
-        _log.info("pin_changed", number=number, actor=token.name)
-        return 204, b"", b"application/json", None
-
-    async def h_delete_pin(self, req: Request):
-        token = self._auth(req)
-        number = self._number(req, token)
-
-        def clear(tree):
-            if not any(k in tree for k in _PLAN_SECRETS):
-                raise HttpError(404, "no_pin", f"{number} has no PIN")
-            for key in _PLAN_SECRETS:
-                tree.pop(key, None)
-            return tree
-
-        await self._edit(token, number, clear)
-        _log.info("pin_removed", number=number, actor=token.name)
-        return 204, b"", b"application/json", None
-
-    async def h_audit(self, req: Request):
-        number = self._number(req, self._auth(req))
-        _only_params(req, "limit")
-        limit = _int_param(req, "limit", 100, 1, 1000)
-        if not isinstance(self.store, WritableStore):
-            entries = []
-        else:
-            entries = await asyncio.to_thread(lambda: self.store.audit(number, limit))
-        out = [{**e, "at": _iso(e["at"]), "before": _redacted(e["before"]), "after": _redacted(e["after"])}
-               for e in entries]
-        return 200, encode_json({"number": number, "entries": out}), b"application/json", None
-
-    def _records(self) -> CallRecords:
-        if self.records is None:
-            raise HttpError(409, "records_off", "this service keeps no call records (--records none)")
-        return self.records
-
-    async def h_report(self, req: Request):
-        number = self._number(req, self._auth(req))
-        records = self._records()
-        _only_params(req, "month")
-        month = req.query.get("month")
-        if month is None:
-            month = dt.datetime.now(self._zone_of(number)).strftime("%Y-%m")
-        try:
-            check_month(month)
-        except ValueError as exc:
-            raise HttpError(422, "bad_request", str(exc), field="month") from None
-
-        def report():
-            records.flush()
-            return records.report(number, month)
-
-        return 200, encode_json(await asyncio.to_thread(report)), b"application/json", None
-
-    async def h_calls(self, req: Request):
-        number = self._number(req, self._auth(req))
-        records = self._records()
-        _only_params(req, "limit", "before")
-        limit = _int_param(req, "limit", 100, 1, 1000)
-        before = _int_param(req, "before", None, 1, 2**62)
-
-        def listing():
-            records.flush()
-            return records.calls(number, limit=limit, before_id=before)
-
-        return 200, encode_json({"number": number, "calls": await asyncio.to_thread(listing)}), b"application/json", None
 
 
 class Latency:
@@ -818,65 +592,3 @@ def _normalized(dialed: str) -> str | None:
         return tel400.normalize(dialed)
     except tel400.NumberError:
         return None
-
-
-#: Numbers in one page of the operator's ``GET /v1/numbers`` (``?limit=``), and the most a page may ask.
-LIST_PAGE = 1000
-LIST_PAGE_MAX = 10000
-#: The longest ``after`` a listing takes (the longest number the API names).
-LIST_AFTER_MAX = 40
-
-
-def _only_params(req: Request, *names: str) -> None:
-    """Refuse a query parameter the endpoint does not take (422), as its OpenAPI document says:
-    a mistyped ``limt=5`` is an error, not a silent default."""
-    for name in req.query:
-        if name not in names:
-            raise HttpError(422, "bad_request", f"unknown query parameter {name[:40]!r}; expected "
-                            f"{', '.join(names) or 'none'}", field=name[:40])
-
-
-def _int_param(req: Request, name: str, default, low: int, high: int):
-    raw = req.query.get(name)
-    if raw is None:
-        return default
-    # isascii: str.isdigit() also accepts '²' and other digits that int() refuses
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise HttpError(422, "bad_request", f"{name}: expected a whole number from {low} to {high}", field=name)
-    return int(raw)
-
-
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
-
-
-def _redacted(tree):
-    """A plan tree for an answer: never the PIN or its hash, only whether there is one."""
-    if not isinstance(tree, dict) or "number" not in tree:
-        return tree
-    out = {k: v for k, v in tree.items() if k not in _PLAN_SECRETS}
-    out["has_pin"] = any(k in tree for k in _PLAN_SECRETS)
-    return out
-
-
-def _same_entry(given: str, stored: str) -> bool:
-    if given == stored:
-        return True
-    try:
-        return tel400.normalize(given) == stored
-    except tel400.NumberError:
-        return False
-
-
-def _plan_errors(fn):
-    """``fn`` with a refused plan answered 422, naming the field (the running plans stay)."""
-
-    def run():
-        try:
-            return fn()
-        except tel400.PlanError as exc:
-            raise HttpError(422, "invalid_plan", str(exc), field=exc.field, rule=exc.rule) from None
-        except tel400.BackendError as exc:
-            raise HttpError(503, "store_unavailable", str(exc)) from None
-
-    return run
