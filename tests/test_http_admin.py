@@ -432,3 +432,76 @@ def test_an_unknown_query_parameter_is_refused_not_ignored(http_client, path):
 def test_a_query_parameter_given_empty_is_refused_not_defaulted(http_client, path):
     response = http_client.get(path, token=ADMIN)
     assert response.status_code == 422, response.text
+
+
+# -- versions: ETag and If-Match ------------------------------------------------------------------------
+
+
+def test_a_plan_carries_its_version_and_a_stale_put_is_refused_not_applied(http_client):
+    first = http_client.get("/v1/numbers/4001012345", token=ADMIN)
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and len(etag) == 66  # a quoted SHA-256
+    plan = first.json()
+    # the first administrator saves from the version she read: accepted, and the version moves on
+    plan["blacklist"] = ["13900000001"]
+    saved = http_client.put("/v1/numbers/4001012345", token=ADMIN, json=plan, headers={"If-Match": etag})
+    assert saved.status_code == 200 and saved.headers["etag"] != etag
+    assert http_client.get("/v1/numbers/4001012345", token=ADMIN).headers["etag"] == saved.headers["etag"]
+    # the second saves from the old version: refused, naming the header, and nothing changes
+    plan["blacklist"] = ["13900000002"]
+    stale = http_client.put("/v1/numbers/4001012345", token=ADMIN, json=plan, headers={"If-Match": etag})
+    assert (stale.status_code, stale.json()["error"], stale.json()["field"]) == (412, "stale_plan", "If-Match")
+    assert http_client.get("/v1/numbers/4001012345/blacklist", token=ADMIN).json()["blacklist"] == ["13900000001"]
+    # without If-Match the last write wins, as before
+    assert http_client.put("/v1/numbers/4001012345", token=ADMIN, json=plan).status_code == 200
+
+
+def test_if_match_star_needs_an_existing_plan(http_client):
+    plan = {"number": "4009998888", "rules": [], "default": {"action": "reject"}}
+    r = http_client.put("/v1/numbers/4009998888", token=ADMIN, json=plan, headers={"If-Match": "*"})
+    assert r.status_code == 412
+    assert http_client.get("/v1/numbers/4009998888", token=ADMIN).status_code == 404
+
+
+def test_the_version_is_the_portal_editors(http_client, http_service):
+    # sha256 of the canonical JSON of the stored tree: what the portal's PlanEditor compares
+    import hashlib
+    import json
+
+    stored = http_service.store.get_number("4001012345")
+    canonical = json.dumps(stored, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    expected = hashlib.sha256(canonical.encode()).hexdigest()
+    assert http_client.get("/v1/numbers/4001012345", token=ADMIN).headers["etag"] == f'"{expected}"'
+
+
+@pytest.mark.parametrize("body, code, field", [
+    (b'{"pin": 1234}', "wrong_type", "pin"),
+    (b'{"pin": "12"}', "wrong_type", "pin"),
+    (b"{}", "missing_field", "pin"),
+    (b'{"pin": "1234", "pn": 1}', "unknown_field", "pn"),
+])
+def test_a_body_the_struct_refuses_is_a_422_naming_the_field(http_client, body, code, field):
+    r = http_client.put("/v1/numbers/4001012345/pin", token=ADMIN, content=body)
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (422, code, field), r.text
+    assert r.json()["message"].startswith(f"{field}: ")
+
+
+# -- mounting an app beside the API ---------------------------------------------------------------------
+
+
+def test_a_mounted_app_gets_its_prefix_and_the_raw_endpoints_stay_first(http_client, http_service):
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append((scope["path"], scope["root_path"]))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"mounted"})
+
+    http_service.mount("/portal", app)
+    assert http_client.get("/portal").text == "mounted"
+    assert http_client.get("/portal/numbers/1").text == "mounted"
+    assert seen == [("/portal", "/portal"), ("/portal/numbers/1", "/portal")]  # the full path, as ASGI says
+    assert http_client.get("/portalx").json()["error"] == "not_found"  # a prefix is a whole segment
+    assert http_client.route()["reason"] == "ok"
+    with pytest.raises(ValueError):
+        http_service.mount("/portal/", app)
