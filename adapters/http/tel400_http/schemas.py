@@ -36,7 +36,9 @@ _CALL_ID = r"^[\x21-\x7e]{1,128}$"
 Plan = Annotated[dict[str, Any], Meta(
     description="one number's plan, as in a plan file (docs/plans.md); answers carry has_pin, never the PIN")]
 At = Annotated[
-    dt.datetime | Annotated[float, Meta(ge=0, lt=_AT_MAX)],
+    # msgspec drops a datetime's format inside a union: said again, so that clients (and schemathesis) see it
+    Annotated[dt.datetime, Meta(extra_json_schema={"format": "date-time"})]
+    | Annotated[float, Meta(ge=0, lt=_AT_MAX)],
     Meta(description="ISO 8601 (naive: the plan's zone) or POSIX time, in the years 1901 to 9998; default now. "
                      "Refused (422 at_out_of_range) beyond --at-tolerance (300 s) of the server's clock")]
 
