@@ -505,3 +505,13 @@ def test_a_mounted_app_gets_its_prefix_and_the_raw_endpoints_stay_first(http_cli
     assert http_client.route()["reason"] == "ok"
     with pytest.raises(ValueError):
         http_service.mount("/portal/", app)
+
+
+def test_admin_requests_are_counted_under_their_endpoint_names(http_client):
+    http_client.get("/v1/numbers/4001012345", token=ADMIN)
+    http_client.get("/v1/numbers/4001012345/calls?limt=1", token=ADMIN)
+    http_client.post("/v1/numbers/4001012345", token=ADMIN)
+    metrics = http_client.get("/metrics").text
+    assert 'tel400_http_requests_total{endpoint="numbers.get",status="200"} 1.0' in metrics
+    assert 'tel400_http_requests_total{endpoint="calls.list",status="422"} 1.0' in metrics
+    assert 'tel400_http_requests_total{endpoint="method_not_allowed",status="405"} 1.0' in metrics

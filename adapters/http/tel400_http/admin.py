@@ -46,6 +46,14 @@ _PLAN_SECRETS = ("pin", "pin_hash")
 #: The largest PIN body (a PIN is at most 8 digits; the switch endpoints' bound).
 PIN_BODY = 16 * 1024
 _JSON = "application/json"
+#: The ``endpoint`` label of tel400_http_requests_total for each operation: the names the raw
+#: dispatcher gave them before the move, so that dashboards keep working.
+METRIC_NAMES = {
+    "openapi": "openapi", "listNumbers": "numbers.list", "getNumber": "numbers.get", "putNumber": "numbers.put",
+    "deleteNumber": "numbers.delete", "getBlacklist": "blacklist.get", "blacklistAdd": "blacklist.add",
+    "blacklistRemove": "blacklist.remove", "putPin": "pin.put", "deletePin": "pin.delete", "audit": "audit",
+    "report": "report", "calls": "calls.list",
+}
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
 
 
@@ -67,7 +75,8 @@ def create_admin(service) -> Starlette:
     by_path: dict[str, dict] = {}
     for op in schemas.OPERATIONS:
         if not op.raw:
-            by_path.setdefault(op.path, {})[op.method] = _endpoint(service, op.op_id, getattr(api, op.op_id))
+            handler = getattr(api, op.op_id)
+            by_path.setdefault(op.path, {})[op.method] = _endpoint(service, METRIC_NAMES[op.op_id], handler)
     # Every method reaches the path's dispatcher, which answers the 405 itself (Starlette's would add HEAD)
     routes = [Route(path, _by_method(methods), methods=_ANY_METHOD) for path, methods in by_path.items()]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _framework_refusal})
