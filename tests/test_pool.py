@@ -65,7 +65,7 @@ def test_two_concurrent_takes_of_one_number_exactly_one_wins(tmp_path):
         results: list[bool] = []
         start = threading.Barrier(4)
 
-        def take():
+        def take(number=number, start=start, results=results):
             pool = NumberPool(path)  # each its own connection, as separate requests would have
             start.wait()
             results.append(pool.take(number))

@@ -234,7 +234,7 @@ def _no_content() -> Response:
 # -- the handlers -----------------------------------------------------------------------------------
 
 class _AdminApi:
-    """One method per admin operation (named by its operationId)."""
+    """One method per admin operation, named by its operationId (hence camelCase)."""
 
     def __init__(self, service) -> None:
         self.s = service
@@ -260,7 +260,7 @@ class _AdminApi:
     async def openapi(self, request: Request) -> Response:
         return Response(schemas.document(), 200, media_type=_JSON)
 
-    async def listNumbers(self, request: Request) -> Response:  # noqa: N802 (operationId)
+    async def listNumbers(self, request: Request) -> Response:
         """The routed numbers a token may manage: its own, or (operator) one page of all.
 
         A tenant's answer costs O(its numbers) on the loop.  The operator's
@@ -283,14 +283,14 @@ class _AdminApi:
             answer.quarantined = mine
         return _json(200, answer)
 
-    async def getNumber(self, request: Request) -> Response:  # noqa: N802
+    async def getNumber(self, request: Request) -> Response:
         number = self._number(request, self._auth(request))
         tree = await asyncio.to_thread(self.s._plan_tree, number)
         if tree is None:
             raise HttpError(404, "unknown_number", f"{number} has no plan")
         return _json(200, _redacted(tree), {"etag": f'"{_etag(tree)}"'})
 
-    async def putNumber(self, request: Request) -> Response:  # noqa: N802
+    async def putNumber(self, request: Request) -> Response:
         token = self._auth(request)
         number = self._number(request, token)
         expect = _if_match(request)
@@ -325,7 +325,7 @@ class _AdminApi:
         _log.info("plan_changed", number=number, actor=token.name, created=created)
         return _json(201 if created else 200, _redacted(stored), {"etag": f'"{_etag(stored)}"'})
 
-    async def deleteNumber(self, request: Request) -> Response:  # noqa: N802
+    async def deleteNumber(self, request: Request) -> Response:
         token = self._auth(request)
         number = self._number(request, token)
         store = self._writable()
@@ -360,14 +360,14 @@ class _AdminApi:
 
         return await asyncio.to_thread(_plan_errors(edit))
 
-    async def getBlacklist(self, request: Request) -> Response:  # noqa: N802
+    async def getBlacklist(self, request: Request) -> Response:
         number = self._number(request, self._auth(request))
         tree = await asyncio.to_thread(self.s._plan_tree, number)
         if tree is None:
             raise HttpError(404, "unknown_number", f"{number} has no plan")
         return _json(200, schemas.Blacklist(number, list(tree.get("blacklist", []))))
 
-    async def blacklistAdd(self, request: Request) -> Response:  # noqa: N802
+    async def blacklistAdd(self, request: Request) -> Response:
         token = self._auth(request)
         number = self._number(request, token)
         entry = request.path_params["entry"]
@@ -382,7 +382,7 @@ class _AdminApi:
         stored = await self._edit(token, number, add)
         return _json(200, schemas.Blacklist(number, list(stored.get("blacklist", []))))
 
-    async def blacklistRemove(self, request: Request) -> Response:  # noqa: N802
+    async def blacklistRemove(self, request: Request) -> Response:
         token = self._auth(request)
         number = self._number(request, token)
         entry = request.path_params["entry"]
@@ -398,7 +398,7 @@ class _AdminApi:
         stored = await self._edit(token, number, remove)
         return _json(200, schemas.Blacklist(number, list(stored.get("blacklist", []))))
 
-    async def putPin(self, request: Request) -> Response:  # noqa: N802
+    async def putPin(self, request: Request) -> Response:
         token = self._auth(request)
         number = self._number(request, token)
         pin = _decode(await _body(request, PIN_BODY), schemas.PinRequest).pin
@@ -412,7 +412,7 @@ class _AdminApi:
         _log.info("pin_changed", number=number, actor=token.name)
         return _no_content()
 
-    async def deletePin(self, request: Request) -> Response:  # noqa: N802
+    async def deletePin(self, request: Request) -> Response:
         token = self._auth(request)
         number = self._number(request, token)
 
@@ -478,9 +478,7 @@ def _if_match(request: Request) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    return value.strip('"')
+    return value.removeprefix("W/").strip('"')
 
 
 def _check_version(number: str, before: dict | None, expect: str | None) -> None:
@@ -497,7 +495,7 @@ def _check_version(number: str, before: dict | None, expect: str | None) -> None
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
 def _redacted(tree):

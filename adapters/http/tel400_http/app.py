@@ -64,7 +64,7 @@ from . import switches
 from .admin import create_admin
 from .asgi import ClientGone, HttpError, Request, encode_json, field, send
 from .auth import SwitchAuth, Tokens
-from .records import CallRecords, check_month, plan_zones
+from .records import CallRecords, plan_zones
 
 _log = structlog.get_logger("tel400.http")
 

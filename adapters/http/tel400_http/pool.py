@@ -88,8 +88,8 @@ class NumberPool:
         errors: list[tuple[int, str, str]] = []
         for line_no, raw in enumerate(lines, 1):
             if line_no > self.max_lines:
-                errors.append((line_no, _shown(raw), f"stopped: at most {self.max_lines} lines per import; "
-                                                      "import the rest in another go"))
+                stop = f"stopped: at most {self.max_lines} lines per import; import the rest in another go"
+                errors.append((line_no, _shown(raw), stop))
                 break
             text = raw.strip()
             if not text or text.startswith("#"):
