@@ -107,12 +107,12 @@ def _endpoint(service, name: str, handler):
 
 def _by_method(endpoints: dict):
     """One path's endpoints by method; 405 naming the others (only those: no implicit HEAD)."""
-    allow = ", ".join(endpoints).encode()
+    allow = ", ".join(endpoints)
 
     async def endpoint(request: Request) -> Response:
         chosen = endpoints.get(request.method)
         if chosen is None:
-            raise HTTPException(405, headers={"Allow": allow.decode()})
+            raise HTTPException(405, headers={"Allow": allow})
         return await chosen(request)
 
     endpoint.allowed = tuple(endpoints)  # the methods served, for the tests and the curious
