@@ -24,14 +24,10 @@ from __future__ import annotations
 import os
 import pathlib
 import random
-import sys
 
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "adapters" / "http"))
-
-from tel400_http import records as records_module  # noqa: E402
-from tel400_http.records import CallRecords  # noqa: E402
+from tel400_http import records as records_module
+from tel400_http.records import CallRecords
 
 BUSY = "4001012345"
 MONTH = "2026-11"
@@ -43,7 +39,7 @@ PROVINCES = ("CN-GD", "CN-BJ", "CN-SH", "CN-ZJ", "CN-JS", "CN-SD", "CN-SC", "CN-
 class Decision:
     """What the writer reads of a :class:`tel400.Decision`."""
 
-    __slots__ = ("call_id", "number", "caller", "province", "rule", "targets", "action", "reason", "channel")
+    __slots__ = ("action", "call_id", "caller", "channel", "number", "province", "reason", "rule", "targets")
 
     def __init__(self, call_id, number, caller, province, action, reason, target):
         self.call_id, self.number, self.caller, self.province = call_id, number, caller, province
@@ -146,7 +142,6 @@ def test_records_rare_filter_page(benchmark, busy):
 
 def test_records_deep_page(benchmark, busy):
     size, records = busy
-    _, cursor = records.find(BUSY, limit=1)
     day, rid = records._db().execute(
         "SELECT day, id FROM records WHERE number = ? ORDER BY day DESC, id DESC LIMIT 1 OFFSET ?",
         (BUSY, size // 2)).fetchone()

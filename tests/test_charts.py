@@ -6,7 +6,6 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from tel400_http import charts
 
 SVG = "{http://www.w3.org/2000/svg}"

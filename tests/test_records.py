@@ -10,7 +10,6 @@ import zoneinfo
 
 import pytest
 from structlog.testing import capture_logs
-
 from tel400_http.records import CSV_COLUMNS, OUTCOMES, SCHEMA_VERSION, CallRecords
 
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")

@@ -19,7 +19,6 @@ import zoneinfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tel400_http.records import ACTIONS, CONNECTS, CallRecords, _minutes, _money
 
 ZONES = {"4001012345": zoneinfo.ZoneInfo("Asia/Shanghai"), "4008888888": zoneinfo.ZoneInfo("America/New_York")}
@@ -181,9 +180,7 @@ def naive_find(rows, number, f):
             return False
         if outcome in ACTIONS and r["action"] != outcome:
             return False
-        if outcome in ("closed", "ok", "pin_required") and r["reason"] != outcome:
-            return False
-        return True
+        return outcome not in ("closed", "ok", "pin_required") or r["reason"] == outcome
 
     return [r["id"] for r in sorted(filter(keep, rows.values()), key=lambda r: (r["day"], r["id"]), reverse=True)]
 

@@ -68,6 +68,8 @@ SCHEMA_VERSION = 2
 CHUNK = 5000
 #: At most this many records on one page of :meth:`CallRecords.find`.
 MAX_PAGE = 1000
+#: The writer's SQLite page cache, in KiB.
+WRITER_CACHE_KIB = 65536
 #: How many top callers :meth:`CallRecords.callers` lists.
 TOP_CALLERS = 20
 
@@ -185,7 +187,7 @@ def _money(micro: int | None) -> str:
 
 def _utc(ts: float) -> str | None:
     try:
-        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
     except (ValueError, OverflowError, OSError):
         return None
 
@@ -479,6 +481,12 @@ class CallRecords:
 
     def _write(self, items) -> None:
         db = self._db()
+        if not getattr(self._local, "writer", False):
+            # The writer's inserts land all over the filter indexes: a larger
+            # page cache keeps their pages in memory between batches (readers
+            # keep SQLite's default: they are many, each a thread).
+            db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            self._local.writer = True
         inserts, ends = [], []
         for item in items:
             if item[0] == "d":
@@ -499,8 +507,7 @@ class CallRecords:
                                      None, None, None)
                                     for (_, number, caller, province, _, target, action, reason, _, _, day, hour,
                                          connected) in inserts])
-            for end in ends:
-                self._end(db, *end)
+            self._ends(db, ends)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -508,31 +515,54 @@ class CallRecords:
         self._zones.clear()  # plans may have changed their zone; look again next batch
         self._hours.clear()
 
-    def _end(self, db, call_id, duration_s, billed_s, cost, target) -> None:
-        """Write a call's end on its record and move the rollups' amounts from the old values to the new."""
-        row = db.execute(
-            "SELECT id, number, day, target, duration_s, billed_s, cost_micro FROM records "
-            "WHERE id = (SELECT MAX(id) FROM records WHERE call_id = ?)", (call_id,)).fetchone()
-        if row is None:
-            return
-        rid, number, day, old_target, old_duration, old_billed, old_cost = row
-        new_target = target if target is not None else old_target
-        db.execute("UPDATE records SET duration_s = ?, billed_s = ?, cost_micro = ?, target = ? WHERE id = ?",
-                   (duration_s, billed_s, cost, new_target, rid))
-        db.execute(
+    def _ends(self, db, ends) -> None:
+        """Write calls' ends on their records and move the rollups' amounts from the old values to the new.
+
+        The records are read in one query per 500 ends; when one call's end
+        comes twice, the later replaces the earlier, as it would one by one.
+        """
+        state: dict[str, list] = {}
+        call_ids = list({end[0] for end in ends})
+        for chunk in _chunks(call_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in db.execute(
+                    "SELECT call_id, id, number, day, target, duration_s, billed_s, cost_micro FROM records "
+                    f"WHERE id IN (SELECT MAX(id) FROM records WHERE call_id IN ({marks}) GROUP BY call_id)", chunk):
+                state[row[0]] = list(row[1:])
+        before = {call_id: tuple(now) for call_id, now in state.items()}
+        for call_id, duration_s, billed_s, cost, target in ends:
+            now = state.get(call_id)
+            if now is not None:
+                now[3:7] = [target if target is not None else now[3], duration_s, billed_s, cost]
+        updates = []
+        days: dict = collections.defaultdict(lambda: [0, 0, 0.0])
+        targets: dict = collections.defaultdict(lambda: [0, 0, 0])
+        for call_id, (rid, number, day, target, duration_s, billed_s, cost) in state.items():
+            _, _, _, old_target, old_duration, old_billed, old_cost = before[call_id]
+            updates.append((duration_s, billed_s, cost, target, rid))
+            d = days[number, day]
+            d[0] += (billed_s or 0) - (old_billed or 0)
+            d[1] += (cost or 0) - (old_cost or 0)
+            d[2] += (duration_s or 0) - (old_duration or 0)
+            if old_target is not None:
+                t = targets[number, day, old_target]
+                t[0] -= 1
+                t[1] -= old_billed or 0
+                t[2] -= old_cost or 0
+            if target is not None:
+                t = targets[number, day, target]
+                t[0] += 1
+                t[1] += billed_s or 0
+                t[2] += cost or 0
+        db.executemany("UPDATE records SET duration_s = ?, billed_s = ?, cost_micro = ?, target = ? WHERE id = ?",
+                       updates)
+        db.executemany(
             "UPDATE roll_day SET billed_s = billed_s + ?, cost_micro = cost_micro + ?, duration_s = duration_s + ? "
-            "WHERE number = ? AND day = ?",
-            ((billed_s or 0) - (old_billed or 0), (cost or 0) - (old_cost or 0),
-             (duration_s or 0) - (old_duration or 0), number, day))
-        if old_target is not None:
-            db.execute("UPDATE roll_target SET calls = calls - 1, billed_s = billed_s - ?, cost_micro = cost_micro - ? "
-                       "WHERE number = ? AND day = ? AND target = ?",
-                       (old_billed or 0, old_cost or 0, number, day, old_target))
-        if new_target is not None:
-            db.execute(
-                "INSERT INTO roll_target VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + 1, "
-                "billed_s = billed_s + excluded.billed_s, cost_micro = cost_micro + excluded.cost_micro",
-                (number, day, new_target, billed_s or 0, cost or 0))
+            "WHERE number = ? AND day = ?", [(*delta, *key) for key, delta in days.items()])
+        db.executemany(
+            "INSERT INTO roll_target VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
+            "billed_s = billed_s + excluded.billed_s, cost_micro = cost_micro + excluded.cost_micro",
+            [(*key, *delta) for key, delta in targets.items() if delta != [0, 0, 0]])
 
     def _roll_inserts(self, db, rows) -> None:
         """Add records to the rollups.
@@ -599,12 +629,25 @@ class CallRecords:
         db.executemany(
             "INSERT INTO roll_reason VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls",
             [(*key, calls) for key, calls in reasons.items()])
+        # A caller-month repeats once a caller-day reaches two calls: the days'
+        # counts so far are read per (number, day), 500 callers a query.
+        so_far: dict = {}
+        by_day: dict = collections.defaultdict(list)
+        for number, day, caller in caller_days:
+            by_day[number, day].append(caller)
+        for (number, day), names in by_day.items():
+            for chunk in _chunks(names, 500):
+                marks = ",".join("?" * len(chunk))
+                for caller, calls in db.execute(
+                        "SELECT caller, calls FROM roll_caller_day WHERE number = ? AND day = ? "
+                        f"AND caller IN ({marks})", (number, day, *chunk)):
+                    so_far[number, day, caller] = calls
         for (number, day, caller), calls in caller_days.items():
-            total = db.execute(
-                "INSERT INTO roll_caller_day VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + "
-                "excluded.calls RETURNING calls", (number, day, caller, calls)).fetchone()[0]
-            if total >= 2:
+            if so_far.get((number, day, caller), 0) + calls >= 2:
                 caller_months[number, day[:7], caller][2] = 1
+        db.executemany(
+            "INSERT INTO roll_caller_day VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls",
+            [(*key, calls) for key, calls in caller_days.items()])
         db.executemany(
             "INSERT INTO roll_caller_month VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
             "calls = calls + excluded.calls, repeat = MAX(repeat, excluded.repeat), province = CASE "
@@ -827,8 +870,13 @@ class CallRecords:
             cursor = (rows[-1][10], rows[-1][0])
 
 
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 def _utc_day(ts: float) -> str | None:
     try:
-        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).date().isoformat()
+        return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
     except (ValueError, OverflowError, OSError):
         return None
