@@ -161,6 +161,8 @@ def test_pruning_drops_rows_and_caller_rollups_but_the_report_keeps_history(tmp_
         assert records.report(NUMBER, "2026-11")["calls"] == 3  # the report outlives its rows
         assert records.callers(NUMBER, "2026-11")["callers"] == 0  # caller analysis follows retention
         assert records.callers(NUMBER, "2026-12")["new_callers"] == 1
+        with sqlite3.connect(tmp_path / "r.db") as db:  # per-day caller counts: the last few days only
+            assert db.execute("SELECT day FROM roll_caller_day").fetchall() == [("2026-12-31",)]
         now[0] += 1200 * 86400  # past the rollups' own retention
         records.prune()
         assert records.report(NUMBER, "2026-11")["calls"] == 0

@@ -68,6 +68,9 @@ SCHEMA_VERSION = 2
 CHUNK = 5000
 #: At most this many records on one page of :meth:`CallRecords.find`.
 MAX_PAGE = 1000
+#: Per-(number, day, caller) counts are kept this long (days): a call
+#: written later than that after its day no longer makes its caller a repeat.
+REPEAT_WINDOW_DAYS = 8
 #: The writer's SQLite page cache, in KiB.
 WRITER_CACHE_KIB = 65536
 #: How many top callers :meth:`CallRecords.callers` lists.
@@ -675,8 +678,12 @@ class CallRecords:
                            (self.max_rows,)).rowcount
         caller_day = _utc_day(cutoff)
         if caller_day is not None:
-            db.execute("DELETE FROM roll_caller_day WHERE day < ?", (caller_day,))
             db.execute("DELETE FROM roll_caller_month WHERE month < ?", (caller_day[:7],))
+        # Per-day caller counts only decide whether a caller called twice that
+        # day, and a day's calls are written that day: a few days suffice.
+        repeat_day = _utc_day(max(cutoff, now - REPEAT_WINDOW_DAYS * 86400))
+        if repeat_day is not None:
+            db.execute("DELETE FROM roll_caller_day WHERE day < ?", (repeat_day,))
         rollup_day = _utc_day(now - self.rollup_retention_days * 86400)
         if rollup_day is not None:
             for table in ("roll_day", "roll_hour", "roll_province", "roll_target", "roll_reason"):
