@@ -708,11 +708,7 @@ class CallRecords:
     def month_totals(self, number: str, month: str) -> dict:
         """The month's calls, connected calls, billed minutes, cost and talk minutes (from the day rollups)."""
         first, after = check_month(month)
-        calls, conn, billed, cost, talk = self._db().execute(
-            "SELECT SUM(calls), SUM(connected), SUM(billed_s), SUM(cost_micro), SUM(duration_s) FROM roll_day "
-            "WHERE number = ? AND day >= ? AND day < ?", (number, first, after)).fetchone()
-        return {"calls": calls or 0, "connected": conn or 0, "minutes": _minutes(billed), "cost": _money(cost),
-                "talk_minutes": round((talk or 0) / 60, 2)}
+        return _totals(self._db(), (number, first, after))
 
     def report(self, number: str, month: str) -> dict:
         """Calls by day, hour, weekday × hour, province, target and reason, and the month's minutes and cost.
@@ -723,6 +719,13 @@ class CallRecords:
         """
         first, after = check_month(month)
         db = self._db()
+        db.execute("BEGIN")  # one snapshot: the totals and every breakdown see the same batches
+        try:
+            return self._report(db, number, month, first, after)
+        finally:
+            db.execute("COMMIT")
+
+    def _report(self, db, number: str, month: str, first: str, after: str) -> dict:
         args = (number, first, after)
         where = "number = ? AND day >= ? AND day < ?"
         by_day = [
@@ -756,7 +759,7 @@ class CallRecords:
                 f"SELECT action, reason, SUM(calls) FROM roll_reason WHERE {where} "
                 "GROUP BY action, reason HAVING SUM(calls) > 0 ORDER BY SUM(calls) DESC, action, reason", args)
         ]
-        totals = self.month_totals(number, month)
+        totals = _totals(db, args)
         return {
             "number": number, "month": month, **totals,
             "by_day": by_day, "by_hour": by_hour, "heatmap": heatmap,
@@ -774,6 +777,13 @@ class CallRecords:
         """
         month_key = check_month(month)[0][:7]
         db = self._db()
+        db.execute("BEGIN")  # one snapshot for the counts and the lists
+        try:
+            return self._callers(db, number, month, month_key, top)
+        finally:
+            db.execute("COMMIT")
+
+    def _callers(self, db, number: str, month: str, month_key: str, top: int) -> dict:
         args = (number, month_key)
         callers, returning, repeat = db.execute(
             "SELECT COUNT(*), SUM(EXISTS (SELECT 1 FROM roll_caller_month p WHERE p.number = m.number "
@@ -875,6 +885,14 @@ class CallRecords:
             if len(rows) < CHUNK:
                 return
             cursor = (rows[-1][10], rows[-1][0])
+
+
+def _totals(db, args: tuple) -> dict:
+    calls, conn, billed, cost, talk = db.execute(
+        "SELECT SUM(calls), SUM(connected), SUM(billed_s), SUM(cost_micro), SUM(duration_s) FROM roll_day "
+        "WHERE number = ? AND day >= ? AND day < ?", args).fetchone()
+    return {"calls": calls or 0, "connected": conn or 0, "minutes": _minutes(billed), "cost": _money(cost),
+            "talk_minutes": round((talk or 0) / 60, 2)}
 
 
 def _chunks(items: list, size: int):
