@@ -86,6 +86,14 @@ def test_csv_has_a_bom_the_documented_header_and_chinese_names(records):
         ("b", "北京", "<script>"), ("a", "广东", "13901012345")]
 
 
+def test_csv_cells_from_outside_never_run_as_excel_formulas(records):
+    records._write([("d", Decision("=1+1", caller='=HYPERLINK("http://x","y")'), MON_NOV_2_0930),
+                    ("d", Decision("b", caller="+8613901012345", target="@t"), MON_NOV_2_0930 + 1)])
+    rows = list(csv.DictReader(io.StringIO(b"".join(records.csv_lines(NUMBER)).decode("utf-8-sig"))))
+    assert [(r["call_id"], r["caller"], r["target"]) for r in rows] == [
+        ("b", "+8613901012345", "'@t"), ("'=1+1", '\'=HYPERLINK("http://x","y")', "t1")]
+
+
 def test_csv_streams_the_first_line_before_it_reads_the_records(records):
     lines = records.csv_lines(NUMBER)
     next(lines)  # the header, with nothing written yet

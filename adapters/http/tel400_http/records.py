@@ -878,13 +878,30 @@ class CallRecords:
             buffer.truncate()
             for row in rows:
                 r = _record(row)
-                writer.writerow([r["id"], r["call_id"], r["started"], r["day"], r["caller"], r["province"],
-                                 provinces.CHINESE_NAMES.get(r["province"] or "", ""), r["rule"], r["target"],
-                                 r["action"], r["reason"], r["channel"], r["duration_s"], r["billed_s"], r["cost"]])
+                writer.writerow([r["id"], _cell(r["call_id"]), r["started"], r["day"], _cell(r["caller"]),
+                                 r["province"], provinces.CHINESE_NAMES.get(r["province"] or "", ""), _cell(r["rule"]),
+                                 _cell(r["target"]), r["action"], r["reason"], _cell(r["channel"]), r["duration_s"],
+                                 r["billed_s"], r["cost"]])
             yield buffer.getvalue().encode()
             if len(rows) < CHUNK:
                 return
             cursor = (rows[-1][10], rows[-1][0])
+
+
+_FORMULA = re.compile(r"\A[=+\-@\t\r]")
+_PLAIN_NUMBER = re.compile(r"\A\+?[0-9]+\Z")
+
+
+def _cell(text: str | None) -> str | None:
+    """A text cell Excel will not run: a leading ``=``, ``+``, ``-``, ``@``, tab or CR gets a ``'``.
+
+    Caller IDs and call ids come from outside; ``=HYPERLINK(...)`` in one must
+    stay text in the company's spreadsheet.  ``+8613901012345`` (a plain
+    number) is left alone: Excel can read it only as a number.
+    """
+    if text and _FORMULA.match(text) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text
 
 
 def _totals(db, args: tuple) -> dict:
