@@ -7,48 +7,132 @@ records are dropped and counted (``tel400_http_records_dropped``): a switch
 waiting on its answer matters more than a line in a report.  Counting for
 caps does not depend on these records.
 
-Days are the number's own days (its plan's time zone), fixed when the record
-is written, so a report groups by the day the company lived, not by UTC.
-Money is kept in integer millionths of a yuan (what the tariff computes to),
-so sums are exact.
+Days and hours are the number's own (its plan's time zone), fixed when the
+record is written, so a report groups by the day the company lived, not by
+UTC.  Money is kept in integer millionths of a yuan (what the tariff computes
+to), so sums are exact.
+
+Reading at scale (a number with a million records a month): the writer keeps
+daily *rollups* in the same transaction as the rows they count (and moves
+their amounts when a call's end arrives), so a month's report reads a few
+hundred small rows, never the records.  The records listing is a keyset walk
+down an index, newest first, whatever the page; the CSV export streams it.
+Caller analysis reads a per-(number, month, caller) rollup.
 
 Retention is bounded: records older than ``retention_days`` (in the order
 they were written) and the oldest beyond ``max_rows`` are deleted by the
-writer once an hour.
+writer once an hour.  The day-level rollups keep the history the rows no
+longer have (a report of a pruned month still answers) for
+``rollup_retention_days``; the caller rollups (one row per caller and day or
+month) follow ``retention_days``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
+import csv
 import datetime as dt
+import io
 import os
 import re
 import sqlite3
 import threading
 import time
 import zoneinfo
+from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 
 import structlog
 
 import tel400
+from tel400 import provinces
 
 _log = structlog.get_logger("tel400.http.records")
 
 CONNECTS = ("bridge", "queue", "conference")
+#: Decision actions, as recorded.
+ACTIONS = ("bridge", "reject", "collect_pin", "queue", "conference")
+#: What the ``outcome`` filter of :meth:`CallRecords.find` takes: ``connected``
+#: (bridged, queued or conferenced), ``not_connected`` (anything else), one
+#: action, or one reason (:data:`tel400.REASONS`).
+OUTCOMES = ("connected", "not_connected") + ACTIONS + tuple(tel400.REASONS)
+#: The CSV export's header: stable names (scripts read the columns by them).
+CSV_COLUMNS = ("id", "call_id", "started", "day", "caller", "province", "province_name", "rule", "target",
+               "action", "reason", "channel", "duration_s", "billed_s", "cost")
+#: ``PRAGMA user_version`` of the current schema; a file at a lower version is
+#: upgraded when opened (the rollups rebuilt once from its rows).
+SCHEMA_VERSION = 2
+#: Records read per step when rebuilding rollups or streaming a CSV.
+CHUNK = 5000
+#: At most this many records on one page of :meth:`CallRecords.find`.
+MAX_PAGE = 1000
+#: Per-(number, day, caller) counts are kept this long (days): a call
+#: written later than that after its day no longer makes its caller a repeat.
+REPEAT_WINDOW_DAYS = 8
+#: The writer's SQLite page cache, in KiB.
+WRITER_CACHE_KIB = 65536
+#: How many top callers :meth:`CallRecords.callers` lists.
+TOP_CALLERS = 20
+
 _MONTH = re.compile(r"\A([1-9][0-9]{3})-(0[1-9]|1[0-2])\Z")
+_DAY = re.compile(r"\A[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}\Z")
+_CALLER = re.compile(r"\A[0-9A-Za-z+*#._@-]{1,64}\Z")
 _MICRO = Decimal(1_000_000)
-_SCHEMA = """
+
+_TABLES = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     call_id TEXT, number TEXT, caller TEXT, province TEXT, rule TEXT, target TEXT,
     action TEXT NOT NULL, reason TEXT NOT NULL, channel TEXT NOT NULL,
     started REAL NOT NULL, day TEXT NOT NULL,
-    duration_s REAL, billed_s INTEGER, cost_micro INTEGER
+    duration_s REAL, billed_s INTEGER, cost_micro INTEGER,
+    hour INTEGER, connected INTEGER
 );
-CREATE INDEX IF NOT EXISTS records_number_day ON records (number, day);
 CREATE INDEX IF NOT EXISTS records_call_id ON records (call_id);
+CREATE TABLE IF NOT EXISTS roll_day (
+    number TEXT NOT NULL, day TEXT NOT NULL, calls INTEGER NOT NULL, connected INTEGER NOT NULL,
+    billed_s INTEGER NOT NULL, cost_micro INTEGER NOT NULL, duration_s REAL NOT NULL,
+    PRIMARY KEY (number, day)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roll_hour (
+    number TEXT NOT NULL, day TEXT NOT NULL, hour INTEGER NOT NULL, calls INTEGER NOT NULL,
+    connected INTEGER NOT NULL, PRIMARY KEY (number, day, hour)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roll_province (
+    number TEXT NOT NULL, day TEXT NOT NULL, province TEXT NOT NULL, calls INTEGER NOT NULL,
+    connected INTEGER NOT NULL, PRIMARY KEY (number, day, province)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roll_target (
+    number TEXT NOT NULL, day TEXT NOT NULL, target TEXT NOT NULL, calls INTEGER NOT NULL,
+    billed_s INTEGER NOT NULL, cost_micro INTEGER NOT NULL, PRIMARY KEY (number, day, target)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roll_reason (
+    number TEXT NOT NULL, day TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL, calls INTEGER NOT NULL,
+    PRIMARY KEY (number, day, action, reason)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roll_caller_day (
+    number TEXT NOT NULL, day TEXT NOT NULL, caller TEXT NOT NULL, calls INTEGER NOT NULL,
+    PRIMARY KEY (number, day, caller)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roll_caller_month (
+    number TEXT NOT NULL, month TEXT NOT NULL, caller TEXT NOT NULL, calls INTEGER NOT NULL,
+    province TEXT NOT NULL, repeat INTEGER NOT NULL, PRIMARY KEY (number, month, caller)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS roll_caller_seen ON roll_caller_month (number, caller, month);
 """
+
+# The listing's indexes: each ends with (day, rowid), so a filter on its
+# column walks the matching records already newest first.
+_FILTER_INDEXES = {
+    "day": "records_number_day ON records (number, day)",
+    "number": "records_number ON records (number)",  # calls(): by id
+    "caller": "records_caller ON records (number, caller, day)",
+    "target": "records_target ON records (number, target, day)",
+    "province": "records_province ON records (number, province, day)",
+    "reason": "records_reason ON records (number, reason, day)",
+    "action": "records_action ON records (number, action, day)",
+    "connected": "records_connected ON records (number, connected, day)",
+}
+# The most selective filter given picks the index (a plain equality on it).
+_INDEX_ORDER = ("caller", "target", "province", "reason", "action", "connected")
+
+_COLUMNS = ("id, call_id, caller, province, rule, target, action, reason, channel, started, day, duration_s, "
+            "billed_s, cost_micro")
 
 
 def plan_zones(router, *, max_cached: int = 10_000):
@@ -80,12 +164,24 @@ def plan_zones(router, *, max_cached: int = 10_000):
 
 def check_month(month: str) -> tuple[str, str]:
     """``"2026-11"`` → the first day and the day after the last, as ``YYYY-MM-DD``; ``ValueError`` otherwise."""
-    m = _MONTH.match(month or "")
+    m = _MONTH.match(month or "") if isinstance(month, str) else None
     if not m:
         raise ValueError(f"month: expected YYYY-MM, got {month!r}")
     year, mon = int(m.group(1)), int(m.group(2))
     after = f"{year + 1:04d}-01-01" if mon == 12 else f"{year:04d}-{mon + 1:02d}-01"  # compared as text
     return f"{month}-01", after
+
+
+def check_day(name: str, value) -> str:
+    """A local day as ``YYYY-MM-DD`` (a :class:`datetime.date` or that text); ``ValueError`` naming ``name``."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, str) and _DAY.match(value):
+        try:
+            return dt.date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise ValueError(f"{name}: expected a day as YYYY-MM-DD, got {value!r}")
 
 
 def _money(micro: int | None) -> str:
@@ -94,7 +190,7 @@ def _money(micro: int | None) -> str:
 
 def _utc(ts: float) -> str | None:
     try:
-        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
     except (ValueError, OverflowError, OSError):
         return None
 
@@ -103,22 +199,102 @@ def _minutes(billed_s: int | None) -> float:
     return round((billed_s or 0) / 60, 2)
 
 
+def _record(row) -> dict:
+    rid, call_id, caller, province, rule, target, action, reason, channel, started, day, duration, billed, cost = row
+    return {"id": rid, "call_id": call_id, "caller": caller, "province": province, "rule": rule, "target": target,
+            "action": action, "reason": reason, "channel": channel, "started": _utc(started), "day": day,
+            "duration_s": duration, "billed_s": billed, "cost": None if cost is None else _money(cost)}
+
+
+def _encode_cursor(day: str, rid: int) -> str:
+    return base64.urlsafe_b64encode(f"{day}|{rid}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(after: str) -> tuple[str, int]:
+    try:
+        text = base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)).decode()
+        day, rid = text.split("|")
+        if day != "unknown":
+            check_day("after", day)
+        return day, int(rid)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ValueError("after: not a cursor from this listing (start again from the first page)") from None
+
+
+class _Filters:
+    """A listing's filters, checked: each bad value is a ``ValueError`` naming its field."""
+
+    def __init__(self, since_day=None, until_day=None, caller=None, province=None, outcome=None, target=None):
+        self.since = None if since_day in (None, "") else check_day("since_day", since_day)
+        self.until = None if until_day in (None, "") else check_day("until_day", until_day)
+        if self.since and self.until and self.since > self.until:
+            raise ValueError(f"since_day: {self.since} is after until_day {self.until}")
+        self.where: list[str] = []
+        self.args: list = []
+        self.index = "day"
+        chosen: dict[str, tuple[str, tuple]] = {}
+        if caller not in (None, ""):
+            if not isinstance(caller, str) or not _CALLER.match(caller.strip()):
+                raise ValueError(f"caller: expected a calling number (digits, up to 64 characters), got {caller!r}")
+            chosen["caller"] = ("caller = ?", (caller.strip(),))
+        if target not in (None, ""):
+            if not isinstance(target, str) or len(target) > 200:
+                raise ValueError(f"target: expected a target number or name, got {target!r}")
+            chosen["target"] = ("target = ?", (target.strip(),))
+        if province not in (None, ""):
+            if not isinstance(province, str):
+                raise ValueError(f"province: expected a province code or name, got {province!r}")
+            if province.strip().casefold() == "unknown":
+                chosen["province"] = ("province IS NULL", ())
+            else:
+                code = provinces.resolve(province)
+                if code is None:
+                    raise ValueError(f"province: no province is called {province!r} (a code such as CN-BJ, "
+                                     "or a name such as 北京 or Beijing)")
+                chosen["province"] = ("province = ?", (code,))
+        if outcome not in (None, ""):
+            if outcome not in OUTCOMES:
+                raise ValueError(f"outcome: expected one of {', '.join(OUTCOMES)}, got {outcome!r}")
+            if outcome in ("connected", "not_connected"):
+                chosen["connected"] = ("connected = ?", (int(outcome == "connected"),))
+            elif outcome in ACTIONS:
+                chosen["action"] = ("action = ?", (outcome,))
+            else:
+                chosen["reason"] = ("reason = ?", (outcome,))
+        for name in _INDEX_ORDER:
+            if name in chosen:
+                self.index = name
+                break
+        for clause, args in chosen.values():
+            self.where.append(clause)
+            self.args.extend(args)
+        if self.since:
+            self.where.append("day >= ?")
+            self.args.append(self.since)
+        if self.until:
+            self.where.append("day <= ?")
+            self.args.append(self.until)
+
+
 class CallRecords:
     """Call records in an SQLite file, written in the background.
 
     Args:
         path: the database file.
-        zone_of: the time zone of a 400 number (its plan's), for the record's day.
-        retention_days: records older than this are deleted.
+        zone_of: the time zone of a 400 number (its plan's), for the record's day and hour.
+        retention_days: records (and caller rollups) older than this are deleted.
         max_rows: at most this many records are kept (the oldest go first).
         queue_max: records waiting to be written before new ones are dropped.
+        rollup_retention_days: day-level rollups (the report) are kept this long.
     """
 
     def __init__(self, path: str, *, zone_of, retention_days: float = 180, max_rows: int = 5_000_000,
-                 queue_max: int = 100_000, interval_s: float = 0.2, batch: int = 2000, clock=time.time) -> None:
+                 queue_max: int = 100_000, interval_s: float = 0.2, batch: int = 2000, clock=time.time,
+                 rollup_retention_days: float = 1100) -> None:
         self.path = os.fspath(path)
         self._zone_of = zone_of
         self.retention_days = retention_days
+        self.rollup_retention_days = max(rollup_retention_days, retention_days)
         self.max_rows = max_rows
         self.queue_max = queue_max
         self._interval_s = interval_s
@@ -132,12 +308,11 @@ class CallRecords:
         self.dropped = 0
         self.errors = 0
         self._zones: dict[str, dt.tzinfo] = {}
-        self._days: dict[str | None, tuple[float, float, str]] = {}
+        self._hours: dict[str | None, tuple[float, float, str, int]] = {}
         self._local = threading.local()
         self._stop = False
         self._next_prune = 0.0
-        db = self._db()
-        db.executescript(_SCHEMA)
+        self._open_schema(self._db())
         self._thread = threading.Thread(target=self._run, name="tel400-records", daemon=True)
         self._thread.start()
 
@@ -149,6 +324,66 @@ class CallRecords:
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
+
+    # -- the schema and its upgrade -------------------------------------------------
+
+    def _open_schema(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        existing = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'").fetchone()
+        if existing:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+            for column in ("hour", "connected"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE records ADD COLUMN {column} INTEGER")
+        db.executescript(_TABLES)
+        if existing:
+            self._rebuild_rollups(db)
+        for index in _FILTER_INDEXES.values():
+            db.execute(f"CREATE INDEX IF NOT EXISTS {index}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _rebuild_rollups(self, db: sqlite3.Connection) -> None:
+        """Fill the new columns and the rollups from a previous version's rows, once, in batches.
+
+        Each batch fills its rows' ``hour`` and ``connected`` and adds them to
+        the rollups in one transaction; a batch's rows are those still without
+        ``connected``, so an upgrade cut short resumes where it stopped.
+        """
+        total = db.execute("SELECT COUNT(*) FROM records WHERE connected IS NULL").fetchone()[0]
+        _log.info("records_upgrade_started", rows=total, schema=SCHEMA_VERSION)
+        done, last = 0, 0
+        while True:
+            rows = db.execute(
+                "SELECT id, number, caller, province, target, action, reason, started, day, billed_s, cost_micro, "
+                "duration_s FROM records WHERE id > ? AND connected IS NULL ORDER BY id LIMIT ?",
+                (last, CHUNK)).fetchall()
+            if not rows:
+                break
+            db.execute("BEGIN")
+            try:
+                counted, updates = [], []
+                for rid, number, caller, province, target, action, reason, started, day, billed, cost, dur in rows:
+                    hour = self._local_hour(number, started, day)
+                    connected = int(action in CONNECTS)
+                    updates.append((hour, connected, rid))
+                    counted.append((number, caller, province, target, action, reason, day, hour, connected,
+                                    billed, cost, dur))
+                db.executemany("UPDATE records SET hour = ?, connected = ? WHERE id = ?", updates)
+                self._roll_inserts(db, counted)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            done += len(rows)
+            last = rows[-1][0]
+            _log.info("records_upgrade_progress", done=done, rows=total)
+        _log.info("records_upgrade_finished", rows=done)
+
+    def _local_hour(self, number, started, day) -> int | None:
+        when = self._when(number, started)
+        return when[1] if when[0] == day else None  # the zone moved since: the hour is not that day's
 
     # -- the request path: append and return ----------------------------------------
 
@@ -223,12 +458,13 @@ class CallRecords:
                 self.errors += 1
                 _log.error("record_write_failed", error=repr(exc), record=repr(item)[:200])
 
-    def _day(self, number: str | None, started: float) -> str:
-        # Most records of a batch fall on the day of the one before: the day's
-        # bounds are kept per number, and a date is computed only on a new day.
-        known = self._days.get(number)
+    def _when(self, number: str | None, started: float) -> tuple[str, int | None]:
+        """The number's local day and hour of a moment."""
+        # Most records of a batch fall in the hour of the one before: the
+        # hour's bounds are kept per number, a date computed only on a new hour.
+        known = self._hours.get(number)
         if known is not None and known[0] <= started < known[1]:
-            return known[2]
+            return known[2], known[3]
         zone = self._zones.get(number) if number else None
         if zone is None:
             zone = self._zone_of(number) if number else None
@@ -237,24 +473,31 @@ class CallRecords:
                 self._zones[number] = zone
         try:
             local = dt.datetime.fromtimestamp(started, zone)
-            midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-            start = midnight.timestamp()
-            end = (midnight + dt.timedelta(days=1)).timestamp()  # wall clock: a DST day is 23 or 25 h
+            start = local.replace(minute=0, second=0, microsecond=0).timestamp()
+            end = min(start + 3600, (local.replace(hour=0, minute=0, second=0, microsecond=0)
+                                     + dt.timedelta(days=1)).timestamp())  # wall clock: a DST day is 23 or 25 h
         except (ValueError, OverflowError, OSError):  # a time no calendar holds: kept, never in a month
-            return "unknown"
+            return "unknown", None
         day = local.date().isoformat()
-        self._days[number] = (start, end, day)
-        return day
+        self._hours[number] = (start, end, day, local.hour)
+        return day, local.hour
 
     def _write(self, items) -> None:
         db = self._db()
+        if not getattr(self._local, "writer", False):
+            # The writer's inserts land all over the filter indexes: a larger
+            # page cache keeps their pages in memory between batches (readers
+            # keep SQLite's default: they are many, each a thread).
+            db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            self._local.writer = True
         inserts, ends = [], []
         for item in items:
             if item[0] == "d":
                 _, d, started = item
                 target = d.targets[0] if d.targets and d.action in CONNECTS else None
+                day, hour = self._when(d.number, started)
                 inserts.append((d.call_id, d.number, d.caller, d.province, d.rule, target, d.action, d.reason,
-                                d.channel, started, self._day(d.number, started)))
+                                d.channel, started, day, hour, int(d.action in CONNECTS)))
             else:
                 ends.append(item[1:])
         db.execute("BEGIN")
@@ -262,23 +505,169 @@ class CallRecords:
             # Decisions first: an end in the same batch finds its call.
             db.executemany(
                 "INSERT INTO records (call_id, number, caller, province, rule, target, action, reason, channel, "
-                "started, day) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-            for call_id, duration_s, billed_s, cost, target in ends:
-                db.execute(
-                    "UPDATE records SET duration_s = ?, billed_s = ?, cost_micro = ?, target = COALESCE(?, target) "
-                    "WHERE id = (SELECT MAX(id) FROM records WHERE call_id = ?)",
-                    (duration_s, billed_s, cost, target, call_id))
+                "started, day, hour, connected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
+            self._roll_inserts(db, [(number, caller, province, target, action, reason, day, hour, connected,
+                                     None, None, None)
+                                    for (_, number, caller, province, _, target, action, reason, _, _, day, hour,
+                                         connected) in inserts])
+            self._ends(db, ends)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self._zones.clear()  # plans may have changed their zone; look again next batch
-        self._days.clear()
+        self._hours.clear()
+
+    def _ends(self, db, ends) -> None:
+        """Write calls' ends on their records and move the rollups' amounts from the old values to the new.
+
+        The records are read in one query per 500 ends; when one call's end
+        comes twice, the later replaces the earlier, as it would one by one.
+        """
+        state: dict[str, list] = {}
+        call_ids = list({end[0] for end in ends})
+        for chunk in _chunks(call_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in db.execute(
+                    "SELECT call_id, id, number, day, target, duration_s, billed_s, cost_micro FROM records "
+                    f"WHERE id IN (SELECT MAX(id) FROM records WHERE call_id IN ({marks}) GROUP BY call_id)", chunk):
+                state[row[0]] = list(row[1:])
+        before = {call_id: tuple(now) for call_id, now in state.items()}
+        for call_id, duration_s, billed_s, cost, target in ends:
+            now = state.get(call_id)
+            if now is not None:
+                now[3:7] = [target if target is not None else now[3], duration_s, billed_s, cost]
+        updates = []
+        days: dict = collections.defaultdict(lambda: [0, 0, 0.0])
+        targets: dict = collections.defaultdict(lambda: [0, 0, 0])
+        for call_id, (rid, number, day, target, duration_s, billed_s, cost) in state.items():
+            _, _, _, old_target, old_duration, old_billed, old_cost = before[call_id]
+            updates.append((duration_s, billed_s, cost, target, rid))
+            d = days[number, day]
+            d[0] += (billed_s or 0) - (old_billed or 0)
+            d[1] += (cost or 0) - (old_cost or 0)
+            d[2] += (duration_s or 0) - (old_duration or 0)
+            if old_target is not None:
+                t = targets[number, day, old_target]
+                t[0] -= 1
+                t[1] -= old_billed or 0
+                t[2] -= old_cost or 0
+            if target is not None:
+                t = targets[number, day, target]
+                t[0] += 1
+                t[1] += billed_s or 0
+                t[2] += cost or 0
+        db.executemany("UPDATE records SET duration_s = ?, billed_s = ?, cost_micro = ?, target = ? WHERE id = ?",
+                       updates)
+        db.executemany(
+            "UPDATE roll_day SET billed_s = billed_s + ?, cost_micro = cost_micro + ?, duration_s = duration_s + ? "
+            "WHERE number = ? AND day = ?", [(*delta, *key) for key, delta in days.items()])
+        db.executemany(
+            "INSERT INTO roll_target VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
+            "billed_s = billed_s + excluded.billed_s, cost_micro = cost_micro + excluded.cost_micro",
+            [(*key, *delta) for key, delta in targets.items() if delta != [0, 0, 0]])
+
+    def _roll_inserts(self, db, rows) -> None:
+        """Add records to the rollups.
+
+        ``rows``: (number, caller, province, target, action, reason, day,
+        hour, connected, billed_s, cost_micro, duration_s).  Summed per key in
+        Python first: a batch mostly adds to a handful of rollup rows.
+        """
+        days: dict = collections.defaultdict(lambda: [0, 0, 0, 0, 0.0])
+        hours: collections.Counter = collections.Counter()
+        hours_conn: collections.Counter = collections.Counter()
+        provs: collections.Counter = collections.Counter()
+        provs_conn: collections.Counter = collections.Counter()
+        targets: dict = collections.defaultdict(lambda: [0, 0, 0])
+        reasons: collections.Counter = collections.Counter()
+        caller_days: collections.Counter = collections.Counter()
+        caller_months: dict = {}
+        for number, caller, province, target, action, reason, day, hour, connected, billed, cost, dur in rows:
+            d = days[number, day]
+            d[0] += 1
+            d[1] += connected
+            d[2] += billed or 0
+            d[3] += cost or 0
+            d[4] += dur or 0
+            if hour is not None:
+                hours[number, day, hour] += 1
+                hours_conn[number, day, hour] += connected
+            provs[number, day, province or ""] += 1
+            provs_conn[number, day, province or ""] += connected
+            if target is not None:
+                t = targets[number, day, target]
+                t[0] += 1
+                t[1] += billed or 0
+                t[2] += cost or 0
+            reasons[number, day, action, reason] += 1
+            if caller and day != "unknown":
+                caller_days[number, day, caller] += 1
+                key = (number, day[:7], caller)
+                known = caller_months.get(key)
+                province = province or ""
+                if known is None:
+                    caller_months[key] = [1, province, 0]
+                else:
+                    known[0] += 1
+                    if province and (not known[1] or province < known[1]):
+                        known[1] = province
+        db.executemany(
+            "INSERT INTO roll_day VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
+            "connected = connected + excluded.connected, billed_s = billed_s + excluded.billed_s, "
+            "cost_micro = cost_micro + excluded.cost_micro, duration_s = duration_s + excluded.duration_s",
+            [(*key, *value) for key, value in days.items()])
+        db.executemany(
+            "INSERT INTO roll_hour VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
+            "connected = connected + excluded.connected",
+            [(*key, calls, hours_conn[key]) for key, calls in hours.items()])
+        db.executemany(
+            "INSERT INTO roll_province VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
+            "connected = connected + excluded.connected",
+            [(*key, calls, provs_conn[key]) for key, calls in provs.items()])
+        db.executemany(
+            "INSERT INTO roll_target VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
+            "billed_s = billed_s + excluded.billed_s, cost_micro = cost_micro + excluded.cost_micro",
+            [(*key, *value) for key, value in targets.items()])
+        db.executemany(
+            "INSERT INTO roll_reason VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls",
+            [(*key, calls) for key, calls in reasons.items()])
+        # A caller-month repeats once a caller-day reaches two calls: the days'
+        # counts so far are read per (number, day), 500 callers a query.
+        so_far: dict = {}
+        by_day: dict = collections.defaultdict(list)
+        for number, day, caller in caller_days:
+            by_day[number, day].append(caller)
+        for (number, day), names in by_day.items():
+            for chunk in _chunks(names, 500):
+                marks = ",".join("?" * len(chunk))
+                for caller, calls in db.execute(
+                        "SELECT caller, calls FROM roll_caller_day WHERE number = ? AND day = ? "
+                        f"AND caller IN ({marks})", (number, day, *chunk)):
+                    so_far[number, day, caller] = calls
+        for (number, day, caller), calls in caller_days.items():
+            if so_far.get((number, day, caller), 0) + calls >= 2:
+                caller_months[number, day[:7], caller][2] = 1
+        db.executemany(
+            "INSERT INTO roll_caller_day VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls",
+            [(*key, calls) for key, calls in caller_days.items()])
+        db.executemany(
+            "INSERT INTO roll_caller_month VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "calls = calls + excluded.calls, repeat = MAX(repeat, excluded.repeat), province = CASE "
+            "WHEN province = '' THEN excluded.province WHEN excluded.province = '' THEN province "
+            "ELSE MIN(province, excluded.province) END",
+            [(*key, *value) for key, value in caller_months.items()])
 
     def prune(self) -> int:
-        """Delete what retention no longer keeps; returns how many records went."""
+        """Delete what retention no longer keeps; returns how many records went.
+
+        Day-level rollups are kept for ``rollup_retention_days`` (the report
+        of a month whose records are gone still answers); caller rollups go
+        with the days and months ``retention_days`` no longer covers.
+        """
         db = self._db()
-        cutoff = self._clock() - self.retention_days * 86400
+        now = self._clock()
+        cutoff = now - self.retention_days * 86400
         # Records arrive in time order, so the first one young enough bounds
         # the rest; found by walking from the oldest (no index on started:
         # it would cost every insert to save an hourly scan of what goes).
@@ -287,6 +676,18 @@ class CallRecords:
             "(SELECT MAX(id) + 1 FROM records))", (cutoff,)).rowcount
         gone += db.execute("DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?",
                            (self.max_rows,)).rowcount
+        caller_day = _utc_day(cutoff)
+        if caller_day is not None:
+            db.execute("DELETE FROM roll_caller_month WHERE month < ?", (caller_day[:7],))
+        # Per-day caller counts only decide whether a caller called twice that
+        # day, and a day's calls are written that day: a few days suffice.
+        repeat_day = _utc_day(max(cutoff, now - REPEAT_WINDOW_DAYS * 86400))
+        if repeat_day is not None:
+            db.execute("DELETE FROM roll_caller_day WHERE day < ?", (repeat_day,))
+        rollup_day = _utc_day(now - self.rollup_retention_days * 86400)
+        if rollup_day is not None:
+            for table in ("roll_day", "roll_hour", "roll_province", "roll_target", "roll_reason"):
+                db.execute(f"DELETE FROM {table} WHERE day < ?", (rollup_day,))
         return gone
 
     def flush(self, timeout_s: float = 5.0) -> bool:
@@ -302,66 +703,222 @@ class CallRecords:
         self._wake.set()
         self._thread.join(timeout_s)
 
-    # -- reading ---------------------------------------------------------------------
+    # -- reading: the month ----------------------------------------------------------
+
+    def month_totals(self, number: str, month: str) -> dict:
+        """The month's calls, connected calls, billed minutes, cost and talk minutes (from the day rollups)."""
+        first, after = check_month(month)
+        return _totals(self._db(), (number, first, after))
 
     def report(self, number: str, month: str) -> dict:
-        """Calls by day, province, target and reason, and the month's minutes and cost."""
+        """Calls by day, hour, weekday × hour, province, target and reason, and the month's minutes and cost.
+
+        ``by_hour`` is 24 entries (hour 0 first), ``heatmap`` 7 rows (Monday
+        first) of 24 call counts, in the number's local time.  Read from the
+        rollups only.
+        """
         first, after = check_month(month)
         db = self._db()
-        where = "number = ? AND day >= ? AND day < ?"
-        args = (number, first, after)
-        connected = "SUM(action IN ('bridge', 'queue', 'conference'))"
+        db.execute("BEGIN")  # one snapshot: the totals and every breakdown see the same batches
+        try:
+            return self._report(db, number, month, first, after)
+        finally:
+            db.execute("COMMIT")
 
-        total = db.execute(
-            f"SELECT COUNT(*), {connected}, SUM(billed_s), SUM(cost_micro), SUM(duration_s) FROM records WHERE {where}",
-            args).fetchone()
+    def _report(self, db, number: str, month: str, first: str, after: str) -> dict:
+        args = (number, first, after)
+        where = "number = ? AND day >= ? AND day < ?"
         by_day = [
-            {"day": day, "calls": calls, "connected": conn or 0, "minutes": _minutes(billed), "cost": _money(cost)}
+            {"day": day, "calls": calls, "connected": conn, "minutes": _minutes(billed), "cost": _money(cost)}
             for day, calls, conn, billed, cost in db.execute(
-                f"SELECT day, COUNT(*), {connected}, SUM(billed_s), SUM(cost_micro) FROM records WHERE {where} "
-                "GROUP BY day ORDER BY day", args)
+                f"SELECT day, calls, connected, billed_s, cost_micro FROM roll_day WHERE {where} AND calls > 0 "
+                "ORDER BY day", args)
         ]
+        by_hour = [{"hour": h, "calls": 0, "connected": 0} for h in range(24)]
+        heatmap = [[0] * 24 for _ in range(7)]
+        for day, hour, calls, conn in db.execute(
+                f"SELECT day, hour, calls, connected FROM roll_hour WHERE {where}", args):
+            by_hour[hour]["calls"] += calls
+            by_hour[hour]["connected"] += conn
+            heatmap[dt.date.fromisoformat(day).weekday()][hour] += calls
         by_province = [
-            {"province": province or "unknown", "calls": calls, "connected": conn or 0}
+            {"province": province or "unknown", "calls": calls, "connected": conn}
             for province, calls, conn in db.execute(
-                f"SELECT province, COUNT(*), {connected} FROM records WHERE {where} "
-                "GROUP BY province ORDER BY COUNT(*) DESC, province", args)
+                f"SELECT province, SUM(calls), SUM(connected) FROM roll_province WHERE {where} "
+                "GROUP BY province HAVING SUM(calls) > 0 ORDER BY SUM(calls) DESC, province", args)
         ]
         by_target = [
             {"target": target, "calls": calls, "minutes": _minutes(billed), "cost": _money(cost)}
             for target, calls, billed, cost in db.execute(
-                f"SELECT target, COUNT(*), SUM(billed_s), SUM(cost_micro) FROM records "
-                f"WHERE {where} AND target IS NOT NULL GROUP BY target ORDER BY COUNT(*) DESC, target", args)
+                f"SELECT target, SUM(calls), SUM(billed_s), SUM(cost_micro) FROM roll_target WHERE {where} "
+                "GROUP BY target HAVING SUM(calls) > 0 ORDER BY SUM(calls) DESC, target", args)
         ]
         by_reason = [
             {"action": action, "reason": reason, "calls": calls}
             for action, reason, calls in db.execute(
-                f"SELECT action, reason, COUNT(*) FROM records WHERE {where} "
-                "GROUP BY action, reason ORDER BY COUNT(*) DESC, action, reason", args)
+                f"SELECT action, reason, SUM(calls) FROM roll_reason WHERE {where} "
+                "GROUP BY action, reason HAVING SUM(calls) > 0 ORDER BY SUM(calls) DESC, action, reason", args)
         ]
-        calls, conn, billed, cost, talk = total
+        totals = _totals(db, args)
         return {
-            "number": number, "month": month,
-            "calls": calls, "connected": conn or 0,
-            "talk_minutes": round((talk or 0) / 60, 2), "minutes": _minutes(billed), "cost": _money(cost),
-            "by_day": by_day, "by_province": by_province, "by_target": by_target, "by_reason": by_reason,
+            "number": number, "month": month, **totals,
+            "by_day": by_day, "by_hour": by_hour, "heatmap": heatmap,
+            "by_province": by_province, "by_target": by_target, "by_reason": by_reason,
         }
 
-    def calls(self, number: str, *, limit: int = 100, before_id: int | None = None) -> list[dict]:
-        """The latest records of a number, newest first (``before_id`` pages back)."""
+    def callers(self, number: str, month: str, *, top: int = TOP_CALLERS) -> dict:
+        """Who called in the month: new and returning callers, the most frequent, by province, repeats in a day.
+
+        A caller is *new* when no call of theirs is kept from an earlier month
+        (within ``retention_days``), *returning* otherwise; *repeat within a
+        day* counts callers who called at least twice on one (local) day of
+        the month; a caller's province is the first, by code, their calls
+        carried.  Calls without a caller number are not counted here.
+        """
+        month_key = check_month(month)[0][:7]
         db = self._db()
-        query = ("SELECT id, call_id, caller, province, rule, target, action, reason, channel, started, duration_s, "
-                 "billed_s, cost_micro FROM records WHERE number = ?")
+        db.execute("BEGIN")  # one snapshot for the counts and the lists
+        try:
+            return self._callers(db, number, month, month_key, top)
+        finally:
+            db.execute("COMMIT")
+
+    def _callers(self, db, number: str, month: str, month_key: str, top: int) -> dict:
+        args = (number, month_key)
+        callers, returning, repeat = db.execute(
+            "SELECT COUNT(*), SUM(EXISTS (SELECT 1 FROM roll_caller_month p WHERE p.number = m.number "
+            "AND p.caller = m.caller AND p.month < m.month)), SUM(repeat) FROM roll_caller_month m "
+            "WHERE number = ? AND month = ?", args).fetchone()
+        top_callers = [(caller, calls) for caller, calls in db.execute(
+            "SELECT caller, calls FROM roll_caller_month WHERE number = ? AND month = ? "
+            "ORDER BY calls DESC, caller LIMIT ?", (*args, top))]
+        by_province = [
+            {"province": province or "unknown", "callers": count}
+            for province, count in db.execute(
+                "SELECT province, COUNT(*) FROM roll_caller_month WHERE number = ? AND month = ? "
+                "GROUP BY province ORDER BY COUNT(*) DESC, province", args)
+        ]
+        return {"number": number, "month": month, "callers": callers, "new_callers": callers - (returning or 0),
+                "returning_callers": returning or 0, "repeat_within_day": repeat or 0,
+                "top_callers": top_callers, "by_province": by_province}
+
+    # -- reading: the records ----------------------------------------------------------
+
+    def calls(self, number: str, *, limit: int = 100, before_id: int | None = None) -> list[dict]:
+        """The latest records of a number, newest first by id (``before_id`` pages back)."""
+        query = f"SELECT {_COLUMNS} FROM records INDEXED BY records_number WHERE number = ?"
         args: tuple = (number,)
         if before_id is not None:
             query += " AND id < ?"
             args += (before_id,)
-        rows = db.execute(query + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
-        return [
-            {"id": rid, "call_id": call_id, "caller": caller, "province": province, "rule": rule, "target": target,
-             "action": action, "reason": reason, "channel": channel,
-             "started": _utc(started),
-             "duration_s": duration, "billed_s": billed, "cost": None if cost is None else _money(cost)}
-            for rid, call_id, caller, province, rule, target, action, reason, channel, started, duration, billed, cost
-            in rows
-        ]
+        rows = self._db().execute(query + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
+        out = []
+        for row in rows:
+            record = _record(row)
+            del record["day"]  # the JSON API's listing, as it was
+            out.append(record)
+        return out
+
+    def _page(self, number: str, filters: _Filters, limit: int, after: tuple[str, int] | None) -> list:
+        index = _FILTER_INDEXES[filters.index].split(" ", 1)[0]
+        where = ["number = ?", *filters.where]
+        args = [number, *filters.args]
+        if after is not None:
+            where.append("(day, id) < (?, ?)")
+            args.extend(after)
+        return self._db().execute(
+            f"SELECT {_COLUMNS} FROM records INDEXED BY {index} WHERE {' AND '.join(where)} "
+            "ORDER BY day DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
+
+    def find(self, number: str, *, since_day=None, until_day=None, caller=None, province=None, outcome=None,
+             target=None, limit: int = 50, after: str | None = None) -> tuple[list[dict], str | None]:
+        """A page of a number's records matching the filters, newest first, and the cursor of the next page.
+
+        Filters (each optional; a bad value is a ``ValueError`` naming it):
+        ``since_day``/``until_day`` local days, inclusive; ``caller`` the exact
+        calling number; ``province`` a code or name (``unknown``: none known);
+        ``outcome`` one of :data:`OUTCOMES`; ``target`` the exact target.
+        ``after`` is the cursor a previous page returned (``None``: the
+        first page); the returned cursor is ``None`` on the last page.
+        Newest first means by the record's local day, then by the order written.
+        """
+        filters = _Filters(since_day, until_day, caller, province, outcome, target)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit: expected 1 to {MAX_PAGE}, got {limit!r}")
+        cursor = None if after in (None, "") else _decode_cursor(after)
+        rows = self._page(number, filters, limit + 1, cursor)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1][10], rows[-1][0]) if more else None
+        return [_record(row) for row in rows], next_cursor
+
+    def csv_lines(self, number: str, **filters) -> Iterator[bytes]:
+        """The records :meth:`find` would list, as CSV, in chunks of lines.
+
+        The first item is the UTF-8 byte order mark (so Excel reads Chinese)
+        and the header (:data:`CSV_COLUMNS`); it comes before any query runs.
+        The filters are checked now: a bad one raises ``ValueError`` here, not
+        midway through the stream.  Each later chunk is one keyset step of
+        :data:`CHUNK` records, so no query holds the whole listing.
+        """
+        checked = _Filters(**filters)
+        return self._csv(number, checked)
+
+    def _csv(self, number: str, filters: _Filters) -> Iterator[bytes]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(CSV_COLUMNS)
+        yield b"\xef\xbb\xbf" + buffer.getvalue().encode()
+        cursor = None
+        while True:
+            rows = self._page(number, filters, CHUNK, cursor)
+            if not rows:
+                return
+            buffer.seek(0)
+            buffer.truncate()
+            for row in rows:
+                r = _record(row)
+                writer.writerow([r["id"], _cell(r["call_id"]), r["started"], r["day"], _cell(r["caller"]),
+                                 r["province"], provinces.CHINESE_NAMES.get(r["province"] or "", ""), _cell(r["rule"]),
+                                 _cell(r["target"]), r["action"], r["reason"], _cell(r["channel"]), r["duration_s"],
+                                 r["billed_s"], r["cost"]])
+            yield buffer.getvalue().encode()
+            if len(rows) < CHUNK:
+                return
+            cursor = (rows[-1][10], rows[-1][0])
+
+
+_FORMULA = re.compile(r"\A[=+\-@\t\r]")
+_PLAIN_NUMBER = re.compile(r"\A\+?[0-9]+\Z")
+
+
+def _cell(text: str | None) -> str | None:
+    """A text cell Excel will not run: a leading ``=``, ``+``, ``-``, ``@``, tab or CR gets a ``'``.
+
+    Caller IDs and call ids come from outside; ``=HYPERLINK(...)`` in one must
+    stay text in the company's spreadsheet.  ``+8613901012345`` (a plain
+    number) is left alone: Excel can read it only as a number.
+    """
+    if text and _FORMULA.match(text) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text
+
+
+def _totals(db, args: tuple) -> dict:
+    calls, conn, billed, cost, talk = db.execute(
+        "SELECT SUM(calls), SUM(connected), SUM(billed_s), SUM(cost_micro), SUM(duration_s) FROM roll_day "
+        "WHERE number = ? AND day >= ? AND day < ?", args).fetchone()
+    return {"calls": calls or 0, "connected": conn or 0, "minutes": _minutes(billed), "cost": _money(cost),
+            "talk_minutes": round((talk or 0) / 60, 2)}
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _utc_day(ts: float) -> str | None:
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
