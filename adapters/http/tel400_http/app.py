@@ -17,6 +17,7 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``GET /v1/numbers/{n}/calls``             the latest call records                   (token)
 ``GET /metrics /healthz /readyz``         operations
 ``GET /openapi.json /v1/ping``            the API description; a trivial endpoint
+``/portal/…``                             the web portal, when mounted (:meth:`Service.mount`)
 ========================================  =====================================================
 
 The switch endpoints (the first four) answer only the callers
@@ -145,6 +146,7 @@ class Service:
         ProcessCollector(registry=self.registry)
         self.latency = {name: Latency() for name in ("route", "freeswitch", "kamailio")}
         self._zones = plan_zones(router)
+        self._mounts: list[tuple[str, object]] = []
         self._static = {
             ("POST", "/v1/route"): ("route", self.h_route),
             ("POST", "/freeswitch/dialplan"): ("freeswitch", self.h_freeswitch),
@@ -173,6 +175,18 @@ class Service:
         ]
 
     # -- ASGI -------------------------------------------------------------------------------
+
+    def mount(self, prefix: str, app) -> None:
+        """Serve the paths ``prefix`` and ``prefix/…`` with the ASGI application ``app``.
+
+        ``app`` gets the full path and ``root_path`` extended by ``prefix``
+        (as the ASGI spec has it; Starlette strips it itself).  The raw
+        endpoints are looked up first, so the switch path pays nothing more
+        than before; a mounted app sees only HTTP requests, never lifespan.
+        """
+        if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+            raise ValueError(f"mount prefix: expected '/name' without a trailing slash, got {prefix!r}")
+        self._mounts.append((prefix, app))
 
     async def __call__(self, scope, receive, send_) -> None:
         kind = scope["type"]
@@ -213,6 +227,10 @@ class Service:
         found = self._static.get((method, path))
         params = None
         if found is None:
+            for prefix, app in self._mounts:
+                if path == prefix or path.startswith(prefix + "/"):
+                    await app(dict(scope, root_path=scope.get("root_path", "") + prefix), receive, send_)
+                    return
             found, params = self._match(method, path)
         name, handler = found
         req = Request(scope, receive, params)
