@@ -38,6 +38,7 @@ from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from .app import Service
 from .portal import accounts
+from .portal.pages.blacklist import UPLOAD_BYTES
 from .auth import SwitchAuth, Tokens, hash_token, new_token
 from .records import CallRecords, plan_zones
 
@@ -117,6 +118,8 @@ def add_portal_options(p: argparse.ArgumentParser) -> None:
                    help="failed logins from one client address within --lockout-window before it is locked")
     g.add_argument("--lockout-window", type=float, default=accounts.LOCKOUT_WINDOW_S, metavar="SECONDS",
                    help="how long failed logins count (and so how long a lockout lasts at most)")
+    g.add_argument("--portal-max-upload", type=int, default=UPLOAD_BYTES, metavar="BYTES",
+                   help="the largest blacklist list a portal page imports (pasted or uploaded)")
     g.add_argument("--session-hours", type=float, default=accounts.SESSION_TTL_S / 3600,
                    help="how long a portal login lasts")
 
@@ -197,7 +200,8 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
         accs.set_company_password(EXAMPLE_COMPANY, password, actor="tel400-http (seed)")
         notes.append(f"  portal:  company {EXAMPLE_COMPANY}, password {password}  (printed once; the operator "
                      "resets it)")
-    service.mount("/portal", create_portal(service, accounts=accs, secret_key=key, https=args.portal_https))
+    service.mount("/portal", create_portal(service, accounts=accs, secret_key=key, https=args.portal_https,
+                                                  max_upload=args.portal_max_upload))
     service.portal_accounts = accs
     return notes
 

@@ -38,7 +38,7 @@ _log = structlog.get_logger("tel400.portal")
 __all__ = ["create_portal", "Accounts", "PortalSession", "PAGES", "CSP", "SESSION_COOKIE"]
 
 #: The page modules (portal/pages/<name>.py), each with ``routes``; their order is the routing order.
-PAGES = ["login", "home"]
+PAGES = ["login", "home", "account", "blacklist", "pin"]
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
@@ -94,7 +94,7 @@ async def _http_error(request, exc: HTTPException):
 
         return Response(status_code=exc.status_code, headers=exc.headers)
     lang = i18n.request_language(request)
-    message = i18n.gettext(lang, exc.detail) if exc.detail else ""
+    message = i18n.gettext(lang, exc.detail, **getattr(exc, "variables", {})) if exc.detail else ""
     return render(request, "error.html", {"status": exc.status_code, "message": message}, status=exc.status_code)
 
 
@@ -111,7 +111,8 @@ async def _server_error(request, exc: Exception):
                         headers={n.decode(): v.decode() for n, v in SecurityHeaders.HEADERS})
 
 
-def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool) -> Starlette:
+def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool,
+                  max_upload: int | None = None) -> Starlette:
     """The portal for ``service`` (mount it at ``/portal``).
 
     Args:
@@ -119,6 +120,7 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
         accounts: the logins, sessions and lockout.
         secret_key: signs the session cookie (32 random bytes; keep it secret, keep it across restarts).
         https: the portal is reached over https (the cookie is then Secure).
+        max_upload: the largest list a page imports, bytes (default: pages.blacklist.UPLOAD_BYTES).
     """
     if len(secret_key) < 16:
         raise ValueError("secret_key: expected at least 16 bytes")
@@ -139,4 +141,8 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
     app.state.service = service
     app.state.accounts = accounts
     app.state.https = https
+    if max_upload is not None:
+        if not max_upload >= 1:
+            raise ValueError(f"max_upload: expected a positive number of bytes, got {max_upload!r}")
+        app.state.max_upload = max_upload
     return app

@@ -170,18 +170,19 @@ class Accounts:
         self._set_password("operator", name, password, actor="tel400-http (start)")
         return made
 
-    def set_company_password(self, number: str, password: str, *, actor: str) -> None:
-        """Set (or reset) the password of the company managing ``number``; ends its sessions."""
-        self._set_password("company", tel400.normalize(number), password, actor=actor)
+    def set_company_password(self, number: str, password: str, *, actor: str, keep: str | None = None) -> None:
+        """Set (or reset) the password of the company managing ``number``; ends its sessions but ``keep``
+        (the id of the session making the change, if it is the company's own)."""
+        self._set_password("company", tel400.normalize(number), password, actor=actor, keep=keep)
 
-    def set_operator_password(self, name: str, password: str, *, actor: str) -> None:
-        """Set an operator's password; ends their sessions."""
-        self._set_password("operator", name, password, actor=actor)
+    def set_operator_password(self, name: str, password: str, *, actor: str, keep: str | None = None) -> None:
+        """Set an operator's password; ends their sessions but ``keep``."""
+        self._set_password("operator", name, password, actor=actor, keep=keep)
 
     def has_account(self, role: str, login: str) -> bool:
         return self._hash(role, login) is not None
 
-    def _set_password(self, role: str, login: str, password: str, *, actor: str) -> None:
+    def _set_password(self, role: str, login: str, password: str, *, actor: str, keep: str | None = None) -> None:
         check_password_rules(password)
         digest = hash_password(password)
         with self._lock:
@@ -190,7 +191,8 @@ class Accounts:
                 self._db.execute("INSERT INTO accounts VALUES (?, ?, ?, ?) ON CONFLICT (role, login) "
                                  "DO UPDATE SET hash = excluded.hash, changed = excluded.changed",
                                  (role, login, digest, self._clock()))
-                self._db.execute("DELETE FROM sessions WHERE role = ? AND login = ?", (role, login))
+                self._db.execute("DELETE FROM sessions WHERE role = ? AND login = ? AND id IS NOT ?",
+                                 (role, login, keep))
                 self._audit(actor, "password", f"{role}:{login}", {})
                 self._db.execute("COMMIT")
             except BaseException:
@@ -219,17 +221,32 @@ class Accounts:
                 login = tel400.normalize(login)
             except tel400.NumberError:
                 login = login[:40]  # counted as a failure like any unknown login
-        login_key, address_key = f"login:{kind}:{login[:80]}", f"address:{address}"
+        if not self.confirm_password(kind, login, password, address, action="login_failed"):
+            return None
+        return self._new_session(kind, login, address)
+
+    def confirm_password(self, role: str, login: str, password: str, address: str, *,
+                         action: str = "password_check_failed") -> bool:
+        """Whether ``password`` is ``login``'s, under the same lockout as a login (a failure counts).
+
+        A logged-in user changing their password confirms the current one
+        with this, so a session left open does not let anyone guess it freely.
+
+        Raises:
+            LockedOut: too many recent failures for this login or from ``address``.
+        """
+        login_key, address_key = f"login:{role}:{login[:80]}", f"address:{address}"
         wait = self.locked_for(login_key, address_key)
         if wait:
             raise LockedOut(wait)
-        stored = self._hash(kind, login)
+        stored = self._hash(role, login)
+        if not isinstance(password, str):
+            password = ""
         right = check_password(stored or self._decoy, password[:PASSWORD_MAX * 4]) and stored is not None
         if not right:
             self._fail(login_key, address_key)
-            self.audit(f"{kind}:{login[:80]}", "login_failed", address, {})
-            return None
-        return self._new_session(kind, login, address)
+            self.audit(f"{role}:{login[:80]}", action, address, {})
+        return right
 
     def locked_for(self, *keys: str) -> float:
         """Seconds until none of ``keys`` is locked (0: none is)."""

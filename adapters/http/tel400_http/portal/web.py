@@ -9,6 +9,7 @@ answer is :func:`render` (a template extending ``base.html``) or
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import urllib.parse
 
@@ -18,12 +19,13 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..editing import PlanEditor, ReadOnlyPlans
 from . import i18n
 from .accounts import PortalSession
 
 __all__ = ["PortalSession", "session_of", "require", "require_operator", "check_csrf", "render", "read_form",
            "redirect", "flash", "number_url", "portal_url", "anonymous_csrf", "client_address",
-           "FORM_BYTES", "FORM_FIELDS"]
+           "FORM_BYTES", "FORM_FIELDS", "change_plan", "plan_of", "page_error"]
 
 #: The default bounds of a form (bytes of body, fields); pages with uploads give their own.
 FORM_BYTES = 64 * 1024
@@ -135,6 +137,17 @@ def render(request: Request, template: str, context: dict | None = None, status:
     return Response(body, status_code=status, media_type="text/html; charset=utf-8")
 
 
+def page_error(status: int, message: str, **variables) -> HTTPException:
+    """An error page: ``message`` is an English msgid, translated with its ``%(name)s`` ``variables``."""
+    exc = HTTPException(status, detail=message)
+    exc.variables = variables
+    return exc
+
+
+def _too_large(limit: int) -> HTTPException:
+    return page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
+
+
 class _Counted:
     """``receive`` that answers 413 once more than ``limit`` body bytes have arrived."""
 
@@ -148,7 +161,7 @@ class _Counted:
         if message["type"] == "http.request":
             self._seen += len(message.get("body", b""))
             if self._seen > self._limit:
-                raise HTTPException(413, detail=f"The form is larger than {self._limit // 1024} KiB.")
+                raise _too_large(self._limit)
         return message
 
 
@@ -161,9 +174,41 @@ async def read_form(request: Request, *, max_bytes: int = FORM_BYTES, max_fields
     """
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
-        raise HTTPException(413, detail=f"The form is larger than {max_bytes // 1024} KiB.")
+        raise _too_large(max_bytes)
     request._receive = _Counted(request.receive, max_bytes)
     try:
         return await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_bytes)
     except MultiPartException as exc:
         raise HTTPException(400, detail=str(exc)) from None
+
+
+async def change_plan(request: Request, session: PortalSession, number: str, fn, *, expect: str | None = None) -> dict:
+    """:meth:`PlanEditor.change` of ``number`` by ``session`` (its actor in the audit), in a thread.
+
+    ``fn`` gets the stored tree (a copy; a number without a plan is a 404
+    page).  Raises what the editor raises (:class:`tel400.PlanError`,
+    :class:`~tel400_http.editing.StaleEdit`); a service whose plans come from
+    a file answers a 409 page.
+    """
+    def guarded(tree):
+        if tree is None:
+            raise HTTPException(404, detail="This number has no plan.")
+        return fn(tree)
+
+    editor = PlanEditor(request.app.state.service)
+    try:
+        return await asyncio.to_thread(editor.change, number, guarded, actor=session.actor, expect=expect)
+    except ReadOnlyPlans:
+        raise HTTPException(409, detail="The plans come from a file this service does not write.") from None
+
+
+async def plan_of(request: Request, number: str) -> dict:
+    """The stored tree of ``number`` (a 404 page without a plan; a 409 page on a read-only service)."""
+    editor = PlanEditor(request.app.state.service)
+    try:
+        tree, _version = await asyncio.to_thread(editor.get, number)
+    except ReadOnlyPlans:
+        raise HTTPException(409, detail="The plans come from a file this service does not write.") from None
+    if tree is None:
+        raise HTTPException(404, detail="This number has no plan.")
+    return tree
