@@ -59,10 +59,36 @@ def test_pages_need_a_login(portal):
 def test_a_company_cannot_open_another_number_by_crafted_url(portal):
     client, _, _ = portal
     client.login_company()
-    for path in (f"/portal/n/{OTHER_NUMBER}/", "/portal/n/4001012345x/", "/portal/operator/"):
+    for path in (f"/portal/n/{OTHER_NUMBER}/", "/portal/operator/", f"/portal/n/{OTHER_NUMBER}/blacklist",
+                 f"/portal/n/{OTHER_NUMBER}/pin", f"/portal/n/{OTHER_NUMBER}/account"):
         r = client.get(path)
         assert r.status_code == 403, path
-        assert OTHER_NUMBER not in r.text or path != f"/portal/n/{OTHER_NUMBER}/" or "h1 id=\"number\"" not in r.text
+        assert 'id="number"' not in r.text and "id=\"entries\"" not in r.text
+    for path in ("/portal/n/4001012345x/", "/portal/n/400-101-2345/", "/portal/n/%2B864001012345/pin"):
+        assert client.get(path).status_code == 404, path  # one URL per number: the canonical one
+
+
+def test_hostile_urls_and_forms_get_a_clear_4xx_never_a_500(portal):
+    client, _, _ = portal
+    client.login_operator()
+    token = client.csrf("/portal/operator/")
+    for path in ("/portal/n/abc/", "/portal/n/%00/blacklist", "/portal/n/%3Cscript%3E/pin", "/portal/n/" + "9" * 500 + "/",
+                 "/portal/n/4009999999/", "/portal/n/4009999999/blacklist", "/portal/operator/?q=" + "%ff" * 50,
+                 "/portal/operator/?after=%00&q=12"):
+        r = client.get(path)
+        assert 200 <= r.status_code < 500, (path, r.status_code)
+        assert "<script>" not in r.text
+    for path, data in (("/portal/n/4009999999/blacklist/add", {"entry": "13900000000"}),
+                       ("/portal/n/4009999999/pin/clear", {}), ("/portal/lang", {"lang": "xx", "next": 5}),
+                       ("/portal/n/4001012345/blacklist/add", {"entry": "1" * 5000})):
+        r = client.post(path, data={"csrf": token, **data})
+        assert 300 <= r.status_code < 500, (path, r.status_code)
+    r = client.post("/portal/login", content=b"\xff" * 100, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 403
+    r = client.post("/portal/login", content=b"x" * 200_000, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413
+    r = client.post("/portal/login", content=b"--x\r\n", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert 400 <= r.status_code < 500
 
 
 def test_operator_sees_every_number(portal):

@@ -13,6 +13,7 @@ import asyncio
 import secrets
 import urllib.parse
 
+import tel400
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -48,8 +49,15 @@ def require(request: Request, number: str | None = None) -> PortalSession:
     session = session_of(request)
     if session is None:
         raise HTTPException(303, headers={"Location": portal_url(request, "login")})
-    if number is not None and session.role == "company" and number != session.number:
-        raise HTTPException(403, detail="This page is about another number than yours.")
+    if number is not None:
+        try:
+            canonical = tel400.normalize(number)
+        except tel400.NumberError:
+            canonical = None
+        if canonical != number:  # pages are addressed by the canonical number only: one URL per number
+            raise page_error(404, "No such number.")
+        if session.role == "company" and number != session.number:
+            raise page_error(403, "This page is about another number than yours.")
     return session
 
 
