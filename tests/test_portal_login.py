@@ -40,6 +40,12 @@ def test_company_logs_in_and_sees_its_number(portal):
     assert client.get("/portal/").headers["location"] == f"/portal/n/{ACME_NUMBER}/"
 
 
+def test_a_company_may_type_its_number_in_any_written_form(portal):
+    client, _, _ = portal
+    r = client.login("400-101-2345", ACME_PASSWORD)
+    assert r.status_code == 303 and r.headers["location"] == f"/portal/n/{ACME_NUMBER}/"
+
+
 def test_wrong_password_is_refused_and_opens_nothing(portal):
     client, _, accounts = portal
     r = client.login(ACME_NUMBER, "not-the-password")
@@ -147,9 +153,14 @@ def test_every_page_has_the_csp_and_no_inline_script_or_style(portal):
     client.login_company()
     pages.append(client.get(f"/portal/n/{ACME_NUMBER}/"))
     pages.append(client.get(f"/portal/n/{OTHER_NUMBER}/"))
+    for page in ("blacklist", "pin", "account"):
+        pages.append(client.get(f"/portal/n/{ACME_NUMBER}/{page}"))
+        assert pages[-1].status_code == 200, page
+    pages.append(client.get("/portal/static/portal.css"))
     client.post("/portal/logout", data={"csrf": re.search(r'name="csrf" value="([^"]+)"', pages[-2].text).group(1)})
     client.login_operator()
     pages.append(client.get("/portal/operator/"))
+    pages.append(client.get("/portal/operator/account"))
     for r in pages:
         assert r.headers["content-security-policy"] == CSP
         assert "script-src 'self'" in CSP and "style-src 'self'" in CSP and "unsafe-inline" not in CSP

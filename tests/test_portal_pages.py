@@ -242,3 +242,26 @@ def test_a_company_cannot_open_operator_pages(portal):
     assert client.get("/portal/operator/account").status_code == 403
     token = csrf_of(client.get(f"/portal/n/{ACME_NUMBER}/").text)
     assert client.post("/portal/operator/account", data={"csrf": token}).status_code == 403
+
+
+def test_plans_from_a_file_are_shown_and_changes_answer_409(tmp_path):
+    import tel400
+    from tel400_http import Service
+    from tel400_http.portal import create_portal
+    from tel400_http.portal.accounts import Accounts
+
+    from .conftest import EXAMPLES
+    from .portal_harness import SECRET
+
+    plans = tel400.load_plans(EXAMPLES / "manual.toml")
+    service = Service(tel400.Router(plans), store=None)
+    accounts = Accounts(str(tmp_path / "portal.db"))
+    accounts.set_company_password(ACME_NUMBER, ACME_PASSWORD, actor="test")
+    service.mount("/portal", create_portal(service, accounts=accounts, secret_key=SECRET, https=False))
+    with PortalClient(service) as client:
+        client.login_company()
+        page = client.get(BLACKLIST)
+        assert page.status_code == 200 and '<td class="entry">1710*</td>' in page.text
+        r = client.form(BLACKLIST + "/add", {"entry": "13900000000"}, page=BLACKLIST)
+        assert r.status_code == 409
+    service.stop()

@@ -56,8 +56,12 @@ class PlanEditor:
         return store
 
     def get(self, number: str) -> tuple[dict | None, str]:
-        """The stored tree of ``number`` (``None`` without a plan) and its version."""
-        tree = self._store().get_number(tel400.normalize(number))
+        """The stored tree of ``number`` (``None`` without a plan) and its version.
+
+        With plans from a file the service does not write, the tree routed by
+        (pages can show it; :meth:`change` raises :class:`ReadOnlyPlans`).
+        """
+        tree = self.service._plan_tree(tel400.normalize(number))
         return tree, etag(tree)
 
     def change(self, number: str, fn, *, actor: str, expect: str | None = None) -> dict:

@@ -43,8 +43,6 @@ PAGES = ["login", "home", "account", "blacklist", "pin"]
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 SESSION_COOKIE = "tel400_portal"
-#: The signed cookie's own lifetime (the server-side session may end sooner).
-COOKIE_MAX_AGE_S = 8 * 3600
 
 
 class SecurityHeaders:
@@ -133,7 +131,7 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(SessionMiddleware, secret_key=secret_key.hex(), session_cookie=SESSION_COOKIE,
-                       max_age=COOKIE_MAX_AGE_S, path="/portal", same_site="strict", https_only=https),
+                       max_age=int(accounts.session_ttl_s), path="/portal", same_site="strict", https_only=https),
             Middleware(SessionLoader, accounts=accounts),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
