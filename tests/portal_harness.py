@@ -13,12 +13,10 @@ defaults in a temporary directory and reads the passwords it prints once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
-import asyncio
-
 import httpx
-
 from tel400_http.portal import create_portal
 from tel400_http.portal.accounts import Accounts
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tel400_http.editing import PlanEditor, StaleEdit, etag
 
 import tel400
-from tel400_http.editing import PlanEditor, StaleEdit, etag
 
 from .http_harness import Client, make_service
 
@@ -44,7 +44,7 @@ def test_change_stores_audits_and_routes_by_it(service):
 
 def test_a_stale_version_is_refused_and_nothing_changes(service):
     editor = PlanEditor(service)
-    tree, old = editor.get(NUMBER)
+    _, old = editor.get(NUMBER)
     editor.change(NUMBER, lambda t: {**t, "blacklist": ["13800000000"]}, actor="operator:a", expect=old)
     with pytest.raises(StaleEdit):
         editor.change(NUMBER, lambda t: {**t, "blacklist": ["13900000000"]}, actor="operator:b", expect=old)

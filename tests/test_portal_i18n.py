@@ -8,7 +8,6 @@ import pathlib
 import pytest
 from babel.messages.pofile import read_po
 from jinja2.ext import babel_extract
-
 from tel400_http.portal import i18n
 
 PORTAL = pathlib.Path(i18n.__file__).parent

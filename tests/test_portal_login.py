@@ -5,12 +5,18 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from tel400_http.portal import CSP, SESSION_COOKIE
 from tel400_http.portal.accounts import Accounts
 
-from .portal_harness import (ACME_NUMBER, ACME_PASSWORD, OPERATOR, OPERATOR_PASSWORD, OTHER_NUMBER, PortalClient,
-                             make_portal)
+from .portal_harness import (
+    ACME_NUMBER,
+    ACME_PASSWORD,
+    OPERATOR,
+    OPERATOR_PASSWORD,
+    OTHER_NUMBER,
+    PortalClient,
+    make_portal,
+)
 
 
 class Clock:
@@ -202,7 +208,8 @@ def test_lockout_per_login_then_it_ends_after_the_window(tmp_path):
         for _ in range(3):
             assert client.login(ACME_NUMBER, "wrong-password").status_code == 401
         locked = client.login(ACME_NUMBER, ACME_PASSWORD)
-        assert locked.status_code == 401 and "10" in locked.text  # the right password is refused too
+        assert locked.status_code == 401  # the right password is refused too
+        assert "登录失败次数过多，请 10 分钟后再试。" in locked.text
         with PortalClient(service, address="10.0.0.9") as elsewhere:  # per login: any address
             assert elsewhere.login(ACME_NUMBER, ACME_PASSWORD).status_code == 401
             assert elsewhere.login(OTHER_NUMBER, "other-pass-123").status_code == 303  # others are not locked
@@ -262,3 +269,16 @@ def test_the_language_switch_goes_back_only_into_the_portal(portal):
     for target in ("https://evil.example/", "//evil.example/portal/", "/v1/route", "/portal//evil.example"):
         r = client.post("/portal/lang", data={"csrf": client.csrf(), "lang": "en", "next": target})
         assert r.headers["location"] == "/portal/", target
+
+
+def test_the_account_audit_keeps_the_newest_entries_only(tmp_path, monkeypatch):
+    from tel400_http.portal import accounts as accounts_module
+
+    monkeypatch.setattr(accounts_module, "AUDIT_KEEP", 10)
+    accounts = Accounts(str(tmp_path / "a.db"))
+    for i in range(1, 2001):
+        accounts.audit("operator:x", "login_failed", f"198.51.100.{i % 250}", {"i": i})
+    entries = accounts.audit_entries(limit=5000)
+    assert entries[0]["detail"] == {"i": 2000}
+    assert len(entries) < 1010  # pruned at every thousandth entry to the newest AUDIT_KEEP
+    assert min(e["detail"]["i"] for e in entries) > 1000

@@ -8,8 +8,16 @@ import re
 import pytest
 
 from .http_harness import Client
-from .portal_harness import (ACME_NUMBER, ACME_PASSWORD, OPERATOR, OTHER_NUMBER, OTHER_PASSWORD, PortalClient,
-                             csrf_of, make_portal)
+from .portal_harness import (
+    ACME_NUMBER,
+    ACME_PASSWORD,
+    OPERATOR,
+    OTHER_NUMBER,
+    OTHER_PASSWORD,
+    PortalClient,
+    csrf_of,
+    make_portal,
+)
 
 BLACKLIST = f"/portal/n/{ACME_NUMBER}/blacklist"
 PIN = f"/portal/n/{ACME_NUMBER}/pin"
@@ -66,8 +74,10 @@ def test_a_bad_entry_is_shown_beside_the_field_and_nothing_changes(portal):
 def test_removing_an_entry_not_there_is_a_404_page(portal):
     client, service, _ = portal
     client.login_company()
+    before = stored(service)
     r = client.form(BLACKLIST + "/remove", {"entry": "13800000001"}, page=BLACKLIST)
     assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert stored(service) == before
 
 
 def test_import_keeps_good_lines_and_reports_each_bad_one_with_its_line(portal):
@@ -245,10 +255,11 @@ def test_a_company_cannot_open_operator_pages(portal):
 
 
 def test_plans_from_a_file_are_shown_and_changes_answer_409(tmp_path):
-    import tel400
     from tel400_http import Service
     from tel400_http.portal import create_portal
     from tel400_http.portal.accounts import Accounts
+
+    import tel400
 
     from .conftest import EXAMPLES
     from .portal_harness import SECRET

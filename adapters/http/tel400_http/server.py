@@ -27,6 +27,7 @@ import secrets
 import sys
 
 import structlog
+from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 import tel400
 from tel400 import pins
@@ -34,12 +35,11 @@ from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
 from tel400.listener import raise_descriptor_limit
 from tel400.server_options import add_pin_options, pin_policy
-from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from .app import Service
+from .auth import SwitchAuth, Tokens, hash_token, new_token
 from .portal import accounts
 from .portal.pages.blacklist import UPLOAD_BYTES
-from .auth import SwitchAuth, Tokens, hash_token, new_token
 from .records import CallRecords, plan_zones
 
 DEFAULT_PORT = 8400
@@ -269,8 +269,9 @@ def banner(service: Service, url: str, args) -> str:
 def _portal_lines(service: Service, url: str, args) -> list[str]:
     if args.no_portal:
         return []
-    return [f"  portal:  {url}/portal/  (companies: 400 number and password; the operator: "
-            f"{url}/portal/login/operator)", *getattr(service, "portal_notes", [])]
+    where = (f"  portal:  {url}/portal/  (companies: 400 number and password; the operator: "
+             f"{url}/portal/login/operator)")
+    return [where, *getattr(service, "portal_notes", [])]
 
 
 def _switch_note(auth: SwitchAuth | None) -> str:

@@ -18,11 +18,11 @@ Content-Security-Policy that allows no inline script or style.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
 import importlib
 
 import structlog
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,12 +30,14 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+import tel400
+
 from . import i18n
 from .accounts import Accounts, PortalSession
 
 _log = structlog.get_logger("tel400.portal")
 
-__all__ = ["create_portal", "Accounts", "PortalSession", "PAGES", "CSP", "SESSION_COOKIE"]
+__all__ = ["CSP", "PAGES", "SESSION_COOKIE", "Accounts", "PortalSession", "create_portal"]
 
 #: The page modules (portal/pages/<name>.py), each with ``routes``; their order is the routing order.
 PAGES = ["login", "home", "account", "blacklist", "pin"]
@@ -43,14 +45,16 @@ PAGES = ["login", "home", "account", "blacklist", "pin"]
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 SESSION_COOKIE = "tel400_portal"
+#: Threads deriving password and PIN hashes (each derivation takes one core for ~0.1 s).
+HASHING_THREADS = 2
 
 
 class SecurityHeaders:
     """Adds the Content-Security-Policy and its companions to every answer."""
 
-    HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+    HEADERS = ((b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
-               (b"cache-control", b"no-store")]
+               (b"cache-control", b"no-store"))
 
     def __init__(self, app) -> None:
         self.app = app
@@ -96,6 +100,13 @@ async def _http_error(request, exc: HTTPException):
     return render(request, "error.html", {"status": exc.status_code, "message": message}, status=exc.status_code)
 
 
+async def _backend_error(request, exc: Exception):
+    _log.warning("portal_store_unavailable", path=request.url.path, error=str(exc))
+    from .web import page_error
+
+    return await _http_error(request, page_error(503, "The plan store cannot be reached now; try again shortly."))
+
+
 async def _server_error(request, exc: Exception):
     # Runs outside every middleware (Starlette's ServerErrorMiddleware): no session here, so a
     # page of its own, with the security headers added by hand.
@@ -134,11 +145,15 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
                        max_age=int(accounts.session_ttl_s), path="/portal", same_site="strict", https_only=https),
             Middleware(SessionLoader, accounts=accounts),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={HTTPException: _http_error, tel400.BackendError: _backend_error,
+                            Exception: _server_error},
     )
     app.state.service = service
     app.state.accounts = accounts
     app.state.https = https
+    # Password and PIN derivations (scrypt, ~0.1 s each) run here, never on the threads the rest of
+    # the service shares: a flood of logins waits its turn without holding anything else.
+    app.state.hashing = concurrent.futures.ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="tel400-portal-hash")
     if max_upload is not None:
         if not max_upload >= 1:
             raise ValueError(f"max_upload: expected a positive number of bytes, got {max_upload!r}")

@@ -40,6 +40,8 @@ ADDRESS_FAILURES = 20
 LOCKOUT_WINDOW_S = 900.0
 #: How long a session lasts without a new login, seconds.
 SESSION_TTL_S = 8 * 3600.0
+#: Account audit entries kept (the oldest go first; a flood of failed logins cannot fill the disk).
+AUDIT_KEEP = 100_000
 #: The shortest and longest password accepted.
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 #: scrypt cost of new password hashes (pins.make_hash's: about 0.1 s per check).
@@ -300,8 +302,11 @@ class Accounts:
             self._audit(actor, action, subject, detail or {})
 
     def _audit(self, actor: str, action: str, subject: str, detail: dict) -> None:
-        self._db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-                         (self._clock(), actor, action, subject, json.dumps(detail, ensure_ascii=False)))
+        row = self._db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                               (self._clock(), actor[:120], action, subject[:120],
+                                json.dumps(detail, ensure_ascii=False))).lastrowid
+        if row % 1000 == 0:  # now and then, not at every write
+            self._db.execute("DELETE FROM audit WHERE id <= ?", (row - AUDIT_KEEP,))
 
     def audit_entries(self, subject: str | None = None, limit: int = 100) -> list[dict]:
         """The latest account events, newest first: at, actor, action, subject, detail."""

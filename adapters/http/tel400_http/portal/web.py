@@ -13,20 +13,40 @@ import asyncio
 import secrets
 import urllib.parse
 
-import tel400
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+import tel400
+
 from ..editing import PlanEditor, ReadOnlyPlans
 from . import i18n
 from .accounts import PortalSession
 
-__all__ = ["PortalSession", "session_of", "require", "require_operator", "check_csrf", "render", "read_form",
-           "redirect", "flash", "number_url", "portal_url", "anonymous_csrf", "client_address",
-           "FORM_BYTES", "FORM_FIELDS", "change_plan", "plan_of", "page_error"]
+__all__ = [
+    "FORM_BYTES",
+    "FORM_FIELDS",
+    "PortalSession",
+    "anonymous_csrf",
+    "change_plan",
+    "check_csrf",
+    "client_address",
+    "flash",
+    "hashing",
+    "number_url",
+    "page_error",
+    "plan_of",
+    "portal_url",
+    "read_form",
+    "redirect",
+    "render",
+    "require",
+    "require_operator",
+    "routed_plan",
+    "session_of",
+]
 
 #: The default bounds of a form (bytes of body, fields); pages with uploads give their own.
 FORM_BYTES = 64 * 1024
@@ -220,3 +240,23 @@ async def plan_of(request: Request, number: str) -> dict:
     if tree is None:
         raise HTTPException(404, detail="This number has no plan.")
     return tree
+
+
+async def hashing(request: Request, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the portal's hashing threads (password checks, PIN hashes: scrypt)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app.state.hashing, lambda: fn(*args, **kwargs))
+
+
+async def routed_plan(request: Request, number: str):
+    """The :class:`tel400.NumberPlan` ``number`` is routed by, or ``None`` (read in a thread: it may be a
+    store read); a stored plan the router refuses shows as ``None``."""
+    router = request.app.state.service.router
+
+    def read():
+        try:
+            return router.plan_of(number)
+        except tel400.PlanError:
+            return None
+
+    return await asyncio.to_thread(read)

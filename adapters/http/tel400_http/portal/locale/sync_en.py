@@ -15,5 +15,8 @@ for po in sorted((HERE / "zh_CN" / "LC_MESSAGES").glob("*.po")):
             message.string = ""
     out = HERE / "en" / "LC_MESSAGES" / po.name
     with out.open("wb") as f:
-        write_po(f, catalog, omit_header=False, width=100)
+        # a fixed header: the file changes only when its messages do
+        f.write(b'# English: the msgids themselves. Written by sync_en.py from zh_CN; do not edit.\n'
+                b'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n"Language: en\\n"\n\n')
+        write_po(f, catalog, omit_header=True, width=100)
     print(out)

@@ -8,15 +8,25 @@ Every change is in the account audit with its actor.
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.routing import Route
 
 from .. import i18n
-from ..accounts import BadPassword, LockedOut, PASSWORD_MAX, PASSWORD_MIN, check_password_rules
-from ..web import (check_csrf, client_address, flash, number_url, portal_url, read_form, redirect, render, require,
-                   require_operator)
+from ..accounts import PASSWORD_MAX, PASSWORD_MIN, BadPassword, LockedOut, check_password_rules
+from ..web import (
+    check_csrf,
+    client_address,
+    flash,
+    hashing,
+    number_url,
+    portal_url,
+    read_form,
+    redirect,
+    render,
+    require,
+    require_operator,
+    routed_plan,
+)
 
 
 def _new_password(lang: str, form) -> tuple[str, str | None]:
@@ -47,8 +57,8 @@ async def _change_own(request: Request, session, back: str):
     new, error = _new_password(lang, form)
     mode_number = session.number
     try:
-        right = await asyncio.to_thread(accounts.confirm_password, session.role, session.login,
-                                        str(form.get("current", "")), client_address(request))
+        right = await hashing(request, accounts.confirm_password, session.role, session.login,
+                              str(form.get("current", "")), client_address(request))
     except LockedOut:
         return _page(request, number=mode_number, mode="own", status=429,
                      error=i18n.gettext(lang, "Too many wrong passwords: try again later."))
@@ -57,7 +67,7 @@ async def _change_own(request: Request, session, back: str):
     if error:
         return _page(request, number=mode_number, mode="own", error=error)
     setter = accounts.set_company_password if session.role == "company" else accounts.set_operator_password
-    await asyncio.to_thread(setter, session.login, new, actor=session.actor, keep=session.id)
+    await hashing(request, setter, session.login, new, actor=session.actor, keep=session.id)
     flash(request, i18n.gettext(lang, "Your password is changed; your other sessions are logged out."))
     return redirect(back)
 
@@ -78,10 +88,10 @@ async def number_account(request: Request):
     new, error = _new_password(lang, form)
     if error:
         return _page(request, number=number, mode=mode, error=error)
-    if request.app.state.service.router.plan_of(number) is None:
+    if await routed_plan(request, number) is None:
         return _page(request, number=number, mode=mode, status=404,
                      error=i18n.gettext(lang, "This number has no plan."))
-    await asyncio.to_thread(request.app.state.accounts.set_company_password, number, new, actor=session.actor)
+    await hashing(request, request.app.state.accounts.set_company_password, number, new, actor=session.actor)
     flash(request, i18n.gettext(lang, "The company's password is reset; its sessions are logged out."))
     return redirect(back)
 

@@ -10,15 +10,26 @@ no version check.
 
 from __future__ import annotations
 
-import tel400
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route
 
+import tel400
 from tel400.plans import blacklist_entry
 
 from .. import i18n
-from ..web import page_error, change_plan, check_csrf, flash, number_url, plan_of, read_form, redirect, render, require
+from ..web import (
+    change_plan,
+    check_csrf,
+    flash,
+    number_url,
+    page_error,
+    plan_of,
+    read_form,
+    redirect,
+    render,
+    require,
+)
 
 #: The largest import (pasted text or uploaded file), bytes; ``tel400-http --portal-max-upload``.
 UPLOAD_BYTES = 256 * 1024

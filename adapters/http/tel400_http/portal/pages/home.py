@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-import tel400
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..web import require, require_operator, render
+import tel400
+
+from ..web import render, require, require_operator, routed_plan
 
 #: Numbers on one page of the operator's list.
 NUMBERS_PAGE = 100
@@ -32,7 +33,7 @@ async def company_home(request: Request):
     number = request.path_params["number"]
     require(request, number)
     service = request.app.state.service
-    plan = service.router.plan_of(number)
+    plan = await routed_plan(request, number)
     month = await asyncio.to_thread(_this_month, service, number) if plan is not None else None
     return render(request, "company_home.html", {"number": number, "plan": plan, "month": month},
                   status=200 if plan is not None else 404)
@@ -50,8 +51,9 @@ async def operator_home(request: Request):
             return service.router.routed_numbers_after(after, NUMBERS_PAGE + 1)
         try:  # a whole number: that one; else every number containing the digits
             exact = tel400.normalize(query)
-            return [exact] if service.router.plan_of(exact) is not None else []
+            return [exact] if service.router.plan_of(exact) is not None else []  # in a thread: a store read
         except tel400.NumberError:
+            # O(numbers): a scan for the digits; the operator's numbers page (its own module) may index it
             found = sorted(n for n in service.router.routed_numbers_after("", 10**9) if digits in n and n > after)
             return found[:NUMBERS_PAGE + 1]
 

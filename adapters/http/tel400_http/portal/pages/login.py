@@ -15,7 +15,17 @@ from starlette.routing import Route
 
 from .. import i18n
 from ..accounts import LockedOut
-from ..web import check_csrf, client_address, flash, portal_url, read_form, redirect, render, session_of
+from ..web import (
+    check_csrf,
+    client_address,
+    flash,
+    hashing,
+    portal_url,
+    read_form,
+    redirect,
+    render,
+    session_of,
+)
 
 #: The language cookie's life: a year.
 LANG_COOKIE_MAX_AGE_S = 365 * 86400
@@ -45,7 +55,7 @@ def _login_page(kind: str):
         accounts = request.app.state.accounts
         error = None
         try:
-            session = await asyncio.to_thread(accounts.check_login, kind, login, password, client_address(request))
+            session = await hashing(request, accounts.check_login, kind, login, password, client_address(request))
         except LockedOut as exc:
             session = None
             error = i18n.gettext(lang, "Too many failed logins: try again in %(minutes)s minutes.",

@@ -6,15 +6,24 @@ Callers to a number with a PIN are asked for it before routing; the hash is
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.routing import Route
 
 from tel400 import pins
 
 from .. import i18n
-from ..web import change_plan, check_csrf, flash, number_url, plan_of, read_form, redirect, render, require
+from ..web import (
+    change_plan,
+    check_csrf,
+    flash,
+    hashing,
+    number_url,
+    plan_of,
+    read_form,
+    redirect,
+    render,
+    require,
+)
 
 _SECRETS = ("pin", "pin_hash")
 
@@ -45,7 +54,7 @@ async def set_pin(request: Request):
         error = i18n.gettext(lang, "The two PINs differ.")
     if error:
         return _page(request, number, await plan_of(request, number), error)
-    pin_hash = await asyncio.to_thread(pins.make_hash, pin)  # scrypt: not on the event loop
+    pin_hash = await hashing(request, pins.make_hash, pin)  # scrypt: on the hashing threads
 
     def with_pin(tree):
         tree.pop("pin", None)
