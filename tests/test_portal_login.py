@@ -282,3 +282,22 @@ def test_the_account_audit_keeps_the_newest_entries_only(tmp_path, monkeypatch):
     assert entries[0]["detail"] == {"i": 2000}
     assert len(entries) < 1010  # pruned at every thousandth entry to the newest AUDIT_KEEP
     assert min(e["detail"]["i"] for e in entries) > 1000
+
+
+def test_a_session_ends_after_its_life(tmp_path):
+    clock = Clock()
+    accounts = Accounts(str(tmp_path / "portal.db"), session_ttl_s=3600, clock=clock)
+    service, _ = make_portal(tmp_path, accounts=accounts)
+    with PortalClient(service) as client:
+        client.login_company()
+        assert client.get(f"/portal/n/{ACME_NUMBER}/").status_code == 200
+        clock.t += 3601
+        assert client.get(f"/portal/n/{ACME_NUMBER}/").status_code == 303
+    service.stop()
+
+
+def test_a_get_on_a_form_endpoint_is_a_405_page(portal):
+    client, _, _ = portal
+    for path in ("/portal/logout", "/portal/lang", f"/portal/n/{ACME_NUMBER}/blacklist/add"):
+        r = client.get(path)
+        assert r.status_code == 405 and r.headers["content-type"].startswith("text/html"), path
