@@ -126,12 +126,14 @@ def test_login_without_csrf_token_is_refused(portal):
 
 
 def test_logout_ends_the_session_on_the_server(portal):
-    client, service, _ = portal
+    client, service, accounts = portal
     client.login_company()
     stolen = client.cookies.get(SESSION_COOKIE)
     home = client.get(f"/portal/n/{ACME_NUMBER}/")
     r = client.post("/portal/logout", data={"csrf": re.search(r'name="csrf" value="([^"]+)"', home.text).group(1)})
     assert r.status_code == 303
+    actions = [(e["actor"], e["action"]) for e in accounts.audit_entries(limit=2)]
+    assert actions == [(f"company:{ACME_NUMBER}", "logout"), (f"company:{ACME_NUMBER}", "login")]
     with PortalClient(service) as replay:
         replay.cookies.set(SESSION_COOKIE, stolen, domain="tel400.test", path="/portal")
         assert replay.get(f"/portal/n/{ACME_NUMBER}/").status_code == 303

@@ -75,7 +75,9 @@ async def logout(request: Request):
     check_csrf(request, form)
     session = session_of(request)
     if session is not None:
-        await asyncio.to_thread(request.app.state.accounts.end_session, session.id)
+        accounts = request.app.state.accounts
+        await asyncio.to_thread(accounts.end_session, session.id)
+        await asyncio.to_thread(accounts.audit, session.actor, "logout", client_address(request))
     request.session.clear()
     flash(request, i18n.gettext(i18n.request_language(request), "You are logged out."))
     return redirect(portal_url(request, "login"))
