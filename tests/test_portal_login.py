@@ -192,6 +192,24 @@ def test_the_raw_endpoints_are_unchanged_beside_the_portal(portal):
     assert r.status_code == 200 and r.json()["action"] == "bridge"
 
 
+def test_a_mounted_app_gets_the_full_path_and_the_prefix_as_root_path(portal):
+    _, service, _ = portal
+    seen = []
+
+    async def recorder(scope, receive, send):
+        seen.append((scope["path"], scope["root_path"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    service.mount("/extra", recorder)
+    with PortalClient(service) as client:
+        assert client.get("/extra").status_code == 204
+        assert client.get("/extra/a/b").status_code == 204
+        assert client.get("/extras").status_code == 404  # a prefix of a name is not the mount
+        assert client.get("/v1/ping").status_code == 200  # raw endpoints first
+    assert seen == [("/extra", "/extra"), ("/extra/a/b", "/extra")]
+
+
 def test_mount_refuses_a_bad_prefix(portal):
     _, service, _ = portal
     for prefix in ("portal", "/portal/", "//x"):

@@ -80,7 +80,8 @@ def test_bad_portal_options_are_refused_before_starting(tmp_path):
     import sys
 
     exe = os.path.join(os.path.dirname(sys.executable), "tel400-http")
-    for args in (["--login-failures", "0"], ["--lockout-window", "-1"], ["--operator-password", "short"]):
+    for args in (["--login-failures", "0"], ["--lockout-window", "-1"], ["--operator-password", "short"],
+                 ["--portal-max-upload", "0"], ["--session-hours", "0"], ["--address-failures", "0"]):
         done = subprocess.run([exe, "--data", str(tmp_path / "d"), *args], capture_output=True, text=True, timeout=60,
                               check=False)
         assert done.returncode == 2, (args, done.stderr)
