@@ -321,3 +321,15 @@ def test_a_get_on_a_form_endpoint_is_a_405_page(portal):
     for path in ("/portal/logout", "/portal/lang", f"/portal/n/{ACME_NUMBER}/blacklist/add"):
         r = client.get(path)
         assert r.status_code == 405 and r.headers["content-type"].startswith("text/html"), path
+
+
+def test_the_cookie_holds_only_a_session_id(portal):
+    import base64
+    import json
+
+    client, _, _ = portal
+    client.login_company()
+    payload = client.cookies.get(SESSION_COOKIE).split(".")[0]
+    data = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
+    assert set(data) == {"sid"}  # signed, not encrypted: no number, role, password or CSRF token in it
+    assert ACME_PASSWORD not in json.dumps(data)
