@@ -295,6 +295,18 @@ def validate_number_json(
     return validate_number(_json_tree(data, source), settings, source=source, index=index)
 
 
+def blacklist_entry(text: str) -> str:
+    """One blacklist entry as plans keep it: a normalised number, a prefix like ``1710*``, or ``anonymous``.
+
+    The same check a plan's ``blacklist`` gets, for one entry typed or
+    imported on its own (the web portal's blacklist page).
+
+    Raises:
+        PlanError: the entry is neither (its field is ``blacklist[0]``).
+    """
+    return _Parser(None).blacklist([text], "blacklist", 1)[0]
+
+
 _JSON = msgspec.json.Decoder()
 
 

@@ -17,6 +17,7 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``GET /v1/numbers/{n}/calls``             the latest call records                   (token)
 ``GET /metrics /healthz /readyz``         operations
 ``GET /openapi.json /v1/ping``            the API description; a trivial endpoint
+``/portal/…``                             the web portal, when mounted (:meth:`Service.mount`)
 ========================================  =====================================================
 
 The switch endpoints (the first four) and the operations endpoints are
@@ -174,7 +175,7 @@ class Service:
         extended by ``prefix``; Starlette strips it to route.  The switch and
         operations endpoints are matched first, so a mount never slows them.
         """
-        if not prefix.startswith("/") or prefix.endswith("/"):
+        if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise ValueError(f"mount prefix: expected /name without a trailing slash, got {prefix!r}")
         self._mounts.append((prefix, app))
 

@@ -23,9 +23,11 @@ import importlib.resources
 import logging
 import os
 import pathlib
+import secrets
 import sys
 
 import structlog
+from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 import tel400
 from tel400 import pins
@@ -33,10 +35,11 @@ from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
 from tel400.listener import raise_descriptor_limit
 from tel400.server_options import add_pin_options, pin_policy
-from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
+from .portal import accounts
+from .portal.pages.blacklist import UPLOAD_BYTES
 from .records import CallRecords, plan_zones
 
 DEFAULT_PORT = 8400
@@ -90,9 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-call-duration", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
                    help="the longest call: a longer reported duration is refused, an older call forgotten")
     add_pin_options(p)
+    add_portal_options(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
     return p
+
+
+def add_portal_options(p: argparse.ArgumentParser) -> None:
+    """The web portal's options (docs/portal.md)."""
+    g = p.add_argument_group("web portal (docs/portal.md)")
+    g.add_argument("--no-portal", action="store_true", help="do not serve the web portal at /portal/")
+    g.add_argument("--portal-db", help="the portal's accounts and sessions (default: DATA/portal.db)")
+    g.add_argument("--portal-secret", metavar="FILE",
+                   help="a file holding the key that signs portal cookies (default: DATA/portal-secret, "
+                        "made on first start)")
+    g.add_argument("--portal-https", action="store_true",
+                   help="the portal is reached over https (through a TLS proxy): its cookies are then Secure")
+    g.add_argument("--operator", default="operator", help="the operator account made on first start")
+    g.add_argument("--operator-password",
+                   help="set the operator account's password (else one is made and printed on first start)")
+    g.add_argument("--login-failures", type=int, default=accounts.LOGIN_FAILURES,
+                   help="failed logins for one login within --lockout-window before it is locked")
+    g.add_argument("--address-failures", type=int, default=accounts.ADDRESS_FAILURES,
+                   help="failed logins from one client address within --lockout-window before it is locked")
+    g.add_argument("--lockout-window", type=float, default=accounts.LOCKOUT_WINDOW_S, metavar="SECONDS",
+                   help="how long failed logins count (and so how long a lockout lasts at most)")
+    g.add_argument("--portal-max-upload", type=int, default=UPLOAD_BYTES, metavar="BYTES",
+                   help="the largest blacklist list a portal page imports (pasted or uploaded)")
+    g.add_argument("--session-hours", type=float, default=accounts.SESSION_TTL_S / 3600,
+                   help="how long a portal login lasts")
 
 
 def configure_logging(level: str) -> None:
@@ -132,12 +161,58 @@ def admin_token(data: pathlib.Path) -> str:
     return path.read_text().strip()
 
 
+#: The company whose password is made and printed on first start on the embedded defaults.
+EXAMPLE_COMPANY = "4001012345"
+
+
+def secret_file(path: pathlib.Path) -> bytes:
+    """The key in ``path`` (hex), made (32 random bytes, readable by its owner only) when missing."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = text.encode()
+    if len(key) < 16:
+        raise ValueError(f"{path}: the portal secret needs at least 16 bytes (32 hex digits)")
+    return key
+
+
+def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) -> list[str]:
+    """Mount the web portal on ``service``; the lines the banner adds (passwords made now, printed once)."""
+    from .portal import create_portal
+
+    data.mkdir(parents=True, exist_ok=True)
+    accs = accounts.Accounts(args.portal_db or str(data / "portal.db"), login_failures=args.login_failures,
+                             address_failures=args.address_failures, window_s=args.lockout_window,
+                             session_ttl_s=args.session_hours * 3600)
+    key = secret_file(pathlib.Path(args.portal_secret) if args.portal_secret else data / "portal-secret")
+    notes = []
+    made = accs.ensure_operator(args.operator, args.operator_password)
+    if made:
+        notes.append(f"  portal:  operator {args.operator!r}, password {made}  (printed once; "
+                     "--operator-password sets another)")
+    if first_start and not accs.has_account("company", EXAMPLE_COMPANY):
+        password = secrets.token_urlsafe(9)
+        accs.set_company_password(EXAMPLE_COMPANY, password, actor="tel400-http (seed)")
+        notes.append(f"  portal:  company {EXAMPLE_COMPANY}, password {password}  (printed once; the operator "
+                     "resets it)")
+    service.mount("/portal", create_portal(service, accounts=accs, secret_key=key, https=args.portal_https,
+                                                  max_upload=args.portal_max_upload))
+    service.portal_accounts = accs
+    return notes
+
+
 def build_service(args) -> Service:
     data = pathlib.Path(args.data)
     if args.plans is None or args.records is None or args.tokens is None:
         data.mkdir(parents=True, exist_ok=True)
     store = tel400.open_store(args.plans or f"sqlite:///{data / 'plans.db'}")
-    if args.plans is None and not store.count():
+    first_start = args.plans is None and not store.count()
+    if first_start:
         seed(store, example_plans())
     calls = CallRegistry(max_calls=args.max_calls, max_age_s=args.max_call_duration)
     # Streamed: each number is compiled as it is read, and only the compiled form is kept.
@@ -153,10 +228,12 @@ def build_service(args) -> Service:
                               retention_days=args.retention_days, max_rows=args.max_records)
     freeswitch = FreeSwitchSettings(gateway=args.gateway, prompt_dir=args.prompt_dir, prompt_ext=args.prompt_ext,
                                     ring_timeout_s=args.ring_timeout)
-    return Service(router, store=store, watcher=watcher, records=records, tokens=tokens, freeswitch=freeswitch,
-                   gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
-                   cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body,
-                   switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance)
+    service = Service(router, store=store, watcher=watcher, records=records, tokens=tokens, freeswitch=freeswitch,
+                      gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
+                      cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body,
+                      switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance)
+    service.portal_notes = [] if args.no_portal else build_portal(service, args, data, first_start)
+    return service
 
 
 def switch_auth(args) -> SwitchAuth:
@@ -184,8 +261,17 @@ def banner(service: Service, url: str, args) -> str:
         f"  admin:   curl -s -H {token} {url}/v1/numbers",
         f"  report:  curl -s -H {token} {url}/v1/numbers/4001012345/report",
         f"  switch:  {_switch_note(service.switch_auth)}",
+        *_portal_lines(service, url, args),
         f"  also:    {url}/metrics  {url}/readyz  {url}/openapi.json   (docs/http.md)",
     ])
+
+
+def _portal_lines(service: Service, url: str, args) -> list[str]:
+    if args.no_portal:
+        return []
+    where = (f"  portal:  {url}/portal/  (companies: 400 number and password; the operator: "
+             f"{url}/portal/login/operator)")
+    return [where, *getattr(service, "portal_notes", [])]
 
 
 def _switch_note(auth: SwitchAuth | None) -> str:

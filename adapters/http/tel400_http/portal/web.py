@@ -1,0 +1,262 @@
+"""What every portal page uses: who is logged in, access checks, CSRF, rendering, bounded forms.
+
+Pages are Starlette endpoints.  A page that needs a login starts with
+``session = require(request, number)``; a form handler reads its form with
+:func:`read_form` and calls :func:`check_csrf` before changing anything; the
+answer is :func:`render` (a template extending ``base.html``) or
+:func:`redirect` (303, after a change, with a :func:`flash` message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import urllib.parse
+
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+import tel400
+
+from ..editing import PlanEditor, ReadOnlyPlans
+from . import i18n
+from .accounts import PortalSession
+
+__all__ = [
+    "FORM_BYTES",
+    "FORM_FIELDS",
+    "PortalSession",
+    "anonymous_csrf",
+    "change_plan",
+    "check_csrf",
+    "client_address",
+    "flash",
+    "hashing",
+    "number_url",
+    "page_error",
+    "plan_of",
+    "portal_url",
+    "read_form",
+    "redirect",
+    "render",
+    "require",
+    "require_operator",
+    "routed_plan",
+    "session_of",
+]
+
+#: The default bounds of a form (bytes of body, fields); pages with uploads give their own.
+FORM_BYTES = 64 * 1024
+FORM_FIELDS = 200
+#: Flash messages kept in the cookie at most (older ones are dropped).
+MAX_FLASHES = 5
+
+
+def session_of(request: Request) -> PortalSession | None:
+    """The logged-in session of ``request`` (checked against the server's sessions), or ``None``."""
+    return request.scope.get("state", {}).get("portal_session")
+
+
+def require(request: Request, number: str | None = None) -> PortalSession:
+    """The session, or a 303 to the login page; a company asking for another number gets a 403 page.
+
+    ``number``: the number the page is about (as the URL gave it).  The
+    operator may ask for any; a company only for its own.
+    """
+    session = session_of(request)
+    if session is None:
+        raise HTTPException(303, headers={"Location": portal_url(request, "login")})
+    if number is not None:
+        try:
+            canonical = tel400.normalize(number)
+        except tel400.NumberError:
+            canonical = None
+        if canonical != number:  # pages are addressed by the canonical number only: one URL per number
+            raise page_error(404, "No such number.")
+        if session.role == "company" and number != session.number:
+            raise page_error(403, "This page is about another number than yours.")
+    return session
+
+
+def require_operator(request: Request) -> PortalSession:
+    """The operator's session; a company's gets a 403 page."""
+    session = require(request)
+    if session.role != "operator":
+        raise HTTPException(403, detail="This page is for the operator.")
+    return session
+
+
+def anonymous_csrf(request: Request) -> str:
+    """The CSRF token of a visitor not logged in (the login form, the language switch), kept in the cookie."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = request.session["csrf"] = secrets.token_urlsafe(24)
+    return token
+
+
+def _csrf_of(request: Request) -> str:
+    session = session_of(request)
+    return session.csrf if session is not None else anonymous_csrf(request)
+
+
+def check_csrf(request: Request, form: FormData) -> None:
+    """403 unless ``form`` carries this session's CSRF token (field ``csrf``), compared in constant time."""
+    given = form.get("csrf")
+    expected = _csrf_of(request)
+    if not isinstance(given, str) or not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(403, detail="This form has expired or did not come from this site; reload the page "
+                                        "and try again.")
+
+
+def portal_url(request: Request, path: str = "") -> str:
+    """The URL of a portal path (``"login"``, ``"n/4001012345/"``) under the mount point."""
+    return f"{request.scope.get('root_path', '')}/{path}"
+
+
+def number_url(request: Request, number: str, page: str = "") -> str:
+    """The URL of one number's page: ``/portal/n/<number>/<page>``."""
+    return portal_url(request, f"n/{urllib.parse.quote(number, safe='')}/{page}")
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the server saw it (lockout per address)."""
+    return request.client.host if request.client else "unknown"
+
+
+def flash(request: Request, message: str, kind: str = "ok") -> None:
+    """Show ``message`` (already translated) on the next page rendered; ``kind`` ok or error."""
+    kept = list(request.session.get("flash", []))[-(MAX_FLASHES - 1):]
+    kept.append([kind, message])
+    request.session["flash"] = kept
+
+
+def redirect(url: str) -> RedirectResponse:
+    """303 See Other: the browser GETs ``url`` (after a form POST)."""
+    return RedirectResponse(url, status_code=303)
+
+
+def render(request: Request, template: str, context: dict | None = None, status: int = 200) -> Response:
+    """``template`` in the request's language.
+
+    The template gets ``context`` and: ``session`` (or None), ``csrf``,
+    ``lang``, ``_`` (gettext), ``number_url(number, page)``, ``url(path)``,
+    ``flashes`` (taken from the cookie) and ``languages``.
+    """
+    lang = i18n.request_language(request)
+    env = i18n.ENVIRONMENTS[lang]
+    flashes = request.session.pop("flash", []) if "flash" in request.session else []
+    ctx = {
+        "request": request,
+        "session": session_of(request),
+        "csrf": _csrf_of(request),
+        "lang": lang,
+        "html_lang": i18n.html_lang(lang),
+        "languages": i18n.NAMES,
+        "_": env.globals["gettext"],
+        "number_url": lambda number, page="": number_url(request, number, page),
+        "url": lambda path="": portal_url(request, path),
+        "flashes": flashes,
+        **(context or {}),
+    }
+    body = env.get_template(template).render(ctx)
+    return Response(body, status_code=status, media_type="text/html; charset=utf-8")
+
+
+def page_error(status: int, message: str, **variables) -> HTTPException:
+    """An error page: ``message`` is an English msgid, translated with its ``%(name)s`` ``variables``."""
+    exc = HTTPException(status, detail=message)
+    exc.variables = variables
+    return exc
+
+
+def _too_large(limit: int) -> HTTPException:
+    return page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
+
+
+class _Counted:
+    """``receive`` that answers 413 once more than ``limit`` body bytes have arrived."""
+
+    def __init__(self, receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._seen = 0
+
+    async def __call__(self):
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen += len(message.get("body", b""))
+            if self._seen > self._limit:
+                raise _too_large(self._limit)
+        return message
+
+
+async def read_form(request: Request, *, max_bytes: int = FORM_BYTES, max_fields: int = FORM_FIELDS,
+                    max_files: int = 0) -> FormData:
+    """The request's form, at most ``max_bytes`` of body (413 past it, counted as it arrives),
+    ``max_fields`` fields and ``max_files`` files (400 past them).
+
+    Close the files of a multipart form (``await form.close()``) when done.
+    """
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise _too_large(max_bytes)
+    request._receive = _Counted(request.receive, max_bytes)
+    try:
+        return await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_bytes)
+    except MultiPartException as exc:
+        raise HTTPException(400, detail=str(exc)) from None
+
+
+async def change_plan(request: Request, session: PortalSession, number: str, fn, *, expect: str | None = None) -> dict:
+    """:meth:`PlanEditor.change` of ``number`` by ``session`` (its actor in the audit), in a thread.
+
+    ``fn`` gets the stored tree (a copy; a number without a plan is a 404
+    page).  Raises what the editor raises (:class:`tel400.PlanError`,
+    :class:`~tel400_http.editing.StaleEdit`); a service whose plans come from
+    a file answers a 409 page.
+    """
+    def guarded(tree):
+        if tree is None:
+            raise HTTPException(404, detail="This number has no plan.")
+        return fn(tree)
+
+    editor = PlanEditor(request.app.state.service)
+    try:
+        return await asyncio.to_thread(editor.change, number, guarded, actor=session.actor, expect=expect)
+    except ReadOnlyPlans:
+        raise HTTPException(409, detail="The plans come from a file this service does not write.") from None
+
+
+async def plan_of(request: Request, number: str) -> dict:
+    """The stored tree of ``number`` (a 404 page without a plan; a 409 page on a read-only service)."""
+    editor = PlanEditor(request.app.state.service)
+    try:
+        tree, _version = await asyncio.to_thread(editor.get, number)
+    except ReadOnlyPlans:
+        raise HTTPException(409, detail="The plans come from a file this service does not write.") from None
+    if tree is None:
+        raise HTTPException(404, detail="This number has no plan.")
+    return tree
+
+
+async def hashing(request: Request, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the portal's hashing threads (password checks, PIN hashes: scrypt)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app.state.hashing, lambda: fn(*args, **kwargs))
+
+
+async def routed_plan(request: Request, number: str):
+    """The :class:`tel400.NumberPlan` ``number`` is routed by, or ``None`` (read in a thread: it may be a
+    store read); a stored plan the router refuses shows as ``None``."""
+    router = request.app.state.service.router
+
+    def read():
+        try:
+            return router.plan_of(number)
+        except tel400.PlanError:
+            return None
+
+    return await asyncio.to_thread(read)
