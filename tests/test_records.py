@@ -176,3 +176,44 @@ def test_pruning_drops_rows_and_caller_rollups_but_the_report_keeps_history(tmp_
         assert records.report(NUMBER, "2026-11")["calls"] == 0
     finally:
         records.close()
+
+
+def test_a_call_to_an_unknown_number_is_recorded_with_its_end_and_no_rollup_fails(records):
+    # An unknown dialed number has no plan and so no number: its record is
+    # kept (the operator's listing), but it belongs to no number's report.
+    class End:
+        call_id, duration_s, billed_s, cost, target = "u1", 30.0, 60, None, "13900000000"
+
+    records._write([("d", Decision("u1", number=None, action="reject", reason="unknown_number", target=None),
+                     MON_NOV_2_0930)])
+    records._write([("d", Decision("u2", number=None, action="reject", reason="unknown_number", target=None),
+                     MON_NOV_2_0930), ("e", "u2", 30.0, 60, None, "13900000000")])
+    records._write([("e", "u1", 30.0, 60, None, "13900000000")])
+    db = records._db()
+    assert db.execute("SELECT call_id, billed_s FROM records WHERE number IS NULL ORDER BY call_id").fetchall() == [
+        ("u1", 60), ("u2", 60)]
+    for table in ("roll_day", "roll_hour", "roll_province", "roll_target", "roll_reason", "roll_caller_day",
+                  "roll_caller_month"):
+        assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table
+    assert records.errors == 0
+
+
+def test_an_old_file_with_calls_to_unknown_numbers_upgrades(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, call_id TEXT, number TEXT, caller TEXT,
+            province TEXT, rule TEXT, target TEXT, action TEXT NOT NULL, reason TEXT NOT NULL, channel TEXT NOT NULL,
+            started REAL NOT NULL, day TEXT NOT NULL, duration_s REAL, billed_s INTEGER, cost_micro INTEGER);
+        INSERT INTO records (call_id, number, caller, action, reason, channel, started, day)
+            VALUES ('u', NULL, '139', 'reject', 'unknown_number', 'voice', 1793583000.0, '2026-11-02'),
+                   ('k', '4001012345', '139', 'reject', 'closed', 'voice', 1793583000.0, '2026-11-02');
+    """)
+    db.commit()
+    db.close()
+    r = CallRecords(str(path), zone_of=lambda n: SHANGHAI, interval_s=3600, retention_days=1e6)
+    try:
+        assert r.report(NUMBER, "2026-11")["calls"] == 1
+        assert r._db().execute("SELECT COUNT(*) FROM records WHERE connected IS NULL").fetchone() == (0,)
+    finally:
+        r.close()

@@ -543,6 +543,8 @@ class CallRecords:
         for call_id, (rid, number, day, target, duration_s, billed_s, cost) in state.items():
             _, _, _, old_target, old_duration, old_billed, old_cost = before[call_id]
             updates.append((duration_s, billed_s, cost, target, rid))
+            if number is None:  # an unknown number's call has no rollups to move
+                continue
             d = days[number, day]
             d[0] += (billed_s or 0) - (old_billed or 0)
             d[1] += (cost or 0) - (old_cost or 0)
@@ -584,6 +586,8 @@ class CallRecords:
         caller_days: collections.Counter = collections.Counter()
         caller_months: dict = {}
         for number, caller, province, target, action, reason, day, hour, connected, billed, cost, dur in rows:
+            if number is None:  # a call to an unknown number: kept as a record, in no number's report
+                continue
             d = days[number, day]
             d[0] += 1
             d[1] += connected
