@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import json
 import re
 
 import msgspec
@@ -38,6 +36,7 @@ from tel400.stores import WritableStore
 from . import schemas
 from .asgi import ClientGone, HttpError, encode_json
 from .auth import ALL
+from .editing import PlanEditor, StaleEdit, etag
 from .records import check_month
 
 _log = structlog.get_logger("tel400.http")
@@ -55,18 +54,6 @@ METRIC_NAMES = {
     "report": "report", "calls": "calls.list",
 }
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
-
-
-def _etag(tree: dict | None) -> str:
-    """A stored plan tree's version: the SHA-256 of its canonical JSON ("" without a plan).
-
-    The portal's PlanEditor computes the same (the merge of issue 13 keeps
-    one of the two).  O(size of the plan).
-    """
-    if tree is None:
-        return ""
-    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def create_admin(service) -> Starlette:
@@ -238,6 +225,8 @@ class _AdminApi:
 
     def __init__(self, service) -> None:
         self.s = service
+        #: every plan write goes through the portal's editor too: one lock, one version check, one apply
+        self.editor = PlanEditor(service)
 
     def _auth(self, request: Request):
         authorization = None
@@ -288,7 +277,7 @@ class _AdminApi:
         tree = await asyncio.to_thread(self.s._plan_tree, number)
         if tree is None:
             raise HttpError(404, "unknown_number", f"{number} has no plan")
-        return _json(200, _redacted(tree), {"etag": f'"{_etag(tree)}"'})
+        return _json(200, _redacted(tree), {"etag": f'"{etag(tree)}"'})
 
     async def putNumber(self, request: Request) -> Response:
         token = self._auth(request)
@@ -303,27 +292,30 @@ class _AdminApi:
             if given != number:
                 raise HttpError(422, "invalid_plan", f"number: the body is for {str(plan['number'])[:40]!r}, "
                                 f"the path for {number}", field="number")
-        store = self._writable()
+        self._writable()
+        created = False
+
+        def build(before):
+            nonlocal created
+            created = before is None
+            if expect == "*" and before is None:
+                raise HttpError(412, "stale_plan", f"If-Match: *, but {number} has no plan", field="If-Match")
+            body = {k: v for k, v in plan.items() if k != "has_pin"}
+            if not any(k in body for k in _PLAN_SECRETS) and before is not None:
+                for key in _PLAN_SECRETS:  # the PIN is managed at …/pin; a plan without one keeps it
+                    if key in before:
+                        body[key] = before[key]
+            if isinstance(body.get("pin"), str) and pins.PIN_RE.match(body["pin"]):
+                body["pin_hash"] = pins.make_hash(body.pop("pin"))  # never kept in clear
+            return body
 
         def write():
-            with self.s._write_lock:
-                before = store.get_number(number)
-                _check_version(number, before, expect)
-                body = {k: v for k, v in plan.items() if k != "has_pin"}
-                body["number"] = number
-                if not any(k in body for k in _PLAN_SECRETS) and before is not None:
-                    for key in _PLAN_SECRETS:  # the PIN is managed at …/pin; a plan without one keeps it
-                        if key in before:
-                            body[key] = before[key]
-                if isinstance(body.get("pin"), str) and pins.PIN_RE.match(body["pin"]):
-                    body["pin_hash"] = pins.make_hash(body.pop("pin"))  # never kept in clear
-                stored = store.put_number(body, actor=token.name)
-                self.s._applied(number, stored)
-                return before is None, store.get_number(number)
+            stored = self.editor.change(number, build, actor=token.name, expect=None if expect == "*" else expect)
+            return created, stored
 
         created, stored = await asyncio.to_thread(_plan_errors(write))
         _log.info("plan_changed", number=number, actor=token.name, created=created)
-        return _json(201 if created else 200, _redacted(stored), {"etag": f'"{_etag(stored)}"'})
+        return _json(201 if created else 200, _redacted(stored), {"etag": f'"{etag(stored)}"'})
 
     async def deleteNumber(self, request: Request) -> Response:
         token = self._auth(request)
@@ -347,18 +339,14 @@ class _AdminApi:
 
     async def _edit(self, token, number: str, change) -> dict:
         """Read one number's stored plan, change it, write it back; 404 without a plan."""
-        store = self._writable()
+        self._writable()
 
-        def edit():
-            with self.s._write_lock:
-                tree = store.get_number(number)
-                if tree is None:
-                    raise HttpError(404, "unknown_number", f"{number} has no plan")
-                stored = store.put_number(change(dict(tree)), actor=token.name)
-                self.s._applied(number, stored)
-                return store.get_number(number)
+        def changed(tree):
+            if tree is None:
+                raise HttpError(404, "unknown_number", f"{number} has no plan")
+            return change(tree)
 
-        return await asyncio.to_thread(_plan_errors(edit))
+        return await asyncio.to_thread(_plan_errors(lambda: self.editor.change(number, changed, actor=token.name)))
 
     async def getBlacklist(self, request: Request) -> Response:
         number = self._number(request, self._auth(request))
@@ -481,19 +469,6 @@ def _if_match(request: Request) -> str | None:
     return value.removeprefix("W/").strip('"')
 
 
-def _check_version(number: str, before: dict | None, expect: str | None) -> None:
-    """412 when the stored plan is not the version the change was made from."""
-    if expect is None:
-        return
-    if expect == "*":
-        if before is None:
-            raise HttpError(412, "stale_plan", f"If-Match: *, but {number} has no plan", field="If-Match")
-        return
-    if _etag(before) != expect:
-        raise HttpError(412, "stale_plan", f"{number}'s plan changed since it was read (If-Match is not its ETag); "
-                                           "read it again and redo the change", field="If-Match")
-
-
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
@@ -526,5 +501,8 @@ def _plan_errors(fn):
             raise HttpError(422, "invalid_plan", str(exc), field=exc.field, rule=exc.rule) from None
         except tel400.BackendError as exc:
             raise HttpError(503, "store_unavailable", str(exc)) from None
+        except StaleEdit as exc:
+            raise HttpError(412, "stale_plan", f"{exc.number}'s plan changed since it was read (If-Match is not its "
+                                               "ETag); read it again and redo the change", field="If-Match") from None
 
     return run
