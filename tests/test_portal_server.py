@@ -34,6 +34,8 @@ def test_first_start_prints_the_portal_and_the_passwords_once(tmp_path):
     server = PortalServer(tmp_path).start()
     try:
         assert f"portal:  {server.url}/portal/" in server.banner
+        lines = server.banner.splitlines()
+        assert lines[1].startswith("  portal:") and lines[-1].startswith("  also:")  # the portal first
         assert server.company_password and "company 4001012345, password" in server.banner
         assert "operator 'operator', password" not in server.banner  # --operator-password was given
         assert _login(_browser(), server.url, ACME_NUMBER, server.company_password) == 303

@@ -257,11 +257,11 @@ def banner(service: Service, url: str, args) -> str:
     return "\n".join([
         f"tel400-http {tel400.__version__}: {numbers} numbers from {service.store.url} "
         f"({service.router.implementation}), listening on {url}",
+        *_portal_lines(service, url, args),  # first: what a person opens in a browser
         f"  route:   curl -s {url}/v1/route -d '{{\"dialed\": \"4001012345\", \"caller\": \"13901012345\"}}'",
         f"  admin:   curl -s -H {token} {url}/v1/numbers",
         f"  report:  curl -s -H {token} {url}/v1/numbers/4001012345/report",
         f"  switch:  {_switch_note(service.switch_auth)}",
-        *_portal_lines(service, url, args),
         f"  also:    {url}/metrics  {url}/readyz  {url}/openapi.json   (docs/http.md)",
     ])
 
