@@ -160,3 +160,16 @@ def test_cap_usage_reads_the_counters(plans, backend, tmp_path):
     assert [u.used for u in tomorrow] == [Decimal(0), Decimal("0.3")]
     assert router.cap_usage("4009999999") == []
     router.counters.close()
+
+
+def test_cap_usage_of_a_per_caller_cap_has_no_single_value():
+    per_caller = tel400.PlanSet.from_dict({"numbers": [{
+        "number": NUMBER, "rules": [{"name": "all", "targets": ["13901010001"]}],
+        "caps": [{"metric": "calls", "per": "hour", "limit": 2, "scope": "caller"},
+                 {"metric": "calls", "per": "hour", "limit": 5}],
+    }]})
+    router = tel400.Router(per_caller)
+    at = _dt.datetime(2026, 11, 23, 9, 30, tzinfo=SHANGHAI)
+    router.route(NUMBER, "13901012345", at=at)
+    usage = router.cap_usage(NUMBER, at=at)
+    assert [(u.label, u.used) for u in usage] == [("calls/hour/caller", None), ("calls/hour/number", Decimal(1))]
