@@ -6,6 +6,11 @@ few withheld numbers), spread uniformly over one week in each plan's zone,
 with a share of SMS.  Plans with a PIN are answered with the right PIN most
 of the time.  Connected calls end after an exponential talk time so that
 minutes and cost caps are exercised too.
+
+:func:`week_grid` is the other view of a plan: not a random sample but the
+decision at each hour of some days for one caller of a chosen province (the
+portal's week view and ``tel400 simulate --week``), a dry run that counts
+nothing.
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ class OfficialCalendar:
         """
         weekend = weekday_of(ordinal) >= 5
         in_package = self._lo <= ordinal <= self._hi
-        if ordinal in self._extra_workdays or (in_package and ordinal in self._pw and ordinal not in self._extra_holidays):
+        notice_workday = in_package and ordinal in self._pw and ordinal not in self._extra_holidays
+        if ordinal in self._extra_workdays or notice_workday:
             return "adjusted_workday" if weekend else "workday"
         if ordinal in self._extra_holidays or (in_package and ordinal in self._ph):
             return "holiday"

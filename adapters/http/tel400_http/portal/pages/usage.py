@@ -54,12 +54,13 @@ def _usage(service, plan) -> dict:
         totals = service.records.month_totals(number, month)
     rows = []
     for usage in caps:
-        row = {"counted": usage.used is not None, "label": usage.label, "per": usage.cap.per, "scope": usage.cap.scope, "metric": usage.cap.metric,
-               "used": amount_text(usage.cap.metric, usage.used), "limit": amount_text(usage.cap.metric, usage.limit),
+        metric = usage.cap.metric
+        row = {"label": usage.label, "counted": usage.used is not None,
+               "used": amount_text(metric, usage.used), "limit": amount_text(metric, usage.limit),
                "share": _share(usage.used, usage.limit), "recorded": None, "recorded_share": None}
         if totals is not None and usage.cap.per == "month" and usage.cap.scope == "number":
             recorded = Decimal(str(totals[TOTAL_OF_METRIC[usage.cap.metric]]))
-            row["recorded"] = amount_text(usage.cap.metric, recorded)
+            row["recorded"] = amount_text(metric, recorded)
             row["recorded_share"] = _share(recorded, usage.limit)
         rows.append(row)
     return {"month": month, "caps": rows, "totals": totals, "counters_ok": counters_ok}
