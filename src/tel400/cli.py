@@ -20,7 +20,7 @@ from .pins import make_hash
 from .plans import PlanSet
 from .router import Router
 from .segments import load_segments
-from .simulate import simulate
+from .simulate import simulate, week_grid
 from .stores import JSONL_EXTENSIONS, FileStore, import_jsonl, open_store
 from .workdays import describe_years
 
@@ -111,11 +111,30 @@ def _cmd_locate(args) -> int:
 def _cmd_simulate(args) -> int:
     plans = _whole_plans(args.file)
     start = _dt.date.fromisoformat(args.start) if args.start else None
+    if args.week:
+        return _print_week(plans, args, start)
+    if args.number or args.province:
+        raise ValueError("--number and --province go with --week")
     report = simulate(plans, args.calls, seed=args.seed, start=start)
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
         print(report.render())
+    return 0
+
+
+def _print_week(plans, args, start) -> int:
+    """``simulate --week``: the plan's decision at each hour of a week, for a caller from a province."""
+    if not args.number or not args.province:
+        raise ValueError("--week needs --number and --province")
+    if start is None:
+        today = _dt.date.today()
+        start = today - _dt.timedelta(days=today.weekday())
+    grid = week_grid(plans, args.number, args.province, start=start, channel=args.channel)
+    if args.json:
+        print(json.dumps(grid.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(grid.render())
     return 0
 
 
@@ -223,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", help="first day of the simulated week (default: this week's Monday)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--week", action="store_true",
+                   help="instead: the decision at each hour of the week for --number and a caller from --province")
+    p.add_argument("--number", help="with --week: the 400 number")
+    p.add_argument("--province", help="with --week: the caller's province (code, Chinese or English name)")
+    p.add_argument("--channel", choices=("voice", "sms"), default="voice", help="with --week (default voice)")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("calendar", help="which years the official calendar covers")

@@ -59,6 +59,23 @@ def cap_key(number: str, cap: Cap, occurrence: int) -> str:
     return f"tel400:{{{number}}}:cap:{cap.metric}:{cap.per}:{cap.scope}:{cap.channel}:{occurrence}"
 
 
+def cap_label(metric: str, per: str, scope: str, channel: str) -> str:
+    """How explain and reports name a cap: ``metric/per/scope[/channel]``."""
+    return f"{metric}/{per}/{scope}" + (f"/{channel}" if channel != "any" else "")
+
+
+def numbered_caps(caps) -> list[tuple[Cap, int]]:
+    """Each cap with its occurrence among caps of the same (metric, per, scope, channel), from 1:
+    the last part of its :func:`cap_key`."""
+    seen: dict[tuple, int] = {}
+    out = []
+    for cap in caps:
+        ident = (cap.metric, cap.per, cap.scope, cap.channel)
+        seen[ident] = occurrence = seen.get(ident, 0) + 1
+        out.append((cap, occurrence))
+    return out
+
+
 def plan_prompts(settings: PlanSet, plan: NumberPlan) -> dict[str, str]:
     """A number's prompt names: standard, renamed globally, renamed by the number."""
     prompts = {key: key for key in STANDARD_PROMPTS}
@@ -253,7 +270,7 @@ class CompiledCap:
     @property
     def label(self) -> str:
         """How explain names the cap (made when asked: only traces read it)."""
-        return f"{self.metric}/{self.per}/{self.scope}" + (f"/{self.channel}" if self.channel != "any" else "")
+        return cap_label(self.metric, self.per, self.scope, self.channel)
 
     def applies(self, channel: str) -> bool:
         return self.channel == "any" or self.channel == channel
@@ -479,11 +496,8 @@ class Compiler:
         if len(caps) == 1:
             cap = caps[0]
             return (CompiledCap(number, cap, 1, prompts["limit_reached"] if cap.prompt is None else cap.prompt),)
-        seen: dict[tuple, int] = {}
         out = []
-        for cap in caps:
-            ident = (cap.metric, cap.per, cap.scope, cap.channel)
-            seen[ident] = occurrence = seen.get(ident, 0) + 1
+        for cap, occurrence in numbered_caps(caps):
             prompt = prompts["limit_reached"] if cap.prompt is None else cap.prompt
             out.append(CompiledCap(number, cap, occurrence, prompt))
         return tuple(out)

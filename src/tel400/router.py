@@ -10,6 +10,10 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 
+import zoneinfo
+from decimal import Decimal
+from typing import NamedTuple
+
 import attrs
 import structlog
 
@@ -21,11 +25,31 @@ from .calls import CallRegistry
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
 from .exceptions import BackendError, PlanError
-from .plans import NumberPlan, PlanSet
+from ._engine_py import Moment
+from .compiler import cap_key, cap_label, numbered_caps
+from .plans import Cap, NumberPlan, PlanSet, from_units
 from .segments import PrefixTable, load_segments_cached
 
 _log = structlog.get_logger("tel400.router")
 _routers: weakref.WeakSet[Router] = weakref.WeakSet()
+
+
+class CapUsage(NamedTuple):
+    """One cap of a number now: the cap, its period's id, how much is used (``None`` per caller) and the limit.
+
+    ``used`` and ``limit`` are in the cap's unit: calls, minutes or currency.
+    """
+
+    cap: Cap
+    period: int
+    used: Decimal | None
+    limit: Decimal
+
+    @property
+    def label(self) -> str:
+        """``metric/per/scope[/channel]``, as explain names the cap."""
+        cap = self.cap
+        return cap_label(cap.metric, cap.per, cap.scope, cap.channel)
 
 
 class Router:
@@ -216,6 +240,31 @@ class Router:
         not advance; a ``weighted`` pick is still random.
         """
         return self._engine.route(dialed, caller, at, channel, pin, None, True, True)
+
+    def cap_usage(self, number, at=None) -> list[CapUsage]:
+        """How much of each of a number's caps is used in the period containing ``at`` (default now).
+
+        Read from the counter backend, nothing changed.  A per-caller cap has
+        one counter per caller, so its ``used`` is ``None``.  An unknown
+        number has no caps (``[]``).
+
+        Raises:
+            BackendError: the counter store failed.
+
+        Cost: one counter read per number-wide cap.
+        """
+        plan = self.plan_of(number)
+        if plan is None:
+            return []
+        moment = Moment(at, zoneinfo.ZoneInfo(plan.timezone), None)
+        out = []
+        for cap, occurrence in numbered_caps(plan.caps):
+            period = moment.period(cap.per)
+            used = None
+            if cap.scope == "number":
+                used = from_units(cap.metric, self.counters.value(cap_key(plan.number, cap, occurrence), period))
+            out.append(CapUsage(cap, period, used, cap.limit))
+        return out
 
     def call_ended(self, call_id, duration_s: float, target: str | None = None, *,
                    record: str | None = None) -> Charge | None:

@@ -6,6 +6,11 @@ few withheld numbers), spread uniformly over one week in each plan's zone,
 with a share of SMS.  Plans with a PIN are answered with the right PIN most
 of the time.  Connected calls end after an exponential talk time so that
 minutes and cost caps are exercised too.
+
+:func:`week_grid` is the other view of a plan: not a random sample but the
+decision at each hour of some days for one caller of a chosen province (the
+portal's week view and ``tel400 simulate --week``), a dry run that counts
+nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections import Counter
 import attrs
 
 from . import counters as _counters
+from . import provinces
 from .plans import PlanSet
 from .router import Router
 from .segments import KEY_SPACE, PrefixTable
@@ -194,4 +200,173 @@ def simulate(plans: PlanSet, calls: int, *, seed: int = 0, start: _dt.date | Non
     return SimulationReport(calls, start, seed, outcomes, targets, reasons, located, minutes, cost)
 
 
-__all__ = ["CallerSampler", "SimulationReport", "simulate"]
+# -- the week view: what a plan does, hour by hour --------------------------
+
+#: Cap on the grid's size (days × hours explains), so a request cannot ask for years.
+MAX_GRID_DAYS = 31
+
+
+@attrs.frozen
+class GridCell:
+    """What the plan decides for a call placed at ``at`` (a dry run, nothing counted)."""
+
+    at: _dt.datetime
+    rule: str | None
+    action: str
+    target: str | None  # the first target (the pick), or None for a reject
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"at": self.at.isoformat(), "rule": self.rule, "action": self.action,
+                "target": self.target, "reason": self.reason}
+
+
+@attrs.frozen
+class GridDay:
+    """One day of the grid: its date, weekday (Monday = 0), kind in the official calendar and hours."""
+
+    day: _dt.date
+    weekday: int
+    kind: str  # see tel400.workdays.DAY_KINDS
+    cells: tuple[GridCell, ...]
+
+    @property
+    def holiday(self) -> bool:
+        return self.kind == "holiday"
+
+    @property
+    def adjusted_workday(self) -> bool:
+        """A weekend that is a working day by State Council notice (调休)."""
+        return self.kind == "adjusted_workday"
+
+    def as_dict(self) -> dict:
+        return {"day": self.day.isoformat(), "weekday": self.weekday, "kind": self.kind,
+                "cells": [c.as_dict() for c in self.cells]}
+
+
+@attrs.frozen
+class WeekGrid:
+    """:func:`week_grid`'s answer: the decision at each hour of some days, for one caller."""
+
+    number: str
+    province: str
+    caller: str
+    channel: str
+    timezone: str
+    rules: tuple[str, ...]  # the plan's rule names in plan order (the colour of a cell is its index here)
+    days: tuple[GridDay, ...]
+
+    def rule_index(self, rule: str | None) -> int | None:
+        """The position of ``rule`` in the plan (``None`` for the default or a refusal without a rule)."""
+        try:
+            return self.rules.index(rule)
+        except ValueError:
+            return None
+
+    def as_dict(self) -> dict:
+        return {"number": self.number, "province": self.province, "caller": self.caller,
+                "channel": self.channel, "timezone": self.timezone, "rules": list(self.rules),
+                "days": [d.as_dict() for d in self.days]}
+
+    def render(self) -> str:
+        """A text table: one line per hour, one column per day (``rule>target`` or ``action``)."""
+        heads = []
+        for d in self.days:
+            mark = {"holiday": " 假", "adjusted_workday": " 班"}.get(d.kind, "")
+            heads.append(f"{d.day.isoformat()} {_WEEKDAYS[d.weekday]}{mark}")
+        width = max([len(h) for h in heads] + [len(_cell_text(c)) for d in self.days for c in d.cells])
+        lines = [f"{self.number} for a caller from {self.province} ({self.caller}), {self.channel}, "
+                 f"times in {self.timezone}; 假 = public holiday, 班 = adjusted working day (调休)", "",
+                 ("hour  " + "  ".join(h.ljust(width) for h in heads)).rstrip()]
+        for hour in range(len(self.days[0].cells) if self.days else 0):
+            row = "  ".join(_cell_text(d.cells[hour]).ljust(width) for d in self.days)
+            lines.append(f"{self.days[0].cells[hour].at.hour:02d}    {row}".rstrip())
+        return "\n".join(lines)
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _cell_text(cell: GridCell) -> str:
+    what = cell.rule or "(default)"
+    return f"{what}>{cell.target}" if cell.target else f"{what}:{cell.action}/{cell.reason}"
+
+
+def representative_caller(prefixes: PrefixTable, province: str) -> str:
+    """A caller number the prefix table places in ``province`` (any name :func:`tel400.provinces.resolve`
+    takes): the first number of the first mobile segment of that province, so always the same one.
+
+    Raises:
+        ValueError: the name is no province, or the table has no segment for it.
+    """
+    code = provinces.resolve(province)
+    if code is None:
+        raise ValueError(f"province: {province!r} is not a province of China")
+    wanted = provinces.INDEX[code]
+    fixed = None
+    for start, found in zip(prefixes.starts, prefixes.codes):
+        if found != wanted:
+            continue
+        if start in _MOBILE_KEYS:
+            return str(start)
+        fixed = fixed or start
+    if fixed is not None:  # a table with only area codes for the province: a fixed line
+        nsn = str(fixed).rjust(11, "0")
+        return "0" + nsn[: 10 if nsn[0] == "2" or nsn.startswith("10") else 11]
+    raise ValueError(f"province: the prefix table has no number in {code}")
+
+
+def week_grid(plans: PlanSet, number: str, province: str, *, start: _dt.date, hours: int = 24,
+              days: int = 7, channel: str = "voice", pin: str | None = None, seed: int = 0) -> WeekGrid:
+    """The decision for a call from ``province`` to ``number`` at every hour of ``days`` days from ``start``.
+
+    Each cell is :meth:`Router.explain` at the start of that hour in the plan's
+    zone, on a router of its own over this one plan with empty ``memory://``
+    counters: building a grid never counts anything anywhere, and caps are not
+    yet used up in it, so the grid shows the plan, not today's counters.  A
+    ``weighted`` pick comes from a generator seeded with ``seed``: the same
+    grid twice is the same grid.  Days carry their kind in the plan's official
+    calendar (the plan set's and the number's ``calendar`` additions included).
+
+    Args:
+        hours: the hours of each day shown, from midnight (1–24).
+        days: how many days (1–:data:`MAX_GRID_DAYS`).
+
+    Raises:
+        ValueError: an unknown number, province or channel, or sizes out of range.
+
+    Cost: ``days × hours`` explains plus compiling one plan.
+    """
+    if not 1 <= days <= MAX_GRID_DAYS:
+        raise ValueError(f"days: expected 1 to {MAX_GRID_DAYS}, got {days}")
+    if not 1 <= hours <= 24:
+        raise ValueError(f"hours: expected 1 to 24, got {hours}")
+    if channel not in ("voice", "sms"):
+        raise ValueError(f"channel: expected voice or sms, got {channel!r}")
+    plan = plans.get(number)
+    if plan is None:
+        raise ValueError(f"number: {number} has no plan")
+    from ._impl import MemoryCounters
+
+    router = Router(attrs.evolve(plans, numbers=(plan,)), MemoryCounters(), seed=seed)
+    caller = representative_caller(router.prefixes, province)
+    code = provinces.resolve(province)
+    zone = zoneinfo.ZoneInfo(plan.timezone)
+    calendar = plans.calendar.merged(plan.calendar).build()
+    dialed = ("10657" + plan.number) if channel == "sms" else plan.number
+    grid_days = []
+    for offset in range(days):
+        day = start + _dt.timedelta(days=offset)
+        cells = []
+        for hour in range(hours):
+            at = _dt.datetime.combine(day, _dt.time(hour), zone)
+            decision = router.explain(dialed, caller, at=at, channel=channel, pin=pin)
+            cells.append(GridCell(at, decision.rule, decision.action,
+                                  decision.targets[0] if decision.targets else None, decision.reason))
+        grid_days.append(GridDay(day, day.weekday(), calendar.day_kind(day.toordinal()), tuple(cells)))
+    return WeekGrid(plan.number, code, caller, channel, plan.timezone,
+                    tuple(rule.name for rule in plan.rules), tuple(grid_days))
+
+
+__all__ = ["MAX_GRID_DAYS", "CallerSampler", "GridCell", "GridDay", "SimulationReport", "WeekGrid",
+           "representative_caller", "simulate", "week_grid"]

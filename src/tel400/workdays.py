@@ -123,6 +123,23 @@ class OfficialCalendar:
             _fell_back(year)
         return weekday_of(ordinal) < 5
 
+    def day_kind(self, ordinal: int) -> str:
+        """What a date is, for people reading a calendar: one of :data:`DAY_KINDS`.
+
+        ``holiday`` is a day off by notice (or the operator's list),
+        ``adjusted_workday`` a Saturday or Sunday that is a working day (调休);
+        the others are ordinary ``workday`` and ``weekend`` days.  Unlike
+        :meth:`is_workday` it never counts a fallback: it only describes.
+        """
+        weekend = weekday_of(ordinal) >= 5
+        in_package = self._lo <= ordinal <= self._hi
+        notice_workday = in_package and ordinal in self._pw and ordinal not in self._extra_holidays
+        if ordinal in self._extra_workdays or notice_workday:
+            return "adjusted_workday" if weekend else "workday"
+        if ordinal in self._extra_holidays or (in_package and ordinal in self._ph):
+            return "holiday"
+        return "weekend" if weekend else "workday"
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OfficialCalendar):
             return NotImplemented
@@ -140,6 +157,10 @@ class OfficialCalendar:
             f"<OfficialCalendar {self._first}-{self._last}"
             f" +{len(self._extra_holidays)} holidays +{len(self._extra_workdays)} workdays>"
         )
+
+
+#: What :meth:`OfficialCalendar.day_kind` answers.
+DAY_KINDS = ("workday", "weekend", "holiday", "adjusted_workday")
 
 
 def _fell_back(year: int) -> None:

@@ -1,0 +1,81 @@
+"""This month against the caps: a number's call records and cap counters beside each cap's limit.
+
+Two sources, each shown for what it is: the caps' counters
+(:meth:`tel400.Router.cap_usage`, what routing decides by, in the cap's
+current period) and the month's call records
+(:meth:`~tel400_http.records.CallRecords.month_totals`, what the switch
+reported).  A monthly number-wide cap is drawn against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import zoneinfo
+from decimal import Decimal
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+import tel400
+
+from ..web import render, require, routed_plan
+
+#: Which month total a cap's metric is compared with (caps count connected calls).
+TOTAL_OF_METRIC = {"calls": "connected", "minutes": "minutes", "cost": "cost"}
+
+
+def amount_text(metric: str, value) -> str:
+    """A cap amount as people read it: whole calls, minutes to 0.1, money to 0.01."""
+    if value is None:
+        return ""
+    places = {"calls": 0, "minutes": 1}.get(metric, 2)
+    return f"{Decimal(value):.{places}f}"
+
+
+def _share(used, limit) -> float:
+    """used / limit for a <meter>, 0 when there is no limit to speak of."""
+    return float(used) / float(limit) if limit and used is not None else 0.0
+
+
+def _usage(service, plan) -> dict:
+    """The page's numbers, read in a thread (store and counter reads)."""
+    number = plan.number
+    now = dt.datetime.now(zoneinfo.ZoneInfo(plan.timezone))
+    month = now.strftime("%Y-%m")
+    try:
+        caps = service.router.cap_usage(number, at=now)
+        counters_ok = True
+    except tel400.BackendError:
+        caps, counters_ok = [], False
+    totals = None
+    if service.records is not None:
+        service.records.flush()
+        totals = service.records.month_totals(number, month)
+    rows = []
+    for usage in caps:
+        metric = usage.cap.metric
+        row = {"label": usage.label, "counted": usage.used is not None,
+               "used": amount_text(metric, usage.used), "limit": amount_text(metric, usage.limit),
+               "share": _share(usage.used, usage.limit), "recorded": None, "recorded_share": None}
+        if totals is not None and usage.cap.per == "month" and usage.cap.scope == "number":
+            recorded = Decimal(str(totals[TOTAL_OF_METRIC[usage.cap.metric]]))
+            row["recorded"] = amount_text(metric, recorded)
+            row["recorded_share"] = _share(recorded, usage.limit)
+        rows.append(row)
+    return {"month": month, "caps": rows, "totals": totals, "counters_ok": counters_ok}
+
+
+async def usage(request: Request):
+    number = request.path_params["number"]
+    require(request, number)
+    plan = await routed_plan(request, number)
+    if plan is None:
+        return render(request, "usage.html", {"number": number, "plan": None}, status=404)
+    found = await asyncio.to_thread(_usage, request.app.state.service, plan)
+    return render(request, "usage.html", {"number": number, "plan": plan, **found})
+
+
+routes = [
+    Route("/n/{number}/usage", usage, methods=["GET"]),
+]
