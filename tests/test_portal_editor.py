@@ -395,3 +395,15 @@ def test_both_languages_render_the_editor(portal):
     assert "添加规则" in zh and "Add a rule" in en
     assert "北京 Beijing" in zh and "<script>" not in zh and "style=" not in zh
     assert pathlib.Path(ef.__file__).parent.parent.joinpath("static", "editor.js").is_file()
+
+
+def test_a_form_past_the_field_bound_is_a_400_and_nothing_is_stored(portal):
+    from tel400_http.portal.pages import editor
+
+    client, service = portal
+    client.login_company()
+    before = stored(service)
+    fields, csrf, version = form_of(client)
+    many = {**fields, **{f"x{i}": ["1"] for i in range(editor.FORM_FIELDS)}}
+    assert post(client, many, csrf, version).status_code == 400
+    assert stored(service) == before
