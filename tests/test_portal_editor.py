@@ -234,6 +234,7 @@ BAD_FIELDS = [
     ("rules.{beijing}.provinces", ["CN-XX"], "rules.{beijing}.provinces"),
     ("rules.{beijing}.channel", ["fax"], "rules.{beijing}.channel"),
     ("rules.{beijing}.action", ["queue"], "rules.{beijing}.queue"),
+    ("rules.{beijing}.targets.0.to", [""], "rules.{beijing}.targets"),
     ("rules.{beijing}.strategy", ["random"], "rules.{beijing}.strategy"),
     ("default.prompt", ["closed notice"], "default.prompt"),
     ("caps.0.limit", ["-1"], "caps.0.limit"),

@@ -110,8 +110,11 @@ async def post(request: Request):
         if key:
             return _page(request, number, model, version, errors={_group(key, model): message}, status=422,
                          problem=i18n.gettext(lang, "Nothing was saved: correct the field marked below."))
-        return _page(request, number, model, version, status=422,
-                     problem=i18n.gettext(lang, "Nothing was saved: %(message)s", message=str(exc)))
+        # the message without its source (the store's URL is the server's business)
+        where = " ".join(part for part in (exc.rule and f"rule {exc.rule!r}", exc.field and f"field {exc.field!r}")
+                         if part)
+        return _page(request, number, model, version, status=422, problem=i18n.gettext(
+            lang, "Nothing was saved: %(message)s", message=f"{where}: {exc.message}" if where else exc.message))
     except editing.StaleEdit:
         actor, when = await _last_change(request, number)
         return _page(request, number, model, version, status=409, problem=i18n.gettext(
