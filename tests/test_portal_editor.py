@@ -90,8 +90,8 @@ def documented_fields() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for heading, kind in sections.items():
         body = text.split("\n" + heading + "\n", 1)[1]
-        table = re.search(r"\| field \|.*?\n\n", body, re.S).group(0)
-        out[kind] = re.findall(r"^\| `([a-z_]+)` \|", table, re.M)
+        table = re.search(r"\| field \|.*?\n\n", body, re.DOTALL).group(0)
+        out[kind] = re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE)
     out["prompts"] = re.findall(r"`([a-z_]+)`", text.split("Its keys are:", 1)[1].split("```", 1)[0])
     out["calendar"] = ["holidays", "workdays", "years"]
     return out
@@ -138,7 +138,7 @@ class Inputs(html.parser.HTMLParser):
 
 @pytest.fixture
 def portal(tmp_path):
-    service, accounts = make_portal(tmp_path)
+    service, _accounts = make_portal(tmp_path)
     with PortalClient(service) as client:
         yield client, service
     service.stop()

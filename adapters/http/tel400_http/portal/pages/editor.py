@@ -75,7 +75,7 @@ async def _last_change(request: Request, number: str) -> tuple[str, str]:
     if not entries:
         return "?", "?"
     at = entries[0]["at"]
-    when = dt.datetime.fromtimestamp(at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") \
+    when = dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") \
         if isinstance(at, (int, float)) else str(at)
     return str(entries[0]["actor"]), when
 

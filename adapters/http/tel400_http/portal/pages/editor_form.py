@@ -57,8 +57,8 @@ LISTS = ("rules", "caps", "default.targets", "rules.{}.targets", "rules.{}.time"
          "calendar.holidays", "calendar.workdays", "calendar.years")
 #: A form index longer than this many digits is ignored (no plan list is that long).
 _MAX_INDEX_DIGITS = 5
-_INDEXED = re.compile(r"^(rules|caps|default\.targets)\.(\d{1,%d})\.(.+)$" % _MAX_INDEX_DIGITS)
-_TARGET = re.compile(r"^targets\.(\d{1,%d})\.(to|weight)$" % _MAX_INDEX_DIGITS)
+_INDEXED = re.compile(rf"^(rules|caps|default\.targets)\.(\d{{1,{_MAX_INDEX_DIGITS}}})\.(.+)$")
+_TARGET = re.compile(rf"^targets\.(\d{{1,{_MAX_INDEX_DIGITS}}})\.(to|weight)$")
 
 
 # -- tree -> model ---------------------------------------------------------------------------------
