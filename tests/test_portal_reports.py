@@ -295,3 +295,18 @@ def test_queries_run_off_the_event_loop(portal, monkeypatch):
     threads.clear()
     assert client.get(CSV).status_code == 200
     assert threads == {"_page": {False}}  # the export's reads, as the response streams
+
+
+def test_the_outcome_donut_keeps_six_slices_and_sums_the_rest_as_other():
+    from tel400_http.portal.pages.reports import DONUT_SLICES, outcome_items
+
+    reasons = ["closed", "blacklisted", "cap_exceeded", "bad_pin", "pin_locked", "rule_reject", "bad_caller"]
+    report = {"by_reason": [{"action": "bridge", "reason": "ok", "calls": 50},
+                            {"action": "queue", "reason": "ok", "calls": 5}]
+              + [{"action": "reject", "reason": r, "calls": 10 - i} for i, r in enumerate(reasons)]}
+    items = outcome_items(report, "en")
+    assert len(items) == DONUT_SLICES + 1
+    assert items[0] == ("Connected calls", 55)
+    assert items[1] == ("Closed", 10)
+    assert items[-1] == ("Other", 5 + 4)  # the two smallest: rule_reject and bad_caller
+    assert sum(n for _, n in items) == 55 + sum(range(4, 11))  # nothing lost
