@@ -310,3 +310,12 @@ def test_the_outcome_donut_keeps_six_slices_and_sums_the_rest_as_other():
     assert items[1] == ("Closed", 10)
     assert items[-1] == ("Other", 5 + 4)  # the two smallest: rule_reject and bad_caller
     assert sum(n for _, n in items) == 55 + sum(range(4, 11))  # nothing lost
+
+
+def test_the_reports_page_links_the_months_records(portal):
+    client, _service = portal
+    client.login_company()
+    page = client.get(REPORTS, params={"month": "2026-11"})
+    href = _link(page.text, "month-records")
+    assert href == f"{RECORDS}?since=2026-11-01&until=2026-11-30"
+    assert len(_callers_listed(client.get(href).text)) == 8

@@ -121,6 +121,8 @@ async def show(request: Request):
         "number": number, "month": month, "error": None, "report": report, "callers": callers,
         "answer_rate": answer_rate, "charts": draw(report, callers, lang),
         "previous": f"{base}?month={_shift(month, -1)}", "next": f"{base}?month={_shift(month, 1)}",
+        "month_records": f"{number_url(request, number, 'records')}?since={month}-01&until="
+                         f"{month}-{calendar.monthrange(int(month[:4]), int(month[5:]))[1]:02d}",
     }
     return render(request, "reports.html", context)
 
