@@ -319,3 +319,10 @@ def test_the_reports_page_links_the_months_records(portal):
     href = _link(page.text, "month-records")
     assert href == f"{RECORDS}?since=2026-11-01&until=2026-11-30"
     assert len(_callers_listed(client.get(href).text)) == 8
+
+
+def test_the_listing_shows_the_numbers_local_time(portal):
+    client, _service = portal
+    client.login_company()
+    page = client.get(RECORDS, params={"caller": "13901010003"})
+    assert re.findall(r'<td class="time">([^<]*)</td>', page.text) == ["09:30:00", "09:30:00"]  # Shanghai, not UTC

@@ -19,6 +19,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import urllib.parse
 
 from starlette.requests import Request
@@ -128,6 +129,13 @@ def outcome_labels(lang: str) -> dict[str, str]:
     return {name: named.get(name, name) for name in data.OUTCOMES}
 
 
+def local_time(started: str | None, zone) -> str:
+    """A record's start (UTC, ISO 8601) as the number's local time of day, ``HH:MM:SS``."""
+    if not started:
+        return ""
+    return dt.datetime.fromisoformat(started).astimezone(zone).strftime("%H:%M:%S")
+
+
 def province_name(code: str | None, lang: str) -> str:
     """A province's name in the page's language (``unknown``: none known)."""
     if not code or code == "unknown":
@@ -160,6 +168,9 @@ async def show(request: Request):
     newer = None
     if after:
         newer = f"{base}?{_query(values, after=trail[-1] if trail else '', trail='.'.join(trail[:-1]))}"
+    zone = request.app.state.service._zone_of(number)
+    for row in rows:
+        row["time"] = local_time(row["started"], zone)
     context = {
         "number": number, "values": values, "errors": errors, "rows": rows, "older": older, "newer": newer,
         "newest": f"{base}?{_query(values)}" if after else None,
