@@ -21,7 +21,9 @@ def _catalog(lang: str) -> dict[str, str]:
         with po.open("rb") as f:
             for message in read_po(f, locale=lang):
                 if message.id:
-                    assert message.id not in out, f"{message.id!r} is in two catalogues of {lang}"
+                    # the catalogues are merged into one: a msgid two pages share must read the same in both
+                    assert out.get(message.id, message.string) == message.string, \
+                        f"{message.id!r} is in two catalogues of {lang}, translated differently"
                     out[message.id] = message.string
     return out
 

@@ -276,6 +276,12 @@ class _Filters:
             self.args.append(self.until)
 
 
+def check_filters(**filters) -> None:
+    """Check listing filters as :meth:`CallRecords.find` does, without a query: a ``ValueError`` naming the
+    first bad one (a page checks each field alone to show every bad one beside its field)."""
+    _Filters(**filters)
+
+
 class CallRecords:
     """Call records in an SQLite file, written in the background.
 

@@ -40,7 +40,7 @@ _log = structlog.get_logger("tel400.portal")
 __all__ = ["CSP", "PAGES", "SESSION_COOKIE", "Accounts", "PortalSession", "create_portal"]
 
 #: The page modules (portal/pages/<name>.py), each with ``routes``; their order is the routing order.
-PAGES = ["login", "home", "account", "blacklist", "pin", "editor", "weekview", "usage"]
+PAGES = ["login", "home", "account", "blacklist", "pin", "editor", "weekview", "usage", "records", "reports"]
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
