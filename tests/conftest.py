@@ -16,6 +16,7 @@ import textwrap
 import zoneinfo
 
 import pytest
+import structlog
 
 import tel400
 from tel400 import _impl
@@ -23,6 +24,14 @@ from tel400 import _impl
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``tel400`` commands run in-process configure structlog for a command line (warnings only):
+    give every other test the defaults back, or a later ``capture_logs`` sees nothing."""
+    yield
+    structlog.reset_defaults()
 
 
 def at(year, month, day, hour=10, minute=0, tz=SHANGHAI) -> dt.datetime:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import structlog
 
 import tel400
 from tel400.cli import main
@@ -15,13 +14,6 @@ from tel400.cli import main
 from .conftest import EXAMPLES, ROOT
 
 MANUAL = str(EXAMPLES / "manual.toml")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures structlog for a command line; give other tests theirs back."""
-    yield
-    structlog.reset_defaults()
 
 
 def test_check_ok(capsys):
