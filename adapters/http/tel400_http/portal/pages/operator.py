@@ -101,7 +101,7 @@ async def numbers(request: Request):
     require_operator(request)
     query = _query(request)
     after = request.query_params.get("after", "")[:MAX_QUERY]
-    anywhere = request.query_params.get("mode") == "anywhere"
+    anywhere = request.query_params.get("mode") != "prefix"  # digits anywhere unless asked: what people expect
     digits = vanity.to_digits(query) if query else ""
     context = {"query": query, "anywhere": anywhere, "numbers": [], "more": None, "error": None}
     if query and not digits:
