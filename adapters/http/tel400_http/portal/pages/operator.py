@@ -251,7 +251,7 @@ async def create(request: Request):
     await asyncio.to_thread(accounts.audit, session.actor, "number_created", number,
                             {"company": values["company"], "target": values["target"]})
     created = {"number": number, "company": values["company"], "password": password,
-               "login": portal_url(request, "login")}
+               "login": str(request.url.replace(path=portal_url(request, "login"), query=""))}
     return _create_form(request, 201, created=created)
 
 
