@@ -156,7 +156,8 @@ async def pool_import(request: Request):
         raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
     added, bad = await asyncio.to_thread(_pool(request).import_lines, text.splitlines())
     accounts = request.app.state.accounts
-    await asyncio.to_thread(accounts.audit, session.actor, "pool_import", "pool", {"added": added, "refused": len(bad)})
+    await asyncio.to_thread(accounts.audit, session.actor, "pool_import", "pool",
+                            {"added": added, "refused": len(bad)})
     lang = i18n.request_language(request)
     found, _ = await _free(request, "")
     return render(request, "operator_pool.html", {
@@ -300,8 +301,8 @@ async def audit_page(request: Request):
         try:
             number = tel400.normalize(text)
         except tel400.NumberError as exc:
-            return render(request, "operator_audit.html", {"entries": [], "filter_number": text, "page": 0, "more": False,
-                                                           "error": str(exc)}, status=400)
+            context = {"entries": [], "filter_number": text, "page": 0, "more": False, "error": str(exc)}
+            return render(request, "operator_audit.html", context, status=400)
     service, accounts = request.app.state.service, request.app.state.accounts
     entries, more = await asyncio.to_thread(audit_entries, service, accounts, number, page)
     for e in entries:
