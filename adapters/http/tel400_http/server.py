@@ -38,6 +38,7 @@ from tel400.server_options import add_pin_options, pin_policy
 
 from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
+from .pool import NumberPool
 from .portal import accounts
 from .portal.pages.blacklist import UPLOAD_BYTES
 from .records import CallRecords, plan_zones
@@ -201,7 +202,7 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
         notes.append(f"  portal:  company {EXAMPLE_COMPANY}, password {password}  (printed once; the operator "
                      "resets it)")
     service.mount("/portal", create_portal(service, accounts=accs, secret_key=key, https=args.portal_https,
-                                                  max_upload=args.portal_max_upload))
+                                                  max_upload=args.portal_max_upload, pool=NumberPool(accs.path)))
     service.portal_accounts = accs
     return notes
 

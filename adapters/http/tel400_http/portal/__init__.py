@@ -40,7 +40,8 @@ _log = structlog.get_logger("tel400.portal")
 __all__ = ["CSP", "PAGES", "SESSION_COOKIE", "Accounts", "PortalSession", "create_portal"]
 
 #: The page modules (portal/pages/<name>.py), each with ``routes``; their order is the routing order.
-PAGES = ["login", "home", "account", "blacklist", "pin", "editor", "weekview", "usage", "records", "reports"]
+PAGES = ["login", "home", "account", "blacklist", "pin", "editor", "weekview", "usage", "records", "reports",
+         "operator"]
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
@@ -121,7 +122,7 @@ async def _server_error(request, exc: Exception):
 
 
 def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool,
-                  max_upload: int | None = None) -> Starlette:
+                  max_upload: int | None = None, pool=None) -> Starlette:
     """The portal for ``service`` (mount it at ``/portal``).
 
     Args:
@@ -130,6 +131,7 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
         secret_key: signs the session cookie (32 random bytes; keep it secret, keep it across restarts).
         https: the portal is reached over https (the cookie is then Secure).
         max_upload: the largest list a page imports, bytes (default: pages.blacklist.UPLOAD_BYTES).
+        pool: the free numbers (:class:`tel400_http.pool.NumberPool`; default: one in the accounts' file).
     """
     if len(secret_key) < 16:
         raise ValueError("secret_key: expected at least 16 bytes")
@@ -151,6 +153,11 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
     app.state.service = service
     app.state.accounts = accounts
     app.state.https = https
+    if pool is None:
+        from ..pool import NumberPool
+
+        pool = NumberPool(accounts.path)
+    app.state.pool = pool
     # Password and PIN derivations (scrypt, ~0.1 s each) run here, never on the threads the rest of
     # the service shares: a flood of logins waits its turn without holding anything else.
     app.state.hashing = concurrent.futures.ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="tel400-portal-hash")
