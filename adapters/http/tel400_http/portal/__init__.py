@@ -150,6 +150,9 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
     )
     app.state.service = service
     app.state.accounts = accounts
+    # A number deleted, or created where there was none, loses its company login: whoever gets the
+    # number next starts with a password the operator sets (after the plan is stored).
+    service.on_number(lambda number, event, actor: accounts.forget_company(number, actor=actor, event=event))
     app.state.https = https
     # Password and PIN derivations (scrypt, ~0.1 s each) run here, never on the threads the rest of
     # the service shares: a flood of logins waits its turn without holding anything else.

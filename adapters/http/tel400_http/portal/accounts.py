@@ -181,6 +181,29 @@ class Accounts:
         """Set an operator's password; ends their sessions but ``keep``."""
         self._set_password("operator", name, password, actor=actor, keep=keep)
 
+    def forget_company(self, number: str, *, actor: str, event: str) -> bool:
+        """Remove the login of the company managing ``number`` and end its sessions (audited).
+
+        Called when the number is deleted or created (``event``): a number
+        given to a new company must not open to the one that had it.
+        Returns whether there was a login to remove.
+        """
+        login = tel400.normalize(number)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._db.execute("DELETE FROM accounts WHERE role = 'company' AND login = ?",
+                                        (login,)).rowcount
+                ended = self._db.execute("DELETE FROM sessions WHERE role = 'company' AND login = ?",
+                                         (login,)).rowcount
+                if gone or ended:
+                    self._audit(actor, "forgotten", f"company:{login}", {"event": event})
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return bool(gone)
+
     def has_account(self, role: str, login: str) -> bool:
         return self._hash(role, login) is not None
 
