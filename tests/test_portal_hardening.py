@@ -70,3 +70,76 @@ def test_forget_company_ends_the_sessions_and_keeps_other_companies(tmp_path):
     assert accounts.session(gone.id) is None
     assert accounts.session(kept.id) is not None
     assert accounts.forget_company("4001100868", actor="operator:x", event="deleted") is False
+
+
+# -- hostile forms -----------------------------------------------------------------------------------
+
+
+def _multipart(fields: dict[str, bytes], boundary: str = "B") -> bytes:
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value + b"\r\n"
+             for name, value in fields.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("charset", ["unicode_escape", "utf-7", "latin-1"])
+def test_a_form_in_another_charset_than_utf8_is_a_400(portal, charset):
+    client, _, _ = portal
+    csrf = client.csrf()
+    body = _multipart({"csrf": csrf.encode(), "login": b"4001012345", "password": b"\\ud800aaaaaa"})
+    r = client.post("/portal/login", content=body,
+                    headers={"content-type": f"multipart/form-data; boundary=B; charset={charset}"})
+    assert r.status_code == 400, r.text
+    r = client.post("/portal/login", content=f"csrf={csrf}&login=4001012345&password=x".encode(),
+                    headers={"content-type": f"application/x-www-form-urlencoded; charset={charset}"})
+    assert r.status_code == 400, r.text
+
+
+def test_a_multipart_form_is_refused_where_no_file_is_asked_for(portal):
+    client, _, _ = portal
+    body = _multipart({"csrf": client.csrf().encode(), "login": b"4001012345", "password": b"acme-pass-123"})
+    r = client.post("/portal/login", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 415, r.text
+    assert "<!doctype html>" in r.text.lower()
+
+
+def test_a_form_value_that_is_not_utf8_text_is_a_400(portal, monkeypatch):
+    """A lone surrogate (which no UTF-8 decoder makes, but a codec Starlette picks might) is refused."""
+    import starlette.formparsers
+
+    monkeypatch.setattr(starlette.formparsers, "unquote_plus", lambda text, **_kw: "\ud800" + text)
+    client, _, _ = portal
+    r = client.post("/portal/login", data={"csrf": client.csrf(), "login": "4001012345", "password": "x" * 9})
+    assert r.status_code == 400, r.text
+
+
+def test_utf8_and_ascii_charsets_are_accepted(portal):
+    client, _, _ = portal
+    for charset in ("utf-8", "UTF-8", "us-ascii"):
+        csrf = client.csrf()
+        r = client.post("/portal/login", content=f"csrf={csrf}&login=4001012345&password=acme-pass-123".encode(),
+                        headers={"content-type": f"application/x-www-form-urlencoded; charset={charset}"})
+        assert r.status_code == 303, (charset, r.text)
+        client.cookies.clear()
+
+
+def test_a_client_gone_mid_form_is_no_server_error(portal):
+    import asyncio
+
+    _client, service, _ = portal
+    messages = iter([{"type": "http.request", "body": b"csrf=x&login=4001012345", "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/portal/login", "raw_path": b"/portal/login", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"tel400.test"), (b"content-type", b"application/x-www-form-urlencoded")],
+             "client": ("10.0.0.1", 5000), "server": ("tel400.test", 80)}
+    asyncio.run(service(scope, receive, send))
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in starts] == [400]

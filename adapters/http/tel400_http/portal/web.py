@@ -15,8 +15,10 @@ import urllib.parse
 
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 
 import tel400
@@ -193,21 +195,59 @@ class _Counted:
         return message
 
 
+#: The charsets a form may declare: the pages are UTF-8 and browsers send UTF-8 forms.  Another (Starlette
+#: would decode multipart with any codec named, unicode_escape and utf-7 included) is refused.
+FORM_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+_MULTIPART = "multipart/form-data"
+
+
+def _check_content_type(request: Request, max_files: int) -> None:
+    media, params = parse_options_header(request.headers.get("content-type", ""))
+    charset = params.get(b"charset")
+    if charset is not None and charset.decode("latin-1").strip().lower() not in FORM_CHARSETS:
+        raise page_error(400, "A form is sent in UTF-8.")
+    if media == _MULTIPART.encode() and max_files == 0:  # only an upload page parses multipart
+        raise page_error(415, "This form takes no files.")
+
+
+def _check_text(form: FormData) -> None:
+    """400 unless every name and value is text UTF-8 can carry (no lone surrogates)."""
+    for name, value in form.multi_items():
+        texts = (name, value.filename or "") if isinstance(value, UploadFile) else (name, value)
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise page_error(400, "A form is sent in UTF-8.") from None
+
+
 async def read_form(request: Request, *, max_bytes: int = FORM_BYTES, max_fields: int = FORM_FIELDS,
                     max_files: int = 0) -> FormData:
     """The request's form, at most ``max_bytes`` of body (413 past it, counted as it arrives),
     ``max_fields`` fields and ``max_files`` files (400 past them).
 
+    A charset other than UTF-8 (or ASCII), or a value UTF-8 cannot encode,
+    is a 400; a multipart form where no file is asked for (``max_files=0``)
+    a 415; a client gone before its form arrived a 400 (nobody reads it).
     Close the files of a multipart form (``await form.close()``) when done.
     """
+    _check_content_type(request, max_files)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise _too_large(max_bytes)
     request._receive = _Counted(request.receive, max_bytes)
     try:
-        return await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_bytes)
+        form = await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_bytes)
     except MultiPartException as exc:
         raise HTTPException(400, detail=str(exc)) from None
+    except ClientDisconnect:
+        raise page_error(400, "The form did not arrive whole.") from None
+    try:
+        _check_text(form)
+    except HTTPException:
+        await form.close()
+        raise
+    return form
 
 
 async def change_plan(request: Request, session: PortalSession, number: str, fn, *, expect: str | None = None) -> dict:
