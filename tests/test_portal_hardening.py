@@ -143,3 +143,46 @@ def test_a_client_gone_mid_form_is_no_server_error(portal):
     asyncio.run(service(scope, receive, send))
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert [m["status"] for m in starts] == [400]
+
+
+# -- a real server: forwarded addresses, secrets off the command line, file modes ---------------------
+
+_ROUTE = b'{"dialed": "4001012345", "caller": "13901012345"}'
+
+
+def _start(tmp_path, *args, env=None):
+    import os
+
+    from .http_harness import ServerProcess
+
+    server = ServerProcess(tmp_path, "--switch-allow", "10.9.9.9", *args)
+    server.start_options = {"env": {**os.environ, **(env or {})}}
+    return server.start()
+
+
+def test_a_forged_forwarded_address_is_not_believed(tmp_path):
+    server = _start(tmp_path, env={"TEL400_OPERATOR_PASSWORD": "from-the-env-1"})
+    try:
+        status, _ = server.request("POST", "/v1/route", _ROUTE, {"X-Forwarded-For": "10.9.9.9"})
+        assert status == 403
+        assert "password" not in server.banner.split("operator")[1].split("\n")[0]  # nothing made: it was given
+    finally:
+        server.stop()
+    accounts = Accounts(str(tmp_path / "tel400-data" / "portal.db"))
+    assert accounts.check_login("operator", "operator", "from-the-env-1", "10.0.0.1") is not None
+    import stat
+
+    for name in ("portal.db", "plans.db"):
+        assert stat.S_IMODE((tmp_path / "tel400-data" / name).stat().st_mode) == 0o600, name
+
+
+def test_forwarded_allow_ips_believes_the_named_proxy(tmp_path):
+    (tmp_path / "pw").write_text("from-a-file-12\n")
+    server = _start(tmp_path, "--forwarded-allow-ips", "127.0.0.1", "--operator-password-file", str(tmp_path / "pw"))
+    try:
+        status, _ = server.request("POST", "/v1/route", _ROUTE, {"X-Forwarded-For": "10.9.9.9"})
+        assert status == 200
+    finally:
+        server.stop()
+    accounts = Accounts(str(tmp_path / "tel400-data" / "portal.db"))
+    assert accounts.check_login("operator", "operator", "from-a-file-12", "10.0.0.1") is not None

@@ -913,6 +913,21 @@ def import_jsonl(store: WritableStore, path: str | os.PathLike[str], *, actor: s
 # -- SQLite ----------------------------------------------------------------------------------------------
 
 
+def create_private(path: str | os.PathLike[str]) -> None:
+    """Make the empty file ``path`` readable and writable by its owner only (0600), unless it exists.
+
+    SQLite would make a new database with the process's umask (often 0644:
+    anyone on the host reads it); it keeps the mode of the file it finds,
+    and gives its -wal and -shm files the same.  ``":memory:"`` is left alone.
+    """
+    if os.fspath(path) == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class SqliteStore(WritableStore):
     """Plans in an SQLite database (``sqlite:///path``); safe for many processes.
 
@@ -976,6 +991,7 @@ class SqliteStore(WritableStore):
         try:
             if create:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                create_private(self.path)  # PIN hashes live here
             if not self._schema_current():  # a read: opening never waits behind a long import
                 self._transaction(self._migrate, bump=False, wrap=False)
         except (OSError, sqlite3.Error) as exc:

@@ -31,6 +31,7 @@ import attrs
 
 import tel400
 from tel400 import pins
+from tel400.stores import create_private
 
 #: Failed logins for one login within the window before it is locked.
 LOGIN_FAILURES = 5
@@ -147,6 +148,7 @@ class Accounts:
         self.session_ttl_s = float(session_ttl_s)
         self._clock = clock
         self._lock = threading.Lock()
+        create_private(self.path)  # password hashes live here
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
