@@ -186,3 +186,55 @@ def test_forwarded_allow_ips_believes_the_named_proxy(tmp_path):
         server.stop()
     accounts = Accounts(str(tmp_path / "tel400-data" / "portal.db"))
     assert accounts.check_login("operator", "operator", "from-a-file-12", "10.0.0.1") is not None
+
+
+# -- lockout: a new password ends it; concurrent guesses do not pass the limit --------------------------
+
+
+def test_setting_a_password_clears_that_logins_failures(tmp_path):
+    accounts = Accounts(str(tmp_path / "portal.db"), login_failures=3)
+    accounts.ensure_operator("operator", "right-password-1")
+    for n in range(3):
+        assert accounts.check_login("operator", "operator", "wrong-password", f"10.0.0.{n}") is None
+    with pytest.raises(Exception, match="locked out"):
+        accounts.check_login("operator", "operator", "right-password-1", "10.0.1.1")
+    accounts.ensure_operator("operator", "right-password-2")  # tel400-http --operator-password …
+    assert accounts.check_login("operator", "operator", "right-password-2", "10.0.1.1") is not None
+    assert any(e["action"] == "failures_cleared" for e in accounts.audit_entries("operator:operator"))
+    # the same for a company reset by the operator
+    accounts.set_company_password("4001012345", "acme-pass-123", actor="test")
+    for n in range(3):
+        accounts.check_login("company", "4001012345", "wrong-password", f"10.0.2.{n}")
+    accounts.set_company_password("4001012345", "acme-pass-456", actor="operator:operator")
+    assert accounts.check_login("company", "4001012345", "acme-pass-456", "10.0.3.1") is not None
+
+
+def test_concurrent_guesses_are_held_to_the_limit(tmp_path):
+    import concurrent.futures
+
+    from tel400_http.portal.accounts import LockedOut
+
+    accounts = Accounts(str(tmp_path / "portal.db"), login_failures=5, address_failures=1000)
+    accounts.ensure_operator("operator", "right-password-1")
+
+    def guess(n):
+        try:
+            accounts.check_login("operator", "operator", f"wrong-{n}", f"10.0.0.{n}")
+            return "checked"
+        except LockedOut:
+            return "locked"
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(guess, range(16)))
+    assert results.count("checked") == 5
+
+
+def test_sessions_per_account_are_bounded(tmp_path):
+    from tel400_http.portal import accounts as module
+
+    accounts = Accounts(str(tmp_path / "portal.db"))
+    accounts.set_company_password("4001012345", "acme-pass-123", actor="test")
+    sessions = [accounts.check_login("company", "4001012345", "acme-pass-123", "10.0.0.1")
+                for _ in range(module.SESSIONS_PER_ACCOUNT + 2)]
+    live = [s for s in sessions if accounts.session(s.id) is not None]
+    assert live == sessions[2:]

@@ -41,6 +41,8 @@ ADDRESS_FAILURES = 20
 LOCKOUT_WINDOW_S = 900.0
 #: How long a session lasts without a new login, seconds.
 SESSION_TTL_S = 8 * 3600.0
+#: Live sessions kept per account (the oldest end first): logging in again and again fills nothing.
+SESSIONS_PER_ACCOUNT = 20
 #: Account audit entries kept (the oldest go first; a flood of failed logins cannot fill the disk).
 AUDIT_KEEP = 100_000
 #: The shortest and longest password accepted.
@@ -221,6 +223,12 @@ class Accounts:
                 self._db.execute("DELETE FROM sessions WHERE role = ? AND login = ? AND id IS NOT ?",
                                  (role, login, keep))
                 self._audit(actor, "password", f"{role}:{login}", {})
+                # whoever sets a password knows it: the failures others piled on this login end
+                # (the address lockout stays)
+                cleared = self._db.execute("DELETE FROM failures WHERE key = ?",
+                                           (self._login_key(role, login),)).rowcount
+                if cleared:
+                    self._audit(actor, "failures_cleared", f"{role}:{login}", {"failures": cleared})
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -262,38 +270,52 @@ class Accounts:
         Raises:
             LockedOut: too many recent failures for this login or from ``address``.
         """
-        login_key, address_key = f"login:{role}:{login[:80]}", f"address:{address}"
-        wait = self.locked_for(login_key, address_key)
-        if wait:
-            raise LockedOut(wait)
+        login_key, address_key = self._login_key(role, login), f"address:{address}"
+        # a failure is counted before deriving (and taken back on success): concurrent guesses
+        # cannot all pass the check before any of them is counted
+        reserved = self._reserve_failure(login_key, address_key)
         stored = self._hash(role, login)
         if not isinstance(password, str):
             password = ""
         right = check_password(stored or self._decoy, password[:PASSWORD_MAX * 4]) and stored is not None
-        if not right:
-            self._fail(login_key, address_key)
+        if right:
+            with self._lock:
+                self._db.executemany("DELETE FROM failures WHERE rowid = ?", [(r,) for r in reserved])
+        else:
             self.audit(f"{role}:{login[:80]}", action, address, {})
         return right
 
+    @staticmethod
+    def _login_key(role: str, login: str) -> str:
+        return f"login:{role}:{login[:80]}"
+
+    def _reserve_failure(self, *keys: str) -> list[int]:
+        """Under one lock: raise :class:`LockedOut` if a key is locked, else count a failure for each key
+        (their row ids, to take back on success)."""
+        with self._lock:
+            wait = self._locked_for(keys)
+            if wait:
+                raise LockedOut(wait)
+            now = self._clock()
+            return [self._db.execute("INSERT INTO failures VALUES (?, ?)", (k, now)).lastrowid for k in keys]
+
     def locked_for(self, *keys: str) -> float:
         """Seconds until none of ``keys`` is locked (0: none is)."""
+        with self._lock:
+            return self._locked_for(keys)
+
+    def _locked_for(self, keys) -> float:
         now = self._clock()
         wait = 0.0
-        with self._lock:
-            self._db.execute("DELETE FROM failures WHERE at <= ?", (now - self.window_s,))
-            for key in keys:
-                limit = self.address_failures if key.startswith("address:") else self.login_failures
-                rows = self._db.execute("SELECT at FROM failures WHERE key = ? ORDER BY at DESC LIMIT ?",
-                                        (key, limit)).fetchall()
-                if len(rows) >= limit:
-                    # locked until the limit-th most recent failure leaves the window
-                    wait = max(wait, rows[-1][0] + self.window_s - now)
+        self._db.execute("DELETE FROM failures WHERE at <= ?", (now - self.window_s,))
+        for key in keys:
+            limit = self.address_failures if key.startswith("address:") else self.login_failures
+            rows = self._db.execute("SELECT at FROM failures WHERE key = ? ORDER BY at DESC LIMIT ?",
+                                    (key, limit)).fetchall()
+            if len(rows) >= limit:
+                # locked until the limit-th most recent failure leaves the window
+                wait = max(wait, rows[-1][0] + self.window_s - now)
         return wait
-
-    def _fail(self, *keys: str) -> None:
-        now = self._clock()
-        with self._lock:
-            self._db.executemany("INSERT INTO failures VALUES (?, ?)", [(k, now) for k in keys])
 
     def _new_session(self, role: str, login: str, address: str) -> PortalSession:
         session = PortalSession(secrets.token_urlsafe(24), role, login, secrets.token_urlsafe(24),
@@ -302,6 +324,9 @@ class Accounts:
             self._db.execute("DELETE FROM sessions WHERE expires <= ?", (self._clock(),))
             self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
                              (session.id, role, login, session.csrf, session.expires))
+            self._db.execute("DELETE FROM sessions WHERE role = ? AND login = ? AND id NOT IN (SELECT id FROM sessions "
+                             "WHERE role = ? AND login = ? ORDER BY expires DESC, rowid DESC LIMIT ?)",
+                             (role, login, role, login, SESSIONS_PER_ACCOUNT))
         self.audit(session.actor, "login", address, {})
         return session
 
