@@ -238,3 +238,49 @@ def test_sessions_per_account_are_bounded(tmp_path):
                 for _ in range(module.SESSIONS_PER_ACCOUNT + 2)]
     live = [s for s in sessions if accounts.session(s.id) is not None]
     assert live == sessions[2:]
+
+
+# -- audit floods: plan writes per number are rate limited; failed logins never flush the account audit ----
+
+
+def test_plan_writes_per_number_are_rate_limited(tmp_path):
+    from tel400_http.portal import create_portal
+
+    from .portal_harness import ACME_NUMBER, SECRET
+
+    service, accounts = make_portal(tmp_path)
+    service._mounts.clear()
+    service.mount("/portal", create_portal(service, accounts=accounts, secret_key=SECRET, https=False,
+                                           plan_writes_per_minute=3))
+    try:
+        with PortalClient(service) as client:
+            client.login_company()
+            page = f"/portal/n/{ACME_NUMBER}/blacklist"
+            for n in range(3):
+                r = client.form(page + "/add", {"entry": f"1390101000{n}"}, page=page)
+                assert r.status_code == 303, r.text
+            r = client.form(page + "/add", {"entry": "13901010009"}, page=page)
+            assert r.status_code == 429
+            assert int(r.headers["retry-after"]) >= 1
+            assert "<!doctype html>" in r.text.lower()
+            assert "13901010009" not in service.store.get_number(ACME_NUMBER).get("blacklist", [])
+        with PortalClient(service, address="10.0.0.2") as other:  # another number is not held back
+            other.login_company(OTHER_NUMBER, OTHER_PASSWORD)
+            page = f"/portal/n/{OTHER_NUMBER}/blacklist"
+            assert other.form(page + "/add", {"entry": "13901010001"}, page=page).status_code == 303
+    finally:
+        service.stop()
+
+
+def test_failed_logins_never_flush_the_account_audit(tmp_path, monkeypatch):
+    from tel400_http.portal import accounts as module
+
+    monkeypatch.setattr(module, "AUDIT_KEEP", 10)
+    monkeypatch.setattr(module, "FAILURE_AUDIT_KEEP", 10)
+    monkeypatch.setattr(module, "AUDIT_TRIM_EVERY", 1)
+    accounts = Accounts(str(tmp_path / "portal.db"))
+    accounts.set_company_password("4001012345", "acme-pass-123", actor="operator:x")
+    for n in range(40):
+        accounts.audit(f"company:40000000{n:02d}", "login_failed", "10.0.0.1")
+    assert [e["action"] for e in accounts.audit_entries("company:4001012345")] == ["password"]
+    assert len(accounts.audit_entries(limit=1000)) <= 11

@@ -40,6 +40,7 @@ from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
 from .portal import accounts
 from .portal.pages.blacklist import UPLOAD_BYTES
+from .portal.web import PLAN_WRITES_PER_MINUTE
 from .records import CallRecords, plan_zones
 
 DEFAULT_PORT = 8400
@@ -128,6 +129,8 @@ def add_portal_options(p: argparse.ArgumentParser) -> None:
                    help="how long failed logins count (and so how long a lockout lasts at most)")
     g.add_argument("--portal-max-upload", type=int, default=UPLOAD_BYTES, metavar="BYTES",
                    help="the largest blacklist list a portal page imports (pasted or uploaded)")
+    g.add_argument("--portal-plan-writes", type=int, default=PLAN_WRITES_PER_MINUTE, metavar="PER_MINUTE",
+                   help="plan changes one number takes from the portal per minute (past it: a 429 page)")
     g.add_argument("--session-hours", type=float, default=accounts.SESSION_TTL_S / 3600,
                    help="how long a portal login lasts")
 
@@ -226,7 +229,8 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
         notes.append(f"  portal:  company {EXAMPLE_COMPANY}, password {password}  (printed once; the operator "
                      "resets it)")
     service.mount("/portal", create_portal(service, accounts=accs, secret_key=key, https=args.portal_https,
-                                                  max_upload=args.portal_max_upload))
+                                                  max_upload=args.portal_max_upload,
+                                                  plan_writes_per_minute=args.portal_plan_writes))
     service.portal_accounts = accs
     return notes
 

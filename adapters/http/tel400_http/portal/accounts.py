@@ -43,8 +43,15 @@ LOCKOUT_WINDOW_S = 900.0
 SESSION_TTL_S = 8 * 3600.0
 #: Live sessions kept per account (the oldest end first): logging in again and again fills nothing.
 SESSIONS_PER_ACCOUNT = 20
-#: Account audit entries kept (the oldest go first; a flood of failed logins cannot fill the disk).
+#: Account audit entries kept of changes and logins (the oldest go first).
 AUDIT_KEEP = 100_000
+#: Failed-login audit entries kept, apart (anyone can make them: a flood fills neither the disk nor
+#: pushes the entries above out).
+FAILURE_AUDIT_KEEP = 100_000
+#: The audit is trimmed once every this many entries (not at every write).
+AUDIT_TRIM_EVERY = 1000
+#: The audit actions anyone can cause without a password.
+FAILURE_ACTIONS = ("login_failed", "password_check_failed")
 #: The shortest and longest password accepted.
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 #: scrypt cost of new password hashes (pins.make_hash's: about 0.1 s per check).
@@ -355,8 +362,12 @@ class Accounts:
         row = self._db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
                                (self._clock(), actor[:120], action, subject[:120],
                                 json.dumps(detail, ensure_ascii=False))).lastrowid
-        if row % 1000 == 0:  # now and then, not at every write
-            self._db.execute("DELETE FROM audit WHERE id <= ?", (row - AUDIT_KEEP,))
+        if row % AUDIT_TRIM_EVERY == 0:  # now and then, not at every write
+            failures = ", ".join("?" * len(FAILURE_ACTIONS))
+            for failed, keep in ((1, FAILURE_AUDIT_KEEP), (0, AUDIT_KEEP)):  # each kept apart from the other
+                self._db.execute(f"DELETE FROM audit WHERE (action IN ({failures})) = ? AND id <= (SELECT id FROM audit "
+                                 f"WHERE (action IN ({failures})) = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                                 (*FAILURE_ACTIONS, failed, *FAILURE_ACTIONS, failed, keep))
 
     def audit_entries(self, subject: str | None = None, limit: int = 100) -> list[dict]:
         """The latest account events, newest first: at, actor, action, subject, detail."""

@@ -10,7 +10,11 @@ answer is :func:`render` (a template extending ``base.html``) or
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import secrets
+import threading
+import time
 import urllib.parse
 
 from starlette.datastructures import FormData
@@ -55,6 +59,37 @@ FORM_BYTES = 64 * 1024
 FORM_FIELDS = 200
 #: Flash messages kept in the cookie at most (older ones are dropped).
 MAX_FLASHES = 5
+#: Plan changes one number takes from the portal per minute (tel400-http --portal-plan-writes): each is
+#: audited, so a company saving in a loop would fill the audit with its own noise.
+PLAN_WRITES_PER_MINUTE = 60
+
+
+class WriteLimiter:
+    """At most ``per_minute`` writes per key (a number) in any 60 seconds; kept in memory, per process."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int = PLAN_WRITES_PER_MINUTE, *, clock=time.monotonic) -> None:
+        if not (isinstance(per_minute, int) and per_minute >= 1):
+            raise ValueError(f"plan writes per minute: expected a whole number >= 1, got {per_minute!r}")
+        self.per_minute = per_minute
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._times: dict[str, collections.deque] = {}
+
+    def take(self, key: str) -> float:
+        """Count a write for ``key``: 0 when it may go ahead, else the seconds until one may."""
+        now = self._clock()
+        with self._lock:
+            times = self._times.setdefault(key, collections.deque())
+            while times and times[0] <= now - self.WINDOW_S:
+                times.popleft()
+            if len(times) >= self.per_minute:
+                return times[0] + self.WINDOW_S - now
+            times.append(now)
+            if len(self._times) > 100_000:  # numbers idle for a minute hold nothing
+                self._times = {k: v for k, v in self._times.items() if v and v[-1] > now - self.WINDOW_S}
+            return 0.0
 
 
 def session_of(request: Request) -> PortalSession | None:
@@ -258,6 +293,13 @@ async def change_plan(request: Request, session: PortalSession, number: str, fn,
     :class:`~tel400_http.editing.StaleEdit`); a service whose plans come from
     a file answers a 409 page.
     """
+    wait = request.app.state.plan_writes.take(number)
+    if wait:
+        exc = page_error(429, "Too many changes to this number: try again in %(seconds)s seconds.",
+                         seconds=math.ceil(wait))
+        exc.headers = {"Retry-After": str(math.ceil(wait))}
+        raise exc
+
     def guarded(tree):
         if tree is None:
             raise HTTPException(404, detail="This number has no plan.")
