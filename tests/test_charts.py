@@ -99,3 +99,36 @@ def test_values_that_are_not_counts_are_refused(bad):
         charts.bars([("a", bad)], title="t")
     with pytest.raises(ValueError, match="overlay"):
         charts.columns([("a", 1)], title="t", overlay=[1, 2])
+
+
+def _clip_by_trial(text, width):
+    """The clip as first written (drop a character, measure again): the reference for the linear one."""
+    if charts._width_of(text) <= width:
+        return text
+    while text and charts._width_of(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+@pytest.mark.parametrize("text", ["", "a", "Beijing office", "北京办公室北京办公室", "mixed 北京 text " * 5, "x" * 200])
+@pytest.mark.parametrize("width", [0, 7, 8, 20, 60, 200])
+def test_clip_cuts_where_measuring_each_prefix_does(text, width):
+    assert charts._clip(text, width) == _clip_by_trial(text, width)
+
+
+def test_a_very_long_label_is_clipped_to_the_room_it_has():
+    label = "北" * 4000 + "x" * 4000
+    svg = charts.bars([(label, 1.0)], title="t")
+    clipped = charts._clip(label, 100)
+    assert clipped.endswith("…") and charts._width_of(clipped) <= 100
+    assert label not in svg.split("<title>")[0]  # drawn clipped (the tooltip may keep it whole)
+
+
+def test_clipping_measures_only_what_fits(monkeypatch):
+    """An 8,000-character label is measured a character at a time up to its room, not once per cut
+    (the first clip measured every prefix: quadratic, 5 s for such a label)."""
+    measured = []
+    real = charts._char_width
+    monkeypatch.setattr(charts, "_char_width", lambda ch, size=12: measured.append(ch) or real(ch, size))
+    assert charts._clip("x" * 8000, 100).endswith("…")
+    assert len(measured) <= 100 // 7 + 3

@@ -863,3 +863,17 @@ def test_a_stored_row_nested_too_deeply_is_quarantined(tmp_path):
     plans = store.load()  # before: RecursionError, nothing loaded
     assert [p.number for p in plans.numbers] == ["4001012345"]
     assert "4007777777" in store.quarantined
+
+
+def test_one_numbers_churn_never_drops_another_numbers_audit(writable, monkeypatch):
+    """The audit keeps the newest AUDIT_PER_NUMBER entries of each number: a company changing its own
+    plan all day cannot flush what happened to the others."""
+    monkeypatch.setattr(tel400.stores, "AUDIT_PER_NUMBER", 5)
+    monkeypatch.setattr(tel400.stores, "AUDIT_LIMIT", 8)  # the store-wide view: newest first, at most this
+    writable.put_number(plan_tree("13901010001", number="4007000001"), actor="quiet")
+    for n in range(20):
+        writable.put_number(plan_tree(f"139010100{n:02d}", number="4007000002"), actor=f"busy-{n}")
+    assert [e["actor"] for e in writable.audit("4007000001")] == ["quiet"]
+    busy = writable.audit("4007000002", limit=100)
+    assert [e["actor"] for e in busy] == [f"busy-{n}" for n in range(19, 14, -1)]
+    assert len(writable.audit(limit=100)) <= 8

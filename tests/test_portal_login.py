@@ -295,6 +295,7 @@ def test_the_account_audit_keeps_the_newest_entries_only(tmp_path, monkeypatch):
     from tel400_http.portal import accounts as accounts_module
 
     monkeypatch.setattr(accounts_module, "AUDIT_KEEP", 10)
+    monkeypatch.setattr(accounts_module, "FAILURE_AUDIT_KEEP", 10)  # failed logins are kept apart, bounded alike
     accounts = Accounts(str(tmp_path / "a.db"))
     for i in range(1, 2001):
         accounts.audit("operator:x", "login_failed", f"198.51.100.{i % 250}", {"i": i})

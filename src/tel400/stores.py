@@ -74,8 +74,12 @@ _log = structlog.get_logger("tel400.stores")
 
 #: Top-level keys of a plan set other than ``numbers``.
 SETTINGS_KEYS = ("blacklist", "prompts", "calendar", "segments")
-#: Entries the audit log keeps (the oldest are dropped).
+#: Entries the store-wide audit view gives at most (newest first; Redis keeps no more in its store-wide list).
 AUDIT_LIMIT = 10_000
+#: Entries the audit keeps of each number (and of the settings), the oldest dropped first: one number
+#: changed all day never drops another's history.  Disk: at most this many entries per number ever
+#: written, each at most about twice tel400.limits' largest audited body.
+AUDIT_PER_NUMBER = 1_000
 #: Numbers validated, compiled and written together by an import.
 IMPORT_BATCH = 5_000
 #: Refusals an import keeps to report (every one is counted).
@@ -913,6 +917,21 @@ def import_jsonl(store: WritableStore, path: str | os.PathLike[str], *, actor: s
 # -- SQLite ----------------------------------------------------------------------------------------------
 
 
+def create_private(path: str | os.PathLike[str]) -> None:
+    """Make the empty file ``path`` readable and writable by its owner only (0600), unless it exists.
+
+    SQLite would make a new database with the process's umask (often 0644:
+    anyone on the host reads it); it keeps the mode of the file it finds,
+    and gives its -wal and -shm files the same.  ``":memory:"`` is left alone.
+    """
+    if os.fspath(path) == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class SqliteStore(WritableStore):
     """Plans in an SQLite database (``sqlite:///path``); safe for many processes.
 
@@ -931,6 +950,8 @@ class SqliteStore(WritableStore):
         "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
         "actor TEXT NOT NULL, action TEXT NOT NULL, number TEXT, before TEXT, after TEXT)",
         "CREATE TABLE IF NOT EXISTS deleted (number TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        # each number's audit trimmed by its own entries (AUDIT_PER_NUMBER), its history read by number
+        "CREATE INDEX IF NOT EXISTS audit_number ON audit (number, id)",
     )
     #: The version a transaction's changes get: the one its final bump makes.
     _NEXT = "(SELECT value + 1 FROM meta WHERE key = 'version')"
@@ -976,6 +997,7 @@ class SqliteStore(WritableStore):
         try:
             if create:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                create_private(self.path)  # PIN hashes live here
             if not self._schema_current():  # a read: opening never waits behind a long import
                 self._transaction(self._migrate, bump=False, wrap=False)
         except (OSError, sqlite3.Error) as exc:
@@ -985,7 +1007,7 @@ class SqliteStore(WritableStore):
         """Whether the tables, the change log's column, row, triggers and indexes are all there."""
         db = self._connect()
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger', 'index')")}
-        wanted = {"plans", "settings", "meta", "audit", "deleted", "plans_inserted", "plans_updated", "plans_deleted",
+        wanted = {"plans", "settings", "meta", "audit", "audit_number", "deleted", "plans_inserted", "plans_updated", "plans_deleted",
                   "plans_by_version", "deleted_by_version"}
         return wanted <= names and bool(db.execute("SELECT 1 FROM meta WHERE key = 'settings_version'").fetchone())
 
@@ -1092,7 +1114,9 @@ class SqliteStore(WritableStore):
             (time.time(), actor, action, number, None if before is None else _dump(_audited(before)),
              None if after is None else _dump(_audited(after))),
         )
-        db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_LIMIT,))
+        # the number's own oldest entries go, never another's (audit_number: an index walk of AUDIT_PER_NUMBER)
+        db.execute("DELETE FROM audit WHERE number IS ? AND id <= (SELECT id FROM audit WHERE number IS ? "
+                   "ORDER BY id DESC LIMIT 1 OFFSET ?)", (number, number, AUDIT_PER_NUMBER))
 
     def _write_number(self, number, plan, *, actor, action, before) -> None:
         def work(db):
@@ -1226,6 +1250,8 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - tonumber(ARGV[5]))
 redis.call('LPUSH', KEYS[6], ARGV[4])
 redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[6]) - 1)
+redis.call('LPUSH', KEYS[8], ARGV[4])
+redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[7]) - 1)
 return version
 """
 
@@ -1365,8 +1391,8 @@ class RedisStore(WritableStore):
 
         def write():
             version = self._commit_script(
-                keys=self._keys(staging),
-                args=[mode, number or "", body, entry, limits.CHANGE_LOG_VERSIONS, AUDIT_LIMIT])
+                keys=[*self._keys(staging), self._number_audit_key(number)],
+                args=[mode, number or "", body, entry, limits.CHANGE_LOG_VERSIONS, AUDIT_LIMIT, AUDIT_PER_NUMBER])
             self._client.publish(self.CHANNEL, version)
             return version
 
@@ -1406,12 +1432,24 @@ class RedisStore(WritableStore):
         finally:
             self._guard(self._client.delete, staging)
 
+    def _number_audit_key(self, number: str | None) -> str:
+        """The list of one number's audit entries (``-`` for the settings and imports)."""
+        return f"{self._audit_key}:{number or '-'}"
+
     def audit(self, number: str | None = None, limit: int = 100) -> list[dict]:
-        entries = [json.loads(e) for e in self._guard(self._client.lrange, self._audit_key, 0, AUDIT_LIMIT - 1)]
-        if number is not None:
-            wanted = _normal(number)
-            entries = [e for e in entries if e["number"] == wanted]
-        return entries[:limit]
+        if number is None:
+            raw = self._guard(self._client.lrange, self._audit_key, 0, min(limit, AUDIT_LIMIT) - 1)
+            return [json.loads(e) for e in raw]
+        wanted = _normal(number)
+        raw = self._guard(self._client.lrange, self._number_audit_key(wanted), 0, min(limit, AUDIT_LIMIT) - 1)
+        if len(raw) < min(limit, AUDIT_PER_NUMBER):
+            # not full: entries written before the per-number lists may be in the store-wide one only
+            known = set(raw)
+            older = [e for e in self._guard(self._client.lrange, self._audit_key, 0, AUDIT_LIMIT - 1)
+                     if e not in known and json.loads(e)["number"] == wanted]
+            raw = raw + older
+        entries = sorted((json.loads(e) for e in raw), key=lambda e: e["at"], reverse=True)
+        return entries[:min(limit, AUDIT_PER_NUMBER)]
 
     def close(self) -> None:
         self._client.close()

@@ -320,16 +320,8 @@ class _AdminApi:
     async def deleteNumber(self, request: Request) -> Response:
         token = self._auth(request)
         number = self._number(request, token)
-        store = self._writable()
-
-        def delete():
-            with self.s._write_lock:
-                gone = store.delete_number(number, actor=token.name)
-                if gone:
-                    self.s._applied(number)
-                return gone
-
-        if not await asyncio.to_thread(_plan_errors(delete)):
+        self._writable()
+        if not await asyncio.to_thread(_plan_errors(lambda: self.editor.delete(number, actor=token.name))):
             raise HttpError(404, "unknown_number", f"{number} has no plan")
         _log.info("plan_deleted", number=number, actor=token.name)
         return _no_content()

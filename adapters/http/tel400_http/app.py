@@ -145,6 +145,7 @@ class Service:
         self.draining = False
         self.started = False
         self._write_lock = threading.Lock()
+        self._number_listeners: list = []
         self.requests: dict[tuple[str, int], int] = {}
         self.registry = CollectorRegistry()
         self.registry.register(RouterCollector(router, watcher))
@@ -178,6 +179,23 @@ class Service:
         if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise ValueError(f"mount prefix: expected /name without a trailing slash, got {prefix!r}")
         self._mounts.append((prefix, app))
+
+    def on_number(self, callback) -> None:
+        """Call ``callback(number, event, actor)`` when this service creates or deletes a number's plan.
+
+        ``event`` is ``"created"`` (a plan stored where there was none) or
+        ``"deleted"``; ``actor`` is who did it.  The callback runs in the
+        writing thread, under the write lock, after the store has the change;
+        what it raises reaches the writer.  The portal forgets a number's
+        company login with it, so a number given to a new company never opens
+        to the old one.  A number another process creates or deletes (the
+        CLI, another instance on the same store) calls nothing here.
+        """
+        self._number_listeners.append(callback)
+
+    def _number_event(self, number: str, event: str, actor: str) -> None:
+        for callback in list(self._number_listeners):
+            callback(number, event, actor)
 
     # -- ASGI -------------------------------------------------------------------------------
 

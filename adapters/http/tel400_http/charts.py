@@ -40,18 +40,29 @@ def _esc(text) -> str:
     return html.escape(_CONTROL.sub("", str(text)), quote=True)
 
 
+def _char_width(ch: str, size: int = 12) -> float:
+    return size if ord(ch) >= 0x2E80 else size * 0.6
+
+
 def _width_of(text: str, size: int = 12) -> int:
     """Roughly how wide ``text`` is drawn: CJK characters are about twice a Latin one."""
-    return sum(size if ord(ch) >= 0x2E80 else size * 0.6 for ch in text).__ceil__()
+    return sum(_char_width(ch, size) for ch in text).__ceil__()
 
 
 def _clip(text: str, width: int) -> str:
-    """``text`` cut to fit ``width`` pixels, with an ellipsis (the tooltip keeps it whole)."""
-    if _width_of(text) <= width:
-        return text
-    while text and _width_of(text + "…") > width:
-        text = text[:-1]
-    return text + "…"
+    """``text`` cut to fit ``width`` pixels, with an ellipsis (the tooltip keeps it whole).
+
+    One pass, stopping once past ``width``: a label of any length costs what fits of it.
+    """
+    ellipsis = _char_width("…")
+    used, cut = 0.0, 0
+    for i, ch in enumerate(text):
+        used += _char_width(ch)
+        if used + ellipsis <= width:
+            cut = i + 1  # the longest prefix with room for the ellipsis after it
+        if used > width:
+            return text[:cut] + "…"
+    return text
 
 
 def _number(value: float) -> str:

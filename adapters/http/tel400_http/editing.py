@@ -90,7 +90,24 @@ class PlanEditor:
             tree["number"] = number
             stored = store.put_number(tree, actor=actor)
             self.service._applied(number, stored)
+            if before is None:
+                self.service._number_event(number, "created", actor)
             return store.get_number(number)
+
+    def delete(self, number: str, *, actor: str) -> bool:
+        """Delete ``number``'s plan and stop routing it; ``False`` when it had none.
+
+        Tells the service's number listeners (``"deleted"``): the portal ends
+        the company's login with it.
+        """
+        number = tel400.normalize(number)
+        store = self._store()
+        with self.service._write_lock:
+            gone = store.delete_number(number, actor=actor)
+            if gone:
+                self.service._applied(number)
+                self.service._number_event(number, "deleted", actor)
+            return gone
 
     def put(self, number: str, tree: dict, *, actor: str, expect: str | None) -> dict:
         """Store ``tree`` as ``number``'s plan (see :meth:`change`)."""

@@ -31,7 +31,18 @@ from tel400.calls import DEFAULT_MAX_AGE_S
 NUMBER_MAX = 40
 #: Times a calendar holds in every zone: POSIX seconds below 9998-12-31 (see tel400.check_at).
 _AT_MAX = 253370764800
-_CALL_ID = r"^[\x21-\x7e]{1,128}$"
+def _whole(body: str) -> str:
+    """A pattern matching all of a text and nothing more, read alike by Python's re and ECMA-262.
+
+    msgspec checks patterns with Python's ``re.search``, whose ``$`` also
+    matches before a final newline ("1234\\n" would pass ``^[0-9]{4}$``);
+    ``\\Z`` would fix that but is not ECMA (the OpenAPI document's dialect).
+    ``(?!\\n)`` after ``$`` refuses that newline and is a no-op in ECMA.
+    """
+    return f"^{body}$(?!\\n)"
+
+
+_CALL_ID = _whole(r"[\x21-\x7e]{1,128}")
 
 Plan = Annotated[dict[str, Any], Meta(
     description="one number's plan, as in a plan file (docs/plans.md); answers carry has_pin, never the PIN")]
@@ -206,7 +217,7 @@ class Calls(Struct):
 
 
 class PinRequest(Struct, forbid_unknown_fields=True):
-    pin: Annotated[str, Meta(pattern="^[0-9]{4,8}$", description="4 to 8 digits")]
+    pin: Annotated[str, Meta(pattern=_whole("[0-9]{4,8}"), description="4 to 8 digits")]
 
 
 # Query strings: decoded with msgspec.convert(strict=False) after the digits check in admin.py.
@@ -228,7 +239,7 @@ class AuditQuery(Struct, forbid_unknown_fields=True):
 
 
 class ReportQuery(Struct, forbid_unknown_fields=True):
-    month: Annotated[str, Meta(pattern="^[1-9][0-9]{3}-(0[1-9]|1[0-2])$",
+    month: Annotated[str, Meta(pattern=_whole("[1-9][0-9]{3}-(0[1-9]|1[0-2])"),
                                description="YYYY-MM; default: this month in the number's zone")] | None = None
 
 
@@ -262,7 +273,7 @@ _PATH_PARAMS = {
     "entry": {"name": "entry", "in": "path", "required": True, "schema": {"type": "string", "maxLength": NUMBER_MAX},
               "description": "a number, a prefix ending in *, or anonymous"},
     "call_id": {"name": "call_id", "in": "path", "required": True,
-                "schema": {"type": "string", "pattern": "^[\\x21-\\x2e\\x30-\\x7e]{1,128}$"}},
+                "schema": {"type": "string", "pattern": _whole("[\\x21-\\x2e\\x30-\\x7e]{1,128}")}},
 }
 _ERRORS = {400: "malformed body", 401: "no or a bad token (switch endpoints: secret)",
            403: "the token may not manage this number (switch endpoints: address not allowed)",

@@ -41,6 +41,7 @@ from .auth import SwitchAuth, Tokens, hash_token, new_token
 from .pool import NumberPool
 from .portal import accounts
 from .portal.pages.blacklist import UPLOAD_BYTES
+from .portal.web import PLAN_WRITES_PER_MINUTE
 from .records import CallRecords, plan_zones
 
 DEFAULT_PORT = 8400
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the longest call: a longer reported duration is refused, an older call forgotten")
     add_pin_options(p)
     add_portal_options(p)
+    p.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
+                   help="believe X-Forwarded-For and X-Forwarded-Proto from these proxy addresses (comma-separated; "
+                        "default: from none, so a client cannot pick the address the lockout and --switch-allow see)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
     return p
@@ -110,9 +114,14 @@ def add_portal_options(p: argparse.ArgumentParser) -> None:
                         "made on first start)")
     g.add_argument("--portal-https", action="store_true",
                    help="the portal is reached over https (through a TLS proxy): its cookies are then Secure")
-    g.add_argument("--operator", default="operator", help="the operator account made on first start")
+    g.add_argument("--operator", default="operator",
+                   help="the operator account made on first start (choose your own: a name nobody guesses "
+                        "cannot be locked out by others' bad logins)")
     g.add_argument("--operator-password",
-                   help="set the operator account's password (else one is made and printed on first start)")
+                   help="set the operator account's password (else one is made and printed on first start); "
+                        "visible to every user in ps: prefer $TEL400_OPERATOR_PASSWORD or --operator-password-file")
+    g.add_argument("--operator-password-file", metavar="FILE",
+                   help="set the operator account's password from the first line of FILE")
     g.add_argument("--login-failures", type=int, default=accounts.LOGIN_FAILURES,
                    help="failed logins for one login within --lockout-window before it is locked")
     g.add_argument("--address-failures", type=int, default=accounts.ADDRESS_FAILURES,
@@ -121,6 +130,8 @@ def add_portal_options(p: argparse.ArgumentParser) -> None:
                    help="how long failed logins count (and so how long a lockout lasts at most)")
     g.add_argument("--portal-max-upload", type=int, default=UPLOAD_BYTES, metavar="BYTES",
                    help="the largest blacklist list a portal page imports (pasted or uploaded)")
+    g.add_argument("--portal-plan-writes", type=int, default=PLAN_WRITES_PER_MINUTE, metavar="PER_MINUTE",
+                   help="plan changes one number takes from the portal per minute (past it: a 429 page)")
     g.add_argument("--session-hours", type=float, default=accounts.SESSION_TTL_S / 3600,
                    help="how long a portal login lasts")
 
@@ -182,6 +193,22 @@ def secret_file(path: pathlib.Path) -> bytes:
     return key
 
 
+#: The environment variable that may hold the operator's password (kept out of ``ps``).
+OPERATOR_PASSWORD_ENV = "TEL400_OPERATOR_PASSWORD"
+
+
+def operator_password(args) -> str | None:
+    """The operator password given: --operator-password, else --operator-password-file, else the environment."""
+    if args.operator_password is not None:
+        return args.operator_password
+    if args.operator_password_file is not None:
+        lines = pathlib.Path(args.operator_password_file).read_text().splitlines()
+        if not lines or not lines[0]:
+            raise ValueError(f"--operator-password-file {args.operator_password_file}: its first line is empty")
+        return lines[0]
+    return os.environ.get(OPERATOR_PASSWORD_ENV) or None
+
+
 def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) -> list[str]:
     """Mount the web portal on ``service``; the lines the banner adds (passwords made now, printed once)."""
     from .portal import create_portal
@@ -192,17 +219,19 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
                              session_ttl_s=args.session_hours * 3600)
     key = secret_file(pathlib.Path(args.portal_secret) if args.portal_secret else data / "portal-secret")
     notes = []
-    made = accs.ensure_operator(args.operator, args.operator_password)
+    made = accs.ensure_operator(args.operator, operator_password(args))
     if made:
+        hint = "; --operator NAME: a login of your own" if args.operator == "operator" else ""
         notes.append(f"  portal:  operator {args.operator!r}, password {made}  (printed once; "
-                     "--operator-password sets another)")
+                     f"--operator-password-file sets another{hint})")
     if first_start and not accs.has_account("company", EXAMPLE_COMPANY):
         password = secrets.token_urlsafe(9)
         accs.set_company_password(EXAMPLE_COMPANY, password, actor="tel400-http (seed)")
         notes.append(f"  portal:  company {EXAMPLE_COMPANY}, password {password}  (printed once; the operator "
                      "resets it)")
     service.mount("/portal", create_portal(service, accounts=accs, secret_key=key, https=args.portal_https,
-                                                  max_upload=args.portal_max_upload, pool=NumberPool(accs.path)))
+                                                  max_upload=args.portal_max_upload, pool=NumberPool(accs.path),
+                                                  plan_writes_per_minute=args.portal_plan_writes))
     service.portal_accounts = accs
     return notes
 
@@ -317,7 +346,11 @@ def main(argv=None) -> int:
     # ws="none": no WebSocket upgrade may swap the protocol that gives a connection's place back
     config = uvicorn.Config(service, host=args.host, port=args.port, lifespan="on", access_log=False,
                             log_level="warning", timeout_graceful_shutdown=args.grace, server_header=False,
-                            date_header=False, timeout_keep_alive=args.idle_timeout, ws="none", backlog=2048)
+                            date_header=False, timeout_keep_alive=args.idle_timeout, ws="none", backlog=2048,
+                            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told: a client on this
+                            # host (or behind a proxy here) could then choose its address
+                            proxy_headers=args.forwarded_allow_ips is not None,
+                            forwarded_allow_ips=args.forwarded_allow_ips or "")
     raise_descriptor_limit(args.max_connections + 256, name="tel400-http")
     server = Server(config, deadlines=deadlines, max_connections=args.max_connections,
                     max_per_address=args.max_per_address)

@@ -98,7 +98,9 @@ async def _http_error(request, exc: HTTPException):
         return Response(status_code=exc.status_code, headers=exc.headers)
     lang = i18n.request_language(request)
     message = i18n.gettext(lang, exc.detail, **getattr(exc, "variables", {})) if exc.detail else ""
-    return render(request, "error.html", {"status": exc.status_code, "message": message}, status=exc.status_code)
+    response = render(request, "error.html", {"status": exc.status_code, "message": message}, status=exc.status_code)
+    response.headers.update(exc.headers or {})  # Retry-After of a 429
+    return response
 
 
 async def _backend_error(request, exc: Exception):
@@ -122,7 +124,7 @@ async def _server_error(request, exc: Exception):
 
 
 def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool,
-                  max_upload: int | None = None, pool=None) -> Starlette:
+                  max_upload: int | None = None, pool=None, plan_writes_per_minute: int | None = None) -> Starlette:
     """The portal for ``service`` (mount it at ``/portal``).
 
     Args:
@@ -132,7 +134,11 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
         https: the portal is reached over https (the cookie is then Secure).
         max_upload: the largest list a page imports, bytes (default: pages.blacklist.UPLOAD_BYTES).
         pool: the free numbers (:class:`tel400_http.pool.NumberPool`; default: one in the accounts' file).
+        plan_writes_per_minute: plan changes one number takes per minute (default:
+            web.PLAN_WRITES_PER_MINUTE); past it a 429 page.
     """
+    from .web import PLAN_WRITES_PER_MINUTE, WriteLimiter
+
     if len(secret_key) < 16:
         raise ValueError("secret_key: expected at least 16 bytes")
     routes = []
@@ -152,12 +158,17 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
     )
     app.state.service = service
     app.state.accounts = accounts
+    # A number deleted, or created where there was none, loses its company login: whoever gets the
+    # number next starts with a password the operator sets (after the plan is stored).
+    service.on_number(lambda number, event, actor: accounts.forget_company(number, actor=actor, event=event))
     app.state.https = https
     if pool is None:
         from ..pool import NumberPool
 
         pool = NumberPool(accounts.path)
     app.state.pool = pool
+    app.state.plan_writes = WriteLimiter(PLAN_WRITES_PER_MINUTE if plan_writes_per_minute is None
+                                         else plan_writes_per_minute)
     # Password and PIN derivations (scrypt, ~0.1 s each) run here, never on the threads the rest of
     # the service shares: a flood of logins waits its turn without holding anything else.
     app.state.hashing = concurrent.futures.ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="tel400-portal-hash")

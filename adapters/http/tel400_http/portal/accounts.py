@@ -31,6 +31,7 @@ import attrs
 
 import tel400
 from tel400 import pins
+from tel400.stores import create_private
 
 #: Failed logins for one login within the window before it is locked.
 LOGIN_FAILURES = 5
@@ -40,8 +41,17 @@ ADDRESS_FAILURES = 20
 LOCKOUT_WINDOW_S = 900.0
 #: How long a session lasts without a new login, seconds.
 SESSION_TTL_S = 8 * 3600.0
-#: Account audit entries kept (the oldest go first; a flood of failed logins cannot fill the disk).
+#: Live sessions kept per account (the oldest end first): logging in again and again fills nothing.
+SESSIONS_PER_ACCOUNT = 20
+#: Account audit entries kept of changes and logins (the oldest go first).
 AUDIT_KEEP = 100_000
+#: Failed-login audit entries kept, apart (anyone can make them: a flood fills neither the disk nor
+#: pushes the entries above out).
+FAILURE_AUDIT_KEEP = 100_000
+#: The audit is trimmed once every this many entries (not at every write).
+AUDIT_TRIM_EVERY = 1000
+#: The audit actions anyone can cause without a password.
+FAILURE_ACTIONS = ("login_failed", "password_check_failed")
 #: The shortest and longest password accepted.
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 #: scrypt cost of new password hashes (pins.make_hash's: about 0.1 s per check).
@@ -147,6 +157,7 @@ class Accounts:
         self.session_ttl_s = float(session_ttl_s)
         self._clock = clock
         self._lock = threading.Lock()
+        create_private(self.path)  # password hashes live here
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
@@ -181,6 +192,29 @@ class Accounts:
         """Set an operator's password; ends their sessions but ``keep``."""
         self._set_password("operator", name, password, actor=actor, keep=keep)
 
+    def forget_company(self, number: str, *, actor: str, event: str) -> bool:
+        """Remove the login of the company managing ``number`` and end its sessions (audited).
+
+        Called when the number is deleted or created (``event``): a number
+        given to a new company must not open to the one that had it.
+        Returns whether there was a login to remove.
+        """
+        login = tel400.normalize(number)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._db.execute("DELETE FROM accounts WHERE role = 'company' AND login = ?",
+                                        (login,)).rowcount
+                ended = self._db.execute("DELETE FROM sessions WHERE role = 'company' AND login = ?",
+                                         (login,)).rowcount
+                if gone or ended:
+                    self._audit(actor, "forgotten", f"company:{login}", {"event": event})
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return bool(gone)
+
     def has_account(self, role: str, login: str) -> bool:
         return self._hash(role, login) is not None
 
@@ -196,6 +230,12 @@ class Accounts:
                 self._db.execute("DELETE FROM sessions WHERE role = ? AND login = ? AND id IS NOT ?",
                                  (role, login, keep))
                 self._audit(actor, "password", f"{role}:{login}", {})
+                # whoever sets a password knows it: the failures others piled on this login end
+                # (the address lockout stays)
+                cleared = self._db.execute("DELETE FROM failures WHERE key = ?",
+                                           (self._login_key(role, login),)).rowcount
+                if cleared:
+                    self._audit(actor, "failures_cleared", f"{role}:{login}", {"failures": cleared})
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -237,38 +277,52 @@ class Accounts:
         Raises:
             LockedOut: too many recent failures for this login or from ``address``.
         """
-        login_key, address_key = f"login:{role}:{login[:80]}", f"address:{address}"
-        wait = self.locked_for(login_key, address_key)
-        if wait:
-            raise LockedOut(wait)
+        login_key, address_key = self._login_key(role, login), f"address:{address}"
+        # a failure is counted before deriving (and taken back on success): concurrent guesses
+        # cannot all pass the check before any of them is counted
+        reserved = self._reserve_failure(login_key, address_key)
         stored = self._hash(role, login)
         if not isinstance(password, str):
             password = ""
         right = check_password(stored or self._decoy, password[:PASSWORD_MAX * 4]) and stored is not None
-        if not right:
-            self._fail(login_key, address_key)
+        if right:
+            with self._lock:
+                self._db.executemany("DELETE FROM failures WHERE rowid = ?", [(r,) for r in reserved])
+        else:
             self.audit(f"{role}:{login[:80]}", action, address, {})
         return right
 
+    @staticmethod
+    def _login_key(role: str, login: str) -> str:
+        return f"login:{role}:{login[:80]}"
+
+    def _reserve_failure(self, *keys: str) -> list[int]:
+        """Under one lock: raise :class:`LockedOut` if a key is locked, else count a failure for each key
+        (their row ids, to take back on success)."""
+        with self._lock:
+            wait = self._locked_for(keys)
+            if wait:
+                raise LockedOut(wait)
+            now = self._clock()
+            return [self._db.execute("INSERT INTO failures VALUES (?, ?)", (k, now)).lastrowid for k in keys]
+
     def locked_for(self, *keys: str) -> float:
         """Seconds until none of ``keys`` is locked (0: none is)."""
+        with self._lock:
+            return self._locked_for(keys)
+
+    def _locked_for(self, keys) -> float:
         now = self._clock()
         wait = 0.0
-        with self._lock:
-            self._db.execute("DELETE FROM failures WHERE at <= ?", (now - self.window_s,))
-            for key in keys:
-                limit = self.address_failures if key.startswith("address:") else self.login_failures
-                rows = self._db.execute("SELECT at FROM failures WHERE key = ? ORDER BY at DESC LIMIT ?",
-                                        (key, limit)).fetchall()
-                if len(rows) >= limit:
-                    # locked until the limit-th most recent failure leaves the window
-                    wait = max(wait, rows[-1][0] + self.window_s - now)
+        self._db.execute("DELETE FROM failures WHERE at <= ?", (now - self.window_s,))
+        for key in keys:
+            limit = self.address_failures if key.startswith("address:") else self.login_failures
+            rows = self._db.execute("SELECT at FROM failures WHERE key = ? ORDER BY at DESC LIMIT ?",
+                                    (key, limit)).fetchall()
+            if len(rows) >= limit:
+                # locked until the limit-th most recent failure leaves the window
+                wait = max(wait, rows[-1][0] + self.window_s - now)
         return wait
-
-    def _fail(self, *keys: str) -> None:
-        now = self._clock()
-        with self._lock:
-            self._db.executemany("INSERT INTO failures VALUES (?, ?)", [(k, now) for k in keys])
 
     def _new_session(self, role: str, login: str, address: str) -> PortalSession:
         session = PortalSession(secrets.token_urlsafe(24), role, login, secrets.token_urlsafe(24),
@@ -277,6 +331,9 @@ class Accounts:
             self._db.execute("DELETE FROM sessions WHERE expires <= ?", (self._clock(),))
             self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
                              (session.id, role, login, session.csrf, session.expires))
+            self._db.execute("DELETE FROM sessions WHERE role = ? AND login = ? AND id NOT IN (SELECT id FROM sessions "
+                             "WHERE role = ? AND login = ? ORDER BY expires DESC, rowid DESC LIMIT ?)",
+                             (role, login, role, login, SESSIONS_PER_ACCOUNT))
         self.audit(session.actor, "login", address, {})
         return session
 
@@ -305,8 +362,12 @@ class Accounts:
         row = self._db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
                                (self._clock(), actor[:120], action, subject[:120],
                                 json.dumps(detail, ensure_ascii=False))).lastrowid
-        if row % 1000 == 0:  # now and then, not at every write
-            self._db.execute("DELETE FROM audit WHERE id <= ?", (row - AUDIT_KEEP,))
+        if row % AUDIT_TRIM_EVERY == 0:  # now and then, not at every write
+            failures = ", ".join("?" * len(FAILURE_ACTIONS))
+            for failed, keep in ((1, FAILURE_AUDIT_KEEP), (0, AUDIT_KEEP)):  # each kept apart from the other
+                self._db.execute(f"DELETE FROM audit WHERE (action IN ({failures})) = ? AND id <= (SELECT id FROM audit "
+                                 f"WHERE (action IN ({failures})) = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                                 (*FAILURE_ACTIONS, failed, *FAILURE_ACTIONS, failed, keep))
 
     def audit_entries(self, subject: str | None = None, limit: int = 100) -> list[dict]:
         """The latest account events, newest first: at, actor, action, subject, detail."""

@@ -10,13 +10,19 @@ answer is :func:`render` (a template extending ``base.html``) or
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import secrets
+import threading
+import time
 import urllib.parse
 
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 
 import tel400
@@ -53,6 +59,37 @@ FORM_BYTES = 64 * 1024
 FORM_FIELDS = 200
 #: Flash messages kept in the cookie at most (older ones are dropped).
 MAX_FLASHES = 5
+#: Plan changes one number takes from the portal per minute (tel400-http --portal-plan-writes): each is
+#: audited, so a company saving in a loop would fill the audit with its own noise.
+PLAN_WRITES_PER_MINUTE = 60
+
+
+class WriteLimiter:
+    """At most ``per_minute`` writes per key (a number) in any 60 seconds; kept in memory, per process."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int = PLAN_WRITES_PER_MINUTE, *, clock=time.monotonic) -> None:
+        if not (isinstance(per_minute, int) and per_minute >= 1):
+            raise ValueError(f"plan writes per minute: expected a whole number >= 1, got {per_minute!r}")
+        self.per_minute = per_minute
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._times: dict[str, collections.deque] = {}
+
+    def take(self, key: str) -> float:
+        """Count a write for ``key``: 0 when it may go ahead, else the seconds until one may."""
+        now = self._clock()
+        with self._lock:
+            times = self._times.setdefault(key, collections.deque())
+            while times and times[0] <= now - self.WINDOW_S:
+                times.popleft()
+            if len(times) >= self.per_minute:
+                return times[0] + self.WINDOW_S - now
+            times.append(now)
+            if len(self._times) > 100_000:  # numbers idle for a minute hold nothing
+                self._times = {k: v for k, v in self._times.items() if v and v[-1] > now - self.WINDOW_S}
+            return 0.0
 
 
 def session_of(request: Request) -> PortalSession | None:
@@ -193,21 +230,59 @@ class _Counted:
         return message
 
 
+#: The charsets a form may declare: the pages are UTF-8 and browsers send UTF-8 forms.  Another (Starlette
+#: would decode multipart with any codec named, unicode_escape and utf-7 included) is refused.
+FORM_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+_MULTIPART = "multipart/form-data"
+
+
+def _check_content_type(request: Request, max_files: int) -> None:
+    media, params = parse_options_header(request.headers.get("content-type", ""))
+    charset = params.get(b"charset")
+    if charset is not None and charset.decode("latin-1").strip().lower() not in FORM_CHARSETS:
+        raise page_error(400, "A form is sent in UTF-8.")
+    if media == _MULTIPART.encode() and max_files == 0:  # only an upload page parses multipart
+        raise page_error(415, "This form takes no files.")
+
+
+def _check_text(form: FormData) -> None:
+    """400 unless every name and value is text UTF-8 can carry (no lone surrogates)."""
+    for name, value in form.multi_items():
+        texts = (name, value.filename or "") if isinstance(value, UploadFile) else (name, value)
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise page_error(400, "A form is sent in UTF-8.") from None
+
+
 async def read_form(request: Request, *, max_bytes: int = FORM_BYTES, max_fields: int = FORM_FIELDS,
                     max_files: int = 0) -> FormData:
     """The request's form, at most ``max_bytes`` of body (413 past it, counted as it arrives),
     ``max_fields`` fields and ``max_files`` files (400 past them).
 
+    A charset other than UTF-8 (or ASCII), or a value UTF-8 cannot encode,
+    is a 400; a multipart form where no file is asked for (``max_files=0``)
+    a 415; a client gone before its form arrived a 400 (nobody reads it).
     Close the files of a multipart form (``await form.close()``) when done.
     """
+    _check_content_type(request, max_files)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise _too_large(max_bytes)
     request._receive = _Counted(request.receive, max_bytes)
     try:
-        return await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_bytes)
+        form = await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_bytes)
     except MultiPartException as exc:
         raise HTTPException(400, detail=str(exc)) from None
+    except ClientDisconnect:
+        raise page_error(400, "The form did not arrive whole.") from None
+    try:
+        _check_text(form)
+    except HTTPException:
+        await form.close()
+        raise
+    return form
 
 
 async def change_plan(request: Request, session: PortalSession, number: str, fn, *, expect: str | None = None) -> dict:
@@ -218,6 +293,13 @@ async def change_plan(request: Request, session: PortalSession, number: str, fn,
     :class:`~tel400_http.editing.StaleEdit`); a service whose plans come from
     a file answers a 409 page.
     """
+    wait = request.app.state.plan_writes.take(number)
+    if wait:
+        exc = page_error(429, "Too many changes to this number: try again in %(seconds)s seconds.",
+                         seconds=math.ceil(wait))
+        exc.headers = {"Retry-After": str(math.ceil(wait))}
+        raise exc
+
     def guarded(tree):
         if tree is None:
             raise HTTPException(404, detail="This number has no plan.")
