@@ -198,7 +198,7 @@ def test_a_version_2_file_gets_its_returning_flags_and_summaries(tmp_path):
         records = CallRecords(str(path), zone_of=lambda n: SHANGHAI, interval_s=3600, retention_days=1e6)
     try:
         events = [e["event"] for e in logs]
-        assert "records_upgrade_callers_finished" in events and "records_upgrade_progress" not in events
+        assert "records_upgrade_callers_finished" in events and "records_upgrade_started" not in events
         assert {month: records.callers(NUMBER, month) for month in months} == before
         records._write([("d", Decision("new", caller="13800000000"), MON_NOV_2_0930)])
         assert records.callers(NUMBER, "2026-11")["new_callers"] == before["2026-11"]["new_callers"] + 1

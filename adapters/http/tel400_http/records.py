@@ -359,7 +359,7 @@ class CallRecords:
         db.executescript(_TABLES)
         if caller_columns and "returning_caller" not in caller_columns:
             self._fill_caller_summaries(db)
-        if existing:
+        if existing and version < 2:  # version 2 files have their rollups
             self._rebuild_rollups(db)
         for index in _FILTER_INDEXES.values():
             db.execute(f"CREATE INDEX IF NOT EXISTS {index}")
