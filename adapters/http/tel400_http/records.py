@@ -28,7 +28,7 @@ they were written) and the oldest beyond ``max_rows`` are deleted by the
 writer once an hour.  The day-level rollups keep the history the rows no
 longer have (a report of a pruned month still answers) for
 ``rollup_retention_days``; the caller rollups (one row per caller and day or
-month) follow ``retention_days``.
+month, and the per-month caller summaries) follow ``retention_days``.
 """
 
 from __future__ import annotations
