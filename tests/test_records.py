@@ -157,6 +157,77 @@ def test_a_previous_versions_file_is_upgraded_and_its_rollups_rebuilt(tmp_path, 
     assert not [e for e in logs if e["event"].startswith("records_upgrade")]
 
 
+def _counts(records, month):
+    c = records.callers(NUMBER, month)
+    return c["callers"], c["new_callers"], c["returning_callers"], c["repeat_within_day"], c["by_province"]
+
+
+def test_a_caller_month_written_before_an_earlier_one_becomes_returning(records):
+    dec, nov = MON_NOV_2_0930 + 30 * 86400, MON_NOV_2_0930
+    records._write([("d", Decision("a-dec", province="CN-GD"), dec)])
+    assert _counts(records, "2026-12")[1:3] == (1, 0)
+    records._write([("d", Decision("a-nov"), nov)])  # late: an earlier month of the same caller
+    assert _counts(records, "2026-12") == (1, 0, 1, 0, [{"province": "CN-GD", "callers": 1}])
+    assert _counts(records, "2026-11") == (1, 1, 0, 0, [{"province": "CN-BJ", "callers": 1}])
+    # The December caller's province moves to the first by code; the summary moves with it.
+    records._write([("d", Decision("a-dec2", province="CN-BJ"), dec + 60)])
+    assert _counts(records, "2026-12") == (1, 0, 1, 1, [{"province": "CN-BJ", "callers": 1}])
+
+
+def _downgrade_to_v2(path):
+    """What version 2 wrote: the caller rollup without its flag, no summaries, no index by calls."""
+    with sqlite3.connect(path) as db:
+        db.executescript("DROP TABLE roll_caller_summary; DROP INDEX roll_caller_top; "
+                         "ALTER TABLE roll_caller_month DROP COLUMN returning_caller; PRAGMA user_version = 2;")
+
+
+def test_a_version_2_file_gets_its_returning_flags_and_summaries(tmp_path):
+    path = tmp_path / "v2.db"
+    records = CallRecords(str(path), zone_of=lambda n: SHANGHAI, interval_s=3600, retention_days=1e6)
+    months = {"2026-10": MON_NOV_2_0930 - 20 * 86400, "2026-11": MON_NOV_2_0930, "2026-12": MON_NOV_2_0930 + 35 * 86400}
+    try:
+        records._write([("d", Decision(f"{month}-{i}", caller=f"1390000000{i % 4 + int(month[-1])}",
+                                       province=("CN-BJ", "CN-GD", None)[i % 3]), at + i * 60)
+                        for month, at in months.items() for i in range(6)])
+        before = {month: records.callers(NUMBER, month) for month in months}
+    finally:
+        records.close()
+    assert [(before[m]["new_callers"], before[m]["returning_callers"]) for m in months] == [(4, 0), (1, 3), (1, 3)]
+    _downgrade_to_v2(path)
+    with capture_logs() as logs:
+        records = CallRecords(str(path), zone_of=lambda n: SHANGHAI, interval_s=3600, retention_days=1e6)
+    try:
+        events = [e["event"] for e in logs]
+        assert "records_upgrade_callers_finished" in events and "records_upgrade_started" not in events
+        assert {month: records.callers(NUMBER, month) for month in months} == before
+        records._write([("d", Decision("new", caller="13800000000"), MON_NOV_2_0930)])
+        assert records.callers(NUMBER, "2026-11")["new_callers"] == before["2026-11"]["new_callers"] + 1
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        records.close()
+
+
+def test_pruning_an_earlier_month_makes_its_callers_new_in_the_months_kept(tmp_path):
+    now = [MON_NOV_2_0930 + 30 * 86400]  # 2026-12-02: thirty days kept, November's caller rollup with them
+    records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: SHANGHAI, interval_s=3600, retention_days=30,
+                          clock=lambda: now[0])
+    oct_25, nov_20, dec_1 = MON_NOV_2_0930 - 8 * 86400, MON_NOV_2_0930 + 18 * 86400, now[0] - 86400
+    try:
+        records._write([("d", Decision("a-oct", caller="139A"), oct_25), ("d", Decision("a-nov", caller="139A"), nov_20),
+                        ("d", Decision("b-oct", caller="139B"), oct_25), ("d", Decision("b-dec", caller="139B"), dec_1),
+                        ("d", Decision("c-nov", caller="139C"), nov_20), ("d", Decision("c-dec", caller="139C"), dec_1)])
+        assert _counts(records, "2026-11")[1:3] == (1, 1) and _counts(records, "2026-12")[1:3] == (0, 2)
+        records.prune()
+        assert _counts(records, "2026-10")[0] == 0
+        assert _counts(records, "2026-11")[1:3] == (2, 0)  # A's October is gone: A is new in November
+        assert _counts(records, "2026-12")[1:3] == (1, 1)  # B new (October gone), C returning (November kept)
+        records._write([("d", Decision("a-oct2", caller="139A"), oct_25)])  # a late October call after pruning
+        assert _counts(records, "2026-11")[1:3] == (1, 1)
+    finally:
+        records.close()
+
+
 def test_pruning_drops_rows_and_caller_rollups_but_the_report_keeps_history(tmp_path):
     now = [MON_NOV_2_0930 + 60 * 86400]  # 2027-01-01
     records = CallRecords(str(tmp_path / "r.db"), zone_of=lambda n: SHANGHAI, interval_s=3600, retention_days=30,

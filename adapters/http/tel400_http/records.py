@@ -17,14 +17,18 @@ daily *rollups* in the same transaction as the rows they count (and moves
 their amounts when a call's end arrives), so a month's report reads a few
 hundred small rows, never the records.  The records listing is a keyset walk
 down an index, newest first, whatever the page; the CSV export streams it.
-Caller analysis reads a per-(number, month, caller) rollup.
+Caller analysis reads a per-(number, month, province) summary of the
+per-(number, month, caller) rollup, kept in the same transaction (how many
+callers, how many returning, how many called twice in a day), and walks an
+index on the callers' call counts for the most frequent: its cost does not
+grow with the callers of the month.
 
 Retention is bounded: records older than ``retention_days`` (in the order
 they were written) and the oldest beyond ``max_rows`` are deleted by the
 writer once an hour.  The day-level rollups keep the history the rows no
 longer have (a report of a pruned month still answers) for
 ``rollup_retention_days``; the caller rollups (one row per caller and day or
-month) follow ``retention_days``.
+month, and the per-month caller summaries) follow ``retention_days``.
 """
 
 from __future__ import annotations
@@ -62,8 +66,10 @@ OUTCOMES = ("connected", "not_connected") + ACTIONS + tuple(tel400.REASONS)
 CSV_COLUMNS = ("id", "call_id", "started", "day", "caller", "province", "province_name", "rule", "target",
                "action", "reason", "channel", "duration_s", "billed_s", "cost")
 #: ``PRAGMA user_version`` of the current schema; a file at a lower version is
-#: upgraded when opened (the rollups rebuilt once from its rows).
-SCHEMA_VERSION = 2
+#: upgraded when opened (version 1: the rollups rebuilt once from its rows;
+#: version 2: the callers' ``returning_caller`` flags and summaries filled from the
+#: caller rollup).
+SCHEMA_VERSION = 3
 #: Records read per step when rebuilding rollups or streaming a CSV.
 CHUNK = 5000
 #: At most this many records on one page of :meth:`CallRecords.find`.
@@ -112,8 +118,14 @@ CREATE TABLE IF NOT EXISTS roll_caller_day (
     PRIMARY KEY (number, day, caller)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS roll_caller_month (
     number TEXT NOT NULL, month TEXT NOT NULL, caller TEXT NOT NULL, calls INTEGER NOT NULL,
-    province TEXT NOT NULL, repeat INTEGER NOT NULL, PRIMARY KEY (number, month, caller)) WITHOUT ROWID;
+    province TEXT NOT NULL, repeat INTEGER NOT NULL, returning_caller INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (number, month, caller)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS roll_caller_seen ON roll_caller_month (number, caller, month);
+CREATE INDEX IF NOT EXISTS roll_caller_top ON roll_caller_month (number, month, calls DESC, caller);
+CREATE TABLE IF NOT EXISTS roll_caller_summary (
+    number TEXT NOT NULL, month TEXT NOT NULL, province TEXT NOT NULL, callers INTEGER NOT NULL,
+    returning_callers INTEGER NOT NULL, repeat_callers INTEGER NOT NULL,
+    PRIMARY KEY (number, month, province)) WITHOUT ROWID;
 """
 
 # The listing's indexes: each ends with (day, rowid), so a filter on its
@@ -343,8 +355,11 @@ class CallRecords:
             for column in ("hour", "connected"):
                 if column not in columns:
                     db.execute(f"ALTER TABLE records ADD COLUMN {column} INTEGER")
+        caller_columns = {row[1] for row in db.execute("PRAGMA table_info(roll_caller_month)")}
         db.executescript(_TABLES)
-        if existing:
+        if caller_columns and "returning_caller" not in caller_columns:
+            self._fill_caller_summaries(db)
+        if existing and version < 2:  # version 2 files have their rollups
             self._rebuild_rollups(db)
         for index in _FILTER_INDEXES.values():
             db.execute(f"CREATE INDEX IF NOT EXISTS {index}")
@@ -386,6 +401,31 @@ class CallRecords:
             last = rows[-1][0]
             _log.info("records_upgrade_progress", done=done, rows=total)
         _log.info("records_upgrade_finished", rows=done)
+
+    def _fill_caller_summaries(self, db: sqlite3.Connection) -> None:
+        """Version 2 to 3: each caller-month's ``returning_caller`` flag and the per-month summaries, in one transaction.
+
+        Only the caller rollup is read (a few hundred thousand rows a busy
+        month, not the records); cut short, nothing is kept and the next
+        open does it again.
+        """
+        rows = db.execute("SELECT COUNT(*) FROM roll_caller_month").fetchone()[0]
+        _log.info("records_upgrade_callers_started", caller_months=rows, schema=SCHEMA_VERSION)
+        db.execute("BEGIN")
+        try:
+            db.execute("ALTER TABLE roll_caller_month ADD COLUMN returning_caller INTEGER NOT NULL DEFAULT 0")
+            db.execute(
+                "UPDATE roll_caller_month AS m SET returning_caller = 1 WHERE EXISTS (SELECT 1 FROM roll_caller_month p "
+                "WHERE p.number = m.number AND p.caller = m.caller AND p.month < m.month)")
+            db.execute("DELETE FROM roll_caller_summary")
+            db.execute(
+                "INSERT INTO roll_caller_summary SELECT number, month, province, COUNT(*), SUM(returning_caller), "
+                "SUM(repeat) FROM roll_caller_month GROUP BY number, month, province")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        _log.info("records_upgrade_callers_finished", caller_months=rows)
 
     def _local_hour(self, number, started, day) -> int | None:
         when = self._when(number, started)
@@ -620,8 +660,7 @@ class CallRecords:
                     caller_months[key] = [1, province, 0]
                 else:
                     known[0] += 1
-                    if province and (not known[1] or province < known[1]):
-                        known[1] = province
+                    known[1] = _first_province(known[1], province)
         db.executemany(
             "INSERT INTO roll_day VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
             "connected = connected + excluded.connected, billed_s = billed_s + excluded.billed_s, "
@@ -661,12 +700,94 @@ class CallRecords:
         db.executemany(
             "INSERT INTO roll_caller_day VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls",
             [(*key, calls) for key, calls in caller_days.items()])
+        self._roll_caller_months(db, caller_months)
+
+    def _roll_caller_months(self, db, batch: dict) -> None:
+        """Add a batch's caller-months to their rollup and move the per-month summaries by what changed.
+
+        ``batch``: (number, month, caller) → [calls, province, repeat] of the
+        batch alone.  A caller-month is *returning* when an earlier month of
+        that caller is kept; that is, every row but each caller's earliest.
+        Months may arrive out of order (a late record, a plan's zone moved):
+        a new row earlier than a caller's earliest kept month makes that
+        month's row returning.  What a row counted in its summary before
+        (province, returning, repeat) is taken out and what it counts now put
+        in, so a caller whose province changes moves between provinces.
+        """
+        rows: dict = {}  # key → [calls added, province, repeat, returning, what it counted before or None]
+        new: dict = collections.defaultdict(list)  # (number, caller) → the months new in this batch
+        by_month: dict = collections.defaultdict(list)
+        for number, month, caller in batch:
+            by_month[number, month].append(caller)
+        for (number, month), names in by_month.items():
+            known = {}
+            for chunk in _chunks(names, 500):
+                marks = ",".join("?" * len(chunk))
+                for caller, province, repeat, returning in db.execute(
+                        "SELECT caller, province, repeat, returning_caller FROM roll_caller_month WHERE number = ? "
+                        f"AND month = ? AND caller IN ({marks})", (number, month, *chunk)):
+                    known[caller] = (province, returning, repeat)
+            for caller in names:
+                calls, province, repeat = batch[number, month, caller]
+                before = known.get(caller)
+                if before is None:
+                    new[number, caller].append(month)
+                    rows[number, month, caller] = [calls, province, repeat, 0, None]
+                else:
+                    rows[number, month, caller] = [calls, _first_province(before[0], province),
+                                                   max(before[2], repeat), before[1], before]
+        earliest: dict = {}  # (number, caller) → the earliest month kept before this batch
+        by_number: dict = collections.defaultdict(list)
+        for number, caller in new:
+            by_number[number].append(caller)
+        for number, names in by_number.items():
+            for chunk in _chunks(names, 500):
+                marks = ",".join("?" * len(chunk))
+                for caller, month in db.execute(
+                        "SELECT caller, MIN(month) FROM roll_caller_month WHERE number = ? "
+                        f"AND caller IN ({marks}) GROUP BY caller", (number, *chunk)):
+                    earliest[number, caller] = month
+        for (number, caller), months in new.items():
+            first = min(months)
+            was = earliest.get((number, caller))
+            if was is not None and was < first:
+                first = was
+            for month in months:
+                rows[number, month, caller][3] = int(month != first)
+            if was is not None and was > first:  # the earliest kept so far is now returning
+                row = rows.get((number, was, caller))
+                if row is None:
+                    province, repeat = db.execute(
+                        "SELECT province, repeat FROM roll_caller_month WHERE number = ? AND month = ? AND caller = ?",
+                        (number, was, caller)).fetchone()
+                    row = rows[number, was, caller] = [0, province, repeat, 0, (province, 0, repeat)]
+                row[3] = 1
+        summary: dict = collections.defaultdict(lambda: [0, 0, 0])
+        for (number, month, _), (_, province, repeat, returning, before) in rows.items():
+            if before is not None:
+                s = summary[number, month, before[0]]
+                s[0] -= 1
+                s[1] -= before[1]
+                s[2] -= before[2]
+            s = summary[number, month, province]
+            s[0] += 1
+            s[1] += returning
+            s[2] += repeat
         db.executemany(
-            "INSERT INTO roll_caller_month VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-            "calls = calls + excluded.calls, repeat = MAX(repeat, excluded.repeat), province = CASE "
-            "WHEN province = '' THEN excluded.province WHEN excluded.province = '' THEN province "
-            "ELSE MIN(province, excluded.province) END",
-            [(*key, *value) for key, value in caller_months.items()])
+            "INSERT INTO roll_caller_month (number, month, caller, calls, province, repeat, returning_caller) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
+            "province = excluded.province, repeat = excluded.repeat, returning_caller = excluded.returning_caller",
+            [(*key, *value[:4]) for key, value in rows.items()])
+        self._move_summaries(db, summary)
+
+    @staticmethod
+    def _move_summaries(db, summary: dict) -> None:
+        """Add (callers, returning, repeat) deltas to the per-(number, month, province) caller summaries."""
+        db.executemany(
+            "INSERT INTO roll_caller_summary VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "callers = callers + excluded.callers, returning_callers = returning_callers + excluded.returning_callers, "
+            "repeat_callers = repeat_callers + excluded.repeat_callers",
+            [(*key, *delta) for key, delta in summary.items() if delta != [0, 0, 0]])
 
     def prune(self) -> int:
         """Delete what retention no longer keeps; returns how many records went.
@@ -688,7 +809,7 @@ class CallRecords:
                            (self.max_rows,)).rowcount
         caller_day = _utc_day(cutoff)
         if caller_day is not None:
-            db.execute("DELETE FROM roll_caller_month WHERE month < ?", (caller_day[:7],))
+            self._prune_caller_months(db, caller_day[:7])
         # Per-day caller counts only decide whether a caller called twice that
         # day, and a day's calls are written that day: a few days suffice.
         repeat_day = _utc_day(max(cutoff, now - REPEAT_WINDOW_DAYS * 86400))
@@ -699,6 +820,40 @@ class CallRecords:
             for table in ("roll_day", "roll_hour", "roll_province", "roll_target", "roll_reason"):
                 db.execute(f"DELETE FROM {table} WHERE day < ?", (rollup_day,))
         return gone
+
+    def _prune_caller_months(self, db, month: str) -> None:
+        """Delete the caller-months before ``month`` and their summaries, in one transaction.
+
+        A caller whose earlier months went is no longer *returning* in their
+        earliest month still kept (the caller analysis counts only what is
+        kept): that row's flag and its summary are put right.
+        """
+        db.execute("BEGIN")
+        try:
+            pruned: dict = collections.defaultdict(set)
+            for number, caller in db.execute("SELECT number, caller FROM roll_caller_month WHERE month < ?", (month,)):
+                pruned[number].add(caller)
+            if pruned:
+                db.execute("DELETE FROM roll_caller_month WHERE month < ?", (month,))
+            db.execute("DELETE FROM roll_caller_summary WHERE month < ?", (month,))
+            flips, summary = [], collections.defaultdict(lambda: [0, 0, 0])
+            for number, callers in pruned.items():
+                for chunk in _chunks(sorted(callers), 500):
+                    marks = ",".join("?" * len(chunk))
+                    for month_kept, caller, province in db.execute(
+                            "SELECT m.month, m.caller, m.province FROM roll_caller_month m "
+                            f"WHERE m.number = ? AND m.caller IN ({marks}) AND m.returning_caller = 1 AND m.month = "
+                            "(SELECT MIN(p.month) FROM roll_caller_month p WHERE p.number = m.number "
+                            "AND p.caller = m.caller)", (number, *chunk)):
+                        flips.append((number, month_kept, caller))
+                        summary[number, month_kept, province][1] -= 1
+            db.executemany("UPDATE roll_caller_month SET returning_caller = 0 WHERE number = ? AND month = ? AND caller = ?",
+                           flips)
+            self._move_summaries(db, summary)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything recorded so far is written; ``False`` on timeout."""
@@ -794,22 +949,21 @@ class CallRecords:
             db.execute("COMMIT")
 
     def _callers(self, db, number: str, month: str, month_key: str, top: int) -> dict:
+        # The counts: the month's per-province summary rows (a few dozen);
+        # the top callers: the first ``top`` entries of an index by calls.
         args = (number, month_key)
-        callers, returning, repeat = db.execute(
-            "SELECT COUNT(*), SUM(EXISTS (SELECT 1 FROM roll_caller_month p WHERE p.number = m.number "
-            "AND p.caller = m.caller AND p.month < m.month)), SUM(repeat) FROM roll_caller_month m "
-            "WHERE number = ? AND month = ?", args).fetchone()
+        summary = db.execute(
+            "SELECT province, callers, returning_callers, repeat_callers FROM roll_caller_summary "
+            "WHERE number = ? AND month = ? AND callers > 0", args).fetchall()
+        callers = sum(row[1] for row in summary)
+        returning = sum(row[2] for row in summary)
         top_callers = [(caller, calls) for caller, calls in db.execute(
-            "SELECT caller, calls FROM roll_caller_month WHERE number = ? AND month = ? "
+            "SELECT caller, calls FROM roll_caller_month INDEXED BY roll_caller_top WHERE number = ? AND month = ? "
             "ORDER BY calls DESC, caller LIMIT ?", (*args, top))]
-        by_province = [
-            {"province": province or "unknown", "callers": count}
-            for province, count in db.execute(
-                "SELECT province, COUNT(*) FROM roll_caller_month WHERE number = ? AND month = ? "
-                "GROUP BY province ORDER BY COUNT(*) DESC, province", args)
-        ]
-        return {"number": number, "month": month, "callers": callers, "new_callers": callers - (returning or 0),
-                "returning_callers": returning or 0, "repeat_within_day": repeat or 0,
+        by_province = [{"province": province or "unknown", "callers": count}
+                       for province, count, _, _ in sorted(summary, key=lambda row: (-row[1], row[0]))]
+        return {"number": number, "month": month, "callers": callers, "new_callers": callers - returning,
+                "returning_callers": returning, "repeat_within_day": sum(row[3] for row in summary),
                 "top_callers": top_callers, "by_province": by_province}
 
     # -- reading: the records ----------------------------------------------------------
@@ -920,6 +1074,13 @@ def _totals(db, args: tuple) -> dict:
         "WHERE number = ? AND day >= ? AND day < ?", args).fetchone()
     return {"calls": calls or 0, "connected": conn or 0, "minutes": _minutes(billed), "cost": _money(cost),
             "talk_minutes": round((talk or 0) / 60, 2)}
+
+
+def _first_province(known: str, seen: str) -> str:
+    """A caller-month's province: the first, by code, its calls carried ('' when none did)."""
+    if not known or not seen:
+        return known or seen
+    return min(known, seen)
 
 
 def _chunks(items: list, size: int):
