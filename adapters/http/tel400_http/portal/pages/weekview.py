@@ -22,7 +22,7 @@ from tel400 import provinces
 from tel400.simulate import week_grid
 
 from .. import i18n
-from ..web import render, require, routed_plan
+from ..web import hashing, render, require, routed_plan
 
 #: Colours of rules in the grid: rule i gets class ``rule-(i % PALETTE)`` (weekview.css defines them).
 PALETTE = 8
@@ -141,7 +141,9 @@ async def _try_call(request: Request, plan, lang: str, errors: dict) -> dict | N
         return None
     dialed = ("10657" + plan.number) if channel == "sms" else plan.number
     router = request.app.state.service.router
-    decision = await asyncio.to_thread(router.explain, dialed, caller, at=at, channel=channel, pin=pin)
+    # with a PIN, explain checks its scrypt hash: on the portal's hashing threads, like every PIN hash
+    run = (lambda fn, *a, **kw: hashing(request, fn, *a, **kw)) if pin is not None else asyncio.to_thread
+    decision = await run(router.explain, dialed, caller, at=at, channel=channel, pin=pin)
     return {"decision": decision, "steps": [str(step) for step in decision.explain or ()]}
 
 
