@@ -202,3 +202,44 @@ def test_pool_and_create_errors_are_in_the_pages_language(portal):
     assert r.status_code == 400 and "query:" not in r.text
     r = client.form("/portal/operator/create", {"number": "12345", "company": "a", "target": "13901010001"})
     assert r.status_code == 422 and re.search(r'id="number-error">请输入 400 或 800 号码', r.text)
+
+
+# -- a quarantined plan on the pages that show the routed plan --------------------------------------
+
+
+@pytest.fixture
+def quarantined(tmp_path, monkeypatch):
+    """ACME's stored plan holds 60 blacklist entries and the service starts with a limit of 5."""
+    store = tel400.SqliteStore(tmp_path / "plans.db")
+    from .http_harness import EXAMPLES
+
+    store.replace_all(tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
+    tree = store.get_number(ACME_NUMBER)
+    tree["blacklist"] = [f"1380000{i:04d}" for i in range(60)]
+    store.put_number(tree, actor="test")
+    monkeypatch.setattr(limits, "MAX_BLACKLIST", 5)
+    service, _ = make_portal(tmp_path, store=store)
+    with PortalClient(service) as client:
+        yield client, service
+    service.stop()
+
+
+@pytest.mark.parametrize("page", ["", "week", "usage"])
+def test_a_quarantined_plan_is_shown_with_why_not_as_no_plan(quarantined, page):
+    client, _ = quarantined
+    client.login_operator()
+    r = client.get(f"/portal/n/{ACME_NUMBER}/{page}")
+    assert r.status_code == 200, r.text
+    assert re.search(r'id="plan-refused">[^<]*blacklist', r.text), r.text
+    assert client.get(f"/portal/n/4009999999/{page}").status_code == 404  # nothing stored: still a 404
+
+
+def test_the_account_page_of_a_number_without_a_plan_is_404_for_get_and_post(quarantined):
+    client, _ = quarantined
+    client.login_operator()
+    missing = "/portal/n/4009999999/account"
+    assert client.get(missing).status_code == 404
+    assert client.form(missing, {"new": "a-new-pass-1", "confirm": "a-new-pass-1"},
+                       page=f"/portal/n/{ACME_NUMBER}/account").status_code == 404
+    # a quarantined plan's company can still have its password reset
+    assert client.get(f"/portal/n/{ACME_NUMBER}/account").status_code == 200

@@ -44,6 +44,7 @@ __all__ = [
     "number_url",
     "page_error",
     "plan_of",
+    "plan_state",
     "portal_url",
     "read_form",
     "redirect",
@@ -340,5 +341,21 @@ async def routed_plan(request: Request, number: str):
             return router.plan_of(number)
         except tel400.PlanError:
             return None
+
+    return await asyncio.to_thread(read)
+
+
+async def plan_state(request: Request, number: str):
+    """``(plan, refused)``: the :class:`tel400.NumberPlan` ``number`` is routed by (or ``None``), and why
+    routing refuses its stored plan (the :class:`tel400.PlanError` text; ``None`` when the plan is good or
+    there is none).  A page shows a refused plan with that reason, not as "no plan" (read in a thread).
+    """
+    router = request.app.state.service.router
+
+    def read():
+        try:
+            return router.plan_of(number), None
+        except tel400.PlanError as exc:  # stored, but invalid under this service's limits: quarantined
+            return None, str(exc)
 
     return await asyncio.to_thread(read)
