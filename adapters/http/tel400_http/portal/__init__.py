@@ -115,7 +115,8 @@ async def _plan_refused(request, exc: tel400.PlanError):
     # 422 page naming the reason (the library's texts are English), nothing stored.
     from .web import page_error
 
-    return await _http_error(request, page_error(422, "The plan was not changed: %(reason)s", reason=str(exc)))
+    refused = page_error(422, "The plan was not changed: %(reason)s", reason=str(exc))
+    return await _http_error(request, refused)
 
 
 async def _server_error(request, exc: Exception):

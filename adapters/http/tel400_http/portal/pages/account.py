@@ -73,7 +73,7 @@ async def _change_own(request: Request, session, back: str):
 
 
 async def _has_plan(request: Request, number: str) -> bool:
-    """``number`` has a stored plan, routed or refused (a quarantined plan's company may still need a password)."""
+    """``number`` has a stored plan, routed or refused (a quarantined plan's company may need a password)."""
     plan, refused = await plan_state(request, number)
     return plan is not None or refused is not None
 
@@ -85,7 +85,8 @@ async def number_account(request: Request):
     mode = "own" if session.role == "company" else "reset"
     if mode == "reset" and not await _has_plan(request, number):  # GET and POST alike: no such number
         lang = i18n.request_language(request)
-        return _page(request, number=number, mode=mode, status=404, error=i18n.gettext(lang, "This number has no plan."))
+        return _page(request, number=number, mode=mode, status=404,
+                     error=i18n.gettext(lang, "This number has no plan."))
     if request.method == "GET":
         return _page(request, number=number, mode=mode)
     back = number_url(request, number, "account")

@@ -29,7 +29,8 @@ async def company_home(request: Request):
     plan, refused = await plan_state(request, number)
     month = await asyncio.to_thread(_this_month, service, number) if plan is not None else None
     # a refused (quarantined) plan is shown with why: the number exists; none stored is a 404
-    return render(request, "company_home.html", {"number": number, "plan": plan, "month": month, "refused": refused},
+    return render(request, "company_home.html",
+                  {"number": number, "plan": plan, "month": month, "refused": refused},
                   status=200 if plan is not None or refused else 404)
 
 

@@ -65,7 +65,7 @@ def _pool(request: Request) -> pool_module.NumberPool:
 
 
 def _query(request: Request, name: str = "q") -> str:
-    """The parameter ``name``, stripped; read to one character past MAX_QUERY, so a longer one can be refused."""
+    """The parameter ``name``, stripped; read to one character past MAX_QUERY (a longer one is refused)."""
     return request.query_params.get(name, "")[:MAX_QUERY + 1].strip()
 
 
@@ -280,9 +280,9 @@ async def create(request: Request):
             errors["number"] = _("Creating %(number)s failed; nothing was stored and the number is back in "
                                  "the pool.", number=number)
         else:
-            errors["number"] = _("%(number)s is stored and in service, but finishing failed (the service's log "
-                                 "says why): it has no company password; set one on its account page.",
-                                 number=number)
+            errors["number"] = _(
+                "%(number)s is stored and in service, but finishing failed (the service's log says why): "
+                "it has no company password; set one on its account page.", number=number)
         return _create_form(request, 500, errors=errors, **values)
     password = new_password()
     accounts = request.app.state.accounts

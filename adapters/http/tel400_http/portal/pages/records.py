@@ -158,7 +158,7 @@ async def show(request: Request):
         def page():
             records.flush(FLUSH_S)
             found, cursor = records.find(number, limit=PAGE_SIZE, after=after or None, **kwargs)
-            return found, cursor, service._zone_of(number)  # the zone may be a store read: here, not on the loop
+            return found, cursor, service._zone_of(number)  # may read the store: here, not on the loop
 
         try:
             rows, next_cursor, zone = await asyncio.to_thread(page)
