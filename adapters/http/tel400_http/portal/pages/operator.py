@@ -73,7 +73,7 @@ def _query_error(query: str, lang: str) -> str | None:
     """Why the search text ``query`` is refused (translated), or ``None``."""
     if len(query) > MAX_QUERY:
         return i18n.gettext(lang, "At most %(count)s characters.", count=MAX_QUERY)
-    if query and not vanity.to_digits(query) and query not in vanity.PATTERN_WORDS:
+    if query and not vanity.to_digits(query):  # a pattern word is letters too: it dials
         return i18n.gettext(lang, "Type digits (or letters of a keypad).")
     return None
 
