@@ -333,16 +333,9 @@ async def hashing(request: Request, fn, *args, **kwargs):
 
 async def routed_plan(request: Request, number: str):
     """The :class:`tel400.NumberPlan` ``number`` is routed by, or ``None`` (read in a thread: it may be a
-    store read); a stored plan the router refuses shows as ``None``."""
-    router = request.app.state.service.router
-
-    def read():
-        try:
-            return router.plan_of(number)
-        except tel400.PlanError:
-            return None
-
-    return await asyncio.to_thread(read)
+    store read); a stored plan the router refuses shows as ``None`` (:func:`plan_state` says why)."""
+    plan, _refused = await plan_state(request, number)
+    return plan
 
 
 async def plan_state(request: Request, number: str):
