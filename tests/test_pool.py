@@ -49,6 +49,22 @@ def test_take_and_release(pool):
         pool.release("13901012345")
 
 
+def test_refuse_turns_a_number_into_a_bad_line(pool):
+    in_service = {"4001012345"}
+    added, errors = pool.import_lines(["4008888888", "400-101-2345"],
+                                      refuse=lambda n: "already in service" if n in in_service else None)
+    assert added == 1 and errors == [(2, "400-101-2345", "already in service")]
+    assert pool.free() == ["4008888888"]
+
+
+def test_returned_frees_a_taken_number_and_adds_no_other(pool):
+    pool.import_lines(["4001532532"])
+    assert pool.take("4001532532")
+    assert pool.returned("4001532532") is True and pool.free() == ["4001532532"]
+    assert pool.returned("4008888888") is False and pool.returned("nonsense") is False
+    assert pool.free() == ["4001532532"]
+
+
 def test_free_with_a_query_ranks_as_vanity_search(pool):
     pool.import_lines(["4005321234", "4001532532", "4009876532", "4008888888"])
     assert pool.free("KFC") == ["4001532532", "4009876532", "4005321234"]

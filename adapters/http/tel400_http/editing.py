@@ -89,9 +89,11 @@ class PlanEditor:
             tree = dict(tree)
             tree["number"] = number
             stored = store.put_number(tree, actor=actor)
-            self.service._applied(number, stored)
+            # the event first: the store has the change, and routing catching up (a watcher poll that
+            # may fail) must not keep a new number's old company login alive
             if before is None:
                 self.service._number_event(number, "created", actor)
+            self.service._applied(number, stored)
             return store.get_number(number)
 
     def delete(self, number: str, *, actor: str) -> bool:
@@ -105,8 +107,8 @@ class PlanEditor:
         with self.service._write_lock:
             gone = store.delete_number(number, actor=actor)
             if gone:
+                self.service._number_event(number, "deleted", actor)  # before routing catches up (see change)
                 self.service._applied(number)
-                self.service._number_event(number, "deleted", actor)
             return gone
 
     def put(self, number: str, tree: dict, *, actor: str, expect: str | None) -> dict:

@@ -78,9 +78,11 @@ class NumberPool:
             self._local.db = db
         return db
 
-    def import_lines(self, lines: Iterable[str]) -> tuple[int, list[tuple[int, str, str]]]:
+    def import_lines(self, lines: Iterable[str], *, refuse=None) -> tuple[int, list[tuple[int, str, str]]]:
         """Add the numbers of ``lines``: ``(added, errors)``, errors as ``(line_no, text, message)``.
 
+        ``refuse``: ``refuse(number) -> str | None``, a message for a number
+        that must not be added (the portal: one already in service).
         Line numbers count from 1.  Reads at most ``max_lines`` lines; one
         error says where it stopped.  One transaction: O(lines × log pool).
         """
@@ -98,9 +100,15 @@ class NumberPool:
                 errors.append((line_no, _shown(text), f"longer than {MAX_LINE} characters"))
                 continue
             try:
-                good.setdefault(pool_number(text), line_no)
+                number = pool_number(text)
             except ValueError as exc:
                 errors.append((line_no, text, str(exc)))
+                continue
+            refused = refuse(number) if refuse is not None else None
+            if refused:
+                errors.append((line_no, text, refused))
+            else:
+                good.setdefault(number, line_no)
         now = time.time()
         db = self._db()
         with _transaction(db):
@@ -147,6 +155,17 @@ class NumberPool:
         number = pool_number(number)
         self._db().execute("INSERT INTO pool (number, added_at) VALUES (?, ?) "
                            "ON CONFLICT (number) DO UPDATE SET taken_at = NULL", (number, time.time()))
+
+    def returned(self, number: str) -> bool:
+        """A number given out from the pool is free again (its plan was deleted): True if the pool holds it.
+
+        Unlike :meth:`release`, a number the pool never held stays out of it.
+        """
+        try:
+            number = pool_number(number)
+        except ValueError:
+            return False
+        return self._db().execute("UPDATE pool SET taken_at = NULL WHERE number = ?", (number,)).rowcount == 1
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -110,6 +110,15 @@ async def _backend_error(request, exc: Exception):
     return await _http_error(request, page_error(503, "The plan store cannot be reached now; try again shortly."))
 
 
+async def _plan_refused(request, exc: tel400.PlanError):
+    # A page whose change the stored plan refuses (its own error, or a plan the limits quarantine): a
+    # 422 page naming the reason (the library's texts are English), nothing stored.
+    from .web import page_error
+
+    refused = page_error(422, "The plan was not changed: %(reason)s", reason=str(exc))
+    return await _http_error(request, refused)
+
+
 async def _server_error(request, exc: Exception):
     # Runs outside every middleware (Starlette's ServerErrorMiddleware): no session here, so a
     # page of its own, with the security headers added by hand.
@@ -154,6 +163,7 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
             Middleware(SessionLoader, accounts=accounts),
         ],
         exception_handlers={HTTPException: _http_error, tel400.BackendError: _backend_error,
+                            tel400.PlanError: _plan_refused,
                             Exception: _server_error},
     )
     app.state.service = service
@@ -167,6 +177,8 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
 
         pool = NumberPool(accounts.path)
     app.state.pool = pool
+    # A deleted number the pool gave out is free again (one the pool never held stays out of it).
+    service.on_number(lambda number, event, actor: pool.returned(number) if event == "deleted" else None)
     app.state.plan_writes = WriteLimiter(PLAN_WRITES_PER_MINUTE if plan_writes_per_minute is None
                                          else plan_writes_per_minute)
     # Password and PIN derivations (scrypt, ~0.1 s each) run here, never on the threads the rest of

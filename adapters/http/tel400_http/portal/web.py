@@ -44,6 +44,7 @@ __all__ = [
     "number_url",
     "page_error",
     "plan_of",
+    "plan_state",
     "portal_url",
     "read_form",
     "redirect",
@@ -332,13 +333,22 @@ async def hashing(request: Request, fn, *args, **kwargs):
 
 async def routed_plan(request: Request, number: str):
     """The :class:`tel400.NumberPlan` ``number`` is routed by, or ``None`` (read in a thread: it may be a
-    store read); a stored plan the router refuses shows as ``None``."""
+    store read); a stored plan the router refuses shows as ``None`` (:func:`plan_state` says why)."""
+    plan, _refused = await plan_state(request, number)
+    return plan
+
+
+async def plan_state(request: Request, number: str):
+    """``(plan, refused)``: the :class:`tel400.NumberPlan` ``number`` is routed by (or ``None``), and why
+    routing refuses its stored plan (the :class:`tel400.PlanError` text; ``None`` when the plan is good or
+    there is none).  A page shows a refused plan with that reason, not as "no plan" (read in a thread).
+    """
     router = request.app.state.service.router
 
     def read():
         try:
-            return router.plan_of(number)
-        except tel400.PlanError:
-            return None
+            return router.plan_of(number), None
+        except tel400.PlanError as exc:  # stored, but invalid under this service's limits: quarantined
+            return None, str(exc)
 
     return await asyncio.to_thread(read)

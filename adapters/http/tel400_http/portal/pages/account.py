@@ -19,13 +19,13 @@ from ..web import (
     flash,
     hashing,
     number_url,
+    plan_state,
     portal_url,
     read_form,
     redirect,
     render,
     require,
     require_operator,
-    routed_plan,
 )
 
 
@@ -72,11 +72,21 @@ async def _change_own(request: Request, session, back: str):
     return redirect(back)
 
 
+async def _has_plan(request: Request, number: str) -> bool:
+    """``number`` has a stored plan, routed or refused (a quarantined plan's company may need a password)."""
+    plan, refused = await plan_state(request, number)
+    return plan is not None or refused is not None
+
+
 async def number_account(request: Request):
     """``/n/<number>/account``: the company changes its password; the operator resets it."""
     number = request.path_params["number"]
     session = require(request, number)
     mode = "own" if session.role == "company" else "reset"
+    if mode == "reset" and not await _has_plan(request, number):  # GET and POST alike: no such number
+        lang = i18n.request_language(request)
+        return _page(request, number=number, mode=mode, status=404,
+                     error=i18n.gettext(lang, "This number has no plan."))
     if request.method == "GET":
         return _page(request, number=number, mode=mode)
     back = number_url(request, number, "account")
@@ -88,9 +98,6 @@ async def number_account(request: Request):
     new, error = _new_password(lang, form)
     if error:
         return _page(request, number=number, mode=mode, error=error)
-    if await routed_plan(request, number) is None:
-        return _page(request, number=number, mode=mode, status=404,
-                     error=i18n.gettext(lang, "This number has no plan."))
     await hashing(request, request.app.state.accounts.set_company_password, number, new, actor=session.actor)
     flash(request, i18n.gettext(lang, "The company's password is reset; its sessions are logged out."))
     return redirect(back)

@@ -8,7 +8,7 @@ import datetime as dt
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..web import render, require, routed_plan
+from ..web import plan_state, render, require
 
 
 def _this_month(service, number: str) -> dict | None:
@@ -26,10 +26,12 @@ async def company_home(request: Request):
     number = request.path_params["number"]
     require(request, number)
     service = request.app.state.service
-    plan = await routed_plan(request, number)
+    plan, refused = await plan_state(request, number)
     month = await asyncio.to_thread(_this_month, service, number) if plan is not None else None
-    return render(request, "company_home.html", {"number": number, "plan": plan, "month": month},
-                  status=200 if plan is not None else 404)
+    # a refused (quarantined) plan is shown with why: the number exists; none stored is a 404
+    return render(request, "company_home.html",
+                  {"number": number, "plan": plan, "month": month, "refused": refused},
+                  status=200 if plan is not None or refused else 404)
 
 
 routes = [

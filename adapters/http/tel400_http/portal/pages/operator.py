@@ -25,6 +25,8 @@ import secrets
 from starlette.requests import Request
 from starlette.routing import Route
 
+import structlog
+
 import tel400
 from tel400 import vanity
 from tel400.stores import WritableStore
@@ -39,8 +41,8 @@ from .blacklist import UPLOAD_BYTES, _decoded
 NUMBERS_PAGE = 100
 #: Routed numbers one "digits anywhere" request looks through; the page links on from where it stopped.
 SCAN_NUMBERS = 50_000
-#: The longest search text taken (longer is cut).
-MAX_QUERY = 40
+#: The longest search text taken (tel400.vanity.QUERY_MAX); a longer one is a 400 with a message by the field.
+MAX_QUERY = vanity.QUERY_MAX
 #: Free numbers the pool page and the vanity page show at most.
 FREE_SHOWN = 200
 #: Bad lines an import lists at most (the rest are counted).
@@ -55,12 +57,25 @@ PASSWORD_CHARS = 10
 _PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/l/I
 
 
+_log = structlog.get_logger("tel400.portal")
+
+
 def _pool(request: Request) -> pool_module.NumberPool:
     return request.app.state.pool
 
 
 def _query(request: Request, name: str = "q") -> str:
-    return request.query_params.get(name, "")[:MAX_QUERY].strip()
+    """The parameter ``name``, stripped; read to one character past MAX_QUERY (a longer one is refused)."""
+    return request.query_params.get(name, "")[:MAX_QUERY + 1].strip()
+
+
+def _query_error(query: str, lang: str) -> str | None:
+    """Why the search text ``query`` is refused (translated), or ``None``."""
+    if len(query) > MAX_QUERY:
+        return i18n.gettext(lang, "At most %(count)s characters.", count=MAX_QUERY)
+    if query and not vanity.to_digits(query):  # a pattern word is letters too: it dials
+        return i18n.gettext(lang, "Type digits (or letters of a keypad).")
+    return None
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -102,10 +117,10 @@ async def numbers(request: Request):
     query = _query(request)
     after = request.query_params.get("after", "")[:MAX_QUERY]
     anywhere = request.query_params.get("mode") != "prefix"  # digits anywhere unless asked: what people expect
-    digits = vanity.to_digits(query) if query else ""
-    context = {"query": query, "anywhere": anywhere, "numbers": [], "more": None, "error": None}
-    if query and not digits:
-        context["error"] = i18n.gettext(i18n.request_language(request), "Type digits (or letters of a keypad).")
+    error = _query_error(query, i18n.request_language(request))
+    digits = vanity.to_digits(query) if query and not error else ""
+    context = {"query": query, "anywhere": anywhere, "numbers": [], "more": None, "error": error}
+    if error:
         return render(request, "operator_home.html", context, status=400)
     router = request.app.state.service.router
     found, more = await asyncio.to_thread(find_numbers, router, digits, anywhere=anywhere, after=after)
@@ -119,9 +134,12 @@ async def numbers(request: Request):
 async def _free(request: Request, query: str) -> tuple[list[vanity.Found], str | None]:
     """The free numbers matching ``query`` with their grades, and the query's error (translated) if it has one."""
     pool = _pool(request)
+    error = _query_error(query, i18n.request_language(request))
+    if error:
+        return [], error
     try:
         found = await asyncio.to_thread(pool.free, query or None, FREE_SHOWN)
-    except ValueError as exc:
+    except ValueError as exc:  # what vanity.search refuses beyond the checks above (English)
         return [], str(exc)
     return [vanity.Found(n, vanity.grade(n)) for n in found], None
 
@@ -154,11 +172,17 @@ async def pool_import(request: Request):
         await form.close()
     if len(text.encode()) > limit:
         raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
-    added, bad = await asyncio.to_thread(_pool(request).import_lines, text.splitlines())
+    router = request.app.state.service.router
+    lang = i18n.request_language(request)
+    in_service = i18n.gettext(lang, "already in service")
+
+    def refuse(number: str) -> str | None:  # a routed number is nobody's to give out
+        return in_service if router._routes(number) else None
+
+    added, bad = await asyncio.to_thread(_pool(request).import_lines, text.splitlines(), refuse=refuse)
     accounts = request.app.state.accounts
     await asyncio.to_thread(accounts.audit, session.actor, "pool_import", "pool",
                             {"added": added, "refused": len(bad)})
-    lang = i18n.request_language(request)
     found, _ = await _free(request, "")
     return render(request, "operator_pool.html", {
         "query": "", "free": found, "error": None, "bad": bad[:BAD_LINES_SHOWN],
@@ -220,8 +244,8 @@ async def create(request: Request):
     errors = {}
     try:
         number = pool_module.pool_number(values["number"])
-    except ValueError as exc:
-        errors["number"] = str(exc)
+    except ValueError:
+        errors["number"] = _("A 400 or 800 number, ten digits.")
     if not values["company"]:
         errors["company"] = _("Give the company's name.")
     if not values["target"]:
@@ -238,7 +262,9 @@ async def create(request: Request):
         await asyncio.to_thread(editor.put, number, starting_plan(number, values["target"]), actor=session.actor,
                                 expect="")
     except (tel400.PlanError, StaleEdit, ReadOnlyPlans, tel400.BackendError) as exc:
-        await asyncio.to_thread(pool.release, number)
+        if not isinstance(exc, StaleEdit):
+            await asyncio.to_thread(pool.release, number)
+        # else the number is in service already: it stays taken (deleting its plan frees it)
         if isinstance(exc, tel400.PlanError):
             errors["target"] = exc.message
         elif isinstance(exc, StaleEdit):
@@ -246,6 +272,18 @@ async def create(request: Request):
         else:
             errors["number"] = _("The plans cannot be written now; the number is back in the pool.")
         return _create_form(request, 409 if isinstance(exc, StaleEdit) else 422, errors=errors, **values)
+    except Exception:  # noqa: BLE001 - after the store: a number listener (the login reset) failed
+        _log.exception("portal_create_unfinished", number=number)
+        stored, _version = await asyncio.to_thread(editor.get, number)
+        if stored is None:
+            await asyncio.to_thread(pool.release, number)
+            errors["number"] = _("Creating %(number)s failed; nothing was stored and the number is back in "
+                                 "the pool.", number=number)
+        else:
+            errors["number"] = _(
+                "%(number)s is stored and in service, but finishing failed (the service's log says why): "
+                "it has no company password; set one on its account page.", number=number)
+        return _create_form(request, 500, errors=errors, **values)
     password = new_password()
     accounts = request.app.state.accounts
     await hashing(request, accounts.set_company_password, number, password, actor=session.actor)

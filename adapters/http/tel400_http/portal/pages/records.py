@@ -152,14 +152,16 @@ async def show(request: Request):
     values, kwargs, errors = read_filters(request.query_params, lang)
     after = str(request.query_params.get("after", ""))[:MAX_PARAM]
     trail = _trail(request.query_params)
-    rows, next_cursor = [], None
+    rows, next_cursor, zone = [], None, None
+    service = request.app.state.service
     if not errors:
         def page():
             records.flush(FLUSH_S)
-            return records.find(number, limit=PAGE_SIZE, after=after or None, **kwargs)
+            found, cursor = records.find(number, limit=PAGE_SIZE, after=after or None, **kwargs)
+            return found, cursor, service._zone_of(number)  # may read the store: here, not on the loop
 
         try:
-            rows, next_cursor = await asyncio.to_thread(page)
+            rows, next_cursor, zone = await asyncio.to_thread(page)
         except ValueError:  # the only one left to refuse: a cursor not from this listing
             errors["after"] = _messages(lang)["after"]
     base = number_url(request, number, "records")
@@ -168,8 +170,7 @@ async def show(request: Request):
     newer = None
     if after:
         newer = f"{base}?{_query(values, after=trail[-1] if trail else '', trail='.'.join(trail[:-1]))}"
-    zone = request.app.state.service._zone_of(number)
-    for row in rows:
+    for row in rows:  # rows only come with their zone
         row["time"] = local_time(row["started"], zone)
     context = {
         "number": number, "values": values, "errors": errors, "rows": rows, "older": older, "newer": newer,

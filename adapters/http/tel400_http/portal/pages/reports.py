@@ -103,7 +103,8 @@ async def show(request: Request):
     lang = i18n.request_language(request)
     month = str(request.query_params.get("month", ""))[:20].strip()
     if not month:
-        month = dt.datetime.now(service._zone_of(number)).strftime("%Y-%m")
+        # the number's zone may be a store read: in a thread, not on the event loop
+        month = await asyncio.to_thread(lambda: dt.datetime.now(service._zone_of(number)).strftime("%Y-%m"))
     try:
         data.check_month(month)
     except ValueError:

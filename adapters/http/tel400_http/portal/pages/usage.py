@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 import tel400
 
-from ..web import render, require, routed_plan
+from ..web import plan_state, render, require
 
 #: Which month total a cap's metric is compared with (caps count connected calls).
 TOTAL_OF_METRIC = {"calls": "connected", "minutes": "minutes", "cost": "cost"}
@@ -69,9 +69,10 @@ def _usage(service, plan) -> dict:
 async def usage(request: Request):
     number = request.path_params["number"]
     require(request, number)
-    plan = await routed_plan(request, number)
-    if plan is None:
-        return render(request, "usage.html", {"number": number, "plan": None}, status=404)
+    plan, refused = await plan_state(request, number)
+    if plan is None:  # a refused plan is shown with why (the number exists); none stored is a 404
+        return render(request, "usage.html", {"number": number, "plan": None, "refused": refused},
+                      status=200 if refused else 404)
     found = await asyncio.to_thread(_usage, request.app.state.service, plan)
     return render(request, "usage.html", {"number": number, "plan": plan, **found})
 

@@ -22,7 +22,7 @@ from tel400 import provinces
 from tel400.simulate import week_grid
 
 from .. import i18n
-from ..web import render, require, routed_plan
+from ..web import hashing, plan_state, render, require
 
 #: Colours of rules in the grid: rule i gets class ``rule-(i % PALETTE)`` (weekview.css defines them).
 PALETTE = 8
@@ -85,9 +85,10 @@ async def week(request: Request):
     number = request.path_params["number"]
     require(request, number)
     lang = i18n.request_language(request)
-    plan = await routed_plan(request, number)
-    if plan is None:
-        return render(request, "weekview.html", {"number": number, "plan": None}, status=404)
+    plan, refused = await plan_state(request, number)
+    if plan is None:  # a refused plan is shown with why (the number exists); none stored is a 404
+        return render(request, "weekview.html", {"number": number, "plan": None, "refused": refused},
+                      status=200 if refused else 404)
     zone = zoneinfo.ZoneInfo(plan.timezone)
     errors: dict[str, str] = {}
 
@@ -141,7 +142,9 @@ async def _try_call(request: Request, plan, lang: str, errors: dict) -> dict | N
         return None
     dialed = ("10657" + plan.number) if channel == "sms" else plan.number
     router = request.app.state.service.router
-    decision = await asyncio.to_thread(router.explain, dialed, caller, at=at, channel=channel, pin=pin)
+    # with a PIN, explain checks its scrypt hash: on the portal's hashing threads, like every PIN hash
+    run = (lambda fn, *a, **kw: hashing(request, fn, *a, **kw)) if pin is not None else asyncio.to_thread
+    decision = await run(router.explain, dialed, caller, at=at, channel=channel, pin=pin)
     return {"decision": decision, "steps": [str(step) for step in decision.explain or ()]}
 
 
