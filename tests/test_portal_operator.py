@@ -6,6 +6,7 @@ import re
 
 import pytest
 import tel400
+from tel400_http.portal import web
 from tel400_http.portal.pages import operator as operator_pages
 
 from .http_harness import Client
@@ -78,7 +79,7 @@ def test_pool_upload_past_the_limit_is_413(tmp_path):
     with PortalClient(service) as client:
         client.login_operator()
         token = client.csrf("/portal/operator/pool")
-        limit = operator_pages.UPLOAD_BYTES
+        limit = web.UPLOAD_BYTES
         r = client.post("/portal/operator/pool/import", data={"csrf": token},
                         files={"file": ("big.txt", b"4006532532\n" * (limit // 11 + 10), "text/plain")})
         assert r.status_code == 413

@@ -40,7 +40,7 @@ from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
 from .pool import NumberPool
 from .portal import accounts
-from .portal.pages.blacklist import UPLOAD_BYTES
+from .portal.web import UPLOAD_BYTES
 from .portal.web import PLAN_WRITES_PER_MINUTE
 from .records import CallRecords, plan_zones
 

@@ -141,7 +141,7 @@ def create_portal(service, *, accounts: Accounts, secret_key: bytes, https: bool
         accounts: the logins, sessions and lockout.
         secret_key: signs the session cookie (32 random bytes; keep it secret, keep it across restarts).
         https: the portal is reached over https (the cookie is then Secure).
-        max_upload: the largest list a page imports, bytes (default: pages.blacklist.UPLOAD_BYTES).
+        max_upload: the largest list a page imports, bytes (default: web.UPLOAD_BYTES).
         pool: the free numbers (:class:`tel400_http.pool.NumberPool`; default: one in the accounts' file).
         plan_writes_per_minute: plan changes one number takes per minute (default:
             web.PLAN_WRITES_PER_MINUTE); past it a 429 page.

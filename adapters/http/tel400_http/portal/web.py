@@ -352,3 +352,44 @@ async def plan_state(request: Request, number: str):
             return None, str(exc)
 
     return await asyncio.to_thread(read)
+
+
+#: The largest list a page imports (pasted text and uploaded file together), bytes;
+#: ``tel400-http --portal-max-upload``.
+UPLOAD_BYTES = 256 * 1024
+
+
+def decoded_upload(data: bytes) -> str:
+    """An uploaded list as text: UTF-8 (with or without a BOM), else GB18030 (Chinese Excel's CSV)."""
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise HTTPException(400, detail="The file is not text in UTF-8 or GB18030.")
+
+
+async def read_list(request: Request) -> str:
+    """The list a form imports, one entry per line: its pasted ``lines`` and its uploaded ``file``, after the CSRF check.
+
+    At most the portal's ``max_upload`` bytes of list (413 past it, before
+    any line is read); the form itself may carry a little more (its other
+    fields).  The blacklist and the operator's pool import both read lists
+    this way.
+    """
+    limit = getattr(request.app.state, "max_upload", UPLOAD_BYTES)
+    form = await read_form(request, max_bytes=limit + 16 * 1024, max_fields=5, max_files=1)
+    try:
+        check_csrf(request, form)
+        text = str(form.get("lines", ""))
+        upload = form.get("file")
+        if upload is not None and not isinstance(upload, str) and upload.filename:
+            data = await upload.read(limit + 1)
+            if len(data) > limit:
+                raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
+            text = text + "\n" + decoded_upload(data) if text.strip() else decoded_upload(data)
+    finally:
+        await form.close()
+    if len(text.encode()) > limit:
+        raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
+    return text

@@ -28,13 +28,12 @@ from ..web import (
     page_error,
     plan_of,
     read_form,
+    read_list,
     redirect,
     render,
     require,
 )
 
-#: The largest import (pasted text or uploaded file), bytes; ``tel400-http --portal-max-upload``.
-UPLOAD_BYTES = 256 * 1024
 #: Bad lines an import lists at most (the rest are counted).
 BAD_LINES_SHOWN = 100
 #: The longest line an import reads (longer: reported as bad, cut for display).
@@ -62,15 +61,6 @@ def parse_lines(text: str) -> tuple[list[str], list[tuple[int, str, str]]]:
             bad.append((number, line, exc.message))
     return list(good), bad
 
-
-def _decoded(data: bytes) -> str:
-    """An uploaded list as text: UTF-8 (with or without a BOM), else GB18030 (Chinese Excel's CSV)."""
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise HTTPException(400, detail="The file is not text in UTF-8 or GB18030.")
 
 
 def _page(request: Request, number: str, tree: dict, **extra):
@@ -135,21 +125,7 @@ async def remove(request: Request):
 async def import_list(request: Request):
     number = request.path_params["number"]
     session = require(request, number)
-    limit = getattr(request.app.state, "max_upload", UPLOAD_BYTES)
-    form = await read_form(request, max_bytes=limit + 16 * 1024, max_fields=5, max_files=1)
-    try:
-        check_csrf(request, form)
-        upload = form.get("file")
-        text = str(form.get("lines", ""))
-        if upload is not None and not isinstance(upload, str) and upload.filename:
-            data = await upload.read(limit + 1)
-            if len(data) > limit:
-                raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
-            text = text + "\n" + _decoded(data) if text.strip() else _decoded(data)
-    finally:
-        await form.close()
-    if len(text.encode()) > limit:
-        raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
+    text = await read_list(request)
     entries, bad = await asyncio.to_thread(parse_lines, text)  # ~60 ms for a full upload: off the event loop
     lang = i18n.request_language(request)
 

@@ -34,8 +34,7 @@ from tel400.stores import WritableStore
 from ... import pool as pool_module
 from ...editing import PlanEditor, ReadOnlyPlans, StaleEdit
 from .. import i18n
-from ..web import check_csrf, hashing, page_error, portal_url, read_form, render, require_operator
-from .blacklist import UPLOAD_BYTES, _decoded
+from ..web import check_csrf, hashing, page_error, portal_url, read_form, read_list, render, require_operator
 
 #: Numbers on one page of the numbers list.
 NUMBERS_PAGE = 100
@@ -157,21 +156,7 @@ async def pool_page(request: Request):
 async def pool_import(request: Request):
     """POST ``/operator/pool/import``: a pasted list and/or an uploaded file, one number per line."""
     session = require_operator(request)
-    limit = getattr(request.app.state, "max_upload", UPLOAD_BYTES)
-    form = await read_form(request, max_bytes=limit + 16 * 1024, max_fields=5, max_files=1)
-    try:
-        check_csrf(request, form)
-        text = str(form.get("lines", ""))
-        upload = form.get("file")
-        if upload is not None and not isinstance(upload, str) and upload.filename:
-            data = await upload.read(limit + 1)
-            if len(data) > limit:
-                raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
-            text = text + "\n" + _decoded(data) if text.strip() else _decoded(data)
-    finally:
-        await form.close()
-    if len(text.encode()) > limit:
-        raise page_error(413, "The form is larger than %(kib)s KiB.", kib=limit // 1024)
+    text = await read_list(request)
     router = request.app.state.service.router
     lang = i18n.request_language(request)
     in_service = i18n.gettext(lang, "already in service")
