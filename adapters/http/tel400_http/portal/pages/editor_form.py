@@ -27,6 +27,9 @@ from collections.abc import Mapping
 
 from tel400 import provinces
 from tel400.outcomes import STANDARD_PROMPTS
+# The choices of a plan's fields: the library's own lists, so the form offers exactly what it accepts.
+from tel400.plans import ACTIONS, CHANNELS, METRICS, PERIODS, SCOPES, STRATEGIES
+from tel400.plans import BACKEND_POLICIES as BACKEND_ERROR
 from tel400.timespec import parse_days
 
 __all__ = [
@@ -34,13 +37,6 @@ __all__ = [
     "error_key", "fields_to_model", "model_to_fields", "model_to_tree", "tree_to_model",
 ]
 
-ACTIONS = ("bridge", "queue", "conference", "reject")
-STRATEGIES = ("weighted", "round_robin", "sequential", "sticky")
-CHANNELS = ("any", "voice", "sms")
-METRICS = ("calls", "minutes", "cost")
-PERIODS = ("hour", "day", "week", "month")
-SCOPES = ("number", "caller")
-BACKEND_ERROR = ("allow", "reject")
 #: The day checkboxes: the weekdays, then the official calendar's working days and days off.
 DAY_TOKENS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun", "workday", "holiday")
 #: (code, Chinese name, English name) of every province, in tel400.provinces' order.
