@@ -75,13 +75,27 @@ def browser(driver, base_url):
 
 def click_and_wait(driver, element) -> None:
     """Click ``element`` (a submit) and wait until the page it leaves is gone (no race with the next find)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(EC.staleness_of(old))
+
+    def left(_driver) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # Mid-navigation chromedriver may answer for the old node with this
+            # generic error instead of a stale reference: the page is gone too.
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, 10).until(left)
 
 
 def login(driver, base_url: str, login: str, password: str, *, operator: bool = False) -> None:
