@@ -101,6 +101,27 @@ MAX_FILE_VALUES = _tunable("MAX_FILE_VALUES", 5_000_000)
 #: targets) all do (docs/performance.md, "Validation").
 VALIDATION_CACHE_ENTRIES = _tunable("VALIDATION_CACHE_ENTRIES", 10_000)
 
+#: Auto-replies (``sms_replies``) of one number: the most an incoming
+#: message is compared against, and the ``explain`` trace of one.
+MAX_SMS_REPLIES = _tunable("MAX_SMS_REPLIES", 200)
+#: Keywords of one auto-reply.
+MAX_SMS_KEYWORDS = _tunable("MAX_SMS_KEYWORDS", 100)
+#: Characters of one keyword, and of one opt-out or opt-in word.
+MAX_SMS_KEYWORD_CHARS = _tunable("MAX_SMS_KEYWORD_CHARS", 70)
+#: Opt-out words plus opt-in words of one number.
+MAX_SMS_WORDS = _tunable("MAX_SMS_WORDS", 50)
+#: Characters of one reply template as written (its rendering must also fit
+#: in ``tel400.smstext.MAX_PARTS`` parts with every placeholder at its longest).
+MAX_SMS_TEMPLATE_CHARS = _tunable("MAX_SMS_TEMPLATE_CHARS", 1_600)
+#: Characters of an incoming message that keywords are compared with: the
+#: rest is ignored (a concatenated SMS of 255 parts has ~17,000), so one
+#: message costs a bounded time to answer.
+SMS_MATCH_CHARS = _tunable("SMS_MATCH_CHARS", 2_000)
+#: Numbers whose compiled SMS answers a router keeps (what ``answer_sms``
+#: needs beyond routing: replies, words, caps), the least recently used
+#: dropped first; one not kept costs a plan read and a compile.
+SMS_PROGRAMS = _tunable("SMS_PROGRAMS", 4_096)
+
 # A plan's time slots and date ranges share one pool of 32-bit offsets in the
 # compiled engine: two values per entry, two conditions per rule.
 if MAX_RULES * 4 * MAX_CONDITION_ENTRIES >= 1 << 31:
@@ -151,3 +172,8 @@ MAX_DECIMAL_CHARS = 32
 MAX_WEIGHT = 1_000_000
 #: A tariff's billing increment, in seconds.
 MAX_INCREMENT_S = 3_600
+#: An SMS reply limit: replies per sender per window.
+MAX_SMS_REPLY_LIMIT = 100
+#: An SMS reply window, in seconds (60 s to a day).
+MIN_SMS_REPLY_WINDOW_S = 60
+MAX_SMS_REPLY_WINDOW_S = 86_400

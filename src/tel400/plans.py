@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import msgspec
 
-from . import limits, pins, provinces
+from . import limits, pins, provinces, smstext
 from ._show import show as _show
 from ._numbers_py import normalize
 from .exceptions import NumberError, PlanError, SegmentError
@@ -143,11 +143,52 @@ def from_units(metric: str, units: int) -> Decimal:
 
 @attrs.frozen
 class Tariff:
-    """Per-minute rates (currency units) and the billing increment."""
+    """Per-minute rates (currency units), the billing increment, and the price of one SMS part sent."""
 
     local: Decimal
     long_distance: Decimal
     increment_s: int = 60
+    sms_part: Decimal = Decimal(0)
+
+
+MATCH_MODES = ("exact", "prefix", "contains")
+#: Words that put a sender on a number's SMS opt-out list, unless the plan
+#: says otherwise (``[numbers.sms] opt_out_words``); compared after fold.
+DEFAULT_OPT_OUT_WORDS = ("TD", "退订", "T", "STOP", "取消")
+DEFAULT_OPT_IN_WORDS = ("订阅", "START")
+DEFAULT_OPT_OUT_REPLY = "您已退订{number}的短信，不会再收到自动回复。回复“订阅”可恢复。"
+DEFAULT_OPT_IN_REPLY = "您已重新订阅{number}的短信。回复“TD”可退订。"
+
+
+@attrs.frozen
+class SmsReply:
+    """A keyword auto-reply: keywords (as written; compared after fold), how they match,
+    the reply template, the rule conditions it takes, and whether the message also goes onward."""
+
+    name: str
+    keywords: tuple[str, ...]
+    reply: str
+    match: str = "exact"
+    provinces: frozenset[str] | None = None
+    days: Days | None = None
+    time: TimeSlots | None = None
+    dates: DateRanges | None = None
+    route_onward: bool = False
+
+
+@attrs.frozen
+class SmsSettings:
+    """A number's opt-out and opt-in words and confirmations, and its per-sender reply limit."""
+
+    opt_out_words: tuple[str, ...] = DEFAULT_OPT_OUT_WORDS
+    opt_in_words: tuple[str, ...] = DEFAULT_OPT_IN_WORDS
+    opt_out_reply: str = DEFAULT_OPT_OUT_REPLY
+    opt_in_reply: str = DEFAULT_OPT_IN_REPLY
+    reply_limit: int = 5
+    reply_window_s: int = 600
+
+
+DEFAULT_SMS = SmsSettings()
 
 
 @attrs.frozen
@@ -188,6 +229,8 @@ class NumberPlan:
     on_backend_error: str = "allow"
     tariff: Tariff | None = None
     calendar: CalendarSpec = CalendarSpec()
+    sms_replies: tuple[SmsReply, ...] = ()
+    sms: SmsSettings = DEFAULT_SMS
 
     @property
     def has_pin(self) -> bool:
@@ -498,6 +541,7 @@ class _Parser:
             (
                 "number", "timezone", "pin", "pin_hash", "blacklist", "default", "caps", "rules",
                 "prompts", "reject_unknown_callers", "on_backend_error", "tariff", "calendar",
+                "sms_replies", "sms",
             ),
             "a number",
         )
@@ -544,6 +588,8 @@ class _Parser:
         # Checked here so that a contradiction between the global and this
         # number's calendar is reported against this number.
         self.parsed(lambda spec: spec.build(), global_calendar.merged(calendar), "calendar")
+        sms_replies = self.sms_replies(data["sms_replies"]) if "sms_replies" in data else ()
+        sms = self.sms_settings(data["sms"]) if "sms" in data else DEFAULT_SMS
         return NumberPlan(
             number=number,
             rules=rules,
@@ -558,6 +604,8 @@ class _Parser:
             on_backend_error=self.choice(data.get("on_backend_error", "allow"), "on_backend_error", BACKEND_POLICIES),
             tariff=tariff,
             calendar=calendar,
+            sms_replies=sms_replies,
+            sms=sms,
         )
 
     def timezone(self, value: object) -> str:
@@ -646,7 +694,7 @@ class _Parser:
         return spec
 
     def tariff(self, value: object) -> Tariff:
-        data = self.table(value, "tariff", ("local", "long_distance", "increment_s"), "a tariff")
+        data = self.table(value, "tariff", ("local", "long_distance", "increment_s", "sms_part"), "a tariff")
         for key in ("local", "long_distance"):
             if key not in data:
                 raise self.error(f"tariff.{key}", "missing: a tariff gives local and long_distance rates per minute")
@@ -654,6 +702,7 @@ class _Parser:
             self.decimal(data["local"], "tariff.local", maximum=limits.MAX_RATE),
             self.decimal(data["long_distance"], "tariff.long_distance", maximum=limits.MAX_RATE),
             self.whole(data.get("increment_s", 60), "tariff.increment_s", minimum=1, maximum=limits.MAX_INCREMENT_S),
+            self.decimal(data.get("sms_part", 0), "tariff.sms_part", maximum=limits.MAX_RATE),
         )
 
     def caps(self, value: object, tariff: Tariff | None) -> tuple[Cap, ...]:
@@ -731,18 +780,118 @@ class _Parser:
         )
         return Rule(name, action, provinces_, days, time, dates, channel)
 
-    def provinces(self, value: object) -> frozenset[str]:
+    # -- SMS ----------------------------------------------------------------
+
+    def sms_replies(self, value: object) -> tuple[SmsReply, ...]:
+        value = self.bounded_list(value, "sms_replies", limits.MAX_SMS_REPLIES, "SMS replies")
+        replies: list[SmsReply] = []
+        names: set[str] = set()
+        for i, raw in enumerate(value):
+            reply = self.sms_reply_at(raw, i)
+            if reply.name in names:
+                raise self.error(f"sms_replies[{i}].name",
+                                 f"two SMS replies are named {reply.name!r}; names are unique per number")
+            names.add(reply.name)
+            replies.append(reply)
+        return tuple(replies)
+
+    def sms_reply_at(self, raw: object, index: int) -> SmsReply:
+        field = f"sms_replies[{index}]"
+        data = self.table(
+            raw, field,
+            ("name", "keywords", "match", "reply", "provinces", "days", "time", "dates", "route_onward"),
+            "an SMS reply",
+        )
+        name = self.string(data.get("name", f"reply-{index + 1}"), f"{field}.name")
+        if not _RULE_NAME.match(name):
+            raise self.error(f"{field}.name", f"bad reply name {_show(name)}: expected 1-64 letters, digits, _ . : -")
+        name = sys.intern(str(name))
+        if "keywords" not in data:
+            raise self.error(f"{field}.keywords", "missing: an SMS reply needs keywords (a string or a list)")
+        keywords = self.sms_words(data["keywords"], f"{field}.keywords", limits.MAX_SMS_KEYWORDS, "keywords")
+        match = self.choice(data.get("match", "exact"), f"{field}.match", MATCH_MODES)
+        if "reply" not in data:
+            raise self.error(f"{field}.reply", "missing: an SMS reply needs the reply text")
+        reply = self.sms_template(data["reply"], f"{field}.reply")
+        provinces_ = None
+        if "provinces" in data:
+            provinces_ = self.provinces(data["provinces"], f"{field}.provinces")
+        days = self.parsed(parse_days, data["days"], f"{field}.days") if "days" in data else None
+        time = self.parsed(parse_time, data["time"], f"{field}.time") if "time" in data else None
+        dates = self.parsed(parse_dates, data["dates"], f"{field}.dates") if "dates" in data else None
+        route_onward = self.boolean(data.get("route_onward", False), f"{field}.route_onward")
+        return SmsReply(name, keywords, reply, match, provinces_, days, time, dates, route_onward)
+
+    def sms_words(self, value: object, field: str, maximum: int, what: str) -> tuple[str, ...]:
+        """Keywords or opt words: a string or a list; each non-empty after fold and short."""
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
-            raise self.error("provinces", f"expected a list of provinces, got {_show(value)}")
+            raise self.error(field, f"expected a string or a non-empty list of {what}, got {_show(value)}")
+        if len(items) > maximum:
+            raise self.error(field, f"at most {maximum} {what}, got {len(items)}")
+        words = []
+        for i, item in enumerate(items):
+            where = f"{field}[{i}]" if isinstance(value, list) else field
+            word = self.string(item, where)
+            if len(word) > limits.MAX_SMS_KEYWORD_CHARS:
+                raise self.error(where, f"at most {limits.MAX_SMS_KEYWORD_CHARS} characters, got {len(word)}")
+            if not smstext.fold(word):
+                raise self.error(where, f"{_show(word)} is empty once spaces and punctuation are ignored")
+            words.append(word)
+        return tuple(dict.fromkeys(words))
+
+    def sms_template(self, value: object, field: str) -> str:
+        text = self.string(value, field)
+        if len(text) > limits.MAX_SMS_TEMPLATE_CHARS:
+            raise self.error(field, f"at most {limits.MAX_SMS_TEMPLATE_CHARS} characters, got {len(text)}")
+        if not text.strip():
+            raise self.error(field, "an empty reply; leave the reply out instead")
+        try:
+            smstext.worst_case_parts(text)
+        except ValueError as exc:
+            raise self.error(field, f"{exc} (counted with every placeholder at its longest)" if "parts" in str(exc)
+                             else str(exc)) from None
+        return text
+
+    def sms_settings(self, value: object) -> SmsSettings:
+        data = self.table(
+            value, "sms",
+            ("opt_out_words", "opt_in_words", "opt_out_reply", "opt_in_reply", "reply_limit", "reply_window_s"),
+            "SMS settings",
+        )
+        out_words = (self.sms_words(data["opt_out_words"], "sms.opt_out_words", limits.MAX_SMS_WORDS, "words")
+                     if "opt_out_words" in data else DEFAULT_OPT_OUT_WORDS)
+        in_words = (self.sms_words(data["opt_in_words"], "sms.opt_in_words", limits.MAX_SMS_WORDS, "words")
+                    if "opt_in_words" in data else DEFAULT_OPT_IN_WORDS)
+        if len(out_words) + len(in_words) > limits.MAX_SMS_WORDS:
+            raise self.error("sms", f"at most {limits.MAX_SMS_WORDS} opt-out and opt-in words together")
+        both = {smstext.fold(w) for w in out_words} & {smstext.fold(w) for w in in_words}
+        if both:
+            raise self.error("sms.opt_in_words", f"{sorted(both)[0]!r} is both an opt-out and an opt-in word")
+        return SmsSettings(
+            out_words,
+            in_words,
+            self.sms_template(data["opt_out_reply"], "sms.opt_out_reply") if "opt_out_reply" in data
+            else DEFAULT_OPT_OUT_REPLY,
+            self.sms_template(data["opt_in_reply"], "sms.opt_in_reply") if "opt_in_reply" in data
+            else DEFAULT_OPT_IN_REPLY,
+            self.whole(data.get("reply_limit", 5), "sms.reply_limit", minimum=1, maximum=limits.MAX_SMS_REPLY_LIMIT),
+            self.whole(data.get("reply_window_s", 600), "sms.reply_window_s",
+                       minimum=limits.MIN_SMS_REPLY_WINDOW_S, maximum=limits.MAX_SMS_REPLY_WINDOW_S),
+        )
+
+    def provinces(self, value: object, field: str = "provinces") -> frozenset[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.error(field, f"expected a list of provinces, got {_show(value)}")
         if len(items) > limits.MAX_LIST_ITEMS:
-            raise self.error("provinces", f"at most {limits.MAX_LIST_ITEMS} provinces, got {len(items)}")
+            raise self.error(field, f"at most {limits.MAX_LIST_ITEMS} provinces, got {len(items)}")
         codes = set()
         for item in items:
             code = provinces.resolve(item) if isinstance(item, str) else None
             if code is None:
                 raise self.error(
-                    "provinces",
+                    field,
                     f"unknown province {_show(item)}; expected an ISO 3166-2:CN code (CN-BJ), "
                     "a Chinese name (北京) or an English name (Beijing)",
                 )
@@ -924,6 +1073,8 @@ def _dump_plan(plan: NumberPlan) -> dict[str, Any]:
             "long_distance": str(plan.tariff.long_distance),
             "increment_s": plan.tariff.increment_s,
         }
+        if plan.tariff.sms_part:
+            out["tariff"]["sms_part"] = str(plan.tariff.sms_part)
     calendar = plan.calendar
     if calendar.holidays or calendar.workdays or calendar.years:
         out["calendar"] = _dump_calendar(calendar)
@@ -931,6 +1082,36 @@ def _dump_plan(plan: NumberPlan) -> dict[str, Any]:
     if plan.caps:
         out["caps"] = [_dump_cap(c) for c in plan.caps]
     out["rules"] = [_dump_rule(rule) for rule in plan.rules]
+    if plan.sms_replies:
+        out["sms_replies"] = [_dump_sms_reply(reply) for reply in plan.sms_replies]
+    if plan.sms != DEFAULT_SMS:
+        out["sms"] = _dump_sms(plan.sms)
+    return out
+
+
+def _dump_sms_reply(reply: SmsReply) -> dict[str, Any]:
+    r: dict[str, Any] = {"name": reply.name, "keywords": list(reply.keywords), "match": reply.match,
+                         "reply": reply.reply}
+    if reply.provinces is not None:
+        r["provinces"] = sorted(reply.provinces)
+    if reply.days is not None:
+        r["days"] = reply.days.text
+    if reply.time is not None:
+        r["time"] = reply.time.text
+    if reply.dates is not None:
+        r["dates"] = reply.dates.text
+    if reply.route_onward:
+        r["route_onward"] = True
+    return r
+
+
+def _dump_sms(sms: SmsSettings) -> dict[str, Any]:
+    """The SMS settings that differ from the defaults."""
+    out: dict[str, Any] = {}
+    for field in attrs.fields(SmsSettings):
+        value = getattr(sms, field.name)
+        if value != field.default:
+            out[field.name] = list(value) if isinstance(value, tuple) else value
     return out
 
 

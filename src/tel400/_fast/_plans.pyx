@@ -27,6 +27,7 @@ from decimal import Decimal
 
 from .. import limits
 from ..plans import (
+    DEFAULT_SMS,
     ACTIONS, BACKEND_POLICIES, CHANNELS, DEFAULT_TIMEZONE, MAX_WEIGHT, METRICS, PERIODS, SCOPES, STRATEGIES,
     Action, CalendarSpec, Cap, NumberPlan, Rule, Target,
     _NAME, _PROMPT, _RULE_NAME, _URI_TARGET,
@@ -53,7 +54,7 @@ if (
     or _fields(TimeSlots) != ("text", "slots")
     or _fields(NumberPlan) != (
         "number", "rules", "default", "timezone", "pin", "pin_hash", "blacklist", "caps", "prompts",
-        "reject_unknown_callers", "on_backend_error", "tariff", "calendar",
+        "reject_unknown_callers", "on_backend_error", "tariff", "calendar", "sms_replies", "sms",
     )
 ):
     raise ImportError("tel400._fast._plans: the plan classes' fields changed; update its constructors")
@@ -67,7 +68,7 @@ cdef Py_ssize_t _OFF_ACTION[6]
 cdef Py_ssize_t _OFF_RULE[7]
 cdef Py_ssize_t _OFF_CAP[6]
 cdef Py_ssize_t _OFF_TIMESLOTS[2]
-cdef Py_ssize_t _OFF_NUMBERPLAN[13]
+cdef Py_ssize_t _OFF_NUMBERPLAN[15]
 
 
 cdef _offsets(type cls, Py_ssize_t* into):
@@ -131,6 +132,7 @@ cdef inline object _acyclic(object o):
 
 cdef object _REJECT = Action()
 cdef object _NO_CALENDAR = CalendarSpec()
+cdef tuple _EMPTY_TUPLE = ()
 cdef long long _MAX_WEIGHT = MAX_WEIGHT
 cdef long long _MAX_CAP_CALLS = limits.MAX_CAP_CALLS
 
@@ -273,6 +275,8 @@ def number_plan(object raw, object parser, object global_calendar):
     _put(o, _OFF_NUMBERPLAN[10], on_error)  # on_backend_error
     _put(o, _OFF_NUMBERPLAN[11], tariff)  # tariff
     _put(o, _OFF_NUMBERPLAN[12], calendar)  # calendar
+    _put(o, _OFF_NUMBERPLAN[13], _EMPTY_TUPLE)  # sms_replies: a plan with any goes to the parser
+    _put(o, _OFF_NUMBERPLAN[14], DEFAULT_SMS)  # sms
     # Acyclic too: what the parser's own code gave (blacklist, prompts, tariff,
     # calendar) is frozen values as well, left tracked: they cost the collector
     # little and only plans that use them have them.
@@ -669,7 +673,8 @@ cdef dict _dump_plan(object plan, object reference):
     tariff, calendar = _slot(plan, _OFF_NUMBERPLAN[11]), _slot(plan, _OFF_NUMBERPLAN[12])
     on_error = _slot(plan, _OFF_NUMBERPLAN[10])
     if (pin is not None or pin_hash is not None or blacklist or prompts or tariff is not None
-            or calendar is not _NO_CALENDAR or on_error != "allow" or _slot(plan, _OFF_NUMBERPLAN[9])):
+            or calendar is not _NO_CALENDAR or on_error != "allow" or _slot(plan, _OFF_NUMBERPLAN[9])
+            or _slot(plan, _OFF_NUMBERPLAN[13]) or _slot(plan, _OFF_NUMBERPLAN[14]) is not DEFAULT_SMS):
         raise Slow  # a field most plans leave out: the reference writes it
     default = _slot(plan, _OFF_NUMBERPLAN[2])
     if type(default) is not Action:
