@@ -23,6 +23,7 @@ from .numbers import default_segments, locate, normalize, use_segments
 from .plans import Action, Cap, CalendarSpec, NumberPlan, PlanSet, Rule, Target, Tariff
 from .router import Router
 from .segments import PrefixTable, load_segments
+from .smsreply import SmsAdmission, SmsAnswer
 from .stores import FileStore, PlanStore, RedisStore, SqliteStore, open_store
 from .watch import PlanWatcher
 from .workdays import OfficialCalendar
@@ -53,6 +54,8 @@ __all__ = [
     "Router",
     "Rule",
     "SegmentError",
+    "SmsAdmission",
+    "SmsAnswer",
     "SqliteStore",
     "Step",
     "Target",

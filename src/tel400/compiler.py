@@ -34,6 +34,7 @@ from typing import Any
 from . import pins, provinces
 from .counters import PERIOD_TTL_S
 from .outcomes import OUTCOME_INDEX, OUTCOMES, SMS_ACCESS_PREFIX, STANDARD_PROMPTS
+from . import smstext
 from .plans import Action, CalendarSpec, Cap, NumberPlan, PlanSet, Rule
 
 _EMPTY: tuple[str, ...] = ()
@@ -330,6 +331,58 @@ def _check_action(action: CompiledAction, prompts: dict, *, is_default: bool) ->
         assert action.kind == "bridge" or len(action.fixed) == 1
 
 
+class CompiledReply:
+    """An auto-reply: folded keywords, match mode, template, its conditions as a :class:`CompiledRule`
+    (so that the rules' own condition check, ``tel400._engine_py.first_failure``, decides them)."""
+
+    __slots__ = ("name", "keywords", "match", "template", "conditions", "route_onward")
+
+    def __init__(self, name: str, keywords: tuple[str, ...], match: str, template: str,
+                 conditions: CompiledRule, route_onward: bool) -> None:
+        self.name = name
+        self.keywords = keywords
+        self.match = match
+        self.template = template
+        self.conditions = conditions
+        self.route_onward = route_onward
+
+    def matches(self, folded: str) -> str | None:
+        """The keyword a folded text matches, or ``None``.  O(keywords x text)."""
+        match = self.match
+        for keyword in self.keywords:
+            if (folded == keyword if match == "exact" else
+                    folded.startswith(keyword) if match == "prefix" else keyword in folded):
+                return keyword
+        return None
+
+
+class CompiledSms:
+    """What answering an SMS to one number needs: its replies and words, and the pieces of its
+    routing it shares (zone, calendar, blacklist, caps on channel ``sms``, backend policy, SMS tariff).
+
+    Built by :meth:`Compiler.compile_sms` for both engines (the router keeps a bounded
+    cache of them: ``tel400.limits.SMS_PROGRAMS``).
+    """
+
+    __slots__ = ("number", "zone", "calendar", "blacklist", "caps", "fail_open", "sms_part", "replies",
+                 "opt_out", "opt_in", "opt_out_reply", "opt_in_reply", "reply_limit", "reply_window_s")
+
+    def _check(self) -> None:
+        """Assert the invariants the answering code relies on (tests).  O(this plan's SMS part)."""
+        assert all(cap.channel == "sms" for cap in self.caps)
+        assert not (self.opt_out & self.opt_in)
+        assert 1 <= self.reply_limit and 60 <= self.reply_window_s
+        names = [r.name for r in self.replies]
+        assert len(set(names)) == len(names)
+        for reply in self.replies:
+            assert reply.keywords and all(k == smstext.fold(k) and k for k in reply.keywords)
+            assert reply.match in ("exact", "prefix", "contains")
+            assert reply.conditions.channel == "any"
+
+
+_NO_ACTION = Action()
+
+
 class Compiler:
     """Compiles numbers for one engine, with the router's settings; shares what numbers have alike.
 
@@ -409,6 +462,41 @@ class Compiler:
             if pin_checks or number in self.pin_checks:
                 _replace_entry(self.pin_checks, number, pin_checks)
         return cp
+
+    def compile_sms(self, plan: NumberPlan) -> CompiledSms:
+        """What answering an SMS to ``plan``'s number needs (see :class:`CompiledSms`).  O(its replies).
+
+        Its zone, calendar and blacklist are the shared pieces its calls use;
+        its caps are those on channel ``sms`` (the ones parts sent count against).
+        """
+        out = CompiledSms()
+        out.number = plan.number
+        out.zone = self._zone(plan.timezone)
+        out.calendar = self._calendar(plan.calendar)
+        out.blacklist = self._blacklist(plan.blacklist)
+        prompts = self._prompt_names(plan)
+        out.caps = tuple(cap for cap in (self._caps(plan.number, plan.caps, prompts) if plan.caps else ())
+                         if cap.channel == "sms")
+        out.fail_open = plan.on_backend_error == "allow"
+        out.sms_part = plan.tariff.sms_part if plan.tariff is not None else None
+        fold = smstext.fold
+        out.replies = tuple(
+            CompiledReply(
+                reply.name, tuple(dict.fromkeys(fold(k) for k in reply.keywords)), reply.match, reply.reply,
+                CompiledRule(Rule(reply.name, _NO_ACTION, reply.provinces, reply.days, reply.time, reply.dates),
+                             self._province_mask(reply.provinces), None),
+                reply.route_onward,
+            )
+            for reply in plan.sms_replies
+        )
+        sms = plan.sms
+        out.opt_out = frozenset(fold(w) for w in sms.opt_out_words)
+        out.opt_in = frozenset(fold(w) for w in sms.opt_in_words)
+        out.opt_out_reply = sms.opt_out_reply
+        out.opt_in_reply = sms.opt_in_reply
+        out.reply_limit = sms.reply_limit
+        out.reply_window_s = sms.reply_window_s
+        return out
 
     def forget(self, number: str) -> None:
         """Drop what is kept for a number its engine no longer routes.  O(that number's).

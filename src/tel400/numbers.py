@@ -7,6 +7,7 @@ import threading
 
 from . import provinces
 from ._impl import normalize
+from .exceptions import NumberError
 from .segments import PrefixTable, load_segments
 
 _default: PrefixTable | None = None
@@ -60,4 +61,37 @@ def locate(number: object, table: PrefixTable | None = None) -> str | None:
     return provinces.CODES[(table or default_segments()).lookup.index_of_number(number)]
 
 
-__all__ = ["default_segments", "locate", "normalize", "use_segments"]
+#: What :func:`kind_of` answers.
+NUMBER_KINDS = ("mobile", "fixed", "toll_free", "service", "local", "foreign")
+
+
+def kind_of(number: object) -> str | None:
+    """What kind of number this is, from its normal form; ``None`` when it is not a number.
+
+    ``mobile`` (``13901012345``), ``fixed`` (``02112345678``), ``toll_free``
+    (400/800 numbers), ``service`` (codes of the 1 range that are not
+    mobiles: ``10086``, ``12345``, the ``106…``/``10657…`` SMS service numbers),
+    ``local`` (3–8 digits without an area code: ``95588``, ``12345678``),
+    ``foreign`` (``+1…``).  Mobiles and fixed lines are people's numbers;
+    an automatic SMS reply goes only to those (docs/sms.md).
+
+    Cost: O(length of the number).  Never raises.
+    """
+    try:
+        n = normalize(number)
+    except NumberError:
+        return None
+    if n.startswith("+"):
+        return "foreign"
+    if len(n) == 11 and n[0] == "1" and n[1] in "3456789":
+        return "mobile"
+    if n[0] == "0":
+        return "fixed"
+    if len(n) == 10 and n.startswith(("400", "800")):
+        return "toll_free"
+    if n[0] == "1":
+        return "service"
+    return "local"
+
+
+__all__ = ["NUMBER_KINDS", "default_segments", "kind_of", "locate", "normalize", "use_segments"]

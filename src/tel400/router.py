@@ -17,7 +17,7 @@ from typing import NamedTuple
 import attrs
 import structlog
 
-from . import _impl, numbers
+from . import _impl, numbers, smsreply
 from .pins import PinPolicy
 from .billing import CallRecord, apply_charges, bill_call
 from .shared import Shared
@@ -108,6 +108,10 @@ class Router:
         if plan_source is not None and not callable(plan_source):
             raise TypeError(f"plan_source: expected a callable number -> NumberPlan | None, got {type(plan_source).__name__}")
         self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry(), pin_policy)
+        #: what answering SMS needs beyond routing, by number (smsreply.SmsPrograms)
+        self._sms_programs = smsreply.SmsPrograms()
+        #: SMS answers so far by reason (sms_answer_counts)
+        self._sms_counts: dict[str, int] = {}
         self._engine = self._compile(plans)
         self._hold(plans, plan_source)
         _frozen_after_load(len(plans.numbers))
@@ -240,6 +244,63 @@ class Router:
         not advance; a ``weighted`` pick is still random.
         """
         return self._engine.route(dialed, caller, at, channel, pin, None, True, True)
+
+    # -- SMS --------------------------------------------------------------
+
+    def answer_sms(self, dialed, sender, text, at=None, explain=False) -> smsreply.SmsAnswer:
+        """Decide what to do with one incoming SMS: an auto-reply, an opt-out or opt-in, or nothing.
+
+        Args:
+            dialed: the number texted (``"106574001012345"``, ``"4001012345"``…).
+            sender: the sender's number in any form (withheld and garbage
+                are answered, never raised on).
+            text: the message's text (only its first
+                ``tel400.limits.SMS_MATCH_CHARS`` characters are compared).
+            at: as for :meth:`route`.
+            explain: fill ``trace`` with readable lines and count nothing
+                (a dry run, like :meth:`explain`; ``route`` is then an
+                explained decision).
+
+        Returns:
+            The :class:`~tel400.SmsAnswer`.  The order of checks and the
+            guards are in docs/sms.md ("Auto-replies").  A reply returned
+            has been counted against the sender's reply allowance and the
+            number's SMS caps; the message routed onward (``route``) as
+            :meth:`route` counts it.  For ``opt_out``/``opt_in`` the adapter
+            changes its store and sends ``reply`` only when the state changed.
+
+        Raises:
+            ValueError: ``text`` is not a string, or ``at`` is not a finite time.
+
+        Cost: O(auto-replies x keywords x text) at most; one counter
+        acquire per reply; one plan read and compile when the number's SMS
+        program is not kept (``tel400.limits.SMS_PROGRAMS``).
+        """
+        return smsreply.answer(self, dialed, sender, text, at, explain)
+
+    def admit_sms(self, number, recipient, parts, at=None) -> smsreply.SmsAdmission:
+        """Count ``parts`` SMS parts sent from ``number`` to ``recipient`` against the number's SMS caps.
+
+        The caps with ``channel = "sms"`` count them, atomically and all or
+        nothing: a calls cap each part as one, a cost cap the parts at the
+        tariff's ``sms_part``; minutes caps ignore SMS.  A counter backend
+        that fails applies the plan's ``on_backend_error``.
+
+        Returns:
+            The :class:`~tel400.SmsAdmission`: ``admitted`` and ``reason``
+            (``ok``, ``cap_exceeded``, ``unknown_number``, ``backend_error``)
+            and the parts' ``cost``.
+
+        Raises:
+            ValueError: ``parts`` is not 1 to ``tel400.smstext.MAX_PARTS``, or ``at`` is bad.
+
+        Cost: one counter acquire over the number's SMS caps.
+        """
+        return smsreply.admit(self, number, recipient, parts, at)
+
+    def sms_answer_counts(self) -> dict[str, int]:
+        """SMS answers so far by reason (``ok``, ``flood_limited``, …; explained ones not counted)."""
+        return dict(self._sms_counts)
 
     def cap_usage(self, number, at=None) -> list[CapUsage]:
         """How much of each of a number's caps is used in the period containing ``at`` (default now).
