@@ -46,7 +46,10 @@ PROVINCES = tuple((code, provinces.CHINESE_NAMES[code], provinces.ENGLISH_NAMES[
 PROMPT_KEYS = tuple(key for key in STANDARD_PROMPTS if key != "unknown_number")
 #: Fields of a number's plan edited on other pages; a save keeps them as stored.
 KEPT_FIELDS = {"number": "the page's number", "pin": "the PIN page", "pin_hash": "the PIN page",
-               "blacklist": "the blacklist page"}
+               "blacklist": "the blacklist page",
+               # SMS auto-replies and opt-out settings: the plan file or the admin API (docs/sms.md);
+               # kept as stored so that a save here never drops them.
+               "sms_replies": "the plan file or the admin API", "sms": "the plan file or the admin API"}
 
 #: The lists the editor's buttons add to, remove from and reorder (``{}`` is an index).
 LISTS = ("rules", "caps", "default.targets", "rules.{}.targets", "rules.{}.time", "rules.{}.dates",
@@ -119,7 +122,8 @@ def tree_to_model(tree: Mapping) -> dict:
         "on_backend_error": tree.get("on_backend_error", "allow"),
         "prompts": {key: _text(prompts.get(key)) for key in PROMPT_KEYS},
         "tariff": {"local": _text(tariff.get("local")), "long_distance": _text(tariff.get("long_distance")),
-                   "increment_s": _text(tariff.get("increment_s")) if tariff else ""},
+                   "increment_s": _text(tariff.get("increment_s")) if tariff else "",
+                   "sms_part": _text(tariff.get("sms_part")) if tariff.get("sms_part") not in (None, 0, "0") else ""},
         "calendar": {key: [_text(v) for v in calendar.get(key, ())] for key in ("holidays", "workdays", "years")},
         "default": _action_model(default),
         "caps": [{"metric": cap.get("metric", "calls"), "per": cap.get("per", "day"), "limit": _text(cap.get("limit")),
@@ -243,7 +247,7 @@ def fields_to_model(fields: Mapping) -> dict:
         "reject_unknown_callers": "reject_unknown_callers" in fields,
         "on_backend_error": _one(fields, "on_backend_error", "allow"),
         "prompts": {key: _one(fields, f"prompts.{key}") for key in PROMPT_KEYS},
-        "tariff": {key: _one(fields, f"tariff.{key}") for key in ("local", "long_distance", "increment_s")},
+        "tariff": {key: _one(fields, f"tariff.{key}") for key in ("local", "long_distance", "increment_s", "sms_part")},
         "calendar": {key: _many(fields, f"calendar.{key}") for key in ("holidays", "workdays", "years")},
         "default": _action_from_fields(fields, "default.", "reject"),
         "caps": caps,
@@ -310,6 +314,8 @@ def model_to_tree(model: Mapping, *, kept: Mapping | None = None) -> dict:
         tree["tariff"] = {"local": tariff["local"], "long_distance": tariff["long_distance"]}
         if tariff["increment_s"]:
             tree["tariff"]["increment_s"] = _whole(tariff["increment_s"])
+        if tariff["sms_part"]:
+            tree["tariff"]["sms_part"] = tariff["sms_part"]
     calendar = {key: [v for v in values if v] for key, values in model["calendar"].items()}
     calendar["years"] = [_whole(v) for v in calendar["years"]]
     calendar = {key: values for key, values in calendar.items() if values}
