@@ -381,3 +381,20 @@ def test_a_router_from_a_store_answers(tmp_path, impl):
     store.replace_all(plans_from(HOTEL))
     router = tel400.Router.from_store(store, implementation=impl.name)
     assert router.answer_sms(SMS_NUMBER, PERSON, "hotel", TUESDAY_10).rule == "where"
+
+
+def test_cli_answers_an_sms(tmp_path, capsys):
+    from tel400 import cli
+
+    path = tmp_path / "hotel.toml"
+    path.write_text(HOTEL, encoding="utf-8")
+    assert cli.main(["route", str(path), SMS_NUMBER, PERSON, "--sms", "ＨＯＴＥＬ？", "--at", "2026-12-01T10:00",
+                     "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "kind:     reply" in out and "rule:     where" in out and "北京的朋友您好" in out
+    assert "reply 'where': keyword 'hotel' (contains) matched at 2026-12-01 Tue 10:00" in out
+    assert cli.main(["route", str(path), SMS_NUMBER, PERSON, "--sms", "hi", "--json"]) == 0
+    import json
+
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["reason"] == "no_match" and answer["route"]["targets"] == ["13901010009"]

@@ -70,6 +70,8 @@ def _parse_at(text: str | None):
 def _cmd_route(args) -> int:
     plans = _whole_plans(args.file)
     router = Router(plans)
+    if args.sms is not None:
+        return _print_sms_answer(args, router)
     decision = router.route(
         args.dialed, args.caller, at=_parse_at(args.at), channel=args.channel, pin=args.pin, explain=args.explain
     )
@@ -86,6 +88,30 @@ def _cmd_route(args) -> int:
         print("why:")
         for step in decision.explain or ():
             print(f"  {step}")
+    return 0
+
+
+def _print_sms_answer(args, router: Router) -> int:
+    """``tel400 route FILE DIALED SENDER --sms TEXT``: what answer_sms decides (a fresh router: nothing kept)."""
+    answer = router.answer_sms(args.dialed, args.caller, args.sms, at=_parse_at(args.at), explain=args.explain)
+    if args.json:
+        out = {"number": answer.number, "kind": answer.kind, "reply": answer.reply, "parts": answer.parts,
+               "rule": answer.rule, "reason": answer.reason, "province": answer.province,
+               "route": answer.route.as_dict() if answer.route is not None else None, "trace": list(answer.trace)}
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    print(f"kind:     {answer.kind}")
+    print(f"reply:    {answer.reply if answer.reply is not None else '-'}")
+    print(f"parts:    {answer.parts}")
+    print(f"reason:   {answer.reason}")
+    print(f"rule:     {answer.rule or '-'}")
+    print(f"province: {answer.province or '-'}")
+    if answer.route is not None:
+        print(f"onward:   {answer.route.action} {', '.join(answer.route.targets) or '-'} ({answer.route.reason})")
+    if args.explain:
+        print("why:")
+        for line in answer.trace:
+            print(f"  {line}")
     return 0
 
 
@@ -228,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin")
     p.add_argument("--channel", choices=("voice", "sms"), default="voice")
     p.add_argument("--explain", action="store_true", help="show every check")
+    p.add_argument("--sms", metavar="TEXT",
+                   help="instead: answer an incoming SMS with this text (auto-reply, opt-out; docs/sms.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_route)
 
