@@ -398,3 +398,21 @@ def test_cli_answers_an_sms(tmp_path, capsys):
 
     answer = json.loads(capsys.readouterr().out)
     assert answer["reason"] == "no_match" and answer["route"]["targets"] == ["13901010009"]
+
+
+def test_answers_are_counted_by_reason_in_the_metrics(make_router):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import tel400.metrics
+
+    router = make_router(replies({"keywords": "hi", "reply": "x"}, sms={"reply_limit": 2}))
+    registry = CollectorRegistry()
+    tel400.metrics.register(router, registry)
+    for _ in range(5):
+        router.answer_sms(NUMBER, PERSON, "hi", TUESDAY_10)
+    router.answer_sms(NUMBER, "10086", "hi", TUESDAY_10)
+    router.answer_sms(NUMBER, PERSON, "hi", TUESDAY_10, explain=True)  # counts nothing
+    text = generate_latest(registry).decode()
+    assert 'tel400_sms_replies_total{reason="ok"} 2.0' in text
+    assert 'tel400_sms_replies_total{reason="flood_limited"} 3.0' in text
+    assert 'tel400_sms_replies_total{reason="not_replied"} 1.0' in text

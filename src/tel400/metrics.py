@@ -42,6 +42,15 @@ class RouterCollector:
             errors.add_metric([policy], count)
         yield errors
 
+        sms = CounterMetricFamily(
+            "tel400_sms_replies", "Incoming SMS answered (Router.answer_sms), by reason: ok (a reply sent), "
+            "no_match, not_replied, flood_limited, cap_exceeded, blacklisted, unknown_number, backend_error.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(router.sms_answer_counts().items()):
+            sms.add_metric([reason], count)
+        yield sms
+
         yield from self._pin_metrics(router.pin_event_counts())
         yield CounterMetricFamily("tel400_reloads", "Plan reloads (every number compiled again).", value=router.reloads)
         yield CounterMetricFamily("tel400_plan_updates", "Plan changes applied to single numbers (Router.update).",
