@@ -416,3 +416,104 @@ def test_answers_are_counted_by_reason_in_the_metrics(make_router):
     assert 'tel400_sms_replies_total{reason="ok"} 2.0' in text
     assert 'tel400_sms_replies_total{reason="flood_limited"} 3.0' in text
     assert 'tel400_sms_replies_total{reason="not_replied"} 1.0' in text
+
+
+# -- both engines answer alike ----------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tel400 import _impl  # noqa: E402
+
+from .test_differential import CALLERS, CODES, ZONES, a_date, cap, date_range, day_token, slot  # noqa: E402
+
+KEYWORDS = ["hi", "价格", "订房", "hotel", "ＨＥＬＬＯ", "td please", "a"]
+TEXTS = ["hi", "ＨＩ！", " hi ", "hi there", "价格多少？", "订房", "【hotel】", "hello", "TD", "ｔｄ", "订阅", "stop!",
+         "start", "", "？？", "a", "td please"]
+TEMPLATES = ["ok", "{province}{date}{time}{weekday}", "来自{caller}的{number}", "字" * 80, "a€" * 100,
+             "{{x}} {caller}"]
+SENDERS = ["13901012345"] * 20 + ["13801012345"] * 6 + CALLERS + ["106574001012345", "4001012345"]
+
+
+@st.composite
+def sms_reply(draw, index):
+    out = {"name": f"r{index}", "keywords": draw(st.lists(st.sampled_from(KEYWORDS), min_size=1, max_size=3)),
+           "reply": draw(st.sampled_from(TEMPLATES))}
+    if draw(st.booleans()):
+        out["match"] = draw(st.sampled_from(["exact", "prefix", "contains"]))
+    if draw(st.integers(0, 3)) == 0:
+        out["provinces"] = draw(st.lists(st.sampled_from(CODES), min_size=1, max_size=3, unique=True))
+    if draw(st.integers(0, 3)) == 0:
+        out["days"] = draw(day_token)
+    if draw(st.integers(0, 3)) == 0:
+        out["time"] = draw(st.lists(slot, min_size=1, max_size=2))
+    if draw(st.integers(0, 5)) == 0:
+        out["dates"] = draw(st.lists(date_range(), min_size=1, max_size=2))
+    if draw(st.booleans()):
+        out["route_onward"] = True
+    return out
+
+
+@st.composite
+def sms_plan(draw, number):
+    sms_caps = draw(st.lists(st.fixed_dictionaries({
+        "metric": st.sampled_from(["calls", "cost", "minutes"]), "per": st.sampled_from(["hour", "day", "month"]),
+        "limit": st.sampled_from([0, 1, 2, 3, 7, 100]), "scope": st.sampled_from(["number", "caller"]),
+        "channel": st.just("sms")}), max_size=2))
+    return {
+        "number": number,
+        "timezone": draw(st.sampled_from(ZONES)),
+        "on_backend_error": draw(st.sampled_from(["allow", "reject"])),
+        "tariff": {"local": "0.1", "long_distance": "0.3", "sms_part": draw(st.sampled_from(["0", "0.5", "1000"]))},
+        "caps": sms_caps + draw(st.lists(cap(), max_size=1)),
+        "rules": [{"name": "desk", "channel": "sms", "strategy": "sequential", "targets": ["13901010009"]}],
+        "blacklist": draw(st.lists(st.sampled_from(["13800000000", "anonymous", "1390101234*"]), max_size=1)),
+        "sms_replies": [draw(sms_reply(i)) for i in range(draw(st.integers(0, 4)))]
+        + [{"name": "catch", "keywords": "hi", "match": "prefix", "reply": "ok"}],
+        "sms": {"reply_limit": draw(st.integers(1, 3)), "reply_window_s": draw(st.sampled_from([60, 600])),
+                **({"opt_out_words": ["TD", "hi"]} if draw(st.integers(0, 4)) == 0 else {})},
+        **({"calendar": {"holidays": [str(draw(a_date))]}} if draw(st.integers(0, 4)) == 0 else {}),
+    }
+
+
+@st.composite
+def sms_events(draw):
+    return (draw(st.sampled_from(["answer", "answer", "answer", "explain", "admit"])),
+            draw(st.sampled_from(["106574001012345"] * 4 + ["4001012345", "400-153-2532", "4009999999", "junk"])),
+            draw(st.sampled_from(SENDERS)),
+            draw(st.sampled_from(TEXTS + ["hi", "TD", "ＨＩ！"] * 3) | st.text(max_size=12)),
+            # Most events in one window of the sender's allowance, a few across windows, hours and days.
+            dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc).timestamp() + draw(st.sampled_from([0] * 6 + [86400]))
+            + draw(st.sampled_from([0] * 6 + [5 * 3600])) + draw(st.sampled_from([0, 1, 2, 59, 60, 61, 599, 600])),
+            draw(st.integers(1, 10)))
+
+
+def _same(answer):
+    """An answer or admission as fields; an onward decision without its explain steps."""
+    import attrs
+
+    fields = attrs.asdict(answer, recurse=False)
+    route = fields.get("route")
+    if route is not None:
+        fields["route"] = {k: v for k, v in route._asdict().items() if k != "explain"}
+    return fields
+
+
+@pytest.mark.skipif("cython" not in _impl.ENGINES, reason="needs the compiled engine")
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.sampled_from(["4001012345", "4001532532"]), min_size=1, max_size=2, unique=True).map(
+    lambda numbers: ["4001012345"] + [n for n in numbers if n != "4001012345"]).flatmap(
+    lambda numbers: st.tuples(*[sms_plan(n) for n in numbers])), st.lists(sms_events(), min_size=1, max_size=30))
+def test_both_engines_answer_sms_alike(plans, events):
+    tree = {"numbers": list(plans)}
+    routers = [tel400.Router(tel400.PlanSet.from_dict(tree), implementation=name, seed=1) for name in ("cython", "python")]
+    for what, dialed, sender, text, when, parts in events:
+        if what == "admit":
+            got = [_same(r.admit_sms(dialed, sender, parts, when)) for r in routers]
+        else:
+            got = [_same(r.answer_sms(dialed, sender, text, when, explain=what == "explain")) for r in routers]
+        assert got[0] == got[1], (what, dialed, sender, text, when)
+    assert routers[0].sms_answer_counts() == routers[1].sms_answer_counts()
+    usage = [[(u.label, u.used) for n in ("4001012345", "4001532532") for u in r.cap_usage(n, events[-1][4])]
+             for r in routers]
+    assert usage[0] == usage[1]
