@@ -80,7 +80,7 @@ def test_defaults():
     ({"keywords": "a", "reply": "hi {name}"}, "sms_replies[1].reply", "unknown placeholder {name}"),
     ({"keywords": "a", "reply": "hi {"}, "sms_replies[1].reply", "unbalanced"),
     ({"keywords": "a", "reply": "字" * 660 + "{caller}"}, "sms_replies[1].reply", "more than 10 SMS parts"),
-    ({"keywords": "a", "reply": "  "}, "sms_replies[1].reply", "empty reply"),
+    ({"keywords": "a", "reply": "  "}, "sms_replies[1].reply", "the text is empty"),
     ({"keywords": "a", "reply": "x", "name": "two words"}, "sms_replies[1].name", "bad reply name"),
     ({"keywords": "a", "reply": "x", "name": "first"}, "sms_replies[1].name", "unique"),
     ({"keywords": "a", "reply": "x", "time": "08:00-24:00"}, "sms_replies[1].time", "24:00"),
@@ -517,3 +517,20 @@ def test_both_engines_answer_sms_alike(plans, events):
     usage = [[(u.label, u.used) for n in ("4001012345", "4001532532") for u in r.cap_usage(n, events[-1][4])]
              for r in routers]
     assert usage[0] == usage[1]
+
+
+def test_the_portal_editor_keeps_sms_replies_and_edits_the_sms_price():
+    from tel400_http.portal.pages import editor_form as ef
+
+    stored = tel400.plans.dumped_plan(plans_from(one_number(
+        tariff={"local": 0.1, "long_distance": 0.3, "sms_part": "0.05"},
+        sms_replies=[{"keywords": "hi", "reply": "hello {caller}"}], sms={"reply_limit": 2},
+    )).numbers[0])
+    fields = ef.model_to_fields(ef.tree_to_model(stored))
+    assert fields["tariff.sms_part"] == ["0.05"]
+    fields["tariff.sms_part"] = ["0.08"]
+    tree = ef.model_to_tree(ef.fields_to_model(fields), kept=stored)
+    plan = tel400.plans.validate_number(tree, tel400.PlanSet())
+    assert plan.tariff.sms_part == Decimal("0.08")
+    assert plan.sms_replies == plans_from({"numbers": [stored]}).numbers[0].sms_replies
+    assert plan.sms.reply_limit == 2

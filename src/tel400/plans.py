@@ -845,7 +845,7 @@ class _Parser:
         if len(text) > limits.MAX_SMS_TEMPLATE_CHARS:
             raise self.error(field, f"at most {limits.MAX_SMS_TEMPLATE_CHARS} characters, got {len(text)}")
         if not text.strip():
-            raise self.error(field, "an empty reply; leave the reply out instead")
+            raise self.error(field, "the text is empty; a reply needs something to say")
         try:
             smstext.worst_case_parts(text)
         except ValueError as exc:
