@@ -398,6 +398,8 @@ def test_cli_answers_an_sms(tmp_path, capsys):
 
     answer = json.loads(capsys.readouterr().out)
     assert answer["reason"] == "no_match" and answer["route"]["targets"] == ["13901010009"]
+    assert cli.main(["check", str(path)]) == 0
+    assert "4001012345: 1 rules, 2 SMS replies" in capsys.readouterr().out
 
 
 def test_answers_are_counted_by_reason_in_the_metrics(make_router):
@@ -534,3 +536,19 @@ def test_the_portal_editor_keeps_sms_replies_and_edits_the_sms_price():
     assert plan.tariff.sms_part == Decimal("0.08")
     assert plan.sms_replies == plans_from({"numbers": [stored]}).numbers[0].sms_replies
     assert plan.sms.reply_limit == 2
+
+
+def test_the_docs_examples_load_and_answer_as_shown(make_router):
+    import re
+
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "sms.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    router = make_router(blocks[0])
+    a = router.answer_sms("106574001012345", "13901012345", "你的酒店在哪？")
+    assert (a.kind, a.reason, a.rule, a.reply) == ("reply", "ok", "where", "北京的朋友您好：酒店在北京路1号。订房请回复“订房”。")
+    assert router.answer_sms("106574001012345", "13901012345", "hello").route.targets == ("13901010009",)
+    for block in blocks[1:]:  # the [numbers.sms] table and the caps, each in a number of its own
+        body = block if "[[numbers]]" in block else '[[numbers]]\nnumber = "4001012345"\n' + block
+        assert plans_from(body).numbers[0].number == NUMBER

@@ -54,6 +54,8 @@ def _cmd_check(args) -> int:
             extras.append("PIN")
         if plan.blacklist:
             extras.append(f"{len(plan.blacklist)} blacklisted")
+        if plan.sms_replies:
+            extras.append(f"{len(plan.sms_replies)} SMS replies")
         print(f"  {plan.number}: {', '.join(extras)}")
     return 0
 
