@@ -86,7 +86,7 @@ def documented_fields() -> dict[str, list[str]]:
     """The fields of docs/plans.md's tables: section -> field names."""
     text = (ROOT / "docs" / "plans.md").read_text()
     sections = {"## Number": "number", "## Rule": "rule", "### Targets": "target", "## Cap": "cap",
-                "## Tariff": "tariff"}
+                "## Tariff": "tariff", "## SMS reply": "sms_reply", "## SMS settings": "sms"}
     out: dict[str, list[str]] = {}
     for heading, kind in sections.items():
         body = text.split("\n" + heading + "\n", 1)[1]
@@ -99,7 +99,7 @@ def documented_fields() -> dict[str, list[str]]:
 
 #: Where each documented section's fields are named in the form.
 PREFIX = {"number": "", "rule": "rules.0.", "target": "rules.0.targets.0.", "cap": "caps.0.", "tariff": "tariff.",
-          "prompts": "prompts.", "calendar": "calendar."}
+          "prompts": "prompts.", "calendar": "calendar.", "sms_reply": "sms_replies.0.", "sms": "sms."}
 
 
 class Inputs(html.parser.HTMLParser):
@@ -151,7 +151,9 @@ def stored(service, number=ACME_NUMBER) -> dict:
 def test_every_field_plans_md_documents_has_an_input_or_a_page_of_its_own(portal):
     client, _ = portal
     client.login_company()
-    page = Inputs(client.get(EDITOR).text)
+    fields_, csrf, version = form_of(client)
+    # The page once "Add an auto-reply" was pressed: it has the inputs of one (the plan has none).
+    page = Inputs(post(client, fields_, csrf, version, op="add:sms_replies").text)
     fields = documented_fields()
     assert len(fields["number"]) >= 12 and len(fields["rule"]) >= 11 and len(fields["prompts"]) >= 9
     missing = []
@@ -161,9 +163,11 @@ def test_every_field_plans_md_documents_has_an_input_or_a_page_of_its_own(portal
                 continue
             if kind == "prompts" and name == "unknown_number":  # top level only (plans.md), not a number's
                 continue
-            if kind == "number" and name in ("default", "caps", "rules", "prompts", "tariff", "calendar"):
+            if kind == "number" and name in ("default", "caps", "rules", "prompts", "tariff", "calendar",
+                                             "sms_replies", "sms"):
                 name = {"default": "default.action", "caps": "caps.0.metric", "rules": "rules.0.name",
-                        "prompts": "prompts.closed", "tariff": "tariff.local", "calendar": "calendar.holidays"}[name]
+                        "prompts": "prompts.closed", "tariff": "tariff.local", "calendar": "calendar.holidays",
+                        "sms_replies": "sms_replies.0.name", "sms": "sms.reply_limit"}[name]
             if kind == "rule" and name == "targets":
                 name = "targets.0.to"
             if PREFIX[kind] + name not in page.names:
@@ -408,3 +412,27 @@ def test_a_form_past_the_field_bound_is_a_400_and_nothing_is_stored(portal):
     many = {**fields, **{f"x{i}": ["1"] for i in range(editor.FORM_FIELDS)}}
     assert post(client, many, csrf, version).status_code == 400
     assert stored(service) == before
+
+
+def test_an_auto_reply_added_in_the_editor_is_stored_and_an_error_points_at_its_field(portal):
+    client, service = portal
+    client.login_company()
+    fields, csrf, version = form_of(client)
+    page = Inputs(post(client, fields, csrf, version, op="add:sms_replies").text)
+    fields = dict(page.fields)
+    fields.pop("csrf"), fields.pop("etag")
+    fields["sms_replies.0.name"] = ["where"]
+    fields["sms_replies.0.keywords"] = ["你的酒店在哪", "ＨＯＴＥＬ"]
+    fields["sms_replies.0.match"] = ["contains"]
+    fields["sms_replies.0.reply"] = ["{0.__class__}"]  # refused, and shown at the reply's input
+    r = post(client, fields, csrf, version)
+    assert r.status_code == 422
+    assert 'id="err-sms_replies-0-reply"' in r.text and "bad placeholder" in r.text
+    fields["sms_replies.0.reply"] = ["{province}的朋友您好：酒店在北京路1号。"]
+    fields["sms.reply_limit"] = ["3"]
+    assert post(client, fields, csrf, version).status_code == 303
+    plan = stored(service)
+    assert plan["sms_replies"] == [{"name": "where", "keywords": ["你的酒店在哪", "ＨＯＴＥＬ"], "match": "contains",
+                                    "reply": "{province}的朋友您好：酒店在北京路1号。"}]
+    assert plan["sms"] == {"reply_limit": 3}  # the default words are not written out
+    assert "ＨＯＴＥＬ" in client.get(EDITOR).text

@@ -521,7 +521,7 @@ def test_both_engines_answer_sms_alike(plans, events):
     assert usage[0] == usage[1]
 
 
-def test_the_portal_editor_keeps_sms_replies_and_edits_the_sms_price():
+def test_the_portal_editors_form_carries_sms_replies_settings_and_the_sms_price():
     from tel400_http.portal.pages import editor_form as ef
 
     stored = tel400.plans.dumped_plan(plans_from(one_number(

@@ -38,7 +38,7 @@ def _page(request: Request, number: str, model: dict, version: str, *, errors: d
         "number": number, "model": model, "version": version, "errors": errors or {}, "problem": problem,
         "actions": ef.ACTIONS, "strategies": ef.STRATEGIES, "channels": ef.CHANNELS, "metrics": ef.METRICS,
         "periods": ef.PERIODS, "scopes": ef.SCOPES, "backend_error": ef.BACKEND_ERROR, "day_tokens": ef.DAY_TOKENS,
-        "provinces": ef.PROVINCES, "prompt_keys": ef.PROMPT_KEYS,
+        "provinces": ef.PROVINCES, "prompt_keys": ef.PROMPT_KEYS, "match_modes": ef.MATCH_MODES,
     }, status=status)
 
 
@@ -135,12 +135,17 @@ def _group(key: str, model: dict) -> str:
     parts = key.split(".")
     if parts[-1].isdigit() and len(parts) >= 2 and parts[-2] == "targets":
         return key + ".to"
-    if parts[-1].isdigit() and len(parts) >= 2 and parts[-2] in ("time", "dates", "holidays", "workdays", "years"):
+    if parts[-1].isdigit() and len(parts) >= 2 and parts[-2] in ("time", "dates", "holidays", "workdays", "years",
+                                                                 "keywords", "opt_out_words", "opt_in_words"):
         return ".".join(parts[:-1])
+    if parts[0] == "sms_replies" and len(parts) == 2:
+        return key + ".name"
     if parts[0] == "caps" and len(parts) == 2:
         return key + ".metric"
     if key.startswith("default") and key in ("default", "default.action"):
         return "default.action"
+    if key == "sms":  # both word lists together
+        return "sms.opt_out_words"
     if parts[0] in ("tariff", "calendar", "prompts") and len(parts) == 1:
         return {"tariff": "tariff.local", "calendar": "calendar.holidays", "prompts": "prompts.closed"}[parts[0]]
     return key

@@ -28,12 +28,12 @@ from collections.abc import Mapping
 from tel400 import provinces
 from tel400.outcomes import STANDARD_PROMPTS
 # The choices of a plan's fields: the library's own lists, so the form offers exactly what it accepts.
-from tel400.plans import ACTIONS, CHANNELS, METRICS, PERIODS, SCOPES, STRATEGIES
+from tel400.plans import ACTIONS, CHANNELS, DEFAULT_SMS, MATCH_MODES, METRICS, PERIODS, SCOPES, STRATEGIES
 from tel400.plans import BACKEND_POLICIES as BACKEND_ERROR
 from tel400.timespec import parse_days
 
 __all__ = [
-    "ACTIONS", "CHANNELS", "DAY_TOKENS", "KEPT_FIELDS", "LISTS", "PROVINCES", "apply_op", "blank_rule",
+    "ACTIONS", "CHANNELS", "DAY_TOKENS", "KEPT_FIELDS", "LISTS", "MATCH_MODES", "PROVINCES", "apply_op", "blank_rule",
     "error_key", "fields_to_model", "model_to_fields", "model_to_tree", "tree_to_model",
 ]
 
@@ -46,17 +46,18 @@ PROVINCES = tuple((code, provinces.CHINESE_NAMES[code], provinces.ENGLISH_NAMES[
 PROMPT_KEYS = tuple(key for key in STANDARD_PROMPTS if key != "unknown_number")
 #: Fields of a number's plan edited on other pages; a save keeps them as stored.
 KEPT_FIELDS = {"number": "the page's number", "pin": "the PIN page", "pin_hash": "the PIN page",
-               "blacklist": "the blacklist page",
-               # SMS auto-replies and opt-out settings: the plan file or the admin API (docs/sms.md);
-               # kept as stored so that a save here never drops them.
-               "sms_replies": "the plan file or the admin API", "sms": "the plan file or the admin API"}
+               "blacklist": "the blacklist page"}
 
 #: The lists the editor's buttons add to, remove from and reorder (``{}`` is an index).
 LISTS = ("rules", "caps", "default.targets", "rules.{}.targets", "rules.{}.time", "rules.{}.dates",
-         "calendar.holidays", "calendar.workdays", "calendar.years")
+         "calendar.holidays", "calendar.workdays", "calendar.years",
+         "sms_replies", "sms_replies.{}.keywords", "sms_replies.{}.time", "sms_replies.{}.dates",
+         "sms.opt_out_words", "sms.opt_in_words")
+#: The SMS settings' text inputs, in the form as in the plan (``sms.reply_limit``…).
+SMS_TEXTS = ("opt_out_reply", "opt_in_reply", "reply_limit", "reply_window_s")
 #: A form index longer than this many digits is ignored (no plan list is that long).
 _MAX_INDEX_DIGITS = 5
-_INDEXED = re.compile(rf"^(rules|caps|default\.targets)\.(\d{{1,{_MAX_INDEX_DIGITS}}})\.(.+)$")
+_INDEXED = re.compile(rf"^(rules|caps|default\.targets|sms_replies)\.(\d{{1,{_MAX_INDEX_DIGITS}}})\.(.+)$")
 _TARGET = re.compile(rf"^targets\.(\d{{1,{_MAX_INDEX_DIGITS}}})\.(to|weight)$")
 
 
@@ -103,20 +104,15 @@ def tree_to_model(tree: Mapping) -> dict:
     prompts = tree.get("prompts") or {}
     rules = []
     for rule in tree.get("rules", ()):
-        days = rule.get("days")
-        days_text = ",".join(_split(days)) if days is not None else ""
-        provinces_ = rule.get("provinces")
         rules.append({
             "name": _text(rule.get("name")),
-            "provinces": [provinces_] if isinstance(provinces_, str) else list(provinces_ or ()),
-            "days": days_checked(days_text) if days_text else [],
-            "days_text": days_text,
-            "time": _split(rule.get("time")),
-            "dates": _split(rule.get("dates")),
+            **_conditions_model(rule),
             "channel": rule.get("channel", "any"),
             **_action_model(rule),
         })
     return {
+        "sms_replies": [_sms_reply_model(reply) for reply in tree.get("sms_replies", ())],
+        "sms": _sms_model(tree.get("sms") or {}),
         "timezone": _text(tree.get("timezone", "Asia/Shanghai")),
         "reject_unknown_callers": bool(tree.get("reject_unknown_callers", False)),
         "on_backend_error": tree.get("on_backend_error", "allow"),
@@ -133,6 +129,43 @@ def tree_to_model(tree: Mapping) -> dict:
     }
 
 
+def _conditions_model(item: Mapping) -> dict:
+    """A rule's or an SMS reply's conditions as the editor shows them."""
+    days = item.get("days")
+    days_text = ",".join(_split(days)) if days is not None else ""
+    provinces_ = item.get("provinces")
+    return {
+        "provinces": [provinces_] if isinstance(provinces_, str) else list(provinces_ or ()),
+        "days": days_checked(days_text) if days_text else [],
+        "days_text": days_text,
+        "time": _split(item.get("time")),
+        "dates": _split(item.get("dates")),
+    }
+
+
+def _sms_reply_model(reply: Mapping) -> dict:
+    keywords = reply.get("keywords", ())
+    return {"name": _text(reply.get("name")),
+            "keywords": [keywords] if isinstance(keywords, str) else [_text(k) for k in keywords],
+            "match": reply.get("match", "exact"), "reply": _text(reply.get("reply")),
+            "route_onward": bool(reply.get("route_onward", False)), **_conditions_model(reply)}
+
+
+def _sms_model(sms: Mapping) -> dict:
+    """The SMS settings, the library's defaults shown where the plan gives none."""
+    def words(key):
+        value = sms.get(key, getattr(DEFAULT_SMS, key))
+        return [value] if isinstance(value, str) else [_text(w) for w in value]
+
+    return {"opt_out_words": words("opt_out_words"), "opt_in_words": words("opt_in_words"),
+            **{key: _text(sms.get(key, getattr(DEFAULT_SMS, key))) for key in SMS_TEXTS}}
+
+
+def blank_sms_reply() -> dict:
+    return {"name": "", "keywords": [""], "match": "exact", "reply": "", "route_onward": False, "provinces": [],
+            "days": [], "days_text": "", "time": [], "dates": []}
+
+
 def blank_rule() -> dict:
     """A new rule: no conditions, bridge to one target still to be written."""
     return {"name": "", "provinces": [], "days": [], "days_text": "", "time": [], "dates": [], "channel": "any",
@@ -143,6 +176,8 @@ def blank_rule() -> dict:
 def _blank(path: str):
     if path == "rules":
         return blank_rule()
+    if path == "sms_replies":
+        return blank_sms_reply()
     if path == "caps":
         return {"metric": "calls", "per": "day", "limit": "", "scope": "number", "channel": "any", "prompt": ""}
     if path.endswith("targets"):
@@ -184,6 +219,19 @@ def model_to_fields(model: Mapping) -> dict[str, list[str]]:
             if rule[key]:
                 out[prefix + key] = list(rule[key])
         _action_fields(prefix, rule, out)
+    for i, reply in enumerate(model["sms_replies"]):
+        prefix = f"sms_replies.{i}."
+        for key in ("name", "days_text", "match", "reply"):
+            out[prefix + key] = [reply[key]]
+        for key in ("keywords", "provinces", "days", "time", "dates"):
+            if reply[key]:
+                out[prefix + key] = list(reply[key])
+        if reply["route_onward"]:
+            out[prefix + "route_onward"] = ["on"]
+    for key in ("opt_out_words", "opt_in_words"):
+        out[f"sms.{key}"] = list(model["sms"][key])
+    for key in SMS_TEXTS:
+        out[f"sms.{key}"] = [model["sms"][key]]
     return out
 
 
@@ -242,7 +290,26 @@ def fields_to_model(fields: Mapping) -> dict:
              for key, default in (("metric", "calls"), ("per", "day"), ("limit", ""), ("scope", "number"),
                                   ("channel", "any"), ("prompt", ""))}
             for i in _indices(fields, "caps")]
+    sms_replies = []
+    for i in _indices(fields, "sms_replies"):
+        prefix = f"sms_replies.{i}."
+        sms_replies.append({
+            "name": _one(fields, prefix + "name"),
+            "keywords": _many(fields, prefix + "keywords"),
+            "match": _one(fields, prefix + "match", "exact"),
+            "reply": _one(fields, prefix + "reply"),
+            "route_onward": prefix + "route_onward" in fields,
+            "provinces": _many(fields, prefix + "provinces"),
+            "days": [d for d in DAY_TOKENS if d in _many(fields, prefix + "days")],
+            "days_text": _one(fields, prefix + "days_text"),
+            "time": _many(fields, prefix + "time"),
+            "dates": _many(fields, prefix + "dates"),
+        })
+    sms = {key: _many(fields, f"sms.{key}") for key in ("opt_out_words", "opt_in_words")}
+    sms.update({key: _one(fields, f"sms.{key}") for key in SMS_TEXTS})
     return {
+        "sms_replies": sms_replies,
+        "sms": sms,
         "timezone": _one(fields, "timezone"),
         "reject_unknown_callers": "reject_unknown_callers" in fields,
         "on_backend_error": _one(fields, "on_backend_error", "allow"),
@@ -351,7 +418,50 @@ def model_to_tree(model: Mapping, *, kept: Mapping | None = None) -> dict:
         out.update(_action_tree(rule))
         rules.append(out)
     tree["rules"] = rules
+    replies = [_sms_reply_tree(reply) for reply in model["sms_replies"]]
+    if replies:
+        tree["sms_replies"] = replies
+    sms = _sms_tree(model["sms"])
+    if sms:
+        tree["sms"] = sms
     return tree
+
+
+def _sms_reply_tree(reply: Mapping) -> dict:
+    out: dict = {}
+    if reply["name"]:
+        out["name"] = reply["name"]
+    out["keywords"] = [k for k in reply["keywords"] if k]
+    if reply["match"] != "exact":
+        out["match"] = reply["match"]
+    out["reply"] = reply["reply"]
+    if reply["provinces"]:
+        out["provinces"] = list(reply["provinces"])
+    days = _days_tree(reply)
+    if days is not None:
+        out["days"] = days
+    for key in ("time", "dates"):
+        items = [v for v in reply[key] if v]
+        if items:
+            out[key] = ",".join(items)
+    if reply["route_onward"]:
+        out["route_onward"] = True
+    return out
+
+
+def _sms_tree(sms: Mapping) -> dict:
+    """The SMS settings that differ from the library's defaults (blank: the default)."""
+    out: dict = {}
+    for key in ("opt_out_words", "opt_in_words"):
+        words = [w for w in sms[key] if w]
+        if words != list(getattr(DEFAULT_SMS, key)):
+            out[key] = words
+    for key in SMS_TEXTS:
+        value = sms[key]
+        default = getattr(DEFAULT_SMS, key)
+        if value and value != str(default):
+            out[key] = _whole(value) if isinstance(default, int) else value
+    return out
 
 
 # -- the editor's buttons ------------------------------------------------------------------------------
