@@ -222,10 +222,14 @@ class JobRunner:
                     _log.info("sms_job_done", job_id=job.job_id, number=job.number)
                 return
             await asyncio.sleep(_reserve(loop.time(), job_pace, number_pace))
-            if self.store.job_state(job.job_id) not in ("scheduled", "running"):
-                if resend is not None:  # not resubmitted now: it waits for the job to be resumed
+            # Paused, cancelled or out of the window while waiting for the slot: not now.
+            active = self.store.job_state(job.job_id) in ("scheduled", "running")
+            if not active or self._until_open(job, window) > 0:
+                if resend is not None:  # resubmitted when the job goes on
                     self._doubt.setdefault(job.job_id, {})[resend.index] = loop.time()
-                return
+                if not active:
+                    return
+                continue
             recipient = resend or await self._claim(job)
             if recipient is None:
                 continue
