@@ -156,8 +156,8 @@ def test_window_of_the_day(store):
 
 
 def test_window_across_midnight_in_the_numbers_zone(store):
-    store.create_job(N, "x", phones=phones(3), rate=1, not_before="23:00", not_after="01:00", actor="a")
-    base = dt.datetime(2026, 12, 1, 12, 0, tzinfo=SHANGHAI).timestamp()  # 04:00 in London: outside
+    store.create_job(N, "x", phones=phones(3), rate=1, not_before="23:00", not_after="07:00", actor="a")
+    base = dt.datetime(2026, 12, 1, 6, 50, tzinfo=SHANGHAI).timestamp()  # 22:50 in London: outside; 06:50 in Shanghai would be inside
     gw = FakeSmsGateway()
 
     async def main():
