@@ -326,8 +326,14 @@ _CHILD = textwrap.dedent("""
     from tel400.smsstore import SmsStore
     from tel400.testing import FakeSmsGateway
 
+    class SlowGateway(FakeSmsGateway):  # a few messages are always on their way, before and after acceptance
+        async def submit(self, sms):
+            await asyncio.sleep(0.02)
+            await super().submit(sms)
+            await asyncio.sleep(0.02)
+
     store = SmsStore(sys.argv[1])
-    runner = JobRunner(store, FakeSmsGateway(path=sys.argv[2]), per_number_rate=500, indoubt_wait_s=2, poll_s=0.1)
+    runner = JobRunner(store, SlowGateway(path=sys.argv[2]), per_number_rate=500, indoubt_wait_s=2, poll_s=0.1)
 
     async def main():
         task = asyncio.create_task(runner.run())
@@ -379,6 +385,7 @@ def test_kill_9_mid_job_then_restart_exactly_once(store, tmp_path):
         child.wait()
         at_kill = len(_lines(out))
         assert at_kill < total
+        assert store.in_doubt(), "the kill left no message in doubt: the test would prove nothing"
         subprocess.run(args, env=env, timeout=120, check=True)
     finally:
         stop.set()

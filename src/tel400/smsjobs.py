@@ -125,18 +125,19 @@ class JobRunner:
         self._sends: set[asyncio.Task] = set()
         self._in_flight: dict[str, int] = {}  # job id -> messages handed over and not yet settled
         self._doubt: dict[str, dict[int, float]] = {}  # job id -> {index: resubmit after (loop time)}
-        self._stop: asyncio.Event | None = None
+        self._stop = asyncio.Event()  # binds to the loop of run(); stop() before run() makes run() return at once
         self._slots: asyncio.Semaphore | None = None
 
     def stop(self) -> None:
-        """Make :meth:`run` return: no new message starts; those with the gateway are finished."""
-        if self._stop is not None:
-            self._stop.set()
+        """Make :meth:`run` return: no new message starts; those with the gateway are finished.
+
+        A runner runs once: after ``stop`` make a new one.
+        """
+        self._stop.set()
 
     async def run(self) -> None:
         """Send until :meth:`stop`: settle what a previous runner left in doubt, then follow the store's jobs."""
         loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(self.max_in_flight)
         deadline = loop.time() + self.indoubt_wait_s
         for r in self.store.in_doubt():
