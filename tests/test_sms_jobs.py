@@ -394,3 +394,39 @@ def test_kill_9_mid_job_then_restart_exactly_once(store, tmp_path):
     assert got == collections.Counter(f"{job.job_id}-{i}" for i in range(total))
     p = store.progress(N, job.job_id)
     assert (p.sent, p.pending, p.sending) == (total, 0, 0)
+
+
+def test_gateway_breaking_oddly_is_in_doubt_not_lost(store):
+    """An exception that is not a GatewayError (a bug, a reset connection) may hide an accepted message."""
+    job = store.create_job(N, "x", phones=phones(2), rate=10, actor="a")
+
+    class Breaking(FakeSmsGateway):
+        broke = False
+
+        async def submit(self, sms):
+            if not self.broke:
+                self.broke = True
+                self.attempts += 1
+                raise ConnectionResetError("peer reset")
+            await super().submit(sms)
+
+    gw = Breaking()
+    run_virtual(lambda: drive(JobRunner(store, gw, indoubt_wait_s=3), done(store, N, job.job_id)))
+    assert sorted(m.to for m in gw.sent) == phones(2) and gw.attempts == 3
+    assert dict(zip((m.to for m in gw.sent), gw.times))[phones(2)[0]] >= 3  # resent after the wait
+
+
+def test_stop_before_run_returns_at_once(store):
+    store.create_job(N, "x", phones=phones(2), rate=10, actor="a")
+    gw = FakeSmsGateway()
+    runner = JobRunner(store, gw)
+    runner.stop()
+    run_virtual(runner.run)
+    assert gw.sent == []
+
+
+def test_bad_runner_settings_refused(store):
+    with pytest.raises(ValueError, match="per_number_rate"):
+        JobRunner(store, FakeSmsGateway(), per_number_rate=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        JobRunner(store, FakeSmsGateway(), max_attempts=0)

@@ -176,6 +176,7 @@ def test_messages_delivery_and_totals(store):
     store.record_message(_msg(1), outcome="sent", at=120)
     assert store.delivery_of("m1") == "delivered"
     assert len([m for m in store.messages(N) if m["message_id"] == "m1"]) == 1
+    assert {m["message_id"] for m in store.messages(OTHER)} == {"m4"}  # each number sees its own
     page = store.messages(N, limit=2)
     assert len(page) == 2 and store.messages(N, before_id=page[-1]["id"])[0]["id"] < page[-1]["id"]
 

@@ -171,6 +171,8 @@ class JobRunner:
             await self._job_loop(job)
         except BackendError as exc:  # the poll starts the job again
             _log.warning("sms_job_store_error", job_id=job.job_id, error=str(exc))
+        except Exception:  # a bug must not end the other jobs; the poll starts this one again
+            _log.exception("sms_job_crashed", job_id=job.job_id)
 
     def _window(self, job: Job) -> TimeSlots | None:
         if job.not_before is None and job.not_after is None:
@@ -283,8 +285,9 @@ class JobRunner:
                         return
                     await asyncio.sleep(self.retry_base_s * 2 ** (attempts - 1))
                     continue
-                except TimeoutError:
+                except Exception as exc:  # noqa: BLE001 - a timeout, or a gateway that broke mid-way
                     # The gateway may have it: like a restart, wait for its report before resending.
+                    _log.warning("sms_job_message_in_doubt", message_id=msg.message_id, error=repr(exc))
                     if await self._settled_by_report(r):
                         return
                     if attempts >= self.max_attempts:
@@ -293,8 +296,10 @@ class JobRunner:
                     continue
                 self.store.mark_sent(msg, r, attempts=attempts, at=self.wall())
                 return
-        except BackendError as exc:  # left "sending": the next start settles it
+        except BackendError as exc:  # left "sending": in doubt, like after a restart
             _log.warning("sms_job_store_error", message_id=msg.message_id, error=str(exc))
+            loop = asyncio.get_running_loop()
+            self._doubt.setdefault(job.job_id, {})[r.index] = loop.time() + self.indoubt_wait_s
         finally:
             self._in_flight[job.job_id] -= 1
             self._slots.release()
