@@ -217,7 +217,8 @@ class JobRunner:
                 await asyncio.sleep(wait)
                 continue
             resend, doubt_waits = self._due_in_doubt(job.job_id)
-            if resend is None and self.store.next_pending(job.job_id) is None:
+            pending = None if resend else self.store.next_pending(job.job_id)
+            if resend is None and pending is None:
                 if doubt_waits or self._in_flight.get(job.job_id):
                     await asyncio.sleep(min(0.2, self.poll_s))  # their reports or answers settle them
                     continue
@@ -233,7 +234,7 @@ class JobRunner:
                 if not active:
                     return
                 continue
-            recipient = resend or await self._claim(job)
+            recipient = resend or await self._claim(job, pending)
             if recipient is None:
                 continue
             if not started:
@@ -245,11 +246,14 @@ class JobRunner:
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
-    async def _claim(self, job: Job) -> Recipient | None:
-        """The next pending recipient to send to, marked ``sending``; skipped ones are settled on the way."""
-        while (r := self.store.next_pending(job.job_id)) is not None:
+    async def _claim(self, job: Job, r: Recipient | None) -> Recipient | None:
+        """From ``r`` (the job's first pending recipient, read before the pace's wait) on, the next one to
+        send to, marked ``sending``; skipped ones are settled on the way.  Only this job's loop moves its
+        pending recipients, so ``r`` is still pending."""
+        while r is not None:
             if self.store.is_opted_out(job.number, r.phone):
                 self.store.set_recipient(job.job_id, r.index, "skipped_opted_out", expect=("pending",))
+                r = self.store.next_pending(job.job_id)
                 continue
             if self.admit is not None:
                 try:
@@ -263,9 +267,11 @@ class JobRunner:
                     return None
                 if not admitted:
                     self.store.set_recipient(job.job_id, r.index, "skipped_cap", expect=("pending",))
+                    r = self.store.next_pending(job.job_id)
                     continue
             if self.store.set_recipient(job.job_id, r.index, "sending", expect=("pending",)):
                 return r
+            r = self.store.next_pending(job.job_id)
         return None
 
     async def _send(self, job: Job, r: Recipient) -> None:
