@@ -299,3 +299,21 @@ def test_docs_examples_run(tmp_path, monkeypatch):
     store, job = scope["store"], scope["job"]
     assert store.job("4001012345", job.job_id).state == "cancelled"
     assert store.recipient(job.job_id, 0).text == "李雷您好，北京店周末八折。退订回TD"
+
+
+def test_lone_surrogates_refused_or_replaced(store):
+    with pytest.raises(ValueError, match="surrogates"):
+        store.put_contact(N, "13901012345", name="a\ud800")
+    result = store.import_contacts(N, "phone,name\n13901012345,b\udfff\n13901012346,ok\n")
+    assert result.added == 1 and [(line, msg) for line, _, msg in result.errors] == [(2, "the text holds lone surrogates (not Unicode text)")]
+    with pytest.raises(ValueError, match="surrogates"):
+        store.create_job(N, "hi \ud800", phones=["13901012345"], rate=1, actor="a")
+    store.record_message(direction="in", number=N, peer="13901012345", text="x\ud800y", parts=1, kind="reply",
+                         outcome="ok")
+    assert store.messages(N)[0]["text"] == "x?y"
+
+
+def test_one_tag_or_phone_as_a_string(store):
+    store.put_contact(N, "13901012345", tags="vip")
+    assert store.contact(N, "13901012345").tags == ("vip",)
+    assert store.create_job(N, "x", tags="vip", phones="13901012346", rate=1, actor="a").total == 2

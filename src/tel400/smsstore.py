@@ -53,6 +53,7 @@ RECIPIENT_STATES = ("pending", "sending", "sent", "failed", "skipped_opted_out",
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
 _JOB_MESSAGE_ID = re.compile(r"(j[0-9a-f]{16})-(\d{1,9})\Z")
 _TAG_SPLIT = re.compile(r"[;|]")
+_NOT_UNICODE = "the text holds lone surrogates (not Unicode text)"
 _PRUNE_EVERY = 1000  # record_message calls between two prunes of one store object
 
 
@@ -154,8 +155,17 @@ def _decode(data: str | bytes) -> str:
         raise ValueError(f"the file is neither UTF-8 nor GB18030 (byte {exc.start})") from None
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it
+        return False
+    return True
+
+
 def _echo(row: Sequence[str], limit: int = 200) -> str:
     line = ",".join(row)
+    line = line.encode("utf-8", "replace").decode("utf-8")  # the report must be printable too
     return line if len(line) <= limit else line[:limit] + "…"
 
 
@@ -258,6 +268,8 @@ class SmsStore:
             return self._db().execute(query, params).fetchall()
         except sqlite3.Error as exc:
             raise BackendError(f"{self.path}: {exc}") from None
+        except UnicodeEncodeError:
+            raise ValueError(_NOT_UNICODE) from None
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
@@ -307,6 +319,8 @@ class SmsStore:
             raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
         if number is None or peer is None or text is None or parts is None or kind is None:
             raise ValueError("record_message needs number, peer, text, parts and kind (or an OutgoingSms)")
+        # a sender's text is kept whatever it holds: a lone surrogate becomes "?"
+        text = text.encode("utf-8", "replace").decode("utf-8")
         with self._write() as db:
             self._insert_message(db, direction, number, peer, text, parts, kind, outcome, message_id,
                                  self._clock() if at is None else at)
@@ -415,7 +429,10 @@ class SmsStore:
             phone = normalize(phone)
         except NumberError as exc:
             raise ValueError(f"bad phone: {exc}") from None
-        name = name.strip()
+        name, tags = name.strip(), list(tags)
+        for text in (name, *tags, *map(str, fields.values())):
+            if not _is_unicode(text):
+                raise ValueError(_NOT_UNICODE)
         if len(name) > self.max_name_chars:
             raise ValueError(f"name longer than {self.max_name_chars} characters")
         clean_tags = sorted({t.strip() for t in tags if t.strip()})
@@ -470,6 +487,7 @@ class SmsStore:
         Raises:
             ValueError: a bad phone, name, tag or field, or the book already holds ``max_contacts``.
         """
+        tags = [tags] if isinstance(tags, str) else tags
         contact = self._checked_contact(number, phone, name, tags, fields or {})
         with self._write() as db:
             _, full = self._upsert_contacts(db, [contact], self._clock())
@@ -643,6 +661,8 @@ class SmsStore:
         """
         if not isinstance(template, str) or not template.strip():
             raise ValueError("the template is empty")
+        if not _is_unicode(template):
+            raise ValueError(_NOT_UNICODE)
         if len(template) > self.max_template_chars:
             raise ValueError(f"the template is longer than {self.max_template_chars} characters")
         try:
@@ -654,6 +674,8 @@ class SmsStore:
         if not_before is not None or not_after is not None:
             window = parse_time(f"{not_before or '00:00'}-{not_after or '23:59'}")
             not_before, _, not_after = window.text.partition("-")
+        tags = [tags] if isinstance(tags, str) else tags  # one tag, not its characters
+        phones = [phones] if isinstance(phones, str) else phones
         recipients = self._select_recipients(number, tags, phones)
         if not recipients:
             raise ValueError("the job has no recipients (no contact carries those tags and no phone was given)")
@@ -883,4 +905,6 @@ class _Transaction:
             self.db.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):
             raise BackendError(f"{self.store.path}: {exc}") from None
+        if isinstance(exc, UnicodeEncodeError):  # SQLite cannot store a lone surrogate
+            raise ValueError(_NOT_UNICODE) from None
         return False
