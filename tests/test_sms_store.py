@@ -30,6 +30,8 @@ def test_opt_out_in(store):
     assert store.opt_out(N, "13901012345") is False
     assert store.is_opted_out(N, "13901012345")
     assert not store.is_opted_out(OTHER, "13901012345")  # per number
+    assert store.is_opted_out(N, "+86 139-0101-2345")  # any written form
+    assert store.opt_out(N, "106575550000") and store.is_opted_out(N, "106575550000")  # kept as written
     assert store.opt_in(N, "13901012345") is True
     assert store.opt_in(N, "13901012345") is False
     assert not store.is_opted_out(N, "13901012345")

@@ -155,6 +155,13 @@ def _decode(data: str | bytes) -> str:
         raise ValueError(f"the file is neither UTF-8 nor GB18030 (byte {exc.start})") from None
 
 
+def _phone_key(phone: str) -> str:
+    try:
+        return normalize(phone)
+    except NumberError:
+        return phone
+
+
 def _is_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -280,20 +287,24 @@ class SmsStore:
 
     # --- opt-outs -----------------------------------------------------------
 
+    # Phones are kept in tel400's normal form, so "+86 139…" opting out covers "139…" in a job;
+    # a sender tel400 cannot read as a number is kept as written.
+
     def opt_out(self, number: str, phone: str, at: float | None = None) -> bool:
-        """Put ``phone`` on ``number``'s opt-out list; True when it was not on it.  O(log n)."""
+        """Put ``phone`` (any written form) on ``number``'s opt-out list; True when it was not on it.  O(log n)."""
         with self._write() as db:
             return db.execute("INSERT OR IGNORE INTO opt_outs VALUES (?, ?, ?)",
-                              (number, phone, self._clock() if at is None else at)).rowcount == 1
+                              (number, _phone_key(phone), self._clock() if at is None else at)).rowcount == 1
 
     def opt_in(self, number: str, phone: str) -> bool:
         """Take ``phone`` off ``number``'s opt-out list; True when it was on it."""
         with self._write() as db:
-            return db.execute("DELETE FROM opt_outs WHERE number = ? AND phone = ?", (number, phone)).rowcount == 1
+            return db.execute("DELETE FROM opt_outs WHERE number = ? AND phone = ?",
+                              (number, _phone_key(phone))).rowcount == 1
 
     def is_opted_out(self, number: str, phone: str) -> bool:
         """Whether ``phone`` opted out of ``number``'s messages.  O(log n)."""
-        return bool(self._read("SELECT 1 FROM opt_outs WHERE number = ? AND phone = ?", (number, phone)))
+        return bool(self._read("SELECT 1 FROM opt_outs WHERE number = ? AND phone = ?", (number, _phone_key(phone))))
 
     # --- messages -----------------------------------------------------------
 
@@ -350,6 +361,8 @@ class SmsStore:
         """
         if state not in DELIVERY_STATES:
             raise ValueError(f"delivery state must be one of {', '.join(DELIVERY_STATES)}, not {state!r}")
+        if not isinstance(message_id, str):
+            return False
         at = self._clock() if at is None else at
         with self._write() as db:
             found = db.execute("UPDATE messages SET delivery = ?, delivery_at = ? WHERE message_id = ?",
