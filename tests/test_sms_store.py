@@ -319,3 +319,13 @@ def test_one_tag_or_phone_as_a_string(store):
     store.put_contact(N, "13901012345", tags="vip")
     assert store.contact(N, "13901012345").tags == ("vip",)
     assert store.create_job(N, "x", tags="vip", phones="13901012346", rate=1, actor="a").total == 2
+
+
+def test_import_in_batches_keeps_the_bound(tmp_path, monkeypatch):
+    import tel400.smsstore
+
+    monkeypatch.setattr(tel400.smsstore, "_IMPORT_BATCH", 2)
+    store = SmsStore(tmp_path / "sms.db", max_contacts=3)
+    result = store.import_contacts(N, "phone\n" + "".join(f"1380000000{i}\n" for i in range(5)))
+    assert result.added == 3 and [e[0] for e in result.errors] == [5, 6]
+    assert store.count_contacts(N) == 3
