@@ -7,6 +7,8 @@ import stat
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tel400.smsstore import Contact, ImportResult, JobProgress, SmsStore
 from tel400.smstext import OutgoingSms
@@ -329,3 +331,16 @@ def test_import_in_batches_keeps_the_bound(tmp_path, monkeypatch):
     result = store.import_contacts(N, "phone\n" + "".join(f"1380000000{i}\n" for i in range(5)))
     assert result.added == 3 and [e[0] for e in result.errors] == [5, 6]
     assert store.count_contacts(N) == 3
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=400), st.text(max_size=400),
+                      st.lists(st.lists(st.text(max_size=30), max_size=6), max_size=8).map(
+                          lambda rows: "phone,name,tags,x\n" + "\n".join(",".join(r) for r in rows))))
+def test_import_any_input_is_a_result_or_a_value_error(store, data):
+    try:
+        result = store.import_contacts(N, data)
+    except ValueError:
+        return
+    assert result.added + result.updated <= store.count_contacts(N)
+    assert all(isinstance(line, int) and isinstance(msg, str) for line, _, msg in result.errors)
