@@ -10,6 +10,8 @@
   over within a few seconds: the ``redis+cluster://`` and
   ``redis+sentinel://`` URLs of :mod:`tel400.redis_clients`, for real.
 * :func:`free_port` finds a free TCP port on 127.0.0.1.
+* :class:`FakeSmsGateway` stands in for the SMS gateway of group sends
+  (:mod:`tel400.smsjobs`): it records, refuses or stalls when told.
 """
 
 from __future__ import annotations
@@ -280,3 +282,68 @@ class RedisSentinelServers:
         self.sentinels = []
         self.replica.stop()
         self.master.stop()
+
+
+class FakeSmsGateway:
+    """An in-memory :class:`tel400.smsjobs.SmsGateway`: keeps what it accepts, fails or stalls when told.
+
+    ``sent`` holds the accepted messages in order and ``times`` the event
+    loop's time of each (virtual time in a test loop); ``attempts`` counts
+    every call of :meth:`submit`.  With ``path``, each accepted message is
+    also appended to that file as ``message_id<TAB>to`` and fsynced before
+    ``submit`` returns: what a killed sender handed over survives it.
+    ``on_accept(sms)`` runs after each acceptance (a test's delivery report).
+    """
+
+    def __init__(self, *, path: str | os.PathLike[str] | None = None, on_accept=None) -> None:
+        self.sent: list = []
+        self.times: list[float] = []
+        self.attempts = 0
+        self.path = path
+        self.on_accept = on_accept
+        self._failures = 0
+        self._fail_all = False
+        self._open: object = None  # an asyncio.Event while stalled
+
+    def fail_next(self, n: int = 1) -> None:
+        """Refuse the next ``n`` submissions (GatewayError)."""
+        self._failures += n
+
+    def fail_all(self, on: bool = True) -> None:
+        """Refuse every submission until called with ``False``."""
+        self._fail_all = on
+
+    def stall(self) -> None:
+        """Make submissions hang until :meth:`release` (a gateway that stopped answering)."""
+        import asyncio
+
+        self._open = asyncio.Event()
+
+    def release(self) -> None:
+        """Let stalled submissions go on."""
+        if self._open is not None:
+            self._open.set()
+            self._open = None
+
+    async def submit(self, sms) -> None:
+        import asyncio
+
+        from .smsjobs import GatewayError
+
+        self.attempts += 1
+        if self._open is not None:
+            await self._open.wait()
+        if self._fail_all or self._failures > 0:
+            self._failures = max(0, self._failures - 1)
+            raise GatewayError("the fake gateway refused the message")
+        if self.path is not None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, f"{sms.message_id}\t{sms.to}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.sent.append(sms)
+        self.times.append(asyncio.get_running_loop().time())
+        if self.on_accept is not None:
+            self.on_accept(sms)
