@@ -41,6 +41,7 @@ BEARERBOX = "/usr/sbin/bearerbox"
 SMSBOX = "/usr/sbin/smsbox"
 FAKESMSC = "/usr/lib/kannel/test/fakesmsc"
 ADMIN_PASSWORD = "harness-admin"
+PASSWORD = "harness-secret"
 # fakesmsc logs each message it gets as "... DEBUG: Got message 12: <line>".
 _GOT = re.compile(rb"Got message \d+: <(.*)>$")
 _MO_RCVD = re.compile(r"\[fake-mo\].*?rcvd: sms (\d+)")
@@ -112,6 +113,41 @@ def parse_fakesmsc_lines(raw: bytes) -> list[FakeSms]:
     return done
 
 
+def _mo_link(ports: dict[str, int]) -> str:
+    # The injection link: no real number starts with 20 zeros, so nothing is sent to it.
+    return f"""\
+group = smsc
+smsc = fake
+smsc-id = fake
+smsc-admin-id = fake-mo
+port = {ports["mo"]}
+connect-allow-ip = 127.0.0.1
+allowed-prefix = "00000000000000000000"
+"""
+
+
+def config_from_sample(sample: str, directory: Path, ports: dict[str, int], get_url: str) -> str:
+    """adapters/kannel/kannel.conf made runnable here: its ports, paths, passwords and get-url replaced
+    (each exactly once, or ValueError: the sample changed in a way the tests do not follow), and the
+    injection link added."""
+    edits = [
+        (r"^admin-port = \d+$", f"admin-port = {ports['admin']}"),
+        (r"^admin-password = .*$", f"admin-password = {ADMIN_PASSWORD}"),
+        (r"^smsbox-port = \d+$", f"smsbox-port = {ports['smsbox']}"),
+        (r"^bearerbox-port = \d+$", f"bearerbox-port = {ports['smsbox']}"),
+        (r"^sendsms-port = \d+$", f"sendsms-port = {ports['sendsms']}"),
+        (r"^smsc-id = fake\nport = \d+$", f"smsc-id = fake\nsmsc-admin-id = fake-mt\nport = {ports['mt']}"),
+        (r"^password = .*$", f"password = {PASSWORD}"),
+        (r"^get-url = .*$", f'get-url = "{get_url}"'),
+    ]
+    for pattern, replacement in edits:
+        sample, count = re.subn(pattern, lambda _m, r=replacement: r, sample, flags=re.M)
+        if count != 1:
+            raise ValueError(f"the sample kannel.conf has {count} lines matching {pattern!r}")
+    sample = sample.replace('"/var/log/kannel/', f'"{directory}/').replace('"/var/spool/kannel/', f'"{directory}/')
+    return sample + "\n" + _mo_link(ports)
+
+
 def _write_config(path: Path, ports: dict[str, int], get_url: str, dlr_retries: int, queue_delay: int) -> None:
     d = path.parent
     path.write_text(f"""\
@@ -133,14 +169,7 @@ smsc-admin-id = fake-mt
 port = {ports["mt"]}
 connect-allow-ip = 127.0.0.1
 
-group = smsc
-smsc = fake
-smsc-id = fake
-smsc-admin-id = fake-mo
-port = {ports["mo"]}
-connect-allow-ip = 127.0.0.1
-allowed-prefix = "00000000000000000000"
-
+{_mo_link(ports)}
 group = smsbox
 bearerbox-host = 127.0.0.1
 bearerbox-port = {ports["smsbox"]}
@@ -154,7 +183,7 @@ http-queue-delay = {queue_delay}
 
 group = sendsms-user
 username = tel400
-password = harness-secret
+password = {PASSWORD}
 max-messages = 10
 concatenation = true
 user-allow-ip = 127.0.0.1
@@ -175,18 +204,24 @@ class KannelServers:
 
     ``get_url`` is the sms-service get-url (Kannel escapes in it: ``%p`` ...);
     ``dlr_base`` is kept for the caller (the dlr-url travels with each sendsms).
+    ``sample``: run that kannel.conf (adapters/kannel/kannel.conf) instead of
+    the generated one, rewritten by ``config_from_sample``.
     """
 
     def __init__(self, tmp_path, *, get_url: str, dlr_base: str | None = None,
-                 http_retries: int = 10, queue_delay: int = 1, start_timeout: float = 20.0) -> None:
+                 http_retries: int = 10, queue_delay: int = 1, sample: Path | None = None,
+                 start_timeout: float = 20.0) -> None:
         self.dir = Path(tmp_path) / "kannel"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dlr_base = dlr_base
         self.ports = {name: free_port() for name in ("admin", "smsbox", "mt", "mo", "sendsms")}
         self.sendsms_url = f"http://127.0.0.1:{self.ports['sendsms']}/cgi-bin/sendsms"
-        self.username, self.password = "tel400", "harness-secret"
+        self.username, self.password = "tel400", PASSWORD
         self.config = self.dir / "kannel.conf"
-        _write_config(self.config, self.ports, get_url, http_retries, queue_delay)
+        if sample is None:
+            _write_config(self.config, self.ports, get_url, http_retries, queue_delay)
+        else:
+            self.config.write_text(config_from_sample(Path(sample).read_text(), self.dir, self.ports, get_url))
         self._procs: list[subprocess.Popen] = []
         self._received_log = self.dir / "fakesmsc-mt.log"
         started = time.monotonic()
@@ -255,6 +290,11 @@ class KannelServers:
         for proc in sorted(self._procs, key=lambda p: order[p.name]):
             self._end(proc, signal.SIGINT if proc.name.startswith("fakesmsc") else signal.SIGTERM, 5.0)
         self._procs.clear()
+
+    @property
+    def pids(self) -> list[int]:
+        """The running children's process ids (their process groups have the same ids)."""
+        return [proc.pid for proc in self._procs]
 
     def __enter__(self) -> KannelServers:
         return self

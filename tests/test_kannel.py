@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import http.server
 import threading
@@ -22,7 +23,10 @@ from tel400.smstext import OutgoingSms, encoding_of
 from tel400_http.kannel import (MAX_INCOMING_CHARS, Dlr, IncomingSms, KannelGateway, dlr_url_for, parse_dlr,
                                 parse_incoming, reply_headers)
 
+from .conftest import ROOT
 from .kannel_harness import FakeSms, KannelServers, free_port, parse_fakesmsc_lines
+
+SAMPLE = ROOT / "adapters" / "kannel" / "kannel.conf"
 
 NUMBER = "4001234567"
 PHONE = "13800138000"
@@ -124,6 +128,11 @@ def test_a_chinese_message_reaches_get_url_intact_and_the_chinese_reply_reaches_
         kannel.inject(PHONE, NUMBER, "你好，请问营业时间？")
         kannel.inject("13900139000", NUMBER, "hello")
         got = kannel.wait_received(2)
+        pids = kannel.pids
+    assert len(pids) == 3  # bearerbox, smsbox, fakesmsc; the injecting fakesmsc is gone already
+    for pid in pids:  # stopped and reaped, with anything they forked (their process groups)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
     assert [(m.sender, m.to, m.text) for m in handler.incoming] == [
         (PHONE, NUMBER, "你好，请问营业时间？"), ("13900139000", NUMBER, "hello")]
     assert all(m.at is not None and abs(m.at - time.time()) < 600 for m in handler.incoming)
@@ -201,6 +210,33 @@ def test_delivery_reports_survive_a_short_outage_of_the_handler(tmp_path):
         wait_for(lambda: len(handler.dlrs) >= 2, what="the retried reports")
     assert sorted(d.state for d in handler.dlrs) == ["delivered", "submitted"]
     assert {d.message_id for d in handler.dlrs} == {"outage-1"}
+
+
+@pytest.mark.slow
+def test_the_sample_kannel_conf_runs_both_ways(tmp_path):
+    """adapters/kannel/kannel.conf itself (ports, paths and passwords rewritten): its get-url is the one
+    documented, a Chinese message in gets its reply out, a sendsms gets its reports."""
+    get_urls = re.findall(r'^get-url = "(.*)"$', SAMPLE.read_text(), flags=re.M)
+    assert get_urls == [f"http://127.0.0.1:8400/v1/sms/kannel?{GET_URL_QUERY}"]
+    handler = Handler(lambda sms: "已收到：" + sms.text).start()
+    try:
+        get_url = get_urls[0].replace("http://127.0.0.1:8400/v1/sms/kannel", f"{handler.url}/mo")
+        with KannelServers(tmp_path, get_url=get_url, sample=SAMPLE) as kannel:
+            kannel.inject(PHONE, NUMBER, "预订 2 人")
+
+            async def send():
+                async with KannelGateway(kannel.sendsms_url, username=kannel.username,
+                                         password=kannel.password, dlr_url=f"{handler.url}/dlr") as gateway:
+                    await gateway.submit(sms("sample-1", "您的预订已确认"))
+
+            asyncio.run(send())
+            got = kannel.wait_received(2)
+            wait_for(lambda: len(handler.dlrs) >= 2, what="the reports")
+    finally:
+        handler.stop()
+    assert sorted(got, key=lambda m: m.sender) == [FakeSms("10657" + NUMBER, PHONE, "您的预订已确认"),
+                                                   FakeSms(NUMBER, PHONE, "已收到：预订 2 人")]
+    assert {d.message_id for d in handler.dlrs} == {"sample-1"}
 
 
 @pytest.mark.slow
