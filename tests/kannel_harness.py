@@ -180,6 +180,10 @@ log-level = 1
 mo-recode = true
 http-request-retry = {dlr_retries}
 http-queue-delay = {queue_delay}
+reply-couldnotfetch = ""
+reply-couldnotrepresent = ""
+reply-requestfailed = ""
+reply-emptymessage = ""
 
 group = sendsms-user
 username = tel400

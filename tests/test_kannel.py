@@ -164,6 +164,30 @@ def test_no_reply_sends_nothing(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_refused_or_unanswered_message_texts_nothing_back(tmp_path):
+    """smsbox retries a 400 like an outage, then would send "Could not fetch content, sorry.": the
+    configuration's empty reply-* texts keep the phone from getting it."""
+    def refuse_some(sms):
+        if sms.text == "bad":
+            raise ValueError("refused")
+        return "ok"
+
+    handler = Handler(refuse_some)
+    with kannel_with(tmp_path, handler, http_retries=1, queue_delay=1) as kannel:
+        kannel.inject(PHONE, NUMBER, "bad")
+        wait_for(lambda: len(handler.refused) == 2, what="the request and its retry")
+        handler.stop()
+        kannel.inject(PHONE, NUMBER, "unanswered")
+        log = kannel.dir / "smsbox.log"
+        wait_for(lambda: log.read_text().partition("<unanswered>")[2].count("Couldn't fetch") == 2,
+                 what="smsbox giving up (the request and its retry)")
+        handler.start()
+        kannel.inject("13900139000", NUMBER, "good")  # behind any reply to the two above
+        got = kannel.wait_received(1)
+    assert got == [FakeSms(NUMBER, "13900139000", "ok")]
+
+
+@pytest.mark.slow
 def test_gateway_submits_ascii_chinese_and_long_texts_and_every_one_gets_delivery_reports(tmp_path):
     texts = ["Your code is 4821", "您的验证码是 4821，五分钟内有效。", "预约成功" * 40, "a" * 300, "Tel 400 ok"]
     messages = [sms(f"job-7.{i}", texts[i % len(texts)] + ("" if i < 5 else f" #{i}"), to=f"1380013{i:04d}")
