@@ -122,11 +122,13 @@ def sms(message_id: str, text: str, to: str = PHONE) -> OutgoingSms:
 
 @pytest.mark.slow
 def test_a_chinese_message_reaches_get_url_intact_and_the_chinese_reply_reaches_the_phone(tmp_path):
-    replies = {"你好，请问营业时间？": "您好！营业时间：周一至周五 9:00-18:00。", "hello": "Hi, we open at 9"}
+    # Characters that mean something in a query (+ & = % #) and one outside the BMP (a surrogate pair).
+    ascii_text = "hello+1 & a=b%20#x?"
+    replies = {"你好，请问营业时间？": "您好！营业时间：周一至周五 9:00-18:00。😀", ascii_text: "Hi, we open at 9"}
     handler = Handler(lambda sms: replies.get(sms.text))
     with kannel_with(tmp_path, handler) as kannel:
         kannel.inject(PHONE, NUMBER, "你好，请问营业时间？")
-        kannel.inject("13900139000", NUMBER, "hello")
+        kannel.inject("13900139000", NUMBER, ascii_text)
         got = kannel.wait_received(2)
         pids = kannel.pids
     assert len(pids) == 3  # bearerbox, smsbox, fakesmsc; the injecting fakesmsc is gone already
@@ -134,9 +136,9 @@ def test_a_chinese_message_reaches_get_url_intact_and_the_chinese_reply_reaches_
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
     assert [(m.sender, m.to, m.text) for m in handler.incoming] == [
-        (PHONE, NUMBER, "你好，请问营业时间？"), ("13900139000", NUMBER, "hello")]
+        (PHONE, NUMBER, "你好，请问营业时间？"), ("13900139000", NUMBER, ascii_text)]
     assert all(m.at is not None and abs(m.at - time.time()) < 600 for m in handler.incoming)
-    assert got == [FakeSms(NUMBER, PHONE, "您好！营业时间：周一至周五 9:00-18:00。"),
+    assert got == [FakeSms(NUMBER, PHONE, "您好！营业时间：周一至周五 9:00-18:00。😀"),
                    FakeSms(NUMBER, "13900139000", "Hi, we open at 9")]
     assert handler.refused == []
 
@@ -189,7 +191,7 @@ def test_a_refused_or_unanswered_message_texts_nothing_back(tmp_path):
 
 @pytest.mark.slow
 def test_gateway_submits_ascii_chinese_and_long_texts_and_every_one_gets_delivery_reports(tmp_path):
-    texts = ["Your code is 4821", "您的验证码是 4821，五分钟内有效。", "预约成功" * 40, "a" * 300, "Tel 400 ok"]
+    texts = ["Your code is 4821", "您的验证码是 4821，五分钟内有效。🎉", "预约成功" * 40, "a" * 300, "Tel 400 ok"]
     messages = [sms(f"job-7.{i}", texts[i % len(texts)] + ("" if i < 5 else f" #{i}"), to=f"1380013{i:04d}")
                 for i in range(20)]
     handler = Handler()
@@ -316,6 +318,12 @@ def test_parse_incoming_refuses_garbage(change, error):
     params = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
     with pytest.raises(ValueError, match=error):
         parse_incoming(params)
+
+
+def test_the_incoming_length_limit_is_tunable():
+    assert parse_incoming({**GOOD, "text": "x" * 3000}, max_chars=3000).text == "x" * 3000
+    with pytest.raises(ValueError, match="longer than 10 characters"):
+        parse_incoming({**GOOD, "text": "x" * 11}, max_chars=10)
 
 
 def test_parse_incoming_takes_ascii_in_a_legacy_charset_only():

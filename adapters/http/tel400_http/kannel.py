@@ -120,17 +120,18 @@ def _timestamp(params: Mapping[str, str], name: str) -> float | None:
     return float(value)
 
 
-def parse_incoming(params: Mapping[str, str]) -> IncomingSms:
+def parse_incoming(params: Mapping[str, str], *, max_chars: int = MAX_INCOMING_CHARS) -> IncomingSms:
     """The message in smsbox's get-url query (``from``, ``to``, ``text``, ``coding``, ``charset``, ``at``).
 
     ``params`` is the query already percent-decoded as UTF-8.  Raises
-    ValueError on anything that is not a well-formed message.
+    ValueError on anything that is not a well-formed message, or a text over
+    ``max_chars`` characters.
     """
     sender = _address(params, "from")
     to = _address(params, "to")
     text = _field(params, "text")
-    if len(text) > MAX_INCOMING_CHARS:
-        raise ValueError(f"'text' is longer than {MAX_INCOMING_CHARS} characters")
+    if len(text) > max_chars:
+        raise ValueError(f"'text' is longer than {max_chars} characters")
     if "\x00" in text or "\ufffd" in text:
         raise ValueError("'text' holds a NUL or bytes that are not UTF-8")
     coding = _field(params, "coding", required=False)
