@@ -183,3 +183,12 @@ def test_pages_speak_english_too(portal):
     zh = client.get(SENDS).text
     en = client.get(SENDS, headers={"Accept-Language": "en"}).text
     assert "群发" in zh and "Group sends" in en
+
+
+def test_a_csv_over_the_upload_limit_is_refused_whole(portal):
+    client, service = portal
+    client.login_company()
+    big = ("phone\n" + "13901012345\n" * 30_000).encode()  # 360 KB > 256 KiB (--portal-max-upload)
+    r = client.post(CONTACTS + "/import", data={"csrf": client.csrf(CONTACTS)}, files={"file": ("big.csv", big)})
+    assert r.status_code == 413
+    assert service.sms_store.count_contacts(ACME_NUMBER) == 0
