@@ -309,6 +309,21 @@ class SmsStore:
         """Whether ``phone`` opted out of ``number``'s messages.  O(log n)."""
         return bool(self._read("SELECT 1 FROM opt_outs WHERE number = ? AND phone = ?", (number, _phone_key(phone))))
 
+    def opt_outs(self, number: str, *, after: str | None = None, limit: int = 100) -> list[tuple[str, float]]:
+        """A page of ``number``'s opt-out list as ``(phone, at)``, in phone order (the admin API and portal list it).
+
+        Keyset paging like :meth:`contacts`: the last phone of a page is the
+        next page's ``after``; ``limit`` is clamped to 1..1000.  O(log n + limit).
+        """
+        limit = max(1, min(int(limit), 1000))
+        return [(phone, at) for phone, at in self._read(
+            "SELECT phone, at FROM opt_outs WHERE number = ? AND phone > ? ORDER BY phone LIMIT ?",
+            (number, after or "", limit))]
+
+    def count_opt_outs(self, number: str) -> int:
+        """How many phones opted out of ``number``'s messages.  O(n)."""
+        return self._read("SELECT COUNT(*) FROM opt_outs WHERE number = ?", (number,))[0][0]
+
     # --- messages -----------------------------------------------------------
 
     def record_message(self, msg: OutgoingSms | None = None, *, direction: str = "out", number: str | None = None,

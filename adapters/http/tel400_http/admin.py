@@ -52,17 +52,24 @@ METRIC_NAMES = {
     "deleteNumber": "numbers.delete", "getBlacklist": "blacklist.get", "blacklistAdd": "blacklist.add",
     "blacklistRemove": "blacklist.remove", "putPin": "pin.put", "deletePin": "pin.delete", "audit": "audit",
     "report": "report", "calls": "calls.list",
+    "listContacts": "contacts.list", "getContact": "contacts.get", "putContact": "contacts.put",
+    "deleteContact": "contacts.delete", "importContacts": "contacts.import", "listOptOuts": "opt_outs.list",
+    "createJob": "sms_jobs.create", "listJobs": "sms_jobs.list", "getJob": "sms_jobs.get",
+    "pauseJob": "sms_jobs.pause", "resumeJob": "sms_jobs.resume", "cancelJob": "sms_jobs.cancel",
 }
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
 
 
 def create_admin(service) -> Starlette:
     """The admin API of ``service`` as a Starlette app (one route per admin operation of schemas.OPERATIONS)."""
+    from .sms_admin import SmsAdminApi  # it uses this module's decoding helpers
+
     api = _AdminApi(service)
+    sms = SmsAdminApi(service, api)
     by_path: dict[str, dict] = {}
     for op in schemas.OPERATIONS:
         if not op.raw:
-            handler = getattr(api, op.op_id)
+            handler = getattr(api, op.op_id, None) or getattr(sms, op.op_id)
             by_path.setdefault(op.path, {})[op.method] = _endpoint(service, METRIC_NAMES[op.op_id], handler)
     # Every method reaches the path's dispatcher, which answers the 405 itself (Starlette's would add HEAD)
     routes = [Route(path, _by_method(methods), methods=_ANY_METHOD) for path, methods in by_path.items()]

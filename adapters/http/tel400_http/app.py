@@ -126,6 +126,8 @@ class Service:
         self.store = store
         self.watcher = watcher
         self.records = records
+        #: the SMS store (opt-outs, address book, group sends; tel400-http --sms-db), or None: SMS off
+        self.sms_store = None
         self.tokens = tokens or Tokens([])
         self.freeswitch = freeswitch or FreeSwitchSettings()
         self.gateway = check_gateway(gateway) if gateway else None

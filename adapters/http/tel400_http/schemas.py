@@ -24,6 +24,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 import tel400
 from tel400.calls import DEFAULT_MAX_AGE_S
+from tel400.smsstore import MAX_JOB_RATE
 
 # -- shared pieces -------------------------------------------------------------------------------
 
@@ -248,6 +249,130 @@ class CallsQuery(Struct, forbid_unknown_fields=True):
     before: Annotated[int, Meta(ge=1, le=2**62, description="records older than this id (paging)")] | None = None
 
 
+# -- SMS: the address book, the opt-out list, group sends (tel400_http.sms_admin; docs/sms.md) ----
+
+#: The most contacts, opt-outs or jobs one page lists (``?limit=``).
+SMS_PAGE_MAX = 1000
+_HHMM = _whole("([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+class Contact(Struct):
+    """One entry of a number's address book (:class:`tel400.smsstore.Contact`)."""
+
+    phone: Annotated[str, Meta(description="normalized (tel400.normalize)")]
+    name: str
+    tags: list[str]
+    fields: Annotated[dict[str, str], Meta(description="the extra CSV columns, template fields")]
+
+
+class ContactBody(Struct, forbid_unknown_fields=True):
+    """``PUT …/contacts/{phone}``: the contact's new content (the phone is the path's)."""
+
+    name: str = ""
+    tags: list[str] = []
+    fields: Annotated[dict[str, str], Meta(description="extra fields a template names as {field}")] = {}
+
+
+class ContactList(Struct, omit_defaults=True):
+    number: str
+    contacts: list[Contact]
+    next: Annotated[str, Meta(description="the after of the next page")] | UnsetType = UNSET
+
+
+class ContactsQuery(Struct, forbid_unknown_fields=True):
+    tag: Annotated[str, Meta(min_length=1, max_length=64, description="only contacts carrying this tag")] | None = None
+    after: Annotated[str, Meta(max_length=NUMBER_MAX, description="list the phones after this one (a page's next)")] \
+        = ""
+    limit: Annotated[int, Meta(ge=1, le=SMS_PAGE_MAX)] = 100
+
+
+class BadLine(Struct):
+    line: Annotated[int, Meta(description="the file's line number (the header is line 1)")]
+    text: Annotated[str, Meta(description="the line as read (cut at 200 characters)")]
+    message: str
+
+
+class ImportAnswer(Struct):
+    """What a CSV import did: every good line is kept, every bad one reported."""
+
+    number: str
+    added: int
+    updated: int
+    errors: list[BadLine]
+
+
+class OptOut(Struct):
+    phone: str
+    at: Annotated[str, Meta(description="when it opted out, ISO 8601, UTC")]
+
+
+class OptOutList(Struct, omit_defaults=True):
+    number: str
+    opt_outs: list[OptOut]
+    next: Annotated[str, Meta(description="the after of the next page")] | UnsetType = UNSET
+
+
+class OptOutsQuery(Struct, forbid_unknown_fields=True):
+    after: Annotated[str, Meta(max_length=NUMBER_MAX, description="list the phones after this one")] = ""
+    limit: Annotated[int, Meta(ge=1, le=SMS_PAGE_MAX)] = 100
+
+
+class JobRequest(Struct, forbid_unknown_fields=True):
+    """``POST …/sms-jobs``: a group send to the contacts carrying any of ``tags`` and/or ``phones``."""
+
+    template: Annotated[str, Meta(min_length=1, description=(
+        "the text; {name}, {phone}, {number} and the contacts' extra columns as {field}; {{ and }} for braces"))]
+    rate: Annotated[float, Meta(gt=0, le=MAX_JOB_RATE, description="messages per second")]
+    tags: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=100)] = []
+    phones: Annotated[list[Annotated[str, Meta(max_length=NUMBER_MAX)]], Meta(
+        description="recipients by phone (in the book or not)")] = []
+    not_before: Annotated[str, Meta(pattern=_HHMM, description="HH:MM, the number's zone")] | None = None
+    not_after: Annotated[str, Meta(pattern=_HHMM, description="HH:MM; a window may wrap midnight")] | None = None
+
+
+class JobProgress(Struct):
+    """A job's recipients by state (total = pending + sending + sent + failed + skipped_*)."""
+
+    total: int
+    pending: int
+    sending: int
+    sent: int
+    delivered: int
+    undelivered: int
+    failed: int
+    skipped_opted_out: int
+    skipped_cap: int
+
+
+class Job(Struct, omit_defaults=True):
+    """A group send (:class:`tel400.smsstore.Job`)."""
+
+    job_id: str
+    number: str
+    template: str
+    rate: float
+    not_before: str | None
+    not_after: str | None
+    state: Literal["scheduled", "running", "paused", "done", "cancelled"]
+    total: Annotated[int, Meta(description="its recipients")]
+    created_at: Annotated[str, Meta(description="ISO 8601, UTC")]
+    created_by: str
+    updated_at: str
+    updated_by: str
+    progress: JobProgress | UnsetType = UNSET
+    sample_parts: Annotated[int, Meta(description="SMS parts of the first recipient's message (on creation)")] \
+        | UnsetType = UNSET
+
+
+class JobList(Struct):
+    number: str
+    jobs: list[Job]
+
+
+class JobsQuery(Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, Meta(ge=1, le=SMS_PAGE_MAX)] = 100
+
+
 # -- the route table ------------------------------------------------------------------------------
 
 class Op(NamedTuple):
@@ -272,6 +397,9 @@ _PATH_PARAMS = {
     "number": _NUMBER,
     "entry": {"name": "entry", "in": "path", "required": True, "schema": {"type": "string", "maxLength": NUMBER_MAX},
               "description": "a number, a prefix ending in *, or anonymous"},
+    "phone": {"name": "phone", "in": "path", "required": True, "schema": {"type": "string", "maxLength": NUMBER_MAX},
+              "description": "a contact's phone, in any written form"},
+    "job_id": {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 40}},
     "call_id": {"name": "call_id", "in": "path", "required": True,
                 "schema": {"type": "string", "pattern": _whole("[\\x21-\\x2e\\x30-\\x7e]{1,128}")}},
 }
@@ -279,6 +407,7 @@ _ERRORS = {400: "malformed body", 401: "no or a bad token (switch endpoints: sec
            403: "the token may not manage this number (switch endpoints: address not allowed)",
            404: "not found", 409: "not possible with this configuration", 412: "If-Match is not the plan's ETag",
            413: "body too large", 422: "invalid request or plan", 503: "plan store unavailable"}
+_SMS_OFF = (Error, "not found, or this service keeps no SMS store (error sms_off: start it with --sms-db)")
 
 
 def _e(*codes: int) -> dict:
@@ -332,6 +461,37 @@ OPERATIONS: tuple[Op, ...] = (
        {200: (Report, "OK"), **_e(401, 403, 404, 409, 422)}, query=ReportQuery),
     Op("GET", "/v1/numbers/{number}/calls", "calls", "The latest call records, newest first",
        {200: (Calls, "OK"), **_e(401, 403, 404, 409, 422)}, query=CallsQuery),
+    Op("GET", "/v1/numbers/{number}/contacts", "listContacts", "One page of the address book (by tag), in phone order",
+       {200: (ContactList, "OK"), **_e(401, 403, 422), 404: _SMS_OFF}, query=ContactsQuery),
+    # before …/contacts/{phone}: routes match in this order
+    Op("POST", "/v1/numbers/{number}/contacts/import", "importContacts",
+       "Add or update contacts from CSV (header phone,name,tags,…; UTF-8 or GB18030); every bad line reported",
+       {200: (ImportAnswer, "OK"), **_e(401, 403, 413, 422, 503), 404: _SMS_OFF}, body=str,
+       body_media=("text/csv",)),
+    Op("GET", "/v1/numbers/{number}/contacts/{phone}", "getContact", "One contact",
+       {200: (Contact, "OK"), **_e(401, 403), 404: _SMS_OFF}),
+    Op("PUT", "/v1/numbers/{number}/contacts/{phone}", "putContact", "Add or replace one contact",
+       {200: (Contact, "OK"), **_e(400, 401, 403, 413, 422, 503), 404: _SMS_OFF}, body=ContactBody),
+    Op("DELETE", "/v1/numbers/{number}/contacts/{phone}", "deleteContact", "Remove one contact",
+       {204: (None, "removed"), **_e(401, 403, 503), 404: _SMS_OFF}),
+    Op("GET", "/v1/numbers/{number}/opt-outs", "listOptOuts",
+       "One page of the opt-out list (read-only: a subscriber opts in again by texting)",
+       {200: (OptOutList, "OK"), **_e(401, 403, 422), 404: _SMS_OFF}, query=OptOutsQuery),
+    Op("POST", "/v1/numbers/{number}/sms-jobs", "createJob",
+       "Create a group send (it starts at once within its window, paced at its rate)",
+       {201: (Job, "created"), **_e(400, 401, 403, 413, 422, 503), 404: _SMS_OFF,
+        409: (Error, "too many unfinished jobs")}, body=JobRequest),
+    Op("GET", "/v1/numbers/{number}/sms-jobs", "listJobs", "The number's group sends, newest first",
+       {200: (JobList, "OK"), **_e(401, 403, 422), 404: _SMS_OFF}, query=JobsQuery),
+    Op("GET", "/v1/numbers/{number}/sms-jobs/{job_id}", "getJob", "A group send with its progress",
+       {200: (Job, "OK"), **_e(401, 403), 404: _SMS_OFF}),
+    Op("POST", "/v1/numbers/{number}/sms-jobs/{job_id}/pause", "pauseJob", "Pause a scheduled or running send",
+       {200: (Job, "OK"), **_e(401, 403, 503), 404: _SMS_OFF, 409: (Error, "the job is not scheduled or running")}),
+    Op("POST", "/v1/numbers/{number}/sms-jobs/{job_id}/resume", "resumeJob", "Resume a paused send",
+       {200: (Job, "OK"), **_e(401, 403, 503), 404: _SMS_OFF, 409: (Error, "the job is not paused")}),
+    Op("POST", "/v1/numbers/{number}/sms-jobs/{job_id}/cancel", "cancelJob",
+       "Cancel a send for good (its pending recipients get nothing)",
+       {200: (Job, "OK"), **_e(401, 403, 503), 404: _SMS_OFF, 409: (Error, "the job is done or cancelled")}),
 )
 
 _REF = "#/components/schemas/{name}"
