@@ -126,6 +126,9 @@ class Service:
         self.store = store
         self.watcher = watcher
         self.records = records
+        # The SMS store (tel400.smsstore.SmsStore) for reports and SMS records; None: no SMS kept.
+        # (Set by the sms helpers' wiring in app.py/server.py; this default lets reports run without it.)
+        self.sms_store = None
         self.tokens = tokens or Tokens([])
         self.freeswitch = freeswitch or FreeSwitchSettings()
         self.gateway = check_gateway(gateway) if gateway else None
