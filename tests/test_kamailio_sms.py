@@ -26,6 +26,7 @@ NUMBER = "4001000021"
 REPLY = "酒店在北京路1号。"
 OPT_OUT_REPLY = "您已退订{number}的短信。"
 REPLY_LIMIT = 3
+LONGEST_REPLY = "字" * 670  # 10 UCS-2 parts: the longest reply a plan may hold (2,010 bytes of UTF-8)
 
 
 class Phone:
@@ -98,6 +99,10 @@ def sms_kamailio(tmp_path_factory):
         "sms_replies": [{"name": "where", "keywords": ["你的酒店在哪", "hotel"], "match": "contains",
                          "reply": REPLY}],
         "sms": {"reply_limit": REPLY_LIMIT, "reply_window_s": 3600, "opt_out_reply": OPT_OUT_REPLY},
+    }, {
+        "number": "4001000022",
+        "default": {"action": "reject", "prompt": "closed"},
+        "sms_replies": [{"name": "long", "keywords": "long", "reply": LONGEST_REPLY}],
     }]}
     plan_file = workdir / "plans.json"
     plan_file.write_text(json.dumps(plans, ensure_ascii=False))
@@ -158,6 +163,13 @@ def test_a_flood_from_one_sender_gets_at_most_reply_limit_replies(sms_kamailio, 
     replies = phone.settle()
     assert len(replies) == REPLY_LIMIT
     assert {body for _, _, body in replies} == {REPLY}
+
+
+def test_the_longest_reply_arrives_whole(sms_kamailio, phone, tmp_path):
+    sipp_uac(tmp_path, "uac_message_reply", sms_kamailio.port, "4001000022",
+             [f"13901010005;{phone.port};long"], calls=1)
+    (_, headers, body), = phone.wait(1)
+    assert body == LONGEST_REPLY and headers["content-length"] == str(len(LONGEST_REPLY.encode()))
 
 
 def test_a_from_that_is_not_a_phone_number_gets_no_reply_message(sms_kamailio, phone, tmp_path):
