@@ -14,6 +14,7 @@ import socket
 import sysconfig
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -177,6 +178,42 @@ def test_a_from_that_is_not_a_phone_number_gets_no_reply_message(sms_kamailio, p
     counts = send(sms_kamailio, tmp_path, "1390101%3Bx", phone, "hotel")
     assert counts.get("4_200_Recv") == 1, counts
     assert phone.settle() == []
+
+
+def raw_message(port: int, body: bytes, content_type: str = "text/plain") -> str:
+    """One MESSAGE with ``body`` as given, over UDP; the status line of its final answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        me = f"127.0.0.1:{s.getsockname()[1]}"
+        call_id = uuid.uuid4().hex
+        head = (f"MESSAGE sip:{NUMBER}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id[:12]}\r\n"
+                f"From: <sip:13901010007@{me}>;tag=1\r\nTo: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+                f"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        s.sendto(head.encode() + body, ("127.0.0.1", port))
+        while True:
+            status = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+            if status.startswith("SIP/2.0 ") and int(status.split()[1]) >= 200:
+                return status
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"\xff\xfe\xfa hotel", "text/plain"),  # not UTF-8
+    ("hotel".encode("utf-16-le"), "text/plain;charset=UTF-16"),
+    (b"<isComposing/>", "application/im-iscomposing+xml"),  # not a text for people
+])
+def test_a_body_that_is_not_utf8_text_is_refused_415_and_nothing_is_recorded(sms_kamailio, body, content_type):
+    before = len(SmsStore(sms_kamailio.store_path).messages(NUMBER, limit=1000))
+    assert raw_message(sms_kamailio.port, body, content_type) == "SIP/2.0 415 Unsupported Media Type"
+    assert len(SmsStore(sms_kamailio.store_path).messages(NUMBER, limit=1000)) == before
+
+
+def test_a_huge_text_is_answered_by_its_first_characters(sms_kamailio):
+    # 60,000 bytes in one UDP datagram: compared by its first 2,000 characters, routed onward (closed: 480)
+    assert raw_message(sms_kamailio.port, b"x" * 60000) == "SIP/2.0 480 Temporarily Unavailable"
+    record = SmsStore(sms_kamailio.store_path).messages(NUMBER, limit=1)[0]
+    assert (record["direction"], record["outcome"], len(record["text"])) == ("in", "no_match", 1600)
 
 
 def test_unknown_number_is_refused_as_before(sms_kamailio, phone, tmp_path):

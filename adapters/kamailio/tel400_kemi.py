@@ -414,9 +414,14 @@ class Tel400:
         call is when the answer routes it onward, refused as before
         otherwise.  A reply goes back as a new MESSAGE (:meth:`_send_reply`).
         """
+        body = self._text_body()
+        if body is None:
+            # not a text tel400 can read: refused before anything is routed or counted
+            KSR.hdr.append_to_reply("Accept: text/plain;charset=UTF-8\r\n")
+            KSR.sl.sl_send_reply(415, "Unsupported Media Type")
+            return
         dialed = KSR.pv.get("$rU")
         caller = KSR.pv.get("$fU")
-        body = KSR.pv.get("$rb") or ""
         answer = self.router.answer_sms(dialed, caller, body)
         store = self.sms_store if answer.number else None
         reply = answer.reply
@@ -445,6 +450,25 @@ class Tel400:
             code, phrase = sip.REPLIES.get(answer.reason, (500, "Server Internal Error"))
             KSR.hdr.append_to_reply(f"X-Tel400-Reason: {sip.header_value(answer.reason)}\r\n")
             KSR.sl.sl_send_reply(code, phrase)
+
+    @staticmethod
+    def _text_body():
+        """The MESSAGE's text, or None when it is not ``text/plain`` in UTF-8 (no Content-Type: text).
+
+        A charset other than UTF-8 (or its subset US-ASCII) is refused even
+        when its bytes happen to decode: UTF-16 "hotel" is valid UTF-8 with NULs.
+        """
+        media, *params = (KSR.pv.get("$cT") or "text/plain").lower().split(";")
+        if media.strip() != "text/plain":
+            return None
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "us-ascii"):
+                return None
+        try:
+            return KSR.pv.get("$rb") or ""
+        except UnicodeDecodeError:  # app_python3 decodes the body as UTF-8
+            return None
 
     def _send_reply(self, answer, text, store):
         """Send ``text`` to the sender as a new MESSAGE from the 400 number (uac_req_send).
