@@ -180,22 +180,36 @@ def test_a_from_that_is_not_a_phone_number_gets_no_reply_message(sms_kamailio, p
     assert phone.settle() == []
 
 
-def raw_message(port: int, body: bytes, content_type: str = "text/plain") -> str:
-    """One MESSAGE with ``body`` as given, over UDP; the status line of its final answer."""
+def raw_message(port: int, body: bytes, content_type: str = "text/plain", *, sender: str = "13901010007",
+                reply_port: int | None = None, sends: int = 1) -> str:
+    """One MESSAGE with ``body`` as given, over UDP, sent ``sends`` times (a retransmission is the
+    same datagram); the status line of the last final answer.  ``reply_port``: the port in its From URI."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(5)
         me = f"127.0.0.1:{s.getsockname()[1]}"
         call_id = uuid.uuid4().hex
         head = (f"MESSAGE sip:{NUMBER}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id[:12]}\r\n"
-                f"From: <sip:13901010007@{me}>;tag=1\r\nTo: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+                f"From: <sip:{sender}@127.0.0.1:{reply_port or s.getsockname()[1]}>;tag=1\r\n"
+                f"To: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: {call_id}\r\n"
                 f"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n")
-        s.sendto(head.encode() + body, ("127.0.0.1", port))
-        while True:
-            status = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
-            if status.startswith("SIP/2.0 ") and int(status.split()[1]) >= 200:
-                return status
+        for _ in range(sends):
+            s.sendto(head.encode() + body, ("127.0.0.1", port))
+            while True:
+                status = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+                if status.startswith("SIP/2.0 ") and int(status.split()[1]) >= 200:
+                    break
+        return status
+
+
+def test_a_retransmitted_message_is_answered_again_but_replied_once(sms_kamailio, phone):
+    # our 200 lost: the sender retransmits; tm absorbs it (the transaction answers again), nothing is redone
+    assert raw_message(sms_kamailio.port, b"hotel", sender="13901010008", reply_port=phone.port,
+                       sends=3) == "SIP/2.0 200 OK"
+    assert [body for _, _, body in phone.settle()] == [REPLY]
+    rows = [r for r in SmsStore(sms_kamailio.store_path).messages(NUMBER) if r["peer"] == "13901010008"]
+    assert [r["direction"] for r in rows] == ["out", "in"]
 
 
 @pytest.mark.parametrize(("body", "content_type"), [

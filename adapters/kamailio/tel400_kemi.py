@@ -420,6 +420,9 @@ class Tel400:
             KSR.hdr.append_to_reply("Accept: text/plain;charset=UTF-8\r\n")
             KSR.sl.sl_send_reply(415, "Unsupported Media Type")
             return
+        # A transaction from here on: a retransmission (our 200 lost) is answered by tm again,
+        # never answered, replied to and counted a second time.  Every answer below is stateful.
+        KSR.tm.t_newtran()
         dialed = KSR.pv.get("$rU")
         caller = KSR.pv.get("$fU")
         answer = self.router.answer_sms(dialed, caller, body)
@@ -443,13 +446,13 @@ class Tel400:
         if answer.route is not None and answer.route.action == "bridge":
             self._proxy(answer.route, None)
         elif answer.kind != "none":
-            KSR.sl.sl_send_reply(200, "OK")
+            KSR.sl.send_reply(200, "OK")
         elif answer.route is not None:
             self._refuse(answer.route)
         else:  # unknown number or blacklisted sender: no decision was made
             code, phrase = sip.REPLIES.get(answer.reason, (500, "Server Internal Error"))
             KSR.hdr.append_to_reply(f"X-Tel400-Reason: {sip.header_value(answer.reason)}\r\n")
-            KSR.sl.sl_send_reply(code, phrase)
+            KSR.sl.send_reply(code, phrase)
 
     @staticmethod
     def _text_body():
@@ -498,7 +501,7 @@ class Tel400:
     def _refuse(self, decision):
         code, phrase = sip.reply_for(decision, cap_code=self.s.cap_code)
         KSR.hdr.append_to_reply(f"X-Tel400-Reason: {sip.header_value(decision.reason)}\r\n")
-        KSR.sl.sl_send_reply(code, phrase)
+        KSR.sl.send_reply(code, phrase)  # stateful when a transaction exists (a MESSAGE), else stateless
 
     def _redirect(self, decision, call_id):
         # The targets become branches and sl builds the Contact header from
