@@ -181,7 +181,7 @@ def test_a_from_that_is_not_a_phone_number_gets_no_reply_message(sms_kamailio, p
 
 
 def raw_message(port: int, body: bytes, content_type: str = "text/plain", *, sender: str = "13901010007",
-                reply_port: int | None = None, sends: int = 1) -> str:
+                reply_port: int | None = None, sends: int = 1, from_host: str = "127.0.0.1") -> str:
     """One MESSAGE with ``body`` as given, over UDP, sent ``sends`` times (a retransmission is the
     same datagram); the status line of the last final answer.  ``reply_port``: the port in its From URI."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -190,7 +190,7 @@ def raw_message(port: int, body: bytes, content_type: str = "text/plain", *, sen
         me = f"127.0.0.1:{s.getsockname()[1]}"
         call_id = uuid.uuid4().hex
         head = (f"MESSAGE sip:{NUMBER}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id[:12]}\r\n"
-                f"From: <sip:{sender}@127.0.0.1:{reply_port or s.getsockname()[1]}>;tag=1\r\n"
+                f"From: <sip:{sender}@{from_host}:{reply_port or s.getsockname()[1]}>;tag=1\r\n"
                 f"To: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: {call_id}\r\n"
                 f"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n")
@@ -210,6 +210,13 @@ def test_a_retransmitted_message_is_answered_again_but_replied_once(sms_kamailio
     assert [body for _, _, body in phone.settle()] == [REPLY]
     rows = [r for r in SmsStore(sms_kamailio.store_path).messages(NUMBER) if r["peer"] == "13901010008"]
     assert [r["direction"] for r in rows] == ["out", "in"]
+
+
+def test_a_from_host_that_is_not_a_plain_host_gets_no_reply_and_the_reply_is_recorded_failed(sms_kamailio):
+    # an IPv6 literal parses as SIP, but the reply target takes only [A-Za-z0-9._-] hosts
+    assert raw_message(sms_kamailio.port, b"hotel", sender="13901010009", from_host="[::1]") == "SIP/2.0 200 OK"
+    rows = [r for r in SmsStore(sms_kamailio.store_path).messages(NUMBER) if r["peer"] == "13901010009"]
+    assert [(r["direction"], r["outcome"]) for r in rows] == [("out", "failed"), ("in", "ok")]
 
 
 @pytest.mark.parametrize(("body", "content_type"), [

@@ -482,8 +482,8 @@ class Tel400:
         """
         to = reply_uri(KSR.pv.get("$fU"), KSR.pv.get("$fd"), KSR.pv.get("$(fu{uri.port})"))
         domain = self.s.sms_domain or KSR.pv.get("$rd")
-        outcome = "refused"
-        if to is not None and reply_uri(answer.number, domain) is not None:
+        outcome = "failed"  # counted as failed in reports: the router had admitted it
+        if to is not None and reply_uri(answer.number, domain) is not None:  # the request's host checked too
             KSR.pv.sets("$uac_req(method)", "MESSAGE")
             KSR.pv.sets("$uac_req(ruri)", to)
             KSR.pv.sets("$uac_req(turi)", to)
@@ -494,9 +494,8 @@ class Tel400:
         else:
             KSR.warn("tel400: no reply MESSAGE: the sender's From is not a phone number at a host\n")
         if store is not None:
-            kind = "reply" if answer.kind == "reply" else answer.kind
             store.record_message(direction="out", number=answer.number, peer=KSR.pv.get("$fU") or "",
-                                 text=text, parts=answer.parts, kind=kind, outcome=outcome)
+                                 text=text, parts=answer.parts, kind=answer.kind, outcome=outcome)
 
     def _refuse(self, decision):
         code, phrase = sip.reply_for(decision, cap_code=self.s.cap_code)
