@@ -123,10 +123,11 @@ async def show(request: Request):
 
     def read():
         records.flush(FLUSH_S)
-        return records.report(number, month), records.callers(number, month)
+        # the zone may be a store read: here in the thread too
+        sms = smsreport.sms_month(service.sms_store, number, month, service._zone_of(number))
+        return records.report(number, month), records.callers(number, month), sms
 
-    report, callers = await asyncio.to_thread(read)
-    sms = await asyncio.to_thread(smsreport.sms_month, service.sms_store, number, month, service._zone_of(number))
+    report, callers, sms = await asyncio.to_thread(read)
     answer_rate = None if not report["calls"] else round(100 * report["connected"] / report["calls"], 1)
     base = number_url(request, number, "reports")
     context = {
