@@ -51,3 +51,24 @@ def test_a_full_reload_is_checked_for_number_targets_without_reading_the_plans_b
     with structlog.testing.capture_logs() as logs:
         handler._check_reloaded_plans()
     assert not [e for e in logs if e["event"] == "number_target_without_gateway"]
+
+
+@pytest.mark.parametrize(("user", "host", "port"), [
+    ("13901010001;lr", "127.0.0.1", None),  # a parameter smuggled in the user
+    ("13901010001>", "127.0.0.1", None),
+    ("1390101 0001", "127.0.0.1", None),
+    ("alice", "127.0.0.1", None),  # not a phone number
+    ("13901010001\r\nVia: x", "127.0.0.1", None),
+    ("13901010001", "evil.example>;x=1", None),
+    ("13901010001", "127.0.0.1\r\nX: y", None),
+    ("13901010001", "127.0.0.1", "5060;transport=tcp"),
+    ("13901010001", "", None),
+    (None, "127.0.0.1", None),
+])
+def test_a_reply_target_is_built_only_from_a_phone_number_and_a_plain_host(kemi, user, host, port):
+    assert kemi.reply_uri(user, host, port) is None
+
+
+def test_a_reply_target_from_a_plain_from_uri(kemi):
+    assert kemi.reply_uri("13901010001", "127.0.0.1", "5070") == "sip:13901010001@127.0.0.1:5070"
+    assert kemi.reply_uri("+8613901010001", "sip.example.com", None) == "sip:+8613901010001@sip.example.com"

@@ -22,6 +22,11 @@ and configure it with environment variables, read once at ``mod_init``
     TEL400_ROUTER_FACTORY module:function(store, counters) -> Router, to customise
     TEL400_LOG_LEVEL      debug, info (default), warning or error: tel400's log lines
                           (structlog) written through Kamailio's own log
+    TEL400_SMS_STORE      the SMS store (tel400.smsstore.SmsStore, an SQLite path):
+                          opt-outs and message records of SIP MESSAGEs; without it
+                          opt-outs are not kept and no confirmation is sent
+    TEL400_SMS_DOMAIN     host[:port] in the From of reply MESSAGEs
+                          (sip:<400 number>@<domain>; default: the request URI's host)
 
 Every request gets an answer: a Python exception inside tel400 is logged and
 answered (500, or the media server), never left to drop the request.
@@ -29,6 +34,7 @@ answered (500, or the media server), never left to drop the request.
 
 import logging
 import os
+import re
 import site
 import sys
 import time
@@ -42,7 +48,7 @@ import KSR  # noqa: E402  (provided by app_python3)
 import structlog  # noqa: E402
 
 import tel400  # noqa: E402
-from tel400 import sip  # noqa: E402
+from tel400 import sip, smstext  # noqa: E402
 
 RETRY_CODES = frozenset({408, 480, 486})  # and every 5xx
 FAILURE_ROUTE = "ksr_tel400_failure"
@@ -72,6 +78,11 @@ SANITY_CHECKS = (SANITY_RURI_SIP_VERSION | SANITY_RURI_SCHEME | SANITY_REQUIRED_
                  | SANITY_CSEQ_VALUE | SANITY_CONTENT_LENGTH | SANITY_EXPIRES_VALUE | SANITY_PROXY_REQUIRE
                  | SANITY_PARSE_URIS | SANITY_DUPLICATE_TAGS)
 SANITY_URIS = 1 | 2 | 4  # with SANITY_PARSE_URIS: the request URI, From and To
+#: A sender a reply MESSAGE may go to: its From user is a phone number (digits,
+#: an optional +), nothing a SIP URI could read as syntax.
+_REPLY_USER = re.compile(r"\A\+?[0-9]{1,32}\Z")
+#: The reply's only header besides the ones uac builds.
+REPLY_HEADERS = "Content-Type: text/plain;charset=UTF-8\r\n"
 
 
 class Settings:
@@ -98,6 +109,39 @@ class Settings:
         self.log_level = env.get("TEL400_LOG_LEVEL", "info")
         if self.log_level not in LOG_LEVELS:
             raise RuntimeError(f"tel400: TEL400_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}")
+        self.sms_store = env.get("TEL400_SMS_STORE") or None
+        self.sms_domain = env.get("TEL400_SMS_DOMAIN") or None
+        if self.sms_domain:
+            try:
+                sip.check_gateway(self.sms_domain)  # the same host[:port] shape
+            except ValueError:
+                raise RuntimeError("tel400: TEL400_SMS_DOMAIN must be host[:port]") from None
+
+
+def _parts_of(text):
+    """The SMS parts a received text would take (a text longer than 10 parts counts as 10)."""
+    try:
+        return smstext.count_parts(text)
+    except ValueError:
+        return smstext.MAX_PARTS
+
+
+def reply_uri(user, host, port=None):
+    """``sip:user@host[:port]`` for a reply MESSAGE, or None when any part could carry SIP syntax.
+
+    ``user`` must be a phone number (``+`` and digits) and ``host[:port]``
+    letters, digits, ``.``, ``-``, ``_`` (tel400.sip.check_gateway): no
+    ``;``, ``>``, ``@``, ``?``, space, CR or LF can reach the request URI or
+    the To header uac builds from it.
+    """
+    if not isinstance(user, str) or not _REPLY_USER.match(user):
+        return None
+    where = f"{host}:{port}" if port else f"{host}"
+    try:
+        sip.check_gateway(where)
+    except ValueError:
+        return None
+    return f"sip:{user}@{where}"
 
 
 class KamailioLogger:
@@ -170,7 +214,7 @@ def _load_factory(spec):
 
 def _check_modules(settings):
     """Refuse to start on a configuration that lacks a module the script calls."""
-    needed = ("sl", "tm", "tmx", "rr", "siputils", "corex", "sanity")
+    needed = ("sl", "tm", "tmx", "rr", "siputils", "corex", "sanity", "uac")
     if settings.mode == "proxy":
         needed += ("maxfwd", "dialog")
     missing = [name for name in needed if not hasattr(KSR, name)]
@@ -236,6 +280,10 @@ def mod_init():
     settings = Settings(os.environ)
     configure_logging(settings.log_level)
     _check_modules(settings)
+    if settings.sms_store:
+        from tel400.smsstore import SmsStore
+
+        SmsStore(settings.sms_store).close()  # created (0600) here, once, before the workers fork
     store = tel400.open_store(settings.plans, create=False)  # a mistyped path: an error, not an empty store
     router = _load_factory(settings.factory)(store, settings.counters)
     _check_gateway(settings, store)
@@ -264,10 +312,19 @@ class Tel400:
         if not settings.gateway:
             _spot_number_targets(watcher.store, self._spotted)
         self._backend_report_due = 0.0
+        self._sms_store = None  # opened in each worker (an SQLite connection must not cross a fork)
 
     def child_init(self, rank):
         self.router.reseed()  # Kamailio forks without Python's fork hooks
         return 0
+
+    @property
+    def sms_store(self):
+        if self._sms_store is None and self.s.sms_store:
+            from tel400.smsstore import SmsStore
+
+            self._sms_store = SmsStore(self.s.sms_store)
+        return self._sms_store
 
     # -- requests -------------------------------------------------------------------
 
@@ -315,7 +372,7 @@ class Tel400:
         if method == "INVITE":
             self._new_call("voice")
         elif method == "MESSAGE":
-            self._new_call("sms")
+            self._new_message()
         else:
             KSR.hdr.append_to_reply("Allow: INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS\r\n")
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
@@ -350,10 +407,100 @@ class Tel400:
         else:
             self._refuse(decision)
 
+    def _new_message(self):
+        """A MESSAGE: answered by tel400 (a reply, an opt-out or -in), relayed onward, or refused.
+
+        The request is answered 200 when it was handled here, relayed as a
+        call is when the answer routes it onward, refused as before
+        otherwise.  A reply goes back as a new MESSAGE (:meth:`_send_reply`).
+        """
+        body = self._text_body()
+        if body is None:
+            # not a text tel400 can read: refused before anything is routed or counted
+            KSR.hdr.append_to_reply("Accept: text/plain;charset=UTF-8\r\n")
+            KSR.sl.sl_send_reply(415, "Unsupported Media Type")
+            return
+        # A transaction from here on: a retransmission (our 200 lost) is answered by tm again,
+        # never answered, replied to and counted a second time.  Every answer below is stateful.
+        KSR.tm.t_newtran()
+        dialed = KSR.pv.get("$rU")
+        caller = KSR.pv.get("$fU")
+        answer = self.router.answer_sms(dialed, caller, body)
+        store = self.sms_store if answer.number else None
+        reply = answer.reply
+        if store is not None:
+            store.record_message(direction="in", number=answer.number, peer=caller or "", text=body,
+                                 parts=_parts_of(body),
+                                 kind=answer.kind, outcome=answer.reason)
+            # The router keeps no opt-out list: the store does, and says whether it changed.
+            if answer.kind == "opt_out" and not store.opt_out(answer.number, caller):
+                reply = None
+            elif answer.kind == "opt_in" and not store.opt_in(answer.number, caller):
+                reply = None
+            elif answer.kind == "reply" and store.is_opted_out(answer.number, caller):
+                reply = None  # an opted-out sender gets no auto-reply
+        elif answer.kind in ("opt_out", "opt_in"):
+            reply = None  # nowhere to keep the choice: confirming it would be a lie
+        if reply:
+            self._send_reply(answer, reply, store)
+        if answer.route is not None and answer.route.action == "bridge":
+            self._proxy(answer.route, None)
+        elif answer.kind != "none":
+            KSR.sl.send_reply(200, "OK")
+        elif answer.route is not None:
+            self._refuse(answer.route)
+        else:  # unknown number or blacklisted sender: no decision was made
+            code, phrase = sip.REPLIES.get(answer.reason, (500, "Server Internal Error"))
+            KSR.hdr.append_to_reply(f"X-Tel400-Reason: {sip.header_value(answer.reason)}\r\n")
+            KSR.sl.send_reply(code, phrase)
+
+    @staticmethod
+    def _text_body():
+        """The MESSAGE's text, or None when it is not ``text/plain`` in UTF-8 (no Content-Type: text).
+
+        A charset other than UTF-8 (or its subset US-ASCII) is refused even
+        when its bytes happen to decode: UTF-16 "hotel" is valid UTF-8 with NULs.
+        """
+        media, *params = (KSR.pv.get("$cT") or "text/plain").lower().split(";")
+        if media.strip() != "text/plain":
+            return None
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "us-ascii"):
+                return None
+        try:
+            return KSR.pv.get("$rb") or ""
+        except UnicodeDecodeError:  # app_python3 decodes the body as UTF-8
+            return None
+
+    def _send_reply(self, answer, text, store):
+        """Send ``text`` to the sender as a new MESSAGE from the 400 number (uac_req_send).
+
+        The target is rebuilt from the From URI's user, host and port, each
+        checked (:func:`reply_uri`); the text is only ever the body, whose
+        length the plan bounds (10 parts), so nothing a sender wrote becomes SIP.
+        """
+        to = reply_uri(KSR.pv.get("$fU"), KSR.pv.get("$fd"), KSR.pv.get("$(fu{uri.port})"))
+        domain = self.s.sms_domain or KSR.pv.get("$rd")
+        outcome = "failed"  # counted as failed in reports: the router had admitted it
+        if to is not None and reply_uri(answer.number, domain) is not None:  # the request's host checked too
+            KSR.pv.sets("$uac_req(method)", "MESSAGE")
+            KSR.pv.sets("$uac_req(ruri)", to)
+            KSR.pv.sets("$uac_req(turi)", to)
+            KSR.pv.sets("$uac_req(furi)", f"sip:{answer.number}@{domain}")
+            KSR.pv.sets("$uac_req(hdrs)", REPLY_HEADERS)
+            KSR.pv.sets("$uac_req(body)", text)
+            outcome = "sent" if KSR.uac.uac_req_send() >= 0 else "failed"
+        else:
+            KSR.warn("tel400: no reply MESSAGE: the sender's From is not a phone number at a host\n")
+        if store is not None:
+            store.record_message(direction="out", number=answer.number, peer=KSR.pv.get("$fU") or "",
+                                 text=text, parts=answer.parts, kind=answer.kind, outcome=outcome)
+
     def _refuse(self, decision):
         code, phrase = sip.reply_for(decision, cap_code=self.s.cap_code)
         KSR.hdr.append_to_reply(f"X-Tel400-Reason: {sip.header_value(decision.reason)}\r\n")
-        KSR.sl.sl_send_reply(code, phrase)
+        KSR.sl.send_reply(code, phrase)  # stateful when a transaction exists (a MESSAGE), else stateless
 
     def _redirect(self, decision, call_id):
         # The targets become branches and sl builds the Contact header from

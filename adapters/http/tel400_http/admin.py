@@ -33,7 +33,7 @@ import tel400
 from tel400 import pins
 from tel400.stores import WritableStore
 
-from . import schemas
+from . import schemas, smsreport
 from .asgi import ClientGone, HttpError, encode_json
 from .auth import ALL
 from .editing import PlanEditor, StaleEdit, etag
@@ -441,7 +441,9 @@ class _AdminApi:
 
         def report():
             records.flush()
-            return records.report(number, month)
+            # SMS apart from calls: the SMS store's counts over the same month (null: no store)
+            return {**records.report(number, month),
+                    "sms": smsreport.sms_month(self.s.sms_store, number, month, self.s._zone_of(number))}
 
         return _json(200, await asyncio.to_thread(report))
 

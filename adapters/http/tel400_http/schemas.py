@@ -210,6 +210,7 @@ class Report(Struct):
     by_target: list[dict[str, Any]]
     by_reason: list[dict[str, Any]]
     talk_minutes: float | UnsetType = UNSET
+    sms: dict[str, int] | None | UnsetType = UNSET  # in, out, parts_out, delivered, failed; null: no SMS store
 
 
 class Calls(Struct):

@@ -41,7 +41,7 @@ __all__ = ["CSP", "PAGES", "SESSION_COOKIE", "Accounts", "PortalSession", "creat
 
 #: The page modules (portal/pages/<name>.py), each with ``routes``; their order is the routing order.
 PAGES = ["login", "home", "account", "blacklist", "pin", "editor", "weekview", "usage", "records", "reports",
-         "sms", "operator"]
+         "sms", "sms_records", "operator"]
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")

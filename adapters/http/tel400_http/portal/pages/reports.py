@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from ... import charts
 from ... import records as data
+from ... import smsreport
 from .. import i18n
 from ..web import number_url, page_error, render, require
 from .records import FLUSH_S, outcome_labels, province_name
@@ -93,6 +94,15 @@ def draw(report: dict, callers: dict, lang: str) -> dict[str, str]:
     }
 
 
+def draw_sms(sms: dict, lang: str) -> str:
+    """The month's SMS as bars: messages in, out, their parts, delivered and failed."""
+    items = [(i18n.gettext(lang, "Messages in"), sms["in"]), (i18n.gettext(lang, "Messages out"), sms["out"]),
+             (i18n.gettext(lang, "Parts sent"), sms["parts_out"]), (i18n.gettext(lang, "Delivered"), sms["delivered"]),
+             (i18n.gettext(lang, "Failed"), sms["failed"])]
+    return charts.bars(items, title=i18n.gettext(lang, "SMS this month"),
+                       unit=i18n.gettext(lang, "message(s)"), empty=i18n.gettext(lang, "No SMS this month"))
+
+
 async def show(request: Request):
     number = request.path_params["number"]
     require(request, number)
@@ -113,14 +123,17 @@ async def show(request: Request):
 
     def read():
         records.flush(FLUSH_S)
-        return records.report(number, month), records.callers(number, month)
+        # the zone may be a store read: here in the thread too
+        sms = smsreport.sms_month(service.sms_store, number, month, service._zone_of(number))
+        return records.report(number, month), records.callers(number, month), sms
 
-    report, callers = await asyncio.to_thread(read)
+    report, callers, sms = await asyncio.to_thread(read)
     answer_rate = None if not report["calls"] else round(100 * report["connected"] / report["calls"], 1)
     base = number_url(request, number, "reports")
     context = {
         "number": number, "month": month, "error": None, "report": report, "callers": callers,
         "answer_rate": answer_rate, "charts": draw(report, callers, lang),
+        "sms": sms, "sms_chart": draw_sms(sms, lang) if sms is not None else None,
         "previous": f"{base}?month={_shift(month, -1)}", "next": f"{base}?month={_shift(month, 1)}",
         "month_records": f"{number_url(request, number, 'records')}?since={month}-01&until="
                          f"{month}-{calendar.monthrange(int(month[:4]), int(month[5:]))[1]:02d}",

@@ -2,9 +2,11 @@
 
 Two sources, each shown for what it is: the caps' counters
 (:meth:`tel400.Router.cap_usage`, what routing decides by, in the cap's
-current period) and the month's call records
+current period) and the month's records: calls
 (:meth:`~tel400_http.records.CallRecords.month_totals`, what the switch
-reported).  A monthly number-wide cap is drawn against both.
+reported) and SMS (:func:`~tel400_http.smsreport.sms_month`, what the SMS
+store recorded).  A monthly number-wide cap is drawn against both: a cap on
+channel ``sms`` counts the SMS parts sent, so it is compared with those.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.routing import Route
 
 import tel400
 
+from ... import smsreport
 from ..web import plan_state, render, require
 
 #: Which month total a cap's metric is compared with (caps count connected calls).
@@ -52,18 +55,27 @@ def _usage(service, plan) -> dict:
     if service.records is not None:
         service.records.flush()
         totals = service.records.month_totals(number, month)
+    sms = smsreport.sms_month(service.sms_store, number, month, now.tzinfo)
     rows = []
     for usage in caps:
         metric = usage.cap.metric
         row = {"label": usage.label, "counted": usage.used is not None,
                "used": amount_text(metric, usage.used), "limit": amount_text(metric, usage.limit),
-               "share": _share(usage.used, usage.limit), "recorded": None, "recorded_share": None}
-        if totals is not None and usage.cap.per == "month" and usage.cap.scope == "number":
+               "share": _share(usage.used, usage.limit), "recorded": None, "recorded_share": None,
+               "sms": False}
+        monthly = usage.cap.per == "month" and usage.cap.scope == "number"
+        if usage.cap.channel == "sms":
+            # an sms cap counts the parts sent (a calls cap each part as one), not calls
+            row["sms"] = True
+            if sms is not None and monthly and metric == "calls":
+                row["recorded"] = amount_text(metric, sms["parts_out"])
+                row["recorded_share"] = _share(sms["parts_out"], usage.limit)
+        elif totals is not None and monthly:
             recorded = Decimal(str(totals[TOTAL_OF_METRIC[usage.cap.metric]]))
             row["recorded"] = amount_text(metric, recorded)
             row["recorded_share"] = _share(recorded, usage.limit)
         rows.append(row)
-    return {"month": month, "caps": rows, "totals": totals, "counters_ok": counters_ok}
+    return {"month": month, "caps": rows, "totals": totals, "sms": sms, "counters_ok": counters_ok}
 
 
 async def usage(request: Request):
