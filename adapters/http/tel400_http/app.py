@@ -66,6 +66,7 @@ from .admin import create_admin
 from .asgi import ClientGone, HttpError, Request, encode_json, field, send
 from .auth import SwitchAuth, Tokens
 from .records import CallRecords, plan_zones
+from .sms import Sms
 
 _log = structlog.get_logger("tel400.http")
 
@@ -78,7 +79,8 @@ _END_FIELDS = frozenset({"duration", "target"})
 #: least whole second (Redis' breaker probes every 250 ms by default); the
 #: call waits up to --max-call-duration from its routing for a retry.
 CHARGE_RETRY_AFTER_S = b"1"
-_SWITCH_ENDPOINTS = frozenset({"route", "freeswitch", "kamailio", "calls.end"})
+_SWITCH_ENDPOINTS = frozenset({"route", "freeswitch", "kamailio", "calls.end",
+                               "sms.kannel", "sms.dlr", "sms.incoming"})
 
 
 class Service:
@@ -120,7 +122,8 @@ class Service:
                  gateway: str | None = None, media_server: str | None = None, ring_timeout_ms: int = 30000,
                  cap_code: int = 486, end_url: str | None = None, max_body: int = 1 << 20,
                  offload: bool | None = None, switch_auth: SwitchAuth | None = None,
-                 at_tolerance_s: float = 300.0, apply_wait_s: float = 5.0) -> None:
+                 at_tolerance_s: float = 300.0, apply_wait_s: float = 5.0, sms_store=None, sms_gateway=None,
+                 sms_runner: dict | None = None) -> None:
         self.router = router
         self.apply_wait_s = apply_wait_s
         self.store = store
@@ -142,6 +145,10 @@ class Service:
             raise ValueError(f"at tolerance: expected seconds >= 0 (or inf), got {at_tolerance_s!r}")
         self.at_tolerance_s = at_tolerance_s
         self._pin_threads = pins.check_executor(router.pin_policy)
+        #: The SMS store (tel400.smsstore.SmsStore): opt-outs, messages, contacts, jobs; ``None``: no SMS.
+        self.sms_store = sms_store
+        #: The SMS endpoints and the group-send runner (:mod:`tel400_http.sms`).
+        self.sms = Sms(self, sms_gateway, sms_runner)
         self.draining = False
         self.started = False
         self._write_lock = threading.Lock()
@@ -150,6 +157,7 @@ class Service:
         self.registry = CollectorRegistry()
         self.registry.register(RouterCollector(router, watcher))
         self.registry.register(_ServiceCollector(self))
+        self.registry.register(self.sms)
         ProcessCollector(registry=self.registry)
         self.latency = {name: Latency() for name in ("route", "freeswitch", "kamailio")}
         self._zones = plan_zones(router)
@@ -161,6 +169,7 @@ class Service:
             ("GET", "/healthz"): ("healthz", self.h_healthz),
             ("GET", "/readyz"): ("readyz", self.h_readyz),
             ("GET", "/metrics"): ("metrics", self.h_metrics),
+            **self.sms.routes(),
         }
         self._patterns = [
             (re.compile(r"\A/v1/calls/(?P<call_id>[^/]+)/end\Z"), {"POST": ("calls.end", self.h_call_end)}),
@@ -211,8 +220,10 @@ class Service:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.start()
+                await self.sms.start()
                 await send_({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.sms.stop()  # before the records and the watcher: a last send is still recorded
                 await asyncio.to_thread(self.stop)
                 await send_({"type": "lifespan.shutdown.complete"})
                 return
