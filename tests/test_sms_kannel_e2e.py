@@ -201,3 +201,26 @@ def test_kill_9_in_the_middle_of_a_job_and_a_restart_sends_each_recipient_exactl
         assert set(counts.values()) == {1}
     finally:
         restarted.stop()
+
+
+def test_smsbox_passes_a_secret_written_in_its_get_url_and_dlr_url(tmp_path):
+    # smsbox cannot add headers, but sends the user:password of a URL as basic auth:
+    # with --switch-secrets the SMS endpoints need it, from smsbox as from a switch.
+    from tel400_http.auth import hash_token
+
+    (tmp_path / "secrets").write_text(hash_token("kannel-s3cret") + "\n")
+    port = ServerProcess(tmp_path).port
+    url = get_url(port).replace("http://", "http://kannel:kannel-s3cret@")
+    with KannelServers(tmp_path, get_url=url, http_retries=1) as kannel:
+        server = tel400_http(tmp_path / "tel400", kannel, port, "--switch-secrets", str(tmp_path / "secrets"),
+                             "--sms-dlr-url", f"http://kannel:kannel-s3cret@127.0.0.1:{port}/v1/sms/dlr")
+        try:
+            assert server.request("GET", "/v1/sms/dlr?id=x&type=1")[0] == 401  # no secret: refused
+            kannel.inject("13901010009", SMS_NUMBER, "hotel")
+            (reply,) = wait_for(lambda: to(kannel, "13901010009"))
+            assert reply.text.startswith(WHERE)
+            store = SmsStore(tmp_path / "tel400" / "sms.db")
+            job = store.create_job(NUMBER, "hi", phones=["13901010008"], rate=10, actor="test")
+            wait_for(lambda: store.progress(NUMBER, job.job_id).delivered == 1)  # the report got in
+        finally:
+            server.stop()
