@@ -8,6 +8,8 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``POST /v1/calls/{call_id}/end``          a call's end: charges minutes and cost caps
 ``POST /freeswitch/dialplan``             mod_xml_curl: the extension that carries it out
 ``POST /kamailio/rtjson``                 an rtjson routing document
+``GET /v1/sms/kannel``, ``/v1/sms/dlr``   smsbox's get-url and dlr-url (:mod:`tel400_http.sms`)
+``POST /v1/sms/incoming``                 an SMS platform's JSON webhook
 ``GET /v1/numbers``                       the numbers a token may manage           (token)
 ``GET|PUT|DELETE /v1/numbers/{n}``        one number's plan                         (token)
 ``GET /v1/numbers/{n}/blacklist``         its blacklist; ``PUT|DELETE …/{entry}``   (token)
@@ -20,13 +22,13 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``/portal/…``                             the web portal, when mounted (:meth:`Service.mount`)
 ========================================  =====================================================
 
-The switch endpoints (the first four) and the operations endpoints are
+The switch endpoints, the SMS endpoints and the operations endpoints are
 answered here, on raw ASGI, checked first; then the apps given to
 :meth:`Service.mount`; every other request goes to the admin API, a Starlette
 app (:mod:`tel400_http.admin`, bodies declared once in
 :mod:`tel400_http.schemas`, which also generates ``/openapi.json``).
 
-The switch endpoints (the first four) answer only the callers
+The switch endpoints (the first four, and the SMS ones) answer only the callers
 :class:`~tel400_http.auth.SwitchAuth` lets in (a shared secret, an address
 allow-list), take ``at`` only near this server's clock, and a call's end only
 for a duration a call can last.
