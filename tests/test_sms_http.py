@@ -10,8 +10,10 @@ import pytest
 
 import tel400
 from tel400.smsstore import SmsStore
+from tel400.smstext import MAX_PARTS, count_parts
 from tel400.testing import FakeSmsGateway
 from tel400_http.auth import SwitchAuth, hash_token
+from tel400_http.sms import forward_text
 
 from .http_harness import make_service
 from .test_sms_replies import HOTEL
@@ -164,8 +166,9 @@ def test_the_json_webhook_answers_what_to_reply_and_has_the_same_effects(tmp_pat
     (b'{"phone": "139", "content": "x", "to": "4001012345", "extra": 1}', 422, "bad_request"),
     (b'{"phone": "139\\r\\nX: y", "content": "x", "to": "4001012345"}', 422, "bad_request"),
     (b'{"phone": 139, "content": "x", "to": "4001012345"}', 422, "bad_request"),
+    (b'{"phone": "139", "content": "a\\u0000b", "to": "4001012345"}', 422, "bad_request"),
     ('{"phone": "139", "content": "%s", "to": "4001012345"}' % ("字" * 1601), 422, "bad_request"),
-    (b'{"phone": "139", "content": "x", "to": "4001012345", "time": "yesterday"}', 422, "wrong_type"),
+    (b'{"phone": "139", "content": "x", "to": "4001012345", "time": "yesterday"}', 422, "bad_request"),
     (b'{"phone": "139", "content": "x", "to": "4001012345", "time": true}', 422, "bad_request"),
     (b"x" * 20000, 413, "body_too_large"),
 ])
@@ -214,3 +217,11 @@ def test_the_runner_sends_jobs_in_the_lifespan_and_a_clean_stop_leaves_nothing_i
     assert phones[3] not in {s.to for s in gateway.sent}
     m = run(service, ("GET", "/metrics", {}))[0].text
     assert f'tel400_sms_outgoing_total{{kind="job",outcome="submitted"}} {float(len(gateway.sent))}' in m
+
+
+@pytest.mark.parametrize("text", ["短", "字" * 1600, "a" * 1600, "😀" * 800, "{}[]" * 400])
+def test_a_forwarded_text_names_the_sender_and_always_fits_in_ten_parts(text):
+    out = forward_text(PERSON, text)
+    assert out.startswith(f"{PERSON}: ")
+    assert count_parts(out) <= MAX_PARTS
+    assert (f"{PERSON}: " + text).startswith(out)
