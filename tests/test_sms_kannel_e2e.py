@@ -84,22 +84,6 @@ def metric(server: ServerProcess, name: str, **labels) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def inject_many(kannel: KannelServers, sender: str, receiver: str, text: str, count: int) -> None:
-    """``count`` copies of one message through one fakesmsc run (one each is ≈0.1 s with inject())."""
-    import urllib.parse
-
-    before = kannel._mo_count()
-    data = urllib.parse.quote(text.encode("utf-16-be"), safe="")
-    proc = kannel._spawn("fakesmsc-mo", ["/usr/lib/kannel/test/fakesmsc", "-H", "127.0.0.1", "-r",
-                                         str(kannel.ports["mo"]), "-i", "0.01", "-m", str(count),
-                                         f"{sender} {receiver} ucs2 {data}"])
-    try:
-        kannel._wait(lambda: kannel._mo_count() >= before + count, 30, "the injected messages")
-    finally:
-        kannel._end(proc, signal.SIGINT, 5.0)
-        kannel._procs.remove(proc)
-
-
 def test_the_hotel_question_comes_back_as_the_configured_reply(site):
     kannel, _, store = site
     phone = "13901010001"
@@ -122,7 +106,7 @@ def test_keyword_variants_get_the_reply(site, text):
 def test_a_flood_of_100_messages_gets_exactly_reply_limit_replies_and_the_rest_are_counted(site):
     kannel, server, _ = site
     phone = "13901010002"
-    inject_many(kannel, phone, SMS_NUMBER, "hotel", 100)
+    kannel.inject(phone, SMS_NUMBER, "hotel", timeout=30, count=100)
     wait_for(lambda: metric(server, "tel400_sms_incoming_total", endpoint="kannel", result="flood_limited") >= 95,
              timeout=30)
     time.sleep(0.5)  # any reply still on its way through smsbox and bearerbox
