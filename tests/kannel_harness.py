@@ -321,16 +321,17 @@ class KannelServers:
         match = _MO_RCVD.search(self.status() or "")
         return int(match.group(1)) if match else -1
 
-    def inject(self, sender: str, to: str, text: str, timeout: float = 10.0) -> None:
-        """A phone ``sender`` sends ``text`` to ``to``: returns once bearerbox has the message."""
+    def inject(self, sender: str, to: str, text: str, timeout: float = 10.0, *, count: int = 1) -> None:
+        """A phone ``sender`` sends ``text`` to ``to`` (``count`` times, 10 ms apart): returns once bearerbox
+        has them all."""
         if not (sender.isdigit() and to.isdigit()):
             raise ValueError("fakesmsc addresses are digits (a space would end the field)")
         before = self._mo_count()
         data = urllib.parse.quote(text.encode("utf-16-be"), safe="")
         proc = self._spawn("fakesmsc-mo", [FAKESMSC, "-H", "127.0.0.1", "-r", str(self.ports["mo"]),
-                                           "-m", "1", f"{sender} {to} ucs2 {data}"])
+                                           "-i", "0.01", "-m", str(count), f"{sender} {to} ucs2 {data}"])
         try:
-            self._wait(lambda: self._mo_count() > before, timeout, "the injected message")
+            self._wait(lambda: self._mo_count() >= before + count, timeout, "the injected message")
         finally:
             self._end(proc, signal.SIGINT, 5.0)
             self._procs.remove(proc)

@@ -12,14 +12,16 @@ import tempfile
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
+
+from tel400.smsstore import SmsStore
 
 from .http_harness import ADMIN, make_service
 
 # Built at import: schemathesis makes one test per operation when the module is collected.
 _DIR = pathlib.Path(tempfile.mkdtemp(prefix="tel400-schema-"))
 atexit.register(shutil.rmtree, _DIR, True)
-SERVICE = make_service(_DIR)
+SERVICE = make_service(_DIR, sms_store=SmsStore(_DIR / "sms.db"))  # the SMS endpoints answer, not 503
 
 
 async def app(scope, receive, send):
@@ -46,6 +48,9 @@ schemathesis.openapi.format("date-time", st.datetimes(
 # A plan's validity (times, provinces, weights...) and a blacklist entry's are
 # more than a JSON schema says: a schema-valid body may be refused with 422 there.
 SEMANTIC = {("PUT", "/v1/numbers/{number}"), ("PUT", "/v1/numbers/{number}/blacklist/{entry}")}
+# smsbox's get-url and dlr-url answer a query they cannot read with an empty 200, by design: smsbox retries
+# anything else 30 times (docs/sms.md, "Running it with tel400-http"). What they read is still checked.
+SMSBOX = {("GET", "/v1/sms/kannel"), ("GET", "/v1/sms/dlr")}
 
 
 # derandomize: the same generated requests on every run, so that CI is
@@ -54,4 +59,6 @@ SEMANTIC = {("PUT", "/v1/numbers/{number}"), ("PUT", "/v1/numbers/{number}/black
 @settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_the_service_keeps_the_promises_of_its_openapi_document(case):
     excluded = [positive_data_acceptance] if (case.method.upper(), case.path) in SEMANTIC else []
+    if (case.method.upper(), case.path) in SMSBOX:
+        excluded.append(negative_data_rejection)
     case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN}"}, excluded_checks=excluded)

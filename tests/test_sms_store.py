@@ -344,3 +344,23 @@ def test_import_any_input_is_a_result_or_a_value_error(store, data):
         return
     assert result.added + result.updated <= store.count_contacts(N)
     assert all(isinstance(line, int) and isinstance(msg, str) for line, _, msg in result.errors)
+
+
+def test_a_final_delivery_state_is_never_moved_back_by_a_late_or_repeated_report(tmp_path):
+    # Kannel sends type 8 (submitted) and 1 (delivered) for each message, in either order, and a
+    # retried dlr-url request repeats one: "delivered" then "submitted" must stay "delivered".
+    store = SmsStore(tmp_path / "sms.db")
+    store.record_message(number="4001012345", peer="13901012345", text="hi", parts=1, kind="reply",
+                         outcome="sent", message_id="m1")
+    assert store.set_delivery("m1", "delivered", at=100) is True
+    assert store.set_delivery("m1", "submitted", at=101) is True  # known id: still True (smsbox gets its 200)
+    assert store.delivery_of("m1") == "delivered"
+    assert store.set_delivery("m1", "failed", at=102) is True  # one final state to another: the last word
+    assert store.delivery_of("m1") == "failed"
+    job = store.create_job("4001012345", "hello", phones=["13901012345"], rate=10, actor="test")
+    mid = f"{job.job_id}-0"
+    assert store.set_recipient(job.job_id, 0, "sending", expect=("pending",))
+    assert store.set_delivery(mid, "delivered") is True  # settles the recipient and records the message
+    assert store.set_delivery(mid, "submitted") is True
+    assert store.delivery_of(mid) == "delivered"
+    assert store.progress("4001012345", job.job_id).delivered == 1

@@ -51,6 +51,9 @@ JOB_STATES = ("scheduled", "running", "paused", "done", "cancelled")
 RECIPIENT_STATES = ("pending", "sending", "sent", "failed", "skipped_opted_out", "skipped_cap")
 
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
+# A report that would move a final delivery state back to "submitted" is stale (SQL, :state the report's).
+_IS_STALE = "(:state = 'submitted' AND {col} IN ('delivered', 'failed', 'rejected'))"
+_KEEP_FINAL = "{col} = CASE WHEN " + _IS_STALE + " THEN {col} ELSE :state END"
 _JOB_MESSAGE_ID = re.compile(r"(j[0-9a-f]{16})-(\d{1,9})\Z")
 _TAG_SPLIT = re.compile(r"[;|]")
 _NOT_UNICODE = "the text holds lone surrogates (not Unicode text)"
@@ -383,8 +386,13 @@ class SmsStore:
             return False
         at = self._clock() if at is None else at
         with self._write() as db:
-            found = db.execute("UPDATE messages SET delivery = ?, delivery_at = ? WHERE message_id = ?",
-                               (state, at, message_id)).rowcount == 1
+            # Reports of one message arrive in any order and may repeat (Kannel: 1 before 8, a
+            # retried request): "submitted" never replaces a final state.  A matched row counts as
+            # found either way, so the report is answered as known.
+            found = db.execute(f"UPDATE messages SET {_KEEP_FINAL.format(col='delivery')}, "
+                               f"delivery_at = CASE WHEN {_IS_STALE.format(col='delivery')} THEN delivery_at "
+                               "ELSE :at END WHERE message_id = :id",
+                               {"state": state, "at": at, "id": message_id}).rowcount == 1
             m = _JOB_MESSAGE_ID.match(message_id)
             if m:
                 job_id, idx = m.group(1), int(m.group(2))
@@ -393,9 +401,10 @@ class SmsStore:
                     "WHERE r.job_id = ? AND r.idx = ?", (job_id, idx)).fetchone()
                 if row is not None:
                     phone, text, parts, rstate, number = row
-                    db.execute("UPDATE recipients SET delivery = ?, updated_at = ?, "
+                    db.execute(f"UPDATE recipients SET {_KEEP_FINAL.format(col='delivery')}, updated_at = :at, "
                                "state = CASE WHEN state = 'sending' THEN 'sent' ELSE state END "
-                               "WHERE job_id = ? AND idx = ?", (state, at, job_id, idx))
+                               "WHERE job_id = :job AND idx = :idx",
+                               {"state": state, "at": at, "job": job_id, "idx": idx})
                     if not found and rstate in ("sending", "sent"):
                         # The runner died after the gateway took the message, before recording it.
                         self._insert_message(db, "out", number, phone, text, parts, "job", "sent", message_id,

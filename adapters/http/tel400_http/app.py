@@ -8,6 +8,8 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``POST /v1/calls/{call_id}/end``          a call's end: charges minutes and cost caps
 ``POST /freeswitch/dialplan``             mod_xml_curl: the extension that carries it out
 ``POST /kamailio/rtjson``                 an rtjson routing document
+``GET /v1/sms/kannel``, ``/v1/sms/dlr``   smsbox's get-url and dlr-url (:mod:`tel400_http.sms`)
+``POST /v1/sms/incoming``                 an SMS platform's JSON webhook
 ``GET /v1/numbers``                       the numbers a token may manage           (token)
 ``GET|PUT|DELETE /v1/numbers/{n}``        one number's plan                         (token)
 ``GET /v1/numbers/{n}/blacklist``         its blacklist; ``PUT|DELETE …/{entry}``   (token)
@@ -20,13 +22,13 @@ requests, checks who may do what, and writes answers.  Endpoints:
 ``/portal/…``                             the web portal, when mounted (:meth:`Service.mount`)
 ========================================  =====================================================
 
-The switch endpoints (the first four) and the operations endpoints are
+The switch endpoints, the SMS endpoints and the operations endpoints are
 answered here, on raw ASGI, checked first; then the apps given to
 :meth:`Service.mount`; every other request goes to the admin API, a Starlette
 app (:mod:`tel400_http.admin`, bodies declared once in
 :mod:`tel400_http.schemas`, which also generates ``/openapi.json``).
 
-The switch endpoints (the first four) answer only the callers
+The switch endpoints (the first four, and the SMS ones) answer only the callers
 :class:`~tel400_http.auth.SwitchAuth` lets in (a shared secret, an address
 allow-list), take ``at`` only near this server's clock, and a call's end only
 for a duration a call can last.
@@ -66,6 +68,7 @@ from .admin import create_admin
 from .asgi import ClientGone, HttpError, Request, encode_json, field, send
 from .auth import SwitchAuth, Tokens
 from .records import CallRecords, plan_zones
+from .sms import Sms
 
 _log = structlog.get_logger("tel400.http")
 
@@ -78,7 +81,8 @@ _END_FIELDS = frozenset({"duration", "target"})
 #: least whole second (Redis' breaker probes every 250 ms by default); the
 #: call waits up to --max-call-duration from its routing for a retry.
 CHARGE_RETRY_AFTER_S = b"1"
-_SWITCH_ENDPOINTS = frozenset({"route", "freeswitch", "kamailio", "calls.end"})
+_SWITCH_ENDPOINTS = frozenset({"route", "freeswitch", "kamailio", "calls.end",
+                               "sms.kannel", "sms.dlr", "sms.incoming"})
 
 
 class Service:
@@ -120,7 +124,8 @@ class Service:
                  gateway: str | None = None, media_server: str | None = None, ring_timeout_ms: int = 30000,
                  cap_code: int = 486, end_url: str | None = None, max_body: int = 1 << 20,
                  offload: bool | None = None, switch_auth: SwitchAuth | None = None,
-                 at_tolerance_s: float = 300.0, apply_wait_s: float = 5.0) -> None:
+                 at_tolerance_s: float = 300.0, apply_wait_s: float = 5.0, sms_store=None, sms_gateway=None,
+                 sms_runner: dict | None = None) -> None:
         self.router = router
         self.apply_wait_s = apply_wait_s
         self.store = store
@@ -144,6 +149,10 @@ class Service:
             raise ValueError(f"at tolerance: expected seconds >= 0 (or inf), got {at_tolerance_s!r}")
         self.at_tolerance_s = at_tolerance_s
         self._pin_threads = pins.check_executor(router.pin_policy)
+        #: The SMS store (tel400.smsstore.SmsStore): opt-outs, messages, contacts, jobs; ``None``: no SMS.
+        self.sms_store = sms_store
+        #: The SMS endpoints and the group-send runner (:mod:`tel400_http.sms`).
+        self.sms = Sms(self, sms_gateway, sms_runner)
         self.draining = False
         self.started = False
         self._write_lock = threading.Lock()
@@ -152,6 +161,7 @@ class Service:
         self.registry = CollectorRegistry()
         self.registry.register(RouterCollector(router, watcher))
         self.registry.register(_ServiceCollector(self))
+        self.registry.register(self.sms)
         ProcessCollector(registry=self.registry)
         self.latency = {name: Latency() for name in ("route", "freeswitch", "kamailio")}
         self._zones = plan_zones(router)
@@ -163,6 +173,7 @@ class Service:
             ("GET", "/healthz"): ("healthz", self.h_healthz),
             ("GET", "/readyz"): ("readyz", self.h_readyz),
             ("GET", "/metrics"): ("metrics", self.h_metrics),
+            **self.sms.routes(),
         }
         self._patterns = [
             (re.compile(r"\A/v1/calls/(?P<call_id>[^/]+)/end\Z"), {"POST": ("calls.end", self.h_call_end)}),
@@ -213,8 +224,10 @@ class Service:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.start()
+                await self.sms.start()
                 await send_({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.sms.stop()  # before the records and the watcher: a last send is still recorded
                 await asyncio.to_thread(self.stop)
                 await send_({"type": "lifespan.shutdown.complete"})
                 return

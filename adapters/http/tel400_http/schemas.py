@@ -372,6 +372,51 @@ class JobList(Struct):
 
 class JobsQuery(Struct, forbid_unknown_fields=True):
     limit: Annotated[int, Meta(ge=1, le=SMS_PAGE_MAX)] = 100
+# -- SMS (tel400_http.sms; docs/sms.md "Running it with tel400-http") ------------------------------
+
+_ADDRESS = _whole(r"\+?[0-9]{1,32}")
+#: The longest incoming text read (ten parts of 160), as tel400_http.kannel.MAX_INCOMING_CHARS.
+SMS_TEXT_MAX = 1600
+
+
+class SmsIncoming(Struct, forbid_unknown_fields=True):
+    """``POST /v1/sms/incoming``: an SMS platform pushes a message a phone sent."""
+
+    phone: Annotated[str, Meta(pattern=_ADDRESS, description="the sender", examples=["13901012345"])]
+    content: Annotated[str, Meta(max_length=SMS_TEXT_MAX, pattern=_whole("[^\\x00]*"), description="the text (no NUL)")]
+    to: Annotated[str, Meta(pattern=_ADDRESS, description="the number written to: 10657 + the 400 number, or it",
+                            examples=["106574001012345"])]
+    time: At | None = None
+
+
+class SmsAnswerBody(Struct):
+    """What to send back: ``reply`` (``null``: nothing) and why (tel400.SmsAnswer)."""
+
+    reply: str | None
+    parts: int
+    kind: Literal["reply", "opt_out", "opt_in", "none"]
+    reason: str
+    number: str | None
+
+
+class KannelQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/sms/kannel``: smsbox's get-url (``from=%p&to=%P&text=%b&coding=%c&charset=%C&at=%T``)."""
+
+    from_: Annotated[str, Meta(pattern=_ADDRESS, description="the phone (%p)")] = msgspec.field(name="from")
+    to: Annotated[str, Meta(pattern=_ADDRESS, description="the number written to (%P)")]
+    text: Annotated[str, Meta(max_length=SMS_TEXT_MAX, description="the text, UTF-8 (%b, mo-recode = true)")]
+    coding: Literal["0", "1", "2"] | None = None
+    charset: Annotated[str, Meta(description="%C: UTF-8 (mo-recode = true)")] | None = None
+    at: Annotated[int, Meta(ge=946684800, lt=4102444800, description="Unix time (%T)")] | None = None
+
+
+class DlrQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/sms/dlr``: a delivery report (``id=<message id>&type=%d&at=%T``)."""
+
+    id: Annotated[str, Meta(pattern=_whole("[A-Za-z0-9._:-]{1,64}"), description="our message id")]
+    type: Annotated[Literal["1", "2", "4", "8", "16"], Meta(description="1 delivered, 2 failed, 4 buffered, "
+                                                                        "8 accepted by the SMSC, 16 rejected")]
+    at: Annotated[int, Meta(ge=946684800, lt=4102444800)] | None = None
 
 
 # -- the route table ------------------------------------------------------------------------------
@@ -435,6 +480,16 @@ OPERATIONS: tuple[Op, ...] = (
        {200: (Ready, "OK"), 503: (Ready, "not ready")}, auth=None, raw=True),
     Op("GET", "/metrics", "metrics", "Prometheus metrics", {200: ("text/plain", "text exposition format")},
        auth=None, raw=True),
+    Op("GET", "/v1/sms/kannel", "smsKannel", "smsbox's get-url: the answer's body is the reply (empty: none)",
+       {200: ("text/plain", "the reply; garbage is answered empty too, so that smsbox does not retry it"),
+        **_e(401, 403), 503: (Error, "no SMS store (tel400-http --sms-db none)")},
+       auth="switch", query=KannelQuery, raw=True),
+    Op("GET", "/v1/sms/dlr", "smsDlr", "smsbox's dlr-url: a delivery report (always answered, empty)",
+       {200: ("text/plain", "recorded, or unusable (an unknown id, garbage)"), **_e(401, 403),
+        503: (Error, "no SMS store (tel400-http --sms-db none)")}, auth="switch", query=DlrQuery, raw=True),
+    Op("POST", "/v1/sms/incoming", "smsIncoming", "An SMS platform's incoming message: what to reply",
+       {200: (SmsAnswerBody, "OK"), **_e(400, 401, 403, 413, 422),
+        503: (Error, "no SMS store (tel400-http --sms-db none)")}, auth="switch", body=SmsIncoming, raw=True),
     Op("GET", "/openapi.json", "openapi", "This document", {200: (dict[str, Any], "OK")}, auth=None),
     Op("GET", "/v1/numbers", "listNumbers", "The numbers this token may manage, one page",
        {200: (NumberList, "OK"), **_e(401, 422)}, query=ListQuery),

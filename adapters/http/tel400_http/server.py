@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-call-duration", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
                    help="the longest call: a longer reported duration is refused, an older call forgotten")
     add_pin_options(p)
+    add_sms_options(p)
     add_portal_options(p)
     p.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
                    help="believe X-Forwarded-For and X-Forwarded-Proto from these proxy addresses (comma-separated; "
@@ -102,6 +103,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--hash-token", metavar="SECRET", help="print the sha256 of a token for a tokens file, and exit")
     return p
+
+
+def add_sms_options(p: argparse.ArgumentParser) -> None:
+    """SMS: the store, the Kannel gateway and the group-send runner (docs/sms.md)."""
+    g = p.add_argument_group("SMS (docs/sms.md)")
+    g.add_argument("--sms-db", help="the SMS store: opt-outs, messages, address books, group sends "
+                                    "(default: DATA/sms.db); 'none': no SMS endpoints")
+    g.add_argument("--kannel-sendsms", metavar="URL",
+                   help="smsbox's sendsms URL (http://127.0.0.1:13013/cgi-bin/sendsms): messages routed onward "
+                        "are forwarded and group sends run; without it neither happens")
+    g.add_argument("--kannel-user", default="tel400", help="the sendsms-user's username")
+    g.add_argument("--kannel-password", help="its password; visible in ps: prefer --kannel-password-file or "
+                                             f"${KANNEL_PASSWORD_ENV}")
+    g.add_argument("--kannel-password-file", metavar="FILE", help="the sendsms password, the first line of FILE")
+    g.add_argument("--kannel-smsc", help="the smsc-id to send through (default: bearerbox's routing)")
+    g.add_argument("--sms-dlr-url", metavar="URL",
+                   help="this service's /v1/sms/dlr as smsbox reaches it (default: from --host and --port)")
+    g.add_argument("--sms-rate-per-number", type=float, default=10.0, metavar="PER_SECOND",
+                   help="group-send messages per second of one number, all its jobs together")
+    g.add_argument("--sms-indoubt-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="after a restart, how long a message perhaps sent waits for its delivery report "
+                        "before it is sent again")
+
+
+#: The environment variable that may hold the sendsms password (kept out of ``ps``).
+KANNEL_PASSWORD_ENV = "TEL400_KANNEL_PASSWORD"
+
+
+def kannel_password(args) -> str:
+    """The sendsms password: --kannel-password, else --kannel-password-file, else the environment."""
+    if args.kannel_password is not None:
+        return args.kannel_password
+    if args.kannel_password_file is not None:
+        lines = pathlib.Path(args.kannel_password_file).read_text().splitlines()
+        if not lines or not lines[0]:
+            raise ValueError(f"--kannel-password-file {args.kannel_password_file}: its first line is empty")
+        return lines[0]
+    password = os.environ.get(KANNEL_PASSWORD_ENV)
+    if not password:
+        raise ValueError(f"--kannel-sendsms needs a password: --kannel-password-file FILE or ${KANNEL_PASSWORD_ENV}")
+    return password
+
+
+def sms_parts(args, data: pathlib.Path) -> dict:
+    """The Service's SMS options: the store, the Kannel gateway, the runner's settings."""
+    if (args.sms_db or "").lower() == "none":
+        if args.kannel_sendsms:
+            raise ValueError("--kannel-sendsms needs an SMS store (--sms-db)")
+        return {}
+    from tel400.smsstore import SmsStore
+
+    if not (args.sms_rate_per_number > 0 and args.sms_indoubt_wait >= 0):
+        raise ValueError("--sms-rate-per-number: expected > 0; --sms-indoubt-wait: expected >= 0 seconds")
+    data.mkdir(parents=True, exist_ok=True)
+    parts = {"sms_store": SmsStore(args.sms_db or str(data / "sms.db"))}
+    if args.kannel_sendsms:
+        from .kannel import KannelGateway
+
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        dlr_url = args.sms_dlr_url or f"http://{host}:{args.port}/v1/sms/dlr"
+        parts["sms_gateway"] = KannelGateway(args.kannel_sendsms, username=args.kannel_user,
+                                             password=kannel_password(args), dlr_url=dlr_url, smsc=args.kannel_smsc)
+        parts["sms_runner"] = {"per_number_rate": args.sms_rate_per_number,
+                               "indoubt_wait_s": args.sms_indoubt_wait}
+    return parts
 
 
 def add_portal_options(p: argparse.ArgumentParser) -> None:
@@ -261,7 +327,7 @@ def build_service(args) -> Service:
     service = Service(router, store=store, watcher=watcher, records=records, tokens=tokens, freeswitch=freeswitch,
                       gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
                       cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body,
-                      switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance)
+                      switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance, **sms_parts(args, data))
     service.portal_notes = [] if args.no_portal else build_portal(service, args, data, first_start)
     return service
 
@@ -292,6 +358,7 @@ def banner(service: Service, url: str, args) -> str:
         f"  admin:   curl -s -H {token} {url}/v1/numbers",
         f"  report:  curl -s -H {token} {url}/v1/numbers/4001012345/report",
         f"  switch:  {_switch_note(service.switch_auth)}",
+        f"  sms:     {_sms_note(service, url)}",
         f"  also:    {url}/metrics  {url}/readyz  {url}/openapi.json   (docs/http.md)",
     ])
 
@@ -302,6 +369,16 @@ def _portal_lines(service: Service, url: str, args) -> list[str]:
     where = (f"  portal:  {url}/portal/  (companies: 400 number and password; the operator: "
              f"{url}/portal/login/operator)")
     return [where, *getattr(service, "portal_notes", [])]
+
+
+def _sms_note(service: Service, url: str) -> str:
+    store = service.sms_store
+    if store is None:
+        return "off (--sms-db none)"
+    gateway = service.sms.gateway
+    sending = (f"sending through {gateway.sendsms_url}, group sends on" if gateway is not None
+               else "no gateway: no forwards, no group sends (--kannel-sendsms)")
+    return f"get-url {url}/v1/sms/kannel, store {store.path}; {sending}"
 
 
 def _switch_note(auth: SwitchAuth | None) -> str:
