@@ -131,8 +131,6 @@ class Service:
         self.store = store
         self.watcher = watcher
         self.records = records
-        #: the SMS store (opt-outs, address book, group sends; tel400-http --sms-db), or None: SMS off
-        self.sms_store = None
         self.tokens = tokens or Tokens([])
         self.freeswitch = freeswitch or FreeSwitchSettings()
         self.gateway = check_gateway(gateway) if gateway else None
@@ -149,7 +147,8 @@ class Service:
             raise ValueError(f"at tolerance: expected seconds >= 0 (or inf), got {at_tolerance_s!r}")
         self.at_tolerance_s = at_tolerance_s
         self._pin_threads = pins.check_executor(router.pin_policy)
-        #: The SMS store (tel400.smsstore.SmsStore): opt-outs, messages, contacts, jobs; ``None``: no SMS.
+        #: The SMS store (tel400.smsstore.SmsStore; tel400-http --sms-db): opt-outs, messages, contacts,
+        #: group sends; ``None``: SMS off.
         self.sms_store = sms_store
         #: The SMS endpoints and the group-send runner (:mod:`tel400_http.sms`).
         self.sms = Sms(self, sms_gateway, sms_runner)
