@@ -18,7 +18,9 @@ import urllib.parse
 
 import pytest
 
-from tel400.smsjobs import GatewayError
+import httpx
+
+from tel400.smsjobs import GatewayError, GatewayInDoubt
 from tel400.smstext import OutgoingSms, encoding_of
 from tel400_http.kannel import (MAX_INCOMING_CHARS, Dlr, IncomingSms, KannelGateway, dlr_url_for, parse_dlr,
                                 parse_incoming, reply_headers)
@@ -288,6 +290,32 @@ def test_gateway_errors_wrong_password_and_unreachable(tmp_path):
 
 
 # -- the adapter alone -----------------------------------------------------
+
+@pytest.mark.parametrize("error, in_doubt", [
+    (httpx.ConnectError("refused"), False),
+    (httpx.ConnectTimeout("no answer to SYN"), False),
+    (httpx.PoolTimeout("no free connection"), False),
+    (httpx.ReadTimeout("smsbox slow"), True),
+    (httpx.ReadError("reset after the request"), True),
+    (httpx.WriteError("reset while writing"), True),
+    (httpx.RemoteProtocolError("answer cut"), True),
+])
+def test_an_answer_lost_after_the_request_left_is_in_doubt_not_a_refusal(error, in_doubt):
+    """H1: a read timeout may come after smsbox queued the message; resending at once sends it twice."""
+    def handler(request):
+        raise error
+
+    async def submit():
+        gateway = KannelGateway("http://127.0.0.1:1/cgi-bin/sendsms", username="u", password="p",
+                                dlr_url="http://127.0.0.1:1/dlr")
+        await gateway.aclose()
+        gateway._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with gateway:
+            await gateway.submit(sms("x-3", "hi"))
+
+    with pytest.raises(GatewayError) as caught:
+        asyncio.run(submit())
+    assert isinstance(caught.value, GatewayInDoubt) is in_doubt
 
 GOOD = {"from": PHONE, "to": NUMBER, "text": "你好", "coding": "0", "charset": "UTF-8", "at": "1796108509"}
 

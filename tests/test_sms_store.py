@@ -344,3 +344,53 @@ def test_import_any_input_is_a_result_or_a_value_error(store, data):
         return
     assert result.added + result.updated <= store.count_contacts(N)
     assert all(isinstance(line, int) and isinstance(msg, str) for line, _, msg in result.errors)
+
+
+def test_every_method_reads_the_number_in_any_written_form(store):
+    """M3: "400-101-2345" is the tenant "4001012345": an opt-out under one form stops a job under the other."""
+    store.opt_out("4001012345", "13901012345")
+    store.put_contact("400-101-2345", "13901012345", tags=["t"])
+    assert store.is_opted_out("400 101 2345", "13901012345")
+    assert [c.phone for c in store.contacts(N)] == ["13901012345"]  # one address book
+    job = store.create_job("400-101-2345", "x", tags=["t"], rate=1, actor="a")
+    assert store.job(N, job.job_id) is not None and job.number == N
+    store.record_message(direction="in", number="+86 400 101 2345", peer="13901012345", text="x", parts=1,
+                         kind="in", outcome="received")
+    assert store.sms_totals(N, 0, 2e10)["in"] == 1
+
+
+@pytest.mark.parametrize("bad", ["13901012345", "02112345678", "abc", "", None, "4001012345\r\n"])
+def test_a_number_that_is_not_400_or_800_is_refused(store, bad):
+    for call in (lambda: store.opt_out(bad, "13901012345"), lambda: store.put_contact(bad, "13901012345"),
+                 lambda: store.contacts(bad), lambda: store.create_job(bad, "x", phones=["13901012345"], rate=1, actor="a"),
+                 lambda: store.record_message(direction="in", number=bad, peer="1", text="x", parts=1, kind="in",
+                                              outcome="received")):
+        with pytest.raises(ValueError, match="400/800|needs number"):
+            call()
+
+
+def test_message_ids_belong_to_their_number(store):
+    """M5: the same external id under two numbers is two records; a report naming a number touches only it."""
+    for number, text in ((OTHER, "B's"), (N, "A's")):
+        store.record_message(direction="in", number=number, peer="13800000001", text=text, parts=1, kind="in",
+                             outcome="received", message_id="plat-42")
+    assert [m["text"] for m in store.messages(OTHER)] == ["B's"]
+    assert [m["text"] for m in store.messages(N)] == ["A's"]
+    assert store.set_delivery("plat-42", "failed", number=N) is True
+    assert store.delivery_of("plat-42", number=N) == "failed"
+    assert store.delivery_of("plat-42", number=OTHER) is None
+    assert store.set_delivery("plat-42", "delivered", number="4000000000") is False
+
+
+def test_a_future_dated_record_does_not_stop_pruning(tmp_path):
+    """L1: records are pruned by their own time, not up to the first young one."""
+    now = [1_800_000_000.0]
+    store = SmsStore(tmp_path / "sms.db", retention_days=1, clock=lambda: now[0])
+    store.record_message(direction="in", number=N, peer="13900000009", text="x", parts=1, kind="in",
+                         outcome="received", at=4102444799)
+    for _ in range(5):
+        store.record_message(direction="in", number=N, peer="13900000009", text="old", parts=1, kind="in",
+                             outcome="received")
+    now[0] += 10 * 86400
+    assert store.prune() == 5
+    assert [m["text"] for m in store.messages(N)] == ["x"]

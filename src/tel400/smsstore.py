@@ -21,6 +21,7 @@ API built on this store can never see or change another tenant's job.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -34,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from .exceptions import BackendError, NumberError
-from .numbers import normalize
+from .numbers import kind_of, normalize
 from .smstext import MAX_PARTS, OutgoingSms, check_template, count_parts, render
 from .stores import create_private
 from .timespec import parse_time
@@ -156,6 +157,30 @@ def _decode(data: str | bytes) -> str:
         raise ValueError(f"the file is neither UTF-8 nor GB18030 (byte {exc.start})") from None
 
 
+def tenant_number(number: object) -> str:
+    """``number`` (any written form) as the 400/800 number in normal form every row is keyed by.
+
+    Without it "4001012345" and "400-101-2345" would be two tenants: an
+    opt-out under one would not stop a job under the other.
+    Raises ValueError when it is not a 400/800 number.
+    """
+    try:
+        n = normalize(number)
+    except (NumberError, TypeError):
+        n = None
+    if n is None or kind_of(n) != "toll_free":
+        raise ValueError(f"not a 400/800 number: {str(number)[:40]!r}")
+    return n
+
+
+def _tenant(method):
+    """Normalise a method's ``number`` argument (first positional or keyword) with :func:`tenant_number`."""
+    @functools.wraps(method)
+    def wrapper(self, number, *args, **kwargs):
+        return method(self, tenant_number(number), *args, **kwargs)
+    return wrapper
+
+
 def _phone_key(phone: str) -> str:
     try:
         return normalize(phone)
@@ -219,8 +244,18 @@ class SmsStore:
         "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
         "direction TEXT NOT NULL, number TEXT NOT NULL, peer TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, "
         "parts INTEGER NOT NULL, outcome TEXT NOT NULL, message_id TEXT, delivery TEXT, delivery_at REAL)",
-        "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages (message_id) WHERE message_id IS NOT NULL",
+        # Message ids are unique per number, not globally: an id a gateway or a tenant chose for one number
+        # never touches another number's record (older stores had a global index: replaced).
+        "DROP INDEX IF EXISTS messages_by_id",
+        "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_number_id ON messages (number, message_id) "
+        "WHERE message_id IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages (message_id) WHERE message_id IS NOT NULL",
+        # retention prunes by the time a record claims (L1): one future-dated record must not stop it
+        "CREATE INDEX IF NOT EXISTS messages_by_at ON messages (at)",
         "CREATE INDEX IF NOT EXISTS messages_by_number ON messages (number, at)",
+        # the one job runner allowed at a time (take_lease)
+        "CREATE TABLE IF NOT EXISTS runner_lease (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, "
+        "expires_at REAL NOT NULL)",
     )
 
     def __init__(self, path: str | os.PathLike[str], *, max_contacts: int = 100_000,
@@ -293,18 +328,21 @@ class SmsStore:
     # Phones are kept in tel400's normal form, so "+86 139…" opting out covers "139…" in a job;
     # a sender tel400 cannot read as a number is kept as written.
 
+    @_tenant
     def opt_out(self, number: str, phone: str, at: float | None = None) -> bool:
         """Put ``phone`` (any written form) on ``number``'s opt-out list; True when it was not on it.  O(log n)."""
         with self._write() as db:
             return db.execute("INSERT OR IGNORE INTO opt_outs VALUES (?, ?, ?)",
                               (number, _phone_key(phone), self._clock() if at is None else at)).rowcount == 1
 
+    @_tenant
     def opt_in(self, number: str, phone: str) -> bool:
         """Take ``phone`` off ``number``'s opt-out list; True when it was on it."""
         with self._write() as db:
             return db.execute("DELETE FROM opt_outs WHERE number = ? AND phone = ?",
                               (number, _phone_key(phone))).rowcount == 1
 
+    @_tenant
     def is_opted_out(self, number: str, phone: str) -> bool:
         """Whether ``phone`` opted out of ``number``'s messages.  O(log n)."""
         return bool(self._read("SELECT 1 FROM opt_outs WHERE number = ? AND phone = ?", (number, _phone_key(phone))))
@@ -333,6 +371,7 @@ class SmsStore:
             raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
         if number is None or peer is None or text is None or parts is None or kind is None:
             raise ValueError("record_message needs number, peer, text, parts and kind (or an OutgoingSms)")
+        number = tenant_number(number)
         # a sender's text is kept whatever it holds: a lone surrogate becomes "?"
         text = text.encode("utf-8", "replace").decode("utf-8")
         with self._write() as db:
@@ -347,13 +386,20 @@ class SmsStore:
         db.execute(
             "INSERT INTO messages (at, direction, number, peer, kind, text, parts, outcome, message_id, delivery, "
             "delivery_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO UPDATE SET at = excluded.at, "
-            "outcome = excluded.outcome, text = excluded.text, parts = excluded.parts",
+            "ON CONFLICT (number, message_id) WHERE message_id IS NOT NULL DO UPDATE SET at = excluded.at, "
+            "outcome = CASE WHEN messages.outcome = 'sent' THEN 'sent' ELSE excluded.outcome END, "
+            "text = excluded.text, parts = excluded.parts",
             (at, direction, number, peer, kind, text[:self.max_text_chars], parts, outcome, message_id, delivery,
              at if delivery else None))
 
-    def set_delivery(self, message_id: str, state: str, at: float | None = None) -> bool:
+    def set_delivery(self, message_id: str, state: str, at: float | None = None, *,
+                     number: str | None = None) -> bool:
         """Record a delivery report; False when no message has that id.
+
+        With ``number`` only that number's message (and job) is touched.
+        Without it every message with the id is: fine for the ids this
+        store and the runner make (job ids are random, 64 bits), not for
+        ids chosen elsewhere — pass ``number`` whenever it is known.
 
         A report for a group-send message also settles its recipient: one
         left ``sending`` by a killed runner is then known to have reached
@@ -366,17 +412,18 @@ class SmsStore:
             raise ValueError(f"delivery state must be one of {', '.join(DELIVERY_STATES)}, not {state!r}")
         if not isinstance(message_id, str):
             return False
+        number = None if number is None else tenant_number(number)
         at = self._clock() if at is None else at
         with self._write() as db:
-            found = db.execute("UPDATE messages SET delivery = ?, delivery_at = ? WHERE message_id = ?",
-                               (state, at, message_id)).rowcount == 1
+            found = db.execute("UPDATE messages SET delivery = ?, delivery_at = ? WHERE message_id = ? "
+                               "AND (? IS NULL OR number = ?)", (state, at, message_id, number, number)).rowcount >= 1
             m = _JOB_MESSAGE_ID.match(message_id)
             if m:
                 job_id, idx = m.group(1), int(m.group(2))
                 row = db.execute(
                     "SELECT r.phone, r.text, r.parts, r.state, j.number FROM recipients r JOIN jobs j USING (job_id) "
                     "WHERE r.job_id = ? AND r.idx = ?", (job_id, idx)).fetchone()
-                if row is not None:
+                if row is not None and (number is None or row[4] == number):
                     phone, text, parts, rstate, number = row
                     db.execute("UPDATE recipients SET delivery = ?, updated_at = ?, "
                                "state = CASE WHEN state = 'sending' THEN 'sent' ELSE state END "
@@ -388,11 +435,14 @@ class SmsStore:
                     found = True
         return found
 
-    def delivery_of(self, message_id: str) -> str | None:
+    def delivery_of(self, message_id: str, *, number: str | None = None) -> str | None:
         """The last delivery state reported for a message (None: none yet, or no such message)."""
-        rows = self._read("SELECT delivery FROM messages WHERE message_id = ?", (message_id,))
+        number = None if number is None else tenant_number(number)
+        rows = self._read("SELECT delivery FROM messages WHERE message_id = ? AND (? IS NULL OR number = ?) "
+                          "ORDER BY id", (message_id, number, number))
         return rows[0][0] if rows else None
 
+    @_tenant
     def messages(self, number: str, *, before_id: int | None = None, limit: int = 100) -> list[dict]:
         """A number's message records, newest first, paged by ``id`` (pass the last row's id as ``before_id``)."""
         limit = max(1, min(int(limit), 1000))
@@ -404,6 +454,7 @@ class SmsStore:
                 "delivery_at")
         return [dict(zip(keys, row)) for row in rows]
 
+    @_tenant
     def sms_totals(self, number: str, since_ts: float, until_ts: float) -> dict:
         """Counts of a number's messages with ``since_ts <= at < until_ts``.
 
@@ -424,10 +475,9 @@ class SmsStore:
         """Delete message records and finished jobs that retention no longer keeps; returns records deleted."""
         cutoff = self._clock() - self.retention_days * 86400
         with self._write() as db:
-            # Records arrive in time order: the first one young enough bounds the rest.
-            gone = db.execute(
-                "DELETE FROM messages WHERE id < COALESCE((SELECT id FROM messages WHERE at >= ? ORDER BY id LIMIT 1), "
-                "(SELECT MAX(id) + 1 FROM messages))", (cutoff,)).rowcount
+            # By each record's own time (index messages_by_at): a record claiming a time in the future
+            # (a gateway's clock, a sender's "at") must not hold back the pruning of the ones after it.
+            gone = db.execute("DELETE FROM messages WHERE at < ?", (cutoff,)).rowcount
             gone += db.execute("DELETE FROM messages WHERE id <= (SELECT MAX(id) FROM messages) - ?",
                                (self.max_messages,)).rowcount
             old = [j for (j,) in db.execute(
@@ -496,6 +546,7 @@ class SmsStore:
                 count += 1
         return updated, full
 
+    @_tenant
     def put_contact(self, number: str, phone: str, *, name: str = "", tags: Iterable[str] = (),
                     fields: Mapping[str, str] | None = None) -> Contact:
         """Add or replace one contact; returns it as stored (phone normalized, tags sorted).
@@ -511,6 +562,7 @@ class SmsStore:
             raise ValueError(f"the address book of {number} is full ({self.max_contacts} contacts)")
         return contact
 
+    @_tenant
     def delete_contact(self, number: str, phone: str) -> bool:
         """Remove a contact; True when it existed.  ``phone`` in any written form."""
         try:
@@ -526,6 +578,7 @@ class SmsStore:
         phone, name, tags, fields = row
         return Contact(number, phone, name, tuple(json.loads(tags)), json.loads(fields))
 
+    @_tenant
     def contact(self, number: str, phone: str) -> Contact | None:
         """One contact, or None."""
         try:
@@ -536,6 +589,7 @@ class SmsStore:
                           (number, phone))
         return self._contact(number, rows[0]) if rows else None
 
+    @_tenant
     def contacts(self, number: str, *, tag: str | None = None, after: str | None = None,
                  limit: int = 100) -> list[Contact]:
         """A page of a number's contacts (with ``tag``: those carrying it), in phone order.
@@ -555,12 +609,14 @@ class SmsStore:
                 "ORDER BY t.phone LIMIT ?", (number, tag, after, limit))
         return [self._contact(number, row) for row in rows]
 
+    @_tenant
     def count_contacts(self, number: str, *, tag: str | None = None) -> int:
         """How many contacts the number has (with ``tag``: carrying it).  O(n)."""
         if tag is None:
             return self._read("SELECT COUNT(*) FROM contacts WHERE number = ?", (number,))[0][0]
         return self._read("SELECT COUNT(*) FROM contact_tags WHERE number = ? AND tag = ?", (number, tag))[0][0]
 
+    @_tenant
     def import_contacts(self, number: str, data: str | bytes) -> ImportResult:
         """Add or update contacts from CSV; every bad line is reported, the good ones are kept.
 
@@ -653,6 +709,7 @@ class SmsStore:
     _JOB_COLUMNS = ("job_id, number, template, rate, not_before, not_after, state, total, created_at, created_by, "
                     "updated_at, updated_by")
 
+    @_tenant
     def create_job(self, number: str, template: str, *, tags: Iterable[str] | None = None,
                    phones: Iterable[str] | None = None, rate: float, not_before: str | None = None,
                    not_after: str | None = None, actor: str) -> Job:
@@ -753,17 +810,20 @@ class SmsStore:
                 add(self.contact(number, phone) or Contact(number, phone))
         return list(chosen.values())
 
+    @_tenant
     def job(self, number: str, job_id: str) -> Job | None:
         """One of ``number``'s jobs, or None (also for another number's job)."""
         rows = self._read(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE job_id = ? AND number = ?", (job_id, number))
         return self._job(rows[0]) if rows else None
 
+    @_tenant
     def jobs(self, number: str, *, limit: int = 100) -> list[Job]:
         """``number``'s jobs, newest first (at most ``limit``, clamped to 1..1000)."""
         limit = max(1, min(int(limit), 1000))
         return [self._job(row) for row in self._read(
             f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE number = ? ORDER BY seq DESC LIMIT ?", (number, limit))]
 
+    @_tenant
     def progress(self, number: str, job_id: str) -> JobProgress | None:
         """A job's recipients counted by state, or None for an unknown job.  O(recipients of the job)."""
         job = self.job(number, job_id)
@@ -799,6 +859,7 @@ class SmsStore:
                        (target, self._clock(), actor, job_id))
         return self.job(number, job_id)
 
+    @_tenant
     def pause(self, number: str, job_id: str, *, actor: str) -> Job:
         """Stop a scheduled or running job before its next message.
 
@@ -808,10 +869,12 @@ class SmsStore:
         """
         return self._change("pause", number, job_id, actor)
 
+    @_tenant
     def resume(self, number: str, job_id: str, *, actor: str) -> Job:
         """Let a paused job go on (it becomes ``scheduled``; the runner makes it ``running``).  Raises like pause."""
         return self._change("resume", number, job_id, actor)
 
+    @_tenant
     def cancel(self, number: str, job_id: str, *, actor: str) -> Job:
         """End a job for good; its pending recipients get nothing.  Raises like pause."""
         return self._change("cancel", number, job_id, actor)
@@ -875,9 +938,11 @@ class SmsStore:
         """The gateway refused the message every time: mark the recipient ``failed`` and record it."""
         at = self._clock() if at is None else at
         with self._write() as db:
-            db.execute("UPDATE recipients SET state = 'failed', attempts = ?, updated_at = ? "
-                       "WHERE job_id = ? AND idx = ? AND state = 'sending'",
-                       (attempts, at, recipient.job_id, recipient.index))
+            moved = db.execute("UPDATE recipients SET state = 'failed', attempts = ?, updated_at = ? "
+                               "WHERE job_id = ? AND idx = ? AND state = 'sending'",
+                               (attempts, at, recipient.job_id, recipient.index)).rowcount
+            if not moved:  # settled meanwhile (a delivery report): its record stands
+                return
             self._insert_message(db, "out", msg.number, msg.to, msg.text, msg.parts, msg.kind, "failed",
                                  msg.message_id, at)
 
@@ -891,6 +956,28 @@ class SmsStore:
             return db.execute("UPDATE jobs SET state = 'done', updated_at = ?, updated_by = 'runner' "
                               "WHERE job_id = ? AND state IN ('scheduled', 'running')",
                               (self._clock(), job_id)).rowcount == 1
+
+    def take_lease(self, owner: str, ttl_s: float) -> bool:
+        """Take or renew the runner lease for ``ttl_s`` seconds; False while another owner's is unexpired.
+
+        One runner per store: two would double each number's rate and could
+        resend each other's messages in flight.  In one BEGIN IMMEDIATE
+        transaction, so two runners racing cannot both win.  A killed
+        holder's lease simply expires (the wall clock decides).
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute("SELECT owner, expires_at FROM runner_lease WHERE id = 1").fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            db.execute("INSERT INTO runner_lease VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                       "owner = excluded.owner, expires_at = excluded.expires_at", (owner, now + ttl_s))
+            return True
+
+    def release_lease(self, owner: str) -> None:
+        """Give the lease up (a runner that stops cleanly): the next one need not wait for it to expire."""
+        with self._write() as db:
+            db.execute("DELETE FROM runner_lease WHERE id = 1 AND owner = ?", (owner,))
 
     def mark_running(self, job_id: str) -> bool:
         """scheduled → running (the runner's first message of the job); True when it moved."""

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 import attrs
 import httpx
 
-from tel400.smsjobs import GatewayError
+from tel400.smsjobs import GatewayError, GatewayInDoubt
 from tel400.smstext import OutgoingSms, encoding_of
 
 # An address Kannel hands us or we hand it: digits, an optional leading +.
@@ -67,6 +67,10 @@ MAX_INCOMING_CHARS = 1600
 DLR_STATES = {1: "delivered", 2: "failed", 4: "submitted", 8: "submitted", 16: "rejected"}
 # Every report type above: what each submit asks for.
 DLR_MASK = 31
+# httpx errors raised before a request left this process: resending is safe.
+# Every other httpx error (read timeout, read/write error, a broken answer)
+# may come after smsbox queued the message: it is in doubt, not refused.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 # Unix times accepted in ``at`` (2000-01-01 .. 2100-01-01): outside is garbage.
 _EARLIEST, _LATEST = 946684800, 4102444800
 # The charsets a text may be declared in once percent-decoded as UTF-8.
@@ -229,8 +233,10 @@ class KannelGateway:
         params = self.params_for(sms)
         try:
             response = await self._client.get(self.sendsms_url, params=params)
-        except httpx.HTTPError as exc:
+        except _NEVER_SENT as exc:  # no connection, or none free: smsbox never saw the request
             raise GatewayError(f"Kannel sendsms unreachable: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # the request may have reached smsbox (read timeout, dropped answer)
+            raise GatewayInDoubt(f"Kannel sendsms answer lost: {type(exc).__name__}") from exc
         if response.status_code != 202:
             # smsbox's answer is short text ("Authorization failed for sendsms", ...).
             raise GatewayError(f"Kannel refused {sms.message_id}: {response.status_code} {response.text[:200]!r}")
