@@ -538,3 +538,20 @@ def test_the_lease_of_a_killed_runner_expires(tmp_path):
     assert store.take_lease("c", 10)
     with pytest.raises(ValueError, match="lease_renew_s"):
         JobRunner(store, FakeSmsGateway(), lease_ttl_s=3, lease_renew_s=3)
+
+
+def test_stop_leaves_a_message_in_doubt_for_the_next_runner(store):
+    """H1: stop() does not wait out (or resend after) an in-doubt wait: the message stays ``sending``."""
+    job = store.create_job(N, "x", phones=phones(1), rate=10, actor="a")
+    gw = AnswerLost(lose=5)
+
+    async def main():
+        runner = JobRunner(store, gw, indoubt_wait_s=30)
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(2)
+        runner.stop()
+        await task
+        return asyncio.get_running_loop().time()
+
+    assert run_virtual(main) < 5
+    assert gw.attempts == 1 and store.recipient(job.job_id, 0).state == "sending"

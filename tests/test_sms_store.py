@@ -394,3 +394,20 @@ def test_a_future_dated_record_does_not_stop_pruning(tmp_path):
     now[0] += 10 * 86400
     assert store.prune() == 5
     assert [m["text"] for m in store.messages(N)] == ["x"]
+
+
+@pytest.mark.parametrize("bad_line", ["13800000000," + "x" * 200_000, '13800000000,"Bob'])
+def test_one_bad_csv_line_never_swallows_the_good_lines_after_it(store, bad_line):
+    """M4: each physical line is read alone: a huge cell or a stray quote is one bad line, reported as such."""
+    good = "".join(f"1390000{i:04d},n{i}\n" for i in range(50))
+    result = store.import_contacts(N, ("phone,name\n" + bad_line + "\n" + good + "13800000001,\"a\nb\"\n").encode())
+    assert result.added == 50
+    assert [e[0] for e in result.errors] == [2, 53, 54]  # the bad line; a quoted break makes two bad lines
+
+
+def test_the_import_line_bound_is_tunable(tmp_path):
+    store = SmsStore(tmp_path / "sms.db", max_line_chars=30)
+    result = store.import_contacts(N, b"phone,name\n13900000001," + b"n" * 30 + b"\n13900000002,ok\n")
+    assert result.added == 1 and result.errors[0][0] == 2 and "at most 30" in result.errors[0][2]
+    with pytest.raises(ValueError, match="max_line_chars"):
+        SmsStore(tmp_path / "b.db", max_line_chars=0)

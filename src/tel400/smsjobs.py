@@ -411,6 +411,8 @@ class JobRunner:
             now = self.store.recipient(r.job_id, r.index)
             if now is None or now.state != "sending":
                 return True
+            if self._stop.is_set():  # left "sending": the next runner settles it like any in doubt
+                return True
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(min(0.2, self.indoubt_wait_s))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import json
 import os
 import re
@@ -54,6 +53,7 @@ RECIPIENT_STATES = ("pending", "sending", "sent", "failed", "skipped_opted_out",
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
 _JOB_MESSAGE_ID = re.compile(r"(j[0-9a-f]{16})-(\d{1,9})\Z")
 _TAG_SPLIT = re.compile(r"[;|]")
+_LINE_BREAK = re.compile(r"\r\n|\n|\r")
 _NOT_UNICODE = "the text holds lone surrogates (not Unicode text)"
 _PRUNE_EVERY = 1000
 _IMPORT_BATCH = 5000  # contacts written in one transaction (about 0.3 s holding the write lock)  # record_message calls between two prunes of one store object
@@ -217,6 +217,7 @@ class SmsStore:
         max_text_chars: longest text kept in a message record (longer is cut).
         retention_days: message records (and finished jobs) older than this are deleted.
         max_messages: at most this many message records are kept (the oldest go first).
+        max_line_chars: longest line of a CSV import (a longer one is a bad line).
         clock: the wall clock (POSIX seconds); tests pass their own.
     """
 
@@ -262,7 +263,11 @@ class SmsStore:
                  max_recipients: int = 100_000, max_open_jobs: int = 20, max_import_bytes: int = 10 * 2**20,
                  max_name_chars: int = 64, max_tags: int = 20, max_tag_chars: int = 32, max_fields: int = 20,
                  max_field_chars: int = 200, max_template_chars: int = 1000, max_text_chars: int = 1600,
-                 retention_days: float = 180, max_messages: int = 5_000_000, clock=time.time) -> None:
+                 retention_days: float = 180, max_messages: int = 5_000_000, max_line_chars: int = 65536,
+                 clock=time.time) -> None:
+        if not 1 <= max_line_chars <= csv.field_size_limit():
+            raise ValueError(f"max_line_chars must be from 1 to {csv.field_size_limit()} (the csv module's limit)")
+        self.max_line_chars = max_line_chars
         self.path = os.fspath(path)
         self.max_contacts = max_contacts
         self.max_recipients = max_recipients
@@ -616,6 +621,15 @@ class SmsStore:
             return self._read("SELECT COUNT(*) FROM contacts WHERE number = ?", (number,))[0][0]
         return self._read("SELECT COUNT(*) FROM contact_tags WHERE number = ? AND tag = ?", (number, tag))[0][0]
 
+    def _csv_line(self, line: str) -> list[str]:
+        """One physical CSV line as cells; ValueError for a line over ``max_line_chars`` or bad quoting."""
+        if len(line) > self.max_line_chars:
+            raise ValueError(f"the line is {len(line)} characters; at most {self.max_line_chars}")
+        try:
+            return next(csv.reader([line], strict=True), [])
+        except csv.Error as exc:
+            raise ValueError(f"unreadable CSV ({exc}; a quoted cell cannot span lines)") from None
+
     @_tenant
     def import_contacts(self, number: str, data: str | bytes) -> ImportResult:
         """Add or update contacts from CSV; every bad line is reported, the good ones are kept.
@@ -626,7 +640,10 @@ class SmsStore:
         or bytes in UTF-8 (with or without a BOM) or GB18030.  A line is
         refused for a bad phone, a too long name, tag or field, more cells
         than the header has, a phone already seen in the file, or a full
-        address book.  Line numbers are the file's (the header is line 1).
+        address book, a line over ``max_line_chars`` or one whose quotes do
+        not close on it (each physical line is read on its own, so a quoted
+        cell cannot hold a line break: one bad line never hides the next).
+        Line numbers are the file's (the header is line 1).
 
         Raises:
             ValueError: the input is over ``max_import_bytes``, not UTF-8 nor
@@ -638,12 +655,14 @@ class SmsStore:
         text = _decode(data)
         if "\x00" in text:
             raise ValueError("the file holds NUL characters: not a CSV text file")
-        reader = csv.reader(io.StringIO(text, newline=""))
+        lines_of = _LINE_BREAK.split(text)
+        if lines_of and lines_of[-1] == "":
+            lines_of.pop()  # the break ending the last line
+        if not lines_of:
+            raise ValueError("the file is empty: the first line must be a header (phone,name,tags,...)")
         try:
-            header = [h.strip().lower() for h in next(reader)]
-        except StopIteration:
-            raise ValueError("the file is empty: the first line must be a header (phone,name,tags,...)") from None
-        except csv.Error as exc:
+            header = [h.strip().lower() for h in self._csv_line(lines_of[0])]
+        except ValueError as exc:
             raise ValueError(f"line 1: unreadable header: {exc}") from None
         if "phone" not in header:
             raise ValueError("line 1: the header names no 'phone' column")
@@ -661,15 +680,15 @@ class SmsStore:
         good: list[Contact] = []
         lines: list[tuple[int, str]] = []
         seen: set[str] = set()
-        while True:
+        # Each physical line is parsed on its own: one bad line (a stray quote, a huge cell) is
+        # reported with its number and never swallows the lines after it.  So a quoted cell cannot
+        # hold a line break (its line is refused: an address book has no use for one).
+        for line_no, line in enumerate(lines_of[1:], start=2):
             try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:  # the reader cannot go on after this: report it and stop
-                errors.append((reader.line_num, "", f"unreadable CSV from here on: {exc}"))
-                break
-            line_no = reader.line_num
+                row = self._csv_line(line)
+            except ValueError as exc:
+                errors.append((line_no, _echo([line]), str(exc)))
+                continue
             if not any(cell.strip() for cell in row):
                 continue  # blank lines are not errors
             if len(row) > len(header):
