@@ -411,3 +411,12 @@ def test_the_import_line_bound_is_tunable(tmp_path):
     assert result.added == 1 and result.errors[0][0] == 2 and "at most 30" in result.errors[0][2]
     with pytest.raises(ValueError, match="max_line_chars"):
         SmsStore(tmp_path / "b.db", max_line_chars=0)
+
+
+def test_a_field_a_contact_holds_is_one_a_template_can_name(store):
+    """L4b: one rule for field names (tel400.smstext.is_field_name): `City` was stored but `{City}` refused."""
+    with pytest.raises(ValueError, match="bad field name 'City'"):
+        store.put_contact(N, "13901012345", fields={"City": "北京"})
+    store.put_contact(N, "13901012345", fields={"city": "北京"}, tags=["t"])
+    job = store.create_job(N, "{city}", tags=["t"], rate=1, actor="a")
+    assert store.recipient(job.job_id, 0).text == "北京"

@@ -35,7 +35,7 @@ import attrs
 
 from .exceptions import BackendError, NumberError
 from .numbers import kind_of, normalize
-from .smstext import MAX_PARTS, OutgoingSms, check_template, count_parts, render
+from .smstext import MAX_PARTS, OutgoingSms, check_template, count_parts, is_field_name, render
 from .stores import create_private
 from .timespec import parse_time
 
@@ -50,7 +50,6 @@ JOB_STATES = ("scheduled", "running", "paused", "done", "cancelled")
 #: Recipient states; ``pending`` and ``sending`` are not final.
 RECIPIENT_STATES = ("pending", "sending", "sent", "failed", "skipped_opted_out", "skipped_cap")
 
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
 _JOB_MESSAGE_ID = re.compile(r"(j[0-9a-f]{16})-(\d{1,9})\Z")
 _TAG_SPLIT = re.compile(r"[;|]")
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
@@ -525,8 +524,9 @@ class SmsStore:
 
     @staticmethod
     def _check_field_name(key: str) -> None:
-        if not isinstance(key, str) or not _FIELD_NAME.match(key) or key in BASE_FIELDS or key == "tags":
-            raise ValueError(f"bad field name {key!r}: letters, digits and _ (not phone, name, tags or number)")
+        if not is_field_name(key) or key in BASE_FIELDS or key == "tags":
+            raise ValueError(f"bad field name {key!r}: lower-case letters, digits and _, as a template names it "
+                             "(not phone, name, tags or number)")
 
     def _upsert_contacts(self, db, contacts: Sequence[Contact], at: float) -> tuple[int, list[int]]:
         """Write contacts; returns (updated, indexes of those refused because the book is full)."""
