@@ -420,3 +420,16 @@ def test_a_field_a_contact_holds_is_one_a_template_can_name(store):
     store.put_contact(N, "13901012345", fields={"city": "北京"}, tags=["t"])
     job = store.create_job(N, "{city}", tags=["t"], rate=1, actor="a")
     assert store.recipient(job.job_id, 0).text == "北京"
+
+
+def test_an_import_in_a_stated_encoding_is_not_guessed(store):
+    """L4a: GB18030 "谢谢" is also valid UTF-8 ("лл"): auto guesses UTF-8; encoding="gb18030" reads it right."""
+    data = "phone,name\n13901012345,谢谢\n".encode("gb18030")
+    store.import_contacts(N, data)
+    assert store.contact(N, "13901012345").name == "лл"  # the documented ambiguity of "auto"
+    store.import_contacts(N, data, encoding="gb18030")
+    assert store.contact(N, "13901012345").name == "谢谢"
+    with pytest.raises(ValueError, match="not utf-8"):
+        store.import_contacts(N, "phone,name\n13901012345,你好\n".encode("gb18030"), encoding="utf-8")
+    with pytest.raises(ValueError, match="encoding must be"):
+        store.import_contacts(N, data, encoding="latin-1")

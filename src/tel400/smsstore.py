@@ -140,12 +140,23 @@ class Recipient:
         return f"{self.job_id}-{self.index}"
 
 
-def _decode(data: str | bytes) -> str:
+#: What ``import_contacts(encoding=…)`` accepts: "auto" guesses (UTF-8 first, then GB18030).
+IMPORT_ENCODINGS = ("auto", "utf-8", "gb18030")
+
+
+def _decode(data: str | bytes, encoding: str = "auto") -> str:
     # Spreadsheets in China save CSV as GB18030 (GBK) more often than UTF-8.
+    if encoding not in IMPORT_ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(IMPORT_ENCODINGS)}, not {encoding!r}")
     if isinstance(data, str):
         return data.removeprefix("\ufeff")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if encoding != "auto":  # the user said which: no guess (some GB18030 bytes are valid UTF-8)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"the file is not {encoding} (byte {exc.start})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -631,7 +642,7 @@ class SmsStore:
             raise ValueError(f"unreadable CSV ({exc}; a quoted cell cannot span lines)") from None
 
     @_tenant
-    def import_contacts(self, number: str, data: str | bytes) -> ImportResult:
+    def import_contacts(self, number: str, data: str | bytes, *, encoding: str = "auto") -> ImportResult:
         """Add or update contacts from CSV; every bad line is reported, the good ones are kept.
 
         The first row is the header: ``phone``, ``name`` and ``tags``
@@ -645,6 +656,10 @@ class SmsStore:
         cell cannot hold a line break: one bad line never hides the next).
         Line numbers are the file's (the header is line 1).
 
+        ``encoding`` (bytes only): ``"auto"`` tries UTF-8 then GB18030, and
+        some short GB18030 texts are valid UTF-8 too ("谢谢" reads as "лл"):
+        pass ``"gb18030"`` or ``"utf-8"`` when the user says which.
+
         Raises:
             ValueError: the input is over ``max_import_bytes``, not UTF-8 nor
                 GB18030, or its header is unusable (nothing is written then).
@@ -652,7 +667,7 @@ class SmsStore:
         size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
         if size > self.max_import_bytes:
             raise ValueError(f"the file is {size} bytes; at most {self.max_import_bytes}")
-        text = _decode(data)
+        text = _decode(data, encoding)
         if "\x00" in text:
             raise ValueError("the file holds NUL characters: not a CSV text file")
         lines_of = _LINE_BREAK.split(text)
