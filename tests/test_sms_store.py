@@ -433,3 +433,17 @@ def test_an_import_in_a_stated_encoding_is_not_guessed(store):
         store.import_contacts(N, "phone,name\n13901012345,你好\n".encode("gb18030"), encoding="utf-8")
     with pytest.raises(ValueError, match="encoding must be"):
         store.import_contacts(N, data, encoding="latin-1")
+
+
+def test_create_and_cancel_cannot_grow_the_store_without_bound(tmp_path):
+    """L3: the open-jobs bound let a loop of create+cancel add recipients forever; jobs per day bound it."""
+    now = [1_800_000_000.0]
+    store = SmsStore(tmp_path / "sms.db", max_open_jobs=1, max_jobs_per_day=3, clock=lambda: now[0])
+    for _ in range(3):
+        job = store.create_job(N, "hi", phones=["13901012345"], rate=1, actor="t")
+        store.cancel(N, job.job_id, actor="t")
+    with pytest.raises(ValueError, match="at most 3"):
+        store.create_job(N, "hi", phones=["13901012345"], rate=1, actor="t")
+    store.create_job(OTHER, "hi", phones=["13901012345"], rate=1, actor="t")  # per number
+    now[0] += 86401
+    assert store.create_job(N, "hi", phones=["13901012345"], rate=1, actor="t").state == "scheduled"

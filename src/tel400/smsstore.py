@@ -220,6 +220,8 @@ class SmsStore:
         max_contacts: contacts per number (an import or a put beyond it is refused).
         max_recipients: recipients per job.
         max_open_jobs: jobs per number not yet done or cancelled.
+        max_jobs_per_day: jobs a number may create in any 24 hours, cancelled ones included
+            (what bounds the store's growth: create-and-cancel cannot fill the disk).
         max_import_bytes: size of one CSV import.
         max_name_chars, max_tags, max_tag_chars, max_fields, max_field_chars:
             bounds of one contact (name length, tags, extra columns, their values).
@@ -247,6 +249,7 @@ class SmsStore:
         "updated_at REAL NOT NULL, updated_by TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS jobs_by_number ON jobs (number, seq)",
         "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (number, created_at)",
         "CREATE TABLE IF NOT EXISTS recipients (job_id TEXT NOT NULL, idx INTEGER NOT NULL, phone TEXT NOT NULL, "
         "text TEXT NOT NULL, parts INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
         "delivery TEXT, updated_at REAL NOT NULL, PRIMARY KEY (job_id, idx)) WITHOUT ROWID",
@@ -270,7 +273,8 @@ class SmsStore:
     )
 
     def __init__(self, path: str | os.PathLike[str], *, max_contacts: int = 100_000,
-                 max_recipients: int = 100_000, max_open_jobs: int = 20, max_import_bytes: int = 10 * 2**20,
+                 max_recipients: int = 100_000, max_open_jobs: int = 20, max_jobs_per_day: int = 50,
+                 max_import_bytes: int = 10 * 2**20,
                  max_name_chars: int = 64, max_tags: int = 20, max_tag_chars: int = 32, max_fields: int = 20,
                  max_field_chars: int = 200, max_template_chars: int = 1000, max_text_chars: int = 1600,
                  retention_days: float = 180, max_messages: int = 5_000_000, max_line_chars: int = 65536,
@@ -282,6 +286,7 @@ class SmsStore:
         self.max_contacts = max_contacts
         self.max_recipients = max_recipients
         self.max_open_jobs = max_open_jobs
+        self.max_jobs_per_day = max_jobs_per_day
         self.max_import_bytes = max_import_bytes
         self.max_name_chars = max_name_chars
         self.max_tags = max_tags
@@ -814,6 +819,10 @@ class SmsStore:
                                    (number,)).fetchone()[0]
             if open_jobs >= self.max_open_jobs:
                 raise ValueError(f"{number} already has {open_jobs} unfinished jobs (at most {self.max_open_jobs})")
+            today = db.execute("SELECT COUNT(*) FROM jobs WHERE number = ? AND created_at > ?",
+                               (number, now - 86400)).fetchone()[0]
+            if today >= self.max_jobs_per_day:
+                raise ValueError(f"{number} created {today} jobs in the last 24 hours (at most {self.max_jobs_per_day})")
             db.execute(f"INSERT INTO jobs ({self._JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?)",
                        (job_id, number, template, rate, not_before, not_after, len(rows), now, actor, now, actor))
             db.executemany("INSERT INTO recipients (job_id, idx, phone, text, parts, state, updated_at) "
