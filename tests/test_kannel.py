@@ -23,6 +23,7 @@ import httpx
 from tel400.smsjobs import GatewayError, GatewayInDoubt
 from tel400.smstext import OutgoingSms, encoding_of
 from tel400_http.kannel import (MAX_INCOMING_CHARS, Dlr, IncomingSms, KannelGateway, dlr_url_for, parse_dlr,
+                                parse_incoming_query,
                                 parse_incoming, reply_headers)
 
 from .conftest import ROOT
@@ -346,6 +347,18 @@ def test_parse_incoming_refuses_garbage(change, error):
     params = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
     with pytest.raises(ValueError, match=error):
         parse_incoming(params)
+
+
+def test_a_real_replacement_character_from_a_phone_is_kept_mangled_bytes_refused():
+    """U+FFFD is a valid UCS-2 character a phone can send; only bytes that are not UTF-8 are refused."""
+    query = urllib.parse.urlencode({**GOOD, "text": "ok \ufffd 你好"}).encode()
+    assert parse_incoming_query(query).text == "ok \ufffd 你好"
+    with pytest.raises(ValueError, match="not UTF-8"):
+        parse_incoming_query(b"from=13800138000&to=4001012345&text=%FE%FF%00A")  # raw UTF-16, mo-recode off
+    with pytest.raises(ValueError, match="ASCII"):
+        parse_incoming_query("from=1&to=2&text=\xff".encode("latin-1"))
+    with pytest.raises(ValueError, match="missing 'text'"):
+        parse_incoming_query(b"from=13800138000&to=4001012345")
 
 
 def test_the_incoming_length_limit_is_tunable():

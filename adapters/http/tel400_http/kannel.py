@@ -124,19 +124,26 @@ def _timestamp(params: Mapping[str, str], name: str) -> float | None:
     return float(value)
 
 
-def parse_incoming(params: Mapping[str, str], *, max_chars: int = MAX_INCOMING_CHARS) -> IncomingSms:
+def parse_incoming(params: Mapping[str, str], *, max_chars: int = MAX_INCOMING_CHARS,
+                   _decoded_strictly: bool = False) -> IncomingSms:
     """The message in smsbox's get-url query (``from``, ``to``, ``text``, ``coding``, ``charset``, ``at``).
 
     ``params`` is the query already percent-decoded as UTF-8.  Raises
     ValueError on anything that is not a well-formed message, or a text over
     ``max_chars`` characters.
+
+    A text holding U+FFFD is refused here: a query decoded with
+    ``errors="replace"`` (urllib's default) turns bytes that are not UTF-8
+    (raw UCS-2 when mo-recode is off) into U+FFFD, indistinguishable from a
+    U+FFFD a phone really sent.  :func:`parse_incoming_query` decodes the raw
+    query strictly and so accepts a real U+FFFD: endpoints should use it.
     """
     sender = _address(params, "from")
     to = _address(params, "to")
     text = _field(params, "text")
     if len(text) > max_chars:
         raise ValueError(f"'text' is longer than {max_chars} characters")
-    if "\x00" in text or "\ufffd" in text:
+    if "\x00" in text or ("\ufffd" in text and not _decoded_strictly):
         raise ValueError("'text' holds a NUL or bytes that are not UTF-8")
     coding = _field(params, "coding", required=False)
     if coding not in (None, "", "0", "1", "2"):
@@ -147,6 +154,26 @@ def parse_incoming(params: Mapping[str, str], *, max_chars: int = MAX_INCOMING_C
         # percent-decoded as UTF-8 already and cannot be read back.
         raise ValueError(f"'text' in charset {charset!r}: set mo-recode = true on the smsbox")
     return IncomingSms(sender=sender, to=to, text=text, at=_timestamp(params, "at"))
+
+
+def parse_incoming_query(query: bytes | str, *, max_chars: int = MAX_INCOMING_CHARS) -> IncomingSms:
+    """:func:`parse_incoming` of the raw get-url query string, percent-decoded strictly as UTF-8.
+
+    Bytes that are not UTF-8 raise ValueError (nothing is replaced), so a
+    U+FFFD left in the text is one the phone sent (a valid UCS-2 character)
+    and is kept.  A name given twice: the last value wins, as in a dict.
+    """
+    if isinstance(query, bytes):
+        try:
+            query = query.decode("ascii")  # a query string is percent-encoded ASCII on the wire
+        except UnicodeDecodeError:
+            raise ValueError("the query holds raw bytes that are not ASCII") from None
+    try:
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict",
+                                             max_num_fields=20))
+    except UnicodeDecodeError:
+        raise ValueError("'text' holds bytes that are not UTF-8: set mo-recode = true on the smsbox") from None
+    return parse_incoming(params, max_chars=max_chars, _decoded_strictly=True)
 
 
 def reply_headers(text: str) -> list[tuple[bytes, bytes]]:
