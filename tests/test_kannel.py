@@ -18,9 +18,12 @@ import urllib.parse
 
 import pytest
 
-from tel400.smsjobs import GatewayError
+import httpx
+
+from tel400.smsjobs import GatewayError, GatewayInDoubt
 from tel400.smstext import OutgoingSms, encoding_of
 from tel400_http.kannel import (MAX_INCOMING_CHARS, Dlr, IncomingSms, KannelGateway, dlr_url_for, parse_dlr,
+                                parse_incoming_query,
                                 parse_incoming, reply_headers)
 
 from .conftest import ROOT
@@ -289,6 +292,32 @@ def test_gateway_errors_wrong_password_and_unreachable(tmp_path):
 
 # -- the adapter alone -----------------------------------------------------
 
+@pytest.mark.parametrize("error, in_doubt", [
+    (httpx.ConnectError("refused"), False),
+    (httpx.ConnectTimeout("no answer to SYN"), False),
+    (httpx.PoolTimeout("no free connection"), False),
+    (httpx.ReadTimeout("smsbox slow"), True),
+    (httpx.ReadError("reset after the request"), True),
+    (httpx.WriteError("reset while writing"), True),
+    (httpx.RemoteProtocolError("answer cut"), True),
+])
+def test_an_answer_lost_after_the_request_left_is_in_doubt_not_a_refusal(error, in_doubt):
+    """H1: a read timeout may come after smsbox queued the message; resending at once sends it twice."""
+    def handler(request):
+        raise error
+
+    async def submit():
+        gateway = KannelGateway("http://127.0.0.1:1/cgi-bin/sendsms", username="u", password="p",
+                                dlr_url="http://127.0.0.1:1/dlr")
+        await gateway.aclose()
+        gateway._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with gateway:
+            await gateway.submit(sms("x-3", "hi"))
+
+    with pytest.raises(GatewayError) as caught:
+        asyncio.run(submit())
+    assert isinstance(caught.value, GatewayInDoubt) is in_doubt
+
 GOOD = {"from": PHONE, "to": NUMBER, "text": "你好", "coding": "0", "charset": "UTF-8", "at": "1796108509"}
 
 
@@ -318,6 +347,18 @@ def test_parse_incoming_refuses_garbage(change, error):
     params = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
     with pytest.raises(ValueError, match=error):
         parse_incoming(params)
+
+
+def test_a_real_replacement_character_from_a_phone_is_kept_mangled_bytes_refused():
+    """U+FFFD is a valid UCS-2 character a phone can send; only bytes that are not UTF-8 are refused."""
+    query = urllib.parse.urlencode({**GOOD, "text": "ok \ufffd 你好"}).encode()
+    assert parse_incoming_query(query).text == "ok \ufffd 你好"
+    with pytest.raises(ValueError, match="not UTF-8"):
+        parse_incoming_query(b"from=13800138000&to=4001012345&text=%FE%FF%00A")  # raw UTF-16, mo-recode off
+    with pytest.raises(ValueError, match="ASCII"):
+        parse_incoming_query("from=1&to=2&text=\xff".encode("latin-1"))
+    with pytest.raises(ValueError, match="missing 'text'"):
+        parse_incoming_query(b"from=13800138000&to=4001012345")
 
 
 def test_the_incoming_length_limit_is_tunable():

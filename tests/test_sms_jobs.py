@@ -23,8 +23,9 @@ from zoneinfo import ZoneInfo
 import attrs
 import pytest
 
-from tel400.smsjobs import GatewayError, JobRunner
+from tel400.smsjobs import GatewayError, GatewayInDoubt, JobRunner
 from tel400.smsstore import SmsStore
+from tel400.smstext import OutgoingSms
 from tel400.testing import FakeSmsGateway
 
 N = "4001012345"
@@ -416,6 +417,73 @@ def test_gateway_breaking_oddly_is_in_doubt_not_lost(store):
     assert dict(zip((m.to for m in gw.sent), gw.times))[phones(2)[0]] >= 3  # resent after the wait
 
 
+class AnswerLost(FakeSmsGateway):
+    """Takes every message but loses the answer the first ``lose`` times (GatewayInDoubt), then refuses
+    the rest when ``refuse_after`` (GatewayError)."""
+
+    def __init__(self, lose=1, refuse_after=False, **kw):
+        super().__init__(**kw)
+        self.lose, self.refuse_after = lose, refuse_after
+
+    async def submit(self, sms):
+        if self.lose > 0:
+            self.lose -= 1
+            self.attempts += 1
+            self.sent.append(sms)  # the phone gets it
+            self.times.append(asyncio.get_running_loop().time())
+            raise GatewayInDoubt("read timeout")
+        if self.refuse_after:
+            self.attempts += 1
+            raise GatewayError("refused")
+        await super().submit(sms)
+
+
+def test_an_answer_lost_goes_the_in_doubt_way_and_is_settled_by_its_report(store):
+    """H1: GatewayInDoubt is not a refusal: no immediate resend; the report settles it."""
+    job = store.create_job(N, "x", phones=phones(1), rate=10, actor="a")
+    gw = AnswerLost(lose=1)
+
+    async def main():
+        asyncio.get_running_loop().call_later(10, lambda: store.set_delivery(f"{job.job_id}-0", "delivered"))
+        await drive(JobRunner(store, gw, retry_base_s=0.05, indoubt_wait_s=30), done(store, N, job.job_id))
+
+    run_virtual(main)
+    assert gw.attempts == 1 and len(gw.sent) == 1
+    assert store.recipient(job.job_id, 0).state == "sent"
+
+
+def test_a_message_once_in_doubt_is_never_called_failed(store):
+    """H1: in doubt, resent, then refused every time: the phone may have the first one."""
+    job = store.create_job(N, "x", phones=phones(1), rate=10, actor="a")
+    gw = AnswerLost(lose=1, refuse_after=True)
+
+    async def main():
+        runner = JobRunner(store, gw, max_attempts=3, retry_base_s=1, indoubt_wait_s=5)
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(300)
+        runner.stop()
+        await task
+
+    run_virtual(main)
+    assert gw.attempts == 3
+    assert store.recipient(job.job_id, 0).state == "sending"  # left for its report or a cancel
+    assert store.sms_totals(N, 0, 2e9)["failed"] == 0
+
+
+def test_mark_failed_never_overwrites_a_sent_record(store):
+    """H1: a message recorded sent (the gateway took it) is not turned failed by a late refusal."""
+    job = store.create_job(N, "x", phones=phones(1), rate=10, actor="a")
+    r = store.recipient(job.job_id, 0)
+    store.set_recipient(job.job_id, 0, "sending", expect=("pending",))
+    msg = OutgoingSms(message_id=r.message_id, number=N, sender="10657" + N, to=r.phone, text="x", parts=1,
+                      kind="job")
+    store.mark_sent(msg, r, attempts=1, at=100)
+    store.mark_failed(msg, r, attempts=2, at=101)  # recipient no longer sending: nothing changes
+    store.record_message(msg, outcome="failed", at=102)  # even a direct record keeps "sent"
+    assert store.sms_totals(N, 0, 2e9)["failed"] == 0
+    assert store.recipient(job.job_id, 0).state == "sent"
+
+
 def test_stop_before_run_returns_at_once(store):
     store.create_job(N, "x", phones=phones(2), rate=10, actor="a")
     gw = FakeSmsGateway()
@@ -430,3 +498,60 @@ def test_bad_runner_settings_refused(store):
         JobRunner(store, FakeSmsGateway(), per_number_rate=0)
     with pytest.raises(ValueError, match="max_attempts"):
         JobRunner(store, FakeSmsGateway(), max_attempts=0)
+
+
+def test_two_runners_on_one_store_one_sends(store):
+    """M2: a second runner waits for the lease; two would double the number's rate and resend in-flight ones."""
+    job = store.create_job(N, "x", phones=phones(20), rate=100, actor="a")
+    gw1, gw2 = FakeSmsGateway(), FakeSmsGateway()
+
+    async def main():
+        r1, r2 = JobRunner(store, gw1, per_number_rate=10), JobRunner(store, gw2, per_number_rate=10)
+        t1 = asyncio.create_task(r1.run())
+        await asyncio.sleep(0)
+        t2 = asyncio.create_task(r2.run())
+        await drive_until(done(store, N, job.job_id))
+        r1.stop(), r2.stop()
+        await asyncio.gather(t1, t2)
+
+    async def drive_until(until):
+        while not until():
+            await asyncio.sleep(0.1)
+
+    run_virtual(main)
+    assert sorted(len(g.sent) for g in (gw1, gw2)) == [0, 20]
+    sent = gw1 if gw1.sent else gw2
+    assert sent.times[-1] - sent.times[0] >= 1.8  # 20 at 10/s: the ceiling held (one runner)
+
+
+def test_the_lease_of_a_killed_runner_expires(tmp_path):
+    """M2: a holder that never renews (kill -9) loses the lease after its ttl; a clean one releases it."""
+    now = [1000.0]
+    store = SmsStore(tmp_path / "sms.db", clock=lambda: now[0])
+    assert store.take_lease("a", 10) and not store.take_lease("b", 10)
+    assert store.take_lease("a", 10)  # renewal
+    now[0] += 9.9
+    assert not store.take_lease("b", 10)
+    now[0] += 0.2
+    assert store.take_lease("b", 10)
+    store.release_lease("b")
+    assert store.take_lease("c", 10)
+    with pytest.raises(ValueError, match="lease_renew_s"):
+        JobRunner(store, FakeSmsGateway(), lease_ttl_s=3, lease_renew_s=3)
+
+
+def test_stop_leaves_a_message_in_doubt_for_the_next_runner(store):
+    """H1: stop() does not wait out (or resend after) an in-doubt wait: the message stays ``sending``."""
+    job = store.create_job(N, "x", phones=phones(1), rate=10, actor="a")
+    gw = AnswerLost(lose=5)
+
+    async def main():
+        runner = JobRunner(store, gw, indoubt_wait_s=30)
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(2)
+        runner.stop()
+        await task
+        return asyncio.get_running_loop().time()
+
+    assert run_virtual(main) < 5
+    assert gw.attempts == 1 and store.recipient(job.job_id, 0).state == "sending"

@@ -319,12 +319,37 @@ def test_backend_errors_follow_the_plans_policy(make_router, policy):
                          DeadCounters())
     a = router.answer_sms(NUMBER, PERSON, "hi", TUESDAY_10)
     admission = router.admit_sms(NUMBER, PERSON, 1, TUESDAY_10)
+    # H2: the flood guard fails closed whatever the policy; only admit_sms's caps follow it.
+    assert (a.reply, a.reason) == (None, "backend_error")
     if policy == "allow":
-        assert (a.reply, a.reason) == ("x", "ok") and admission.admitted
+        assert admission.admitted
+        assert router.backend_error_counts() == {**router.backend_error_counts(), "allow": 1, "reject": 1}
     else:
-        assert (a.reply, a.reason) == (None, "backend_error")
         assert admission == tel400.SmsAdmission(False, "backend_error", Decimal(0))
-    assert router.backend_error_counts()[policy] == 2
+        assert router.backend_error_counts()["reject"] == 2
+
+
+def test_a_full_counter_backend_does_not_turn_the_flood_guard_off(make_router):
+    """H2: with max_keys reached the memory backend refuses new keys; a bot must still get no reply."""
+    router = make_router(replies({"keywords": "hi", "reply": "x"}, on_backend_error="allow"),
+                         tel400.MemoryCounters(max_keys=50))
+    for i in range(60):  # one-off senders fill the backend
+        router.answer_sms(NUMBER, f"139{i:08d}", "hi", TUESDAY_10)
+    bot = [router.answer_sms(NUMBER, "13700000001", "hi", TUESDAY_10) for _ in range(100)]
+    assert sum(a.reply is not None for a in bot) == 0
+    assert {a.reason for a in bot} == {"backend_error"}
+
+
+@pytest.mark.parametrize("part, limit, admitted", [("0.0000015", "0.00001", 5), ("0.0000009", "0.000005", 5),
+                                                    ("0.05", "0.10", 2)])
+def test_cost_caps_round_a_part_up_as_billing_does(make_router, part, limit, admitted):
+    """L2: a part of 0.0000015 counts 0.000002 (ROUND_CEILING to the millionth, like a call), not 0.000001."""
+    router = make_router(replies({"keywords": "hi", "reply": "x"}, tariff={"local": 0.1, "long_distance": 0.3,
+                                                                           "sms_part": Decimal(part)},
+                                 caps=[{"metric": "cost", "per": "day", "limit": Decimal(limit), "channel": "sms"}]))
+    got = [router.admit_sms(NUMBER, PERSON, 1, TUESDAY_10) for _ in range(20)]
+    assert sum(a.admitted for a in got) == admitted
+    assert got[0].cost == Decimal(part).quantize(Decimal("0.000001"), rounding="ROUND_CEILING")
 
 
 def test_explain_traces_and_counts_nothing(hotel):

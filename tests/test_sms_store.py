@@ -364,3 +364,106 @@ def test_a_final_delivery_state_is_never_moved_back_by_a_late_or_repeated_report
     assert store.set_delivery(mid, "submitted") is True
     assert store.delivery_of(mid) == "delivered"
     assert store.progress("4001012345", job.job_id).delivered == 1
+
+
+def test_every_method_reads_the_number_in_any_written_form(store):
+    """M3: "400-101-2345" is the tenant "4001012345": an opt-out under one form stops a job under the other."""
+    store.opt_out("4001012345", "13901012345")
+    store.put_contact("400-101-2345", "13901012345", tags=["t"])
+    assert store.is_opted_out("400 101 2345", "13901012345")
+    assert [c.phone for c in store.contacts(N)] == ["13901012345"]  # one address book
+    job = store.create_job("400-101-2345", "x", tags=["t"], rate=1, actor="a")
+    assert store.job(N, job.job_id) is not None and job.number == N
+    store.record_message(direction="in", number="+86 400 101 2345", peer="13901012345", text="x", parts=1,
+                         kind="in", outcome="received")
+    assert store.sms_totals(N, 0, 2e10)["in"] == 1
+
+
+@pytest.mark.parametrize("bad", ["13901012345", "02112345678", "abc", "", None, "4001012345\r\n"])
+def test_a_number_that_is_not_400_or_800_is_refused(store, bad):
+    for call in (lambda: store.opt_out(bad, "13901012345"), lambda: store.put_contact(bad, "13901012345"),
+                 lambda: store.contacts(bad), lambda: store.create_job(bad, "x", phones=["13901012345"], rate=1, actor="a"),
+                 lambda: store.record_message(direction="in", number=bad, peer="1", text="x", parts=1, kind="in",
+                                              outcome="received")):
+        with pytest.raises(ValueError, match="400/800|needs number"):
+            call()
+
+
+def test_message_ids_belong_to_their_number(store):
+    """M5: the same external id under two numbers is two records; a report naming a number touches only it."""
+    for number, text in ((OTHER, "B's"), (N, "A's")):
+        store.record_message(direction="in", number=number, peer="13800000001", text=text, parts=1, kind="in",
+                             outcome="received", message_id="plat-42")
+    assert [m["text"] for m in store.messages(OTHER)] == ["B's"]
+    assert [m["text"] for m in store.messages(N)] == ["A's"]
+    assert store.set_delivery("plat-42", "failed", number=N) is True
+    assert store.delivery_of("plat-42", number=N) == "failed"
+    assert store.delivery_of("plat-42", number=OTHER) is None
+    assert store.set_delivery("plat-42", "delivered", number="4000000000") is False
+
+
+def test_a_future_dated_record_does_not_stop_pruning(tmp_path):
+    """L1: records are pruned by their own time, not up to the first young one."""
+    now = [1_800_000_000.0]
+    store = SmsStore(tmp_path / "sms.db", retention_days=1, clock=lambda: now[0])
+    store.record_message(direction="in", number=N, peer="13900000009", text="x", parts=1, kind="in",
+                         outcome="received", at=4102444799)
+    for _ in range(5):
+        store.record_message(direction="in", number=N, peer="13900000009", text="old", parts=1, kind="in",
+                             outcome="received")
+    now[0] += 10 * 86400
+    assert store.prune() == 5
+    assert [m["text"] for m in store.messages(N)] == ["x"]
+
+
+@pytest.mark.parametrize("bad_line", ["13800000000," + "x" * 200_000, '13800000000,"Bob'])
+def test_one_bad_csv_line_never_swallows_the_good_lines_after_it(store, bad_line):
+    """M4: each physical line is read alone: a huge cell or a stray quote is one bad line, reported as such."""
+    good = "".join(f"1390000{i:04d},n{i}\n" for i in range(50))
+    result = store.import_contacts(N, ("phone,name\n" + bad_line + "\n" + good + "13800000001,\"a\nb\"\n").encode())
+    assert result.added == 50
+    assert [e[0] for e in result.errors] == [2, 53, 54]  # the bad line; a quoted break makes two bad lines
+
+
+def test_the_import_line_bound_is_tunable(tmp_path):
+    store = SmsStore(tmp_path / "sms.db", max_line_chars=30)
+    result = store.import_contacts(N, b"phone,name\n13900000001," + b"n" * 30 + b"\n13900000002,ok\n")
+    assert result.added == 1 and result.errors[0][0] == 2 and "at most 30" in result.errors[0][2]
+    with pytest.raises(ValueError, match="max_line_chars"):
+        SmsStore(tmp_path / "b.db", max_line_chars=0)
+
+
+def test_a_field_a_contact_holds_is_one_a_template_can_name(store):
+    """L4b: one rule for field names (tel400.smstext.is_field_name): `City` was stored but `{City}` refused."""
+    with pytest.raises(ValueError, match="bad field name 'City'"):
+        store.put_contact(N, "13901012345", fields={"City": "北京"})
+    store.put_contact(N, "13901012345", fields={"city": "北京"}, tags=["t"])
+    job = store.create_job(N, "{city}", tags=["t"], rate=1, actor="a")
+    assert store.recipient(job.job_id, 0).text == "北京"
+
+
+def test_an_import_in_a_stated_encoding_is_not_guessed(store):
+    """L4a: GB18030 "谢谢" is also valid UTF-8 ("лл"): auto guesses UTF-8; encoding="gb18030" reads it right."""
+    data = "phone,name\n13901012345,谢谢\n".encode("gb18030")
+    store.import_contacts(N, data)
+    assert store.contact(N, "13901012345").name == "лл"  # the documented ambiguity of "auto"
+    store.import_contacts(N, data, encoding="gb18030")
+    assert store.contact(N, "13901012345").name == "谢谢"
+    with pytest.raises(ValueError, match="not utf-8"):
+        store.import_contacts(N, "phone,name\n13901012345,你好\n".encode("gb18030"), encoding="utf-8")
+    with pytest.raises(ValueError, match="encoding must be"):
+        store.import_contacts(N, data, encoding="latin-1")
+
+
+def test_create_and_cancel_cannot_grow_the_store_without_bound(tmp_path):
+    """L3: the open-jobs bound let a loop of create+cancel add recipients forever; jobs per day bound it."""
+    now = [1_800_000_000.0]
+    store = SmsStore(tmp_path / "sms.db", max_open_jobs=1, max_jobs_per_day=3, clock=lambda: now[0])
+    for _ in range(3):
+        job = store.create_job(N, "hi", phones=["13901012345"], rate=1, actor="t")
+        store.cancel(N, job.job_id, actor="t")
+    with pytest.raises(ValueError, match="at most 3"):
+        store.create_job(N, "hi", phones=["13901012345"], rate=1, actor="t")
+    store.create_job(OTHER, "hi", phones=["13901012345"], rate=1, actor="t")  # per number
+    now[0] += 86401
+    assert store.create_job(N, "hi", phones=["13901012345"], rate=1, actor="t").state == "scheduled"

@@ -86,6 +86,16 @@ class CallRecord:
 MAX_CHARGE_UNITS = limits.MAX_COUNTER_UNITS
 
 
+#: The smallest amount of money counted (cost caps count millionths).
+COST_QUANTUM = Decimal("0.000001")
+
+
+def round_cost(amount: Decimal) -> Decimal:
+    """A cost rounded up to the millionth: a carrier never bills less than the tariff says, and a cost
+    cap counts in millionths, so a fraction below one must still count (calls and SMS alike)."""
+    return amount.quantize(COST_QUANTUM, rounding=ROUND_CEILING)
+
+
 def bill_call(record: CallRecord, duration_s: float, target, prefixes) -> tuple[Charge, tuple]:
     """What a finished call costs, and what to add to which counter, changing nothing.
 
@@ -109,7 +119,7 @@ def bill_call(record: CallRecord, duration_s: float, target, prefixes) -> tuple[
     try:
         if tariff is not None:
             rate = tariff.long_distance if long_distance else tariff.local
-            cost = (rate * billed / 60).quantize(Decimal("0.000001"), rounding=ROUND_CEILING)
+            cost = round_cost(rate * billed / 60)
         adds = []
         for metric, key, period, ttl_s in record.charges:
             amount = billed if metric == "minutes" else to_units("cost", cost)

@@ -16,13 +16,22 @@ does not know whether the gateway got them: it waits up to
 the rest under the same message id.  So a recipient gets exactly one
 message when the gateway's report of a message it took reaches the store
 within ``indoubt_wait_s`` of the restart; otherwise the message is sent
-again — a duplicate is possible, a skip is not.  One runner per store.
+again — a duplicate is possible, a skip is not.
+
+One runner per store: a runner takes the store's lease
+(:meth:`SmsStore.take_lease`) before it sends anything and renews it every
+``lease_renew_s``; a second runner waits until the lease is free or
+expired.  A killed runner's lease expires ``lease_ttl_s`` (10 s) after its
+last renewal, so a runner restarted after kill -9 starts sending at most
+that long after it starts (a clean stop releases the lease at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import os
+import secrets
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -44,7 +53,14 @@ SENDER_PREFIX = "10657"
 
 
 class GatewayError(BackendError):
-    """The SMS gateway refused a message or could not be reached."""
+    """The SMS gateway refused a message or could not be reached (it does not have it: a retry is safe)."""
+
+
+class GatewayInDoubt(GatewayError):
+    """The request may have reached the gateway but its answer did not come back (a read timeout, a
+    connection dropped after the request was written).  The gateway may have the message: resending
+    at once could deliver it twice, so the runner waits for its delivery report first.  A subclass of
+    GatewayError so older ``except GatewayError`` still catch it; the runner checks it first."""
 
 
 class SmsGateway(Protocol):
@@ -97,15 +113,21 @@ class JobRunner:
         poll_s: how often the store is read for new, resumed or paused jobs.
         max_in_flight: messages handed to the gateway and not yet answered, all jobs together.
         wall: the wall clock (POSIX seconds) for windows and records; tests pass their own.
+        lease_ttl_s: how long the store's runner lease lasts without renewal (a killed
+            runner's successor waits at most this long).
+        lease_renew_s: how often the lease is renewed (well under ``lease_ttl_s``).
     """
 
     def __init__(self, store: SmsStore, gateway: SmsGateway, *, admit=None,
                  zone_of: Callable[[str], ZoneInfo] | None = None, per_number_rate: float = 10.0,
                  indoubt_wait_s: float = 30.0, max_attempts: int = 5, retry_base_s: float = 1.0,
                  submit_timeout_s: float = 30.0, poll_s: float = 1.0, max_in_flight: int = 100,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, lease_ttl_s: float = 10.0,
+                 lease_renew_s: float = 3.0) -> None:
         if not per_number_rate > 0:
             raise ValueError("per_number_rate must be above 0")
+        if not 0 < lease_renew_s < lease_ttl_s:
+            raise ValueError("lease_renew_s must be above 0 and below lease_ttl_s")
         if max_attempts < 1 or max_in_flight < 1:
             raise ValueError("max_attempts and max_in_flight must be at least 1")
         self.store = store
@@ -120,6 +142,9 @@ class JobRunner:
         self.poll_s = poll_s
         self.max_in_flight = max_in_flight
         self.wall = wall
+        self.lease_ttl_s = lease_ttl_s
+        self.lease_renew_s = lease_renew_s
+        self.owner = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._number_paces: dict[str, _Pace] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._sends: set[asyncio.Task] = set()
@@ -138,7 +163,37 @@ class JobRunner:
     async def run(self) -> None:
         """Send until :meth:`stop`: settle what a previous runner left in doubt, then follow the store's jobs."""
         loop = asyncio.get_running_loop()
+        if not await self._wait_for_lease():
+            return
+        try:
+            await self._run_leased(loop)
+        finally:
+            try:
+                self.store.release_lease(self.owner)
+            except BackendError as exc:  # it expires by itself
+                _log.warning("sms_jobs_lease_release_failed", error=str(exc))
+
+    async def _wait_for_lease(self) -> bool:
+        """Wait until this runner holds the store's lease; False when stopped first."""
+        waited = False
+        while not self._stop.is_set():
+            try:
+                if self.store.take_lease(self.owner, self.lease_ttl_s):
+                    return True
+            except BackendError as exc:
+                _log.warning("sms_jobs_store_error", error=str(exc))
+            if not waited:
+                _log.info("sms_jobs_waiting_for_lease", ttl_s=self.lease_ttl_s)
+                waited = True
+            try:
+                await asyncio.wait_for(self._stop.wait(), min(self.poll_s, self.lease_renew_s))
+            except TimeoutError:
+                pass
+        return False
+
+    async def _run_leased(self, loop) -> None:
         self._slots = asyncio.Semaphore(self.max_in_flight)
+        renewed = loop.time()
         deadline = loop.time() + self.indoubt_wait_s
         for r in self.store.in_doubt():
             self._doubt.setdefault(r.job_id, {})[r.index] = deadline
@@ -146,6 +201,16 @@ class JobRunner:
             _log.info("sms_jobs_in_doubt", recipients=sum(map(len, self._doubt.values())), wait_s=self.indoubt_wait_s)
         try:
             while not self._stop.is_set():
+                if loop.time() - renewed >= self.lease_renew_s:
+                    try:
+                        held = self.store.take_lease(self.owner, self.lease_ttl_s)
+                    except BackendError as exc:  # the store is busy: renew at the next poll
+                        _log.warning("sms_jobs_store_error", error=str(exc))
+                    else:
+                        renewed = loop.time()
+                        if not held:  # stalled past the expiry and another runner took over: it sends now
+                            _log.error("sms_jobs_lease_lost", owner=self.owner)
+                            return
                 try:
                     for job in self.store.active_jobs():
                         task = self._tasks.get(job.job_id)
@@ -154,7 +219,7 @@ class JobRunner:
                 except BackendError as exc:  # the store is busy or gone for a moment: try at the next poll
                     _log.warning("sms_jobs_store_error", error=str(exc))
                 try:
-                    await asyncio.wait_for(self._stop.wait(), self.poll_s)
+                    await asyncio.wait_for(self._stop.wait(), min(self.poll_s, self.lease_renew_s))
                 except TimeoutError:
                     pass
         finally:
@@ -278,27 +343,37 @@ class JobRunner:
         msg = OutgoingSms(message_id=r.message_id, number=job.number, sender=SENDER_PREFIX + job.number,
                           to=r.phone, text=r.text, parts=r.parts, kind="job")
         attempts = r.attempts
+        ever_in_doubt = False
         try:
             while True:
                 attempts += 1
                 try:
                     async with asyncio.timeout(self.submit_timeout_s):
                         await self.gateway.submit(msg)
-                except GatewayError as exc:
+                except GatewayInDoubt as exc:
+                    doubted = await self._in_doubt(msg, r, exc, attempts)
+                    if doubted:
+                        return
+                    ever_in_doubt = True
+                    continue
+                except GatewayError as exc:  # refused or never reached: the gateway does not have it
+                    if not self._still_sending(r):  # a report settled it meanwhile (an earlier in-doubt try)
+                        return
                     if attempts >= self.max_attempts:
+                        if ever_in_doubt:  # an earlier try may have reached the phone: never call it failed
+                            _log.warning("sms_job_message_left_in_doubt", message_id=msg.message_id)
+                            return
                         _log.warning("sms_job_message_failed", message_id=msg.message_id, error=str(exc))
                         self.store.mark_failed(msg, r, attempts=attempts, at=self.wall())
                         return
                     await asyncio.sleep(self.retry_base_s * 2 ** (attempts - 1))
+                    if not self._still_sending(r):
+                        return
                     continue
                 except Exception as exc:  # noqa: BLE001 - a timeout, or a gateway that broke mid-way
-                    # The gateway may have it: like a restart, wait for its report before resending.
-                    _log.warning("sms_job_message_in_doubt", message_id=msg.message_id, error=repr(exc))
-                    if await self._settled_by_report(r):
+                    if await self._in_doubt(msg, r, exc, attempts):
                         return
-                    if attempts >= self.max_attempts:
-                        self.store.mark_failed(msg, r, attempts=attempts, at=self.wall())
-                        return
+                    ever_in_doubt = True
                     continue
                 self.store.mark_sent(msg, r, attempts=attempts, at=self.wall())
                 return
@@ -310,12 +385,33 @@ class JobRunner:
             self._in_flight[job.job_id] -= 1
             self._slots.release()
 
+    def _still_sending(self, r: Recipient) -> bool:
+        now = self.store.recipient(r.job_id, r.index)
+        return now is not None and now.state == "sending"
+
+    async def _in_doubt(self, msg: OutgoingSms, r: Recipient, exc: BaseException, attempts: int) -> bool:
+        """The gateway may have the message: wait for its report; True when this send is over.
+
+        Over means settled by a report, or out of attempts: then the
+        recipient stays ``sending`` (never ``failed``: the phone may have it)
+        until its report arrives or the job is cancelled.
+        """
+        _log.warning("sms_job_message_in_doubt", message_id=msg.message_id, error=repr(exc))
+        if await self._settled_by_report(r):
+            return True
+        if attempts >= self.max_attempts:
+            _log.warning("sms_job_message_left_in_doubt", message_id=msg.message_id)
+            return True
+        return False
+
     async def _settled_by_report(self, r: Recipient) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.indoubt_wait_s
         while True:
             now = self.store.recipient(r.job_id, r.index)
             if now is None or now.state != "sending":
+                return True
+            if self._stop.is_set():  # left "sending": the next runner settles it like any in doubt
                 return True
             if loop.time() >= deadline:
                 return False

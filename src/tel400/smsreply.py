@@ -36,6 +36,7 @@ import attrs
 from . import limits, provinces, smstext
 from ._engine_py import Moment, _describe_failure, first_failure
 from ._numbers_py import national_key, normalize_or_none
+from .billing import round_cost
 from .calltime import check_at
 from .compiler import CompiledSms, lookup_plan
 from .counters import CapCheck
@@ -152,7 +153,7 @@ def part_checks(program: CompiledSms, recipient_key: str, parts: int, moment: Mo
         if cap.metric == "calls":
             amount = parts
         elif cap.metric == "cost" and program.sms_part:
-            amount = to_units("cost", program.sms_part * parts)
+            amount = to_units("cost", cost_of(program, parts))
         else:
             continue  # minutes caps ignore SMS; a free part costs nothing
         checks.append(CapCheck(cap.key_for(recipient_key), moment.period(cap.per), max(cap.limit - amount + 1, 0),
@@ -161,7 +162,8 @@ def part_checks(program: CompiledSms, recipient_key: str, parts: int, moment: Mo
 
 
 def cost_of(program: CompiledSms, parts: int) -> Decimal:
-    return program.sms_part * parts if program.sms_part else Decimal(0)
+    """What ``parts`` cost, rounded up to the millionth as a call's cost is (tel400.billing.round_cost)."""
+    return round_cost(program.sms_part * parts) if program.sms_part else Decimal(0)
 
 
 def admit(router, number, recipient, parts, at=None) -> SmsAdmission:
@@ -313,13 +315,16 @@ def answer(router, dialed, sender, text, at=None, explain=False) -> SmsAnswer:
     try:
         over = router.counters.acquire(checks, dry_run=explain)
     except BackendError as exc:
-        admission = _backend_failed(router, program, cost_of(program, parts), dry_run=explain)
+        # The flood guard fails closed whatever on_backend_error says: a
+        # counter backend that is down or full must not let a bot draw
+        # unlimited replies (the policy governs the caps of admit_sms only).
+        # The reply is one of the guarded things, so it is not sent.
+        if not explain:
+            router._shared.backend_errors["reject"] += 1
         if trace is not None:
-            trace.append(f"counter backend failed ({exc}); on_backend_error = "
-                         f"{'allow' if program.fail_open else 'reject'}")
-        if not admission.admitted:
-            return done(kind, None, 0, rule, "backend_error", route)
-        over = -1
+            trace.append(f"counter backend failed ({exc}): the flood guard cannot count, so no reply "
+                         f"(whatever on_backend_error says)")
+        return done(kind, None, 0, rule, "backend_error", route)
     if over == 0:
         if trace is not None:
             trace.append(f"flood guard: {program.reply_limit} replies to this sender in this "

@@ -21,7 +21,7 @@ API built on this store can never see or change another tenant's job.
 from __future__ import annotations
 
 import csv
-import io
+import functools
 import json
 import os
 import re
@@ -34,8 +34,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from .exceptions import BackendError, NumberError
-from .numbers import normalize
-from .smstext import MAX_PARTS, OutgoingSms, check_template, count_parts, render
+from .numbers import kind_of, normalize
+from .smstext import MAX_PARTS, OutgoingSms, check_template, count_parts, is_field_name, render
 from .stores import create_private
 from .timespec import parse_time
 
@@ -50,12 +50,12 @@ JOB_STATES = ("scheduled", "running", "paused", "done", "cancelled")
 #: Recipient states; ``pending`` and ``sending`` are not final.
 RECIPIENT_STATES = ("pending", "sending", "sent", "failed", "skipped_opted_out", "skipped_cap")
 
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
 # A report that would move a final delivery state back to "submitted" is stale (SQL, :state the report's).
 _IS_STALE = "(:state = 'submitted' AND {col} IN ('delivered', 'failed', 'rejected'))"
 _KEEP_FINAL = "{col} = CASE WHEN " + _IS_STALE + " THEN {col} ELSE :state END"
 _JOB_MESSAGE_ID = re.compile(r"(j[0-9a-f]{16})-(\d{1,9})\Z")
 _TAG_SPLIT = re.compile(r"[;|]")
+_LINE_BREAK = re.compile(r"\r\n|\n|\r")
 _NOT_UNICODE = "the text holds lone surrogates (not Unicode text)"
 _PRUNE_EVERY = 1000
 _IMPORT_BATCH = 5000  # contacts written in one transaction (about 0.3 s holding the write lock)  # record_message calls between two prunes of one store object
@@ -143,12 +143,23 @@ class Recipient:
         return f"{self.job_id}-{self.index}"
 
 
-def _decode(data: str | bytes) -> str:
+#: What ``import_contacts(encoding=…)`` accepts: "auto" guesses (UTF-8 first, then GB18030).
+IMPORT_ENCODINGS = ("auto", "utf-8", "gb18030")
+
+
+def _decode(data: str | bytes, encoding: str = "auto") -> str:
     # Spreadsheets in China save CSV as GB18030 (GBK) more often than UTF-8.
+    if encoding not in IMPORT_ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(IMPORT_ENCODINGS)}, not {encoding!r}")
     if isinstance(data, str):
         return data.removeprefix("\ufeff")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if encoding != "auto":  # the user said which: no guess (some GB18030 bytes are valid UTF-8)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"the file is not {encoding} (byte {exc.start})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -157,6 +168,30 @@ def _decode(data: str | bytes) -> str:
         return data.decode("gb18030")
     except UnicodeDecodeError as exc:
         raise ValueError(f"the file is neither UTF-8 nor GB18030 (byte {exc.start})") from None
+
+
+def tenant_number(number: object) -> str:
+    """``number`` (any written form) as the 400/800 number in normal form every row is keyed by.
+
+    Without it "4001012345" and "400-101-2345" would be two tenants: an
+    opt-out under one would not stop a job under the other.
+    Raises ValueError when it is not a 400/800 number.
+    """
+    try:
+        n = normalize(number)
+    except (NumberError, TypeError):
+        n = None
+    if n is None or kind_of(n) != "toll_free":
+        raise ValueError(f"not a 400/800 number: {str(number)[:40]!r}")
+    return n
+
+
+def _tenant(method):
+    """Normalise a method's ``number`` argument (first positional or keyword) with :func:`tenant_number`."""
+    @functools.wraps(method)
+    def wrapper(self, number, *args, **kwargs):
+        return method(self, tenant_number(number), *args, **kwargs)
+    return wrapper
 
 
 def _phone_key(phone: str) -> str:
@@ -188,6 +223,8 @@ class SmsStore:
         max_contacts: contacts per number (an import or a put beyond it is refused).
         max_recipients: recipients per job.
         max_open_jobs: jobs per number not yet done or cancelled.
+        max_jobs_per_day: jobs a number may create in any 24 hours, cancelled ones included
+            (what bounds the store's growth: create-and-cancel cannot fill the disk).
         max_import_bytes: size of one CSV import.
         max_name_chars, max_tags, max_tag_chars, max_fields, max_field_chars:
             bounds of one contact (name length, tags, extra columns, their values).
@@ -195,6 +232,7 @@ class SmsStore:
         max_text_chars: longest text kept in a message record (longer is cut).
         retention_days: message records (and finished jobs) older than this are deleted.
         max_messages: at most this many message records are kept (the oldest go first).
+        max_line_chars: longest line of a CSV import (a longer one is a bad line).
         clock: the wall clock (POSIX seconds); tests pass their own.
     """
 
@@ -214,6 +252,7 @@ class SmsStore:
         "updated_at REAL NOT NULL, updated_by TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS jobs_by_number ON jobs (number, seq)",
         "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (number, created_at)",
         "CREATE TABLE IF NOT EXISTS recipients (job_id TEXT NOT NULL, idx INTEGER NOT NULL, phone TEXT NOT NULL, "
         "text TEXT NOT NULL, parts INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
         "delivery TEXT, updated_at REAL NOT NULL, PRIMARY KEY (job_id, idx)) WITHOUT ROWID",
@@ -222,19 +261,35 @@ class SmsStore:
         "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
         "direction TEXT NOT NULL, number TEXT NOT NULL, peer TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, "
         "parts INTEGER NOT NULL, outcome TEXT NOT NULL, message_id TEXT, delivery TEXT, delivery_at REAL)",
-        "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages (message_id) WHERE message_id IS NOT NULL",
+        # Message ids are unique per number, not globally: an id a gateway or a tenant chose for one number
+        # never touches another number's record (older stores had a global index: replaced).
+        "DROP INDEX IF EXISTS messages_by_id",
+        "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_number_id ON messages (number, message_id) "
+        "WHERE message_id IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages (message_id) WHERE message_id IS NOT NULL",
+        # retention prunes by the time a record claims (L1): one future-dated record must not stop it
+        "CREATE INDEX IF NOT EXISTS messages_by_at ON messages (at)",
         "CREATE INDEX IF NOT EXISTS messages_by_number ON messages (number, at)",
+        # the one job runner allowed at a time (take_lease)
+        "CREATE TABLE IF NOT EXISTS runner_lease (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, "
+        "expires_at REAL NOT NULL)",
     )
 
     def __init__(self, path: str | os.PathLike[str], *, max_contacts: int = 100_000,
-                 max_recipients: int = 100_000, max_open_jobs: int = 20, max_import_bytes: int = 10 * 2**20,
+                 max_recipients: int = 100_000, max_open_jobs: int = 20, max_jobs_per_day: int = 50,
+                 max_import_bytes: int = 10 * 2**20,
                  max_name_chars: int = 64, max_tags: int = 20, max_tag_chars: int = 32, max_fields: int = 20,
                  max_field_chars: int = 200, max_template_chars: int = 1000, max_text_chars: int = 1600,
-                 retention_days: float = 180, max_messages: int = 5_000_000, clock=time.time) -> None:
+                 retention_days: float = 180, max_messages: int = 5_000_000, max_line_chars: int = 65536,
+                 clock=time.time) -> None:
+        if not 1 <= max_line_chars <= csv.field_size_limit():
+            raise ValueError(f"max_line_chars must be from 1 to {csv.field_size_limit()} (the csv module's limit)")
+        self.max_line_chars = max_line_chars
         self.path = os.fspath(path)
         self.max_contacts = max_contacts
         self.max_recipients = max_recipients
         self.max_open_jobs = max_open_jobs
+        self.max_jobs_per_day = max_jobs_per_day
         self.max_import_bytes = max_import_bytes
         self.max_name_chars = max_name_chars
         self.max_tags = max_tags
@@ -296,18 +351,21 @@ class SmsStore:
     # Phones are kept in tel400's normal form, so "+86 139…" opting out covers "139…" in a job;
     # a sender tel400 cannot read as a number is kept as written.
 
+    @_tenant
     def opt_out(self, number: str, phone: str, at: float | None = None) -> bool:
         """Put ``phone`` (any written form) on ``number``'s opt-out list; True when it was not on it.  O(log n)."""
         with self._write() as db:
             return db.execute("INSERT OR IGNORE INTO opt_outs VALUES (?, ?, ?)",
                               (number, _phone_key(phone), self._clock() if at is None else at)).rowcount == 1
 
+    @_tenant
     def opt_in(self, number: str, phone: str) -> bool:
         """Take ``phone`` off ``number``'s opt-out list; True when it was on it."""
         with self._write() as db:
             return db.execute("DELETE FROM opt_outs WHERE number = ? AND phone = ?",
                               (number, _phone_key(phone))).rowcount == 1
 
+    @_tenant
     def is_opted_out(self, number: str, phone: str) -> bool:
         """Whether ``phone`` opted out of ``number``'s messages.  O(log n)."""
         return bool(self._read("SELECT 1 FROM opt_outs WHERE number = ? AND phone = ?", (number, _phone_key(phone))))
@@ -351,6 +409,7 @@ class SmsStore:
             raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
         if number is None or peer is None or text is None or parts is None or kind is None:
             raise ValueError("record_message needs number, peer, text, parts and kind (or an OutgoingSms)")
+        number = tenant_number(number)
         # a sender's text is kept whatever it holds: a lone surrogate becomes "?"
         text = text.encode("utf-8", "replace").decode("utf-8")
         with self._write() as db:
@@ -365,13 +424,20 @@ class SmsStore:
         db.execute(
             "INSERT INTO messages (at, direction, number, peer, kind, text, parts, outcome, message_id, delivery, "
             "delivery_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO UPDATE SET at = excluded.at, "
-            "outcome = excluded.outcome, text = excluded.text, parts = excluded.parts",
+            "ON CONFLICT (number, message_id) WHERE message_id IS NOT NULL DO UPDATE SET at = excluded.at, "
+            "outcome = CASE WHEN messages.outcome = 'sent' THEN 'sent' ELSE excluded.outcome END, "
+            "text = excluded.text, parts = excluded.parts",
             (at, direction, number, peer, kind, text[:self.max_text_chars], parts, outcome, message_id, delivery,
              at if delivery else None))
 
-    def set_delivery(self, message_id: str, state: str, at: float | None = None) -> bool:
+    def set_delivery(self, message_id: str, state: str, at: float | None = None, *,
+                     number: str | None = None) -> bool:
         """Record a delivery report; False when no message has that id.
+
+        With ``number`` only that number's message (and job) is touched.
+        Without it every message with the id is: fine for the ids this
+        store and the runner make (job ids are random, 64 bits), not for
+        ids chosen elsewhere — pass ``number`` whenever it is known.
 
         A report for a group-send message also settles its recipient: one
         left ``sending`` by a killed runner is then known to have reached
@@ -384,6 +450,7 @@ class SmsStore:
             raise ValueError(f"delivery state must be one of {', '.join(DELIVERY_STATES)}, not {state!r}")
         if not isinstance(message_id, str):
             return False
+        number = None if number is None else tenant_number(number)
         at = self._clock() if at is None else at
         with self._write() as db:
             # Reports of one message arrive in any order and may repeat (Kannel: 1 before 8, a
@@ -391,15 +458,15 @@ class SmsStore:
             # found either way, so the report is answered as known.
             found = db.execute(f"UPDATE messages SET {_KEEP_FINAL.format(col='delivery')}, "
                                f"delivery_at = CASE WHEN {_IS_STALE.format(col='delivery')} THEN delivery_at "
-                               "ELSE :at END WHERE message_id = :id",
-                               {"state": state, "at": at, "id": message_id}).rowcount == 1
+                               "ELSE :at END WHERE message_id = :id AND (:number IS NULL OR number = :number)",
+                               {"state": state, "at": at, "id": message_id, "number": number}).rowcount >= 1
             m = _JOB_MESSAGE_ID.match(message_id)
             if m:
                 job_id, idx = m.group(1), int(m.group(2))
                 row = db.execute(
                     "SELECT r.phone, r.text, r.parts, r.state, j.number FROM recipients r JOIN jobs j USING (job_id) "
                     "WHERE r.job_id = ? AND r.idx = ?", (job_id, idx)).fetchone()
-                if row is not None:
+                if row is not None and (number is None or row[4] == number):
                     phone, text, parts, rstate, number = row
                     db.execute(f"UPDATE recipients SET {_KEEP_FINAL.format(col='delivery')}, updated_at = :at, "
                                "state = CASE WHEN state = 'sending' THEN 'sent' ELSE state END "
@@ -412,11 +479,14 @@ class SmsStore:
                     found = True
         return found
 
-    def delivery_of(self, message_id: str) -> str | None:
+    def delivery_of(self, message_id: str, *, number: str | None = None) -> str | None:
         """The last delivery state reported for a message (None: none yet, or no such message)."""
-        rows = self._read("SELECT delivery FROM messages WHERE message_id = ?", (message_id,))
+        number = None if number is None else tenant_number(number)
+        rows = self._read("SELECT delivery FROM messages WHERE message_id = ? AND (? IS NULL OR number = ?) "
+                          "ORDER BY id", (message_id, number, number))
         return rows[0][0] if rows else None
 
+    @_tenant
     def messages(self, number: str, *, before_id: int | None = None, limit: int = 100) -> list[dict]:
         """A number's message records, newest first, paged by ``id`` (pass the last row's id as ``before_id``)."""
         limit = max(1, min(int(limit), 1000))
@@ -428,6 +498,7 @@ class SmsStore:
                 "delivery_at")
         return [dict(zip(keys, row)) for row in rows]
 
+    @_tenant
     def sms_totals(self, number: str, since_ts: float, until_ts: float) -> dict:
         """Counts of a number's messages with ``since_ts <= at < until_ts``.
 
@@ -448,10 +519,9 @@ class SmsStore:
         """Delete message records and finished jobs that retention no longer keeps; returns records deleted."""
         cutoff = self._clock() - self.retention_days * 86400
         with self._write() as db:
-            # Records arrive in time order: the first one young enough bounds the rest.
-            gone = db.execute(
-                "DELETE FROM messages WHERE id < COALESCE((SELECT id FROM messages WHERE at >= ? ORDER BY id LIMIT 1), "
-                "(SELECT MAX(id) + 1 FROM messages))", (cutoff,)).rowcount
+            # By each record's own time (index messages_by_at): a record claiming a time in the future
+            # (a gateway's clock, a sender's "at") must not hold back the pruning of the ones after it.
+            gone = db.execute("DELETE FROM messages WHERE at < ?", (cutoff,)).rowcount
             gone += db.execute("DELETE FROM messages WHERE id <= (SELECT MAX(id) FROM messages) - ?",
                                (self.max_messages,)).rowcount
             old = [j for (j,) in db.execute(
@@ -494,8 +564,9 @@ class SmsStore:
 
     @staticmethod
     def _check_field_name(key: str) -> None:
-        if not isinstance(key, str) or not _FIELD_NAME.match(key) or key in BASE_FIELDS or key == "tags":
-            raise ValueError(f"bad field name {key!r}: letters, digits and _ (not phone, name, tags or number)")
+        if not is_field_name(key) or key in BASE_FIELDS or key == "tags":
+            raise ValueError(f"bad field name {key!r}: lower-case letters, digits and _, as a template names it "
+                             "(not phone, name, tags or number)")
 
     def _upsert_contacts(self, db, contacts: Sequence[Contact], at: float) -> tuple[int, list[int]]:
         """Write contacts; returns (updated, indexes of those refused because the book is full)."""
@@ -520,6 +591,7 @@ class SmsStore:
                 count += 1
         return updated, full
 
+    @_tenant
     def put_contact(self, number: str, phone: str, *, name: str = "", tags: Iterable[str] = (),
                     fields: Mapping[str, str] | None = None) -> Contact:
         """Add or replace one contact; returns it as stored (phone normalized, tags sorted).
@@ -535,6 +607,7 @@ class SmsStore:
             raise ValueError(f"the address book of {number} is full ({self.max_contacts} contacts)")
         return contact
 
+    @_tenant
     def delete_contact(self, number: str, phone: str) -> bool:
         """Remove a contact; True when it existed.  ``phone`` in any written form."""
         try:
@@ -550,6 +623,7 @@ class SmsStore:
         phone, name, tags, fields = row
         return Contact(number, phone, name, tuple(json.loads(tags)), json.loads(fields))
 
+    @_tenant
     def contact(self, number: str, phone: str) -> Contact | None:
         """One contact, or None."""
         try:
@@ -560,6 +634,7 @@ class SmsStore:
                           (number, phone))
         return self._contact(number, rows[0]) if rows else None
 
+    @_tenant
     def contacts(self, number: str, *, tag: str | None = None, after: str | None = None,
                  limit: int = 100) -> list[Contact]:
         """A page of a number's contacts (with ``tag``: those carrying it), in phone order.
@@ -579,13 +654,24 @@ class SmsStore:
                 "ORDER BY t.phone LIMIT ?", (number, tag, after, limit))
         return [self._contact(number, row) for row in rows]
 
+    @_tenant
     def count_contacts(self, number: str, *, tag: str | None = None) -> int:
         """How many contacts the number has (with ``tag``: carrying it).  O(n)."""
         if tag is None:
             return self._read("SELECT COUNT(*) FROM contacts WHERE number = ?", (number,))[0][0]
         return self._read("SELECT COUNT(*) FROM contact_tags WHERE number = ? AND tag = ?", (number, tag))[0][0]
 
-    def import_contacts(self, number: str, data: str | bytes) -> ImportResult:
+    def _csv_line(self, line: str) -> list[str]:
+        """One physical CSV line as cells; ValueError for a line over ``max_line_chars`` or bad quoting."""
+        if len(line) > self.max_line_chars:
+            raise ValueError(f"the line is {len(line)} characters; at most {self.max_line_chars}")
+        try:
+            return next(csv.reader([line], strict=True), [])
+        except csv.Error as exc:
+            raise ValueError(f"unreadable CSV ({exc}; a quoted cell cannot span lines)") from None
+
+    @_tenant
+    def import_contacts(self, number: str, data: str | bytes, *, encoding: str = "auto") -> ImportResult:
         """Add or update contacts from CSV; every bad line is reported, the good ones are kept.
 
         The first row is the header: ``phone``, ``name`` and ``tags``
@@ -594,7 +680,14 @@ class SmsStore:
         or bytes in UTF-8 (with or without a BOM) or GB18030.  A line is
         refused for a bad phone, a too long name, tag or field, more cells
         than the header has, a phone already seen in the file, or a full
-        address book.  Line numbers are the file's (the header is line 1).
+        address book, a line over ``max_line_chars`` or one whose quotes do
+        not close on it (each physical line is read on its own, so a quoted
+        cell cannot hold a line break: one bad line never hides the next).
+        Line numbers are the file's (the header is line 1).
+
+        ``encoding`` (bytes only): ``"auto"`` tries UTF-8 then GB18030, and
+        some short GB18030 texts are valid UTF-8 too ("谢谢" reads as "лл"):
+        pass ``"gb18030"`` or ``"utf-8"`` when the user says which.
 
         Raises:
             ValueError: the input is over ``max_import_bytes``, not UTF-8 nor
@@ -603,15 +696,17 @@ class SmsStore:
         size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
         if size > self.max_import_bytes:
             raise ValueError(f"the file is {size} bytes; at most {self.max_import_bytes}")
-        text = _decode(data)
+        text = _decode(data, encoding)
         if "\x00" in text:
             raise ValueError("the file holds NUL characters: not a CSV text file")
-        reader = csv.reader(io.StringIO(text, newline=""))
+        lines_of = _LINE_BREAK.split(text)
+        if lines_of and lines_of[-1] == "":
+            lines_of.pop()  # the break ending the last line
+        if not lines_of:
+            raise ValueError("the file is empty: the first line must be a header (phone,name,tags,...)")
         try:
-            header = [h.strip().lower() for h in next(reader)]
-        except StopIteration:
-            raise ValueError("the file is empty: the first line must be a header (phone,name,tags,...)") from None
-        except csv.Error as exc:
+            header = [h.strip().lower() for h in self._csv_line(lines_of[0])]
+        except ValueError as exc:
             raise ValueError(f"line 1: unreadable header: {exc}") from None
         if "phone" not in header:
             raise ValueError("line 1: the header names no 'phone' column")
@@ -629,15 +724,15 @@ class SmsStore:
         good: list[Contact] = []
         lines: list[tuple[int, str]] = []
         seen: set[str] = set()
-        while True:
+        # Each physical line is parsed on its own: one bad line (a stray quote, a huge cell) is
+        # reported with its number and never swallows the lines after it.  So a quoted cell cannot
+        # hold a line break (its line is refused: an address book has no use for one).
+        for line_no, line in enumerate(lines_of[1:], start=2):
             try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:  # the reader cannot go on after this: report it and stop
-                errors.append((reader.line_num, "", f"unreadable CSV from here on: {exc}"))
-                break
-            line_no = reader.line_num
+                row = self._csv_line(line)
+            except ValueError as exc:
+                errors.append((line_no, _echo([line]), str(exc)))
+                continue
             if not any(cell.strip() for cell in row):
                 continue  # blank lines are not errors
             if len(row) > len(header):
@@ -677,6 +772,7 @@ class SmsStore:
     _JOB_COLUMNS = ("job_id, number, template, rate, not_before, not_after, state, total, created_at, created_by, "
                     "updated_at, updated_by")
 
+    @_tenant
     def create_job(self, number: str, template: str, *, tags: Iterable[str] | None = None,
                    phones: Iterable[str] | None = None, rate: float, not_before: str | None = None,
                    not_after: str | None = None, actor: str) -> Job:
@@ -747,6 +843,10 @@ class SmsStore:
                                    (number,)).fetchone()[0]
             if open_jobs >= self.max_open_jobs:
                 raise ValueError(f"{number} already has {open_jobs} unfinished jobs (at most {self.max_open_jobs})")
+            today = db.execute("SELECT COUNT(*) FROM jobs WHERE number = ? AND created_at > ?",
+                               (number, now - 86400)).fetchone()[0]
+            if today >= self.max_jobs_per_day:
+                raise ValueError(f"{number} created {today} jobs in the last 24 hours (at most {self.max_jobs_per_day})")
             db.execute(f"INSERT INTO jobs ({self._JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?)",
                        (job_id, number, template, rate, not_before, not_after, len(rows), now, actor, now, actor))
             db.executemany("INSERT INTO recipients (job_id, idx, phone, text, parts, state, updated_at) "
@@ -777,17 +877,20 @@ class SmsStore:
                 add(self.contact(number, phone) or Contact(number, phone))
         return list(chosen.values())
 
+    @_tenant
     def job(self, number: str, job_id: str) -> Job | None:
         """One of ``number``'s jobs, or None (also for another number's job)."""
         rows = self._read(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE job_id = ? AND number = ?", (job_id, number))
         return self._job(rows[0]) if rows else None
 
+    @_tenant
     def jobs(self, number: str, *, limit: int = 100) -> list[Job]:
         """``number``'s jobs, newest first (at most ``limit``, clamped to 1..1000)."""
         limit = max(1, min(int(limit), 1000))
         return [self._job(row) for row in self._read(
             f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE number = ? ORDER BY seq DESC LIMIT ?", (number, limit))]
 
+    @_tenant
     def progress(self, number: str, job_id: str) -> JobProgress | None:
         """A job's recipients counted by state, or None for an unknown job.  O(recipients of the job)."""
         job = self.job(number, job_id)
@@ -823,6 +926,7 @@ class SmsStore:
                        (target, self._clock(), actor, job_id))
         return self.job(number, job_id)
 
+    @_tenant
     def pause(self, number: str, job_id: str, *, actor: str) -> Job:
         """Stop a scheduled or running job before its next message.
 
@@ -832,10 +936,12 @@ class SmsStore:
         """
         return self._change("pause", number, job_id, actor)
 
+    @_tenant
     def resume(self, number: str, job_id: str, *, actor: str) -> Job:
         """Let a paused job go on (it becomes ``scheduled``; the runner makes it ``running``).  Raises like pause."""
         return self._change("resume", number, job_id, actor)
 
+    @_tenant
     def cancel(self, number: str, job_id: str, *, actor: str) -> Job:
         """End a job for good; its pending recipients get nothing.  Raises like pause."""
         return self._change("cancel", number, job_id, actor)
@@ -899,9 +1005,11 @@ class SmsStore:
         """The gateway refused the message every time: mark the recipient ``failed`` and record it."""
         at = self._clock() if at is None else at
         with self._write() as db:
-            db.execute("UPDATE recipients SET state = 'failed', attempts = ?, updated_at = ? "
-                       "WHERE job_id = ? AND idx = ? AND state = 'sending'",
-                       (attempts, at, recipient.job_id, recipient.index))
+            moved = db.execute("UPDATE recipients SET state = 'failed', attempts = ?, updated_at = ? "
+                               "WHERE job_id = ? AND idx = ? AND state = 'sending'",
+                               (attempts, at, recipient.job_id, recipient.index)).rowcount
+            if not moved:  # settled meanwhile (a delivery report): its record stands
+                return
             self._insert_message(db, "out", msg.number, msg.to, msg.text, msg.parts, msg.kind, "failed",
                                  msg.message_id, at)
 
@@ -915,6 +1023,28 @@ class SmsStore:
             return db.execute("UPDATE jobs SET state = 'done', updated_at = ?, updated_by = 'runner' "
                               "WHERE job_id = ? AND state IN ('scheduled', 'running')",
                               (self._clock(), job_id)).rowcount == 1
+
+    def take_lease(self, owner: str, ttl_s: float) -> bool:
+        """Take or renew the runner lease for ``ttl_s`` seconds; False while another owner's is unexpired.
+
+        One runner per store: two would double each number's rate and could
+        resend each other's messages in flight.  In one BEGIN IMMEDIATE
+        transaction, so two runners racing cannot both win.  A killed
+        holder's lease simply expires (the wall clock decides).
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute("SELECT owner, expires_at FROM runner_lease WHERE id = 1").fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            db.execute("INSERT INTO runner_lease VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                       "owner = excluded.owner, expires_at = excluded.expires_at", (owner, now + ttl_s))
+            return True
+
+    def release_lease(self, owner: str) -> None:
+        """Give the lease up (a runner that stops cleanly): the next one need not wait for it to expire."""
+        with self._write() as db:
+            db.execute("DELETE FROM runner_lease WHERE id = 1 AND owner = ?", (owner,))
 
     def mark_running(self, job_id: str) -> bool:
         """scheduled → running (the runner's first message of the job); True when it moved."""

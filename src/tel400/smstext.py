@@ -49,6 +49,16 @@ _UCS2_SINGLE, _UCS2_MULTI = 70, 67
 _FIELD = re.compile(r"[a-z_][a-z0-9_]{0,31}\Z")
 
 
+def is_field_name(name: object) -> bool:
+    """Whether ``name`` can be a ``{placeholder}``: lower-case letters, digits and ``_``, at most 32.
+
+    The one rule for field names: templates check placeholders with it and
+    the address book checks a contact's extra fields with it, so a field a
+    contact can hold is always one a template can name.
+    """
+    return isinstance(name, str) and _FIELD.match(name) is not None
+
+
 # -- folding ---------------------------------------------------------------------
 
 
@@ -173,7 +183,7 @@ def _pieces(template: str) -> list[tuple[str, bool]]:
             if close < 0:
                 raise ValueError(f"unbalanced '{{' at character {i + 1}; write {{{{ for a literal brace")
             name = template[i + 1:close]
-            if not _FIELD.match(name):
+            if not is_field_name(name):
                 shown = name if len(name) <= 40 else name[:40] + "…"
                 raise ValueError(
                     f"bad placeholder {{{shown}}} at character {i + 1}: a placeholder is a plain field name "

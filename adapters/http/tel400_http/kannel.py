@@ -49,7 +49,7 @@ from collections.abc import Mapping
 import attrs
 import httpx
 
-from tel400.smsjobs import GatewayError
+from tel400.smsjobs import GatewayError, GatewayInDoubt
 from tel400.smstext import OutgoingSms, encoding_of
 
 # An address Kannel hands us or we hand it: digits, an optional leading +.
@@ -67,6 +67,10 @@ MAX_INCOMING_CHARS = 1600
 DLR_STATES = {1: "delivered", 2: "failed", 4: "submitted", 8: "submitted", 16: "rejected"}
 # Every report type above: what each submit asks for.
 DLR_MASK = 31
+# httpx errors raised before a request left this process: resending is safe.
+# Every other httpx error (read timeout, read/write error, a broken answer)
+# may come after smsbox queued the message: it is in doubt, not refused.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 # Unix times accepted in ``at`` (2000-01-01 .. 2100-01-01): outside is garbage.
 _EARLIEST, _LATEST = 946684800, 4102444800
 # The charsets a text may be declared in once percent-decoded as UTF-8.
@@ -120,19 +124,26 @@ def _timestamp(params: Mapping[str, str], name: str) -> float | None:
     return float(value)
 
 
-def parse_incoming(params: Mapping[str, str], *, max_chars: int = MAX_INCOMING_CHARS) -> IncomingSms:
+def parse_incoming(params: Mapping[str, str], *, max_chars: int = MAX_INCOMING_CHARS,
+                   _decoded_strictly: bool = False) -> IncomingSms:
     """The message in smsbox's get-url query (``from``, ``to``, ``text``, ``coding``, ``charset``, ``at``).
 
     ``params`` is the query already percent-decoded as UTF-8.  Raises
     ValueError on anything that is not a well-formed message, or a text over
     ``max_chars`` characters.
+
+    A text holding U+FFFD is refused here: a query decoded with
+    ``errors="replace"`` (urllib's default) turns bytes that are not UTF-8
+    (raw UCS-2 when mo-recode is off) into U+FFFD, indistinguishable from a
+    U+FFFD a phone really sent.  :func:`parse_incoming_query` decodes the raw
+    query strictly and so accepts a real U+FFFD: endpoints should use it.
     """
     sender = _address(params, "from")
     to = _address(params, "to")
     text = _field(params, "text")
     if len(text) > max_chars:
         raise ValueError(f"'text' is longer than {max_chars} characters")
-    if "\x00" in text or "\ufffd" in text:
+    if "\x00" in text or ("\ufffd" in text and not _decoded_strictly):
         raise ValueError("'text' holds a NUL or bytes that are not UTF-8")
     coding = _field(params, "coding", required=False)
     if coding not in (None, "", "0", "1", "2"):
@@ -143,6 +154,26 @@ def parse_incoming(params: Mapping[str, str], *, max_chars: int = MAX_INCOMING_C
         # percent-decoded as UTF-8 already and cannot be read back.
         raise ValueError(f"'text' in charset {charset!r}: set mo-recode = true on the smsbox")
     return IncomingSms(sender=sender, to=to, text=text, at=_timestamp(params, "at"))
+
+
+def parse_incoming_query(query: bytes | str, *, max_chars: int = MAX_INCOMING_CHARS) -> IncomingSms:
+    """:func:`parse_incoming` of the raw get-url query string, percent-decoded strictly as UTF-8.
+
+    Bytes that are not UTF-8 raise ValueError (nothing is replaced), so a
+    U+FFFD left in the text is one the phone sent (a valid UCS-2 character)
+    and is kept.  A name given twice: the last value wins, as in a dict.
+    """
+    if isinstance(query, bytes):
+        try:
+            query = query.decode("ascii")  # a query string is percent-encoded ASCII on the wire
+        except UnicodeDecodeError:
+            raise ValueError("the query holds raw bytes that are not ASCII") from None
+    try:
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict",
+                                             max_num_fields=20))
+    except UnicodeDecodeError:
+        raise ValueError("'text' holds bytes that are not UTF-8: set mo-recode = true on the smsbox") from None
+    return parse_incoming(params, max_chars=max_chars, _decoded_strictly=True)
 
 
 def reply_headers(text: str) -> list[tuple[bytes, bytes]]:
@@ -229,8 +260,10 @@ class KannelGateway:
         params = self.params_for(sms)
         try:
             response = await self._client.get(self.sendsms_url, params=params)
-        except httpx.HTTPError as exc:
+        except _NEVER_SENT as exc:  # no connection, or none free: smsbox never saw the request
             raise GatewayError(f"Kannel sendsms unreachable: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # the request may have reached smsbox (read timeout, dropped answer)
+            raise GatewayInDoubt(f"Kannel sendsms answer lost: {type(exc).__name__}") from exc
         if response.status_code != 202:
             # smsbox's answer is short text ("Authorization failed for sendsms", ...).
             raise GatewayError(f"Kannel refused {sms.message_id}: {response.status_code} {response.text[:200]!r}")
