@@ -426,7 +426,8 @@ class Tel400:
         dialed = KSR.pv.get("$rU")
         caller = KSR.pv.get("$fU")
         answer = self.router.answer_sms(dialed, caller, body)
-        store = self.sms_store if answer.number else None
+        # An unknown number has no tenant: nothing of it is kept (the store refuses what is not a 400 number).
+        store = self.sms_store if answer.reason != "unknown_number" else None
         reply = answer.reply
         if store is not None:
             store.record_message(direction="in", number=answer.number, peer=caller or "", text=body,

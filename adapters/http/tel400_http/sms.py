@@ -234,7 +234,7 @@ class Sms:
         store = self.service.sms_store
         answer = self.service.router.answer_sms(to, sender, text, at)
         _bump(self.incoming, (endpoint, answer.reason if answer.kind in ("none", "reply") else answer.kind))
-        if answer.number is None:
+        if answer.reason == "unknown_number":  # no tenant: nothing to record, nothing to send
             return answer, None
         when = _timestamp(at, self.service._zone_of(answer.number))
         peer = _normal(sender) or sender
