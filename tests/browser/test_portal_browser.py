@@ -149,3 +149,40 @@ def test_english_by_accept_language(base_url, portal_server):
         shot(d, "company-home-en")
     finally:
         d.quit()
+
+
+def test_passwords_the_operator_resets_and_the_company_changes(browser, base_url):
+    browser.get(base_url + "/login/operator")
+    assert browser.find_element(By.ID, "login").is_displayed()
+    shot(browser, "operator-login")
+    login(browser, base_url, OPERATOR, OPERATOR_PASSWORD, operator=True)
+
+    # the operator's own password: a mistyped confirmation is refused beside the form, nothing changes
+    browser.get(base_url + "/operator/account")
+    browser.find_element(By.ID, "current").send_keys(OPERATOR_PASSWORD)
+    browser.find_element(By.ID, "new").send_keys("operator-pass-2")
+    browser.find_element(By.ID, "confirm").send_keys("operator-pass-3")
+    click_and_wait(browser, browser.find_element(By.ID, "save-password"))
+    assert browser.find_element(By.ID, "password-error").text == "两次输入的密码不一致。"
+    shot(browser, "operator-account")
+
+    # the operator resets the other company's password; that company then logs in with it
+    browser.get(f"{base_url}/n/{OTHER_NUMBER}/account")
+    shot(browser, "operator-reset-password")
+    browser.find_element(By.ID, "new").send_keys("reset-by-op-1")
+    browser.find_element(By.ID, "confirm").send_keys("reset-by-op-1")
+    click_and_wait(browser, browser.find_element(By.ID, "save-password"))
+    browser.delete_all_cookies()
+    login(browser, base_url, OTHER_NUMBER, "reset-by-op-1")
+    assert browser.find_element(By.ID, "number").text == OTHER_NUMBER
+
+    # the company changes it again from its own page, and logs in with the new one
+    browser.get(f"{base_url}/n/{OTHER_NUMBER}/account")
+    shot(browser, "company-account")
+    browser.find_element(By.ID, "current").send_keys("reset-by-op-1")
+    browser.find_element(By.ID, "new").send_keys("changed-by-co-2")
+    browser.find_element(By.ID, "confirm").send_keys("changed-by-co-2")
+    click_and_wait(browser, browser.find_element(By.ID, "save-password"))
+    browser.delete_all_cookies()
+    login(browser, base_url, OTHER_NUMBER, "changed-by-co-2")
+    assert browser.find_element(By.ID, "number").text == OTHER_NUMBER

@@ -77,3 +77,28 @@ def test_import_contacts_create_a_group_send_and_see_its_progress(driver, sms_po
     assert driver.find_element(By.ID, "state").text == "已暂停"
     assert driver.find_elements(By.ID, "resume") and not driver.find_elements(By.ID, "pause")
     assert service.sms_store.jobs(ACME_NUMBER)[0].state == "paused"
+
+
+def test_sms_records_and_opt_outs_pages_show_the_store_as_text(driver, sms_portal):
+    base_url, service = sms_portal
+    store = service.sms_store
+    store.record_message(direction="in", number=ACME_NUMBER, peer="13901010001", text="<script>alert(1)</script>TD",
+                         parts=1, kind="opt_out", outcome="received")
+    store.record_message(direction="out", number=ACME_NUMBER, peer="13901010001", text="您已退订，回复KT恢复",
+                         parts=1, kind="opt_out", outcome="sent", message_id="m-1")
+    store.opt_out(ACME_NUMBER, "13901010001")
+    store.opt_out(ACME_NUMBER, "13901010002")
+    driver.delete_all_cookies()
+    login(driver, base_url, ACME_NUMBER, ACME_PASSWORD)
+
+    driver.get(f"{base_url}/n/{ACME_NUMBER}/sms-records")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#sms-records tr.sms")
+    texts = [row.find_element(By.CSS_SELECTOR, "td.text").text for row in rows]
+    assert texts == ["您已退订，回复KT恢复", "<script>alert(1)</script>TD"]  # newest first, markup as text
+    assert [row.find_element(By.CSS_SELECTOR, "td.kind").text for row in rows] == ["退订", "退订"]
+    shot(driver, "sms-records")
+
+    driver.get(f"{base_url}/n/{ACME_NUMBER}/opt-outs")
+    phones = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#opt-outs tr.opt-out td.phone")]
+    assert sorted(phones) == ["13901010001", "13901010002"]
+    shot(driver, "sms-opt-outs")
