@@ -58,8 +58,10 @@ def test_import_contacts_create_a_group_send_and_see_its_progress(driver, sms_po
     names = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#contacts td.name")]
     assert names == ["张三", "李四", "<b>王五</b>"]  # shown as text, not markup
     assert service.sms_store.count_contacts(ACME_NUMBER) == 3
+    shot(driver, "sms-contacts")
 
     driver.get(f"{base_url}/n/{ACME_NUMBER}/sends")
+    shot(driver, "sms-sends")
     driver.find_element(By.ID, "template").send_keys("{name}您好，{city}新店开业，欢迎光临！回复TD退订")
     driver.find_element(By.ID, "tags").send_keys("vip")
     driver.find_element(By.ID, "phones").send_keys("13901019999")
