@@ -247,6 +247,30 @@ def test_a_dead_processes_claim_is_taken_over(calls_url, make_calls):
     assert calls.get("c1") is None
 
 
+def _end_in_child(calls, queue):
+    found = calls.get("c1")  # the parent's registry object, used after the fork
+    claimed = calls.claim("c1", found)
+    calls.settle("c1", found)
+    calls.remember(record("from-child"))
+    queue.put(claimed)
+    queue.close()
+    queue.join_thread()
+
+
+@shared_kinds
+def test_a_registry_made_before_a_fork_serves_the_child_and_the_parent(make_calls):
+    calls = make_calls()
+    calls.remember(record("c1"))
+    queue = FORK.Queue()
+    child = FORK.Process(target=_end_in_child, args=(calls, queue))
+    child.start()
+    assert queue.get(timeout=30) is True
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert calls.get("c1") is None and calls.get("from-child") is not None  # the parent sees the child's work
+    assert calls.remember(record("c2")) and len(calls) == 2  # and its own connection still works
+
+
 @shared_kinds
 def test_a_live_claim_holds_until_its_lease_runs_out(calls_url):
     url = calls_url + ("&" if "?" in calls_url else "?") + "claim_lease_s=0.3"
@@ -284,7 +308,7 @@ def test_a_redis_that_is_gone_refuses_the_call_and_ends_raise(make_router):
 # --- across processes -----------------------------------------------------------------------
 
 
-CALLS = 600
+CALLS = 2000
 DURATION = 60  # billed 60 s each: the minutes counter must read CALLS exactly
 
 

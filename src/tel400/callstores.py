@@ -359,7 +359,10 @@ class _transaction:
         return self.conn
 
     def __exit__(self, kind, exc, tb):
-        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # not when BEGIN itself failed (busy): the original error stands
+            self.conn.execute("ROLLBACK")
         return False
 
 
