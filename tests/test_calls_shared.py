@@ -290,6 +290,27 @@ def test_a_live_claim_holds_until_its_lease_runs_out(calls_url):
     other.close()
 
 
+def test_a_redis_cluster_holds_the_registry_in_one_slot():
+    from tel400.testing import RedisClusterServers
+
+    cluster = RedisClusterServers(3).start()
+    try:
+        calls = open_calls(cluster.url, max_calls=2, max_age_s=0.3)
+        assert calls.remember(record("a")) and calls.remember(record("b")) and not calls.remember(record("c"))
+        found = calls.get("a")
+        assert calls.claim("a", found) and not calls.claim("a", calls.get("a"))
+        calls.settle("a", found)
+        assert calls.get("a") is None and len(calls) == 1
+        time.sleep(0.45)
+        assert calls.remember(record("d"))  # "b" expired: dropped by a script on the registry's one node
+        assert (calls.dropped, calls.refused, len(calls)) == (1, 1, 1)
+        holders = [node for node in cluster.nodes if int(node.cli("DBSIZE")) > 0]
+        assert len(holders) == 1  # one hash tag: the registry's keys live on one node
+        calls.close()
+    finally:
+        cluster.stop()
+
+
 def test_a_redis_that_is_gone_refuses_the_call_and_ends_raise(make_router):
     from tel400.testing import RedisServer
 
