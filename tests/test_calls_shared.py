@@ -145,6 +145,7 @@ def test_open_calls_returns_a_registry_with_the_bounds_asked(make_calls):
     calls = make_calls(max_calls=7, max_age_s=60)
     assert (calls.max_calls, calls.max_age_s) == (7, 60)
     assert open_calls(calls) is calls
+    assert calls.shared == (not isinstance(calls, CallRegistry))
 
 
 def test_open_calls_kinds_and_bad_urls(tmp_path, redis_url):
@@ -199,6 +200,7 @@ class FailingCostCounters(tel400.MemoryCounters):
 def test_router_takes_a_url_and_a_failed_charge_keeps_the_rest(calls_url, make_router):
     counters = FailingCostCounters()
     router = make_router(minutes_plan(), counters, calls=calls_url)
+    assert router.call_registry.shared == (calls_url != "memory://")
     assert router.route("4001012345", BJ, call_id="c1").action == "bridge"
     with pytest.raises(tel400.BackendError, match="charge"):
         router.call_ended("c1", 120)

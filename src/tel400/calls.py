@@ -85,6 +85,10 @@ class CallRegistry:
     Every operation is O(1) amortised (an ordered dict under one lock).
     """
 
+    #: whether the calls are shared with other processes (each operation is then I/O:
+    #: an asyncio server runs call ends in a thread).  See :mod:`tel400.callstores`.
+    shared = False
+
     def __init__(self, *, max_calls: int = 200_000, max_age_s: float = DEFAULT_MAX_AGE_S, clock=time.monotonic,
                  log_interval_s: float = 60.0) -> None:
         check_bounds(max_calls, max_age_s)

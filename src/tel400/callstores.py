@@ -125,6 +125,9 @@ def _host_pid(claimer: str) -> tuple[str, int | None]:
 class _Counts:
     """Per-process counts and the rate-limited log line, like CallRegistry's."""
 
+    #: shared with other processes: every operation is I/O (see CallRegistry.shared).
+    shared = True
+
     def __init__(self, log_interval_s: float) -> None:
         self.dropped = 0
         self.refused = 0

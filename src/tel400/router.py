@@ -619,6 +619,12 @@ class Router:
         return self._shared.calls.max_age_s
 
     @property
+    def call_registry(self):
+        """The registry of calls in progress (:func:`tel400.calls.open_calls`); ``.shared`` when
+        other processes share it, so that each of its operations is I/O."""
+        return self._shared.calls
+
+    @property
     def calls_in_progress(self) -> int:
         return len(self._shared.calls)
 
