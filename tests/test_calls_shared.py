@@ -273,6 +273,21 @@ def test_a_registry_made_before_a_fork_serves_the_child_and_the_parent(make_call
     assert calls.remember(record("c2")) and len(calls) == 2  # and its own connection still works
 
 
+def test_a_claim_from_another_host_or_pid_namespace_waits_for_its_lease(tmp_path):
+    import sqlite3
+
+    calls = open_calls(f"sqlite://{tmp_path}/calls.db?claim_lease_s=0.3")
+    calls.remember(record("c1"))
+    db = sqlite3.connect(f"{tmp_path}/calls.db", isolation_level=None)
+    # a pid that does not exist here may well live over there: not taken for dead
+    db.execute("UPDATE calls SET claimer = 'elsewhere/1:999999999:ab', claimed_at = ?", (time.time(),))
+    assert not calls.claim("c1", calls.get("c1"))
+    time.sleep(0.45)
+    assert calls.claim("c1", calls.get("c1"))  # its lease ran out
+    db.close()
+    calls.close()
+
+
 @shared_kinds
 def test_a_live_claim_holds_until_its_lease_runs_out(calls_url):
     url = calls_url + ("&" if "?" in calls_url else "?") + "claim_lease_s=0.3"

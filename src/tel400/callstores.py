@@ -16,9 +16,9 @@ only while the claim is still its own.
 before settling it (SIGKILL, a crash) leaves a claim nobody will settle.
 Refusing every later report would lose the charge; letting every later
 report claim would charge twice.  The registry lets a later report take
-the claim over once its holder is known dead (the same host and its pid no
-longer exists: at once) or its lease (``claim_lease_s``, 30 s by default)
-has run out: a dead worker's calls are charged by the report the switch
+the claim over once its holder is known dead (the same host and pid
+namespace, and its pid no longer exists: at once) or its lease
+(``claim_lease_s``, 30 s by default) has run out: a dead worker's calls are charged by the report the switch
 sends again.  The price: a process that died *after* adding some of the
 charge and *before* settling, or a live one stalled past the lease between
 claim and settle, has those counters charged twice for that one call.  The
@@ -73,7 +73,22 @@ DEFAULT_CLAIM_LEASE_S = 30.0
 #: that slept) is dropped over several calls rather than in one long write.
 DROP_BATCH = 1000
 
-_HOST = socket.gethostname()
+
+
+def _place() -> str:
+    """Where this process's pid means something: the host name and, on Linux, the pid namespace.
+
+    Containers that share a host name (``--network host``) but not their
+    pids must not take each other's pids for dead processes.
+    """
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+_PLACE = _place()
 
 
 class StoredRecord(CallRecord):
@@ -100,13 +115,13 @@ def seen_as(record) -> tuple[str, str | None]:
 
 
 def new_claimer() -> str:
-    return f"{_HOST}:{os.getpid()}:{secrets.token_hex(6)}"
+    return f"{_PLACE}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 def holder_dead(claimer: str) -> bool:
-    """The claim's process is on this host and no longer exists."""
-    host, pid = _host_pid(claimer)
-    if host != _HOST or pid is None:
+    """The claim's process ran where this one runs (host and pid namespace) and no longer exists."""
+    place, pid = _place_pid(claimer)
+    if place != _PLACE or pid is None:
         return False
     try:
         os.kill(pid, 0)
@@ -117,7 +132,7 @@ def holder_dead(claimer: str) -> bool:
     return False
 
 
-def _host_pid(claimer: str) -> tuple[str, int | None]:
+def _place_pid(claimer: str) -> tuple[str, int | None]:
     parts = claimer.rsplit(":", 2)
     if len(parts) != 3 or not parts[1].isdigit():
         return "", None
