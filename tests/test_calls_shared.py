@@ -328,6 +328,22 @@ def test_a_redis_cluster_holds_the_registry_in_one_slot():
         cluster.stop()
 
 
+def test_a_redis_sentinel_url_reaches_the_master():
+    from tel400.testing import RedisSentinelServers
+
+    servers = RedisSentinelServers().start()
+    try:
+        calls = open_calls(servers.url + "?timeout_ms=2000")
+        assert calls.remember(record("a"))
+        found = calls.get("a")
+        assert calls.claim("a", found) and not calls.claim("a", calls.get("a"))
+        calls.settle("a", found)
+        assert calls.get("a") is None and len(calls) == 0
+        calls.close()
+    finally:
+        servers.stop()
+
+
 def test_a_redis_that_is_gone_refuses_the_call_and_ends_raise(make_router):
     from tel400.testing import RedisServer
 
