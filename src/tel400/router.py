@@ -361,7 +361,8 @@ class Router:
                 switch's retry adds those, never twice what was added.  A
                 call whose charge keeps failing is forgotten at the call
                 registry's ``max_age_s`` after it was routed (counted in
-                :attr:`calls_dropped`).
+                :attr:`calls_dropped`).  Also raised when a shared call
+                registry (SQLite, Redis) fails: the call waits as well.
 
         The call is forgotten only once its charge has been added; it keeps
         its place meanwhile, so two reports of one end charge it once.  An
