@@ -225,6 +225,51 @@ def test_export_call_and_record_work_through_every_registry(calls_url, make_rout
 # --- claims of dead and live processes -------------------------------------------------------
 
 
+def _remember_many(url, prefix, start, results):
+    calls = open_calls(url, max_calls=150)
+    start.wait(timeout=60)
+    stored = sum(calls.remember(record(f"{prefix}-{i}")) for i in range(100))
+    results.put((stored, calls.refused))
+
+
+@shared_kinds
+def test_max_calls_bounds_all_processes_together(calls_url, make_calls):
+    start, results = FORK.Event(), FORK.Queue()
+    procs = [FORK.Process(target=_remember_many, args=(calls_url, f"p{n}", start, results)) for n in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    counts = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sum(stored for stored, _ in counts) == 150  # exactly the bound, however the writes interleaved
+    assert sum(refused for _, refused in counts) == 250  # each process counts what it refused
+    assert len(make_calls(max_calls=150)) == 150
+
+
+def _open_and_answer(url, queue):
+    try:
+        open_calls(url).remember(record(f"c{os.getpid()}"))
+        queue.put("ok")
+    except Exception as exc:  # the answer the test reads, whatever went wrong
+        queue.put(repr(exc))
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path):
+    """SQLite answers some of them "database is locked" at once while another turns WAL on."""
+    for round_ in range(8):
+        url = f"sqlite://{tmp_path}/calls{round_}.db"
+        queue = FORK.Queue()
+        procs = [FORK.Process(target=_open_and_answer, args=(url, queue)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        answers = [queue.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert answers == ["ok"] * 6
+        assert len(open_calls(url)) == 6
+
+
 def _claim_and_die(url, queue):
     calls = open_calls(url)
     queue.put(calls.claim("c1", calls.get("c1")))

@@ -8,6 +8,7 @@ dead processes; wall-clock ages; per-process counts) are in
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -86,6 +87,19 @@ class SqliteCallRegistry(Counts):
                 _inherited.append(self._conn)
             self._lock = threading.Lock()  # the parent's may have been held by a thread the fork left behind
             self._mine = {}
+            self._conn, self._pid = self._open(), os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection, the file in WAL mode and the schema made, retried while other processes do the same.
+
+        Processes that open a new file at once race to turn on WAL and make
+        the tables; SQLite answers some of them "database is locked" at once,
+        without waiting out ``busy_timeout``, so the wait is here.
+        """
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            conn = None
             try:
                 conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None,
                                        check_same_thread=False)
@@ -95,10 +109,14 @@ class SqliteCallRegistry(Counts):
                 with _transaction(conn):
                     for statement in _SCHEMA:
                         conn.execute(statement)
+                return conn
             except sqlite3.Error as exc:
-                raise BackendError(f"calls: cannot open {self.path!r}: {exc}") from exc
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+                if conn is not None:
+                    conn.close()
+                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+                if not busy or time.monotonic() >= deadline:
+                    raise BackendError(f"calls: cannot open {self.path!r}: {exc}") from exc
+                time.sleep(random.uniform(0.005, 0.02))
 
     def _run(self, work):
         """``work(conn)`` under this process's lock; SQLite's errors as :class:`BackendError`."""
