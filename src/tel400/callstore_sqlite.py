@@ -182,10 +182,11 @@ class SqliteCallRegistry(Counts):
         claimer = new_claimer()
 
         def work(conn):
-            if conn.execute("UPDATE calls SET claimer = ?, claimed_at = ? "
-                            "WHERE id = ? AND token = ? AND claimer IS ?",
-                            (claimer, now, key, token, seen)).rowcount != 1:
-                return False
+            with _transaction(conn):
+                if conn.execute("UPDATE calls SET claimer = ?, claimed_at = ? "
+                                "WHERE id = ? AND token = ? AND claimer IS ?",
+                                (claimer, now, key, token, seen)).rowcount != 1:
+                    return False
             self._mine[key] = claimer
             return True
 
@@ -208,22 +209,27 @@ class SqliteCallRegistry(Counts):
             claimer = self._mine.pop(key, None)
             if claimer is None:
                 return
-            if rest is None:
-                conn.execute("DELETE FROM calls WHERE id = ? AND claimer = ?", (key, claimer))
-            else:
-                conn.execute("UPDATE calls SET token = ?, claimer = NULL, claimed_at = NULL "
-                             "WHERE id = ? AND claimer = ?",
-                             (rest.to_token(), key, claimer))
+            with _transaction(conn):
+                if rest is None:
+                    conn.execute("DELETE FROM calls WHERE id = ? AND claimer = ?", (key, claimer))
+                else:
+                    conn.execute("UPDATE calls SET token = ?, claimer = NULL, claimed_at = NULL "
+                                 "WHERE id = ? AND claimer = ?",
+                                 (rest.to_token(), key, claimer))
 
         self._run(work)
 
     def pop(self, call_id) -> StoredRecord | None:
         """Take the call out (:meth:`tel400.Router.export_call`); ``None`` if unknown or expired."""
         key = str(call_id)
-        row = self._run(lambda conn: conn.execute(
-            "DELETE FROM calls WHERE id = ? AND remembered_at > ? "
-            "RETURNING token, remembered_at, claimer, claimed_at",
-            (key, self._clock() - self.max_age_s)).fetchone())
+
+        def work(conn):
+            with _transaction(conn):
+                return conn.execute("DELETE FROM calls WHERE id = ? AND remembered_at > ? "
+                                    "RETURNING token, remembered_at, claimer, claimed_at",
+                                    (key, self._clock() - self.max_age_s)).fetchone()
+
+        row = self._run(work)
         return None if row is None else read_record(*row)
 
     def __len__(self) -> int:
@@ -240,8 +246,13 @@ class SqliteCallRegistry(Counts):
 
 
 class _transaction:
-    """``BEGIN IMMEDIATE`` .. ``COMMIT`` (rolled back on an error): the write lock from the start,
-    so that two processes never both read the count and both insert past ``max_calls``."""
+    """``BEGIN IMMEDIATE`` .. ``COMMIT`` (rolled back on an error): the write lock from the start.
+
+    So two processes never both read the count and both insert past
+    ``max_calls``; and a write never starts from a read snapshot another
+    process's commit made stale, which SQLite refuses at once
+    (``SQLITE_BUSY_SNAPSHOT``) instead of waiting ``busy_timeout``.
+    """
 
     def __init__(self, conn) -> None:
         self.conn = conn
