@@ -44,6 +44,32 @@ DEFAULT_MAX_AGE_S = 12 * 3600
 MAX_AGE_S = 7 * 86400
 
 
+def check_bounds(max_calls, max_age_s) -> None:
+    """Refuse bounds no registry can keep (every registry checks its own the same way)."""
+    if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
+        raise ValueError(f"max_calls: expected a whole number >= 1, got {max_calls!r}")
+    if isinstance(max_age_s, bool) or not isinstance(max_age_s, (int, float)) \
+            or not 0 < max_age_s <= MAX_AGE_S:
+        raise ValueError(f"max_age_s: expected seconds > 0, at most {MAX_AGE_S} (a week), got {max_age_s!r}")
+
+
+def log_forgotten(unlogged: dict, logged_at: float | None, now: float, interval_s: float, **fields):
+    """Log the calls forgotten since the last line, at most once per ``interval_s``.
+
+    One line per interval whatever the rate: a flood must not flood the log
+    too.  ``unlogged`` counts ``expired`` and ``refused`` (and, for the
+    shared registries, ``failed``) since the last line.
+
+    Returns:
+        The new ``(unlogged, logged_at)``: the counts are emptied when a
+        line was written.
+    """
+    if logged_at is not None and now - logged_at < interval_s:
+        return unlogged, logged_at
+    _log.warning("calls_forgotten", **unlogged, **fields)
+    return dict.fromkeys(unlogged, 0), now
+
+
 class CallRegistry:
     """Thread-safe map of call id → call record, bounded in size and age.
 
@@ -59,13 +85,13 @@ class CallRegistry:
     Every operation is O(1) amortised (an ordered dict under one lock).
     """
 
+    #: whether the calls are shared with other processes (each operation is then I/O:
+    #: an asyncio server runs call ends in a thread).  See :mod:`tel400.callstores`.
+    shared = False
+
     def __init__(self, *, max_calls: int = 200_000, max_age_s: float = DEFAULT_MAX_AGE_S, clock=time.monotonic,
                  log_interval_s: float = 60.0) -> None:
-        if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
-            raise ValueError(f"max_calls: expected a whole number >= 1, got {max_calls!r}")
-        if isinstance(max_age_s, bool) or not isinstance(max_age_s, (int, float)) \
-                or not 0 < max_age_s <= MAX_AGE_S:
-            raise ValueError(f"max_age_s: expected seconds > 0, at most {MAX_AGE_S} (a week), got {max_age_s!r}")
+        check_bounds(max_calls, max_age_s)
         self._calls: OrderedDict = OrderedDict()
         self._ending: set[str] = set()  # calls whose end is being charged (claim .. settle)
         self._lock = threading.Lock()
@@ -112,14 +138,9 @@ class CallRegistry:
         return dropped
 
     def _log(self, now: float, number: str) -> None:
-        # One line per interval whatever the rate: a flood must not flood the log too.
-        if self._logged_at is not None and now - self._logged_at < self._log_interval_s:
-            return
-        self._logged_at = now
-        counts, self._unlogged = self._unlogged, {"expired": 0, "refused": 0}
-        _log.warning("calls_forgotten", expired=counts["expired"], refused=counts["refused"],
-                     in_progress=len(self._calls), max_calls=self.max_calls, max_age_s=self.max_age_s,
-                     last_number=number)
+        self._unlogged, self._logged_at = log_forgotten(
+            self._unlogged, self._logged_at, now, self._log_interval_s, last_number=number,
+            in_progress=len(self._calls), max_calls=self.max_calls, max_age_s=self.max_age_s)
 
     def get(self, call_id):
         """The record of ``call_id``, left in place; ``None`` if unknown.
@@ -170,8 +191,44 @@ class CallRegistry:
         with self._lock:
             return self._calls.pop(str(call_id), None)
 
+    def close(self) -> None:
+        """Nothing to release (the shared registries close their connections)."""
+
     def __len__(self) -> int:
         return len(self._calls)
 
     def __contains__(self, call_id) -> bool:
         return str(call_id) in self._calls
+
+
+def open_calls(spec=None, *, max_calls: int = 200_000, max_age_s: float = DEFAULT_MAX_AGE_S):
+    """A call registry from an object or a URL (``None`` means ``memory://``).
+
+    Args:
+        spec: a registry (returned as is, its own bounds kept), ``None`` or
+            ``"memory://"`` (a :class:`CallRegistry` of this process),
+            ``"sqlite:///path/calls.db"`` (the processes of one host:
+            :class:`tel400.callstores.SqliteCallRegistry`), or a Redis URL
+            in any form :mod:`tel400.redis_clients` reads (``redis://``,
+            ``redis+cluster://``, ``redis+sentinel://``: processes on any
+            host, :class:`tel400.callstores.RedisCallRegistry`).  The shared
+            forms take ``?claim_lease_s=`` (and Redis ``?timeout_ms=``,
+            ``?prefix=``); docs/limits.md, "Calls in progress shared between
+            processes".
+        max_calls, max_age_s: the bounds of a registry made here.
+
+    Raises:
+        ValueError: a URL of another scheme, without a path (sqlite), or with
+            a query parameter that is unknown or not a positive number; bounds
+            out of range.
+        TypeError: ``spec`` is neither a registry nor a string.
+    """
+    if spec is None:
+        return CallRegistry(max_calls=max_calls, max_age_s=max_age_s)
+    if not isinstance(spec, str):
+        if all(hasattr(spec, name) for name in ("remember", "get", "claim", "settle", "pop")):
+            return spec
+        raise TypeError(f"calls: expected a call registry or a URL, got {type(spec).__name__}")
+    from . import callstores
+
+    return callstores.open_url(spec, max_calls=max_calls, max_age_s=max_age_s)

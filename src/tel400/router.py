@@ -21,7 +21,7 @@ from . import _impl, numbers, smsreply
 from .pins import PinPolicy
 from .billing import CallRecord, apply_charges, bill_call
 from .shared import Shared
-from .calls import CallRegistry
+from .calls import CallRegistry, open_calls
 from .counters import CounterBackend, open_counters
 from .decision import Charge, Decision
 from .exceptions import BackendError, PlanError
@@ -65,9 +65,13 @@ class Router:
         seed: seed for the random choices of ``weighted`` rules (tests and
             simulations); ``None`` seeds from the OS.  Children forked after
             the router was made are reseeded so they do not repeat each other.
-        calls: the :class:`~tel400.calls.CallRegistry` that remembers calls
-            in progress for :meth:`call_ended`; its bounds (200,000 calls,
-            12 hours, by default) also bound the durations accepted.
+        calls: the registry that remembers calls in progress for
+            :meth:`call_ended`: a :class:`~tel400.calls.CallRegistry` or a
+            URL for :func:`tel400.calls.open_calls` (``"memory://"``, the
+            default; ``"sqlite:///path"`` or ``"redis://..."`` to share calls
+            between processes, so that an end reaching any of them charges
+            the call once).  Its bounds (200,000 calls, 12 hours, by
+            default) also bound the durations accepted.
         implementation: ``"cython"`` or ``"python"`` to pick an engine
             (tests and debugging); ``None`` uses ``tel400.IMPLEMENTATION``.
         pin_policy: the PIN lockouts and how many hashed PINs are checked
@@ -92,7 +96,7 @@ class Router:
         *,
         prefixes: PrefixTable | None = None,
         seed: int | None = None,
-        calls: CallRegistry | None = None,
+        calls: CallRegistry | str | None = None,
         implementation: str | None = None,
         pin_policy: PinPolicy | None = None,
         plan_source: Callable[[str], NumberPlan | None] | None = None,
@@ -107,7 +111,7 @@ class Router:
             raise TypeError(f"pin_policy: expected a tel400.pins.PinPolicy, got {type(pin_policy).__name__}")
         if plan_source is not None and not callable(plan_source):
             raise TypeError(f"plan_source: expected a callable number -> NumberPlan | None, got {type(plan_source).__name__}")
-        self._shared = Shared(backend, random.Random(seed), calls if calls is not None else CallRegistry(), pin_policy)
+        self._shared = Shared(backend, random.Random(seed), open_calls(calls), pin_policy)
         #: what answering SMS needs beyond routing, by number (smsreply.SmsPrograms)
         self._sms_programs = smsreply.SmsPrograms()
         #: SMS answers so far by reason (sms_answer_counts)
@@ -357,7 +361,8 @@ class Router:
                 switch's retry adds those, never twice what was added.  A
                 call whose charge keeps failing is forgotten at the call
                 registry's ``max_age_s`` after it was routed (counted in
-                :attr:`calls_dropped`).
+                :attr:`calls_dropped`).  Also raised when a shared call
+                registry (SQLite, Redis) fails: the call waits as well.
 
         The call is forgotten only once its charge has been added; it keeps
         its place meanwhile, so two reports of one end charge it once.  An
@@ -613,6 +618,12 @@ class Router:
         to it, so that a call cut at the limit is still charged.
         """
         return self._shared.calls.max_age_s
+
+    @property
+    def call_registry(self):
+        """The registry of calls in progress (:func:`tel400.calls.open_calls`); ``.shared`` when
+        other processes share it, so that each of its operations is I/O."""
+        return self._shared.calls
 
     @property
     def calls_in_progress(self) -> int:
