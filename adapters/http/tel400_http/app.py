@@ -47,6 +47,7 @@ import asyncio
 import bisect
 import datetime as dt
 import math
+import os
 import re
 import threading
 import time
@@ -154,6 +155,8 @@ class Service:
         self.sms = Sms(self, sms_gateway, sms_runner)
         self.draining = False
         self.started = False
+        #: This process's worker id under ``tel400-http --workers N`` (/healthz tells it); ``None``: no workers.
+        self.worker: int | None = None
         self._write_lock = threading.Lock()
         self._number_listeners: list = []
         self.requests: dict[tuple[str, int], int] = {}
@@ -477,7 +480,11 @@ class Service:
         return 200, b'{"pong":true}', b"application/json", None
 
     async def h_healthz(self, req: Request):
-        return 200, b'{"status":"ok"}', b"application/json", None
+        if self.worker is None:
+            return 200, b'{"status":"ok"}', b"application/json", None
+        # which worker answered (tel400-http --workers): a check that all serve, and where to look in the logs
+        return (200, encode_json({"status": "ok", "worker": self.worker, "pid": os.getpid()}), b"application/json",
+                [(b"x-tel400-worker", str(self.worker).encode())])
 
     async def h_readyz(self, req: Request):
         problems = []

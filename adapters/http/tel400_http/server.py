@@ -32,9 +32,10 @@ from tel400_freeswitch.server import Settings as FreeSwitchSettings
 import tel400
 from tel400 import pins
 from tel400.addresses import ANY, LOOPBACK, AllowList
-from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
-from tel400.listener import raise_descriptor_limit
-from tel400.server_options import add_pin_options, pin_policy
+from tel400 import workers
+from tel400.calls import DEFAULT_MAX_AGE_S
+from tel400.listener import listening_socket, raise_descriptor_limit
+from tel400.server_options import add_pin_options, add_worker_options, open_call_registry, pin_policy, worker_policy
 
 from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-call-duration", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
                    help="the longest call: a longer reported duration is refused, an older call forgotten")
     add_pin_options(p)
+    add_worker_options(p)
     add_sms_options(p)
     add_portal_options(p)
     p.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
@@ -205,7 +207,7 @@ def add_portal_options(p: argparse.ArgumentParser) -> None:
 def configure_logging(level: str) -> None:
     """JSON lines on stderr: one object per event, with its level and an ISO timestamp."""
     structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.processors.format_exc_info, structlog.processors.JSONRenderer(ensure_ascii=False)],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -310,7 +312,7 @@ def build_service(args) -> Service:
     first_start = args.plans is None and not store.count()
     if first_start:
         seed(store, example_plans())
-    calls = CallRegistry(max_calls=args.max_calls, max_age_s=args.max_call_duration)
+    calls = open_call_registry(calls_url(args, data), max_calls=args.max_calls, max_age_s=args.max_call_duration)
     # Streamed: each number is compiled as it is read, and only the compiled form is kept.
     router = tel400.Router.from_store(store, args.counters, calls=calls, pin_policy=pin_policy(args))
     watcher = tel400.PlanWatcher(router, store, version=router.plans_version)
@@ -330,6 +332,20 @@ def build_service(args) -> Service:
                       switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance, **sms_parts(args, data))
     service.portal_notes = [] if args.no_portal else build_portal(service, args, data, first_start)
     return service
+
+
+def calls_url(args, data: pathlib.Path) -> str | None:
+    """Where calls in progress are kept: --calls, else shared by the workers when there are several
+    (the Redis of the counters, or DATA/calls.db), else this process's memory (``None``)."""
+    if args.calls:
+        return args.calls
+    if args.workers == 1:
+        return None
+    counters = str(args.counters)
+    if counters.lower().startswith(("redis://", "rediss://", "redis+")):
+        return counters.split("?", 1)[0]  # the counters' own query options are not the registry's
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(data / 'calls.db').resolve()}"
 
 
 def switch_auth(args) -> SwitchAuth:
@@ -394,17 +410,27 @@ def main(argv=None) -> int:
         print(hash_token(args.hash_token))
         return 0
     configure_logging(args.log_level)
-    import uvicorn  # not before: --hash-token stays quick
-
-    from .connections import ConnectionCollector, Deadlines, LimitedServer
+    from .connections import Deadlines
 
     try:
         check_limits(args)
         deadlines = Deadlines(args.header_timeout, args.body_timeout)
+        policy = worker_policy(args, args.grace)
+        if args.workers > 1:
+            return serve_workers(args, deadlines, policy)
         service = build_service(args)
     except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
         print(f"tel400-http: {exc}", file=sys.stderr)
         return 2
+    make_server(args, service, deadlines, announce=True).run()
+    return 0
+
+
+def make_server(args, service: Service, deadlines, *, announce: bool):
+    """The uvicorn server of ``service``; ``announce``: print the banner once it listens."""
+    import uvicorn  # not at import: --hash-token stays quick
+
+    from .connections import ConnectionCollector, LimitedServer
 
     class Server(LimitedServer):
         def handle_exit(self, sig, frame) -> None:
@@ -416,14 +442,14 @@ def main(argv=None) -> int:
 
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
-            if not self.should_exit:
+            if announce and not self.should_exit:
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
                 print(banner(service, f"http://{host}:{port}", args), flush=True)
 
     # ws="none": no WebSocket upgrade may swap the protocol that gives a connection's place back
     config = uvicorn.Config(service, host=args.host, port=args.port, lifespan="on", access_log=False,
                             log_level="warning", timeout_graceful_shutdown=args.grace, server_header=False,
-                            date_header=False, timeout_keep_alive=args.idle_timeout, ws="none", backlog=2048,
+                            date_header=False, timeout_keep_alive=args.idle_timeout, ws="none", backlog=BACKLOG,
                             # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told: a client on this
                             # host (or behind a proxy here) could then choose its address
                             proxy_headers=args.forwarded_allow_ips is not None,
@@ -432,8 +458,50 @@ def main(argv=None) -> int:
     server = Server(config, deadlines=deadlines, max_connections=args.max_connections,
                     max_per_address=args.max_per_address)
     service.registry.register(ConnectionCollector(server))
-    server.run()
-    return 0
+    return server
+
+
+#: The listen backlog: connections the kernel holds until a worker accepts them.
+BACKLOG = 2048
+
+
+def serve_workers(args, deadlines, policy: workers.Policy) -> int:
+    """--workers N: bind once, do the first start once, then N processes serve (:mod:`tel400.workers`)."""
+    try:
+        sock = listening_socket(args.host, args.port, backlog=BACKLOG)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+
+    def first_start() -> int:
+        # data directory, seeded plans, token, portal passwords: made (and printed) here, once
+        try:
+            service = build_service(args)
+        except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+            print(f"tel400-http: {exc}", file=sys.stderr)
+            return 2
+        print(banner(service, url, args), flush=True)
+        return 0
+
+    def serve(worker: int) -> int:
+        structlog.contextvars.bind_contextvars(worker=worker)
+        try:
+            service = build_service(args)  # after the fork: its own connections, threads and router
+        except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+            print(f"tel400-http: worker {worker}: {exc}", file=sys.stderr)
+            return 2
+        service.worker = worker
+        make_server(args, service, deadlines, announce=False).run(sockets=[sock])
+        return 0
+
+    try:
+        code = workers.run_once("tel400-http", first_start)
+        if code:
+            return code
+        return workers.supervise(args.workers, serve, name="tel400-http", policy=policy)
+    finally:
+        sock.close()
 
 
 def check_limits(args) -> None:
