@@ -326,11 +326,13 @@ def hand_over(host: str, port: int, sock: socket.socket) -> None:
     _handed_over[(host, port)] = sock
 
 
-def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def listening_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to ``host:port`` (the first address ``host`` resolves to, ``SO_REUSEADDR``), listening.
 
     A socket given to :func:`hand_over` for ``(host, port)`` is returned
-    instead (once), as it is.
+    instead (once), as it is.  ``reuse_port``: ``SO_REUSEPORT`` too, so that
+    other sockets of this user may listen on the same port (the kernel
+    spreads the connections over them).
 
     Raises:
         OSError: the name does not resolve, or the address cannot be bound.
@@ -343,6 +345,8 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
     except OSError:

@@ -3,15 +3,24 @@
 ``tel400-http --workers N`` and ``tel400-esl --workers N`` run through
 :func:`supervise`:
 
-1. the parent binds the listening socket once (a busy port is one error,
-   port 0 one port);
+1. the parent binds the listening sockets once (:func:`listening_sockets`:
+   a busy port is one error, port 0 one port), one per worker on the same
+   port with ``SO_REUSEPORT``;
 2. :func:`run_once` does the first-start work (data directory, seeded store,
    passwords printed) in a short-lived child, so that it happens once and
    the parent holds no thread, database connection or Redis client that a
    fork would copy half-way;
 3. the parent forks N workers; each builds its own router and event loop
-   after the fork and serves the inherited socket (the kernel hands each
-   connection to one worker's ``accept``).
+   after the fork and serves its inherited socket.
+
+Why a socket per worker rather than one shared by all: with one socket,
+every idle worker wakes for a new connection and the first takes all that
+are waiting (a burst), so a few long-lived connections (keep-alive HTTP
+clients, a switch's pool) can all land on one or two workers.  With
+``SO_REUSEPORT`` the kernel spreads connections over the sockets by a hash
+of their addresses.  The parent keeps every socket open, so connections the
+kernel gave a dead worker's socket wait in its backlog for the restarted
+worker instead of being refused.
 
 The parent then only supervises: a worker that dies is restarted after a
 back-off (:attr:`Policy.backoff_s`, doubling per death of that worker up to
@@ -97,6 +106,38 @@ class Policy:
         return min(self.backoff_max_s, self.backoff_s * 2 ** min(deaths - 1, 30))
 
 
+def listening_sockets(host: str, port: int, n: int, backlog: int) -> list:
+    """``n`` sockets listening on one port (``SO_REUSEPORT``): the first binds ``port`` (0: any free one).
+
+    Raises:
+        OSError: the address cannot be bound (the port is taken, say).
+    """
+    from .listener import listening_socket
+
+    socks = [listening_socket(host, port, backlog, reuse_port=True)]
+    try:
+        port = socks[0].getsockname()[1]
+        for _ in range(n - 1):
+            socks.append(listening_socket(host, port, backlog, reuse_port=True))
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def own_socket(socks: list, worker: int):
+    """In worker ``worker``: close the other workers' sockets (inherited) and return its own.
+
+    Else a socket would stay open in every worker after its own worker
+    stopped, and connections the kernel gives it would wait there in vain.
+    """
+    for i, sock in enumerate(socks):
+        if i != worker:
+            sock.close()
+    return socks[worker]
+
+
 def _say(name: str, text: str) -> None:
     print(f"{name}: {text}", file=sys.stderr, flush=True)
 
@@ -173,11 +214,15 @@ class _Slot:
         self.due = 0.0
 
 
-def supervise(n: int, serve: Callable[[int], int], *, name: str, policy: Policy = Policy()) -> int:
+def supervise(n: int, serve: Callable[[int], int], *, name: str, policy: Policy = Policy(),
+              on_stop: Callable[[], None] | None = None) -> int:
     """Run ``serve(worker_id)`` in ``n`` worker processes until a signal stops them; the exit code.
 
     ``serve`` runs in the child after the fork: it builds everything it
-    needs there and returns its exit code when it has stopped.
+    needs there and returns its exit code when it has stopped.  ``on_stop``
+    runs in the parent once, when the workers are told to stop (the
+    parent's copies of the listening sockets are closed there, so that the
+    sockets close with the workers' copies).
 
     Returns:
         0 when every worker exited after SIGTERM/SIGINT; 1 on a crash loop
@@ -205,6 +250,10 @@ def supervise(n: int, serve: Callable[[int], int], *, name: str, policy: Policy 
         by_pid[slot.pid] = slot
 
     def stop_all(sig: int = signal.SIGTERM) -> None:
+        nonlocal on_stop
+        if on_stop is not None:
+            on_stop, done = None, on_stop
+            done()
         for pid in by_pid:
             try:
                 os.kill(pid, sig)
@@ -280,4 +329,4 @@ def _how_it_ended(status: int) -> str:
     return f"exited with code {code}"
 
 
-__all__ = ["Policy", "run_once", "supervise", "worker_id"]
+__all__ = ["Policy", "listening_sockets", "own_socket", "run_once", "supervise", "worker_id"]

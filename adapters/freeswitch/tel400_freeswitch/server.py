@@ -711,11 +711,15 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
     from tel400.listener import hand_over
 
     try:
-        sock = listening_socket(args.host, args.port, backlog=1024)
+        socks = workers.listening_sockets(args.host, args.port, args.workers, 1024)
     except OSError as exc:
         print(f"tel400-esl: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    port = sock.getsockname()[1]
+    port = socks[0].getsockname()[1]
+
+    def close() -> None:
+        for sock in socks:
+            sock.close()
 
     def first_start() -> int:
         router, store = _router(args, policy)
@@ -728,7 +732,7 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
         structlog.contextvars.bind_contextvars(worker=worker)  # every log line says which worker
         router, _ = _router(args, policy)
         raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
-        hand_over(args.host, args.port, sock)  # EslServer.start serves the parent's socket
+        hand_over(args.host, args.port, workers.own_socket(socks, worker))  # EslServer.start serves the parent's socket
         _log.info("esl_worker_serving", pid=os.getpid(), port=port)
         asyncio.run(_serve(args, router, settings, allow, None))
         return 0
@@ -737,9 +741,9 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
         code = workers.run_once("tel400-esl", first_start)
         if code:
             return code
-        return workers.supervise(args.workers, serve, name="tel400-esl", policy=supervision)
+        return workers.supervise(args.workers, serve, name="tel400-esl", policy=supervision, on_stop=close)
     finally:
-        sock.close()
+        close()
 
 
 if __name__ == "__main__":

@@ -483,7 +483,8 @@ class Service:
         if self.worker is None:
             return 200, b'{"status":"ok"}', b"application/json", None
         # which worker answered (tel400-http --workers): a check that all serve, and where to look in the logs
-        return (200, encode_json({"status": "ok", "worker": self.worker, "pid": os.getpid()}), b"application/json",
+        return (200, encode_json({"status": "ok", "worker": self.worker, "pid": os.getpid(),
+                                  "numbers": self.router.number_count}), b"application/json",
                 [(b"x-tel400-worker", str(self.worker).encode())])
 
     async def h_readyz(self, req: Request):

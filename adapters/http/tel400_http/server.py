@@ -34,7 +34,7 @@ from tel400 import pins
 from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400 import workers
 from tel400.calls import DEFAULT_MAX_AGE_S
-from tel400.listener import listening_socket, raise_descriptor_limit
+from tel400.listener import raise_descriptor_limit
 from tel400.server_options import add_pin_options, add_worker_options, open_call_registry, pin_policy, worker_policy
 
 from .app import Service
@@ -468,11 +468,15 @@ BACKLOG = 2048
 def serve_workers(args, deadlines, policy: workers.Policy) -> int:
     """--workers N: bind once, do the first start once, then N processes serve (:mod:`tel400.workers`)."""
     try:
-        sock = listening_socket(args.host, args.port, backlog=BACKLOG)
+        socks = workers.listening_sockets(args.host, args.port, args.workers, BACKLOG)
     except OSError as exc:
         raise OSError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    host, port = sock.getsockname()[:2]
+    host, port = socks[0].getsockname()[:2]
     url = f"http://{host}:{port}"
+
+    def close() -> None:
+        for sock in socks:
+            sock.close()
 
     def first_start() -> int:
         # data directory, seeded plans, token, portal passwords: made (and printed) here, once
@@ -492,16 +496,16 @@ def serve_workers(args, deadlines, policy: workers.Policy) -> int:
             print(f"tel400-http: worker {worker}: {exc}", file=sys.stderr)
             return 2
         service.worker = worker
-        make_server(args, service, deadlines, announce=False).run(sockets=[sock])
+        make_server(args, service, deadlines, announce=False).run(sockets=[workers.own_socket(socks, worker)])
         return 0
 
     try:
         code = workers.run_once("tel400-http", first_start)
         if code:
             return code
-        return workers.supervise(args.workers, serve, name="tel400-http", policy=policy)
+        return workers.supervise(args.workers, serve, name="tel400-http", policy=policy, on_stop=close)
     finally:
-        sock.close()
+        close()
 
 
 def check_limits(args) -> None:
