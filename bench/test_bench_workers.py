@@ -148,15 +148,19 @@ def test_esl_cpu_per_call_by_workers(benchmark, tmp_path):
     sample = [c for c in callers() if c.startswith("1")]
     procs: dict[int, subprocess.Popen] = {}
     ports: dict[int, int] = {}
+    logs = {n: tmp_path / f"esl-{n}.log" for n in WORKERS}
     try:
-        for n in WORKERS:
-            procs[n] = subprocess.Popen([exe, "--plans", str(plans), "--port", "0", "--workers", str(n),
-                                         "--counters", f"shm:///{tmp_path}/counters-{n}"],
-                                        stderr=subprocess.PIPE, text=True)
+        for n in WORKERS:  # the log to a file: a pipe nobody reads would fill and stop the server
+            with logs[n].open("w") as log:
+                procs[n] = subprocess.Popen([exe, "--plans", str(plans), "--port", "0", "--workers", str(n),
+                                             "--counters", f"shm:///{tmp_path}/counters-{n}"], stderr=log)
         for n, proc in procs.items():
-            line = proc.stderr.readline()
-            assert "listening on" in line, line
-            ports[n] = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+            deadline = time.monotonic() + 60
+            while "listening on" not in logs[n].read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, logs[n].read_text()
+                time.sleep(0.1)
+            line = logs[n].read_text().split("listening on ", 1)[1]
+            ports[n] = int(line.split()[0].rsplit(":", 1)[1])
             _wait_for_workers(proc.pid, n)
 
         def place_calls(port: int) -> list[Call]:
@@ -190,7 +194,6 @@ def test_esl_cpu_per_call_by_workers(benchmark, tmp_path):
             proc.send_signal(signal.SIGTERM)
         for proc in procs.values():
             proc.wait(timeout=60)
-            proc.stderr.close()
     info = _print_table(f"tel400-esl calls (peer: {CALLS} calls, {CONCURRENCY} at a time), {ROUNDS} rounds "
                         f"interleaved, medians ({os.cpu_count()} cores shared with the peer)", "call", runs)
     benchmark.extra_info.update(info)

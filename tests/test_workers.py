@@ -372,3 +372,206 @@ def test_an_esl_worker_that_cannot_start_is_a_crash_loop(servers, tmp_path):
     err = server.stderr()
     assert "a crash loop, giving up" in err and "exited with code" in err, err
     until(lambda: not children(server.proc.pid), what="the other worker stopped")
+
+
+# -- calls in progress shared: every call charged exactly once ------------------------------------
+
+#: one number, one target, a tariff by the minute; caps out of reach but counted (the test reads them)
+BILLED = {"numbers": [{"number": NUMBER, "rules": [{"name": "all", "targets": ["13901010001"]}],
+                       "tariff": {"local": 0.1, "long_distance": 0.3, "increment_s": 60},
+                       "caps": [{"metric": "calls", "per": "month", "limit": 10**9},
+                                {"metric": "minutes", "per": "month", "limit": 10**8}]}]}
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection (raw asyncio streams) and the worker that holds it."""
+
+    def __init__(self, reader, writer, worker: int) -> None:
+        self.reader, self.writer, self.worker = reader, writer, worker
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = cls(reader, writer, -1)
+        status, head, _ = await conn.request("GET", "/healthz")
+        assert status == 200
+        conn.worker = int(head["x-tel400-worker"])
+        return conn
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: str = "") -> tuple[int, dict, dict]:
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{headers}"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        fields = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in head[1:] if ":" in line)}
+        payload = await self.reader.readexactly(int(fields.get("content-length", 0)))
+        return int(head[0].split()[1]), fields, json.loads(payload) if payload else {}
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+def billed_store(tmp_path) -> tel400.SqliteStore:
+    store = tel400.SqliteStore(tmp_path / "plans.db")
+    store.replace_all(tel400.PlanSet.from_dict(BILLED), actor="test")
+    return store
+
+
+def used(store, tmp_path) -> dict[str, int]:
+    """The month's counters as the shared memory holds them, read by a router of this process."""
+    router = tel400.Router.from_store(store, f"shm:///{tmp_path}/counters")
+    return {u.cap.metric: int(u.used) for u in router.cap_usage(NUMBER)}
+
+
+async def route_all(port: int, ids: list[str], conns: int = 16) -> dict[str, int]:
+    """Route every call (keep-alive connections, ``conns`` at once): call id → the worker that routed it."""
+    pool = [await Connection.open(port) for _ in range(conns)]
+    routed: dict[str, int] = {}
+
+    async def run(conn: Connection, mine: list[str]) -> None:
+        for call_id in mine:
+            body = json.dumps({"dialed": NUMBER, "caller": "13901012345", "call_id": call_id}).encode()
+            status, _, decision = await conn.request("POST", "/v1/route", body)
+            assert status == 200 and decision["action"] == "bridge", decision
+            routed[call_id] = conn.worker
+
+    await asyncio.gather(*(run(conn, ids[i::conns]) for i, conn in enumerate(pool)))
+    for conn in pool:
+        await conn.close()
+    return routed
+
+
+async def end_all(port: int, durations: dict[str, int], tasks: int = 16, per_connection: int = 25,
+                  after: tuple[int, callable] | None = None) -> dict[str, list]:
+    """Post every call's end on new connections (``per_connection`` ends each, so the kernel spreads them),
+    retrying on a connection that breaks; ``after``: (ends done, action) run once that many ends answered.
+
+    Returns call id → [(status, worker), …] of every answered attempt.
+    """
+    queue = list(durations)
+    answers: dict[str, list] = {call_id: [] for call_id in durations}
+    done = 0
+
+    async def run() -> None:
+        nonlocal done
+        while queue:
+            batch, queue[:] = queue[:per_connection], queue[per_connection:]
+            while batch:
+                try:
+                    conn = await Connection.open(port)
+                except (OSError, asyncio.IncompleteReadError):
+                    await asyncio.sleep(0.05)
+                    continue
+                try:
+                    while batch:
+                        call_id = batch[0]
+                        body = json.dumps({"duration": durations[call_id]}).encode()
+                        status, head, _ = await conn.request("POST", f"/v1/calls/{call_id}/end", body)
+                        answers[call_id].append((status, conn.worker))
+                        if status == 503:  # the charge waits for this retry
+                            await asyncio.sleep(float(head.get("retry-after", 1)))
+                            continue
+                        batch.pop(0)
+                        done += 1
+                        if after is not None and done == after[0]:
+                            after[1]()
+                except (OSError, asyncio.IncompleteReadError):  # the worker died: again, elsewhere
+                    pass
+                finally:
+                    await conn.close()
+
+    await asyncio.gather(*(run() for _ in range(tasks)))
+    return answers
+
+
+def billed_minutes(durations: dict[str, int]) -> int:
+    return sum(-(-d // 60) for d in durations.values())
+
+
+def shared_http(servers, tmp_path, store, *args) -> Supervised:
+    return servers("tel400-http", "--workers", "4", "--counters", f"shm:///{tmp_path}/counters",
+                   "--data", str(tmp_path / "data"), "--plans", store.url, "--records", "none",
+                   "--at-tolerance", "inf", *args, cwd=tmp_path, banner_end="  also:")
+
+
+def test_20000_calls_ended_at_random_workers_are_each_charged_exactly_once(servers, tmp_path):
+    import random
+
+    store = billed_store(tmp_path)
+    server = shared_http(servers, tmp_path, store)  # calls: the default, sqlite:///DATA/calls.db
+    server.workers(4)
+    seen_workers(server, 4)
+    rng = random.Random(15)
+    ids = [f"c{i}" for i in range(20_000)]
+    durations = {call_id: rng.randint(1, 600) for call_id in ids}
+    routed = asyncio.run(route_all(server.port, ids))
+    assert set(routed.values()) == {0, 1, 2, 3}
+    answers = asyncio.run(end_all(server.port, durations))
+    # every end answered once, 200: charged; ends went to other workers than the one that routed
+    assert all([status for status, _ in a] == [200] for a in answers.values())
+    elsewhere = sum(1 for call_id, a in answers.items() if a[0][1] != routed[call_id])
+    assert elsewhere > len(ids) // 2, elsewhere
+    assert {a[0][1] for a in answers.values()} == {0, 1, 2, 3}
+    # a second report of an end, to any worker: nothing left to charge
+    again = asyncio.run(end_all(server.port, {call_id: 60 for call_id in ids[:500]}))
+    assert all([status for status, _ in a] == [404] for a in again.values())
+    assert used(store, tmp_path) == {"calls": 20_000, "minutes": billed_minutes(durations)}
+    assert server.stop() == 0
+
+
+def test_a_calls_cap_is_exact_across_workers(servers, tmp_path):
+    capped = {"numbers": [{**BILLED["numbers"][0], "caps": [{"metric": "calls", "per": "day", "limit": 500}]}]}
+    store = tel400.SqliteStore(tmp_path / "plans.db")
+    store.replace_all(tel400.PlanSet.from_dict(capped), actor="test")
+    server = shared_http(servers, tmp_path, store)
+    server.workers(4)
+
+    async def attempt() -> list[str]:
+        pool = [await Connection.open(server.port) for _ in range(16)]
+        body = json.dumps({"dialed": NUMBER, "caller": "13901012345"}).encode()
+
+        async def run(conn: Connection) -> list[str]:
+            return [(await conn.request("POST", "/v1/route", body))[2]["action"] for _ in range(125)]
+
+        actions = [a for got in await asyncio.gather(*(run(conn) for conn in pool)) for a in got]
+        assert len({conn.worker for conn in pool}) >= 3
+        for conn in pool:
+            await conn.close()
+        return actions
+
+    actions = asyncio.run(attempt())
+    assert actions.count("bridge") == 500 and actions.count("reject") == 1500
+    assert server.stop() == 0
+
+
+def test_calls_of_a_killed_worker_are_charged_through_the_others(servers, tmp_path):
+    import random
+
+    store = billed_store(tmp_path)
+    server = shared_http(servers, tmp_path, store)
+    server.workers(4)
+    pids = seen_workers(server, 4)
+    rng = random.Random(16)
+    ids = [f"k{i}" for i in range(4_000)]
+    durations = {call_id: rng.randint(1, 600) for call_id in ids}
+    routed = asyncio.run(route_all(server.port, ids))
+    victim = routed[ids[0]]
+    admitted_by_victim = [call_id for call_id in ids if routed[call_id] == victim]
+    assert admitted_by_victim
+    # mid-run: the worker that routed the first call dies while the ends come in
+    answers = asyncio.run(end_all(server.port, durations, after=(1_000, lambda: os.kill(pids[victim],
+                                                                                         signal.SIGKILL))))
+    assert f"worker {victim} (pid {pids[victim]}) was killed by SIGKILL" in server.stderr()
+    # each end answered 200 once; a retry after a broken connection may find the call charged already (404)
+    retried = 0
+    for call_id, a in answers.items():
+        statuses = [status for status, _ in a]
+        assert statuses.count(200) <= 1 and statuses[-1] in (200, 404), a
+        retried += statuses[-1] == 404
+    assert retried <= 16  # only ends whose first try died with the worker, unanswered
+    # the victim's calls ended at the other workers (or its successor) and were charged: the totals are exact
+    assert used(store, tmp_path) == {"calls": 4_000, "minutes": billed_minutes(durations)}
+    assert server.stop() == 0

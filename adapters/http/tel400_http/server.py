@@ -207,7 +207,8 @@ def add_portal_options(p: argparse.ArgumentParser) -> None:
 def configure_logging(level: str) -> None:
     """JSON lines on stderr: one object per event, with its level and an ISO timestamp."""
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.processors.format_exc_info, structlog.processors.JSONRenderer(ensure_ascii=False)],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -277,8 +278,13 @@ def operator_password(args) -> str | None:
     return os.environ.get(OPERATOR_PASSWORD_ENV) or None
 
 
-def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) -> list[str]:
-    """Mount the web portal on ``service``; the lines the banner adds (passwords made now, printed once)."""
+def build_portal(service: Service, args, data: pathlib.Path, first_start: bool,
+                 accounts_setup: bool = True) -> list[str]:
+    """Mount the web portal on ``service``; the lines the banner adds (passwords made now, printed once).
+
+    ``accounts_setup``: make the operator account (or set its given password) and the example company's;
+    off in --workers' workers, where the first start did it (setting a password ends the account's sessions).
+    """
     from .portal import create_portal
 
     data.mkdir(parents=True, exist_ok=True)
@@ -287,12 +293,12 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
                              session_ttl_s=args.session_hours * 3600)
     key = secret_file(pathlib.Path(args.portal_secret) if args.portal_secret else data / "portal-secret")
     notes = []
-    made = accs.ensure_operator(args.operator, operator_password(args))
+    made = accs.ensure_operator(args.operator, operator_password(args)) if accounts_setup else None
     if made:
         hint = "; --operator NAME: a login of your own" if args.operator == "operator" else ""
         notes.append(f"  portal:  operator {args.operator!r}, password {made}  (printed once; "
                      f"--operator-password-file sets another{hint})")
-    if first_start and not accs.has_account("company", EXAMPLE_COMPANY):
+    if accounts_setup and first_start and not accs.has_account("company", EXAMPLE_COMPANY):
         password = secrets.token_urlsafe(9)
         accs.set_company_password(EXAMPLE_COMPANY, password, actor="tel400-http (seed)")
         notes.append(f"  portal:  company {EXAMPLE_COMPANY}, password {password}  (printed once; the operator "
@@ -304,12 +310,13 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
     return notes
 
 
-def build_service(args) -> Service:
+def build_service(args, *, setup: bool = True) -> Service:
+    """The service the options describe; ``setup``: also the first-start work (seeding, portal accounts)."""
     data = pathlib.Path(args.data)
     if args.plans is None or args.records is None or args.tokens is None:
         data.mkdir(parents=True, exist_ok=True)
     store = tel400.open_store(args.plans or f"sqlite:///{data / 'plans.db'}")
-    first_start = args.plans is None and not store.count()
+    first_start = setup and args.plans is None and not store.count()
     if first_start:
         seed(store, example_plans())
     calls = open_call_registry(calls_url(args, data), max_calls=args.max_calls, max_age_s=args.max_call_duration)
@@ -330,7 +337,7 @@ def build_service(args) -> Service:
                       gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
                       cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body,
                       switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance, **sms_parts(args, data))
-    service.portal_notes = [] if args.no_portal else build_portal(service, args, data, first_start)
+    service.portal_notes = [] if args.no_portal else build_portal(service, args, data, first_start, setup)
     return service
 
 
@@ -491,7 +498,7 @@ def serve_workers(args, deadlines, policy: workers.Policy) -> int:
     def serve(worker: int) -> int:
         structlog.contextvars.bind_contextvars(worker=worker)
         try:
-            service = build_service(args)  # after the fork: its own connections, threads and router
+            service = build_service(args, setup=False)  # after the fork: its own connections, threads, router
         except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
             print(f"tel400-http: worker {worker}: {exc}", file=sys.stderr)
             return 2
