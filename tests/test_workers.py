@@ -337,8 +337,9 @@ def held_by(pids, port: int) -> dict[int, int]:
 def test_four_esl_workers_serve_and_share_one_cap(servers, tmp_path):
     server = esl(servers, tmp_path, sqlite_plans(tmp_path))
     pids = server.workers(4)
-    until(lambda: server.stderr().count("esl_worker_serving") == 4, what="4 workers serving")
-    assert {int(w) for w in re.findall(r"esl_worker_serving.*worker=(\d)", server.stderr())} == {0, 1, 2, 3}
+    # each worker logs as it starts serving, with its id: 0, 1, 2 and 3 all do
+    until(lambda: {int(w) for w in re.findall(r"esl_worker_serving.*worker=(\d)", server.stderr())} == {0, 1, 2, 3},
+          what="workers 0-3 serving")
     # connections that have not spoken yet: held by whichever worker accepted them
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
     try:
@@ -358,6 +359,16 @@ def test_four_esl_workers_serve_and_share_one_cap(servers, tmp_path):
     bridged = [c for c in played if any(app == "bridge" for app, _ in c.apps)]
     # the calls cap is counted in shared memory: exactly 20 of 50 calls through 4 workers
     assert len(bridged) == 20 and all(not c.parked for c in played)
+    # a plan change in the store: every worker's watcher has it within a second
+    store = tel400.SqliteStore(tmp_path / "plans.db")
+    changed = {"numbers": [{**PLANS["numbers"][0], "caps": [], "blacklist": ["13901012345"]}]}
+    store.replace_all(tel400.PlanSet.from_dict(changed), actor="test")
+    time.sleep(1.0)
+    played = asyncio.run(calls())
+    # (the cap refused every call before: the blacklist's own prompt tells the new plan)
+    assert all(c.apps and c.apps[-1][0] == "playback" and "blacklisted" in c.apps[-1][1] for c in played), \
+        [c.apps for c in played]
+    assert all(not c.parked for c in played)
     assert server.stop() == 0
     assert not any(alive(pid) for pid in pids)
 
