@@ -613,3 +613,39 @@ def test_a_worker_killed_while_charging_leaves_no_call_uncharged(servers, tmp_pa
     assert got["calls"] == 4_000
     assert expected <= got["minutes"] <= expected + tasks * 10, (got, expected)  # 10: the longest call's minutes
     assert server.stop() == 0
+
+
+def test_with_redis_counters_the_workers_share_calls_in_the_same_redis(servers, tmp_path, redis_url):
+    """--workers N with redis:// counters: the calls registry defaults to that Redis (no --calls)."""
+    import random
+
+    store = billed_store(tmp_path)
+    server = servers("tel400-http", "--workers", "3", "--counters", redis_url, "--data", str(tmp_path / "data"),
+                     "--plans", store.url, "--records", "none", cwd=tmp_path, banner_end="  also:")
+    server.workers(3)
+    rng = random.Random(18)
+    ids = [f"r{i}" for i in range(2_000)]
+    durations = {call_id: rng.randint(1, 600) for call_id in ids}
+    routed = asyncio.run(route_all(server.port, ids, conns=8))
+    answers = asyncio.run(end_all(server.port, durations, tasks=8))
+    assert all([status for status, _ in a] == [200] for a in answers.values())
+    assert sum(1 for call_id, a in answers.items() if a[0][1] != routed[call_id]) > len(ids) // 3
+    router = tel400.Router.from_store(store, redis_url)
+    assert {u.cap.metric: int(u.used) for u in router.cap_usage(NUMBER)} == {
+        "calls": 2_000, "minutes": billed_minutes(durations)}
+    assert not (tmp_path / "data" / "calls.db").exists()  # the calls were in Redis
+    assert server.stop() == 0
+
+
+def test_the_supervisor_policy():
+    from tel400.workers import Policy
+
+    policy = Policy.parse_crash_limit("3/30", stop_timeout_s=40)
+    assert (policy.crash_limit, policy.crash_window_s, policy.stop_timeout_s) == (3, 30.0, 40)
+    # the back-off doubles per death in a row, up to its maximum
+    assert [Policy().backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [0.1, 0.2, 0.4, 3.2, 5.0, 5.0]
+    for bad in ("3", "0/30", "3/0", "3/inf", "x/30", "3/30/1"):
+        with pytest.raises(ValueError, match="--crash-limit"):
+            Policy.parse_crash_limit(bad)
+    with pytest.raises(ValueError):
+        Policy(backoff_s=10, backoff_max_s=5)
