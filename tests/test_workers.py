@@ -33,7 +33,8 @@ NUMBER = "4001000001"
 PLANS = {"numbers": [{"number": NUMBER, "rules": [{"name": "all", "targets": ["13901010001"]}],
                       "caps": [{"metric": "calls", "per": "day", "limit": 20}]}]}
 
-pytestmark = pytest.mark.skipif(not tel400.IMPLEMENTATION == "cython", reason="shm:// counters need the extension")
+#: the tests whose servers count in shm:// (atomic operations of the compiled extension)
+needs_shm = pytest.mark.skipif(tel400.IMPLEMENTATION != "cython", reason="shm:// counters need the extension")
 
 
 def children(pid: int) -> set[int]:
@@ -86,7 +87,9 @@ class Supervised:
               what=f"{command} to print {banner_end!r}")
         text = "".join(self.out + self.err)
         match = re.search(r"127\.0\.0\.1:(\d+)", text)
-        assert match and self.proc.poll() is None, text
+        if not match or self.proc.poll() is not None:
+            self.stop()
+            raise AssertionError(f"{command} did not start: {''.join(self.out + self.err)}")
         self.port = int(match.group(1))
 
     @staticmethod
@@ -176,6 +179,7 @@ def seen_workers(server: Supervised, n: int, tries: int = 2000) -> dict[int, int
 # -- tel400-http ---------------------------------------------------------------------------------
 
 
+@needs_shm
 def test_four_http_workers_serve_one_port_and_the_first_start_happens_once(servers, tmp_path):
     server = http(servers, tmp_path)
     pids = server.workers(4)
@@ -191,6 +195,7 @@ def test_four_http_workers_serve_one_port_and_the_first_start_happens_once(serve
     assert not any(alive(pid) for pid in pids)
 
 
+@needs_shm
 def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(servers, tmp_path):
     server = http(servers, tmp_path)
     before = server.workers(4)
@@ -207,6 +212,7 @@ def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(servers, t
     assert server.stop() == 0
 
 
+@needs_shm
 def test_a_plan_change_reaches_every_worker_within_a_second(servers, tmp_path):
     server = http(servers, tmp_path)
     server.workers(4)
@@ -236,6 +242,7 @@ def test_a_plan_change_reaches_every_worker_within_a_second(servers, tmp_path):
     assert server.stop() == 0
 
 
+@needs_shm
 def test_sigterm_lets_requests_in_flight_finish_then_every_process_exits_0(servers, tmp_path):
     server = http(servers, tmp_path)
     pids = server.workers(4)
@@ -265,6 +272,7 @@ def test_sigterm_lets_requests_in_flight_finish_then_every_process_exits_0(serve
     assert "SIGTERM: stopping 4 workers" in server.stderr()
 
 
+@needs_shm
 def test_workers_exit_when_the_parent_is_killed(servers, tmp_path):
     server = http(servers, tmp_path)
     pids = server.workers(4)
@@ -275,6 +283,7 @@ def test_workers_exit_when_the_parent_is_killed(servers, tmp_path):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
 
 
+@needs_shm
 def test_a_crash_loop_makes_the_parent_give_up(servers, tmp_path):
     server = http(servers, tmp_path, "--crash-limit", "3/60", workers=2)
     killed = set()
@@ -334,6 +343,7 @@ def held_by(pids, port: int) -> dict[int, int]:
     return held
 
 
+@needs_shm
 def test_four_esl_workers_serve_and_share_one_cap(servers, tmp_path):
     server = esl(servers, tmp_path, sqlite_plans(tmp_path))
     pids = server.workers(4)
@@ -373,6 +383,7 @@ def test_four_esl_workers_serve_and_share_one_cap(servers, tmp_path):
     assert not any(alive(pid) for pid in pids)
 
 
+@needs_shm
 def test_an_esl_worker_that_cannot_start_is_a_crash_loop(servers, tmp_path):
     plans = sqlite_plans(tmp_path)
     server = esl(servers, tmp_path, plans, "--crash-limit", "3/60", workers=2)
@@ -508,6 +519,7 @@ def shared_http(servers, tmp_path, store, *args) -> Supervised:
                    "--at-tolerance", "inf", *args, cwd=tmp_path, banner_end="  also:")
 
 
+@needs_shm
 def test_20000_calls_ended_at_random_workers_are_each_charged_exactly_once(servers, tmp_path):
     import random
 
@@ -533,6 +545,7 @@ def test_20000_calls_ended_at_random_workers_are_each_charged_exactly_once(serve
     assert server.stop() == 0
 
 
+@needs_shm
 def test_a_calls_cap_is_exact_across_workers(servers, tmp_path):
     capped = {"numbers": [{**BILLED["numbers"][0], "caps": [{"metric": "calls", "per": "day", "limit": 500}]}]}
     store = tel400.SqliteStore(tmp_path / "plans.db")
@@ -558,6 +571,7 @@ def test_a_calls_cap_is_exact_across_workers(servers, tmp_path):
     assert server.stop() == 0
 
 
+@needs_shm
 def test_calls_of_a_killed_worker_are_charged_through_the_others(servers, tmp_path):
     import random
 
@@ -580,6 +594,7 @@ def test_calls_of_a_killed_worker_are_charged_through_the_others(servers, tmp_pa
     assert server.stop() == 0
 
 
+@needs_shm
 def test_a_worker_killed_while_charging_leaves_no_call_uncharged(servers, tmp_path):
     """SIGKILL lands mid-run, most likely inside an end being charged: no call goes uncharged.
 
