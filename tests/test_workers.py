@@ -190,6 +190,7 @@ def test_four_http_workers_serve_one_port_and_the_first_start_happens_once(serve
     out = "".join(server.out)
     # the banner, the operator's password and the example company's: printed once, by the first start
     assert out.count("listening on") == 1 and out.count("portal:  operator") == 1 and out.count("company 400") == 1
+    assert "(cython, 4 workers), listening on" in out
     assert (tmp_path / "data" / "admin-token").exists()
     assert "4 workers started" in server.stderr()
     assert not any(alive(pid) for pid in pids)

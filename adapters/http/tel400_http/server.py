@@ -373,9 +373,10 @@ def banner(service: Service, url: str, args) -> str:
     numbers = service.router.number_count
     token = (f'"Authorization: Bearer $(cat {pathlib.Path(args.data) / "admin-token"})"' if not args.tokens
              else '"Authorization: Bearer $TOKEN"')
+    workers_note = f", {args.workers} workers" if args.workers > 1 else ""
     return "\n".join([
         f"tel400-http {tel400.__version__}: {numbers} numbers from {service.store.url} "
-        f"({service.router.implementation}), listening on {url}",
+        f"({service.router.implementation}{workers_note}), listening on {url}",
         *_portal_lines(service, url, args),  # first: what a person opens in a browser
         f"  route:   curl -s {url}/v1/route -d '{{\"dialed\": \"4001012345\", \"caller\": \"13901012345\"}}'",
         f"  admin:   curl -s -H {token} {url}/v1/numbers",
