@@ -104,9 +104,9 @@ def test_http_cpu_per_request_by_workers(benchmark, tmp_path):
     servers: dict[int, Process] = {}
     try:
         for n in WORKERS:
-            # no call_id in these routes: no call is remembered, the calls registry is never used
+            # no call_id in these routes: no call is remembered, the calls registry is not used
             servers[n] = Process([exe, "--plans", str(plans), "--port", "0", "--workers", str(n),
-                                  "--counters", f"shm:///{tmp_path}/counters-{n}", "--calls", "memory://",
+                                  "--counters", f"shm:///{tmp_path}/counters-{n}",
                                   "--data", str(tmp_path / f"data-{n}"), "--records", "none", "--no-portal",
                                   "--sms-db", "none", "--log-level", "warning"], tmp_path / f"http-{n}.log")
         urls = {}

@@ -144,7 +144,7 @@ def servers():
 
 def http(servers, tmp_path, *args: str, workers: int = 4) -> Supervised:
     return servers("tel400-http", "--workers", str(workers), "--counters", f"shm:///{tmp_path}/counters",
-                   "--data", str(tmp_path / "data"), "--calls", "memory://", *args,  # XXX until shared calls
+                   "--data", str(tmp_path / "data"), *args,
                    cwd=tmp_path, banner_end="  also:")
 
 

@@ -62,13 +62,14 @@ def worker_policy(args: argparse.Namespace, grace_s: float) -> "Policy":
     return Policy.parse_crash_limit(args.crash_limit, stop_timeout_s=grace_s + 10)
 
 
-def open_call_registry(spec: str | None, *, max_calls: int, max_age_s: float):
-    """The calls in progress ``--calls`` names (``None``: this process's memory)."""
-    from . import calls
+def open_call_registry(spec: str | None, **bounds):
+    """The calls in progress ``--calls`` names (``None``: this process's memory); ``ValueError`` naming it.
 
-    opener = getattr(calls, "open_calls", None)
-    if opener is None:  # until the shared registries land (branch shared-calls): memory only
-        if spec not in (None, "memory://"):
-            raise ValueError(f"--calls {spec}: this build keeps calls in memory only")
-        return calls.CallRegistry(max_calls=max_calls, max_age_s=max_age_s)
-    return opener(spec, max_calls=max_calls, max_age_s=max_age_s)
+    ``bounds``: ``max_calls``, ``max_age_s`` (:func:`tel400.calls.open_calls`' defaults otherwise).
+    """
+    from .calls import open_calls
+
+    try:
+        return open_calls(spec, **bounds)
+    except ValueError as exc:
+        raise ValueError(f"--calls: {str(exc).removeprefix('calls: ')}") from None

@@ -662,7 +662,11 @@ def main(argv=None) -> int:
         return 2
     if args.workers > 1:
         return _serve_workers(args, settings, policy, allow, supervision)
-    router, store = _router(args, policy)
+    try:
+        router, store = _router(args, policy)
+    except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+        print(f"tel400-esl: {exc}", file=sys.stderr)
+        return 2
     raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
     asyncio.run(_serve(args, router, settings, allow, f"{router.number_count} numbers from {store.url}"))
     return 0
@@ -679,8 +683,7 @@ def _router(args, policy) -> tuple[tel400.Router, object]:
     store = tel400.open_store(args.plans, create=False)  # a mistyped path is an error, not an empty store
     # A call's end comes on the call's own connection, so one worker's memory keeps its calls (the
     # default); --calls shares them (a registry tel400-http's end_url reports into too).
-    extra = {} if args.calls is None else {"calls": open_call_registry(args.calls, max_calls=200_000,
-                                                                       max_age_s=args.max_call)}
+    extra = {} if args.calls is None else {"calls": open_call_registry(args.calls, max_age_s=args.max_call)}
     # Streamed: each number is compiled as it is read; the watcher then applies changed numbers only.
     router = tel400.Router.from_store(store, args.counters, pin_policy=policy, **extra)
     tel400.PlanWatcher(router, store, version=router.plans_version).start()
@@ -722,7 +725,11 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
             sock.close()
 
     def first_start() -> int:
-        router, store = _router(args, policy)
+        try:
+            router, store = _router(args, policy)
+        except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+            print(f"tel400-esl: {exc}", file=sys.stderr)
+            return 2
         print(f"tel400-esl: {router.number_count} numbers from {store.url}, listening on {args.host}:{port} "
               f"({tel400.IMPLEMENTATION}, {args.workers} workers) for FreeSWITCH at {allow} (--allow)",
               file=sys.stderr, flush=True)
@@ -732,7 +739,7 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
         structlog.contextvars.bind_contextvars(worker=worker)  # every log line says which worker
         router, _ = _router(args, policy)
         raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
-        hand_over(args.host, args.port, workers.own_socket(socks, worker))  # EslServer.start serves the parent's socket
+        hand_over(args.host, args.port, workers.own_socket(socks, worker))  # EslServer.start serves it
         _log.info("esl_worker_serving", pid=os.getpid(), port=port)
         asyncio.run(_serve(args, router, settings, allow, None))
         return 0
