@@ -449,9 +449,14 @@ def used(store, tmp_path) -> dict[str, int]:
     return {u.cap.metric: int(u.used) for u in router.cap_usage(NUMBER)}
 
 
-async def route_all(port: int, ids: list[str], conns: int = 16) -> dict[str, int]:
-    """Route every call (keep-alive connections, ``conns`` at once): call id → the worker that routed it."""
+async def route_all(port: int, ids: list[str], conns: int = 16, workers: int = 4) -> dict[str, int]:
+    """Route every call (keep-alive connections, ``conns`` at once or more, till every worker holds one):
+    call id → the worker that routed it."""
     pool = [await Connection.open(port) for _ in range(conns)]
+    while len({conn.worker for conn in pool}) < workers:  # the kernel's hash left one out: another connection
+        pool.append(await Connection.open(port))
+        assert len(pool) < 1000
+    conns = len(pool)
     routed: dict[str, int] = {}
 
     async def run(conn: Connection, mine: list[str]) -> None:
@@ -514,10 +519,19 @@ def billed_minutes(durations: dict[str, int]) -> int:
     return sum(-(-d // 60) for d in durations.values())
 
 
-def shared_http(servers, tmp_path, store, *args) -> Supervised:
+def shared_http(servers, tmp_path, store, *args, records: str = "none") -> Supervised:
     return servers("tel400-http", "--workers", "4", "--counters", f"shm:///{tmp_path}/counters",
-                   "--data", str(tmp_path / "data"), "--plans", store.url, "--records", "none",
-                   "--at-tolerance", "inf", *args, cwd=tmp_path, banner_end="  also:")
+                   "--data", str(tmp_path / "data"), "--plans", store.url, "--records", records,
+                   *args, cwd=tmp_path, banner_end="  also:")
+
+
+def report(server: Supervised, tmp_path) -> dict:
+    """This month's report of NUMBER (from the call records every worker writes)."""
+    token = (tmp_path / "data" / "admin-token").read_text().strip()
+    req = urllib.request.Request(f"{server.url}/v1/numbers/{NUMBER}/report",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
 
 
 @needs_shm
@@ -525,7 +539,8 @@ def test_20000_calls_ended_at_random_workers_are_each_charged_exactly_once(serve
     import random
 
     store = billed_store(tmp_path)
-    server = shared_http(servers, tmp_path, store)  # calls: the default, sqlite:///DATA/calls.db
+    # calls: the default, sqlite:///DATA/calls.db; records: DATA/records.db, written by every worker
+    server = shared_http(servers, tmp_path, store, records=str(tmp_path / "data" / "records.db"))
     server.workers(4)
     seen_workers(server, 4)
     rng = random.Random(15)
@@ -543,6 +558,10 @@ def test_20000_calls_ended_at_random_workers_are_each_charged_exactly_once(serve
     again = asyncio.run(end_all(server.port, {call_id: 60 for call_id in ids[:500]}))
     assert all([status for status, _ in a] == [404] for a in again.values())
     assert used(store, tmp_path) == {"calls": 20_000, "minutes": billed_minutes(durations)}
+    # the month's report sums the records of all workers: the same figures (each writer flushes within a second)
+    until(lambda: (lambda r: r["calls"] == 20_000 and r["minutes"] == billed_minutes(durations))(
+        report(server, tmp_path)), timeout_s=30, every_s=0.5, what="the report to sum every call")
+    assert "record_write_failed" not in server.stderr() and "record_end_unmatched" not in server.stderr()
     assert server.stop() == 0
 
 
@@ -642,7 +661,7 @@ def test_with_redis_counters_the_workers_share_calls_in_the_same_redis(servers, 
     rng = random.Random(18)
     ids = [f"r{i}" for i in range(2_000)]
     durations = {call_id: rng.randint(1, 600) for call_id in ids}
-    routed = asyncio.run(route_all(server.port, ids, conns=8))
+    routed = asyncio.run(route_all(server.port, ids, conns=8, workers=3))
     answers = asyncio.run(end_all(server.port, durations, tasks=8))
     assert all([status for status, _ in a] == [200] for a in answers.values())
     assert sum(1 for call_id, a in answers.items() if a[0][1] != routed[call_id]) > len(ids) // 3
@@ -665,3 +684,44 @@ def test_the_supervisor_policy():
             Policy.parse_crash_limit(bad)
     with pytest.raises(ValueError):
         Policy(backoff_s=10, backoff_max_s=5)
+
+
+def test_a_call_end_taken_before_its_record_is_written_waits_for_the_record(tmp_path):
+    """Two workers' record writers on one database: the call's end (worker B) may come before the routing
+    worker (A) wrote the call's record; B keeps it for the next batches, then drops and counts it."""
+    import sqlite3
+    import zoneinfo
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    from tel400_http.records import CallRecords
+
+    def zone(number):
+        return zoneinfo.ZoneInfo("Asia/Shanghai")
+
+    path = str(tmp_path / "records.db")
+    a = CallRecords(path, zone_of=zone, interval_s=0.02, retention_days=1e6)
+    b = CallRecords(path, zone_of=zone, interval_s=0.02, retention_days=1e6, end_wait_s=1.0)
+    try:
+        def charge(call_id):
+            return SimpleNamespace(call_id=call_id, duration_s=61, billed_s=120, cost=Decimal("0.2"), target=None)
+
+        b.ended(charge("x1"))
+        assert b.flush()
+        time.sleep(0.1)  # B has tried: no record yet
+        a.decision(SimpleNamespace(call_id="x1", number=NUMBER, caller="13901012345", province="CN-BJ", rule="r",
+                                   action="bridge", reason="ok", channel="voice", targets=("13901010001",)),
+                   time.time())
+        assert a.flush()
+
+        def billed():
+            with sqlite3.connect(path) as db:
+                return db.execute("SELECT billed_s FROM records WHERE call_id = 'x1'").fetchone()
+
+        assert until(lambda: billed() == (120,), timeout_s=5, what="the end written on the record")
+        b.ended(charge("never"))  # a call whose record never comes
+        until(lambda: b.ends_unmatched == 1, timeout_s=5, what="the end dropped after end_wait_s")
+        assert not b._waiting
+    finally:
+        a.close()
+        b.close()

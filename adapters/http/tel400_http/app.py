@@ -595,6 +595,9 @@ class _ServiceCollector:
             yield CounterMetricFamily("tel400_http_records_dropped", "Call records dropped: the writer fell behind.",
                                       value=r.dropped)
             yield CounterMetricFamily("tel400_http_record_errors", "Call record writes that failed.", value=r.errors)
+            yield CounterMetricFamily("tel400_http_record_ends_unmatched",
+                                      "Call ends not written: their call's record never came (end_wait_s).",
+                                      value=r.ends_unmatched)
             yield GaugeMetricFamily("tel400_http_records_pending", "Call records waiting to be written.",
                                     value=r.pending)
 
