@@ -725,3 +725,28 @@ def test_a_call_end_taken_before_its_record_is_written_waits_for_the_record(tmp_
     finally:
         a.close()
         b.close()
+
+
+@needs_shm
+def test_esl_workers_with_shared_calls_charge_each_call_once(servers, tmp_path):
+    """tel400-esl --calls sqlite://: the calls wait in the shared registry for their end; all charged once."""
+    store = billed_store(tmp_path)
+    calls_db = tmp_path / "calls.db"
+    server = esl(servers, tmp_path, store.url, "--calls", f"sqlite:///{calls_db}", workers=3)
+    server.workers(3)
+
+    async def calls():
+        peer = FreeSwitchPeer()
+        return await asyncio.gather(*(peer.play("127.0.0.1", server.port,
+                                                Call(destination=NUMBER, bridge=lambda legs: (legs[0], 61)))
+                                      for _ in range(60)))
+
+    played = asyncio.run(calls())
+    assert all(not c.parked and c.hangup_cause == "NORMAL_CLEARING" for c in played)
+    assert used(store, tmp_path) == {"calls": 60, "minutes": 120}  # 61 s: 2 minutes each
+    import sqlite3
+
+    with sqlite3.connect(calls_db) as db:  # every call was remembered there (its end found it) and settled
+        assert db.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+        assert db.execute("SELECT n FROM calls_count").fetchone() == (0,)
+    assert server.stop() == 0
