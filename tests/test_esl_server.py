@@ -328,3 +328,61 @@ def test_pin_policy_options_of_both_commands(tmp_path):
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "tel400-esl"), "--plans", str(plans),
                            "--pin-number-lockout", "twenty"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "FAILURES/SECONDS like 20/600" in done.stderr
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full", "not-full"])
+def test_the_peer_answers_subscriptions_as_mod_event_socket_does(full):
+    """myevents twice, event/nixevent/linger without full, and only subscribed events sent."""
+    from tel400_freeswitch.protocol import EslProtocol, command, sendmsg
+
+    async def scenario():
+        talk = []
+
+        async def serve(reader, writer):
+            protocol = EslProtocol()
+
+            async def ask(data: bytes, frames_wanted: int):
+                writer.write(data)
+                got = []
+                while len(got) < frames_wanted:
+                    chunk = await reader.read(65536)
+                    assert chunk
+                    protocol.receive_data(chunk)
+                    got += list(protocol.frames())
+                return got
+
+            talk.append(await ask(command("connect"), 1))
+            talk.append(await ask(command("myevents"), 1))
+            talk.append(await ask(command("myevents"), 1))
+            talk.append(await ask(command("nixevent", "CHANNEL_EXECUTE", "CHANNEL_ANSWER"), 1))
+            talk.append(await ask(command("event", "plain", "NO_SUCH_EVENT"), 1))
+            talk.append(await ask(command("filter", "Unique-ID", call.uuid), 1))
+            # answer: +OK, then (full) only CHANNEL_EXECUTE_COMPLETE; (not full) CHANNEL_EXECUTE, ANSWER, COMPLETE
+            talk.append(await ask(sendmsg("answer", event_uuid="a1"), 2 if full else 4))
+            talk.append(await ask(command("filter", "Unique-ID", "someone-else"), 1))
+            talk.append(await ask(command("filter", "delete", "Unique-ID", call.uuid), 1))
+            # only the filter for another channel is left: this channel's events are held back
+            talk.append(await ask(sendmsg("answer", event_uuid="a2"), 1))
+            talk.append(await ask(command("exit"), 2))
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        call = Call(full=full, interleave=False)
+        async with server:
+            await FreeSwitchPeer().play("127.0.0.1", server.sockets[0].getsockname()[1], call, timeout=10)
+        return talk
+
+    talk = run(scenario())
+    texts = [[f.reply_text if f.is_reply else (f.event.name if f.event else f.content_type) for f in frames]
+             for frames in talk]
+    refused = "-ERR command not found"
+    assert texts[1] == ["+OK Events Enabled"] and texts[2] == ["-ERR aready enabled."]  # sic, as FreeSWITCH
+    assert texts[3] == ["+OK events nixed" if full else refused]
+    assert texts[4] == ["-ERR no keywords supplied" if full else refused]
+    assert texts[5][0].startswith("+OK filter added.")  # filter works without full too
+    if full:
+        assert texts[6] == ["+OK", "CHANNEL_EXECUTE_COMPLETE"]
+    else:
+        assert texts[6] == ["+OK", "CHANNEL_EXECUTE", "CHANNEL_ANSWER", "CHANNEL_EXECUTE_COMPLETE"]
+    assert texts[8][0].startswith("+OK filter deleted.")
+    assert texts[9] + texts[10] == ["+OK", "+OK bye", "text/disconnect-notice"]

@@ -23,8 +23,8 @@ application, an event after the end).
 
 States (docs/freeswitch.md has the table):
 
-``CONNECTING``  ``connect`` sent, waiting for the channel data;
-``SUBSCRIBING`` ``myevents``, ``nixevent …``, ``linger`` sent together, waiting for their replies;
+``CONNECTING``  ``connect``, ``myevents``, ``nixevent …``, ``linger`` sent in one write, waiting for the channel data;
+``SUBSCRIBING`` waiting for the other three replies;
 ``ROUTING``     waiting for a decision (the router, or a PIN check);
 ``RUNNING``     a step sent, waiting for its reply and its ``CHANNEL_EXECUTE_COMPLETE``;
 ``ENDING``      waiting for ``CHANNEL_HANGUP_COMPLETE`` (at most ``reply_timeout_s``);
@@ -69,6 +69,18 @@ UNNEEDED_EVENTS = (
 )
 #: applications that last as long as the call: bounded by the call's limit, not the application timeout
 AS_LONG_AS_THE_CALL = frozenset({"bridge", "callcenter", "conference"})
+
+# FreeSWITCH reads a command at a time (read_packet takes one byte per recv),
+# so the commands that need no answer first go in one write: one round trip
+# for the channel data and the subscription.
+_CONNECT = command("connect")
+_MYEVENTS = command("myevents")
+_NIXEVENT = command("nixevent", *UNNEEDED_EVENTS)
+_LINGER = command("linger")
+_EXIT = command("exit")
+#: applications that only set variables: sent in the same write as the next step (FreeSWITCH
+#: runs a channel's queued sendmsg in order), their end not waited for, a refusal still seen
+SETTERS = frozenset({"multiset", "set", "export"})
 
 # what can happen to a session: the keys of TRANSITIONS besides the state
 REPLY, EXECUTE_COMPLETE, HANGUP_COMPLETE, BRIDGED, LINGER, DISCONNECT, DECISION, LOST, LATE = (
@@ -129,7 +141,10 @@ class Session:
         self._running_uuid: str | None = None
         self._replied = False  # the running step's reply came
         self.ignored = 0  # frames and news the state had no use for (late replies, foreign events)
-        self._send(command("connect"), "connect")
+        self._send(_CONNECT, "connect")
+        self._send(_MYEVENTS, "myevents")
+        self._send(_NIXEVENT, "nixevent")
+        self._send(_LINGER, "linger")
 
     # -- what the shell reads ------------------------------------------------------------
 
@@ -258,10 +273,6 @@ class Session:
         self.dialed = headers.get("Caller-Destination-Number") or headers.get("variable_sip_req_user")
         self.caller = headers.get("Caller-Caller-ID-Number") or headers.get("variable_sip_from_user")
         self.state = SUBSCRIBING
-        # one write, three replies in order: FreeSWITCH reads a command at a time
-        self._send(command("myevents"), "myevents")
-        self._send(command("nixevent", *UNNEEDED_EVENTS), "nixevent")
-        self._send(command("linger"), "linger")
 
     # SUBSCRIBING
     def _subscribe_reply(self, data) -> None:
@@ -305,6 +316,9 @@ class Session:
             if self.hungup:
                 break
             self.state = RUNNING
+            if step.app in SETTERS and self._steps:
+                self._send(sendmsg(step.app, step.arg, event_uuid=f"tel400-{_prefix}-{next(_event_uuids)}"), "setter")
+                continue
             self._running, self._replied = step, False
             if step.app == HANGUP:
                 self._running_uuid = None
@@ -319,6 +333,10 @@ class Session:
     # RUNNING
     def _step_reply(self, data) -> None:
         what, frame = data
+        if what == "setter":
+            if not frame.ok:  # refused: the channel is gone; the step sent with it is refused too
+                _log.debug("esl_call_ended_early", uuid=self.uuid, why=f"refused: {frame.reply_text}")
+            return
         if what not in ("execute", "hangup") or self._replied:
             self.ignored += 1
             return
@@ -392,7 +410,7 @@ class Session:
         self._end_deadline = None
         self._report_end()
         self.state = CLOSING
-        self._send(command("exit"), "exit")
+        self._send(_EXIT, "exit")
 
     # CLOSING
     def _bye(self, data) -> None:
@@ -422,7 +440,7 @@ class Session:
         """
         if not self.hungup:
             self._out.append(hangup(actions.FAILURE_CAUSE))
-        self._out.append(command("exit"))
+        self._out.append(_EXIT)
         self._report_end()
         self._closed("close")
 
