@@ -13,8 +13,13 @@ events, routes with ``Router.route()`` and makes FreeSWITCH do it:
   ``hangup`` with a fitting cause;
 * ``collect_pin`` — ``play_and_get_digits`` (4–8 digits), then routing again
   with the PIN, a few attempts per call, lockout honoured;
-* ``queue`` — ``callcenter``; ``conference`` — ``conference``;
+* ``queue`` — ``answer``, ``callcenter``; ``conference`` — ``answer``, ``conference``;
 * at ``CHANNEL_HANGUP_COMPLETE`` — ``router.call_ended(uuid, billsec)``.
+
+The applications are :func:`tel400_freeswitch.actions.carry_out`'s; the
+call's conversation is :class:`tel400_freeswitch.session.Session`, a sans-IO
+state machine; this module is the asyncio shell around it (one
+:class:`asyncio.Protocol` per connection, no task per call).
 
 Every path ends with the call bridged or hung up: a failure inside tel400 or
 a refused application ends in the fallback notice and a hangup, and the
