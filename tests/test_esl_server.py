@@ -386,3 +386,37 @@ def test_the_peer_answers_subscriptions_as_mod_event_socket_does(full):
         assert texts[6] == ["+OK", "CHANNEL_EXECUTE", "CHANNEL_ANSWER", "CHANNEL_EXECUTE_COMPLETE"]
     assert texts[8][0].startswith("+OK filter deleted.")
     assert texts[9] + texts[10] == ["+OK", "+OK bye", "text/disconnect-notice"]
+
+
+def test_every_call_ends_exactly_once_whatever_the_peer_does(router):
+    """Normal, failed bridge, disconnect mid-call, garbage, stuck application, silence: one call_ended each."""
+    ended: list[str] = []
+
+    class Counting:
+        longest_call_s = router.longest_call_s
+        pin_policy = router.pin_policy
+
+        def route(self, *args, **kwargs):
+            return router.route(*args, **kwargs)
+
+        def call_ended(self, uuid, seconds, target=None):
+            ended.append(uuid)
+            return router.call_ended(uuid, seconds, target)
+
+    calls = [
+        Call(caller="13901012345", bridge=lambda legs: (legs[0], 1)),
+        Call(caller="13901012345", bridge=lambda legs: (None, 0)),
+        Call(caller="13902001234", disconnect_after_apps=1),
+        Call(caller="13901012345", garbage_after_connect=True),
+        Call(destination="4001000001", stuck_apps=frozenset({"playback"})),
+        Call(destination="4001000001", silent_after_commands=5),
+        Call(destination="4001532532", digits=["1111", "2468"], split_bytes=True, interleave=True),
+    ]
+    settings = Settings(gateway="gw1", prompt_dir=SOUNDS, reply_timeout_s=0.5, app_timeout_s=0.5)
+
+    async def scenario(server, peer):
+        return await asyncio.gather(*(peer.play("127.0.0.1", server.port, c, timeout=20) for c in calls))
+
+    run(with_server(Counting(), scenario, settings))
+    assert sorted(ended) == sorted(c.uuid for c in calls)  # each once, none lost
+    assert router.calls_in_progress == 0
