@@ -414,3 +414,7 @@ def test_the_shell_failing_mid_call_plays_the_fallback():
     s.data_to_send()
     s.failed(RuntimeError("simulated"))
     assert apps(s.data_to_send()) == [("answer", "")]  # the fallback notice starts over
+    s.receive_frame(reply())  # the first answer's reply: in order, so not the fallback's
+    assert not s._replied and s.ignored == 1 and s.deadline == 1000.0 + 10
+    s.receive_frame(reply())
+    assert s._replied and s.deadline == 1000.0 + 60  # now the application's bound

@@ -325,7 +325,7 @@ class Session:
                 self._send(hangup(step.arg), "hangup")
             else:
                 self._running_uuid = f"tel400-{_prefix}-{next(_event_uuids)}"
-                self._send(sendmsg(step.app, step.arg, event_uuid=self._running_uuid), "execute")
+                self._send(sendmsg(step.app, step.arg, event_uuid=self._running_uuid), self._running_uuid)
             return
         self._running = None
         self._wait_for_end()
@@ -337,8 +337,8 @@ class Session:
             if not frame.ok:  # refused: the channel is gone; the step sent with it is refused too
                 _log.debug("esl_call_ended_early", uuid=self.uuid, why=f"refused: {frame.reply_text}")
             return
-        if what not in ("execute", "hangup") or self._replied:
-            self.ignored += 1
+        if self._running is None or self._replied or what != (self._running_uuid or "hangup"):
+            self.ignored += 1  # the reply of a step given up on (replies come in order: it is not ours)
             return
         self._replied = True
         step = self._running
