@@ -418,3 +418,27 @@ def test_the_shell_failing_mid_call_plays_the_fallback():
     assert not s._replied and s.ignored == 1 and s.deadline == 1000.0 + 10
     s.receive_frame(reply())
     assert s._replied and s.deadline == 1000.0 + 60  # now the application's bound
+
+
+def test_the_goodbye_notice_also_ends_the_closing():
+    s, _ = routed()
+    s.take_request()
+    s.receive_frame(hangup_complete())
+    s.decided(BRIDGE)
+    assert s.state == sm.CLOSING
+    s.receive_frame(notice("disconnect"))  # FreeSWITCH's "Disconnected, goodbye." without the +OK bye
+    assert s.state == sm.CLOSED and s.close == "close"
+
+
+def test_a_linger_notice_while_an_application_runs_leaves_the_wait_to_its_end():
+    s, clock = routed()
+    s.take_request()
+    s.decided(decision("reject", "closed", prompt="closed"))
+    s.data_to_send()
+    s.receive_frame(reply())
+    s.receive_frame(notice("linger"))
+    assert s.hungup and s.state == sm.RUNNING
+    s.receive_frame(complete(running_uuid(s)))
+    assert s.state == sm.ENDING and s.data_to_send() == b""  # no more applications on a gone channel
+    end = finish(s, hangup_complete(0))
+    assert end == CallEnd(UUID, 0, None, True)

@@ -414,7 +414,7 @@ class Session:
 
     # CLOSING
     def _bye(self, data) -> None:
-        if isinstance(data, tuple) and data[0] != "exit":
+        if data[0] != "exit":
             self.ignored += 1  # the reply of a command sent before the end
             return
         self._closed("close")
@@ -491,6 +491,7 @@ class Session:
 
 
 S = Session
+_LIVE = (CONNECTING, SUBSCRIBING, ROUTING, RUNNING, ENDING, CLOSING)
 #: (state, what happened) → handler.  Missing pairs are ignored (and counted).
 TRANSITIONS: dict[tuple[str, str], Callable[[Session, object], None]] = {
     (CONNECTING, REPLY): S._connect_reply,
@@ -503,10 +504,9 @@ TRANSITIONS: dict[tuple[str, str], Callable[[Session, object], None]] = {
     (ENDING, HANGUP_COMPLETE): S._ended_while_ending,
     (ENDING, LINGER): S._ended_while_ending,
     (CLOSING, REPLY): S._bye,
-    (CLOSING, DISCONNECT): S._bye,
     (CLOSING, LATE): S._late_while_closing,
-    **{(state, LATE): S._late for state in (CONNECTING, SUBSCRIBING, ROUTING, RUNNING, ENDING)},
-    **{(state, DISCONNECT): S._disconnected for state in (CONNECTING, SUBSCRIBING, ROUTING, RUNNING, ENDING)},
-    **{(state, LOST): S._lost for state in (CONNECTING, SUBSCRIBING, ROUTING, RUNNING, ENDING, CLOSING)},
+    **{(state, LATE): S._late for state in _LIVE if state != CLOSING},
+    **{(state, DISCONNECT): S._disconnected for state in _LIVE},
+    **{(state, LOST): S._lost for state in _LIVE},
 }
 del S
