@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -261,14 +262,15 @@ def test_500_concurrent_calls(make_router):
     assert firsts.count("13901010001") == 150 and firsts.count("13901010002") == 350
 
 
-def test_the_tel400_esl_command(tmp_path):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_tel400_esl_command(tmp_path, loop):
     port = free_port()
     exe = ROOT / ".venv" / "bin" / "tel400-esl"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tel400_freeswitch.server"]
     process = subprocess.Popen(
         [*cmd, "--plans", str(EXAMPLES / "manual.toml"), "--port", str(port), "--gateway", "gw9",
          "--prompt-dir", "/sounds", "--prompt-ext", "mp3"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TEL400_ESL_LOOP": loop},
     )
     try:
         line = process.stderr.readline()

@@ -308,17 +308,18 @@ class EslServer:
 
 
 def use_uvloop() -> str:
-    """Run on uvloop when it is installed (``uvicorn[standard]`` brings it), else asyncio's own loop.
+    """``TEL400_ESL_LOOP=uvloop``: run on uvloop if it is installed; asyncio's own loop otherwise.
 
-    uvloop's transports cut the shell's share of a call's CPU by about a
-    fifth (docs/performance.md); ``TEL400_ESL_LOOP=asyncio`` keeps the
-    standard loop.  Returns the loop's name.
+    Off by default: on the benchmark (bench/test_bench_esl.py) uvloop did
+    not clearly lower the CPU per call (within the noise of a loaded
+    2-core machine).  Returns the loop's name.
     """
-    if os.environ.get("TEL400_ESL_LOOP", "").lower() == "asyncio":
+    if os.environ.get("TEL400_ESL_LOOP", "").lower() != "uvloop":
         return "asyncio"
     try:
         import uvloop
     except ImportError:
+        _log.warning("esl_no_uvloop", hint="TEL400_ESL_LOOP=uvloop but uvloop is not installed: asyncio's loop")
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
