@@ -139,7 +139,11 @@ class EslCall(asyncio.Protocol):
     # -- the session's side ------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Carry out what the session asks for: decisions, writes, the end, the timer, the close."""
+        """Carry out what the session asks for: decisions, writes, the end, the timer, the close.
+
+        Runs after every batch of frames: it peeks at the session's pending
+        request, end and output before taking them, the cheap test first.
+        """
         session = self.session
         request = session._request
         while request is not None:
