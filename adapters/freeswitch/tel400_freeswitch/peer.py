@@ -26,9 +26,10 @@ against this peer, written from FreeSWITCH's own source
   carrying the ``Event-UUID`` as ``Application-UUID``.
 
 Options make it nastier: every frame split into single bytes, unrelated
-events (another application's CHANNEL_EXECUTE_COMPLETE) sent before each reply, a disconnect in the middle of the call, a
-garbled frame, silence after some commands (read but never answered),
-applications that never complete while heartbeats keep coming.  It records
+events (another application's CHANNEL_EXECUTE_COMPLETE, when subscribed)
+sent before each reply, a disconnect in the middle of the call, a garbled
+frame, silence after some commands (read but never answered), applications
+that never complete while such unrelated events keep coming.  It records
 what the adapter made the channel do.
 """
 
@@ -96,7 +97,7 @@ class Call:
     silent_after_commands: int | None = None
     #: applications that start but never complete (a stuck playback, say)
     stuck_apps: frozenset[str] = frozenset()
-    #: while an application is stuck, another application's end this often (seconds), to keep a careless waiter waiting
+    #: while an application is stuck, another application's end this often (seconds): a careless waiter keeps waiting
     heartbeat_s: float | None = None
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
     # -- filled in by the peer --
