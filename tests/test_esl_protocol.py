@@ -207,3 +207,16 @@ def test_hangup():
     assert hangup("USER_BUSY") == b"sendmsg\ncall-command: hangup\nhangup-cause: USER_BUSY\n\n"
     with pytest.raises(ValueError):
         hangup("NORMAL\nexit")
+
+
+# -- stray blank lines and a buffer that stays bounded -------------------------------------
+
+
+@pytest.mark.parametrize("blank", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_a_flood_of_blank_lines_is_skipped_without_recursion(blank):
+    # 200 KB of empty lines between two frames: skipped in a loop (it was one
+    # recursive call per line, RecursionError), and not counted against the
+    # header limit, which is smaller than the flood.
+    proto = EslProtocol(max_header_bytes=1024)
+    proto.receive_data(reply_frame("+OK one") + blank * 200_000 + reply_frame("+OK two"))
+    assert [f.reply_text for f in proto.frames()] == ["+OK one", "+OK two"]
