@@ -220,3 +220,27 @@ def test_a_flood_of_blank_lines_is_skipped_without_recursion(blank):
     proto = EslProtocol(max_header_bytes=1024)
     proto.receive_data(reply_frame("+OK one") + blank * 200_000 + reply_frame("+OK two"))
     assert [f.reply_text for f in proto.frames()] == ["+OK one", "+OK two"]
+
+
+def test_a_repeated_name_keeps_its_last_value_whatever_its_case():
+    frames = parse(b"Content-Type: command/reply\nx: 1\nX: 2\nx: 3\nReply-Text: %2BOK\n\n")
+    headers = frames[0].headers
+    assert headers.get("X") == headers.get("x") == headers["X"] == "3"  # the last line, any case
+    assert dict(headers.items()) == {"Content-Type": "command/reply", "x": "3", "X": "2", "Reply-Text": "+OK"}
+    assert len(headers) == 4 and list(headers) == ["Content-Type", "x", "X", "Reply-Text"]
+    assert "reply-text" in headers and "Content-Length" not in headers and headers.get("Content-Length", "-") == "-"
+    with pytest.raises(KeyError):
+        headers["Content-Length"]
+
+
+@pytest.mark.parametrize("name", ["x: 1\nX", "Reply-Text:", "", "Müller", "a b"])
+def test_a_name_no_header_line_can_have_is_absent(name):
+    headers = parse(b"Content-Type: command/reply\nx: 1\nReply-Text: +OK\n\n")[0].headers
+    assert headers.get(name) is None  # never a match across lines or inside a value
+
+
+def test_headers_built_from_pairs_behave_like_parsed_ones():
+    from tel400_freeswitch.protocol import Headers
+    headers = Headers([("Event-Name", "HEARTBEAT"), ("Unique-ID", "u-1")])
+    assert headers.get("event-name") == "HEARTBEAT" and headers["UNIQUE-ID"] == "u-1"
+    assert dict(headers) == {"Event-Name": "HEARTBEAT", "Unique-ID": "u-1"} and headers.get("X", 0) == 0
