@@ -244,3 +244,16 @@ def test_headers_built_from_pairs_behave_like_parsed_ones():
     headers = Headers([("Event-Name", "HEARTBEAT"), ("Unique-ID", "u-1")])
     assert headers.get("event-name") == "HEARTBEAT" and headers["UNIQUE-ID"] == "u-1"
     assert dict(headers) == {"Event-Name": "HEARTBEAT", "Unique-ID": "u-1"} and headers.get("X", 0) == 0
+
+
+@pytest.mark.parametrize("data, text", [
+    (b"Content-Type: command/reply\nReply-Text: +OK will linger\n\n", "+OK will linger"),  # as FreeSWITCH writes it
+    (b"Content-Type: command/reply\nReply-Text:  \t+OK\n\n", "+OK"),  # leading blanks go, as before
+    (b"Content-Type: command/reply\nReply-Text: %2BOK\n\n", "+OK"),
+    (b"Content-Type: command/reply\r\nReply-Text: +OK\r\n\r\n", "+OK"),
+    (b"content-type: command/reply\nreply-text: +OK\n\n", "+OK"),
+])
+def test_replies_read_the_same_by_either_path(data, text):
+    (frame,) = parse(data)
+    assert frame.is_reply and frame.reply_text == text and frame.body is None
+    assert frame.headers.get("CONTENT-TYPE") == "command/reply" and frame.headers.get("Content-Length") is None

@@ -25,7 +25,9 @@ session reads about 20):
   (``_FRAME_HEAD``: ``Name: value`` lines up to an empty line).  When the
   block has not fully arrived, the search for its end resumes where the last
   one stopped, so a block arriving a byte at a time costs O(its size), not
-  O(size²).
+  O(size²).  The two heads FreeSWITCH writes most (an event's
+  ``Content-Length``/``Content-Type``, a command's reply) are matched byte for
+  byte first (``_USUAL_HEAD``), their values taken from the match.
 * :class:`Headers` keep the raw block.  ``get(name)`` finds the line
   (case-insensitively, the last one if a name repeats), URL-decodes that one
   value and caches it: O(block) for the first look-up of a block (lower-casing
@@ -295,6 +297,23 @@ _tuple_new = tuple.__new__  # NamedTuple's own __new__ is a Python function: twi
 _CONTENT_LENGTH = b"\ncontent-length:"
 _CONTENT_TYPE = b"\ncontent-type:"
 
+# The two frame heads mod_event_socket writes most, byte for byte: an event's, and a command's reply
+# with nothing to URL-decode.  Matched first, they need no search for Content-Length and Content-Type.
+_USUAL_HEAD = re.compile(rb"(Content-Length: ([0-9]{1,8})\nContent-Type: text/event-plain\n)\n"
+                         rb"|(Content-Type: command/reply\nReply-Text: (?![ \t])([^%\r\n]*+)\n)\n")
+
+
+def _usual_headers(head: re.Match) -> Headers:
+    """The headers of a ``_USUAL_HEAD`` match, with the values it captured already decoded."""
+    if head[1] is not None:
+        headers = _headers(head[1])
+        headers._cache.update({"Content-Length": head[2].decode("ascii"), "Content-Type": "text/event-plain"})
+    else:
+        headers = _headers(head[3])
+        headers._cache.update({"Content-Length": None, "Content-Type": "command/reply",
+                               "Reply-Text": head[4].decode("utf-8", "replace")})
+    return headers
+
 
 def parse_event(body: bytes) -> Event:
     """The event in a ``text/event-plain`` body: its headers checked, its inner body cut.
@@ -400,8 +419,12 @@ class EslProtocol:
                 if start == len(buffer):
                     return None
             if self._scan <= start:  # first look: find the block's end and check its lines in one pass
-                head = _FRAME_HEAD.match(buffer, start, start + self.max_header_bytes + 3)
+                limit = start + self.max_header_bytes + 3  # a block of the limit, and its empty line
+                head = _USUAL_HEAD.match(buffer, start, limit)
                 if head is not None:
+                    headers = _usual_headers(head)
+                    after = head.end()
+                elif (head := _FRAME_HEAD.match(buffer, start, limit)) is not None:
                     if head.end(1) - 1 - start > self.max_header_bytes:
                         raise ProtocolError(f"header block over {self.max_header_bytes} bytes")
                     headers = _headers(head[1])
@@ -412,7 +435,10 @@ class EslProtocol:
                 headers, after = self._search_head(buffer, start)
             if headers is None:
                 return None
-            length_text = headers._cache["Content-Length"] = headers._find(_CONTENT_LENGTH)
+            cache = headers._cache
+            length_text = cache.get("Content-Length", _UNSEEN)
+            if length_text is _UNSEEN:
+                length_text = cache["Content-Length"] = headers._find(_CONTENT_LENGTH)
             if length_text is None:
                 self._start = after
                 return _tuple_new(Frame, (headers, None, None))
@@ -429,7 +455,10 @@ class EslProtocol:
         self._pending = None
         self._start = start + length
         body = bytes(buffer[start:start + length])
-        content_type = headers._cache["Content-Type"] = headers._find(_CONTENT_TYPE)
+        cache = headers._cache
+        content_type = cache.get("Content-Type", _UNSEEN)
+        if content_type is _UNSEEN:
+            content_type = cache["Content-Type"] = headers._find(_CONTENT_TYPE)
         if content_type is not None and content_type.lower() == "text/event-plain":
             return _tuple_new(Frame, (headers, body, parse_event(body)))
         return _tuple_new(Frame, (headers, body, None))
