@@ -257,3 +257,12 @@ def test_replies_read_the_same_by_either_path(data, text):
     (frame,) = parse(data)
     assert frame.is_reply and frame.reply_text == text and frame.body is None
     assert frame.headers.get("CONTENT-TYPE") == "command/reply" and frame.headers.get("Content-Length") is None
+
+
+@pytest.mark.parametrize("first", [b"", reply_frame("+OK")[:10]], ids=["empty-buffer", "a-frame-begun"])
+def test_one_read_over_the_buffer_limit_is_refused(first):
+    proto = EslProtocol(max_header_bytes=100, max_body_bytes=1000)
+    if first:
+        proto.receive_data(first)
+    with pytest.raises(ProtocolError, match="receive buffer over its limit"):
+        proto.receive_data(b"x" * (100 + 1000 + 65536 + 1))

@@ -126,7 +126,7 @@ def _needle(name: str) -> bytes | None:
     A name with ``:`` or a line feed must not match across lines.  Cached:
     the session asks the same few names of every frame.
     """
-    if not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         return None
     return b"\n" + name.lower().encode("ascii") + b":"
 
@@ -144,6 +144,8 @@ class Headers(Mapping):
     ``(name, value)`` pairs.
     """
 
+    # _block: the validated block (None when built from pairs); _folded: the block lower-cased behind a "\n"
+    # (built from pairs: lower-cased name → value); _cache: name as asked → value or None; _all: every header
     __slots__ = ("_block", "_folded", "_cache", "_all")
 
     def __init__(self, pairs: Iterator[tuple[str, str]] = ()) -> None:
@@ -389,19 +391,18 @@ class EslProtocol:
             return
         buffer, start = self._buffer, self._start
         if start == len(buffer):  # everything read: keep the new bytes as they came
-            self._buffer = bytes(data)
+            buffer = bytes(data)
             self._scan = 0
-        else:
+        else:  # compact (once per read, not once per frame) and append
             if type(buffer) is bytes:
                 buffer = bytearray(memoryview(buffer)[start:])
             else:
                 del buffer[:start]
             buffer += data
-            self._buffer = buffer
             self._scan = max(self._scan - start, 0)
-            if len(buffer) > self.max_header_bytes + self.max_body_bytes + _SLACK_BYTES:
-                raise ProtocolError("receive buffer over its limit")
-        self._start = 0
+        self._buffer, self._start = buffer, 0
+        if len(buffer) > self.max_header_bytes + self.max_body_bytes + _SLACK_BYTES:
+            raise ProtocolError("receive buffer over its limit")
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or ``None`` until more bytes arrive.
