@@ -65,7 +65,8 @@ def bridged_call() -> tuple[bytes, ...]:
     conversation = _Conversation("7610dcfe-e294-11e8-b372-4b084ebbf04f", call, recorder)
     commands = [
         protocol.command("connect"), protocol.command("myevents"), protocol.command("linger"),
-        protocol.sendmsg("multiset", "continue_on_fail=true hangup_after_bridge=true", event_uuid="tel400-1-0a1b2c3d"),
+        protocol.sendmsg("multiset", "continue_on_fail=true hangup_after_bridge=true",
+                         event_uuid="tel400-1-0a1b2c3d"),
         protocol.sendmsg("bridge", "{origination_caller_id_number=13901012345}[leg_timeout=30]"
                          "sofia/gateway/gw1/13800138000|[leg_timeout=30]sofia/gateway/gw1/13800138001",
                          event_uuid="tel400-2-4e5f6a7b"),
@@ -110,7 +111,10 @@ def read_like_the_session(writes) -> int:
 
 
 def yardstick(writes) -> int:
-    """The same bytes split into lines and each line at its colon: a cost no parser written in Python goes under."""
+    """The same bytes split into lines and each line at its colon.
+
+    A cost no parser written in Python goes under.
+    """
     n = 0
     for data in writes:
         for line in data.split(b"\n"):
@@ -164,5 +168,6 @@ def test_esl_parser_interleaved(benchmark):
             ratios.append(_batch(yardstick, writes) / parse)
 
     benchmark.pedantic(rounds, rounds=1, iterations=1)
-    benchmark.extra_info.update(calls=CALLS_PER_BATCH * 15 * 2, lines_over_parser=round(statistics.median(ratios), 3),
-                                parser_us_per_call=round(statistics.median(parser_s) / CALLS_PER_BATCH * 1e6, 1))
+    benchmark.extra_info.update(
+        calls=CALLS_PER_BATCH * 15 * 2, lines_over_parser=round(statistics.median(ratios), 3),
+        parser_us_per_call=round(statistics.median(parser_s) / CALLS_PER_BATCH * 1e6, 1))

@@ -20,7 +20,8 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 RESERVED = {"content-length", "content-type", "content-disposition", "reply-text"}
 
 names = st.from_regex(r"\A[A-Za-z][A-Za-z0-9_.\-]{0,30}\Z").filter(lambda n: n.lower() not in RESERVED)
-# no "%": FreeSWITCH leaves an existing %XX escape alone when encoding, so decoding it would not give the text back
+# no "%": FreeSWITCH leaves an existing %XX escape alone when encoding, so decoding it would not
+# give the text back
 values = st.text(st.characters(blacklist_characters="%", blacklist_categories=("Cs",)), max_size=30)
 bodies = st.binary(max_size=60)
 
@@ -36,7 +37,8 @@ def _frame(headers: list[tuple[str, str]], body: bytes | None, crlf: bool) -> by
 
 
 def _expected_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(name, value or "_undef_") for name, value in pairs]  # serialize writes an empty value as FreeSWITCH does
+    # serialize writes an empty value as FreeSWITCH does
+    return [(name, value or "_undef_") for name, value in pairs]
 
 
 def _expected_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -45,7 +47,10 @@ def _expected_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 @st.composite
 def frames(draw):
-    """(bytes, what the parser must return: (headers dict, body, event (headers dict, inner body) or None))."""
+    """(bytes, what the parser must return, lower-cased name → last value).
+
+    What the parser must return: (headers dict, body, event (headers dict, inner body) or None).
+    """
     kind = draw(st.sampled_from(["reply", "api", "event", "disconnect"]))
     crlf = draw(st.booleans())
     extra = draw(st.lists(st.tuples(names, values), max_size=4))
@@ -127,8 +132,9 @@ MAX_HEADER, MAX_BODY, SLACK = 256, 1024, 65536
 # pieces that look like the protocol, so that the garbage gets past the first line now and then
 PIECES = st.one_of(
     st.binary(max_size=40),
-    st.sampled_from([b"\n", b"\r\n", b"\n\n", b": ", b"Content-Length: ", b"Content-Length: 5\n", b"99999999999",
-                     b"Content-Type: text/event-plain\n", b"Content-Type: api/response\n", b"%", b"%4", b"%C3%BC",
+    st.sampled_from([b"\n", b"\r\n", b"\n\n", b": ", b"Content-Length: ", b"Content-Length: 5\n",
+                     b"99999999999", b"Content-Type: text/event-plain\n", b"Content-Type: api/response\n",
+                     b"%", b"%4", b"%C3%BC",
                      b"Event-Name: X\n", b"\xff\xfe", b"\x00"]),
     frames().map(lambda f: f[0]),
 )
@@ -156,7 +162,8 @@ def test_garbage_is_frames_or_a_protocol_error_and_the_buffer_stays_bounded(piec
 
 
 @SETTINGS
-@given(st.binary(min_size=MAX_HEADER + 1, max_size=4 * MAX_HEADER).filter(lambda b: b"\n\n" not in b and b"\n\r\n" not in b),
+@given(st.binary(min_size=MAX_HEADER + 1, max_size=4 * MAX_HEADER)
+       .filter(lambda b: b"\n\n" not in b and b"\n\r\n" not in b),
        st.integers(1, 64))
 def test_a_header_block_that_never_ends_is_refused_at_its_limit(data, step):
     proto = EslProtocol(max_header_bytes=MAX_HEADER, max_body_bytes=MAX_BODY)

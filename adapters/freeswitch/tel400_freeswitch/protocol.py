@@ -144,8 +144,9 @@ class Headers(Mapping):
     ``(name, value)`` pairs.
     """
 
-    # _block: the validated block (None when built from pairs); _folded: the block lower-cased behind a "\n"
-    # (built from pairs: lower-cased name → value); _cache: name as asked → value or None; _all: every header
+    # _block: the validated block (None when built from pairs); _folded: the block lower-cased behind
+    # a "\n" (built from pairs: lower-cased name → value); _cache: name as asked → value or None;
+    # _all: every header, decoded (built on first iteration)
     __slots__ = ("_block", "_folded", "_cache", "_all")
 
     def __init__(self, pairs: Iterator[tuple[str, str]] = ()) -> None:
@@ -285,7 +286,10 @@ def _header_lines(block: bytes, what: str) -> Headers:
 
 
 def _headers(block: bytes) -> Headers:
-    """Headers over a block that matched ``_HEADER_LINES``: lower-cased once, nothing decoded. O(len(block))."""
+    """Headers over a block that matched ``_HEADER_LINES``: lower-cased once, nothing decoded.
+
+    O(len(block)).
+    """
     headers = _new(Headers)
     headers._block = block
     headers._folded = b"\n" + block.lower()  # "\n": the first line is found like the others
@@ -362,7 +366,8 @@ class EslProtocol:
     a connection, however the bytes are split.
     """
 
-    def __init__(self, *, max_header_bytes: int = MAX_HEADER_BYTES, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, *, max_header_bytes: int = MAX_HEADER_BYTES,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self._buffer: bytes | bytearray = b""
         self._start = 0  # the first byte not yet returned in a frame
         # where the search for the end of an incomplete header block resumes (0: not searched yet)
@@ -375,7 +380,10 @@ class EslProtocol:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes received and not yet returned in a frame (at most ``max_header_bytes + max_body_bytes`` + 64 KiB)."""
+        """Bytes received and not yet returned in a frame.
+
+        At most ``max_header_bytes + max_body_bytes`` + 64 KiB.
+        """
         return len(self._buffer) - self._start
 
     def receive_data(self, data: bytes) -> None:
