@@ -3,7 +3,11 @@
 ``tel400-esl`` runs as its own process (the manual's plan, open all day);
 the peer places CALLS calls, CONCURRENCY at a time, each bridged at once and
 hung up.  Reported: calls per second, and the server's CPU time per call
-(from /proc) beside the time of the route() decision inside it.
+(from /proc, user and system) beside the time of the route() decision
+inside it; on asyncio's own loop (the default) and on uvloop
+(``TEL400_ESL_LOOP=uvloop``).
+
+    .venv/bin/pytest bench/test_bench_esl.py --benchmark-enable -q
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import tel400
 from tel400.testing import free_port
 from tel400_freeswitch.peer import Call, FreeSwitchPeer
@@ -27,12 +33,23 @@ CALLS = 3000
 CONCURRENCY = 50
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def test_esl_calls_per_second(benchmark, tmp_path):
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_esl_calls_per_second(benchmark, tmp_path, loop):
     tree = tel400.load_plans(MANUAL).to_dict()
     for number in tree["numbers"]:
         for rule in number["rules"]:
@@ -44,7 +61,7 @@ def test_esl_calls_per_second(benchmark, tmp_path):
     port = free_port()
     exe = pathlib.Path(sys.executable).with_name("tel400-esl")
     server = subprocess.Popen([str(exe), "--plans", str(plans), "--port", str(port)],
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TEL400_ESL_LOOP": loop})
     try:
         assert "listening" in server.stderr.readline()
         sample = [c for c in callers() if c.startswith("1")]
@@ -61,11 +78,12 @@ def test_esl_calls_per_second(benchmark, tmp_path):
             return await asyncio.gather(*(one(i) for i in range(CALLS)))
 
         asyncio.run(place_calls())  # warm-up: first compile, zone tables
-        cpu_before = _cpu_seconds(server.pid)
+        user_before, sys_before = _cpu_seconds(server.pid)
         started = time.perf_counter()
         calls = asyncio.run(place_calls())
         wall = time.perf_counter() - started
-        cpu = _cpu_seconds(server.pid) - cpu_before
+        user_after, sys_after = _cpu_seconds(server.pid)
+        user, system = user_after - user_before, sys_after - sys_before
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -77,7 +95,9 @@ def test_esl_calls_per_second(benchmark, tmp_path):
         router.route("4001012345", sample[i % len(sample)])
     route_us = (time.perf_counter() - t) / 20000 * 1e6
     benchmark.extra_info.update(
-        calls=CALLS, concurrency=CONCURRENCY, calls_per_s=round(CALLS / wall),
-        server_cpu_us_per_call=round(cpu / CALLS * 1e6), route_us_per_call=round(route_us, 2),
+        calls=CALLS, concurrency=CONCURRENCY, loop=loop if loop == "asyncio" or _has_uvloop() else "asyncio", calls_per_s=round(CALLS / wall),
+        server_cpu_us_per_call=round((user + system) / CALLS * 1e6),
+        server_user_us_per_call=round(user / CALLS * 1e6), server_sys_us_per_call=round(system / CALLS * 1e6),
+        route_us_per_call=round(route_us, 2),
     )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

@@ -243,7 +243,7 @@ def test_esl_a_silent_peer_is_closed_within_the_reply_timeout(router):
 
 
 def test_esl_a_peer_that_stops_replying_gets_a_hangup_and_is_closed(router):
-    call = Call(destination="4001000001", silent_after_commands=4)  # connect, myevents, linger, then answer
+    call = Call(destination="4001000001", silent_after_commands=5)  # connect, myevents, nixevent, linger, answer
 
     async def scenario():
         server = await esl_server(router, esl_settings(reply_timeout_s=0.5))
@@ -276,8 +276,8 @@ def test_esl_an_application_that_never_completes_ends_in_a_hangup(router):
 
 @pytest.mark.parametrize("peer_replies", [True, False], ids=["peer-replies", "peer-silent"])
 def test_esl_a_call_over_the_call_limit_is_hung_up_and_released(router, peer_replies):
-    # connect, myevents, linger, multiset, bridge: then the bridge outlasts the call limit
-    call = Call(stuck_apps=frozenset({"bridge"}), silent_after_commands=None if peer_replies else 5)
+    # connect, myevents, nixevent, linger, multiset, bridge: then the bridge outlasts the call limit
+    call = Call(stuck_apps=frozenset({"bridge"}), silent_after_commands=None if peer_replies else 6)
 
     async def scenario():
         server = await esl_server(router, esl_settings(max_call_s=0.5, reply_timeout_s=0.5))

@@ -207,3 +207,65 @@ def test_hangup():
     assert hangup("USER_BUSY") == b"sendmsg\ncall-command: hangup\nhangup-cause: USER_BUSY\n\n"
     with pytest.raises(ValueError):
         hangup("NORMAL\nexit")
+
+
+# -- stray blank lines and a buffer that stays bounded -------------------------------------
+
+
+@pytest.mark.parametrize("blank", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_a_flood_of_blank_lines_is_skipped_without_recursion(blank):
+    # 200 KB of empty lines between two frames: skipped in a loop (it was one
+    # recursive call per line, RecursionError), and not counted against the
+    # header limit, which is smaller than the flood.
+    proto = EslProtocol(max_header_bytes=1024)
+    proto.receive_data(reply_frame("+OK one") + blank * 200_000 + reply_frame("+OK two"))
+    assert [f.reply_text for f in proto.frames()] == ["+OK one", "+OK two"]
+
+
+def test_a_repeated_name_keeps_its_last_value_whatever_its_case():
+    frames = parse(b"Content-Type: command/reply\nx: 1\nX: 2\nx: 3\nReply-Text: %2BOK\n\n")
+    headers = frames[0].headers
+    assert headers.get("X") == headers.get("x") == headers["X"] == "3"  # the last line, any case
+    assert dict(headers.items()) == {"Content-Type": "command/reply", "x": "3", "X": "2", "Reply-Text": "+OK"}
+    assert len(headers) == 4 and list(headers) == ["Content-Type", "x", "X", "Reply-Text"]
+    assert "reply-text" in headers and "Content-Length" not in headers
+    assert headers.get("Content-Length", "-") == "-"
+    with pytest.raises(KeyError):
+        headers["Content-Length"]
+
+
+@pytest.mark.parametrize("name", ["x: 1\nX", "Reply-Text:", "", "Müller", "a b"])
+def test_a_name_no_header_line_can_have_is_absent(name):
+    headers = parse(b"Content-Type: command/reply\nx: 1\nReply-Text: +OK\n\n")[0].headers
+    assert headers.get(name) is None  # never a match across lines or inside a value
+
+
+def test_headers_built_from_pairs_behave_like_parsed_ones():
+    from tel400_freeswitch.protocol import Headers
+    headers = Headers([("Event-Name", "HEARTBEAT"), ("Unique-ID", "u-1")])
+    assert headers.get("event-name") == "HEARTBEAT" and headers["UNIQUE-ID"] == "u-1"
+    assert dict(headers) == {"Event-Name": "HEARTBEAT", "Unique-ID": "u-1"} and headers.get("X", 0) == 0
+
+
+@pytest.mark.parametrize("data, text", [
+    # as FreeSWITCH writes it
+    (b"Content-Type: command/reply\nReply-Text: +OK will linger\n\n", "+OK will linger"),
+    (b"Content-Type: command/reply\nReply-Text:  \t+OK\n\n", "+OK"),  # leading blanks go, as before
+    (b"Content-Type: command/reply\nReply-Text: %2BOK\n\n", "+OK"),
+    (b"Content-Type: command/reply\r\nReply-Text: +OK\r\n\r\n", "+OK"),
+    (b"content-type: command/reply\nreply-text: +OK\n\n", "+OK"),
+])
+def test_replies_read_the_same_by_either_path(data, text):
+    (frame,) = parse(data)
+    assert frame.is_reply and frame.reply_text == text and frame.body is None
+    assert frame.headers.get("CONTENT-TYPE") == "command/reply"
+    assert frame.headers.get("Content-Length") is None
+
+
+@pytest.mark.parametrize("first", [b"", reply_frame("+OK")[:10]], ids=["empty-buffer", "a-frame-begun"])
+def test_one_read_over_the_buffer_limit_is_refused(first):
+    proto = EslProtocol(max_header_bytes=100, max_body_bytes=1000)
+    if first:
+        proto.receive_data(first)
+    with pytest.raises(ProtocolError, match="receive buffer over its limit"):
+        proto.receive_data(b"x" * (100 + 1000 + 65536 + 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def test_bridge_with_failover_dial_string_and_charging(router):
                    "[leg_timeout=20]sofia/gateway/gw1/13901010001|[leg_timeout=20]sofia/gateway/gw1/13901010002|"
                    "[leg_timeout=20]sofia/external/desk@pbx.example"),
     ]
-    assert call.commands[:3] == ["connect", "myevents", "linger"] and call.commands[-1] == "exit"
+    assert call.commands[:2] == ["connect", "myevents"] and call.commands[3] == "linger"
+    assert call.commands[2].split()[0] == "nixevent" and call.commands[-1] == "exit"
     assert not call.parked and call.hangup_cause == "NORMAL_CLEARING"
     # 61 s were charged at CHANNEL_HANGUP_COMPLETE: 2 minutes (rounded up) fill the cap
     assert router.route("4001012345", "13901012345").reason == "cap_exceeded"
@@ -179,7 +181,8 @@ def test_a_pin_check_does_not_hold_other_calls(make_router, monkeypatch):
 
 def test_queue_goes_to_callcenter(router):
     call = one_call(router, Call(destination="4001100868"))
-    assert call.apps == [("callcenter", "support@default")] and not call.parked
+    # answered first, as the mod_xml_curl answer does (one function, tel400_freeswitch.actions, for both)
+    assert call.apps == [("answer", ""), ("callcenter", "support@default")] and not call.parked
 
 
 def test_frames_split_at_every_byte_with_events_before_replies(router):
@@ -259,14 +262,15 @@ def test_500_concurrent_calls(make_router):
     assert firsts.count("13901010001") == 150 and firsts.count("13901010002") == 350
 
 
-def test_the_tel400_esl_command(tmp_path):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_tel400_esl_command(tmp_path, loop):
     port = free_port()
     exe = ROOT / ".venv" / "bin" / "tel400-esl"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tel400_freeswitch.server"]
     process = subprocess.Popen(
         [*cmd, "--plans", str(EXAMPLES / "manual.toml"), "--port", str(port), "--gateway", "gw9",
          "--prompt-dir", "/sounds", "--prompt-ext", "mp3"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TEL400_ESL_LOOP": loop},
     )
     try:
         line = process.stderr.readline()
@@ -326,3 +330,95 @@ def test_pin_policy_options_of_both_commands(tmp_path):
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "tel400-esl"), "--plans", str(plans),
                            "--pin-number-lockout", "twenty"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "FAILURES/SECONDS like 20/600" in done.stderr
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full", "not-full"])
+def test_the_peer_answers_subscriptions_as_mod_event_socket_does(full):
+    """myevents twice, event/nixevent/linger without full, and only subscribed events sent."""
+    from tel400_freeswitch.protocol import EslProtocol, command, sendmsg
+
+    async def scenario():
+        talk = []
+
+        async def serve(reader, writer):
+            protocol = EslProtocol()
+
+            async def ask(data: bytes, frames_wanted: int):
+                writer.write(data)
+                got = []
+                while len(got) < frames_wanted:
+                    chunk = await reader.read(65536)
+                    assert chunk
+                    protocol.receive_data(chunk)
+                    got += list(protocol.frames())
+                return got
+
+            talk.append(await ask(command("connect"), 1))
+            talk.append(await ask(command("myevents"), 1))
+            talk.append(await ask(command("myevents"), 1))
+            talk.append(await ask(command("nixevent", "CHANNEL_EXECUTE", "CHANNEL_ANSWER"), 1))
+            talk.append(await ask(command("event", "plain", "NO_SUCH_EVENT"), 1))
+            talk.append(await ask(command("filter", "Unique-ID", call.uuid), 1))
+            # answer: +OK, then (full) only CHANNEL_EXECUTE_COMPLETE; (not full) CHANNEL_EXECUTE, ANSWER, COMPLETE
+            talk.append(await ask(sendmsg("answer", event_uuid="a1"), 2 if full else 4))
+            talk.append(await ask(command("filter", "Unique-ID", "someone-else"), 1))
+            talk.append(await ask(command("filter", "delete", "Unique-ID", call.uuid), 1))
+            # only the filter for another channel is left: this channel's events are held back
+            talk.append(await ask(sendmsg("answer", event_uuid="a2"), 1))
+            talk.append(await ask(command("exit"), 2))
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        call = Call(full=full, interleave=False)
+        async with server:
+            await FreeSwitchPeer().play("127.0.0.1", server.sockets[0].getsockname()[1], call, timeout=10)
+        return talk
+
+    talk = run(scenario())
+    texts = [[f.reply_text if f.is_reply else (f.event.name if f.event else f.content_type) for f in frames]
+             for frames in talk]
+    refused = "-ERR command not found"
+    assert texts[1] == ["+OK Events Enabled"] and texts[2] == ["-ERR aready enabled."]  # sic, as FreeSWITCH
+    assert texts[3] == ["+OK events nixed" if full else refused]
+    assert texts[4] == ["-ERR no keywords supplied" if full else refused]
+    assert texts[5][0].startswith("+OK filter added.")  # filter works without full too
+    if full:
+        assert texts[6] == ["+OK", "CHANNEL_EXECUTE_COMPLETE"]
+    else:
+        assert texts[6] == ["+OK", "CHANNEL_EXECUTE", "CHANNEL_ANSWER", "CHANNEL_EXECUTE_COMPLETE"]
+    assert texts[8][0].startswith("+OK filter deleted.")
+    assert texts[9] + texts[10] == ["+OK", "+OK bye", "text/disconnect-notice"]
+
+
+def test_every_call_ends_exactly_once_whatever_the_peer_does(router):
+    """Normal, failed bridge, disconnect mid-call, garbage, stuck application, silence: one call_ended each."""
+    ended: list[str] = []
+
+    class Counting:
+        longest_call_s = router.longest_call_s
+        pin_policy = router.pin_policy
+
+        def route(self, *args, **kwargs):
+            return router.route(*args, **kwargs)
+
+        def call_ended(self, uuid, seconds, target=None):
+            ended.append(uuid)
+            return router.call_ended(uuid, seconds, target)
+
+    calls = [
+        Call(caller="13901012345", bridge=lambda legs: (legs[0], 1)),
+        Call(caller="13901012345", bridge=lambda legs: (None, 0)),
+        Call(caller="13902001234", disconnect_after_apps=1),
+        Call(caller="13901012345", garbage_after_connect=True),
+        Call(destination="4001000001", stuck_apps=frozenset({"playback"})),
+        Call(destination="4001000001", silent_after_commands=5),
+        Call(destination="4001532532", digits=["1111", "2468"], split_bytes=True, interleave=True),
+    ]
+    settings = Settings(gateway="gw1", prompt_dir=SOUNDS, reply_timeout_s=0.5, app_timeout_s=0.5)
+
+    async def scenario(server, peer):
+        return await asyncio.gather(*(peer.play("127.0.0.1", server.port, c, timeout=20) for c in calls))
+
+    run(with_server(Counting(), scenario, settings))
+    assert sorted(ended) == sorted(c.uuid for c in calls)  # each once, none lost
+    assert router.calls_in_progress == 0

@@ -10,8 +10,14 @@ against this peer, written from FreeSWITCH's own source
   ``Control``, and **no Content-Length**;
 * events are ``Content-Length: N`` then ``Content-Type: text/event-plain``,
   an empty line, and the serialized event;
-* ``linger`` answers ``+OK will linger`` with ``full`` and ``-ERR command
-  not found`` without it;
+* ``linger``, ``event`` and ``nixevent`` answer ``-ERR command not found``
+  without ``full`` (parse_command's ``LFLAG_OUTBOUND && !LFLAG_FULL`` check
+  comes before them); ``myevents`` and ``filter`` work either way, and a
+  second ``myevents`` gets ``-ERR aready enabled.`` (sic);
+* events are sent only as subscribed: ``myevents`` turns on the channel's
+  event types (:data:`MYEVENTS`) for this channel's ``Unique-ID`` only,
+  ``event plain NAME…`` adds types, ``nixevent NAME…`` drops them, ``filter
+  HEADER VALUE`` lets through only events with a matching header;
 * after the hangup a lingering socket gets the linger notice
   (``Content-Disposition: linger``, ``Content-Length: 0``); ``exit`` gets
   ``+OK bye`` and the final notice (``Disconnected, goodbye.``, 67 bytes);
@@ -20,9 +26,10 @@ against this peer, written from FreeSWITCH's own source
   carrying the ``Event-UUID`` as ``Application-UUID``.
 
 Options make it nastier: every frame split into single bytes, unrelated
-events sent before each reply, a disconnect in the middle of the call, a
-garbled frame, silence after some commands (read but never answered),
-applications that never complete while heartbeats keep coming.  It records
+events (another application's CHANNEL_EXECUTE_COMPLETE, when subscribed)
+sent before each reply, a disconnect in the middle of the call, a garbled
+frame, silence after some commands (read but never answered), applications
+that never complete while such unrelated events keep coming.  It records
 what the adapter made the channel do.
 """
 
@@ -37,6 +44,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .protocol import url_encode
+
+#: the event types ``myevents`` subscribes (mod_event_socket.c, parse_command)
+MYEVENTS = frozenset({
+    "CHANNEL_ANSWER", "CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE", "CHANNEL_DATA", "CHANNEL_DESTROY",
+    "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_ORIGINATE",
+    "CHANNEL_UUID", "CHANNEL_OUTGOING", "CHANNEL_PARK", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
+    "CHANNEL_STATE", "CHANNEL_UNBRIDGE", "CHANNEL_UNPARK", "DETECTED_SPEECH", "DTMF", "NOTALK", "TALK",
+})
+#: event names switch_name_event knows (those the peer can send, and a few more); others are skipped
+EVENT_NAMES = MYEVENTS | {"HEARTBEAT", "BACKGROUND_JOB", "API", "CUSTOM", "CHANNEL_CALLSTATE", "CHANNEL_HOLD",
+                          "CHANNEL_UNHOLD", "RECORD_START", "RECORD_STOP", "PLAYBACK_START", "PLAYBACK_STOP"}
 
 GOODBYE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 assert len(GOODBYE) == 67
@@ -79,7 +97,7 @@ class Call:
     silent_after_commands: int | None = None
     #: applications that start but never complete (a stuck playback, say)
     stuck_apps: frozenset[str] = frozenset()
-    #: while an application is stuck, a HEARTBEAT event this often (seconds), to keep a careless waiter waiting
+    #: while an application is stuck, another application's end this often (seconds): a careless waiter keeps waiting
     heartbeat_s: float | None = None
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
     # -- filled in by the peer --
@@ -128,6 +146,10 @@ class _Conversation:
         self.lingering = False
         self.bridged: str | None = None
         self.heartbeats: asyncio.Task | None = None
+        self.myevents = False  # LFLAG_MYEVENTS: only this channel's events
+        self.subscribed: set[str] = set()  # listener->event_list
+        self.all_events = False  # event_list[SWITCH_EVENT_ALL]
+        self.filters: list[tuple[str, str]] = []
 
     # -- the conversation ---------------------------------------------------------------
 
@@ -188,8 +210,13 @@ class _Conversation:
 
     async def _reply(self, text: str) -> None:
         if self.call.interleave:
-            await self._send(event_frame(self._channel_headers("HEARTBEAT")))
+            await self._event(self._noise())
         await self._send(reply_frame(text))
+
+    def _noise(self) -> list[tuple[str, str]]:
+        """Another application's end on this channel (the dialplan's own, an execute_on_answer…)."""
+        return self._execute_headers("CHANNEL_EXECUTE_COMPLETE", "set", "tel400_noise=1",
+                                     str(uuidlib.uuid4()))
 
     async def _handle(self, cmd: str, headers: dict, body: bytes):
         call = self.call
@@ -201,24 +228,87 @@ class _Conversation:
             await self._send(self._channel_data())
             if call.garbage_after_connect:
                 await self._send(b"\x00\x01 this is not a frame\n\n")
-        elif cmd == "myevents":
-            await self._reply("+OK Events Enabled")
-        elif cmd == "linger":
-            if call.full:
-                self.lingering = True
-                await self._reply("+OK will linger")
+        elif cmd.startswith("myevents"):
+            if self.myevents:
+                await self._reply("-ERR aready enabled.")
             else:
-                await self._reply("-ERR command not found")
-        elif cmd.startswith("event "):
-            await self._reply("+OK event listener enabled plain" if call.full else "-ERR command not found")
+                self.myevents = True
+                self.subscribed |= MYEVENTS
+                await self._reply("+OK Events Enabled")
+        elif cmd.startswith("filter "):
+            await self._reply(self._filter(cmd[7:].strip()))
+        elif cmd.startswith("sendmsg"):
+            return await self._sendmsg(headers, body)
+        elif not call.full and cmd != "exit":  # outbound without "full": nothing below sendmsg exists
+            await self._reply("-ERR command not found")
+        elif cmd == "linger":
+            self.lingering = True
+            await self._reply("+OK will linger")
+        elif cmd.startswith("nixevent"):
+            await self._reply(self._events(cmd.split()[1:], on=False))
+        elif cmd.startswith("event"):
+            await self._reply(self._events(cmd.split()[1:], on=True))
         elif cmd == "exit":
             await self._reply("+OK bye")
             await self._send(self._disconnect(GOODBYE, "disconnect"))
             return "closed"
-        elif cmd.startswith("sendmsg"):
-            return await self._sendmsg(headers, body)
         else:
             await self._reply("-ERR command not found")
+
+    def _events(self, words: list[str], *, on: bool) -> str:
+        """``event [plain] NAME…`` / ``nixevent NAME…`` as parse_command does them."""
+        if on and words and words[0].lower() in ("plain", "xml", "json"):
+            words = words[1:]  # the format (the peer speaks plain only)
+        known = [w for w in words if w in EVENT_NAMES or w == "ALL"]
+        if not known:
+            return "-ERR no keywords supplied"
+        for name in known:
+            if name == "ALL":
+                self.all_events = on
+                if not on:
+                    self.subscribed.clear()
+            elif on:
+                self.subscribed.add(name)
+            else:
+                if self.all_events:  # nixing one of ALL: every other type stays on
+                    self.all_events = False
+                    self.subscribed |= EVENT_NAMES
+                self.subscribed.discard(name)
+        return "+OK event listener enabled plain" if on else "+OK events nixed"
+
+    def _filter(self, text: str) -> str:
+        name, _, value = text.partition(" ")
+        if name.lower() == "delete" and value:
+            name, _, value = value.partition(" ")
+            if name.lower() == "all":
+                self.filters.clear()
+            else:
+                self.filters = [(n, v) for n, v in self.filters if not (n.lower() == name.lower()
+                                                                       and (not value or v == value))]
+            return f"+OK filter deleted. [{name}][{value}]"
+        if not value:
+            return "-ERR invalid syntax"
+        if name.lower() == "add":
+            name, _, value = value.partition(" ")
+        self.filters.append((name, value))
+        return f"+OK filter added. [{name}]=[{value}]"
+
+    def _wanted(self, headers: list[tuple[str, str]]) -> bool:
+        """Whether FreeSWITCH's event_handler would queue this event for the listener."""
+        name = headers[0][1]
+        if not (self.all_events or name in self.subscribed):
+            return False
+        if self.filters:
+            values = {n.lower(): v for n, v in headers}
+            if not any(values.get(n.lower(), "").lower() == v.lower() for n, v in self.filters):
+                return False
+        if self.myevents:
+            return dict(headers).get("Unique-ID") == self.call.uuid
+        return True
+
+    async def _event(self, headers: list[tuple[str, str]]) -> None:
+        if self._wanted(headers):
+            await self._send(event_frame(headers))
 
     async def _sendmsg(self, headers: dict, body: bytes):
         call = self.call
@@ -237,7 +327,7 @@ class _Conversation:
         if call.disconnect_after_apps is not None and len(call.apps) >= call.disconnect_after_apps:
             self.writer.close()  # FreeSWITCH's side goes away mid-call
             return "closed"
-        await self._send(event_frame(self._execute_headers("CHANNEL_EXECUTE", app, arg, event_uuid)))
+        await self._event(self._execute_headers("CHANNEL_EXECUTE", app, arg, event_uuid))
         if app in call.stuck_apps:
             if call.heartbeat_s and self.heartbeats is None:
                 self.heartbeats = asyncio.create_task(self._heartbeat(call.heartbeat_s))
@@ -245,7 +335,7 @@ class _Conversation:
         extra: list[tuple[str, str]] = []
         if app == "answer" and not call.answered:
             call.answered = True
-            await self._send(event_frame(self._channel_headers("CHANNEL_ANSWER")))
+            await self._event(self._channel_headers("CHANNEL_ANSWER"))
         elif app in ("set", "export"):
             name, _, value = arg.partition("=")
             call.variables[name] = value
@@ -268,34 +358,34 @@ class _Conversation:
                 call.billsec = talk
                 channel = re.sub(r"^\[[^\]]*\]", "", answered)
                 self.bridged = channel
-                await self._send(event_frame(self._channel_headers("CHANNEL_BRIDGE")))
+                await self._event(self._channel_headers("CHANNEL_BRIDGE"))
                 extra += [("variable_originate_disposition", "SUCCESS"), ("variable_bridge_channel", channel)]
                 if call.variables.get("hangup_after_bridge") == "true":
-                    await self._send(event_frame(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg,
-                                                                       event_uuid, extra)))
+                    await self._event(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg,
+                                                                       event_uuid, extra))
                     await self._hangup("NORMAL_CLEARING")
                     return None
             else:
                 extra += [("variable_originate_disposition", "USER_BUSY"), ("Application-Response", "USER_BUSY")]
                 if call.variables.get("continue_on_fail") != "true":
-                    await self._send(event_frame(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg,
-                                                                       event_uuid, extra)))
+                    await self._event(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg,
+                                                                       event_uuid, extra))
                     await self._hangup("USER_BUSY")
                     return None
         elif app in ("callcenter", "conference"):
             call.answered = True
             call.billsec = call.talk_s
-            await self._send(event_frame(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg, event_uuid)))
+            await self._event(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg, event_uuid))
             await self._hangup("NORMAL_CLEARING")  # the caller hangs up at the end
             return None
-        await self._send(event_frame(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg, event_uuid, extra)))
+        await self._event(self._execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg, event_uuid, extra))
         return None
 
     async def _heartbeat(self, every_s: float) -> None:
         while self.up:
             await asyncio.sleep(every_s)
             try:
-                await self._send(event_frame(self._channel_headers("HEARTBEAT")))
+                await self._event(self._noise())
             except (ConnectionError, OSError):
                 return
 
@@ -307,12 +397,12 @@ class _Conversation:
         self.up = False
         call = self.call
         call.hangup_cause = cause
-        await self._send(event_frame(self._channel_headers("CHANNEL_HANGUP", [("Hangup-Cause", cause)])))
+        await self._event(self._channel_headers("CHANNEL_HANGUP", [("Hangup-Cause", cause)]))
         extra = [("Hangup-Cause", cause), ("variable_billsec", str(call.billsec)),
                  ("variable_hangup_cause", cause)]
         if self.bridged:
             extra.append(("variable_bridge_channel", self.bridged))
-        await self._send(event_frame(self._channel_headers("CHANNEL_HANGUP_COMPLETE", extra)))
+        await self._event(self._channel_headers("CHANNEL_HANGUP_COMPLETE", extra))
         if self.lingering:
             await self._send(
                 f"Content-Type: text/disconnect-notice\nControlled-Session-UUID: {call.uuid}\n"

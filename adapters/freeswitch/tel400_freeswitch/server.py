@@ -13,8 +13,13 @@ events, routes with ``Router.route()`` and makes FreeSWITCH do it:
   ``hangup`` with a fitting cause;
 * ``collect_pin`` — ``play_and_get_digits`` (4–8 digits), then routing again
   with the PIN, a few attempts per call, lockout honoured;
-* ``queue`` — ``callcenter``; ``conference`` — ``conference``;
+* ``queue`` — ``answer``, ``callcenter``; ``conference`` — ``answer``, ``conference``;
 * at ``CHANNEL_HANGUP_COMPLETE`` — ``router.call_ended(uuid, billsec)``.
+
+The applications are :func:`tel400_freeswitch.actions.carry_out`'s; the
+call's conversation is :class:`tel400_freeswitch.session.Session`, a sans-IO
+state machine; this module is the asyncio shell around it (one
+:class:`asyncio.Protocol` per connection, no task per call).
 
 Every path ends with the call bridged or hung up: a failure inside tel400 or
 a refused application ends in the fallback notice and a hangup, and the
@@ -36,13 +41,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import logging
-import math
-import re
+import os
 import signal
 import sys
-import uuid as uuidlib
 
 import structlog
 
@@ -52,448 +54,183 @@ from tel400.addresses import LOOPBACK, LOOPBACK_NETWORKS, AllowList
 from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
 from tel400.server_options import add_pin_options, pin_policy
 
-from .protocol import EslProtocol, Event, Frame, ProtocolError, command, hangup, sendmsg
+from .actions import HANGUP_CAUSES, Settings  # noqa: F401  (public names, kept importable from here)
+from .protocol import EslProtocol, ProtocolError
+from .session import CLOSED, Session
 
 _log = structlog.get_logger("tel400.esl")
-#: connections that never sent the channel data: one line per 10 s, with the count
-_log_silent = RareLog("esl_connection_silent", 10.0, _log)
 _log_shed = RareLog("esl_connection_shed", 10.0, _log)
 
-#: FreeSWITCH hangup cause for each refusal.
-HANGUP_CAUSES = {
-    "unknown_number": "UNALLOCATED_NUMBER",
-    "blacklisted": "CALL_REJECTED",
-    "bad_caller": "CALL_REJECTED",
-    "bad_pin": "CALL_REJECTED",
-    "pin_locked": "CALL_REJECTED",
-    "closed": "NORMAL_CLEARING",
-    "rule_reject": "NORMAL_CLEARING",
-    "cap_exceeded": "USER_BUSY",
-    "backend_error": "NORMAL_TEMPORARY_FAILURE",
-    "pin_required": "CALL_REJECTED",
-}
 #: connections open at once (calls in progress) and from one address (a FreeSWITCH host carries all its calls)
 DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_MAX_PER_ADDRESS = 2048
-_NUMBER = re.compile(r"\A[+*#]?[0-9*#]{1,32}\Z")
-#: applications that last as long as the call: bounded by the call's limit, not the application timeout
-_AS_LONG_AS_THE_CALL = frozenset({"bridge", "callcenter", "conference"})
 
 
-class Hangup(Exception):
-    """The channel hung up (or the connection went away) while we waited."""
+class EslCall(asyncio.Protocol):
+    """One connection from FreeSWITCH: the asyncio shell around its :class:`~.session.Session`.
 
-
-class Deadline(Exception):
-    """FreeSWITCH did not answer in time: a command's reply, an application's end, the call's limit.
-
-    ``silent`` is true when a command got no reply: the peer is not listening,
-    so nothing more is waited for.
+    Bytes go to the parser, frames to the session; the session's bytes are
+    written, its deadline armed with ``loop.call_at``, its route requests
+    answered (at once, or on the PIN threads for a PIN), its end reported to
+    the router.  No task, queue or future per call.
     """
 
-    def __init__(self, message: str, *, silent: bool) -> None:
-        super().__init__(message)
-        self.silent = silent
-
-
-class Settings:
-    """What an ESL server does with decisions; every field has a command-line option."""
-
-    def __init__(self, *, gateway: str = "gw1", number_template: str = "sofia/gateway/{gateway}/{target}",
-                 uri_template: str = "sofia/external/{target}", prompt_dir: str = "/usr/share/freeswitch/sounds/tel400",
-                 prompt_ext: str = "wav", ring_timeout_s: int = 20, pin_attempts: int = 3, pin_timeout_ms: int = 5000,
-                 queue_template: str = "{queue}@default", conference_template: str = "{room}@default",
-                 caller_id: str = "caller", fallback_prompt: str = "unavailable", reply_timeout_s: float = 10.0,
-                 app_timeout_s: float = 60.0, max_call_s: float = 4 * 3600) -> None:
-        self.gateway = gateway
-        self.number_template = number_template
-        self.uri_template = uri_template
-        self.prompt_dir = prompt_dir.rstrip("/")
-        self.prompt_ext = prompt_ext
-        self.ring_timeout_s = ring_timeout_s
-        self.pin_attempts = pin_attempts
-        self.pin_timeout_ms = pin_timeout_ms
-        self.queue_template = queue_template
-        self.conference_template = conference_template
-        if caller_id not in ("caller", "number"):
-            raise ValueError("caller_id: 'caller' (the caller's number) or 'number' (the 400 number)")
-        self.caller_id = caller_id
-        self.fallback_prompt = fallback_prompt
-        for name, value in (("reply_timeout_s", reply_timeout_s), ("app_timeout_s", app_timeout_s),
-                            ("max_call_s", max_call_s)):
-            if not 0 < value < float("inf"):
-                raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
-        self.reply_timeout_s = reply_timeout_s
-        self.app_timeout_s = app_timeout_s
-        self.max_call_s = max_call_s
-
-    def sound(self, prompt: str) -> str:
-        """The sound file of a prompt name (names are [A-Za-z0-9_.-], checked by the plans)."""
-        return f"{self.prompt_dir}/{prompt}.{self.prompt_ext}"
-
-    def leg(self, target: str) -> str:
-        template = self.number_template if _NUMBER.match(target) else self.uri_template
-        return f"[leg_timeout={int(self.ring_timeout_s)}]" + template.format(gateway=self.gateway, target=target)
-
-    def dial_string(self, decision: tel400.Decision) -> str:
-        """The bridge argument: every target, ``|`` for failover, the caller ID in ``{}``."""
-        if self.caller_id == "caller" and decision.caller and _NUMBER.match(decision.caller):
-            shown = decision.caller
-        else:
-            shown = decision.number or ""
-        head = f"{{origination_caller_id_number={shown}}}" if _NUMBER.match(shown) else ""
-        return head + "|".join(self.leg(t) for t in decision.targets)
-
-
-class EslCall:
-    """One connection from FreeSWITCH: one call, carried out to its end."""
-
-    _event_uuids = itertools.count()
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, router, settings: Settings,
-                 pin_threads=None) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.router = router
-        self.s = settings
-        self.pin_threads = pin_threads  # where PINs are checked (None: the loop's default executor)
-        self.protocol = EslProtocol()
-        self.replies: list[asyncio.Future] = []
-        self.events: asyncio.Queue = asyncio.Queue()
-        self.hungup = False
-        self.hangup_event: Event | None = None
-        self.gone = False
-        self.uuid: str | None = None
-        self.targets: tuple[str, ...] = ()
-        self.answered = False
-        self.abandoned = False  # the peer stopped answering: nothing more is waited for
-        loop = asyncio.get_running_loop()
-        self.loop = loop
-        self.deadline = loop.time() + settings.max_call_s  # the call's limit, from its first byte
-        self.bridged_at: float | None = None
-
-    # -- plumbing -----------------------------------------------------------------
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                data = await self.reader.read(65536)
-                self.protocol.receive_data(data)
-                if not data:
-                    break
-                for frame in self.protocol.frames():
-                    self._dispatch(frame)
-        except (ProtocolError, ConnectionError) as exc:
-            _log.warning("esl_connection_broken", uuid=self.uuid, error=str(exc))
-        finally:
-            self.gone = True
-            for future in self.replies:
-                if not future.done():
-                    future.set_exception(Hangup("connection closed"))
-            self.replies.clear()
-            self.events.put_nowait(None)
-
-    def _dispatch(self, frame: Frame) -> None:
-        if frame.is_reply:
-            if self.replies:
-                future = self.replies.pop(0)
-                if not future.done():
-                    future.set_result(frame)
-            return
-        if frame.is_disconnect:
-            self.events.put_nowait(frame)
-            return
-        if frame.event is not None:
-            name = frame.event.name
-            if name == "CHANNEL_BRIDGE" and self.bridged_at is None:
-                self.bridged_at = self.loop.time()
-            elif name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"):
-                self.hungup = True
-                if name == "CHANNEL_HANGUP_COMPLETE":
-                    self.hangup_event = frame.event
-            self.events.put_nowait(frame.event)
-
-    async def _send(self, data: bytes) -> Frame:
-        """Send a command and wait for its reply, at most ``reply_timeout_s`` (sending included).
-
-        Raises:
-            Hangup: the connection is gone.
-            Deadline: no reply in time (``silent``: the peer is not listening).
-        """
-        if self.gone:
-            raise Hangup("connection closed")
-        future = self.loop.create_future()
-        self.replies.append(future)
-        self.writer.write(data)
-        try:
-            async with asyncio.timeout(self.s.reply_timeout_s):
-                await self.writer.drain()  # a peer that does not read is as silent as one that does not answer
-                return await future  # on timeout the future is cancelled: a late reply goes nowhere
-        except TimeoutError:
-            raise Deadline(f"no reply within {self.s.reply_timeout_s:g} s", silent=True) from None
-
-    async def execute(self, app: str, arg: str = "") -> Event:
-        """Run an application and wait for it to complete (or the channel to end).
-
-        The wait is bounded by ``app_timeout_s`` (``bridge``, ``callcenter``
-        and ``conference`` last as long as the call: by the call's limit).
-
-        Raises:
-            Hangup: the channel hung up, or the application was refused.
-            Deadline: no reply, or the application did not complete in time.
-        """
-        if self.hungup:
-            raise Hangup("channel already hung up")
-        event_uuid = f"tel400-{next(self._event_uuids)}-{uuidlib.uuid4().hex[:8]}"
-        reply = await self._send(sendmsg(app, arg, event_uuid=event_uuid))
-        if not reply.ok:
-            raise Hangup(f"{app} refused: {reply.reply_text}")
-        deadline = self.deadline
-        if app not in _AS_LONG_AS_THE_CALL:
-            deadline = min(deadline, self.loop.time() + self.s.app_timeout_s)
-        try:
-            async with asyncio.timeout_at(deadline):  # one bound for the whole wait: events in between do not extend it
-                while True:
-                    event = await self._next_event()
-                    if event.name == "CHANNEL_EXECUTE_COMPLETE" and event.get("Application-UUID") == event_uuid:
-                        return event
-                    if self.hungup and event.name == "CHANNEL_HANGUP_COMPLETE":
-                        raise Hangup("channel hung up")
-        except TimeoutError:
-            why = "the call's limit" if deadline == self.deadline else f"{self.s.app_timeout_s:g} s"
-            raise Deadline(f"{app} did not complete within {why}", silent=False) from None
-
-    async def _next_event(self) -> Event:
-        """The next event (callers bound the wait)."""
-        while True:
-            item = await self.events.get()
-            if item is None:
-                raise Hangup("connection closed")
-            if isinstance(item, Event):
-                return item
-            # a disconnect notice: linger means the channel is gone, the socket stays
-            if item.disposition == "linger":
-                self.hungup = True
-                continue
-            raise Hangup("FreeSWITCH disconnected")
-
-    async def _hangup(self, cause: str) -> None:
-        if not self.hungup and not self.gone:
-            await self._send(hangup(cause))
-
-    # -- the call -----------------------------------------------------------------------
-
-    async def run(self) -> None:
-        reader = asyncio.create_task(self._read())
-        try:
-            await self._run()
-        except Hangup as exc:
-            _log.debug("esl_call_ended_early", uuid=self.uuid, why=str(exc))
-        except Deadline as exc:
-            if self.uuid is None:  # no channel data: a stranger or a stuck FreeSWITCH, logged by the interval
-                _log_silent(why=str(exc))
-            else:
-                _log.warning("esl_freeswitch_late", uuid=self.uuid, why=str(exc))
-            await self._end_late(exc)
-        except Exception as exc:  # never leave a call parked: fall back to a notice and a hangup
-            _log.error("esl_call_failed", uuid=self.uuid, error=f"{type(exc).__name__}: {exc}")
-            await self._fallback()
-        finally:
-            await self._finish()
-            reader.cancel()
-            await self._close()
-
-    async def _close(self) -> None:
-        """Close the socket; one whose peer does not read what is left is dropped after the reply timeout."""
-        self.writer.close()
-        try:
-            async with asyncio.timeout(self.s.reply_timeout_s):
-                await self.writer.wait_closed()
-        except TimeoutError:
-            self.writer.transport.abort()
-        except (ConnectionError, OSError):
-            pass
-
-    async def _end_late(self, late: Deadline) -> None:
-        """FreeSWITCH was late: hang up now, or, when it does not answer at all, ask for it and stop waiting."""
-        if late.silent:
-            self._abandon()
-            return
-        try:
-            await self._hangup("NORMAL_TEMPORARY_FAILURE")
-        except Hangup:
-            pass
-        except Deadline:
-            self._abandon()
-
-    def _abandon(self) -> None:
-        """The peer does not answer: write a hangup and ``exit`` without waiting for replies.
-
-        A peer that answers nothing will not play a notice either; closing
-        the socket right after is what is left (FreeSWITCH gets the hangup
-        if it reads at all).
-        """
-        self.abandoned = True
-        if self.gone:
-            return
-        data = (b"" if self.hungup else hangup("NORMAL_TEMPORARY_FAILURE")) + command("exit")
-        try:
-            self.writer.write(data)
-        except (ConnectionError, OSError, RuntimeError):
-            pass
-
-    async def _run(self) -> None:
-        channel = await self._send(command("connect"))
-        headers = channel.headers
-        self.uuid = headers.get("Unique-ID") or headers.get("Channel-Call-UUID")
-        await self._send(command("myevents"))
-        lingering = (await self._send(command("linger"))).ok
-        if not lingering:
-            # Without "full" in the socket data FreeSWITCH answers -ERR command not found:
-            # the call still routes, but its end (and so minutes and cost) can be missed.
-            _log.warning("esl_no_linger", uuid=self.uuid, hint='use data="host:port async full"')
-        dialed = headers.get("Caller-Destination-Number") or headers.get("variable_sip_req_user")
-        caller = headers.get("Caller-Caller-ID-Number") or headers.get("variable_sip_from_user")
-        try:
-            decision = self.router.route(dialed, caller, None, "voice", None, self.uuid)
-        except Exception as exc:
-            _log.error("esl_route_failed", uuid=self.uuid, error=f"{type(exc).__name__}: {exc}")
-            await self._fallback()
-            return
-        await self._carry_out(decision, dialed, caller)
-
-    async def _carry_out(self, decision, dialed, caller) -> None:
-        if decision.action == "collect_pin":
-            ask = decision.prompt  # "enter_pin", or the plan's name for it
-            for attempt in range(1, self.s.pin_attempts + 1):
-                pin = await self._collect_pin(ask)
-                # a hashed PIN may cost a key derivation: never on the loop that serves every call
-                decision = await asyncio.get_running_loop().run_in_executor(
-                    self.pin_threads, self.router.route, dialed, caller, None, "voice", pin, self.uuid)
-                if decision.reason != "bad_pin" or attempt == self.s.pin_attempts:
-                    break
-                await self.execute("playback", self.s.sound(decision.prompt))  # wrong: say so, ask again
-            # ok → carried out below; bad_pin (attempts used up) or pin_locked → their notice
-        if decision.action == "bridge":
-            await self._bridge(decision)
-        elif decision.action == "queue":
-            self.targets = decision.targets
-            await self.execute("callcenter", self.s.queue_template.format(queue=decision.targets[0]))
-            await self._hangup("NORMAL_CLEARING")
-        elif decision.action == "conference":
-            self.targets = decision.targets
-            await self._answer()
-            await self.execute("conference", self.s.conference_template.format(room=decision.targets[0]))
-            await self._hangup("NORMAL_CLEARING")
-        else:
-            await self._notice(decision.prompt, HANGUP_CAUSES.get(decision.reason, "CALL_REJECTED"))
-
-    async def _answer(self) -> None:
-        if not self.answered:
-            await self.execute("answer")
-            self.answered = True
-
-    async def _collect_pin(self, prompt: str | None) -> str:
-        await self._answer()
-        s = self.s
-        arg = (f"4 8 3 {s.pin_timeout_ms} # {s.sound(prompt or 'enter_pin')} {s.sound('bad_pin_format')} "
-               "tel400_pin \\d{4,8}")
-        event = await self.execute("play_and_get_digits", arg)
-        return event.get("variable_tel400_pin") or ""
-
-    async def _bridge(self, decision) -> None:
-        self.targets = decision.targets
-        await self.execute("multiset", "continue_on_fail=true hangup_after_bridge=true")
-        done = await self.execute("bridge", self.s.dial_string(decision))
-        if self.hungup:
-            return  # answered and over (hangup_after_bridge), or the caller gave up
-        disposition = done.get("variable_originate_disposition") or done.get("Application-Response")
-        _log.info("esl_bridge_failed", uuid=self.uuid, disposition=disposition)
-        await self._notice(self.s.fallback_prompt, "NORMAL_TEMPORARY_FAILURE")
-
-    async def _notice(self, prompt: str | None, cause: str) -> None:
-        await self._answer()
-        if prompt:
-            await self.execute("playback", self.s.sound(prompt))
-        await self._hangup(cause)
-
-    async def _fallback(self) -> None:
-        try:
-            await self._notice(self.s.fallback_prompt, "NORMAL_TEMPORARY_FAILURE")
-        except Hangup:
-            pass
-        except Deadline as exc:
-            await self._end_late(exc)
-        except Exception as exc:
-            _log.error("esl_fallback_failed", uuid=self.uuid, error=str(exc))
-            try:
-                await self._hangup("NORMAL_TEMPORARY_FAILURE")
-            except Exception:
-                pass
-
-    async def _finish(self) -> None:
-        """Wait for the channel's end (charging it), then say goodbye.
-
-        Every path gets here with the channel hung up or asked to hang up, so
-        the end is waited for ``reply_timeout_s`` at most, events or not.
-        """
-        if not self.abandoned:
-            try:
-                async with asyncio.timeout(self.s.reply_timeout_s):
-                    while not self.hangup_event and not self.gone:
-                        await self._next_event()
-            except (Hangup, TimeoutError):
-                pass
-        self._report_end()
-        if not self.gone and not self.abandoned:
-            try:
-                await self._send(command("exit"))  # "+OK bye"; FreeSWITCH then closes its side
-            except (Hangup, Deadline, ConnectionError, OSError):
-                pass
-
-    def _report_end(self) -> None:
-        """Charge the call from its CHANNEL_HANGUP_COMPLETE, or, when that never came, release it.
-
-        Without the end event the talk time is the time since CHANNEL_BRIDGE
-        (none if there was none), logged as unconfirmed: the call does not
-        stay in the router's registry until it expires.
-        """
-        if not self.uuid:
-            return
-        event = self.hangup_event
-        if event is not None:
-            billsec = event.get("variable_billsec") or "0"
-            seconds = int(billsec) if billsec.isascii() and billsec.isdigit() else 0
-            answered = event.get("variable_bridge_channel") or ""
-            target = next((t for t in self.targets if answered.endswith(t)), None)
-        else:
-            seconds = 0 if self.bridged_at is None else math.ceil(self.loop.time() - self.bridged_at)
-            target = None
-        # a call longer than the router keeps calls (--max-call above it) is
-        # charged as the longest call, not refused and lost
-        seconds = min(seconds, self.router.longest_call_s)
-        try:
-            charge = self.router.call_ended(self.uuid, seconds, target)
-        except Exception as exc:
-            _log.error("esl_call_end_failed", uuid=self.uuid, error=str(exc))
-            return
-        if event is None and charge is not None:
-            _log.warning("esl_call_end_unconfirmed", uuid=self.uuid, charged_s=seconds,
-                         why="no CHANNEL_HANGUP_COMPLETE: FreeSWITCH went away or stopped answering")
-
-
-class _CallProtocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, telling the listener when its connection is gone."""
-
-    def __init__(self, on_closed, client_connected_cb) -> None:
-        super().__init__(asyncio.StreamReader(limit=1 << 20), client_connected_cb)
+    def __init__(self, server: EslServer, on_closed) -> None:
+        self.server = server
+        self.router = server.router
         self._on_closed = on_closed
+        self.loop = asyncio.get_running_loop()
+        self.protocol = EslProtocol()
+        self.session = Session(server.settings, self.loop.time)
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._abort: asyncio.TimerHandle | None = None
+        self.done = self.loop.create_future()
+
+    @property
+    def uuid(self) -> str | None:
+        return self.session.uuid
+
+    # -- asyncio's side ----------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server._calls[self] = None
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        try:
+            self.protocol.receive_data(data)
+            for frame in self.protocol.frames():
+                session.receive_frame(frame)
+                if session._request is not None or session.state == CLOSED:
+                    self._pump()
+                    if session.state == CLOSED:
+                        return
+        except ProtocolError as exc:
+            _log.warning("esl_connection_broken", uuid=session.uuid, error=str(exc))
+            session.connection_lost()
+            self._pump()
+            self.transport.abort()
+            return
+        except Exception as exc:  # never leave a call parked: the fallback notice and a hangup
+            self._fail(exc)
+        self._pump()
+
+    def eof_received(self):
+        return False  # close our side too: connection_lost follows
 
     def connection_lost(self, exc) -> None:
         try:
-            super().connection_lost(exc)
+            self.session.connection_lost()
+            self._pump()
         finally:
+            for handle in (self._timer, self._abort):
+                if handle is not None:
+                    handle.cancel()
+            self.server._calls.pop(self, None)
+            self.server.handled += 1
+            if not self.done.done():
+                self.done.set_result(None)
             self._on_closed()
+
+    # -- the session's side ------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Carry out what the session asks for: decisions, writes, the end, the timer, the close.
+
+        Runs after every batch of frames: it peeks at the session's pending
+        request, end and output before taking them, the cheap test first.
+        """
+        session = self.session
+        request = session._request
+        while request is not None:
+            session._request = None
+            if request.pin is None:
+                try:
+                    decision = self.router.route(request.dialed, request.caller, None, "voice", None, request.uuid)
+                except Exception as exc:
+                    session.route_failed(exc)
+                else:
+                    session.decided(decision)
+            else:
+                # a hashed PIN may cost a key derivation: never on the loop that serves every call
+                future = self.loop.run_in_executor(self.server.pin_threads, self.router.route, request.dialed,
+                                                   request.caller, None, "voice", request.pin, request.uuid)
+                future.add_done_callback(self._pin_checked)
+            request = session._request
+        if session._end is not None:
+            self._report(session.take_end())
+        if session._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(session.data_to_send())
+        if session.close is not None:
+            self._close()
+            return
+        deadline = session.deadline
+        # lazy timer: re-armed only for an earlier deadline; an early firing just re-arms
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = self._timer_at = None
+        try:
+            self.session.deadline_passed()
+        except Exception as exc:
+            self._fail(exc)
+        self._pump()
+
+    def _pin_checked(self, future: asyncio.Future) -> None:
+        if self.session.state == CLOSED or future.cancelled():
+            return
+        try:
+            error = future.exception()
+            if error is not None:
+                self.session.route_failed(error)
+            else:
+                self.session.decided(future.result())
+        except Exception as exc:
+            self._fail(exc)
+        self._pump()
+
+    def _fail(self, exc: Exception) -> None:
+        try:
+            self.session.failed(exc)
+        except Exception as again:
+            _log.error("esl_fallback_failed", uuid=self.session.uuid, error=str(again))
+            self.session.connection_lost()
+
+    def _report(self, end) -> None:
+        """Charge the call (or release it, when its end never came)."""
+        try:
+            # a call longer than the router keeps calls (--max-call above it) is
+            # charged as the longest call, not refused and lost
+            seconds = min(end.seconds, self.router.longest_call_s)
+            charge = self.router.call_ended(end.uuid, seconds, end.target)
+        except Exception as exc:
+            _log.error("esl_call_end_failed", uuid=end.uuid, error=str(exc))
+            return
+        if not end.confirmed and charge is not None:
+            _log.warning("esl_call_end_unconfirmed", uuid=end.uuid, charged_s=seconds,
+                         why="no CHANNEL_HANGUP_COMPLETE: FreeSWITCH went away or stopped answering")
+
+    def _close(self) -> None:
+        """Close the socket; one whose peer does not read what is left is dropped after the reply timeout."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
+        transport = self.transport
+        if transport is None or self._abort is not None:
+            return
+        if self.session.close == "abort":
+            transport.abort()
+            return
+        transport.close()
+        self._abort = self.loop.call_later(self.server.settings.reply_timeout_s, transport.abort)
 
 
 class EslServer:
@@ -525,21 +262,11 @@ class EslServer:
         self.handled = 0
         self.shed = 0  # connections without channel data closed at max_connections to make room
         self.listener: Listener | None = None
-        self._calls: dict[asyncio.Task, EslCall] = {}  # in the order they came
+        self._calls: dict[EslCall, None] = {}  # in the order they came
 
     @property
     def active(self) -> int:
         return len(self._calls)
-
-    async def _handle(self, reader, writer) -> None:
-        task = asyncio.current_task()
-        call = EslCall(reader, writer, self.router, self.settings, self.pin_threads)
-        self._calls[task] = call
-        try:
-            await call.run()
-        finally:
-            del self._calls[task]
-            self.handled += 1
 
     def make_room(self) -> None:
         """At the connection limit: close the oldest connections that have not sent the channel data.
@@ -549,18 +276,19 @@ class EslServer:
         timeout anyway.  Cost: a pass over the calls.
         """
         budget = max(1, self.max_connections // 16)
-        for call in self._calls.values():  # oldest first
+        for call in list(self._calls):  # oldest first
             if budget == 0:
                 break
-            if call.uuid is None and not call.gone and not call.writer.transport.is_closing():
-                call.writer.transport.abort()
+            transport = call.transport
+            if call.session.uuid is None and transport is not None and not transport.is_closing():
+                transport.abort()
                 self.shed += 1
                 budget -= 1
                 _log_shed(shed=self.shed, max_connections=self.max_connections)
 
     async def start(self, host: str = "127.0.0.1", port: int = 8040) -> Listener:
         sock = listening_socket(host, port, backlog=1024)
-        self.listener = Listener(sock, lambda on_closed: _CallProtocol(on_closed, self._handle),
+        self.listener = Listener(sock, lambda on_closed: EslCall(self, on_closed),
                                  max_connections=self.max_connections, max_per_address=self.max_per_address,
                                  allow=self.allow, on_full=self.make_room, name="tel400-esl").start()
         return self.listener
@@ -574,11 +302,31 @@ class EslServer:
         if self.listener is not None:
             self.listener.close()
         if self._calls:
-            _, pending = await asyncio.wait(set(self._calls), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            _, pending = await asyncio.wait([call.done for call in self._calls], timeout=grace_s)
+            for call in list(self._calls):
+                if call.transport is not None:
+                    call.transport.abort()  # connection_lost reports each call's end
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
         self.pin_threads.shutdown(wait=False)
+
+
+def use_uvloop() -> str:
+    """``TEL400_ESL_LOOP=uvloop``: run on uvloop if it is installed; asyncio's own loop otherwise.
+
+    Off by default: on the benchmark (bench/test_bench_esl.py) uvloop did
+    not clearly lower the CPU per call (within the noise of a loaded
+    2-core machine).  Returns the loop's name.
+    """
+    if os.environ.get("TEL400_ESL_LOOP", "").lower() != "uvloop":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        _log.warning("esl_no_uvloop", hint="TEL400_ESL_LOOP=uvloop but uvloop is not installed: asyncio's loop")
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -668,6 +416,7 @@ def main(argv=None) -> int:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
     raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
+    use_uvloop()
     asyncio.run(_serve(args, router, settings, allow, f"{router.number_count} numbers from {store.url}"))
     return 0
 
@@ -708,8 +457,6 @@ async def _serve(args, router, settings, allow, what: str | None) -> None:
 
 def _serve_workers(args, settings, policy, allow, supervision) -> int:
     """--workers N: bind once, check the plans once, then N processes serve (:mod:`tel400.workers`)."""
-    import os
-
     from tel400 import workers
     from tel400.listener import hand_over
 
@@ -741,6 +488,7 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
         raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
         hand_over(args.host, args.port, workers.own_socket(socks, worker))  # EslServer.start serves it
         _log.info("esl_worker_serving", pid=os.getpid(), port=port)
+        use_uvloop()
         asyncio.run(_serve(args, router, settings, allow, None))
         return 0
 

@@ -2,9 +2,9 @@
 
 * FreeSWITCH mod_xml_curl asks for a dialplan (a form POST) and runs the XML
   it gets back: :func:`freeswitch_request` reads the form, :func:`freeswitch_xml`
-  writes the extension.  The applications and sound files are those of the
-  Event Socket adapter (:class:`tel400_freeswitch.server.Settings`), so both
-  ways of wiring FreeSWITCH behave alike.
+  writes the extension.  The steps come from :func:`tel400_freeswitch.actions.carry_out`,
+  the same function the Event Socket session runs, so both ways of wiring
+  FreeSWITCH behave alike.
 * Kamailio's rtjson module applies a routing document: :func:`kamailio_rtjson`
   is :func:`tel400.sip.rtjson` plus what the script needs to answer a refusal.
 
@@ -21,7 +21,8 @@ from xml.sax.saxutils import quoteattr
 
 import tel400
 from tel400 import sip
-from tel400_freeswitch.server import HANGUP_CAUSES, Settings as FreeSwitchSettings
+from tel400_freeswitch import actions as fs
+from tel400_freeswitch.actions import Settings as FreeSwitchSettings
 
 from .asgi import HttpError
 
@@ -31,7 +32,7 @@ NOT_FOUND = (b'<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
 _CONTEXT = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 _DIGITS = re.compile(r"\A[0-9]{4,8}\Z")
 _UUID = re.compile(r"\A[A-Za-z0-9-]{1,64}\Z")
-PIN_VARIABLE = "tel400_pin"
+PIN_VARIABLE = fs.PIN_VARIABLE
 PIN_ROUND_VARIABLE = "tel400_pin_round"
 
 
@@ -81,42 +82,25 @@ def freeswitch_xml(decision: tel400.Decision, request: FreeSwitchRequest, settin
     * queue — ``callcenter``; conference — ``conference``.
     """
     s = settings
-    actions: list[str] = []
-    if decision.action == "bridge":
-        actions.append(_action("set", "continue_on_fail=true"))
-        actions.append(_action("set", "hangup_after_bridge=true"))
-        if end_url and request.uuid:
-            hook = f"curl {end_url}/v1/calls/{request.uuid}/end post duration=${{billsec}}"
-            actions.append(_action("set", f"api_reporting_hook={hook}"))
-        actions.append(_action("bridge", s.dial_string(decision)))
-        actions.append(_action("answer"))
-        actions.append(_action("playback", s.sound(s.fallback_prompt)))
-        actions.append(_action("hangup", "NORMAL_TEMPORARY_FAILURE"))
-    elif (decision.action == "collect_pin" or decision.reason == "bad_pin") \
-            and request.pin_round < s.pin_attempts and request.context:
-        ask = decision.prompt if decision.action == "collect_pin" else "enter_pin"
-        arg = (f"4 8 3 {s.pin_timeout_ms} # {s.sound(ask or 'enter_pin')} {s.sound('bad_pin_format')} "
-               f"{PIN_VARIABLE} \\d{{4,8}}")
-        actions.append(_action("answer"))
-        if decision.reason == "bad_pin" and decision.prompt:
-            actions.append(_action("playback", s.sound(decision.prompt)))  # wrong: say so, then ask again
-        actions.append(_action("set", f"{PIN_ROUND_VARIABLE}={request.pin_round + 1}"))
-        actions.append(_action("play_and_get_digits", arg))
-        actions.append(_action("transfer", f"{decision.number} XML {request.context}"))
-    elif decision.action == "queue" and decision.targets:
-        actions.append(_action("answer"))
-        actions.append(_action("callcenter", s.queue_template.format(queue=decision.targets[0])))
-        actions.append(_action("hangup", "NORMAL_CLEARING"))
-    elif decision.action == "conference" and decision.targets:
-        actions.append(_action("answer"))
-        actions.append(_action("conference", s.conference_template.format(room=decision.targets[0])))
-        actions.append(_action("hangup", "NORMAL_CLEARING"))
+    if request.context is None and fs.asks_for_pin(decision, request.pin_round, s):
+        steps = fs.refusal(decision, s)  # no context to transfer back to: no second round
     else:
-        prompt = decision.prompt if decision.action == "reject" else (decision.prompt or "bad_pin")
-        actions.append(_action("answer"))
-        if prompt:
-            actions.append(_action("playback", s.sound(prompt)))
-        actions.append(_action("hangup", HANGUP_CAUSES.get(decision.reason, "CALL_REJECTED")))
+        steps = fs.carry_out(decision, s, pin_rounds=request.pin_round)
+    actions: list[str] = []
+    for step in steps:
+        if step.app == "multiset":  # the bridge options, one set each
+            actions.extend(_action("set", option) for option in step.arg.split())
+            if end_url and request.uuid:
+                hook = f"curl {end_url}/v1/calls/{request.uuid}/end post duration=${{billsec}}"
+                actions.append(_action("set", f"api_reporting_hook={hook}"))
+        elif step.app == "play_and_get_digits":  # count the round, ask, and route again with the PIN
+            actions.append(_action("set", f"{PIN_ROUND_VARIABLE}={request.pin_round + 1}"))
+            actions.append(_action(step.app, step.arg))
+            actions.append(_action("transfer", f"{decision.number} XML {request.context}"))
+        else:
+            actions.append(_action(step.app, step.arg or None))
+        if step.app == "bridge":  # continue_on_fail: the dialplan goes on here when no target answers
+            actions.extend(_action(f.app, f.arg or None) for f in fs.fallback(s))
 
     expression = "^" + re.escape(request.dialed) + "$"
     lines = [
