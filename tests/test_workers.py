@@ -209,6 +209,7 @@ def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(servers, t
                   what="the killed worker replaced")
     assert len(after & before) == 3
     assert seen_workers(server, 4)[2] not in before  # worker 2 again, a new process
+    assert not os.path.exists(f"/proc/{victim}")  # reaped: no zombie left
     assert f"worker 2 (pid {victim}) was killed by SIGKILL" in server.stderr()
     assert server.stop() == 0
 
@@ -296,6 +297,13 @@ def test_a_crash_loop_makes_the_parent_give_up(servers, tmp_path):
     assert server.proc.wait(30) == 1
     assert "3 worker deaths within 60 s (--crash-limit 3/60): a crash loop, giving up" in server.stderr()
     until(lambda: not children(server.proc.pid), what="the other worker stopped")
+
+
+def test_one_worker_is_the_single_process_of_before(servers, tmp_path):
+    server = servers("tel400-http", "--data", str(tmp_path / "data"), cwd=tmp_path, banner_end="  also:")
+    assert get(server.url + "/healthz")[2] == {"status": "ok"}  # no worker id: nothing forked
+    assert children(server.proc.pid) == set() and "workers started" not in server.stderr()
+    assert server.stop() == 0
 
 
 @pytest.mark.parametrize("command", ["tel400-http", "tel400-esl"])
