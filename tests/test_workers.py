@@ -758,3 +758,26 @@ def test_esl_workers_with_shared_calls_charge_each_call_once(servers, tmp_path):
         assert db.execute("SELECT count(*) FROM calls").fetchone() == (0,)
         assert db.execute("SELECT n FROM calls_count").fetchone() == (0,)
     assert server.stop() == 0
+
+
+@needs_shm
+def test_esl_workers_finish_calls_in_progress_on_sigterm(servers, tmp_path):
+    """SIGTERM while calls are bridged: each worker lets its calls end (here at --max-call) before it exits."""
+    server = esl(servers, tmp_path, sqlite_plans(tmp_path), "--max-call", "3", workers=3)
+    server.workers(3)
+
+    async def calls():
+        peer = FreeSwitchPeer()
+        placed = [asyncio.ensure_future(peer.play("127.0.0.1", server.port,
+                                                  Call(destination=NUMBER, stuck_apps=frozenset({"bridge"}))))
+                  for _ in range(12)]
+        await asyncio.sleep(1.0)  # every call is in its bridge
+        server.proc.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*placed)
+
+    started = time.monotonic()
+    played = asyncio.run(calls())
+    assert all(c.apps and c.apps[-1][0] == "bridge" for c in played), [c.apps for c in played]
+    assert all(not c.parked and c.hangup_cause for c in played)  # hung up by the server at --max-call
+    assert server.proc.wait(30) == 0 and time.monotonic() - started >= 2.5
+    assert "SIGTERM: stopping 3 workers" in server.stderr()
