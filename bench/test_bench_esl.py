@@ -60,10 +60,16 @@ def test_esl_calls_per_second(benchmark, tmp_path, loop):
     plans.write_text(json.dumps(tree, ensure_ascii=False))
     port = free_port()
     exe = pathlib.Path(sys.executable).with_name("tel400-esl")
+    # The server's log goes to a file: a pipe nobody reads would block the server once it fills.
+    log_path = tmp_path / "tel400-esl.log"
+    log = log_path.open("w")
     server = subprocess.Popen([str(exe), "--plans", str(plans), "--port", str(port)],
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TEL400_ESL_LOOP": loop})
+                              stderr=log, env={**os.environ, "TEL400_ESL_LOOP": loop})
     try:
-        assert "listening" in server.stderr.readline()
+        deadline = time.monotonic() + 60
+        while "listening" not in log_path.read_text():
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
         sample = [c for c in callers() if c.startswith("1")]
 
         async def place_calls() -> list[Call]:
@@ -87,9 +93,16 @@ def test_esl_calls_per_second(benchmark, tmp_path, loop):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-        server.stderr.close()
+        log.close()
     assert not any(c.parked for c in calls)
+    # every call really bridged and charged: a shortcut that failed calls would look cheaper
     router = tel400.Router(tel400.PlanSet.from_dict(tree))
+    # every call went as its decision says (a shortcut that failed calls would look cheaper):
+    # bridged and talked 1 s, or refused by the plan (the sample holds a few blacklisted callers)
+    bridged = [router.route("4001012345", c.caller).action == "bridge" for c in calls]
+    assert [c.billsec == 1 and c.apps[-1][0] == "bridge" for c in calls] == bridged
+    assert sum(bridged) > CALLS * 0.9
+    assert "esl_bridge_failed" not in log_path.read_text()
     t = time.perf_counter()
     for i in range(20000):
         router.route("4001012345", sample[i % len(sample)])

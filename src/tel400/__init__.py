@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ._impl import IMPLEMENTATION
 from ._common import check_at
+from .calls import open_calls
 from .counters import CounterBackend, MemoryCounters, open_counters
 from .decision import REASONS, Charge, Decision, Step
 from .exceptions import BackendError, NumberError, PlanError, SegmentError, Tel400Error
@@ -69,6 +70,7 @@ __all__ = [
     "loads_plans",
     "locate",
     "normalize",
+    "open_calls",
     "open_counters",
     "open_store",
     "use_segments",
