@@ -38,7 +38,7 @@ import pytest
 import tel400
 from tel400_freeswitch.peer import Call, FreeSwitchPeer
 
-from _inputs import callers
+from _inputs import MANUAL, callers
 from test_bench_http import (DIALED, WRK, Process, _bridging_callers, _cpu_seconds, _open_plans, _post_json,
                              _route_script, wrk)
 
@@ -129,14 +129,14 @@ def test_http_cpu_per_request_by_workers(benchmark, tmp_path):
     finally:
         for server in servers.values():
             server.stop()
-    info = _print_table(f"tel400-http POST /v1/route, wrk -t1 -c32 -d{DURATION}s, {ROUNDS} rounds interleaved, "
-                        f"medians ({os.cpu_count()} cores shared with wrk)", "req", runs)
+    info = _print_table(f"tel400-http POST /v1/route, wrk -t1 -c32 -d{DURATION}s, {ROUNDS} rounds "
+                        f"interleaved, medians ({os.cpu_count()} cores shared with wrk)", "req", runs)
     benchmark.extra_info.update(info)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
 def test_esl_cpu_per_call_by_workers(benchmark, tmp_path):
-    tree = tel400.load_plans(pathlib.Path(__file__).resolve().parent.parent / "examples" / "manual.toml").to_dict()
+    tree = tel400.load_plans(MANUAL).to_dict()
     for number in tree["numbers"]:
         for rule in number["rules"]:
             if "time" in rule:

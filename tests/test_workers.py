@@ -1,4 +1,4 @@
-"""``tel400-http --workers N`` and ``tel400-esl --workers N``: the real commands, their processes, their signals.
+"""``tel400-http --workers N`` and ``tel400-esl --workers N``: the real commands, processes and signals.
 
 Each test runs the console scripts as users do (PYTHONPATH inherited, so the
 sources under test serve) and looks at the processes through /proc.
@@ -239,7 +239,7 @@ def test_a_plan_change_reaches_every_worker_within_a_second(servers, tmp_path):
         elif elapsed > 1.0:
             stale_late.append((body["worker"], round(elapsed, 2)))
     assert sorted(updated) == [0, 1, 2, 3], updated
-    # every worker's own watcher polls the shared store (every 0.5 s): no worker routes by the old plans past 1 s
+    # each worker's own watcher polls the shared store (every 0.5 s): none routes by the old plans past 1 s
     assert not stale_late, stale_late
     assert server.stop() == 0
 
@@ -566,7 +566,7 @@ def test_20000_calls_ended_at_random_workers_are_each_charged_exactly_once(serve
     again = asyncio.run(end_all(server.port, {call_id: 60 for call_id in ids[:500]}))
     assert all([status for status, _ in a] == [404] for a in again.values())
     assert used(store, tmp_path) == {"calls": 20_000, "minutes": billed_minutes(durations)}
-    # the month's report sums the records of all workers: the same figures (each writer flushes within a second)
+    # the month's report sums the records of all workers: the same figures (each writer flushes in a second)
     until(lambda: (lambda r: r["calls"] == 20_000 and r["minutes"] == billed_minutes(durations))(
         report(server, tmp_path)), timeout_s=30, every_s=0.5, what="the report to sum every call")
     assert "record_write_failed" not in server.stderr() and "record_end_unmatched" not in server.stderr()
@@ -617,7 +617,7 @@ def test_calls_of_a_killed_worker_are_charged_through_the_others(servers, tmp_pa
     answers = asyncio.run(end_all(server.port, durations))
     assert f"worker {victim} (pid {pids[victim]}) was killed by SIGKILL" in server.stderr()
     assert all([status for status, _ in a] == [200] for a in answers.values())
-    # the victim's calls ended at the other workers (or its successor) and were charged once: the totals are exact
+    # the victim's calls ended at the other workers (or its successor), charged once: the totals are exact
     assert used(store, tmp_path) == {"calls": 4_000, "minutes": billed_minutes(durations)}
     assert server.stop() == 0
 
@@ -762,7 +762,7 @@ def test_esl_workers_with_shared_calls_charge_each_call_once(servers, tmp_path):
 
 @needs_shm
 def test_esl_workers_finish_calls_in_progress_on_sigterm(servers, tmp_path):
-    """SIGTERM while calls are bridged: each worker lets its calls end (here at --max-call) before it exits."""
+    """SIGTERM while calls are bridged: each worker lets its calls end (here at --max-call), then exits."""
     server = esl(servers, tmp_path, sqlite_plans(tmp_path), "--max-call", "3", workers=3)
     server.workers(3)
 

@@ -37,8 +37,8 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="processes serving the one port (default 1: this process serves, nothing forked); "
                         "N > 1 needs shared counters (shm:// or redis://)")
     g.add_argument("--calls", metavar="URL",
-                   help="where calls in progress are kept until their end: memory://, sqlite:///path, redis://… "
-                        "(shared between workers; the default depends on the server, see docs/deploy.md)")
+                   help="where calls in progress are kept until their end: memory://, sqlite:///path, "
+                        "redis://… (shared by the workers; the default depends on the server: docs/deploy.md)")
     g.add_argument("--crash-limit", metavar="DEATHS/SECONDS",
                    default=f"{default.crash_limit}/{default.crash_window_s:g}",
                    help="with --workers: this many worker deaths within this many seconds are a crash loop; "

@@ -90,7 +90,8 @@ class Policy:
         if self.crash_limit < 1 or not 0 < self.crash_window_s < float("inf"):
             raise ValueError("crash limit: expected at least 1 death within a positive number of seconds")
         if not 0 <= self.backoff_s <= self.backoff_max_s < float("inf") or not self.stop_timeout_s > 0:
-            raise ValueError("worker back-off and stop timeout: expected 0 <= backoff <= max < inf, timeout > 0")
+            raise ValueError("worker back-off and stop timeout: expected 0 <= backoff <= max < inf, "
+                             "timeout > 0")
 
     @classmethod
     def parse_crash_limit(cls, text: str, **others) -> Policy:
@@ -99,7 +100,8 @@ class Policy:
             deaths, seconds = text.split("/")
             return cls(crash_limit=int(deaths), crash_window_s=float(seconds), **others)
         except ValueError as exc:
-            raise ValueError(f"--crash-limit: expected DEATHS/SECONDS (e.g. 5/60), got {text!r}: {exc}") from None
+            raise ValueError(f"--crash-limit: expected DEATHS/SECONDS (e.g. 5/60), got {text!r}: {exc}") \
+                from None
 
     def backoff(self, deaths: int) -> float:
         """The wait before restarting a worker that died ``deaths`` times in a row (1, 2, …)."""

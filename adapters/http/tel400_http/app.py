@@ -155,7 +155,7 @@ class Service:
         self.sms = Sms(self, sms_gateway, sms_runner)
         self.draining = False
         self.started = False
-        #: This process's worker id under ``tel400-http --workers N`` (/healthz tells it); ``None``: no workers.
+        #: This process's worker id under ``tel400-http --workers N`` (/healthz tells it); ``None``: none.
         self.worker: int | None = None
         self._write_lock = threading.Lock()
         self._number_listeners: list = []

@@ -35,7 +35,8 @@ from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400 import workers
 from tel400.calls import DEFAULT_MAX_AGE_S
 from tel400.listener import raise_descriptor_limit
-from tel400.server_options import add_pin_options, add_worker_options, open_call_registry, pin_policy, worker_policy
+from tel400.server_options import (add_pin_options, add_worker_options, open_call_registry, pin_policy,
+                                   worker_policy)
 
 from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
@@ -319,7 +320,8 @@ def build_service(args, *, setup: bool = True) -> Service:
     first_start = setup and args.plans is None and not store.count()
     if first_start:
         seed(store, example_plans())
-    calls = open_call_registry(calls_url(args, data), max_calls=args.max_calls, max_age_s=args.max_call_duration)
+    calls = open_call_registry(calls_url(args, data), max_calls=args.max_calls,
+                               max_age_s=args.max_call_duration)
     # Streamed: each number is compiled as it is read, and only the compiled form is kept.
     router = tel400.Router.from_store(store, args.counters, calls=calls, pin_policy=pin_policy(args))
     watcher = tel400.PlanWatcher(router, store, version=router.plans_version)
