@@ -313,17 +313,40 @@ class Listener:
         self._room.set()
 
 
-def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+#: Listening sockets a supervisor bound before forking (:func:`hand_over`), by the (host, port) asked for.
+_handed_over: dict[tuple[str, int], socket.socket] = {}
+
+
+def hand_over(host: str, port: int, sock: socket.socket) -> None:
+    """Make the next ``listening_socket(host, port)`` in this process return ``sock`` instead of binding.
+
+    For worker processes (:mod:`tel400.workers`): the parent binds once and
+    each worker serves the inherited socket, whatever server code asks for it.
+    """
+    _handed_over[(host, port)] = sock
+
+
+def listening_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to ``host:port`` (the first address ``host`` resolves to, ``SO_REUSEADDR``), listening.
+
+    A socket given to :func:`hand_over` for ``(host, port)`` is returned
+    instead (once), as it is.  ``reuse_port``: ``SO_REUSEPORT`` too, so that
+    other sockets of this user may listen on the same port (the kernel
+    spreads the connections over them).
 
     Raises:
         OSError: the name does not resolve, or the address cannot be bound.
     """
+    handed = _handed_over.pop((host, port), None)
+    if handed is not None:
+        return handed
     family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
     except OSError:

@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated addresses or networks FreeSWITCH may connect from, or 'any'; "
                         "others are closed at once (default: %(default)s, this host)")
     add_pin_options(p)
+    from tel400.server_options import add_worker_options  # here: the module head is another change's
+
+    add_worker_options(p)
     return p
 
 
@@ -387,6 +390,8 @@ def allow_list(text: str) -> AllowList:
 
 
 def main(argv=None) -> int:
+    from tel400.server_options import worker_policy
+
     args = build_parser().parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
                         logger_factory=lambda *a: structlog.PrintLogger(sys.stderr))
@@ -399,32 +404,101 @@ def main(argv=None) -> int:
         settings = settings_from(args)
         policy = pin_policy(args)
         allow = allow_list(args.allow)
+        supervision = worker_policy(args, grace_s=_GRACE_S)
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
-    store = tel400.open_store(args.plans, create=False)  # a mistyped path is an error, not an empty store
-    # Streamed: each number is compiled as it is read; the watcher then applies changed numbers only.
-    router = tel400.Router.from_store(store, args.counters, pin_policy=policy)
-    tel400.PlanWatcher(router, store, version=router.plans_version).start()
+    if args.workers > 1:
+        return _serve_workers(args, settings, policy, allow, supervision)
+    try:
+        router, store = _router(args, policy)
+    except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+        print(f"tel400-esl: {exc}", file=sys.stderr)
+        return 2
     raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
-
-    async def serve() -> None:
-        server = EslServer(router, settings, max_connections=args.max_connections,
-                           max_per_address=args.max_per_address, allow=allow)
-        await server.start(args.host, args.port)
-        print(f"tel400-esl: {router.number_count} numbers from {store.url}, listening on "
-              f"{args.host}:{server.port} ({tel400.IMPLEMENTATION}) for FreeSWITCH at {allow} (--allow)",
-              file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.close()
-
     use_uvloop()
-    asyncio.run(serve())
+    asyncio.run(_serve(args, router, settings, allow, f"{router.number_count} numbers from {store.url}"))
     return 0
+
+
+#: Seconds the calls in progress have to finish after SIGTERM.
+_GRACE_S = 30.0
+
+
+def _router(args, policy) -> tuple[tel400.Router, object]:
+    """The router and its store, the plan watcher started (each worker makes its own, after the fork)."""
+    from tel400.server_options import open_call_registry
+
+    store = tel400.open_store(args.plans, create=False)  # a mistyped path is an error, not an empty store
+    # A call's end comes on the call's own connection, so one worker's memory keeps its calls (the
+    # default); --calls shares them (a registry tel400-http's end_url reports into too).
+    extra = {} if args.calls is None else {"calls": open_call_registry(args.calls, max_age_s=args.max_call)}
+    # Streamed: each number is compiled as it is read; the watcher then applies changed numbers only.
+    router = tel400.Router.from_store(store, args.counters, pin_policy=policy, **extra)
+    tel400.PlanWatcher(router, store, version=router.plans_version).start()
+    return router, store
+
+
+async def _serve(args, router, settings, allow, what: str | None) -> None:
+    """Serve until SIGTERM or SIGINT; ``what``: print the banner with it once listening."""
+    server = EslServer(router, settings, max_connections=args.max_connections,
+                       max_per_address=args.max_per_address, allow=allow)
+    await server.start(args.host, args.port)
+    if what is not None:
+        print(f"tel400-esl: {what}, listening on {args.host}:{server.port} ({tel400.IMPLEMENTATION}) "
+              f"for FreeSWITCH at {allow} (--allow)", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close(_GRACE_S)
+
+
+def _serve_workers(args, settings, policy, allow, supervision) -> int:
+    """--workers N: bind once, check the plans once, then N processes serve (:mod:`tel400.workers`)."""
+    from tel400 import workers
+    from tel400.listener import hand_over
+
+    try:
+        socks = workers.listening_sockets(args.host, args.port, args.workers, 1024)
+    except OSError as exc:
+        print(f"tel400-esl: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    port = socks[0].getsockname()[1]
+
+    def close() -> None:
+        for sock in socks:
+            sock.close()
+
+    def first_start() -> int:
+        try:
+            router, store = _router(args, policy)
+        except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+            print(f"tel400-esl: {exc}", file=sys.stderr)
+            return 2
+        print(f"tel400-esl: {router.number_count} numbers from {store.url}, listening on {args.host}:{port} "
+              f"({tel400.IMPLEMENTATION}, {args.workers} workers) for FreeSWITCH at {allow} (--allow)",
+              file=sys.stderr, flush=True)
+        return 0
+
+    def serve(worker: int) -> int:
+        structlog.contextvars.bind_contextvars(worker=worker)  # every log line says which worker
+        router, _ = _router(args, policy)
+        raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
+        hand_over(args.host, args.port, workers.own_socket(socks, worker))  # EslServer.start serves it
+        _log.info("esl_worker_serving", pid=os.getpid(), port=port)
+        use_uvloop()
+        asyncio.run(_serve(args, router, settings, allow, None))
+        return 0
+
+    try:
+        code = workers.run_once("tel400-esl", first_start)
+        if code:
+            return code
+        return workers.supervise(args.workers, serve, name="tel400-esl", policy=supervision, on_stop=close)
+    finally:
+        close()
 
 
 if __name__ == "__main__":

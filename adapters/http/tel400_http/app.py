@@ -47,6 +47,7 @@ import asyncio
 import bisect
 import datetime as dt
 import math
+import os
 import re
 import threading
 import time
@@ -154,6 +155,8 @@ class Service:
         self.sms = Sms(self, sms_gateway, sms_runner)
         self.draining = False
         self.started = False
+        #: This process's worker id under ``tel400-http --workers N`` (/healthz tells it); ``None``: none.
+        self.worker: int | None = None
         self._write_lock = threading.Lock()
         self._number_listeners: list = []
         self.requests: dict[tuple[str, int], int] = {}
@@ -477,7 +480,12 @@ class Service:
         return 200, b'{"pong":true}', b"application/json", None
 
     async def h_healthz(self, req: Request):
-        return 200, b'{"status":"ok"}', b"application/json", None
+        if self.worker is None:
+            return 200, b'{"status":"ok"}', b"application/json", None
+        # which worker answered (tel400-http --workers): a check that all serve, and where to look in the logs
+        return (200, encode_json({"status": "ok", "worker": self.worker, "pid": os.getpid(),
+                                  "numbers": self.router.number_count}), b"application/json",
+                [(b"x-tel400-worker", str(self.worker).encode())])
 
     async def h_readyz(self, req: Request):
         problems = []
@@ -587,6 +595,9 @@ class _ServiceCollector:
             yield CounterMetricFamily("tel400_http_records_dropped", "Call records dropped: the writer fell behind.",
                                       value=r.dropped)
             yield CounterMetricFamily("tel400_http_record_errors", "Call record writes that failed.", value=r.errors)
+            yield CounterMetricFamily("tel400_http_record_ends_unmatched",
+                                      "Call ends not written: their call's record never came (end_wait_s).",
+                                      value=r.ends_unmatched)
             yield GaugeMetricFamily("tel400_http_records_pending", "Call records waiting to be written.",
                                     value=r.pending)
 

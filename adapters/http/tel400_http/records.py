@@ -304,11 +304,16 @@ class CallRecords:
         max_rows: at most this many records are kept (the oldest go first).
         queue_max: records waiting to be written before new ones are dropped.
         rollup_retention_days: day-level rollups (the report) are kept this long.
+        end_wait_s: how long a call's end whose record is not written yet
+            waits for it (retried with each batch): with ``tel400-http
+            --workers``, the worker that routed the call may write its record
+            after another worker took the call's end.  Then the end is
+            dropped and counted (``ends_unmatched``).
     """
 
     def __init__(self, path: str, *, zone_of, retention_days: float = 180, max_rows: int = 5_000_000,
                  queue_max: int = 100_000, interval_s: float = 0.2, batch: int = 2000, clock=time.time,
-                 rollup_retention_days: float = 1100) -> None:
+                 rollup_retention_days: float = 1100, end_wait_s: float = 10.0) -> None:
         self.path = os.fspath(path)
         self._zone_of = zone_of
         self.retention_days = retention_days
@@ -325,6 +330,11 @@ class CallRecords:
         self._written = 0
         self.dropped = 0
         self.errors = 0
+        self.end_wait_s = end_wait_s
+        #: ends whose record was not in the database yet: call id → (give up at, the end); the writer's only
+        self._waiting: dict[str, tuple[float, tuple]] = {}
+        #: ends dropped after end_wait_s without their record
+        self.ends_unmatched = 0
         self._zones: dict[str, dt.tzinfo] = {}
         self._hours: dict[str | None, tuple[float, float, str, int]] = {}
         self._local = threading.local()
@@ -382,7 +392,7 @@ class CallRecords:
                 (last, CHUNK)).fetchall()
             if not rows:
                 break
-            db.execute("BEGIN")
+            db.execute("BEGIN IMMEDIATE")
             try:
                 counted, updates = [], []
                 for rid, number, caller, province, target, action, reason, started, day, billed, cost, dur in rows:
@@ -411,7 +421,7 @@ class CallRecords:
         """
         rows = db.execute("SELECT COUNT(*) FROM roll_caller_month").fetchone()[0]
         _log.info("records_upgrade_callers_started", caller_months=rows, schema=SCHEMA_VERSION)
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("ALTER TABLE roll_caller_month ADD COLUMN returning_caller INTEGER NOT NULL DEFAULT 0")
             db.execute(
@@ -476,6 +486,8 @@ class CallRecords:
                 return
 
     def _drain(self) -> None:
+        if self._waiting and not self._queue:
+            self._write([])  # ends waiting for another process's records: again
         while self._queue:
             items = []
             while self._queue and len(items) < self._batch:
@@ -536,7 +548,8 @@ class CallRecords:
             # keep SQLite's default: they are many, each a thread).
             db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             self._local.writer = True
-        inserts, ends = [], []
+        inserts = []
+        ends = [end for _, end in self._waiting.values()]  # first: a newer end of the same call replaces it
         for item in items:
             if item[0] == "d":
                 _, d, started = item
@@ -546,7 +559,9 @@ class CallRecords:
                                 d.channel, started, day, hour, int(d.action in CONNECTS)))
             else:
                 ends.append(item[1:])
-        db.execute("BEGIN")
+        # IMMEDIATE: the write lock first (waiting for it up to the timeout), for the writers of other
+        # processes (tel400-http --workers); a read turned write would fail at once on their commits
+        db.execute("BEGIN IMMEDIATE")
         try:
             # Decisions first: an end in the same batch finds its call.
             db.executemany(
@@ -556,19 +571,37 @@ class CallRecords:
                                      None, None, None)
                                     for (_, number, caller, province, _, target, action, reason, _, _, day, hour,
                                          connected) in inserts])
-            self._ends(db, ends)
+            missing = self._ends(db, ends)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._wait_for_records(missing)
         self._zones.clear()  # plans may have changed their zone; look again next batch
         self._hours.clear()
 
-    def _ends(self, db, ends) -> None:
+    def _wait_for_records(self, missing: dict[str, tuple]) -> None:
+        """Keep the ends whose record is not written yet for the next batches, up to ``end_wait_s``."""
+        now = time.monotonic()
+        waiting = {}
+        for call_id, end in missing.items():
+            known = self._waiting.get(call_id)
+            give_up = known[0] if known is not None else now + self.end_wait_s
+            if give_up > now and len(waiting) < self.queue_max:
+                waiting[call_id] = (give_up, end)
+            else:
+                self.ends_unmatched += 1
+                _log.warning("record_end_unmatched", call_id=call_id, waited_s=self.end_wait_s)
+        self._waiting = waiting
+
+    def _ends(self, db, ends) -> dict[str, tuple]:
         """Write calls' ends on their records and move the rollups' amounts from the old values to the new.
 
         The records are read in one query per 500 ends; when one call's end
         comes twice, the later replaces the earlier, as it would one by one.
+
+        Returns:
+            The ends whose call has no record (yet), by call id: the last of each.
         """
         state: dict[str, list] = {}
         call_ids = list({end[0] for end in ends})
@@ -579,10 +612,14 @@ class CallRecords:
                     f"WHERE id IN (SELECT MAX(id) FROM records WHERE call_id IN ({marks}) GROUP BY call_id)", chunk):
                 state[row[0]] = list(row[1:])
         before = {call_id: tuple(now) for call_id, now in state.items()}
-        for call_id, duration_s, billed_s, cost, target in ends:
+        missing = {}
+        for end in ends:
+            call_id, duration_s, billed_s, cost, target = end
             now = state.get(call_id)
             if now is not None:
                 now[3:7] = [target if target is not None else now[3], duration_s, billed_s, cost]
+            else:
+                missing[call_id] = end
         updates = []
         days: dict = collections.defaultdict(lambda: [0, 0, 0.0])
         targets: dict = collections.defaultdict(lambda: [0, 0, 0])
@@ -614,6 +651,7 @@ class CallRecords:
             "INSERT INTO roll_target VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, "
             "billed_s = billed_s + excluded.billed_s, cost_micro = cost_micro + excluded.cost_micro",
             [(*key, *delta) for key, delta in targets.items() if delta != [0, 0, 0]])
+        return missing
 
     def _roll_inserts(self, db, rows) -> None:
         """Add records to the rollups.
@@ -828,7 +866,7 @@ class CallRecords:
         earliest month still kept (the caller analysis counts only what is
         kept): that row's flag and its summary are put right.
         """
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")
         try:
             pruned: dict = collections.defaultdict(set)
             for number, caller in db.execute("SELECT number, caller FROM roll_caller_month WHERE month < ?", (month,)):

@@ -32,9 +32,11 @@ from tel400_freeswitch.server import Settings as FreeSwitchSettings
 import tel400
 from tel400 import pins
 from tel400.addresses import ANY, LOOPBACK, AllowList
-from tel400.calls import DEFAULT_MAX_AGE_S, CallRegistry
+from tel400 import workers
+from tel400.calls import DEFAULT_MAX_AGE_S
 from tel400.listener import raise_descriptor_limit
-from tel400.server_options import add_pin_options, pin_policy
+from tel400.server_options import (add_pin_options, add_worker_options, open_call_registry, pin_policy,
+                                   worker_policy)
 
 from .app import Service
 from .auth import SwitchAuth, Tokens, hash_token, new_token
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-call-duration", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
                    help="the longest call: a longer reported duration is refused, an older call forgotten")
     add_pin_options(p)
+    add_worker_options(p)
     add_sms_options(p)
     add_portal_options(p)
     p.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
@@ -205,7 +208,8 @@ def add_portal_options(p: argparse.ArgumentParser) -> None:
 def configure_logging(level: str) -> None:
     """JSON lines on stderr: one object per event, with its level and an ISO timestamp."""
     structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.processors.format_exc_info, structlog.processors.JSONRenderer(ensure_ascii=False)],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -275,8 +279,13 @@ def operator_password(args) -> str | None:
     return os.environ.get(OPERATOR_PASSWORD_ENV) or None
 
 
-def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) -> list[str]:
-    """Mount the web portal on ``service``; the lines the banner adds (passwords made now, printed once)."""
+def build_portal(service: Service, args, data: pathlib.Path, first_start: bool,
+                 accounts_setup: bool = True) -> list[str]:
+    """Mount the web portal on ``service``; the lines the banner adds (passwords made now, printed once).
+
+    ``accounts_setup``: make the operator account (or set its given password) and the example company's;
+    off in --workers' workers, where the first start did it (setting a password ends the account's sessions).
+    """
     from .portal import create_portal
 
     data.mkdir(parents=True, exist_ok=True)
@@ -285,12 +294,12 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
                              session_ttl_s=args.session_hours * 3600)
     key = secret_file(pathlib.Path(args.portal_secret) if args.portal_secret else data / "portal-secret")
     notes = []
-    made = accs.ensure_operator(args.operator, operator_password(args))
+    made = accs.ensure_operator(args.operator, operator_password(args)) if accounts_setup else None
     if made:
         hint = "; --operator NAME: a login of your own" if args.operator == "operator" else ""
         notes.append(f"  portal:  operator {args.operator!r}, password {made}  (printed once; "
                      f"--operator-password-file sets another{hint})")
-    if first_start and not accs.has_account("company", EXAMPLE_COMPANY):
+    if accounts_setup and first_start and not accs.has_account("company", EXAMPLE_COMPANY):
         password = secrets.token_urlsafe(9)
         accs.set_company_password(EXAMPLE_COMPANY, password, actor="tel400-http (seed)")
         notes.append(f"  portal:  company {EXAMPLE_COMPANY}, password {password}  (printed once; the operator "
@@ -302,15 +311,17 @@ def build_portal(service: Service, args, data: pathlib.Path, first_start: bool) 
     return notes
 
 
-def build_service(args) -> Service:
+def build_service(args, *, setup: bool = True) -> Service:
+    """The service the options describe; ``setup``: also the first-start work (seeding, portal accounts)."""
     data = pathlib.Path(args.data)
     if args.plans is None or args.records is None or args.tokens is None:
         data.mkdir(parents=True, exist_ok=True)
     store = tel400.open_store(args.plans or f"sqlite:///{data / 'plans.db'}")
-    first_start = args.plans is None and not store.count()
+    first_start = setup and args.plans is None and not store.count()
     if first_start:
         seed(store, example_plans())
-    calls = CallRegistry(max_calls=args.max_calls, max_age_s=args.max_call_duration)
+    calls = open_call_registry(calls_url(args, data), max_calls=args.max_calls,
+                               max_age_s=args.max_call_duration)
     # Streamed: each number is compiled as it is read, and only the compiled form is kept.
     router = tel400.Router.from_store(store, args.counters, calls=calls, pin_policy=pin_policy(args))
     watcher = tel400.PlanWatcher(router, store, version=router.plans_version)
@@ -328,8 +339,22 @@ def build_service(args) -> Service:
                       gateway=args.gateway, media_server=args.media_server, ring_timeout_ms=args.ring_timeout * 1000,
                       cap_code=args.cap_code, end_url=args.end_url, max_body=args.max_body,
                       switch_auth=switch_auth(args), at_tolerance_s=args.at_tolerance, **sms_parts(args, data))
-    service.portal_notes = [] if args.no_portal else build_portal(service, args, data, first_start)
+    service.portal_notes = [] if args.no_portal else build_portal(service, args, data, first_start, setup)
     return service
+
+
+def calls_url(args, data: pathlib.Path) -> str | None:
+    """Where calls in progress are kept: --calls, else shared by the workers when there are several
+    (the Redis of the counters, or DATA/calls.db), else this process's memory (``None``)."""
+    if args.calls:
+        return args.calls
+    if args.workers == 1:
+        return None
+    counters = str(args.counters)
+    if counters.lower().startswith(("redis://", "rediss://", "redis+")):
+        return counters.split("?", 1)[0]  # the counters' own query options are not the registry's
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(data / 'calls.db').resolve()}"
 
 
 def switch_auth(args) -> SwitchAuth:
@@ -350,9 +375,10 @@ def banner(service: Service, url: str, args) -> str:
     numbers = service.router.number_count
     token = (f'"Authorization: Bearer $(cat {pathlib.Path(args.data) / "admin-token"})"' if not args.tokens
              else '"Authorization: Bearer $TOKEN"')
+    workers_note = f", {args.workers} workers" if args.workers > 1 else ""
     return "\n".join([
         f"tel400-http {tel400.__version__}: {numbers} numbers from {service.store.url} "
-        f"({service.router.implementation}), listening on {url}",
+        f"({service.router.implementation}{workers_note}), listening on {url}",
         *_portal_lines(service, url, args),  # first: what a person opens in a browser
         f"  route:   curl -s {url}/v1/route -d '{{\"dialed\": \"4001012345\", \"caller\": \"13901012345\"}}'",
         f"  admin:   curl -s -H {token} {url}/v1/numbers",
@@ -394,17 +420,27 @@ def main(argv=None) -> int:
         print(hash_token(args.hash_token))
         return 0
     configure_logging(args.log_level)
-    import uvicorn  # not before: --hash-token stays quick
-
-    from .connections import ConnectionCollector, Deadlines, LimitedServer
+    from .connections import Deadlines
 
     try:
         check_limits(args)
         deadlines = Deadlines(args.header_timeout, args.body_timeout)
+        policy = worker_policy(args, args.grace)
+        if args.workers > 1:
+            return serve_workers(args, deadlines, policy)
         service = build_service(args)
     except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
         print(f"tel400-http: {exc}", file=sys.stderr)
         return 2
+    make_server(args, service, deadlines, announce=True).run()
+    return 0
+
+
+def make_server(args, service: Service, deadlines, *, announce: bool):
+    """The uvicorn server of ``service``; ``announce``: print the banner once it listens."""
+    import uvicorn  # not at import: --hash-token stays quick
+
+    from .connections import ConnectionCollector, LimitedServer
 
     class Server(LimitedServer):
         def handle_exit(self, sig, frame) -> None:
@@ -416,14 +452,14 @@ def main(argv=None) -> int:
 
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
-            if not self.should_exit:
+            if announce and not self.should_exit:
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
                 print(banner(service, f"http://{host}:{port}", args), flush=True)
 
     # ws="none": no WebSocket upgrade may swap the protocol that gives a connection's place back
     config = uvicorn.Config(service, host=args.host, port=args.port, lifespan="on", access_log=False,
                             log_level="warning", timeout_graceful_shutdown=args.grace, server_header=False,
-                            date_header=False, timeout_keep_alive=args.idle_timeout, ws="none", backlog=2048,
+                            date_header=False, timeout_keep_alive=args.idle_timeout, ws="none", backlog=BACKLOG,
                             # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told: a client on this
                             # host (or behind a proxy here) could then choose its address
                             proxy_headers=args.forwarded_allow_ips is not None,
@@ -432,8 +468,54 @@ def main(argv=None) -> int:
     server = Server(config, deadlines=deadlines, max_connections=args.max_connections,
                     max_per_address=args.max_per_address)
     service.registry.register(ConnectionCollector(server))
-    server.run()
-    return 0
+    return server
+
+
+#: The listen backlog: connections the kernel holds until a worker accepts them.
+BACKLOG = 2048
+
+
+def serve_workers(args, deadlines, policy: workers.Policy) -> int:
+    """--workers N: bind once, do the first start once, then N processes serve (:mod:`tel400.workers`)."""
+    try:
+        socks = workers.listening_sockets(args.host, args.port, args.workers, BACKLOG)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    host, port = socks[0].getsockname()[:2]
+    url = f"http://{host}:{port}"
+
+    def close() -> None:
+        for sock in socks:
+            sock.close()
+
+    def first_start() -> int:
+        # data directory, seeded plans, token, portal passwords: made (and printed) here, once
+        try:
+            service = build_service(args)
+        except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+            print(f"tel400-http: {exc}", file=sys.stderr)
+            return 2
+        print(banner(service, url, args), flush=True)
+        return 0
+
+    def serve(worker: int) -> int:
+        structlog.contextvars.bind_contextvars(worker=worker)
+        try:
+            service = build_service(args, setup=False)  # after the fork: its own connections, threads, router
+        except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+            print(f"tel400-http: worker {worker}: {exc}", file=sys.stderr)
+            return 2
+        service.worker = worker
+        make_server(args, service, deadlines, announce=False).run(sockets=[workers.own_socket(socks, worker)])
+        return 0
+
+    try:
+        code = workers.run_once("tel400-http", first_start)
+        if code:
+            return code
+        return workers.supervise(args.workers, serve, name="tel400-http", policy=policy, on_stop=close)
+    finally:
+        close()
 
 
 def check_limits(args) -> None:
