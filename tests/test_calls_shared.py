@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pathlib
 import random
 import time
 
@@ -292,6 +293,27 @@ def test_a_dead_processes_claim_is_taken_over(calls_url, make_calls):
     assert calls.claim("c1", held)  # its holder is gone: the retry charges the call
     calls.settle("c1", held)
     assert calls.get("c1") is None
+
+
+@shared_kinds
+def test_a_claim_of_a_killed_process_not_yet_reaped_is_taken_over(calls_url, make_calls):
+    """A worker killed by SIGKILL is a zombie until its supervisor reaps it: kill(pid, 0) still finds it,
+    but it charges nothing more, so the switch's retry must take its claim over at once."""
+    calls = make_calls()
+    calls.remember(record("c1"))
+    queue = FORK.Queue()
+    child = FORK.Process(target=_claim_and_die, args=(calls_url, queue))
+    child.start()
+    assert queue.get(timeout=30) is True
+    deadline = time.monotonic() + 30
+    while pathlib.Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0] != b"Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    held = calls.get("c1")  # the child is a zombie now: not reaped (no join yet)
+    assert calls.claim("c1", held)
+    calls.settle("c1", held)
+    assert calls.get("c1") is None
+    child.join(timeout=30)
 
 
 def _end_in_child(calls, queue):

@@ -17,7 +17,7 @@ before settling it (SIGKILL, a crash) leaves a claim nobody will settle.
 Refusing every later report would lose the charge; letting every later
 report claim would charge twice.  The registry lets a later report take
 the claim over once its holder is known dead (the same host and pid
-namespace, and its pid no longer exists: at once) or its lease
+namespace, and its pid no longer exists or is a zombie: at once) or its lease
 (``claim_lease_s``, 30 s by default) has run out: a dead worker's calls are charged by the report the switch
 sends again.  The price: a process that died *after* adding some of the
 charge and *before* settling, or a live one stalled past the lease between
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import os
+import pathlib
 import secrets
 import socket
 import threading
@@ -129,7 +130,21 @@ def holder_dead(claimer: str) -> bool:
         return True
     except OSError:  # PermissionError: it exists, under another user
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """``pid`` has exited and waits to be reaped: ``kill(pid, 0)`` still finds it.
+
+    A worker killed by SIGKILL stays a zombie until its supervisor reaps it,
+    which on a busy host can be after the switch has retried the end it was
+    charging: that retry must take the claim over, not see a live holder.
+    """
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False  # no /proc (not Linux), or it was reaped meanwhile: kill() said it existed
+    return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"])
 
 
 def _place_pid(claimer: str) -> tuple[str, int | None]:
