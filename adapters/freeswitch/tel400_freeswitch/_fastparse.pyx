@@ -31,7 +31,8 @@ cdef object _ProtocolError = None
 cdef object _not_a_header = None      # (block, what) -> ProtocolError, its message
 cdef object _content_length_py = None  # the reference's Content-Length check, for anything but plain digits
 cdef object _everything_py = None     # (block) -> {name: decoded value}, for iteration
-cdef Py_ssize_t _MAX_BODY_BYTES = 0    # the module limit on inner Content-Length (as the reference)
+cdef Py_ssize_t _MAX_BODY_BYTES = 0    # the module limit on Content-Length, and the default body limit
+cdef Py_ssize_t _MAX_HEADER_BYTES = 0  # the default header block limit
 cdef Py_ssize_t _SLACK_BYTES = 0
 cdef object _tuple_new = tuple.__new__
 cdef object _headers_type = None        # the class parsed Headers get (a Mapping subclass of Headers)
@@ -40,14 +41,14 @@ cdef enum:
     MAX_NAME = 128
 
 
-def bind(*, frame, event, error, not_a_header, content_length, everything, max_body_bytes, slack_bytes,
-         headers_type):
+def bind(*, frame, event, error, not_a_header, content_length, everything, max_header_bytes, max_body_bytes,
+         slack_bytes, headers_type):
     """Called once by protocol.py: the reference's classes, rare paths and limits."""
     global _Frame, _Event, _ProtocolError, _not_a_header, _content_length_py, _everything_py
-    global _MAX_BODY_BYTES, _SLACK_BYTES, _headers_type
+    global _MAX_HEADER_BYTES, _MAX_BODY_BYTES, _SLACK_BYTES, _headers_type
     _Frame, _Event, _ProtocolError = frame, event, error
     _not_a_header, _content_length_py, _everything_py = not_a_header, content_length, everything
-    _MAX_BODY_BYTES, _SLACK_BYTES = max_body_bytes, slack_bytes
+    _MAX_HEADER_BYTES, _MAX_BODY_BYTES, _SLACK_BYTES = max_header_bytes, max_body_bytes, slack_bytes
     _headers_type = headers_type
 
 
@@ -328,7 +329,12 @@ cdef inline const unsigned char* _ptr(object buffer):
 
 
 cdef class EslProtocol:
-    """The compiled :class:`tel400_freeswitch.protocol.EslProtocol`: same buffer, frames, errors, limits."""
+    """Parses what FreeSWITCH sends; a bounded buffer, one frame at a time (compiled).
+
+    The twin of the reference ``EslProtocol`` in ``tel400_freeswitch.protocol``:
+    the same buffer, frames, errors and limits (by default the reference's
+    ``MAX_HEADER_BYTES`` and ``MAX_BODY_BYTES``).
+    """
 
     cdef object _buffer          # bytes as they came, or a bytearray once compacted
     cdef Py_ssize_t _start       # the first byte not yet returned in a frame
@@ -339,14 +345,16 @@ cdef class EslProtocol:
     cdef public Py_ssize_t max_body_bytes
     cdef public bint closed
 
-    def __init__(self, *, max_header_bytes, max_body_bytes):
+    def __init__(self, *, max_header_bytes=None, max_body_bytes=None):
+        if _ProtocolError is None:
+            raise RuntimeError("tel400_freeswitch._fastparse: import it through tel400_freeswitch.protocol")
         self._buffer = b""
         self._start = 0
         self._scan = 0
         self._pending = None
         self._length = 0
-        self.max_header_bytes = max_header_bytes
-        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = _MAX_HEADER_BYTES if max_header_bytes is None else max_header_bytes
+        self.max_body_bytes = _MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes
         self.closed = False
 
     @property

@@ -553,18 +553,10 @@ def _load_compiled() -> Parser | None:
 
     CompiledHeaders.__name__ = CompiledHeaders.__qualname__ = "Headers"
 
-    class CompiledEslProtocol(_fastparse.EslProtocol):
-        __doc__ = EslProtocol.__doc__
-
-        def __init__(self, *, max_header_bytes: int = MAX_HEADER_BYTES, max_body_bytes: int = MAX_BODY_BYTES):
-            super().__init__(max_header_bytes=max_header_bytes, max_body_bytes=max_body_bytes)
-
-    CompiledEslProtocol.__name__ = CompiledEslProtocol.__qualname__ = "EslProtocol"
-
     _fastparse.bind(frame=Frame, event=Event, error=ProtocolError, not_a_header=_not_a_header,
-                    content_length=_content_length, everything=_every_header, max_body_bytes=MAX_BODY_BYTES,
-                    slack_bytes=_SLACK_BYTES, headers_type=CompiledHeaders)
-    return Parser("cython", CompiledEslProtocol, CompiledHeaders, _fastparse.parse_event)
+                    content_length=_content_length, everything=_every_header, max_header_bytes=MAX_HEADER_BYTES,
+                    max_body_bytes=MAX_BODY_BYTES, slack_bytes=_SLACK_BYTES, headers_type=CompiledHeaders)
+    return Parser("cython", _fastparse.EslProtocol, CompiledHeaders, _fastparse.parse_event)
 
 
 CYTHON = _load_compiled()

@@ -101,9 +101,10 @@ class EslCall(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         session = self.session
+        protocol = self.protocol
         try:
-            self.protocol.receive_data(data)
-            for frame in self.protocol.frames():
+            protocol.receive_data(data)
+            while (frame := protocol.next_frame()) is not None:
                 session.receive_frame(frame)
                 if session._request is not None or session.state == CLOSED:
                     self._pump()
@@ -230,7 +231,8 @@ class EslCall(asyncio.Protocol):
             transport.abort()
             return
         transport.close()
-        self._abort = self.loop.call_later(self.server.settings.reply_timeout_s, transport.abort)
+        if transport.get_write_buffer_size():  # nothing left to write (the usual end): it closes now, no timer
+            self._abort = self.loop.call_later(self.server.settings.reply_timeout_s, transport.abort)
 
 
 class EslServer:
