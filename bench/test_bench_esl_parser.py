@@ -17,7 +17,7 @@ its colon, the least any line-based parser does -- and keeps the median of
 yardstick / parser (``extra_info["lines_over_parser"]``, what the CI guard
 reads).  The per-line parser that decoded every header of every frame
 (before issue 15) measured 0.05; the block parser with lazy headers 0.31; its
-compiled twin RATIO_TWIN.
+compiled twin 0.97-1.03.
 
     .venv/bin/pytest bench/test_bench_esl_parser.py --benchmark-enable --benchmark-columns=median
 """
