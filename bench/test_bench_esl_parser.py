@@ -176,4 +176,5 @@ def test_esl_parser_interleaved(benchmark):
     benchmark.pedantic(rounds, rounds=1, iterations=1)
     benchmark.extra_info.update(
         calls=CALLS_PER_BATCH * 15 * 2, lines_over_parser=round(statistics.median(ratios), 3),
-        parser=protocol.IMPLEMENTATION, parser_us_per_call=round(statistics.median(parser_s) / CALLS_PER_BATCH * 1e6, 1))
+        parser=protocol.IMPLEMENTATION,
+        parser_us_per_call=round(statistics.median(parser_s) / CALLS_PER_BATCH * 1e6, 1))

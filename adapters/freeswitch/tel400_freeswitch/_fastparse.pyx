@@ -52,7 +52,7 @@ def bind(*, frame, event, error, not_a_header, content_length, everything, max_h
     _headers_type = headers_type
 
 
-# the bytes a header name is made of ([A-Za-z0-9_.-], as the reference's _NAME_CHARS): a table, one load a byte
+# the bytes a header name is made of ([A-Za-z0-9_.-], the reference's _NAME_CHARS): one table load a byte
 cdef bint _NAME_CHAR[256]
 for _c in range(256):
     _NAME_CHAR[_c] = (ord("a") <= _c <= ord("z") or ord("A") <= _c <= ord("Z") or ord("0") <= _c <= ord("9")
@@ -421,7 +421,8 @@ cdef class EslProtocol:
             if end - start > self.max_header_bytes:
                 raise _ProtocolError(f"header block over {self.max_header_bytes} bytes")
             if not _lines_ok(s + start, end + 1 - start):
-                raise _not_a_header(PyBytes_FromStringAndSize(<const char*>s + start, end + 1 - start), "frame")
+                block = PyBytes_FromStringAndSize(<const char*>s + start, end + 1 - start)
+                raise _not_a_header(block, "frame")
             headers = _headers(s + start, end + 1 - start)
             length_text = _find(headers._block, b"content-length")
             headers._cache["Content-Length"] = length_text

@@ -34,6 +34,11 @@ session reads about 20):
   it), O(value) for each new name, O(1) for a name seen before.  Iterating
   decodes everything once.
 
+A compiled twin (``_fastparse.pyx``: the same frames, look-ups, errors and
+limits, one test suite over both) replaces :class:`EslProtocol`,
+:class:`Headers` and :func:`parse_event` when the core's compiled hot path is
+in use; :data:`IMPLEMENTATION` says which runs, :data:`PARSERS` holds both.
+
 Validation is not lazy: every line of a frame's header block and of an
 event's header block is checked when :meth:`~EslProtocol.next_frame` returns
 the frame, and so are the frame's and the event's Content-Length, so a
@@ -511,6 +516,8 @@ class EslProtocol:
 
 
 # --- the compiled twin ----------------------------------------------------------------
+# At the end of this section the public names EslProtocol, Headers and parse_event become the active
+# parser's; the reference's own code above reaches its pieces through these two, so it stays the reference.
 
 _PyHeaders = Headers
 _py_parse_event = parse_event
@@ -554,8 +561,9 @@ def _load_compiled() -> Parser | None:
     CompiledHeaders.__name__ = CompiledHeaders.__qualname__ = "Headers"
 
     _fastparse.bind(frame=Frame, event=Event, error=ProtocolError, not_a_header=_not_a_header,
-                    content_length=_content_length, everything=_every_header, max_header_bytes=MAX_HEADER_BYTES,
-                    max_body_bytes=MAX_BODY_BYTES, slack_bytes=_SLACK_BYTES, headers_type=CompiledHeaders)
+                    content_length=_content_length, everything=_every_header,
+                    max_header_bytes=MAX_HEADER_BYTES, max_body_bytes=MAX_BODY_BYTES, slack_bytes=_SLACK_BYTES,
+                    headers_type=CompiledHeaders)
     return Parser("cython", _fastparse.EslProtocol, CompiledHeaders, _fastparse.parse_event)
 
 

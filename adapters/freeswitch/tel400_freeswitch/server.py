@@ -231,7 +231,8 @@ class EslCall(asyncio.Protocol):
             transport.abort()
             return
         transport.close()
-        if transport.get_write_buffer_size():  # nothing left to write (the usual end): it closes now, no timer
+        # nothing left to write (the usual end): it closes now, no timer
+        if transport.get_write_buffer_size():
             self._abort = self.loop.call_later(self.server.settings.reply_timeout_s, transport.abort)
 
 

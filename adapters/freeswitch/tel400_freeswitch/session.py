@@ -510,6 +510,7 @@ TRANSITIONS: dict[tuple[str, str], Callable[[Session, object], None]] = {
     **{(state, LOST): S._lost for state in _LIVE},
 }
 del S
-_BY_STATE: dict[str, dict[str, Callable[[Session, object], None]]] = {state: {} for state in _LIVE + (CLOSED,)}
+#: TRANSITIONS by state, for :meth:`Session._on`
+_BY_STATE: dict[str, dict[str, Callable[[Session, object], None]]] = {s: {} for s in _LIVE + (CLOSED,)}
 for (_state, _what), _handler in TRANSITIONS.items():
     _BY_STATE[_state][_what] = _handler
