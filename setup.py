@@ -10,6 +10,7 @@ import os
 
 from setuptools import setup
 
+ADAPTER_MODULES = ["_fastparse"]
 MODULES = ["_numbers", "_segments", "_clock", "_select", "_counters", "_shm", "_engine", "_plans", "_compile"]
 
 
@@ -31,6 +32,13 @@ def extensions():
         )
         for name in MODULES
         if os.path.exists(f"src/tel400/_fast/{name}.pyx")
+    ]
+    # the FreeSWITCH adapter's Event Socket parser (its reference: tel400_freeswitch/protocol.py)
+    exts += [
+        Extension(f"tel400_freeswitch.{name}", [f"adapters/freeswitch/tel400_freeswitch/{name}.pyx"],
+                  define_macros=macros, extra_compile_args=flags)
+        for name in ADAPTER_MODULES
+        if os.path.exists(f"adapters/freeswitch/tel400_freeswitch/{name}.pyx")
     ]
     return cythonize(
         exts,

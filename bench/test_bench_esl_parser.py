@@ -9,13 +9,15 @@ goodbye notices: 15 frames, ~13 KB.  It is fed one peer write at a time (what
 a loopback read delivers), every frame is taken, and the headers the session
 reads are read (``read_like_the_session``).
 
-``test_esl_parser_call`` reports µs per call (``extra_info["us_per_call"]``).
-``test_esl_parser_interleaved`` times the parser against a fixed yardstick in
+``test_esl_parser_call`` reports µs per call (``extra_info["us_per_call"]``) of
+each parser: the Python reference and its compiled twin (``_fastparse``).
+``test_esl_parser_interleaved`` times the active parser (the twin when built) against a fixed yardstick in
 alternating batches -- splitting the same bytes into lines and each line at
 its colon, the least any line-based parser does -- and keeps the median of
 yardstick / parser (``extra_info["lines_over_parser"]``, what the CI guard
 reads).  The per-line parser that decoded every header of every frame
-(before issue 15) measured 0.05; the block parser with lazy headers 0.31.
+(before issue 15) measured 0.05; the block parser with lazy headers 0.31; its
+compiled twin 0.97-1.03.
 
     .venv/bin/pytest bench/test_bench_esl_parser.py --benchmark-enable --benchmark-columns=median
 """
@@ -26,6 +28,8 @@ import asyncio
 import functools
 import statistics
 import time
+
+import pytest
 
 from tel400_freeswitch import protocol
 from tel400_freeswitch.peer import Call, _Conversation
@@ -83,9 +87,10 @@ def bridged_call() -> tuple[bytes, ...]:
     return tuple(recorder.writes)
 
 
-def read_like_the_session(writes) -> int:
-    """Parse one call's writes as the session does; the number of frames (checked by the tests)."""
-    proto = protocol.EslProtocol()
+def read_like_the_session(writes, parser=None) -> int:
+    """Parse one call's writes as the session does (with ``parser``'s EslProtocol, the active one by
+    default); the number of frames (checked by the tests)."""
+    proto = (parser or protocol.PARSERS[protocol.IMPLEMENTATION]).EslProtocol()
     n = 0
     first = True
     for data in writes:
@@ -144,13 +149,14 @@ def test_the_recorded_call_is_a_bridged_call():
     assert read_like_the_session(writes) == len(frames) == 15
 
 
-def test_esl_parser_call(benchmark):
-    """µs per call of the parser over one bridged call's stream (fed write by write)."""
+@pytest.mark.parametrize("parser", list(protocol.PARSERS.values()), ids=list(protocol.PARSERS))
+def test_esl_parser_call(benchmark, parser):
+    """µs per call of each parser (the reference, its compiled twin) over one bridged call's stream."""
     writes = bridged_call()
-    benchmark.pedantic(lambda: [read_like_the_session(writes) for _ in range(CALLS_PER_BATCH)],
+    benchmark.pedantic(lambda: [read_like_the_session(writes, parser) for _ in range(CALLS_PER_BATCH)],
                        rounds=15, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(calls=CALLS_PER_BATCH, bytes_per_call=sum(map(len, writes)),
-                                frames_per_call=read_like_the_session(writes))
+                                frames_per_call=read_like_the_session(writes, parser))
     if benchmark.stats is not None:  # None without --benchmark-enable (the test then only checks it runs)
         benchmark.extra_info["us_per_call"] = round(benchmark.stats.stats.median / CALLS_PER_BATCH * 1e6, 1)
 
@@ -170,4 +176,5 @@ def test_esl_parser_interleaved(benchmark):
     benchmark.pedantic(rounds, rounds=1, iterations=1)
     benchmark.extra_info.update(
         calls=CALLS_PER_BATCH * 15 * 2, lines_over_parser=round(statistics.median(ratios), 3),
+        parser=protocol.IMPLEMENTATION,
         parser_us_per_call=round(statistics.median(parser_s) / CALLS_PER_BATCH * 1e6, 1))

@@ -6,10 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tel400_freeswitch import protocol
 from tel400_freeswitch.peer import GOODBYE, event_frame, reply_frame, serialize
-from tel400_freeswitch.protocol import (
-    EslProtocol, ProtocolError, command, hangup, parse_event, sendmsg, url_decode, url_encode,
-)
+from tel400_freeswitch.protocol import ProtocolError, command, hangup, sendmsg, url_decode, url_encode
+
+# One suite over every parser built here: the Python reference and its compiled twin (_fastparse).
+PARSERS = list(protocol.PARSERS.values())
+each_parser = pytest.mark.parametrize("esl", PARSERS, ids=[p.name for p in PARSERS])
 
 # A connect reply as mod_event_socket sends it (switch_event_serialize with
 # encode=TRUE): every value URL-encoded, Content-Type near the end, no
@@ -52,8 +55,8 @@ API = b"Content-Type: api/response\nContent-Length: 13\n\n+OK 12345678\n"
 STREAM = CONNECT_REPLY + reply_frame("+OK Events Enabled") + EVENT + reply_frame("+OK will linger") + API + LINGER + FINAL
 
 
-def parse(data: bytes, *, chunk: int | None = None):
-    proto = EslProtocol()
+def parse(esl, data: bytes, *, chunk: int | None = None):
+    proto = esl.EslProtocol()
     frames = []
     step = chunk or len(data)
     for i in range(0, len(data), step):
@@ -62,9 +65,10 @@ def parse(data: bytes, *, chunk: int | None = None):
     return frames
 
 
+@each_parser
 @pytest.mark.parametrize("chunk", [None, 1, 2, 7, 64], ids=["whole", "byte-by-byte", "2", "7", "64"])
-def test_a_session_parses_the_same_however_it_is_split(chunk):
-    frames = parse(STREAM, chunk=chunk)
+def test_a_session_parses_the_same_however_it_is_split(esl, chunk):
+    frames = parse(esl, STREAM, chunk=chunk)
     assert [f.content_type for f in frames] == [
         "command/reply", "command/reply", "text/event-plain", "command/reply", "api/response",
         "text/disconnect-notice", "text/disconnect-notice",
@@ -87,11 +91,13 @@ def test_a_session_parses_the_same_however_it_is_split(chunk):
     assert frames[6].disposition == "disconnect" and frames[6].body == GOODBYE
 
 
-def test_crlf_line_ends_are_tolerated():
-    frames = parse(b"Content-Type: command/reply\r\nReply-Text: +OK\r\n\r\n")
+@each_parser
+def test_crlf_line_ends_are_tolerated(esl):
+    frames = parse(esl, b"Content-Type: command/reply\r\nReply-Text: +OK\r\n\r\n")
     assert frames[0].ok
 
 
+@each_parser
 @pytest.mark.parametrize(
     "garbage, message",
     [
@@ -105,21 +111,23 @@ def test_crlf_line_ends_are_tolerated():
         (b"Content-Length: 5\nContent-Type: text/event-plain\n\nAb c\n", "not a header line"),
     ],
 )
-def test_garbage_is_a_protocol_error(garbage, message):
+def test_garbage_is_a_protocol_error(esl, garbage, message):
     with pytest.raises(ProtocolError, match=message):
-        parse(garbage)
+        parse(esl, garbage)
 
 
-def test_oversized_header_block_is_a_protocol_error():
-    proto = EslProtocol(max_header_bytes=1024)
+@each_parser
+def test_oversized_header_block_is_a_protocol_error(esl):
+    proto = esl.EslProtocol(max_header_bytes=1024)
     with pytest.raises(ProtocolError, match="header block over"):
         proto.receive_data(b"X-Long: " + b"a" * 2000)
         list(proto.frames())
 
 
-def test_an_event_body_shorter_than_its_inner_length():
+@each_parser
+def test_an_event_body_shorter_than_its_inner_length(esl):
     with pytest.raises(ProtocolError, match="inner body shorter"):
-        parse_event(b"Event-Name: X\nContent-Length: 50\n\nshort")
+        esl.parse_event(b"Event-Name: X\nContent-Length: 50\n\nshort")
 
 
 # FreeSWITCH's switch_url_encode, checked against values seen in real captures.
@@ -150,10 +158,11 @@ def test_decode_undoes_encode(text):
     assert url_decode(url_encode(text).encode()) == text
 
 
+@each_parser
 @given(st.lists(st.tuples(st.from_regex(r"\A[A-Za-z][A-Za-z0-9_-]{0,20}\Z"), st.text(max_size=40)), min_size=1, max_size=8),
        st.binary(max_size=40), st.integers(1, 13))
-def test_peer_frames_round_trip_through_the_parser(headers, body, chunk):
-    frames = parse(event_frame(headers, body or None), chunk=chunk)
+def test_peer_frames_round_trip_through_the_parser(esl, headers, body, chunk):
+    frames = parse(esl, event_frame(headers, body or None), chunk=chunk)
     assert len(frames) == 1
     event = frames[0].event
     for name, value in headers:
@@ -212,18 +221,20 @@ def test_hangup():
 # -- stray blank lines and a buffer that stays bounded -------------------------------------
 
 
+@each_parser
 @pytest.mark.parametrize("blank", [b"\n", b"\r\n"], ids=["lf", "crlf"])
-def test_a_flood_of_blank_lines_is_skipped_without_recursion(blank):
+def test_a_flood_of_blank_lines_is_skipped_without_recursion(esl, blank):
     # 200 KB of empty lines between two frames: skipped in a loop (it was one
     # recursive call per line, RecursionError), and not counted against the
     # header limit, which is smaller than the flood.
-    proto = EslProtocol(max_header_bytes=1024)
+    proto = esl.EslProtocol(max_header_bytes=1024)
     proto.receive_data(reply_frame("+OK one") + blank * 200_000 + reply_frame("+OK two"))
     assert [f.reply_text for f in proto.frames()] == ["+OK one", "+OK two"]
 
 
-def test_a_repeated_name_keeps_its_last_value_whatever_its_case():
-    frames = parse(b"Content-Type: command/reply\nx: 1\nX: 2\nx: 3\nReply-Text: %2BOK\n\n")
+@each_parser
+def test_a_repeated_name_keeps_its_last_value_whatever_its_case(esl):
+    frames = parse(esl, b"Content-Type: command/reply\nx: 1\nX: 2\nx: 3\nReply-Text: %2BOK\n\n")
     headers = frames[0].headers
     assert headers.get("X") == headers.get("x") == headers["X"] == "3"  # the last line, any case
     assert dict(headers.items()) == {"Content-Type": "command/reply", "x": "3", "X": "2", "Reply-Text": "+OK"}
@@ -234,19 +245,21 @@ def test_a_repeated_name_keeps_its_last_value_whatever_its_case():
         headers["Content-Length"]
 
 
+@each_parser
 @pytest.mark.parametrize("name", ["x: 1\nX", "Reply-Text:", "", "Müller", "a b"])
-def test_a_name_no_header_line_can_have_is_absent(name):
-    headers = parse(b"Content-Type: command/reply\nx: 1\nReply-Text: +OK\n\n")[0].headers
+def test_a_name_no_header_line_can_have_is_absent(esl, name):
+    headers = parse(esl, b"Content-Type: command/reply\nx: 1\nReply-Text: +OK\n\n")[0].headers
     assert headers.get(name) is None  # never a match across lines or inside a value
 
 
-def test_headers_built_from_pairs_behave_like_parsed_ones():
-    from tel400_freeswitch.protocol import Headers
-    headers = Headers([("Event-Name", "HEARTBEAT"), ("Unique-ID", "u-1")])
+@each_parser
+def test_headers_built_from_pairs_behave_like_parsed_ones(esl):
+    headers = esl.Headers([("Event-Name", "HEARTBEAT"), ("Unique-ID", "u-1")])
     assert headers.get("event-name") == "HEARTBEAT" and headers["UNIQUE-ID"] == "u-1"
     assert dict(headers) == {"Event-Name": "HEARTBEAT", "Unique-ID": "u-1"} and headers.get("X", 0) == 0
 
 
+@each_parser
 @pytest.mark.parametrize("data, text", [
     # as FreeSWITCH writes it
     (b"Content-Type: command/reply\nReply-Text: +OK will linger\n\n", "+OK will linger"),
@@ -255,17 +268,47 @@ def test_headers_built_from_pairs_behave_like_parsed_ones():
     (b"Content-Type: command/reply\r\nReply-Text: +OK\r\n\r\n", "+OK"),
     (b"content-type: command/reply\nreply-text: +OK\n\n", "+OK"),
 ])
-def test_replies_read_the_same_by_either_path(data, text):
-    (frame,) = parse(data)
+def test_replies_read_the_same_by_either_path(esl, data, text):
+    (frame,) = parse(esl, data)
     assert frame.is_reply and frame.reply_text == text and frame.body is None
     assert frame.headers.get("CONTENT-TYPE") == "command/reply"
     assert frame.headers.get("Content-Length") is None
 
 
+@each_parser
 @pytest.mark.parametrize("first", [b"", reply_frame("+OK")[:10]], ids=["empty-buffer", "a-frame-begun"])
-def test_one_read_over_the_buffer_limit_is_refused(first):
-    proto = EslProtocol(max_header_bytes=100, max_body_bytes=1000)
+def test_one_read_over_the_buffer_limit_is_refused(esl, first):
+    proto = esl.EslProtocol(max_header_bytes=100, max_body_bytes=1000)
     if first:
         proto.receive_data(first)
     with pytest.raises(ProtocolError, match="receive buffer over its limit"):
         proto.receive_data(b"x" * (100 + 1000 + 65536 + 1))
+
+
+# -- which parser runs -----------------------------------------------------------------------
+
+
+def test_the_compiled_parser_runs_when_the_core_is_compiled_and_built():
+    import tel400
+    if tel400.IMPLEMENTATION != "cython":  # TEL400_NO_EXTENSIONS=1, or another interpreter
+        assert protocol.IMPLEMENTATION == "python" and list(protocol.PARSERS) == ["python"]
+    else:
+        try:
+            from tel400_freeswitch import _fastparse  # noqa: F401
+        except ImportError:  # not built here: the reference, with a warning
+            assert protocol.IMPLEMENTATION == "python"
+        else:
+            assert protocol.IMPLEMENTATION == "cython"
+    active = protocol.PARSERS[protocol.IMPLEMENTATION]
+    assert (protocol.EslProtocol, protocol.Headers, protocol.parse_event) == (
+        active.EslProtocol, active.Headers, active.parse_event)
+
+
+@each_parser
+def test_both_parsers_give_mappings_of_the_same_kind(esl):
+    from collections.abc import Mapping
+    (frame,) = parse(esl, reply_frame("+OK"))
+    assert isinstance(frame.headers, Mapping) and isinstance(frame.headers, esl.Headers)
+    assert frame.headers == {"Content-Type": "command/reply", "Reply-Text": "+OK"}  # Mapping's equality
+    assert type(frame) is protocol.Frame
+

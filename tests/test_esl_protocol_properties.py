@@ -6,15 +6,23 @@
   fed whole or split at any points.
 * Anything else gives frames or a :class:`ProtocolError`, never another
   exception, and the buffer never holds more than its documented bound.
+* Every property holds for each parser built here (the Python reference and
+  its compiled twin), and both give the same frames, look-ups and errors for
+  the same bytes, split at the same random points.
 """
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tel400_freeswitch import protocol
 from tel400_freeswitch.peer import serialize
-from tel400_freeswitch.protocol import EslProtocol, ProtocolError
+from tel400_freeswitch.protocol import ProtocolError
+
+PARSERS = list(protocol.PARSERS.values())
+each_parser = pytest.mark.parametrize("esl", PARSERS, ids=[p.name for p in PARSERS])
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RESERVED = {"content-length", "content-type", "content-disposition", "reply-text"}
@@ -94,8 +102,8 @@ def _shape(frame) -> tuple:
     return dict(frame.headers.items()), frame.body, event
 
 
-def _feed(data: bytes, cuts: list[int], **limits) -> list:
-    proto = EslProtocol(**limits)
+def _feed(esl, data: bytes, cuts: list[int], **limits) -> list:
+    proto = esl.EslProtocol(**limits)
     out = []
     points = sorted({c % (len(data) + 1) for c in cuts})
     for a, b in zip([0] + points, points + [len(data)]):
@@ -105,14 +113,15 @@ def _feed(data: bytes, cuts: list[int], **limits) -> list:
     return out
 
 
+@each_parser
 @SETTINGS
 @given(st.lists(frames(), min_size=1, max_size=6), st.lists(st.integers(0, 10**6), max_size=12))
-def test_valid_streams_give_their_frames_however_they_are_split(stream, cuts):
+def test_valid_streams_give_their_frames_however_they_are_split(esl, stream, cuts):
     data = b"".join(d for d, _, _ in stream)
     expected = [e for _, e, _ in stream]
-    whole = _feed(data, [])
+    whole = _feed(esl, data, [])
     assert [_shape(f) for f in whole] == expected
-    assert [_shape(f) for f in _feed(data, cuts)] == expected
+    assert [_shape(f) for f in _feed(esl, data, cuts)] == expected
     # case-insensitive look-ups find the last value written under any case
     for frame, (_, (headers, _, event), last) in zip(whole, stream):
         for name in headers:
@@ -121,11 +130,13 @@ def test_valid_streams_give_their_frames_however_they_are_split(stream, cuts):
             assert frame.event.get("event-name") == event[0]["Event-Name"]
 
 
+@each_parser
 @SETTINGS
 @given(st.lists(frames(), min_size=1, max_size=4))
-def test_byte_by_byte_equals_whole(stream):
+def test_byte_by_byte_equals_whole(esl, stream):
     data = b"".join(d for d, _, _ in stream)
-    assert [_shape(f) for f in _feed(data, list(range(len(data))))] == [_shape(f) for f in _feed(data, [])]
+    whole = [_shape(f) for f in _feed(esl, data, [])]
+    assert [_shape(f) for f in _feed(esl, data, list(range(len(data))))] == whole
 
 
 MAX_HEADER, MAX_BODY, SLACK = 256, 1024, 65536
@@ -140,11 +151,12 @@ PIECES = st.one_of(
 )
 
 
+@each_parser
 @SETTINGS
 @given(st.lists(PIECES, max_size=30), st.lists(st.integers(0, 10**6), max_size=20))
-def test_garbage_is_frames_or_a_protocol_error_and_the_buffer_stays_bounded(pieces, cuts):
+def test_garbage_is_frames_or_a_protocol_error_and_the_buffer_stays_bounded(esl, pieces, cuts):
     data = b"".join(pieces)
-    proto = EslProtocol(max_header_bytes=MAX_HEADER, max_body_bytes=MAX_BODY)
+    proto = esl.EslProtocol(max_header_bytes=MAX_HEADER, max_body_bytes=MAX_BODY)
     points = sorted({c % (len(data) + 1) for c in cuts})
     try:
         for a, b in zip([0] + points, points + [len(data)]):
@@ -161,12 +173,13 @@ def test_garbage_is_frames_or_a_protocol_error_and_the_buffer_stays_bounded(piec
         pass
 
 
+@each_parser
 @SETTINGS
 @given(st.binary(min_size=MAX_HEADER + 1, max_size=4 * MAX_HEADER)
        .filter(lambda b: b"\n\n" not in b and b"\n\r\n" not in b),
        st.integers(1, 64))
-def test_a_header_block_that_never_ends_is_refused_at_its_limit(data, step):
-    proto = EslProtocol(max_header_bytes=MAX_HEADER, max_body_bytes=MAX_BODY)
+def test_a_header_block_that_never_ends_is_refused_at_its_limit(esl, data, step):
+    proto = esl.EslProtocol(max_header_bytes=MAX_HEADER, max_body_bytes=MAX_BODY)
     data = b"X" + data  # not an empty line, which would be skipped
     try:
         for i in range(0, len(data), step):
@@ -177,3 +190,43 @@ def test_a_header_block_that_never_ends_is_refused_at_its_limit(data, step):
         assert "header block over" in str(exc)
     else:
         raise AssertionError("no error for a header block over the limit")
+
+
+# -- the compiled twin and the reference, side by side ----------------------------------------
+
+# names to look up in every frame: the ones the session reads, in odd cases, and ones no line can have
+LOOKUPS = ["Content-Type", "content-length", "REPLY-TEXT", "Event-Name", "Application-UUID", "unique-id",
+           "x", "X", "", "a b", "Müller", "Reply-Text:", "x\nX", "%41", "Content-Type\r"]
+
+
+def _run(esl, data: bytes, points: list[int], names: list[str]) -> list:
+    """Everything a parser gives for the stream cut at ``points``: each frame in full, each look-up
+    (the frame's own names, swapped in case, and LOOKUPS), the buffer after each read, and the error."""
+    proto = esl.EslProtocol(max_header_bytes=MAX_HEADER, max_body_bytes=MAX_BODY)
+    out: list = []
+    try:
+        for a, b in zip([0] + points, points + [len(data)]):
+            if a < b:
+                proto.receive_data(data[a:b])
+                for frame in proto.frames():
+                    heads = [frame.headers] + ([frame.event.headers] if frame.event is not None else [])
+                    looked = [[h.get(name) for name in names + [n.swapcase() for n in h]] for h in heads]
+                    out.append((_shape(frame), looked, frame.content_type, frame.reply_text,
+                                frame.is_disconnect))
+                out.append(proto.buffered_bytes)
+        proto.receive_data(b"")
+        out.append(proto.closed)
+    except ProtocolError as exc:
+        out.append(("error", str(exc)))
+    return out
+
+
+@pytest.mark.skipif(len(PARSERS) < 2, reason="needs the compiled parser (TEL400_NO_EXTENSIONS=1, or not built)")
+@SETTINGS
+@given(st.lists(PIECES, max_size=30), st.lists(st.integers(0, 10**6), max_size=20),
+       st.lists(st.sampled_from(LOOKUPS)))
+def test_the_compiled_parser_gives_what_the_reference_gives(pieces, cuts, names):
+    data = b"".join(pieces)
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    python, cython = protocol.PARSERS["python"], protocol.PARSERS["cython"]
+    assert _run(cython, data, points, names) == _run(python, data, points, names)

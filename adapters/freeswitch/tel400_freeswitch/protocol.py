@@ -34,6 +34,11 @@ session reads about 20):
   it), O(value) for each new name, O(1) for a name seen before.  Iterating
   decodes everything once.
 
+A compiled twin (``_fastparse.pyx``: the same frames, look-ups, errors and
+limits, one test suite over both) replaces :class:`EslProtocol`,
+:class:`Headers` and :func:`parse_event` when the core's compiled hot path is
+in use; :data:`IMPLEMENTATION` says which runs, :data:`PARSERS` holds both.
+
 Validation is not lazy: every line of a frame's header block and of an
 event's header block is checked when :meth:`~EslProtocol.next_frame` returns
 the frame, and so are the frame's and the event's Content-Length, so a
@@ -54,7 +59,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -185,11 +191,7 @@ class Headers(Mapping):
 
     def _everything(self) -> dict[str, str]:
         if self._all is None:
-            everything: dict[str, str] = {}
-            for line in self._block.split(b"\n")[:-1]:  # type: ignore[union-attr]
-                name, _, value = line.partition(b":")
-                everything[name.decode("ascii")] = url_decode(value.lstrip(b" \t").rstrip(b"\r"))
-            self._all = everything
+            self._all = _every_header(self._block)  # type: ignore[arg-type]
         return self._all
 
     def __getitem__(self, name: str) -> str:
@@ -218,6 +220,15 @@ class Headers(Mapping):
 
     def __repr__(self) -> str:
         return f"Headers({self._everything()!r})"
+
+
+def _every_header(block: bytes) -> dict[str, str]:
+    """Every header of a validated block, decoded (a repeated name keeps its last value).  Both parsers'."""
+    everything: dict[str, str] = {}
+    for line in block.split(b"\n")[:-1]:
+        name, _, value = line.partition(b":")
+        everything[name.decode("ascii")] = url_decode(value.lstrip(b" \t").rstrip(b"\r"))
+    return everything
 
 
 class Event(NamedTuple):
@@ -290,7 +301,7 @@ def _headers(block: bytes) -> Headers:
 
     O(len(block)).
     """
-    headers = _new(Headers)
+    headers = _new(_PyHeaders)
     headers._block = block
     headers._folded = b"\n" + block.lower()  # "\n": the first line is found like the others
     headers._cache = {}
@@ -469,7 +480,7 @@ class EslProtocol:
         if content_type is _UNSEEN:
             content_type = cache["Content-Type"] = headers._find(_CONTENT_TYPE)
         if content_type is not None and content_type.lower() == "text/event-plain":
-            return _tuple_new(Frame, (headers, body, parse_event(body)))
+            return _tuple_new(Frame, (headers, body, _py_parse_event(body)))
         return _tuple_new(Frame, (headers, body, None))
 
     def _search_head(self, buffer: bytes | bytearray, start: int) -> tuple[Headers | None, int]:
@@ -502,6 +513,69 @@ class EslProtocol:
             if frame is None:
                 return
             yield frame
+
+
+# --- the compiled twin ----------------------------------------------------------------
+# At the end of this section the public names EslProtocol, Headers and parse_event become the active
+# parser's; the reference's own code above reaches its pieces through these two, so it stays the reference.
+
+_PyHeaders = Headers
+_py_parse_event = parse_event
+
+
+class Parser(NamedTuple):
+    """One implementation of the parser: its name and its three public pieces."""
+
+    name: str
+    EslProtocol: type
+    Headers: type
+    parse_event: Callable[[bytes], Event]
+
+
+#: The reference, always there.
+PYTHON = Parser("python", EslProtocol, Headers, parse_event)
+
+
+def _load_compiled() -> Parser | None:
+    """The compiled twin (``_fastparse``), when the core's compiled hot path is in use and it is built.
+
+    Like the core (``tel400._impl``): ``TEL400_NO_EXTENSIONS=1`` or another
+    interpreter than CPython gives the reference; a twin that fails to import
+    gives it too, with one warning.
+    """
+    import tel400
+
+    if tel400.IMPLEMENTATION != "cython":
+        return None
+    try:
+        from . import _fastparse
+    except ImportError as exc:
+        warnings.warn(f"tel400_freeswitch: the compiled Event Socket parser is not available ({exc}); "
+                      "using the pure-Python reference", RuntimeWarning, stacklevel=2)
+        return None
+
+    class CompiledHeaders(_fastparse.Headers, Mapping):
+        __slots__ = ()
+        __doc__ = Headers.__doc__
+
+    CompiledHeaders.__name__ = CompiledHeaders.__qualname__ = "Headers"
+
+    _fastparse.bind(frame=Frame, event=Event, error=ProtocolError, not_a_header=_not_a_header,
+                    content_length=_content_length, everything=_every_header,
+                    max_header_bytes=MAX_HEADER_BYTES, max_body_bytes=MAX_BODY_BYTES, slack_bytes=_SLACK_BYTES,
+                    headers_type=CompiledHeaders)
+    return Parser("cython", _fastparse.EslProtocol, CompiledHeaders, _fastparse.parse_event)
+
+
+CYTHON = _load_compiled()
+#: Every parser importable here, by name (the tests run each over the same suite).
+PARSERS = {parser.name: parser for parser in (PYTHON, CYTHON) if parser is not None}
+_ACTIVE = CYTHON or PYTHON
+#: ``"cython"`` when the compiled parser is in use, else ``"python"``.
+IMPLEMENTATION = _ACTIVE.name
+EslProtocol = _ACTIVE.EslProtocol  # type: ignore[misc]
+Headers = _ACTIVE.Headers  # type: ignore[misc]
+parse_event = _ACTIVE.parse_event  # type: ignore[assignment]
 
 
 # --- what the adapter sends ---------------------------------------------------------

@@ -183,7 +183,7 @@ class Session:
     def receive_frame(self, frame: Frame) -> None:
         event = frame.event
         if event is not None:
-            name = event.get("Event-Name")
+            name = event.headers.get("Event-Name")
             if name == "CHANNEL_EXECUTE_COMPLETE":
                 self._on(EXECUTE_COMPLETE, event)
             elif name == "CHANNEL_HANGUP_COMPLETE":
@@ -259,7 +259,7 @@ class Session:
     # -- the table ----------------------------------------------------------------------------
 
     def _on(self, what: str, data) -> None:
-        handler = TRANSITIONS.get((self.state, what))
+        handler = _BY_STATE[self.state].get(what)  # TRANSITIONS, by state: no key tuple to build and hash
         if handler is None:
             self.ignored += 1
             return
@@ -510,3 +510,7 @@ TRANSITIONS: dict[tuple[str, str], Callable[[Session, object], None]] = {
     **{(state, LOST): S._lost for state in _LIVE},
 }
 del S
+#: TRANSITIONS by state, for :meth:`Session._on`
+_BY_STATE: dict[str, dict[str, Callable[[Session, object], None]]] = {s: {} for s in _LIVE + (CLOSED,)}
+for (_state, _what), _handler in TRANSITIONS.items():
+    _BY_STATE[_state][_what] = _handler
