@@ -4,8 +4,8 @@
 the peer places CALLS calls, CONCURRENCY at a time, each bridged at once and
 hung up.  Reported: calls per second, and the server's CPU time per call
 (from /proc, user and system) beside the time of the route() decision
-inside it; on asyncio's own loop (the default) and on uvloop
-(``TEL400_ESL_LOOP=uvloop``).
+inside it; on uvloop (the default when installed) and on asyncio's own loop
+(``TEL400_ESL_LOOP=asyncio``).
 
     .venv/bin/pytest bench/test_bench_esl.py --benchmark-enable -q
 """

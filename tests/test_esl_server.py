@@ -262,7 +262,7 @@ def test_500_concurrent_calls(make_router):
     assert firsts.count("13901010001") == 150 and firsts.count("13901010002") == 350
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", ""])
 def test_the_tel400_esl_command(tmp_path, loop):
     port = free_port()
     exe = ROOT / ".venv" / "bin" / "tel400-esl"
@@ -272,9 +272,11 @@ def test_the_tel400_esl_command(tmp_path, loop):
          "--prompt-dir", "/sounds", "--prompt-ext", "mp3"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "TEL400_ESL_LOOP": loop},
     )
+    loop = loop or "uvloop"  # unset: uvloop, installed with the http extra
     try:
         line = process.stderr.readline()
         assert "listening on 127.0.0.1:" in line
+        assert f", {loop})" in line  # the loop asked for is the loop it runs on
         call = asyncio.run(FreeSwitchPeer().play("127.0.0.1", port, Call(caller="13800000000")))
         assert call.apps == [("answer", ""), ("playback", "/sounds/blacklisted.mp3")]
     finally:
@@ -282,6 +284,15 @@ def test_the_tel400_esl_command(tmp_path, loop):
         code = process.wait(timeout=20)
         process.stderr.close()
     assert code == 0
+
+
+def test_a_loop_that_does_not_exist_is_refused(tmp_path):
+    exe = ROOT / ".venv" / "bin" / "tel400-esl"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tel400_freeswitch.server"]
+    done = subprocess.run([*cmd, "--plans", str(EXAMPLES / "manual.toml"), "--port", "0"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "TEL400_ESL_LOOP": "tokio"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "tel400-esl: TEL400_ESL_LOOP='tokio': expected uvloop or asyncio"
 
 
 def test_tel400_esl_starts_on_a_store_holding_a_bad_number(tmp_path):

@@ -314,20 +314,31 @@ class EslServer:
         self.pin_threads.shutdown(wait=False)
 
 
-def use_uvloop() -> str:
-    """``TEL400_ESL_LOOP=uvloop``: run on uvloop if it is installed; asyncio's own loop otherwise.
+def loop_asked() -> str:
+    """``TEL400_ESL_LOOP``: "uvloop" (the default) or "asyncio"; ``ValueError`` for anything else."""
+    asked = os.environ.get("TEL400_ESL_LOOP", "").strip().lower() or "uvloop"
+    if asked not in ("uvloop", "asyncio"):
+        raise ValueError(f"TEL400_ESL_LOOP={asked!r}: expected uvloop or asyncio")
+    return asked
 
-    Off by default.  On the benchmark (bench/test_bench_esl.py) it did not
-    clearly lower the CPU per call with the Python parser; with the compiled
-    one (whose cost no longer hides the loop's) it took a median 19% less
-    over 9 runs on a loaded 2-core machine.  Returns the loop's name.
+
+def use_uvloop() -> str:
+    """Run on uvloop when it is installed (the default), asyncio's own loop otherwise; returns the loop's name.
+
+    ``TEL400_ESL_LOOP=asyncio`` keeps asyncio's loop.  With the compiled
+    parser the loop's share of the CPU grew: on the benchmark
+    (bench/test_bench_esl.py) uvloop took less server CPU per call than
+    asyncio's loop in 11 of 12 runs (a median 19 % less over 9 runs on a
+    loaded 2-core machine, 7 % over 3 on a quiet one).  uvloop comes with
+    ``uvicorn[standard]`` (the ``http`` extra); without it, asyncio's loop.
     """
-    if os.environ.get("TEL400_ESL_LOOP", "").lower() != "uvloop":
+    if loop_asked() == "asyncio":
         return "asyncio"
     try:
         import uvloop
     except ImportError:
-        _log.warning("esl_no_uvloop", hint="TEL400_ESL_LOOP=uvloop but uvloop is not installed: asyncio's loop")
+        if "TEL400_ESL_LOOP" in os.environ:
+            _log.warning("esl_no_uvloop", hint="TEL400_ESL_LOOP=uvloop but uvloop is not installed: asyncio's loop")
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
@@ -409,6 +420,7 @@ def main(argv=None) -> int:
         policy = pin_policy(args)
         allow = allow_list(args.allow)
         supervision = worker_policy(args, grace_s=_GRACE_S)
+        loop_asked()
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
@@ -420,8 +432,8 @@ def main(argv=None) -> int:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
     raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
-    use_uvloop()
-    asyncio.run(_serve(args, router, settings, allow, f"{router.number_count} numbers from {store.url}"))
+    loop = use_uvloop()
+    asyncio.run(_serve(args, router, settings, allow, f"{router.number_count} numbers from {store.url}", loop))
     return 0
 
 
@@ -443,13 +455,13 @@ def _router(args, policy) -> tuple[tel400.Router, object]:
     return router, store
 
 
-async def _serve(args, router, settings, allow, what: str | None) -> None:
+async def _serve(args, router, settings, allow, what: str | None, loop_name: str = "asyncio") -> None:
     """Serve until SIGTERM or SIGINT; ``what``: print the banner with it once listening."""
     server = EslServer(router, settings, max_connections=args.max_connections,
                        max_per_address=args.max_per_address, allow=allow)
     await server.start(args.host, args.port)
     if what is not None:
-        print(f"tel400-esl: {what}, listening on {args.host}:{server.port} ({tel400.IMPLEMENTATION}) "
+        print(f"tel400-esl: {what}, listening on {args.host}:{server.port} ({tel400.IMPLEMENTATION}, {loop_name}) "
               f"for FreeSWITCH at {allow} (--allow)", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -492,7 +504,7 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
         raise_descriptor_limit(args.max_connections + 64, name="tel400-esl")
         hand_over(args.host, args.port, workers.own_socket(socks, worker))  # EslServer.start serves it
         _log.info("esl_worker_serving", pid=os.getpid(), port=port)
-        use_uvloop()
+        _log.info("esl_worker_loop", loop=use_uvloop())
         asyncio.run(_serve(args, router, settings, allow, None))
         return 0
 
