@@ -105,6 +105,9 @@ def test_crlf_line_ends_are_tolerated(esl):
         (b"Content-Type: text/event-plain\nContent-Length: -1\n\n", "bad Content-Length"),
         (b"Content-Type: text/event-plain\nContent-Length: 99999999999\n\n", "over the limit"),
         (b"Content-Type: api/response\nContent-Length: 12abc\n\n", "bad Content-Length"),
+        # more digits than int() converts (Python's 4,300-digit limit): refused, not a ValueError
+        (b"Content-Type: api/response\nContent-Length: " + b"9" * 5000 + b"\n\n", "bad Content-Length"),
+        (b"Content-Type: api/response\nContent-Length: " + b"0" * 5000 + b"7\n\n", "bad Content-Length"),
         ("Content-Type: api/response\nContent-Length: ²\n\n".encode(), "bad Content-Length"),  # isdigit, not int
         ("Content-Type: api/response\nContent-Length: ٣\n\n".encode(), "bad Content-Length"),  # Arabic-Indic 3
         (b"No colon here\n\n", "not a header line"),

@@ -442,3 +442,18 @@ def test_a_linger_notice_while_an_application_runs_leaves_the_wait_to_its_end():
     assert s.state == sm.ENDING and s.data_to_send() == b""  # no more applications on a gone channel
     end = finish(s, hangup_complete(0))
     assert end == CallEnd(UUID, 0, None, True)
+
+
+@pytest.mark.parametrize("billsec, charged", [("9" * 5000, 0), ("-5", 0), ("12x", 0), ("٣", 0), ("61", 61)])
+def test_a_billsec_that_is_not_a_number_in_range_is_charged_as_none_and_the_end_still_given(billsec, charged):
+    # 5,000 digits: more than int() converts; before, a ValueError after the end was taken: never charged
+    s, _ = routed()
+    s.take_request()
+    s.decided(BRIDGE)
+    s.data_to_send()
+    bridge_uuid = running_uuid(s)
+    s.receive_frame(reply())
+    s.receive_frame(reply())
+    s.receive_frame(complete(bridge_uuid, variable_originate_disposition="SUCCESS"))
+    end = finish(s, event("CHANNEL_HANGUP_COMPLETE", variable_billsec=billsec))
+    assert end == CallEnd(UUID, charged, None, True)

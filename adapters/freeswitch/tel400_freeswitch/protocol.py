@@ -360,9 +360,10 @@ def _content_length(text: str | None) -> int:
         length = int(text)
         if length <= MAX_BODY_BYTES:
             return length
-    # isascii: str.isdigit() also accepts digits such as '²' that int() refuses
-    if text is None or not (text.strip().isascii() and text.strip().isdigit()):
-        raise ProtocolError(f"bad Content-Length {text!r}")
+    # isascii: str.isdigit() also accepts digits such as '²' that int() refuses; past 18 digits
+    # int() may refuse too (4,300), and no length that long is in range anyway
+    if text is None or not (text.strip().isascii() and text.strip().isdigit() and len(text.strip()) <= 18):
+        raise ProtocolError(f"bad Content-Length {text[:40]!r}" if text else f"bad Content-Length {text!r}")
     length = int(text.strip())
     if length > MAX_BODY_BYTES:
         raise ProtocolError(f"Content-Length {length} over the limit of {MAX_BODY_BYTES}")

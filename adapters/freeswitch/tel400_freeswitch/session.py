@@ -481,7 +481,8 @@ class Session:
         event = self.hangup_event
         if event is not None:
             billsec = event.get("variable_billsec") or "0"
-            seconds = int(billsec) if billsec.isascii() and billsec.isdigit() else 0
+            # digits only, and few enough for int() (a longer one is no talk time tel400 accepts anyway)
+            seconds = int(billsec) if billsec.isascii() and billsec.isdigit() and len(billsec) <= 18 else 0
             answered = event.get("variable_bridge_channel") or ""
             target = next((t for t in self.targets if answered.endswith(t)), None)
         else:
