@@ -355,6 +355,19 @@ def test_a_claim_from_another_host_or_pid_namespace_waits_for_its_lease(tmp_path
     calls.close()
 
 
+def test_a_host_cloned_with_the_same_name_is_another_place():
+    """Two VMs cloned from one image share a host name and the initial pid namespace's inode (a kernel
+    constant): a pid missing here may live there. The boot id tells them apart."""
+    import socket
+
+    from tel400 import callstores
+
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    clone = f"{socket.gethostname()}/{namespace}:999999999:ab"  # same name and namespace, no boot id
+    assert not callstores.holder_dead(clone)
+    assert callstores.holder_dead(callstores.new_claimer().replace(f":{os.getpid()}:", ":999999999:"))
+
+
 @shared_kinds
 def test_a_live_claim_holds_until_its_lease_runs_out(calls_url):
     url = calls_url + ("&" if "?" in calls_url else "?") + "claim_lease_s=0.3"

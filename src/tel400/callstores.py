@@ -77,16 +77,22 @@ DROP_BATCH = 1000
 
 
 def _place() -> str:
-    """Where this process's pid means something: the host name and, on Linux, the pid namespace.
+    """Where this process's pid means something: the host name and, on Linux, the pid namespace and boot.
 
     Containers that share a host name (``--network host``) but not their
-    pids must not take each other's pids for dead processes.
+    pids must not take each other's pids for dead processes; nor may two
+    machines cloned from one image (the same name, and the initial pid
+    namespace's inode is a kernel constant): the boot id differs.
     """
     try:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         namespace = ""
-    return f"{socket.gethostname()}/{namespace}"
+    try:
+        boot = pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{namespace}/{boot}"
 
 
 _PLACE = _place()
