@@ -39,13 +39,14 @@ def tokens() -> Tokens:
 
 
 def make_service(tmp_path, impl_name: str | None = None, *, records: bool = True, counters=None, store=None,
-                 plans: tel400.PlanSet | None = None, pin_policy=None, **options) -> Service:
+                 plans: tel400.PlanSet | None = None, pin_policy=None, calls=None, **options) -> Service:
     """A service routing the manual's plan (or ``plans``) from an SQLite store in ``tmp_path``
     (or from ``store`` as it is)."""
     if store is None:
         store = tel400.SqliteStore(tmp_path / "plans.db")
         store.replace_all(plans or tel400.load_plans(EXAMPLES / "manual.toml"), actor="test")
-    router = tel400.Router.from_store(store, counters, implementation=impl_name, seed=7, pin_policy=pin_policy)
+    router = tel400.Router.from_store(store, counters, implementation=impl_name, seed=7, pin_policy=pin_policy,
+                                      calls=calls)
     watcher = tel400.PlanWatcher(router, store, version=router.plans_version, interval_s=0.1)
     call_records = None
     if records:

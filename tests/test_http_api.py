@@ -629,6 +629,19 @@ def test_openapi_describes_every_endpoint(http_client, http_service):
 # -- a counter backend that dies ------------------------------------------------------------------------
 
 
+def test_a_shared_call_registry_is_used_off_the_event_loop(tmp_path, impl):
+    # tel400-http --workers N keeps calls in SQLite by default: each route() with a call id writes there,
+    # waiting up to the busy timeout for another worker's lock; the event loop must not wait with it
+    service = make_service(tmp_path, impl.name, calls=f"sqlite://{tmp_path}/calls.db")
+    client = Client(service)
+    try:
+        assert service.offload
+        assert client.route(call_id="shared-1")["action"] == "bridge"
+        assert client.post("/v1/calls/shared-1/end", json={"duration": 61}).json()["billed_s"] == 120
+    finally:
+        service.stop()
+
+
 def test_redis_counters_over_http_count_and_survive_redis_dying(tmp_path, impl):
     from tel400.testing import RedisServer
 

@@ -106,7 +106,9 @@ class Service:
         max_body: the largest body accepted (plans); decision requests are
             held to 16 KiB.
         offload: route in a worker thread (default: when the counters are
-            Redis, whose calls may wait on the network).
+            Redis, whose calls may wait on the network, or the router's
+            call registry is shared: SQLite or Redis, ``tel400-http
+            --workers``).
         switch_auth: who may use the switch endpoints
             (:class:`~tel400_http.auth.SwitchAuth`); ``None`` lets anyone
             (``tel400-http`` sets it: loopback only, or a shared secret).
@@ -140,8 +142,8 @@ class Service:
         self.cap_code = cap_code
         self.end_url = end_url.rstrip("/") if end_url else None
         self.max_body = max_body
-        if offload is None:
-            offload = type(router.counters).__module__.endswith("redis_counters")
+        if offload is None:  # what waits on I/O (Redis, a shared call registry's SQLite or Redis) runs in a thread
+            offload = type(router.counters).__module__.endswith("redis_counters") or router.call_registry.shared
         self.offload = offload
         self.switch_auth = switch_auth
         if not at_tolerance_s >= 0:  # NaN too: it would let every time through
