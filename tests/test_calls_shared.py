@@ -162,6 +162,12 @@ def test_open_calls_kinds_and_bad_urls(tmp_path, redis_url):
         (f"sqlite://{tmp_path}/a.db?bogus=1", "unknown parameter 'bogus'"),
         (f"sqlite://{tmp_path}/a.db?claim_lease_s=-1", "positive number"),
         (f"{redis_url}?timeout_ms=nan", "positive number"),
+        # in range: SQLite reads a busy timeout past 2**31 ms back as 0 (no waiting at all); a socket
+        # timeout of 1e300 s overflows; a lease of a microsecond takes over live claims (a double charge)
+        (f"sqlite://{tmp_path}/a.db?busy_timeout_ms=3000000000", "busy_timeout_ms: from 1 to 60000"),
+        (f"{redis_url}?timeout_ms=1e300", "timeout_ms: from 1 to 60000"),
+        (f"{redis_url}?claim_lease_s=0.000001", "claim_lease_s: from 0.1 to 86400"),
+        (f"sqlite://{tmp_path}/a.db?claim_lease_s=1e308", "claim_lease_s: from 0.1 to 86400"),
         ("redis+cluster://h:1/3", "database 0 only"),
         ("redis+sentinel://h:1/", "service name"),
     ]:

@@ -198,6 +198,9 @@ def take_over_log(call_id: str, claimer: str, why: str) -> None:
 
 _SQLITE_OPTIONS = {"claim_lease_s": float, "busy_timeout_ms": int}
 _REDIS_OPTIONS = {"claim_lease_s": float, "timeout_ms": float, "prefix": str}
+#: What each number option may be.  A lease much shorter than a charge takes live claims over (a
+#: double charge); SQLite reads a busy timeout past 2**31 ms back as 0; a huge socket timeout overflows.
+_RANGES = {"claim_lease_s": (0.1, 86400), "busy_timeout_ms": (1, 60000), "timeout_ms": (1, 60000)}
 
 
 def open_url(url: str, *, max_calls: int, max_age_s: float):
@@ -251,6 +254,9 @@ def _options(parts, known: dict, url: str, keep_others: bool = False) -> dict:
         if value is None or not (0 < value < math.inf):
             raise ValueError(f"calls: {name} must be a positive number, got {raw!r} "
                              f"in {redis_clients._redacted(url)!r}")
+        low, high = _RANGES[name]
+        if not low <= value <= high:
+            raise ValueError(f"calls: {name}: from {low:g} to {high:g}, got {raw!r} in {redis_clients._redacted(url)!r}")
         out[name] = value
     return out
 
