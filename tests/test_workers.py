@@ -317,6 +317,25 @@ def test_memory_counters_are_refused_with_several_workers(command, tmp_path):
     assert done.returncode == 2 and "--workers: expected at least 1, got 0" in done.stderr
 
 
+@pytest.mark.parametrize("command", ["tel400-http", "tel400-esl"])
+def test_more_workers_than_the_bound_are_refused(command, tmp_path):
+    # each worker is a process with its own socket, router and plans: a typo of 100000 must not fork them
+    done = subprocess.run([str(BIN / command), "--workers", "100000", "--counters", f"shm:///{tmp_path}/c",
+                           "--plans", str(EXAMPLES / "manual.toml"), "--port", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--workers: at most 256, got 100000" in done.stderr
+
+
+def test_tel400_http_refuses_per_process_calls_with_several_workers(tmp_path):
+    # a call's end reaching another worker than the one that routed it would be unknown there: never charged
+    done = subprocess.run([str(BIN / "tel400-http"), "--workers", "2", "--counters", f"shm:///{tmp_path}/c",
+                           "--calls", "memory://", "--plans", str(EXAMPLES / "manual.toml"), "--port", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--calls memory:// with --workers 2" in done.stderr
+
+
 def test_a_busy_port_is_one_error(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

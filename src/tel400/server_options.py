@@ -45,6 +45,10 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
                         "the parent then stops the others and exits 1 (default %(default)s)")
 
 
+#: The most worker processes one server forks (each has its socket, router and compiled plans).
+MAX_WORKERS = 256
+
+
 def worker_policy(args: argparse.Namespace, grace_s: float) -> "Policy":
     """The supervisor's :class:`tel400.workers.Policy` (``ValueError`` if the options make none).
 
@@ -55,6 +59,8 @@ def worker_policy(args: argparse.Namespace, grace_s: float) -> "Policy":
 
     if args.workers < 1:
         raise ValueError(f"--workers: expected at least 1, got {args.workers}")
+    if args.workers > MAX_WORKERS:
+        raise ValueError(f"--workers: at most {MAX_WORKERS}, got {args.workers} (one per core is the most that helps)")
     if args.workers > 1 and str(args.counters).lower().startswith("memory:"):
         raise ValueError(f"--workers {args.workers} needs counters the workers share: --counters shm:///path "
                          f"(this host) or redis://host/db; {args.counters} counts in each process, so every "

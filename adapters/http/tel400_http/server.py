@@ -426,6 +426,10 @@ def main(argv=None) -> int:
         check_limits(args)
         deadlines = Deadlines(args.header_timeout, args.body_timeout)
         policy = worker_policy(args, args.grace)
+        if args.workers > 1 and args.calls and args.calls.strip().lower().startswith("memory:"):
+            raise ValueError(f"--calls memory:// with --workers {args.workers}: a call's end reaching another "
+                             "worker than the one that routed it would be unknown there and never charged; "
+                             "leave --calls out (the workers then share DATA/calls.db) or name sqlite:// or redis://")
         if args.workers > 1:
             return serve_workers(args, deadlines, policy)
         service = build_service(args)
