@@ -508,3 +508,20 @@ def test_ends_in_random_processes_charge_each_call_once(calls_url, tmp_path, imp
     minutes = next(u for u in router.cap_usage("4001012345") if u.cap.metric == "minutes")
     assert minutes.used == CALLS  # the counter itself: exactly one minute per call
     assert router.route("4001012345", BJ).reason == "cap_exceeded"  # the cap is exact, not one short
+
+
+def test_a_settle_that_fails_after_a_full_charge_still_reports_the_charge(tmp_path, impl):
+    """The registry fails between the charge and forgetting the call: the charge stands and is answered,
+    not a BackendError (a 503) whose retry would then find the call claimed and get 404."""
+    calls = open_calls(f"sqlite://{tmp_path}/calls.db")
+    tree = one_number(rules=[{"targets": ["13901010001"]}], caps=[{"metric": "minutes", "per": "day", "limit": 50}])
+    router = tel400.Router(tel400.PlanSet.from_dict(tree), calls=calls, implementation=impl.name)
+    assert router.route("4001012345", BJ, call_id="c1").action == "bridge"
+
+    def broken(*args, **kwargs):
+        raise tel400.BackendError("calls: the disk went away")
+
+    calls.settle = broken
+    charge = router.call_ended("c1", 61)
+    assert charge is not None and charge.billed_s == 120
+    assert {u.cap.metric: int(u.used) for u in router.cap_usage("4001012345")} == {"minutes": 2}

@@ -393,8 +393,18 @@ class Router:
         rest = found  # if adding raises anything else, the whole call waits for the retry
         try:
             rest = self._add_charges(found, adds)
-        finally:
+        except BaseException:
             calls.settle(call_id, found, rest)
+            raise
+        try:
+            calls.settle(call_id, found, rest)
+        except BackendError:
+            if rest is not None:
+                raise
+            # Charged in full: that is the answer. The claim left in a shared registry keeps other
+            # reports of this end away until its lease, and the call goes at its age.
+            _log.warning("call_settle_failed", call_id=found.call_id, number=found.number,
+                         why="the call registry failed after the charge was added; the charge stands")
         if rest is not None:
             raise self._charge_failed(found)
         return charge
