@@ -216,6 +216,26 @@ class _Slot:
         self.due = 0.0
 
 
+def run(name: str, socks: list, first_start: Callable[[], int], serve: Callable[[int], int], *,
+        policy: Policy = Policy()) -> int:
+    """A server's ``--workers N``: ``first_start()`` once in a child, then one worker per socket of ``socks``
+    (:func:`listening_sockets`) under :func:`supervise`; the exit code.
+
+    The parent's copies of ``socks`` are closed when the workers are told to stop, and on every way out.
+    """
+    def close() -> None:
+        for sock in socks:
+            sock.close()
+
+    try:
+        code = run_once(name, first_start)
+        if code:
+            return code
+        return supervise(len(socks), serve, name=name, policy=policy, on_stop=close)
+    finally:
+        close()
+
+
 def supervise(n: int, serve: Callable[[int], int], *, name: str, policy: Policy = Policy(),
               on_stop: Callable[[], None] | None = None) -> int:
     """Run ``serve(worker_id)`` in ``n`` worker processes until a signal stops them; the exit code.

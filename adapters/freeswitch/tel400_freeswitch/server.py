@@ -483,10 +483,6 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
         return 2
     port = socks[0].getsockname()[1]
 
-    def close() -> None:
-        for sock in socks:
-            sock.close()
-
     def first_start() -> int:
         try:
             router, store = _router(args, policy)
@@ -508,13 +504,7 @@ def _serve_workers(args, settings, policy, allow, supervision) -> int:
         asyncio.run(_serve(args, router, settings, allow, None))
         return 0
 
-    try:
-        code = workers.run_once("tel400-esl", first_start)
-        if code:
-            return code
-        return workers.supervise(args.workers, serve, name="tel400-esl", policy=supervision, on_stop=close)
-    finally:
-        close()
+    return workers.run("tel400-esl", socks, first_start, serve, policy=supervision)
 
 
 if __name__ == "__main__":

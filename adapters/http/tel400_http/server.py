@@ -488,10 +488,6 @@ def serve_workers(args, deadlines, policy: workers.Policy) -> int:
     host, port = socks[0].getsockname()[:2]
     url = f"http://{host}:{port}"
 
-    def close() -> None:
-        for sock in socks:
-            sock.close()
-
     def first_start() -> int:
         # data directory, seeded plans, token, portal passwords: made (and printed) here, once
         try:
@@ -513,13 +509,7 @@ def serve_workers(args, deadlines, policy: workers.Policy) -> int:
         make_server(args, service, deadlines, announce=False).run(sockets=[workers.own_socket(socks, worker)])
         return 0
 
-    try:
-        code = workers.run_once("tel400-http", first_start)
-        if code:
-            return code
-        return workers.supervise(args.workers, serve, name="tel400-http", policy=policy, on_stop=close)
-    finally:
-        close()
+    return workers.run("tel400-http", socks, first_start, serve, policy=policy)
 
 
 def check_limits(args) -> None:
