@@ -203,6 +203,10 @@ omit-empty = true
 """)
 
 
+#: Starts tried with fresh ports when one chosen was taken meanwhile.
+PORT_ATTEMPTS = 3
+
+
 class KannelServers:
     """bearerbox + smsbox + fakesmsc for one test; a context manager.
 
@@ -218,31 +222,47 @@ class KannelServers:
         self.dir = Path(tmp_path) / "kannel"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dlr_base = dlr_base
-        self.ports = {name: free_port() for name in ("admin", "smsbox", "mt", "mo", "sendsms")}
-        self.sendsms_url = f"http://127.0.0.1:{self.ports['sendsms']}/cgi-bin/sendsms"
-        self.username, self.password = "tel400", PASSWORD
-        self.config = self.dir / "kannel.conf"
-        if sample is None:
-            _write_config(self.config, self.ports, get_url, http_retries, queue_delay)
-        else:
-            self.config.write_text(config_from_sample(Path(sample).read_text(), self.dir, self.ports, get_url))
-        self._procs: list[subprocess.Popen] = []
-        self._received_log = self.dir / "fakesmsc-mt.log"
-        started = time.monotonic()
-        try:
-            self._spawn("bearerbox", [BEARERBOX, str(self.config)])
-            self._wait(lambda: self.status() is not None, start_timeout, "bearerbox admin port")
-            self._spawn("smsbox", [SMSBOX, str(self.config)])
-            self._wait(lambda: "smsbox:" in (self.status() or "") and self._accepts(self.ports["sendsms"]),
-                       start_timeout, "smsbox")
-            self._spawn("fakesmsc-mt", [FAKESMSC, "-H", "127.0.0.1", "-r", str(self.ports["mt"]),
-                                        "-m", "0", "0 0 text unused"], log=self._received_log)
-            self._wait(lambda: re.search(r"\[fake-mt\][^\n]*\(online", self.status() or "") is not None,
-                       start_timeout, "fakesmsc on the fake-mt link")
-        except BaseException:
-            self.stop()
-            raise
+        # free_port() only finds ports free now: another process may take one before Kannel binds it
+        # (bearerbox then logs "Address already in use" and exits). Then again, with other ports.
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self.ports = {name: free_port() for name in ("admin", "smsbox", "mt", "mo", "sendsms")}
+                self.sendsms_url = f"http://127.0.0.1:{self.ports['sendsms']}/cgi-bin/sendsms"
+                self.username, self.password = "tel400", PASSWORD
+                self.config = self.dir / "kannel.conf"
+                if sample is None:
+                    _write_config(self.config, self.ports, get_url, http_retries, queue_delay)
+                else:
+                    self.config.write_text(config_from_sample(Path(sample).read_text(), self.dir, self.ports, get_url))
+                self._procs: list[subprocess.Popen] = []
+                self._received_log = self.dir / "fakesmsc-mt.log"
+                started = time.monotonic()
+                try:
+                    self._spawn("bearerbox", [BEARERBOX, str(self.config)])
+                    self._wait(lambda: self.status() is not None, start_timeout, "bearerbox admin port")
+                    self._spawn("smsbox", [SMSBOX, str(self.config)])
+                    self._wait(lambda: "smsbox:" in (self.status() or "") and self._accepts(self.ports["sendsms"]),
+                               start_timeout, "smsbox")
+                    self._spawn("fakesmsc-mt", [FAKESMSC, "-H", "127.0.0.1", "-r", str(self.ports["mt"]),
+                                                "-m", "0", "0 0 text unused"], log=self._received_log)
+                    self._wait(lambda: re.search(r"\[fake-mt\][^\n]*\(online", self.status() or "") is not None,
+                               start_timeout, "fakesmsc on the fake-mt link")
+                except BaseException:
+                    self.stop()
+                    raise
+            except RuntimeError:
+                if attempt == PORT_ATTEMPTS or not self._port_taken():
+                    raise
+                for log in self.dir.glob("*.log"):  # the next start's logs say only what it met
+                    log.unlink()
+                continue
+            break
         self.start_seconds = time.monotonic() - started
+
+    def _port_taken(self) -> bool:
+        """A box of this start exited because a port it was given was taken (its log says so)."""
+        return any("Address already in use" in path.read_text(errors="replace")
+                   for path in self.dir.glob("*.log"))
 
     # -- processes ---------------------------------------------------------
 

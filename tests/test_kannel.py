@@ -424,3 +424,19 @@ def test_fakesmsc_lines_are_read_and_parts_joined():
            b"unrelated line\n")
     assert parse_fakesmsc_lines(raw) == [FakeSms("400", "138", "您好"), FakeSms("400", "138", "plain words"),
                                          FakeSms("400", "138", "ab", parts=2)]
+
+
+def test_a_port_taken_between_choosing_and_binding_starts_kannel_again_on_other_ports(tmp_path, monkeypatch):
+    import socket
+
+    from . import kannel_harness
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]] * 5)  # the first start's ports: all taken by this socket
+        real = kannel_harness.free_port
+        monkeypatch.setattr(kannel_harness, "free_port", lambda: next(ports, None) or real())
+        with kannel_harness.KannelServers(tmp_path, get_url="http://127.0.0.1:9/mo") as kannel:
+            assert taken.getsockname()[1] not in kannel.ports.values()
+            assert kannel.status() is not None
