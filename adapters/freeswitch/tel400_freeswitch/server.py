@@ -55,6 +55,7 @@ from tel400.listener import Listener, RareLog, listening_socket, raise_descripto
 from tel400.server_options import add_pin_options, pin_policy
 
 from .actions import HANGUP_CAUSES, Settings  # noqa: F401  (public names, kept importable from here)
+from .driver import CallDriver
 from .protocol import EslProtocol, ProtocolError
 from .session import CLOSED, Session
 
@@ -66,38 +67,31 @@ DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_MAX_PER_ADDRESS = 2048
 
 
-class EslCall(asyncio.Protocol):
+class EslCall(asyncio.Protocol, CallDriver):
     """One connection from FreeSWITCH: the asyncio shell around its :class:`~.session.Session`.
 
-    Bytes go to the parser, frames to the session; the session's bytes are
-    written, its deadline armed with ``loop.call_at``, its route requests
-    answered (at once, or on the PIN threads for a PIN), its end reported to
-    the router.  No task, queue or future per call.
+    Bytes go to the parser, frames to the session; what the session asks
+    for is :class:`~.driver.CallDriver`'s (decisions, the end, the timer);
+    here only the socket: its bytes are written to it, and it is closed
+    when the session is over.
     """
 
     def __init__(self, server: EslServer, on_closed) -> None:
+        loop = asyncio.get_running_loop()
+        CallDriver.__init__(self, server.router, server.pin_threads, loop, Session(server.settings, loop.time))
         self.server = server
-        self.router = server.router
         self._on_closed = on_closed
-        self.loop = asyncio.get_running_loop()
         self.protocol = EslProtocol()
-        self.session = Session(server.settings, self.loop.time)
         self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._abort: asyncio.TimerHandle | None = None
-        self.done = self.loop.create_future()
-
-    @property
-    def uuid(self) -> str | None:
-        return self.session.uuid
+        self.done = loop.create_future()
 
     # -- asyncio's side ----------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server._calls[self] = None
-        self._pump()
+        self.pump()
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -107,18 +101,18 @@ class EslCall(asyncio.Protocol):
             while (frame := protocol.next_frame()) is not None:
                 session.receive_frame(frame)
                 if session._request is not None or session.state == CLOSED:
-                    self._pump()
+                    self.pump()
                     if session.state == CLOSED:
                         return
         except ProtocolError as exc:
             _log.warning("esl_connection_broken", uuid=session.uuid, error=str(exc))
             session.connection_lost()
-            self._pump()
+            self.pump()
             self.transport.abort()
             return
         except Exception as exc:  # never leave a call parked: the fallback notice and a hangup
-            self._fail(exc)
-        self._pump()
+            self.fail(exc)
+        self.pump()
 
     def eof_received(self):
         return False  # close our side too: connection_lost follows
@@ -126,104 +120,25 @@ class EslCall(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         try:
             self.session.connection_lost()
-            self._pump()
+            self.pump()
         finally:
-            for handle in (self._timer, self._abort):
-                if handle is not None:
-                    handle.cancel()
+            self.cancel_timer()
+            if self._abort is not None:
+                self._abort.cancel()
             self.server._calls.pop(self, None)
             self.server.handled += 1
             if not self.done.done():
                 self.done.set_result(None)
             self._on_closed()
 
-    # -- the session's side ------------------------------------------------------------------
+    # -- the driver's side ---------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        """Carry out what the session asks for: decisions, writes, the end, the timer, the close.
-
-        Runs after every batch of frames: it peeks at the session's pending
-        request, end and output before taking them, the cheap test first.
-        """
-        session = self.session
-        request = session._request
-        while request is not None:
-            session._request = None
-            if request.pin is None:
-                try:
-                    decision = self.router.route(request.dialed, request.caller, None, "voice", None, request.uuid)
-                except Exception as exc:
-                    session.route_failed(exc)
-                else:
-                    session.decided(decision)
-            else:
-                # a hashed PIN may cost a key derivation: never on the loop that serves every call
-                future = self.loop.run_in_executor(self.server.pin_threads, self.router.route, request.dialed,
-                                                   request.caller, None, "voice", request.pin, request.uuid)
-                future.add_done_callback(self._pin_checked)
-            request = session._request
-        if session._end is not None:
-            self._report(session.take_end())
-        if session._out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(session.data_to_send())
-        if session.close is not None:
-            self._close()
-            return
-        deadline = session.deadline
-        # lazy timer: re-armed only for an earlier deadline; an early firing just re-arms
-        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._timer_fired)
-
-    def _timer_fired(self) -> None:
-        self._timer = self._timer_at = None
-        try:
-            self.session.deadline_passed()
-        except Exception as exc:
-            self._fail(exc)
-        self._pump()
-
-    def _pin_checked(self, future: asyncio.Future) -> None:
-        if self.session.state == CLOSED or future.cancelled():
-            return
-        try:
-            error = future.exception()
-            if error is not None:
-                self.session.route_failed(error)
-            else:
-                self.session.decided(future.result())
-        except Exception as exc:
-            self._fail(exc)
-        self._pump()
-
-    def _fail(self, exc: Exception) -> None:
-        try:
-            self.session.failed(exc)
-        except Exception as again:
-            _log.error("esl_fallback_failed", uuid=self.session.uuid, error=str(again))
-            self.session.connection_lost()
-
-    def _report(self, end) -> None:
-        """Charge the call (or release it, when its end never came)."""
-        try:
-            # a call longer than the router keeps calls (--max-call above it) is
-            # charged as the longest call, not refused and lost
-            seconds = min(end.seconds, self.router.longest_call_s)
-            charge = self.router.call_ended(end.uuid, seconds, end.target)
-        except Exception as exc:
-            _log.error("esl_call_end_failed", uuid=end.uuid, error=str(exc))
-            return
-        if not end.confirmed and charge is not None:
-            _log.warning("esl_call_end_unconfirmed", uuid=end.uuid, charged_s=seconds,
-                         why="no CHANNEL_HANGUP_COMPLETE: FreeSWITCH went away or stopped answering")
+    def _write(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.session.data_to_send())
 
     def _close(self) -> None:
         """Close the socket; one whose peer does not read what is left is dropped after the reply timeout."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = self._timer_at = None
         transport = self.transport
         if transport is None or self._abort is not None:
             return

@@ -1,0 +1,139 @@
+"""What a shell does for one :class:`~tel400_freeswitch.session.Session`, whatever carries its bytes.
+
+The outbound server (:mod:`tel400_freeswitch.server`: one connection per
+call) and the inbound client (:mod:`tel400_freeswitch.inbound`: one
+connection per FreeSWITCH, carrying all its calls) differ only in how a
+session's commands reach FreeSWITCH and how a finished call is let go.
+Everything else — answering route requests (at once, or a PIN on the PIN
+threads), charging the call's end, arming the session's timer, never
+leaving a call parked when tel400 fails — is here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from .session import CLOSED, Session
+
+_log = structlog.get_logger("tel400.esl")
+
+
+class CallDriver:
+    """Carries out what a session asks for; subclasses define :meth:`_write` and :meth:`_close`.
+
+    No task, queue or future per call: the session's timer is one
+    ``loop.call_at`` handle, re-armed only for an earlier deadline.
+    """
+
+    def __init__(self, router, pin_threads, loop: asyncio.AbstractEventLoop, session: Session) -> None:
+        self.router = router
+        self.pin_threads = pin_threads
+        self.loop = loop
+        self.session = session
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    @property
+    def uuid(self) -> str | None:
+        return self.session.uuid
+
+    # -- what subclasses say ------------------------------------------------------------------
+
+    def _write(self) -> None:
+        """Send the session's pending commands."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """The session is over (:attr:`Session.close` says how): let the call go."""
+        raise NotImplementedError
+
+    # -- the work -----------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Carry out what the session asks for: decisions, writes, the end, the timer, the close.
+
+        Runs after every batch of frames: it peeks at the session's pending
+        request, end and output before taking them, the cheap test first.
+        """
+        session = self.session
+        request = session._request
+        while request is not None:
+            session._request = None
+            if request.pin is None:
+                try:
+                    decision = self.router.route(request.dialed, request.caller, None, "voice", None, request.uuid)
+                except Exception as exc:
+                    session.route_failed(exc)
+                else:
+                    session.decided(decision)
+            else:
+                # a hashed PIN may cost a key derivation: never on the loop that serves every call
+                future = self.loop.run_in_executor(self.pin_threads, self.router.route, request.dialed,
+                                                   request.caller, None, "voice", request.pin, request.uuid)
+                future.add_done_callback(self._pin_checked)
+            request = session._request
+        if session._end is not None:
+            self._report(session.take_end())
+        if session._out:
+            self._write()
+        if session.close is not None:
+            self.cancel_timer()
+            self._close()
+            return
+        deadline = session.deadline
+        # lazy timer: re-armed only for an earlier deadline; an early firing just re-arms
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._timer_fired)
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
+
+    def fail(self, exc: Exception) -> None:
+        """Something inside tel400 broke while handling this call: the fallback notice, never a parked call."""
+        try:
+            self.session.failed(exc)
+        except Exception as again:
+            _log.error("esl_fallback_failed", uuid=self.session.uuid, error=str(again))
+            self.session.connection_lost()
+
+    def _timer_fired(self) -> None:
+        self._timer = self._timer_at = None
+        try:
+            self.session.deadline_passed()
+        except Exception as exc:
+            self.fail(exc)
+        self.pump()
+
+    def _pin_checked(self, future: asyncio.Future) -> None:
+        if self.session.state == CLOSED or future.cancelled():
+            return
+        try:
+            error = future.exception()
+            if error is not None:
+                self.session.route_failed(error)
+            else:
+                self.session.decided(future.result())
+        except Exception as exc:
+            self.fail(exc)
+        self.pump()
+
+    def _report(self, end) -> None:
+        """Charge the call (or release it, when its end never came)."""
+        try:
+            # a call longer than the router keeps calls (--max-call above it) is
+            # charged as the longest call, not refused and lost
+            seconds = min(end.seconds, self.router.longest_call_s)
+            charge = self.router.call_ended(end.uuid, seconds, end.target)
+        except Exception as exc:
+            _log.error("esl_call_end_failed", uuid=end.uuid, error=str(exc))
+            return
+        if not end.confirmed and charge is not None:
+            _log.warning("esl_call_end_unconfirmed", uuid=end.uuid, charged_s=seconds,
+                         why="no CHANNEL_HANGUP_COMPLETE: FreeSWITCH went away or stopped answering")
