@@ -75,7 +75,7 @@ def commands(data: bytes) -> list[tuple[str, dict[str, str]]]:
 
 def apps(data: bytes) -> list[tuple[str, str]]:
     return [(h.get("execute-app-name") or "hangup:" + h.get("hangup-cause", ""), h.get("execute-app-arg", ""))
-            for c, h in commands(data) if c == "sendmsg"]
+            for c, h in commands(data) if c.split()[0] == "sendmsg"]
 
 
 def decision(action: str, reason: str = "ok", targets=(), prompt=None) -> Decision:
@@ -457,3 +457,81 @@ def test_a_billsec_that_is_not_a_number_in_range_is_charged_as_none_and_the_end_
     s.receive_frame(complete(bridge_uuid, variable_originate_disposition="SUCCESS"))
     end = finish(s, event("CHANNEL_HANGUP_COMPLETE", variable_billsec=billsec))
     assert end == CallEnd(UUID, charged, None, True)
+
+
+# -- inbound: a parked call on a connection shared by every call ----------------------------------
+
+
+def park(uuid: str = UUID):
+    return parse(event_frame([
+        ("Event-Name", "CHANNEL_PARK"), ("Unique-ID", uuid), ("Caller-Destination-Number", "4001012345"),
+        ("Caller-Caller-ID-Number", "13901012345"), ("variable_tel400_route", "true"),
+    ]))[0]
+
+
+def parked(clock=None, **options) -> tuple[Session, Clock]:
+    clock = clock or Clock()
+    return Session.parked(settings(**options), clock, park().event), clock
+
+
+def test_a_parked_call_asks_for_its_decision_at_once_and_sends_nothing_of_the_connections():
+    s, _ = parked()
+    assert s.state == sm.ROUTING and s.channel == UUID
+    assert s.take_request() == RouteRequest("4001012345", "13901012345", UUID, None)
+    assert s.commands_to_send() == []  # no connect, subscription or linger: those are the connection's
+
+
+def test_a_parked_call_names_its_channel_in_every_command_one_item_each():
+    s, clock = parked()
+    s.take_request()
+    s.decided(BRIDGE)
+    sent = s.commands_to_send()
+    assert len(sent) == 2  # one item per command: the shell owes each its own reply
+    assert [commands(c)[0][0] for c in sent] == [f"sendmsg {UUID}"] * 2
+    assert apps(b"".join(sent)) == [("multiset", "continue_on_fail=true hangup_after_bridge=true"),
+                                    ("bridge", settings().dial_string(BRIDGE))]
+    bridge_uuid = running_uuid(s)
+    s.receive_frame(reply())
+    s.receive_frame(reply())
+    s.receive_frame(event("CHANNEL_BRIDGE"))
+    s.receive_frame(complete(bridge_uuid, variable_originate_disposition="SUCCESS"))
+    end = finish(s, hangup_complete(42, "sofia/gateway/gw1/13901010001"))
+    assert end == CallEnd(UUID, 42, "13901010001", True)
+    # over at its end: no exit (that would close every call's connection)
+    assert s.state == sm.CLOSED and s.close == "close" and s.commands_to_send() == []
+    assert s.take_end() is None
+
+
+def test_a_parked_call_refused_by_the_plan_hangs_up_its_own_channel():
+    s, _ = parked()
+    s.take_request()
+    s.decided(decision("reject", "blacklisted", prompt="blacklisted"))
+    out = []
+    while s.state == sm.RUNNING:
+        sent = s.commands_to_send()
+        out += sent
+        s.receive_frame(reply())
+        if running_uuid(s):
+            s.receive_frame(complete(running_uuid(s)))
+    assert [commands(c)[0][0] for c in out] == [f"sendmsg {UUID}"] * 3
+    assert apps(b"".join(out))[-1] == ("hangup:CALL_REJECTED", "")
+
+
+def test_a_silent_freeswitch_gets_a_hangup_for_the_parked_call_but_never_exit():
+    s, clock = parked()
+    s.take_request()
+    s.decided(BRIDGE)
+    s.commands_to_send()
+    clock.t += 10
+    s.deadline_passed()
+    sent = s.commands_to_send()
+    assert [commands(c)[0] for c in sent] == [(f"sendmsg {UUID}", {"call-command": "hangup",
+                                                                 "hangup-cause": actions.FAILURE_CAUSE})]
+    assert s.state == sm.CLOSED and s.take_end() == CallEnd(UUID, 0, None, False)
+
+
+def test_a_repeated_park_of_a_call_in_progress_is_ignored():
+    s, _ = parked()
+    s.take_request()
+    s.receive_frame(park())
+    assert s.ignored == 1 and s.state == sm.ROUTING and s.take_request() is None

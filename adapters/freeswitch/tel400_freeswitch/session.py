@@ -110,10 +110,18 @@ _event_uuids = itertools.count()
 
 
 class Session:
-    """One call, from ``connect`` to ``exit``."""
+    """One call: outbound, from ``connect`` to ``exit``; inbound (:meth:`parked`), from its park to its end.
 
-    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+    ``channel`` is the inbound mode's: the ``Unique-ID`` every command names
+    (``sendmsg <uuid>``), on a connection that carries every call of the
+    FreeSWITCH; such a session sends no ``connect``, subscription or
+    ``exit`` (the connection's, not the call's), and is over when its end
+    is reported.  Outbound (``None``) the connection is the call's own.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float], *, channel: str | None = None) -> None:
         self.s = settings
+        self.channel = channel
         self.clock = clock
         self.state = CONNECTING
         self._out: list[bytes] = []
@@ -141,10 +149,24 @@ class Session:
         self._running_uuid: str | None = None
         self._replied = False  # the running step's reply came
         self.ignored = 0  # frames and news the state had no use for (late replies, foreign events)
-        self._send(_CONNECT, "connect")
-        self._send(_MYEVENTS, "myevents")
-        self._send(_NIXEVENT, "nixevent")
-        self._send(_LINGER, "linger")
+        if channel is None:
+            self._send(_CONNECT, "connect")
+            self._send(_MYEVENTS, "myevents")
+            self._send(_NIXEVENT, "nixevent")
+            self._send(_LINGER, "linger")
+
+    @classmethod
+    def parked(cls, settings: Settings, clock: Callable[[], float], event) -> Session:
+        """An inbound call: FreeSWITCH's dialplan parked the channel, ``event`` is its ``CHANNEL_PARK``.
+
+        The event carries what the outbound connect reply does (the
+        channel's headers and variables), so the session starts in
+        ``ROUTING`` with its first decision to make.
+        """
+        session = cls(settings, clock, channel=event.get("Unique-ID"))
+        session._take_channel(event.headers)
+        session._route(None)
+        return session
 
     # -- what the shell reads ------------------------------------------------------------
 
@@ -155,6 +177,11 @@ class Session:
         data = b"".join(self._out)
         self._out.clear()
         return data
+
+    def commands_to_send(self) -> list[bytes]:
+        """The commands to write now, one item each: on a shared connection each gets one reply, in order."""
+        commands, self._out = self._out, []
+        return commands
 
     @property
     def deadline(self) -> float | None:
@@ -267,12 +294,14 @@ class Session:
 
     # CONNECTING
     def _connect_reply(self, data) -> None:
-        _, frame = data
-        headers = frame.headers
+        self._take_channel(data[1].headers)
+        self.state = SUBSCRIBING
+
+    def _take_channel(self, headers) -> None:
+        """Who calls whom, from the connect reply (outbound) or the CHANNEL_PARK event (inbound)."""
         self.uuid = headers.get("Unique-ID") or headers.get("Channel-Call-UUID")
         self.dialed = headers.get("Caller-Destination-Number") or headers.get("variable_sip_req_user")
         self.caller = headers.get("Caller-Caller-ID-Number") or headers.get("variable_sip_from_user")
-        self.state = SUBSCRIBING
 
     # SUBSCRIBING
     def _subscribe_reply(self, data) -> None:
@@ -317,15 +346,17 @@ class Session:
                 break
             self.state = RUNNING
             if step.app in SETTERS and self._steps:
-                self._send(sendmsg(step.app, step.arg, event_uuid=f"tel400-{_prefix}-{next(_event_uuids)}"), "setter")
+                self._send(sendmsg(step.app, step.arg, event_uuid=f"tel400-{_prefix}-{next(_event_uuids)}",
+                                   uuid=self.channel), "setter")
                 continue
             self._running, self._replied = step, False
             if step.app == HANGUP:
                 self._running_uuid = None
-                self._send(hangup(step.arg), "hangup")
+                self._send(hangup(step.arg, uuid=self.channel), "hangup")
             else:
                 self._running_uuid = f"tel400-{_prefix}-{next(_event_uuids)}"
-                self._send(sendmsg(step.app, step.arg, event_uuid=self._running_uuid), self._running_uuid)
+                self._send(sendmsg(step.app, step.arg, event_uuid=self._running_uuid, uuid=self.channel),
+                           self._running_uuid)
             return
         self._running = None
         self._wait_for_end()
@@ -406,9 +437,15 @@ class Session:
         self._finish()
 
     def _finish(self) -> None:
-        """Report the end, then say goodbye (``exit``: FreeSWITCH replies +OK bye and closes)."""
+        """Report the end, then say goodbye (``exit``: FreeSWITCH replies +OK bye and closes).
+
+        Inbound, the connection is every call's: the session is simply over.
+        """
         self._end_deadline = None
         self._report_end()
+        if self.channel is not None:
+            self._closed("close")
+            return
         self.state = CLOSING
         self._send(_EXIT, "exit")
 
@@ -439,8 +476,9 @@ class Session:
         if it reads at all).
         """
         if not self.hungup:
-            self._out.append(hangup(actions.FAILURE_CAUSE))
-        self._out.append(_EXIT)
+            self._out.append(hangup(actions.FAILURE_CAUSE, uuid=self.channel))
+        if self.channel is None:  # inbound, the connection is every call's: it stays
+            self._out.append(_EXIT)
         self._report_end()
         self._closed("close")
 
