@@ -54,7 +54,9 @@ from tel400.addresses import LOOPBACK, LOOPBACK_NETWORKS, AllowList
 from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
 from tel400.server_options import add_pin_options, pin_policy
 
+from . import inbound
 from .actions import HANGUP_CAUSES, Settings  # noqa: F401  (public names, kept importable from here)
+from .inbound import DEFAULT_MAX_CALLS
 from .driver import CallDriver
 from .protocol import EslProtocol, ProtocolError
 from .session import CLOSED, Session
@@ -293,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow", metavar="NETS", default=",".join(LOOPBACK_NETWORKS),
                    help="comma-separated addresses or networks FreeSWITCH may connect from, or 'any'; "
                         "others are closed at once (default: %(default)s, this host)")
+    inbound = p.add_argument_group("inbound mode", "connect to FreeSWITCH's event socket instead of listening: "
+                                   "one connection carries every call FreeSWITCH parks (docs/freeswitch.md)")
+    inbound.add_argument("--inbound", metavar="HOST:PORT", action="append", default=[],
+                         help="a FreeSWITCH event socket to connect to (port 8021 if not given); repeat for more "
+                              "FreeSWITCH hosts. --host and --port are then not listened on")
+    inbound.add_argument("--password-file", metavar="PATH",
+                         help="the event socket password, in a file (default: $TEL400_ESL_PASSWORD, else ClueCon)")
+    inbound.add_argument("--max-calls", type=int, default=DEFAULT_MAX_CALLS,
+                         help="calls followed at once per FreeSWITCH; a park beyond is hung up (SWITCH_CONGESTION)")
     add_pin_options(p)
     from tel400.server_options import add_worker_options  # here: the module head is another change's
 
@@ -336,9 +347,26 @@ def main(argv=None) -> int:
         allow = allow_list(args.allow)
         supervision = worker_policy(args, grace_s=_GRACE_S)
         loop_asked()
+        switches = [inbound.parse_address(text) for text in args.inbound]
+        password = _password(args) if switches else None
+        if switches and args.workers > 1:
+            raise ValueError("--inbound with --workers: every worker would route every call FreeSWITCH parks; "
+                             "inbound, one process serves one FreeSWITCH (docs/freeswitch.md)")
+        if args.max_calls < 1:
+            raise ValueError("--max-calls: expected at least 1")
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
+    if switches:
+        try:
+            router, store = _router(args, policy)
+        except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
+            print(f"tel400-esl: {exc}", file=sys.stderr)
+            return 2
+        loop = use_uvloop()
+        asyncio.run(_serve_inbound(args, router, settings, switches, password,
+                                   f"{router.number_count} numbers from {store.url}", loop))
+        return 0
     if args.workers > 1:
         return _serve_workers(args, settings, policy, allow, supervision)
     try:
@@ -384,6 +412,34 @@ async def _serve(args, router, settings, allow, what: str | None, loop_name: str
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.close(_GRACE_S)
+
+
+def _password(args) -> str:
+    """The event socket password: --password-file, else $TEL400_ESL_PASSWORD, else FreeSWITCH's default."""
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as file:
+                text = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--password-file: {exc}") from None
+    else:
+        text = os.environ.get("TEL400_ESL_PASSWORD", inbound.DEFAULT_PASSWORD)
+    return inbound.check_password(text)
+
+
+async def _serve_inbound(args, router, settings, switches, password, what: str, loop_name: str) -> None:
+    """--inbound: keep a connection to each FreeSWITCH until SIGTERM or SIGINT."""
+    clients = [inbound.InboundClient(router, host, port, settings, password=password, max_calls=args.max_calls).start()
+               for host, port in switches]
+    where = ", ".join(f"{host}:{port}" for host, port in switches)
+    print(f"tel400-esl: {what}, connecting to FreeSWITCH at {where} (inbound, {tel400.IMPLEMENTATION}, {loop_name})",
+          file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await asyncio.gather(*(client.close(_GRACE_S) for client in clients))
 
 
 def _serve_workers(args, settings, policy, allow, supervision) -> int:

@@ -1,0 +1,386 @@
+"""``tel400-esl --inbound``: one connection to FreeSWITCH's event socket carries all its calls.
+
+Outbound (:mod:`tel400_freeswitch.server`), FreeSWITCH opens a TCP
+connection per call; its accept, set-up and close are most of what a call
+costs tel400 (docs/performance.md).  Inbound, the dialplan parks the call::
+
+    <action application="set" data="tel400_route=true"/>
+    <action application="set" data="park_timeout=30"/>
+    <action application="park"/>
+
+and tel400, connected to mod_event_socket (``event-socket.conf.xml``, port
+8021), sees the ``CHANNEL_PARK`` event and drives the call with ``sendmsg
+<uuid>``: the same :class:`~tel400_freeswitch.session.Session` (made by
+:meth:`Session.parked`), the same applications, the same charging.  The
+conversation on the connection::
+
+    FreeSWITCH  Content-Type: auth/request
+    tel400      auth <password>                         → +OK accepted
+    tel400      filter variable_tel400_route true       → +OK filter added. [...]=[...]
+    tel400      event plain CHANNEL_PARK CHANNEL_EXECUTE_COMPLETE CHANNEL_BRIDGE CHANNEL_HANGUP_COMPLETE
+                                                        → +OK event listener enabled plain
+    FreeSWITCH  events of every channel whose tel400_route is true
+    tel400      sendmsg <uuid> …, for each call          → +OK, one reply per command, in order
+
+The filter makes FreeSWITCH send only the events of tel400's calls (their
+channel variables ride on these four event types); the calls' ``B`` legs
+and every other channel on the box cost nothing.  FreeSWITCH reads one
+command at a time and replies in order, so the replies of all calls come in
+the order their commands were written: one queue of who is owed each reply
+(:attr:`InboundLink._owners`) gives each its own.
+
+What is bounded (docs/limits.md): the calls followed at once
+(``max_calls``; a park beyond it is hung up with ``SWITCH_CONGESTION``), the
+uuids remembered after their end (so a repeated ``CHANNEL_PARK`` is not
+routed twice), the wait for each reply and application (the session's own
+timers), the hand-shake (``reply_timeout_s``), and the back-off between
+connection attempts.  A ``Unique-ID`` that could not be written back into a
+command (anything but letters, digits, ``.``, ``_``, ``-``) is never
+followed.
+
+If the connection is lost, the calls it carried are charged as the outbound
+server charges a lost connection (the talk time seen so far, logged as
+unconfirmed) and tel400 connects again; FreeSWITCH's ``park_timeout`` ends a
+parked call that no tel400 picked up.  One tel400-esl per FreeSWITCH: two
+connected to the same one would both route every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict, deque
+
+import structlog
+
+from tel400 import pins
+from tel400.listener import RareLog
+
+from .actions import Settings
+from .driver import CallDriver
+from .protocol import EslProtocol, Frame, ProtocolError, command, hangup
+from .session import CLOSED, Session
+
+_log = structlog.get_logger("tel400.esl")
+_log_unreachable = RareLog("esl_inbound_unreachable", 10.0, _log)
+_log_full = RareLog("esl_inbound_full", 10.0, _log)
+_log_strange = RareLog("esl_inbound_strange_uuid", 10.0, _log)
+
+#: the channel variable the dialplan sets on the calls tel400 routes (and the filter asks for)
+ROUTE_VARIABLE = "tel400_route"
+#: the events an inbound session reads (the outbound session's three, and the park that starts a call)
+EVENTS = ("CHANNEL_PARK", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_BRIDGE", "CHANNEL_HANGUP_COMPLETE")
+DEFAULT_PORT = 8021
+DEFAULT_PASSWORD = "ClueCon"  # mod_event_socket's own default
+DEFAULT_MAX_CALLS = 4096
+#: the cause a park beyond max_calls is hung up with (FreeSWITCH's for "no room")
+FULL_CAUSE = "SWITCH_CONGESTION"
+#: seconds between connection attempts: doubled from the first to the last while FreeSWITCH stays away
+BACKOFF_S = (0.1, 5.0)
+#: a Unique-ID tel400 will write into ``sendmsg <uuid>``: nothing that could end the line or the word
+_UUID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: commands of the hand-shake, as owners in the reply queue
+_AUTH, _FILTER, _EVENT = "auth", "filter", "event"
+
+
+def check_password(password: str) -> str:
+    """The password as it can go on the ``auth`` line (``ValueError`` for one that cannot)."""
+    if not password or password != password.strip() or not password.isprintable():
+        raise ValueError("the event socket password: expected printable characters, no surrounding spaces")
+    return password
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port``, ``host`` (port 8021) or ``[v6]:port`` (``ValueError`` otherwise)."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?|([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?", text.strip())
+    if match is None:
+        raise ValueError(f"--inbound {text!r}: expected host:port")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4) or DEFAULT_PORT)
+    if not 0 < port < 65536:
+        raise ValueError(f"--inbound {text!r}: port out of range")
+    return host, port
+
+
+class InboundCall(CallDriver):
+    """One parked call: its session's commands go on the shared connection, its end lets it go."""
+
+    def __init__(self, client: InboundClient, link: InboundLink, session: Session) -> None:
+        CallDriver.__init__(self, client.router, client.pin_threads, client.loop, session)
+        self.client = client
+        self.link = link
+
+    def _write(self) -> None:
+        self.link.send(self.session.commands_to_send(), self)
+
+    def _close(self) -> None:
+        self.client._forget(self)
+
+
+class InboundLink(asyncio.Protocol):
+    """One connection to FreeSWITCH: the hand-shake, then frames to the calls they belong to."""
+
+    def __init__(self, client: InboundClient) -> None:
+        self.client = client
+        self.protocol = EslProtocol()
+        self.transport: asyncio.Transport | None = None
+        self.serving = False
+        #: who is owed each reply, oldest first: a call, or a hand-shake command's name
+        self._owners: deque[InboundCall | str | None] = deque()
+        self._batch: list[bytes] | None = None  # commands written while a read is handled: one write at its end
+        self._handshake: asyncio.TimerHandle | None = None
+        self.closed = client.loop.create_future()
+
+    # -- asyncio's side ----------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        # FreeSWITCH greets at once; the hand-shake as a whole gets one reply timeout
+        self._handshake = self.client.loop.call_later(self.client.settings.reply_timeout_s, self._handshake_late)
+
+    def data_received(self, data: bytes) -> None:
+        self._batch = []
+        try:
+            self.protocol.receive_data(data)
+            while (frame := self.protocol.next_frame()) is not None:
+                self._frame(frame)
+        except ProtocolError as exc:
+            _log.warning("esl_inbound_broken", host=self.client.host, error=str(exc))
+            self.transport.abort()
+        finally:
+            batch, self._batch = self._batch, None
+            if batch and not self.transport.is_closing():
+                self.transport.write(b"".join(batch))
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self._handshake is not None:
+            self._handshake.cancel()
+        self.serving = False
+        self.client._link_lost(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, commands: list[bytes], owner: InboundCall | str | None) -> None:
+        """Write commands whose replies go to ``owner`` (``None``: nobody waits for them)."""
+        if self.transport is None or self.transport.is_closing():
+            return  # lost with the connection: the calls are ended by connection_lost
+        self._owners.extend([owner] * len(commands))
+        if self._batch is not None:
+            self._batch.extend(commands)
+        else:
+            self.transport.write(b"".join(commands))
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def _frame(self, frame: Frame) -> None:
+        event = frame.event
+        if event is not None:
+            if self.serving:
+                self._event(frame, event)
+            return
+        kind = (frame.headers.get("Content-Type") or "").lower()
+        if kind == "command/reply" or kind == "api/response":
+            owner = self._owners.popleft() if self._owners else None
+            if owner is None:
+                return  # a reply nobody waits for (a hangup of a park over the limit)
+            if type(owner) is str:
+                self._handshake_reply(owner, frame)
+                return
+            if owner.session.state == CLOSED:
+                return  # the call was let go before its reply came
+            try:
+                owner.session.receive_frame(frame)
+            except Exception as exc:
+                owner.fail(exc)
+            owner.pump()
+        elif kind == "auth/request":
+            self.send([command("auth", self.client.password)], _AUTH)
+        elif kind == "text/disconnect-notice" or kind == "text/rude-rejection":
+            # FreeSWITCH shutting down, or its ACL refusing this host ("Access Denied, go away.")
+            _log.warning("esl_inbound_disconnected", host=self.client.host, port=self.client.port, notice=kind)
+            self.transport.close()
+
+    def _event(self, frame: Frame, event) -> None:
+        headers = event.headers
+        uuid = headers.get("Unique-ID")
+        client = self.client
+        call = client.calls.get(uuid)
+        if call is None:
+            if headers.get("Event-Name") == "CHANNEL_PARK" and headers.get(f"variable_{ROUTE_VARIABLE}") == "true":
+                client._parked(self, event, uuid)
+            return
+        try:
+            call.session.receive_frame(frame)
+        except Exception as exc:
+            call.fail(exc)
+        call.pump()
+
+    # -- the hand-shake ------------------------------------------------------------------------
+
+    def _handshake_reply(self, what: str, frame: Frame) -> None:
+        client = self.client
+        if not frame.ok:
+            level = _log.error if what == _AUTH else _log.warning
+            level("esl_inbound_refused", host=client.host, port=client.port, command=what, reply=frame.reply_text,
+                  hint="check --password-file" if what == _AUTH else None)
+            self.transport.close()
+            return
+        if what == _AUTH:
+            # the filter first: no event of another channel is sent between the two
+            self.send([command("filter", f"variable_{ROUTE_VARIABLE}", "true")], _FILTER)
+            self.send([command("event", "plain", *EVENTS)], _EVENT)  # one write with the filter (the batch)
+        elif what == _EVENT:
+            self.serving = True
+            if self._handshake is not None:
+                self._handshake.cancel()
+                self._handshake = None
+            client.connected += 1
+            _log.info("esl_inbound_serving", host=client.host, port=client.port)
+
+    def _handshake_late(self) -> None:
+        self._handshake = None
+        if not self.serving and self.transport is not None:
+            _log.warning("esl_inbound_refused", host=self.client.host, port=self.client.port,
+                         reply=f"no hand-shake within {self.client.settings.reply_timeout_s:g} s")
+            self.transport.abort()
+
+
+class InboundClient:
+    """Keeps one connection to a FreeSWITCH's event socket and routes the calls it parks.
+
+    Args:
+        router: the :class:`~tel400.Router`.
+        host, port: FreeSWITCH's event socket.
+        settings: what calls do (:class:`~tel400_freeswitch.actions.Settings`).
+        password: the event socket's password (``auth``).
+        max_calls: calls followed at once; a park beyond it is hung up
+            with :data:`FULL_CAUSE`.
+    """
+
+    def __init__(self, router, host: str, port: int = DEFAULT_PORT, settings: Settings | None = None, *,
+                 password: str = DEFAULT_PASSWORD, max_calls: int = DEFAULT_MAX_CALLS) -> None:
+        if max_calls < 1:
+            raise ValueError("max_calls: expected at least 1")
+        self.router = router
+        self.host, self.port = host, port
+        self.settings = settings or Settings()
+        self.password = check_password(password)
+        self.max_calls = max_calls
+        self.pin_threads = pins.check_executor(getattr(router, "pin_policy", None) or pins.PinPolicy())
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.calls: dict[str, InboundCall] = {}
+        #: uuids of calls over (or refused), newest last: a repeated CHANNEL_PARK of one is not routed again
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.link: InboundLink | None = None
+        self.handled = 0  # calls over
+        self.shed = 0  # parks hung up at max_calls
+        self.strange = 0  # parks with a Unique-ID that cannot go into a command
+        self.connected = 0  # hand-shakes completed
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self.calls)
+
+    @property
+    def serving(self) -> bool:
+        return self.link is not None and self.link.serving
+
+    def start(self) -> InboundClient:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._task = self.loop.create_task(self._keep_connected())
+        return self
+
+    async def wait_serving(self, timeout: float) -> None:
+        """Until the hand-shake is done (``TimeoutError`` after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            while not self.serving:
+                await asyncio.sleep(0.01)
+
+    async def close(self, grace_s: float = 30.0) -> None:
+        """Stop connecting again; let the calls in progress finish (up to ``grace_s``), then close.
+
+        Calls parked meanwhile are still routed: leaving them parked would
+        hold them until ``park_timeout``, since FreeSWITCH announces a park
+        only once.
+        """
+        self._stop.set()
+        deadline = self.loop.time() + grace_s
+        while self.calls and self.serving and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        link = self.link
+        if link is not None and link.transport is not None:
+            link.transport.abort()  # connection_lost charges what is left
+            await link.closed
+        if self._task is not None:
+            await self._task
+        self.pin_threads.shutdown(wait=False)
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    async def _keep_connected(self) -> None:
+        backoff = BACKOFF_S[0]
+        while not self._stop.is_set():
+            try:
+                async with asyncio.timeout(self.settings.reply_timeout_s):
+                    _, link = await self.loop.create_connection(lambda: InboundLink(self), self.host, self.port)
+            except (OSError, TimeoutError) as exc:
+                _log_unreachable(host=self.host, port=self.port, error=str(exc) or type(exc).__name__)
+            else:
+                self.link = link
+                await link.closed
+                if link.serving:
+                    backoff = BACKOFF_S[0]  # it worked: the next loss is retried at once
+            if self._stop.is_set():
+                return
+            try:
+                async with asyncio.timeout(backoff):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, BACKOFF_S[1])
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _parked(self, link: InboundLink, event, uuid: str | None) -> None:
+        if uuid is None or not _UUID.fullmatch(uuid):
+            self.strange += 1
+            _log_strange(count=self.strange)
+            return
+        if uuid in self.finished:
+            return  # announced again: its call was already routed (and is over)
+        if len(self.calls) >= self.max_calls:
+            self.shed += 1
+            _log_full(shed=self.shed, max_calls=self.max_calls)
+            link.send([hangup(FULL_CAUSE, uuid=uuid)], None)
+            self._remember(uuid)
+            return
+        call = InboundCall(self, link, Session.parked(self.settings, self.loop.time, event))
+        self.calls[uuid] = call
+        call.pump()
+
+    def _forget(self, call: InboundCall) -> None:
+        uuid = call.session.channel
+        if self.calls.pop(uuid, None) is not None:
+            self.handled += 1
+            self._remember(uuid)
+
+    def _remember(self, uuid: str) -> None:
+        finished = self.finished
+        finished[uuid] = None
+        if len(finished) > max(1024, self.max_calls):
+            finished.popitem(last=False)
+
+    def _link_lost(self, link: InboundLink) -> None:
+        if self.link is link:
+            self.link = None
+        for call in [c for c in self.calls.values() if c.link is link]:
+            call.session.connection_lost()
+            call.pump()
