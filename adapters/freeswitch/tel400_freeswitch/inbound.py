@@ -320,7 +320,11 @@ class InboundClient:
             link.transport.abort()  # connection_lost charges what is left
             await link.closed
         if self._task is not None:
-            await self._task
+            self._task.cancel()  # a connection attempt under way, or the back-off
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
         self.pin_threads.shutdown(wait=False)
 
     # -- connecting ----------------------------------------------------------------------------
