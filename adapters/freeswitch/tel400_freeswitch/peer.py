@@ -118,13 +118,19 @@ EVENT_NAMES = MYEVENTS | {"HEARTBEAT", "BACKGROUND_JOB", "API", "CUSTOM", "CHANN
 GOODBYE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 assert len(GOODBYE) == 67
 
-#: switch_url_encode, remembered: a channel's values repeat in every one of its events
-_encode = functools.lru_cache(maxsize=65536)(url_encode)
+_nothing_to_encode = re.compile(r"[A-Za-z0-9._/,-]*").fullmatch
+
+
+@functools.lru_cache(maxsize=65536)
+def _line(name: str, value: str) -> str:
+    """One serialized header, remembered: a channel's headers repeat in every one of its events."""
+    encoded = value if _nothing_to_encode(value) else url_encode(value)
+    return f"{name}: {encoded or '_undef_'}\n"
 
 
 def serialize(headers: list[tuple[str, str]], body: bytes | None = None) -> bytes:
     """An event as ``switch_event_serialize(..., encode=TRUE)`` writes it."""
-    lines = "".join(f"{name}: {_encode(value) or '_undef_'}\n" for name, value in headers)
+    lines = "".join([_line(name, value) for name, value in headers])
     if body:
         return (lines + f"Content-Length: {len(body)}\n\n").encode() + body
     return (lines + "\n").encode()
@@ -185,20 +191,31 @@ def _filter_matches(value: str, pattern: str, *, regex: bool) -> bool:
     return value.lower() == pattern.lower()  # strcasecmp
 
 
-def filters_pass(filters: list[tuple[str, str]], lookup: dict[str, str]) -> bool:
+def header_getter(headers: list[tuple[str, str]]) -> Callable[[str], str | None]:
+    """switch_event_get_header: the first header of a name (given lower-cased), without regard to case."""
+    def get(name: str) -> str | None:
+        size = len(name)
+        for have, value in headers:
+            if len(have) == size and have.lower() == name:
+                return value
+        return None
+    return get
+
+
+def filters_pass(filters: list[tuple[str, str]], get: Callable[[str], str | None]) -> bool:
     """event_handler's filter walk (mod_event_socket.c 324-370).
 
     No filters: everything passes.  Otherwise an event passes if ANY ``+``
     filter (the default sign) matches a header it has, and no ``-`` filter
     does; an event without any filtered header is not sent.  A value that
     starts with ``/`` is a regular expression, any other is compared without
-    regard to case.  ``lookup`` maps lower-cased header names to values.
+    regard to case.  ``get`` finds a header by its lower-cased name.
     """
     if not filters:
         return True
     send = False
     for name, value in filters:
-        have = lookup.get(name.lower())
+        have = get(name.lower())
         if have is None:
             continue
         positive, i = True, 0
@@ -600,7 +617,7 @@ class _Conversation:
 
     def _wanted(self, headers: list[tuple[str, str]]) -> bool:
         """Whether FreeSWITCH's event_handler would queue this event for the listener."""
-        return self.subscriptions.wants(headers, lambda: {n.lower(): v for n, v in reversed(headers)})
+        return self.subscriptions.wants(headers, header_getter(headers))
 
     async def _sendmsg(self, headers: dict, body: bytes):
         call = self.call
@@ -702,14 +719,14 @@ class Subscriptions:
         self.names.clear()
         return "+OK no longer listening for events"
 
-    def wants(self, headers: list[tuple[str, str]], lookup: Callable[[], dict[str, str]]) -> bool:
-        """Whether event_handler queues this event; ``lookup()`` gives its headers by lower-cased name."""
+    def wants(self, headers: list[tuple[str, str]], get: Callable[[str], str | None]) -> bool:
+        """Whether event_handler queues this event; ``get`` finds its headers (:func:`header_getter`)."""
         if not self.on or not (self.all or headers[0][1] in self.names):
             return False
-        if self.filters and not filters_pass(self.filters, lookup()):
+        if self.filters and not filters_pass(self.filters, get):
             return False
         if self.myevents:
-            uuid = lookup().get("unique-id")
+            uuid = get("unique-id")
             return uuid is not None and (self.uuid is None or uuid == self.uuid)
         return True
 
@@ -1008,15 +1025,9 @@ class InboundSwitch:
     def _emit(self, headers: list[tuple[str, str]]) -> None:
         """event_handler: a copy to every listener that wants it; one write per event and connection."""
         frame = None
-        lookup_cache: list[dict[str, str]] = []
-
-        def lookup() -> dict[str, str]:
-            if not lookup_cache:
-                lookup_cache.append({name.lower(): value for name, value in reversed(headers)})
-            return lookup_cache[0]
-
+        get = header_getter(headers)
         for connection in self.connections:
-            if connection.listening and connection.subscriptions.wants(headers, lookup):
+            if connection.listening and connection.subscriptions.wants(headers, get):
                 if frame is None:
                     frame = event_frame(headers)
                 connection.write(frame)
