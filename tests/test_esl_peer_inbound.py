@@ -382,3 +382,25 @@ def test_split_bytes_garbage_and_silence():
     assert connection.commands == ["auth ClueCon", "event plain ALL"]
     assert connection.ignored == [f"sendmsg {call.uuid}", "exit"]
     assert call.parked and written_after == 0  # silent: no reply, no event
+
+
+def test_a_regex_filter_passes_and_a_minus_filter_holds_back():
+    async def scenario(switch):
+        raw = await Raw.connect(switch, auth="ClueCon")
+        assert await raw.subscribe(command("event", "plain", "ALL"),
+                                   command("filter", "Event-Name", "/^channel_(park|hangup_complete)$/i"),
+                                   command("filter", "Caller-Caller-ID-Number", "-111")) == [
+            "+OK event listener enabled plain", "+OK filter added. [Event-Name]=[/^channel_(park|hangup_complete)$/i]",
+            "+OK filter added. [Caller-Caller-ID-Number]=[-111]"]
+        calls = [Call(caller=number, dialplan_events=False) for number in ("111", "222")]
+        placed = [asyncio.ensure_future(switch.place(call, timeout=WAIT_S)) for call in calls]
+        park = await raw.frame()
+        raw.writer.write(b"".join(hangup(uuid=call.uuid) for call in calls))
+        rest = await raw.take(3)
+        await asyncio.gather(*placed)
+        return park, rest
+
+    park, rest = run(scenario)
+    assert describe(park) == "CHANNEL_PARK" and park.event.get("Caller-Caller-ID-Number") == "222"
+    assert [describe(f) for f in rest] == ["+OK", "+OK", "CHANNEL_HANGUP_COMPLETE"]
+    assert rest[2].event.get("Caller-Caller-ID-Number") == "222"

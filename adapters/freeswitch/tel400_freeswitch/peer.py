@@ -673,6 +673,7 @@ class Subscriptions:
 
     def __init__(self) -> None:
         self.on = False  # LFLAG_EVENTS
+        self.format = "plain"  # listener->format: named in the reply (the peer writes plain whatever it is)
         self.names: set[str] = set()  # listener->event_list
         self.all = False  # event_list[SWITCH_EVENT_ALL]
         self.filters: list[tuple[str, str]] = []
@@ -681,9 +682,8 @@ class Subscriptions:
 
     def event(self, words: list[str]) -> str:
         """``event [plain|xml|json] NAME…`` (2465-2545): the first word may be a format; unknown names are skipped."""
-        fmt = "plain"
         if words and words[0].lower() in ("plain", "xml", "json"):
-            fmt, words = words[0].lower(), words[1:]
+            self.format, words = words[0].lower(), words[1:]
         known = [name for name in map(event_type, words) if name is not None]
         if not known:
             return "-ERR no keywords supplied"
@@ -692,7 +692,7 @@ class Subscriptions:
                 self.all = True
             self.names.add(name)
         self.on = True
-        return f"+OK event listener enabled {fmt}"
+        return f"+OK event listener enabled {self.format}"
 
     def nixevent(self, words: list[str]) -> str:
         """``nixevent NAME…`` (2547-2599): nixing one type of ALL leaves every other type on."""
@@ -963,8 +963,7 @@ class InboundSwitch:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in self._tasks:
-            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # split_bytes writers: the notice, then the close
 
     def drop_connections(self) -> None:
         """FreeSWITCH gone from the network at once: every connection reset, no notice; the channels stay up."""
