@@ -404,3 +404,23 @@ def test_a_regex_filter_passes_and_a_minus_filter_holds_back():
     assert describe(park) == "CHANNEL_PARK" and park.event.get("Caller-Caller-ID-Number") == "222"
     assert [describe(f) for f in rest] == ["+OK", "+OK", "CHANNEL_HANGUP_COMPLETE"]
     assert rest[2].event.get("Caller-Caller-ID-Number") == "222"
+
+
+def test_myevents_of_one_channel():
+    async def scenario(switch):
+        raw = await Raw.connect(switch, auth="ClueCon")
+        mine, other = Call(dialplan_events=False), Call(dialplan_events=False)
+        placed = [asyncio.ensure_future(switch.place(call, timeout=WAIT_S)) for call in (other, mine)]
+        await asyncio.sleep(0)  # both channels up
+        replies = await raw.subscribe(command("myevents", "no-such-uuid", "plain"),
+                                      command("myevents", mine.uuid), command("myevents", mine.uuid))
+        raw.writer.write(hangup(uuid=other.uuid) + hangup(uuid=mine.uuid))
+        frames = await raw.take(4)
+        await asyncio.gather(*placed)
+        return replies, frames, mine
+
+    replies, frames, mine = run(scenario)
+    assert replies == ["-ERR invalid uuid", "+OK Events Enabled", "-ERR aready enabled."]  # sic
+    # the other channel's hangup comes first and is not sent: only this channel's events are
+    assert [describe(f) for f in frames] == ["+OK", "+OK", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"]
+    assert {f.event.get("Unique-ID") for f in frames[2:]} == {mine.uuid}

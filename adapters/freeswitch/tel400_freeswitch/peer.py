@@ -61,7 +61,7 @@ listener, port 8021, and drives parked calls):
   keywords supplied`` (2465-2545); ``nixevent`` → ``+OK events nixed``
   (2547-2599); ``noevents`` → ``+OK no longer listening for events`` or
   ``-ERR not listening for events`` (2601-2616); ``myevents <uuid>``
-  (2022-2131); ``linger`` → ``-ERR not controlling a session``;
+  (2016, 2063-2136); ``linger`` → ``-ERR not controlling a session``;
   ``sendmsg <uuid>`` → ``+OK`` once queued to the channel, or ``-ERR invalid
   session id [<uuid>]`` (2180-2232); anything else → ``-ERR command not
   found``.  ``api``, ``bgapi``, ``sendevent`` and ``log`` are not played
@@ -588,13 +588,7 @@ class _Conversation:
             if call.garbage_after_connect:
                 await self._send(b"\x00\x01 this is not a frame\n\n")
         elif cmd.startswith("myevents"):
-            subscriptions = self.subscriptions
-            if subscriptions.myevents:
-                await self._reply("-ERR aready enabled.")
-            else:
-                subscriptions.myevents = subscriptions.on = True
-                subscriptions.names |= MYEVENTS
-                await self._reply("+OK Events Enabled")
+            await self._reply(self.subscriptions.enable_myevents())
         elif cmd.startswith("filter "):
             await self._reply(_filter_command(self.subscriptions.filters, cmd[7:]))
         elif cmd.startswith("sendmsg"):
@@ -710,6 +704,14 @@ class Subscriptions:
                 self.names.discard(name)
         self.on = True
         return "+OK events nixed"
+
+    def enable_myevents(self) -> str:
+        """``myevents`` (2063-2136): the channel event types, for the listener's channel (:attr:`uuid`) only."""
+        if self.myevents:
+            return "-ERR aready enabled."  # sic
+        self.myevents = self.on = True
+        self.names |= MYEVENTS
+        return "+OK Events Enabled"
 
     def noevents(self) -> str:
         """``noevents`` (2601-2616)."""
@@ -887,7 +889,7 @@ class InboundConnection(asyncio.Protocol):
             self.reply("-ERR command not found")
 
     def _myevents(self, words: list[str]) -> str:
-        """``myevents <uuid> [format]`` (2022-2131): the events of one channel."""
+        """``myevents <uuid> [format]`` (2016, 2063-2136): the events of one channel."""
         subscriptions = self.subscriptions
         if subscriptions.myevents:
             return "-ERR aready enabled."
@@ -897,9 +899,7 @@ class InboundConnection(asyncio.Protocol):
                 return "-ERR invalid uuid"
             uuid = None  # no session: any event with a Unique-ID
         subscriptions.uuid = uuid
-        subscriptions.myevents = subscriptions.on = True
-        subscriptions.names |= MYEVENTS
-        return "+OK Events Enabled"
+        return subscriptions.enable_myevents()
 
     def _sendmsg(self, uuid: str, headers: dict, body: bytes) -> None:
         """``sendmsg <uuid>`` (2180-2232): ``+OK`` once queued to the channel, which then carries it out."""
