@@ -81,7 +81,9 @@ listener, port 8021, and drives parked calls):
 * a placed call fires CHANNEL_CREATE, the dialplan's ``set tel400_route=true``
   (CHANNEL_EXECUTE, CHANNEL_EXECUTE_COMPLETE) and ``park`` (CHANNEL_EXECUTE),
   then CHANNEL_PARK (switch_ivr_park, switch_ivr.c 1002-1005); ``park``
-  completes between CHANNEL_HANGUP and CHANNEL_HANGUP_COMPLETE;
+  completes between CHANNEL_HANGUP and CHANNEL_HANGUP_COMPLETE
+  (``Call.dialplan_events=False``: no application events of the dialplan;
+  ``Call.route_variable=False``: a dialplan that did not set tel400_route);
 * ``park_timeout=N[:CAUSE]`` hangs the parked call up with CAUSE, by default
   NORMAL_CLEARING (switch_ivr.c 960, 985-996, 1071-1072);
 * shutting down, FreeSWITCH hangs every channel up with SYSTEM_SHUTDOWN
