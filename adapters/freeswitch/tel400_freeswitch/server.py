@@ -345,13 +345,13 @@ def main(argv=None) -> int:
         settings = settings_from(args)
         policy = pin_policy(args)
         allow = allow_list(args.allow)
-        supervision = worker_policy(args, grace_s=_GRACE_S)
-        loop_asked()
         switches = [inbound.parse_address(text) for text in args.inbound]
-        password = _password(args) if switches else None
         if switches and args.workers > 1:
             raise ValueError("--inbound with --workers: every worker would route every call FreeSWITCH parks; "
                              "inbound, one process serves one FreeSWITCH (docs/freeswitch.md)")
+        password = _password(args) if switches else None
+        supervision = worker_policy(args, grace_s=_GRACE_S)
+        loop_asked()
         if args.max_calls < 1:
             raise ValueError("--max-calls: expected at least 1")
     except ValueError as exc:

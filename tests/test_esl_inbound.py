@@ -1,0 +1,344 @@
+"""tel400-esl inbound: one connection to FreeSWITCH's event socket (the peer's InboundSwitch) carries every call.
+
+The same decisions as outbound (tests/test_esl_server.py), carried out with
+``sendmsg <uuid>`` on the shared connection; then what only inbound has:
+the hand-shake, the filter, replies of many calls on one connection, the
+limits, a lost connection, a hostile ``Unique-ID``, the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tel400_freeswitch import inbound
+from tel400_freeswitch.inbound import InboundClient
+from tel400_freeswitch.peer import Call, InboundSwitch
+from tel400_freeswitch.server import Settings
+
+from .conftest import EXAMPLES, ROOT
+from .test_esl_server import PLANS, SOUNDS
+
+HANDSHAKE = ["auth ClueCon", "filter variable_tel400_route true",
+             "event plain CHANNEL_PARK CHANNEL_EXECUTE_COMPLETE CHANNEL_BRIDGE CHANNEL_HANGUP_COMPLETE"]
+
+
+def settings(**options) -> Settings:
+    return Settings(gateway="gw1", prompt_dir=SOUNDS, **options)
+
+
+async def eventually(condition, timeout: float = 10.0) -> None:
+    """Until ``condition()`` holds (a failure after ``timeout``: this waits for behaviour, it times nothing)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def with_switch(router, scenario, *, client_options=None, settings_=None, **switch_options):
+    switch = await InboundSwitch(**switch_options).start()
+    client = InboundClient(router, "127.0.0.1", switch.port, settings_ or settings(), **(client_options or {}))
+    client.start()
+    try:
+        return await scenario(switch, client)
+    finally:
+        await client.close(grace_s=1)
+        await switch.close()
+
+
+def one_call(router, call: Call, **options) -> Call:
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        return await switch.place(call, timeout=30)
+
+    return asyncio.run(with_switch(router, scenario, **options))
+
+
+@pytest.fixture
+def router(make_router):
+    return make_router(PLANS)
+
+
+# -- every decision, as outbound ------------------------------------------------------------
+
+
+def test_a_bridge_with_its_failover_string_charged_at_its_end(router):
+    call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (legs[1], 61)))
+    assert call.apps == [
+        ("multiset", "continue_on_fail=true hangup_after_bridge=true"),
+        ("bridge", "{origination_caller_id_number=13901012345}"
+                   "[leg_timeout=20]sofia/gateway/gw1/13901010001|[leg_timeout=20]sofia/gateway/gw1/13901010002|"
+                   "[leg_timeout=20]sofia/external/desk@pbx.example"),
+    ]
+    assert not call.parked and call.hangup_cause == "NORMAL_CLEARING"
+    # 61 s charged from CHANNEL_HANGUP_COMPLETE: 2 minutes fill the cap
+    assert router.route("4001012345", "13901012345").reason == "cap_exceeded"
+    assert router.calls_in_progress == 0
+
+
+def test_a_failed_bridge_falls_back_to_the_notice(router):
+    call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (None, 0)))
+    assert [app for app, _ in call.apps] == ["multiset", "bridge", "answer", "playback"]
+    assert call.hangup_cause == "NORMAL_TEMPORARY_FAILURE" and not call.parked
+
+
+@pytest.mark.parametrize("caller, dialed, prompt, cause", [
+    ("13902001234", "4001012345", "closed", "NORMAL_CLEARING"),
+    ("13800000000", "4001000001", "blacklisted", "CALL_REJECTED"),
+    ("13901012345", "4009999999", "unknown_number", "UNALLOCATED_NUMBER"),
+])
+def test_refusals_play_their_notice_and_hang_up(router, caller, dialed, prompt, cause):
+    call = one_call(router, Call(caller=caller, destination=dialed))
+    assert call.apps == [("answer", ""), ("playback", f"{SOUNDS}/{prompt}.wav")]
+    assert call.hangup_cause == cause and not call.parked
+
+
+def test_a_wrong_then_right_pin_and_the_conference(router):
+    call = one_call(router, Call(destination="4001532532", digits=["1111", "2468"]))
+    assert [app for app, _ in call.apps] == [
+        "answer", "play_and_get_digits", "playback", "play_and_get_digits", "conference"]
+    assert call.apps[-1] == ("conference", "4001@default") and not call.parked
+
+
+def test_a_queue_and_a_cap_exceeded(router):
+    assert one_call(router, Call(destination="4001100868")).apps == [("answer", ""), ("callcenter", "support@default")]
+    assert one_call(router, Call(destination="4001000001")).apps[-1][0] == "bridge"
+    busy = one_call(router, Call(destination="4001000001"))
+    assert busy.apps[-1] == ("playback", f"{SOUNDS}/limit_reached.wav") and busy.hangup_cause == "USER_BUSY"
+
+
+def test_frames_split_at_every_byte(router):
+    call = one_call(router, Call(caller="13901012345", bridge=lambda legs: (legs[0], 10)), split_bytes=True)
+    assert call.apps[-1][0] == "bridge" and call.billsec == 10 and not call.parked
+
+
+# -- the connection -------------------------------------------------------------------------
+
+
+def test_the_hand_shake_and_every_command_naming_its_channel(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        call = await switch.place(Call(caller="13901012345", bridge=lambda legs: (legs[0], 5)))
+        return switch, call
+
+    switch, call = asyncio.run(with_switch(router, scenario))
+    connection = switch.connections[0]
+    assert connection.commands[:3] == HANDSHAKE  # the filter before the events: nothing unfiltered comes
+    assert [line for line in connection.commands[3:]] == [f"sendmsg {call.uuid}"] * 2
+    assert [uuid for uuid, _ in connection.sendmsgs] == [call.uuid] * 2
+
+
+def test_only_calls_the_dialplan_marked_are_routed_and_only_their_events_sent(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        connection = switch.connections[0]
+        before = connection.written
+        other = await switch.place(Call(caller="13901012345", route_variable=False), timeout=0.5)
+        other_bytes = connection.written - before
+        ours = await switch.place(Call(caller="13901012345", bridge=lambda legs: (legs[0], 1)))
+        return other, other_bytes, ours
+
+    other, other_bytes, ours = asyncio.run(with_switch(router, scenario))
+    assert other.parked and other.apps == []  # not tel400's: left to the dialplan (here its park timeout)
+    assert other_bytes == 0  # filtered out at FreeSWITCH: not one of its events was sent
+    assert ours.apps[-1][0] == "bridge"
+
+
+def test_500_concurrent_calls_on_one_connection_each_get_their_replies(make_router):
+    router = make_router({"numbers": [{"number": "4001012345", "rules": [
+        {"strategy": "round_robin", "targets": [{"to": "13901010001", "weight": 3},
+                                                {"to": "13901010002", "weight": 7}]}]}]})
+
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        calls = [Call(caller=f"139010{i:05d}", bridge=lambda legs: (legs[0], 1)) for i in range(500)]
+        return switch, client, await asyncio.gather(*(switch.place(c, timeout=60) for c in calls))
+
+    switch, client, calls = asyncio.run(with_switch(router, scenario))
+    assert all(c.hangup_cause == "NORMAL_CLEARING" and not c.parked and c.billsec == 1 for c in calls)
+    firsts = [c.apps[-1][1].split("|")[0].rsplit("/", 1)[1] for c in calls]
+    assert firsts.count("13901010001") == 150 and firsts.count("13901010002") == 350
+    assert len(switch.connections) == 1 and client.handled == 500 and client.active == 0
+    assert router.calls_in_progress == 0
+
+
+def test_a_wrong_password_is_refused_and_tried_again_with_a_back_off(router):
+    async def scenario(switch, client):
+        await eventually(lambda: len(switch.connections) >= 3)
+        return switch, client
+
+    switch, client = asyncio.run(with_switch(router, scenario, password="not-ClueCon"))
+    assert not client.serving and client.connected == 0
+    assert all(c.commands == ["auth ClueCon"] for c in switch.connections)  # nothing else tried unauthenticated
+
+
+def test_a_lost_connection_charges_its_calls_and_the_next_one_serves(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        stuck = asyncio.ensure_future(switch.place(Call(caller="13901012345", stuck_apps=frozenset({"bridge"}))))
+        await eventually(lambda: client.active == 1 and any(a == "bridge" for a, _ in switch.channels and
+                                                            next(iter(switch.channels.values())).call.apps))
+        switch.drop_connections()  # FreeSWITCH gone from the network; its channel stays up
+        await eventually(lambda: client.active == 0)
+        await eventually(lambda: client.serving and client.connected == 2)  # connected again
+        after = await switch.place(Call(caller="13901012345", destination="4001100868"))
+        next(iter(switch.channels.values())).hangup("NORMAL_CLEARING")
+        return client, await stuck, after
+
+    client, stuck, after = asyncio.run(with_switch(router, scenario))
+    assert stuck.apps[-1][0] == "bridge"  # its end never reached tel400: released, not charged twice
+    assert after.apps == [("answer", ""), ("callcenter", "support@default")]
+    assert router.calls_in_progress == 0 and client.handled == 2
+
+
+def test_parks_beyond_max_calls_are_hung_up_with_congestion(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        first = asyncio.ensure_future(switch.place(Call(caller="13901012345", stuck_apps=frozenset({"bridge"}))))
+        await eventually(lambda: client.active == 1)
+        refused = await switch.place(Call(caller="13901012345"))
+        for channel in list(switch.channels.values()):
+            channel.hangup("NORMAL_CLEARING")
+        return client, refused, await first
+
+    client, refused, first = asyncio.run(with_switch(router, scenario, client_options={"max_calls": 1}))
+    assert refused.hangup_cause == inbound.FULL_CAUSE == "SWITCH_CONGESTION" and refused.apps == []
+    assert first.apps[-1][0] == "bridge" and client.shed == 1
+
+
+def test_a_park_announced_again_is_not_routed_twice(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        placed = asyncio.ensure_future(switch.place(Call(caller="13901012345", stuck_apps=frozenset({"bridge"}))))
+        await eventually(lambda: switch.channels and next(iter(switch.channels.values())).call.apps[-1:] != []
+                         and next(iter(switch.channels.values())).call.apps[-1][0] == "bridge")
+        channel = next(iter(switch.channels.values()))
+        channel.emit(channel.channel_headers("CHANNEL_PARK"))  # during the call
+        await asyncio.sleep(0.1)
+        channel.hangup("NORMAL_CLEARING")
+        call = await placed
+        channel.emit(channel.channel_headers("CHANNEL_PARK"))  # after its end
+        await asyncio.sleep(0.1)
+        return switch, call
+
+    switch, call = asyncio.run(with_switch(router, scenario))
+    assert [app for app, _ in call.apps] == ["multiset", "bridge"]
+    assert len(switch.connections[0].sendmsgs) == 2
+
+
+def test_a_unique_id_that_could_inject_a_command_is_never_followed(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        call = await switch.place(Call(caller="13901012345", uuid="x\n\nsendmsg victim\ncall-command: hangup"),
+                                  timeout=0.5)
+        return switch, client, call
+
+    switch, client, call = asyncio.run(with_switch(router, scenario))
+    assert call.parked and call.apps == [] and client.strange == 1
+    assert switch.connections[0].commands == HANDSHAKE  # not a byte written for it
+
+
+def test_a_silent_freeswitch_gets_the_hangup_and_the_call_is_let_go(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        placed = asyncio.ensure_future(switch.place(Call(caller="13901012345"), timeout=2))
+        await eventually(lambda: client.handled == 1)
+        return switch, client, await placed
+
+    # silent after the hand-shake and the multiset: the bridge goes unanswered
+    switch, client, call = asyncio.run(with_switch(router, scenario, silent_after_commands=4,
+                                                    settings_=settings(reply_timeout_s=0.3)))
+    # then a hangup for the channel, and no exit (the connection is every call's)
+    assert switch.connections[0].ignored == [f"sendmsg {call.uuid}"] * 2
+    assert call.apps == [("multiset", "continue_on_fail=true hangup_after_bridge=true")]
+    assert client.active == 0 and router.calls_in_progress == 0
+
+
+def test_garbage_from_freeswitch_drops_the_connection_and_tel400_connects_again(router):
+    async def scenario(switch, client):
+        await eventually(lambda: len(switch.connections) >= 2)
+        return client
+
+    client = asyncio.run(with_switch(router, scenario, garbage_after_auth=True))
+    assert not client.serving
+
+
+def test_freeswitch_shutting_down_ends_its_calls_with_their_events(router):
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        placed = asyncio.ensure_future(switch.place(Call(caller="13901012345", stuck_apps=frozenset({"bridge"}))))
+        await eventually(lambda: client.active == 1 and switch.channels
+                         and next(iter(switch.channels.values())).call.apps[-1:][0][0] == "bridge")
+        await switch.close()  # hangs the channels up (SYSTEM_SHUTDOWN), then the shutdown notice
+        await eventually(lambda: client.active == 0)
+        return await placed
+
+    call = asyncio.run(with_switch(router, scenario))
+    assert call.hangup_cause == "SYSTEM_SHUTDOWN" and router.calls_in_progress == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("fs1", ("fs1", 8021)), ("10.0.0.7:8022", ("10.0.0.7", 8022)), ("[::1]:8021", ("::1", 8021)),
+])
+def test_inbound_addresses(text, expected):
+    assert inbound.parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "a b", "fs1:0", "fs1:70000", "fs1:x", "[::1"])
+def test_bad_inbound_addresses_are_refused(text):
+    with pytest.raises(ValueError):
+        inbound.parse_address(text)
+
+
+@pytest.mark.parametrize("password", ["", " ClueCon", "Clue\nCon", "Clue\x00Con"])
+def test_a_password_that_cannot_go_on_the_auth_line_is_refused(password):
+    with pytest.raises(ValueError):
+        inbound.check_password(password)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def _tel400_esl() -> list[str]:
+    exe = ROOT / ".venv" / "bin" / "tel400-esl"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tel400_freeswitch.server"]
+
+
+def test_the_tel400_esl_command_inbound(tmp_path):
+    secret = tmp_path / "esl-password"
+    secret.write_text("s3cret-esl\n")
+
+    async def scenario():
+        switch = await InboundSwitch(password="s3cret-esl").start()
+        process = await asyncio.create_subprocess_exec(
+            *_tel400_esl(), "--plans", str(EXAMPLES / "manual.toml"), "--inbound", f"127.0.0.1:{switch.port}",
+            "--password-file", str(secret), "--prompt-dir", "/sounds", stderr=asyncio.subprocess.PIPE)
+        try:
+            banner = (await process.stderr.readline()).decode()
+            assert f"connecting to FreeSWITCH at 127.0.0.1:{switch.port} (inbound" in banner
+            await eventually(lambda: switch.listening, timeout=30)
+            call = await switch.place(Call(caller="13800000000"))
+            assert call.apps == [("answer", ""), ("playback", "/sounds/blacklisted.wav")]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 30)
+            await switch.close()
+        assert code == 0
+        assert switch.connections[0].commands[0] == "auth s3cret-esl"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "2"], "--inbound with --workers"),
+    (["--password-file", "/nonexistent/esl-password"], "--password-file"),
+    (["--max-calls", "0"], "--max-calls"),
+])
+def test_the_command_refuses_what_inbound_cannot_do(extra, message):
+    done = subprocess.run([*_tel400_esl(), "--plans", str(EXAMPLES / "manual.toml"), "--inbound", "127.0.0.1:8021",
+                           *extra], capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert done.returncode == 2 and message in done.stderr
