@@ -342,3 +342,23 @@ def test_the_command_refuses_what_inbound_cannot_do(extra, message):
     done = subprocess.run([*_tel400_esl(), "--plans", str(EXAMPLES / "manual.toml"), "--inbound", "127.0.0.1:8021",
                            *extra], capture_output=True, text=True, timeout=60, env=dict(os.environ))
     assert done.returncode == 2 and message in done.stderr
+
+
+# -- found in review ----------------------------------------------------------------------------
+
+
+def test_a_connection_that_served_is_retried_at_the_first_back_off_however_often_it_is_lost(router, monkeypatch):
+    # a back-off that would grow to hours were it never reset: each loss of a connection that
+    # served must be retried at the first step, else parks during the wait are never routed
+    monkeypatch.setattr(inbound, "BACKOFF_S", (0.01, 3600.0))
+
+    async def scenario(switch, client):
+        for lost in range(16):
+            await eventually(lambda: client.serving and client.connected == lost + 1)
+            switch.drop_connections()
+        await eventually(lambda: client.serving and client.connected == 17)
+        return client
+
+    client = asyncio.run(with_switch(router, scenario))
+    assert client.connected == 17
+

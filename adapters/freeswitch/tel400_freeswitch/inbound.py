@@ -125,6 +125,8 @@ class InboundLink(asyncio.Protocol):
         self.protocol = EslProtocol()
         self.transport: asyncio.Transport | None = None
         self.serving = False
+        #: the hand-shake was completed once (``serving`` is cleared again when the connection is lost)
+        self.served = False
         #: who is owed each reply, oldest first: a call, or a hand-shake command's name
         self._owners: deque[InboundCall | str | None] = deque()
         self._batch: list[bytes] | None = None  # commands written while a read is handled: one write at its end
@@ -235,7 +237,7 @@ class InboundLink(asyncio.Protocol):
             self.send([command("filter", f"variable_{ROUTE_VARIABLE}", "true")], _FILTER)
             self.send([command("event", "plain", *EVENTS)], _EVENT)  # one write with the filter (the batch)
         elif what == _EVENT:
-            self.serving = True
+            self.serving = self.served = True
             if self._handshake is not None:
                 self._handshake.cancel()
                 self._handshake = None
@@ -340,7 +342,7 @@ class InboundClient:
             else:
                 self.link = link
                 await link.closed
-                if link.serving:
+                if link.served:
                     backoff = BACKOFF_S[0]  # it worked: the next loss is retried at once
             if self._stop.is_set():
                 return
