@@ -362,3 +362,37 @@ def test_a_connection_that_served_is_retried_at_the_first_back_off_however_often
     client = asyncio.run(with_switch(router, scenario))
     assert client.connected == 17
 
+
+class _OneBadDecision:
+    """The router, but one caller's decision is one the session cannot carry out (tel400 failing inside)."""
+
+    def __init__(self, router, caller: str) -> None:
+        self._router, self._caller = router, caller
+
+    def route(self, dialed, caller, *args):
+        if caller == self._caller:
+            return object()  # no .action: Session.decided raises
+        return self._router.route(dialed, caller, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._router, name)
+
+
+def test_a_call_that_breaks_inside_tel400_falls_back_alone_and_the_connection_stays(router):
+    broken = _OneBadDecision(router, "13901099999")
+
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        talking = asyncio.ensure_future(switch.place(Call(caller="13901012345", stuck_apps=frozenset({"bridge"}))))
+        await eventually(lambda: client.active == 1 and next(iter(switch.channels.values())).call.apps[-1:] != []
+                         and next(iter(switch.channels.values())).call.apps[-1][0] == "bridge")
+        bad = await switch.place(Call(caller="13901099999"), timeout=5)
+        await eventually(lambda: client.handled == 1)
+        still = client.active
+        next(iter(switch.channels.values())).hangup("NORMAL_CLEARING")
+        return switch, client, bad, still, await talking
+
+    switch, client, bad, still, talking = asyncio.run(with_switch(broken, scenario))
+    assert [app for app, _ in bad.apps] == ["answer", "playback"] and not bad.parked  # the fallback notice
+    assert still == 1 and len(switch.connections) == 1  # the other call and the connection went on
+    assert talking.apps[-1][0] == "bridge" and client.handled == 2 and router.calls_in_progress == 0

@@ -110,6 +110,21 @@ class InboundCall(CallDriver):
         self.client = client
         self.link = link
 
+    def receive(self, frame: Frame | None = None) -> None:
+        """A frame of this call (``None``: its park), then what its session asks for.
+
+        Whatever breaks inside tel400 is this call's alone (the fallback
+        notice): raised out of ``data_received`` it would abort the
+        connection, and every call on the box with it.
+        """
+        try:
+            if frame is not None:
+                self.session.receive_frame(frame)
+            self.pump()
+        except Exception as exc:
+            self.fail(exc)
+            self.pump()
+
     def _write(self) -> None:
         self.link.send(self.session.commands_to_send(), self)
 
@@ -195,11 +210,7 @@ class InboundLink(asyncio.Protocol):
                 return
             if owner.session.state == CLOSED:
                 return  # the call was let go before its reply came
-            try:
-                owner.session.receive_frame(frame)
-            except Exception as exc:
-                owner.fail(exc)
-            owner.pump()
+            owner.receive(frame)
         elif kind == "auth/request":
             self.send([command("auth", self.client.password)], _AUTH)
         elif kind == "text/disconnect-notice" or kind == "text/rude-rejection":
@@ -216,11 +227,7 @@ class InboundLink(asyncio.Protocol):
             if headers.get("Event-Name") == "CHANNEL_PARK" and headers.get(f"variable_{ROUTE_VARIABLE}") == "true":
                 client._parked(self, event, uuid)
             return
-        try:
-            call.session.receive_frame(frame)
-        except Exception as exc:
-            call.fail(exc)
-        call.pump()
+        call.receive(frame)
 
     # -- the hand-shake ------------------------------------------------------------------------
 
@@ -370,7 +377,7 @@ class InboundClient:
             return
         call = InboundCall(self, link, Session.parked(self.settings, self.loop.time, event))
         self.calls[uuid] = call
-        call.pump()
+        call.receive()
 
     def _forget(self, call: InboundCall) -> None:
         uuid = call.session.channel
