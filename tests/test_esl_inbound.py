@@ -396,3 +396,31 @@ def test_a_call_that_breaks_inside_tel400_falls_back_alone_and_the_connection_st
     assert [app for app, _ in bad.apps] == ["answer", "playback"] and not bad.parked  # the fallback notice
     assert still == 1 and len(switch.connections) == 1  # the other call and the connection went on
     assert talking.apps[-1][0] == "bridge" and client.handled == 2 and router.calls_in_progress == 0
+
+
+def test_a_connection_gone_silent_is_dropped_and_made_again(router, monkeypatch):
+    # FreeSWITCH rebooted behind a half-open connection, or its listener thread stuck: no reply,
+    # no event, no close.  Held, every call parked from then on would wait for its park timeout.
+    monkeypatch.setattr(inbound, "PROBE_S", 0.05)
+
+    async def scenario(switch, client):
+        await eventually(lambda: len(switch.connections) >= 2)
+        return switch
+
+    switch = asyncio.run(with_switch(router, scenario, silent_after_commands=3,
+                                     settings_=settings(reply_timeout_s=0.2)))
+    assert switch.connections[0].ignored[:1] == [HANDSHAKE[2]]  # asked if it was there: no answer
+
+
+def test_an_idle_connection_that_answers_is_kept(router, monkeypatch):
+    monkeypatch.setattr(inbound, "PROBE_S", 0.05)
+
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        await eventually(lambda: switch.connections[0].commands.count(HANDSHAKE[2]) >= 4)  # asked, and answered
+        call = await switch.place(Call(caller="13800000000", destination="4001000001"))
+        return switch, client, call
+
+    switch, client, call = asyncio.run(with_switch(router, scenario, settings_=settings(reply_timeout_s=0.2)))
+    assert len(switch.connections) == 1 and client.connected == 1
+    assert call.apps == [("answer", ""), ("playback", f"{SOUNDS}/blacklisted.wav")]

@@ -79,8 +79,12 @@ FULL_CAUSE = "SWITCH_CONGESTION"
 BACKOFF_S = (0.1, 5.0)
 #: a Unique-ID tel400 will write into ``sendmsg <uuid>``: nothing that could end the line or the word
 _UUID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-#: commands of the hand-shake, as owners in the reply queue
-_AUTH, _FILTER, _EVENT = "auth", "filter", "event"
+#: seconds a serving connection may stay quiet before FreeSWITCH is asked whether it is there: a
+#: half-open connection (FreeSWITCH rebooted, a network gone) or a stuck listener thread answers
+#: nothing and closes nothing, and every call parked meanwhile would wait for its park timeout
+PROBE_S = 20.0
+#: commands of the hand-shake (and the probe), as owners in the reply queue
+_AUTH, _FILTER, _EVENT, _PROBE = "auth", "filter", "event", "probe"
 
 
 def check_password(password: str) -> str:
@@ -146,6 +150,9 @@ class InboundLink(asyncio.Protocol):
         self._owners: deque[InboundCall | str | None] = deque()
         self._batch: list[bytes] | None = None  # commands written while a read is handled: one write at its end
         self._handshake: asyncio.TimerHandle | None = None
+        self._heard_at = client.loop.time()  # when FreeSWITCH last sent anything
+        self._probe_at: float | None = None  # when the probe still unanswered was sent
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self.closed = client.loop.create_future()
 
     # -- asyncio's side ----------------------------------------------------------------------
@@ -156,6 +163,7 @@ class InboundLink(asyncio.Protocol):
         self._handshake = self.client.loop.call_later(self.client.settings.reply_timeout_s, self._handshake_late)
 
     def data_received(self, data: bytes) -> None:
+        self._heard_at = self.client.loop.time()
         self._batch = []
         try:
             self.protocol.receive_data(data)
@@ -175,6 +183,8 @@ class InboundLink(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if self._handshake is not None:
             self._handshake.cancel()
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
         self.serving = False
         self.client._link_lost(self)
         if not self.closed.done():
@@ -233,6 +243,8 @@ class InboundLink(asyncio.Protocol):
 
     def _handshake_reply(self, what: str, frame: Frame) -> None:
         client = self.client
+        if what == _PROBE:
+            return  # any answer says FreeSWITCH is there (_heard_at)
         if not frame.ok:
             level = _log.error if what == _AUTH else _log.warning
             level("esl_inbound_refused", host=client.host, port=client.port, command=what, reply=frame.reply_text,
@@ -250,6 +262,24 @@ class InboundLink(asyncio.Protocol):
                 self._handshake = None
             client.connected += 1
             _log.info("esl_inbound_serving", host=client.host, port=client.port)
+            self._keepalive()
+
+    def _keepalive(self) -> None:
+        """Ask a quiet connection whether FreeSWITCH is there (the subscription again: idempotent, one reply);
+        drop one that does not answer within the reply timeout, so that it is made again."""
+        client = self.client
+        now = client.loop.time()
+        reply_timeout_s = client.settings.reply_timeout_s
+        if self._probe_at is not None and self._heard_at < self._probe_at:
+            if now >= self._probe_at + reply_timeout_s:
+                _log.warning("esl_inbound_silent", host=client.host, port=client.port,
+                             why=f"no answer within {reply_timeout_s:g} s")
+                self.transport.abort()
+                return
+        elif now >= self._heard_at + PROBE_S:
+            self._probe_at = now
+            self.send([command("event", "plain", *EVENTS)], _PROBE)
+        self._keepalive_timer = client.loop.call_later(min(PROBE_S, reply_timeout_s), self._keepalive)
 
     def _handshake_late(self) -> None:
         self._handshake = None
