@@ -424,3 +424,10 @@ def test_an_idle_connection_that_answers_is_kept(router, monkeypatch):
     switch, client, call = asyncio.run(with_switch(router, scenario, settings_=settings(reply_timeout_s=0.2)))
     assert len(switch.connections) == 1 and client.connected == 1
     assert call.apps == [("answer", ""), ("playback", f"{SOUNDS}/blacklisted.wav")]
+
+
+def test_a_route_variable_the_filter_lets_through_in_any_case_is_routed(router):
+    # FreeSWITCH's filter compares values without regard to case: the events of tel400_route=TRUE
+    # come; the call must not then wait, parked, for its park timeout
+    call = one_call(router, Call(caller="13901012345", route_value="TRUE", bridge=lambda legs: (legs[0], 3)))
+    assert call.apps[-1][0] == "bridge" and not call.parked

@@ -243,7 +243,9 @@ class InboundLink(asyncio.Protocol):
         client = self.client
         call = client.calls.get(uuid)
         if call is None:
-            if headers.get("Event-Name") == "CHANNEL_PARK" and headers.get(f"variable_{ROUTE_VARIABLE}") == "true":
+            # "true" as the filter compares it, without regard to case: what it lets through is routed
+            route = headers.get(f"variable_{ROUTE_VARIABLE}")
+            if headers.get("Event-Name") == "CHANNEL_PARK" and route is not None and route.lower() == "true":
                 client._parked(self, event, uuid)
             return
         call.receive(frame)

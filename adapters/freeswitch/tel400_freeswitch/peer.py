@@ -259,6 +259,8 @@ class Call:
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
     #: inbound: the dialplan set tel400_route=true before park (every event from the park on carries it)
     route_variable: bool = True
+    #: inbound: the value it is set to (the filter compares without regard to case, mod_event_socket.c 357)
+    route_value: str = "true"
     #: inbound: the dialplan's own applications (set…, park) fire their CHANNEL_EXECUTE[_COMPLETE] as FreeSWITCH's do
     dialplan_events: bool = True
     #: inbound: the cause of a park_timeout (``park_timeout=30:CAUSE``; FreeSWITCH's default is NORMAL_CLEARING)
@@ -995,7 +997,7 @@ class InboundSwitch:
         self.placed += 1
         channel.emit(channel.channel_headers("CHANNEL_CREATE"))  # before the dialplan: no tel400_route yet
         if call.route_variable:
-            self._dialplan_app(channel, "set", "tel400_route=true", complete=True)
+            self._dialplan_app(channel, "set", f"tel400_route={call.route_value}", complete=True)
         park = self._dialplan_app(channel, "park", "", complete=False)
         channel.emit(channel.channel_headers("CHANNEL_PARK"))
         channel.running = park
@@ -1012,7 +1014,8 @@ class InboundSwitch:
         if channel.call.dialplan_events:
             channel.emit(channel.execute_headers("CHANNEL_EXECUTE", app, arg, event_uuid, uuid_name=None))
         if app == "set":
-            channel.dialplan_variables = [("variable_tel400_route", "true")]
+            name, _, value = arg.partition("=")
+            channel.dialplan_variables = [(f"variable_{name}", value)]
         if complete and channel.call.dialplan_events:
             channel.emit(channel.execute_headers("CHANNEL_EXECUTE_COMPLETE", app, arg, event_uuid, uuid_name=None))
         return (app, arg, event_uuid) if channel.call.dialplan_events else None
