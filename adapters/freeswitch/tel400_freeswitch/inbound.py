@@ -273,11 +273,14 @@ class InboundLink(asyncio.Protocol):
                 self._handshake = None
             client.connected += 1
             _log.info("esl_inbound_serving", host=client.host, port=client.port)
-            self._keepalive()
+            if self._keepalive_timer is None:  # one chain per connection, even if FreeSWITCH greets again
+                self._keepalive()
 
     def _keepalive(self) -> None:
         """Ask a quiet connection whether FreeSWITCH is there (the subscription again: idempotent, one reply);
         drop one that does not answer within the reply timeout, so that it is made again."""
+        if self.transport.is_closing():
+            return
         client = self.client
         now = client.loop.time()
         reply_timeout_s = client.settings.reply_timeout_s
