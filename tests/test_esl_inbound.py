@@ -431,3 +431,10 @@ def test_a_route_variable_the_filter_lets_through_in_any_case_is_routed(router):
     # come; the call must not then wait, parked, for its park timeout
     call = one_call(router, Call(caller="13901012345", route_value="TRUE", bridge=lambda legs: (legs[0], 3)))
     assert call.apps[-1][0] == "bridge" and not call.parked
+def test_the_shipped_dialplan_marks_and_parks_what_the_client_filters_on():
+    import xml.etree.ElementTree as ET
+
+    actions = [(a.get("application"), a.get("data")) for a in
+               ET.parse(ROOT / "adapters" / "freeswitch" / "dialplan-inbound.xml").iter("action")]
+    assert actions[0] == ("set", f"{inbound.ROUTE_VARIABLE}=true")  # before the park: CHANNEL_PARK carries it
+    assert actions[-1] == ("park", None) and ("set", "park_timeout=180") in actions

@@ -8,15 +8,6 @@ costs tel400 (docs/performance.md).  Inbound, the dialplan parks the call::
     <action application="set" data="park_timeout=180"/>
     <action application="park"/>
 
-``park_timeout`` bounds the whole park, not only the wait for tel400:
-FreeSWITCH fixes its end when the park starts (switch_ivr.c 993) and
-checks it each time the park loop gets control back (1071), which is
-between the applications tel400 runs in that loop (1148).  A call still
-in tel400's hands at that moment is hung up with the timeout's cause
-before its next application: it must outlast everything up to the call's
-last application — every failover leg's ringing, the PIN rounds, the
-notice — not just tel400's pick-up.
-
 and tel400, connected to mod_event_socket (``event-socket.conf.xml``, port
 8021), sees the ``CHANNEL_PARK`` event and drives the call with ``sendmsg
 <uuid>``: the same :class:`~tel400_freeswitch.session.Session` (made by
@@ -30,6 +21,15 @@ conversation on the connection::
                                                         → +OK event listener enabled plain
     FreeSWITCH  events of every channel whose tel400_route is true
     tel400      sendmsg <uuid> …, for each call          → +OK, one reply per command, in order
+
+``park_timeout`` bounds the whole park, not only the wait for tel400:
+FreeSWITCH fixes its end when the park starts (switch_ivr.c 993) and
+checks it each time the park loop gets control back (1071), which is
+between the applications tel400 runs in that loop (1148).  A call still
+in tel400's hands at that moment is hung up with the timeout's cause
+before its next application: it must outlast everything up to the call's
+last application — every failover leg's ringing, the PIN rounds, the
+notice — not just tel400's pick-up.
 
 The filter makes FreeSWITCH send only the events of tel400's calls (their
 channel variables ride on these four event types); the calls' ``B`` legs

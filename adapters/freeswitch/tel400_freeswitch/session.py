@@ -30,6 +30,11 @@ States (docs/freeswitch.md has the table):
 ``ENDING``      waiting for ``CHANNEL_HANGUP_COMPLETE`` (at most ``reply_timeout_s``);
 ``CLOSING``     ``exit`` sent, waiting for ``+OK bye``;
 ``CLOSED``      the shell closes the socket; nothing more happens.
+
+Inbound (:meth:`Session.parked`, :mod:`tel400_freeswitch.inbound`) the
+same table runs from ``ROUTING``: the ``CHANNEL_PARK`` event stands for the
+connect reply, commands name the channel, and ``ENDING`` goes straight to
+``CLOSED`` (no ``exit``: the connection is every call's).
 """
 
 from __future__ import annotations
