@@ -438,3 +438,63 @@ def test_the_shipped_dialplan_marks_and_parks_what_the_client_filters_on():
                ET.parse(ROOT / "adapters" / "freeswitch" / "dialplan-inbound.xml").iter("action")]
     assert actions[0] == ("set", f"{inbound.ROUTE_VARIABLE}=true")  # before the park: CHANNEL_PARK carries it
     assert actions[-1] == ("park", None) and ("set", "park_timeout=180") in actions
+
+
+class _Transport:
+    """Enough of a transport to watch the link pause and resume reading."""
+
+    def __init__(self) -> None:
+        self.reading, self.written, self.closing = True, [], False
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+    def write(self, data):
+        self.written.append(data)
+
+    def is_closing(self):
+        return self.closing
+
+    def abort(self):
+        self.closing = True
+
+
+@pytest.mark.parametrize("coalesce_s", [0.0, 0.02])
+def test_after_a_read_the_next_waits_the_coalescing_interval(router, coalesce_s):
+    async def scenario():
+        client = InboundClient(router, "127.0.0.1", 1, settings(), coalesce_s=coalesce_s)
+        client.loop = asyncio.get_running_loop()
+        link = inbound.InboundLink(client)
+        transport = _Transport()
+        link.connection_made(transport)
+        link.data_received(b"Content-Type: auth/request\n\n")
+        assert transport.written == [b"auth ClueCon\n\n"]  # the reply is not held back, only the next read
+        paused = not transport.reading
+        await eventually(lambda: transport.reading, timeout=5)
+        link.connection_lost(None)
+        return paused
+
+    assert asyncio.run(scenario()) is (coalesce_s > 0)
+
+
+@pytest.mark.parametrize("coalesce_s", [0.0, 0.1])
+def test_500_calls_with_and_without_coalescing(make_router, coalesce_s):
+    router = make_router({"numbers": [{"number": "4001012345", "rules": [{"targets": ["13901010001"]}]}]})
+
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        calls = [Call(caller=f"139010{i:05d}", bridge=lambda legs: (legs[0], 1)) for i in range(500)]
+        return await asyncio.gather(*(switch.place(c, timeout=60) for c in calls))
+
+    calls = asyncio.run(with_switch(router, scenario, client_options={"coalesce_s": coalesce_s}))
+    assert all(c.apps[-1][0] == "bridge" and c.billsec == 1 and not c.parked for c in calls)
+    assert router.calls_in_progress == 0
+
+
+def test_the_coalescing_interval_is_bounded(router):
+    for bad in (-0.001, inbound.MAX_COALESCE_S + 0.001):
+        with pytest.raises(ValueError):
+            InboundClient(router, "127.0.0.1", 8021, coalesce_s=bad)

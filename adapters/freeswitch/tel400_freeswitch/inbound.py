@@ -82,6 +82,9 @@ EVENTS = ("CHANNEL_PARK", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_BRIDGE", "CHANNEL
 DEFAULT_PORT = 8021
 DEFAULT_PASSWORD = "ClueCon"  # mod_event_socket's own default
 DEFAULT_MAX_CALLS = 4096
+#: seconds reading waits after each read so that many calls' events come in one (docs/performance.md)
+DEFAULT_COALESCE_S = 0.001
+MAX_COALESCE_S = 0.1
 #: the cause a park beyond max_calls is hung up with (FreeSWITCH's for "no room")
 FULL_CAUSE = "SWITCH_CONGESTION"
 #: seconds between connection attempts: doubled from the first to the last while FreeSWITCH stays away
@@ -162,6 +165,7 @@ class InboundLink(asyncio.Protocol):
         self._heard_at = client.loop.time()  # when FreeSWITCH last sent anything
         self._probe_at: float | None = None  # when the probe still unanswered was sent
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._resume: asyncio.TimerHandle | None = None  # reading paused until then (coalescing)
         self.closed = client.loop.create_future()
 
     # -- asyncio's side ----------------------------------------------------------------------
@@ -183,8 +187,19 @@ class InboundLink(asyncio.Protocol):
             self.transport.abort()
         finally:
             batch, self._batch = self._batch, None
-            if batch and not self.transport.is_closing():
-                self.transport.write(b"".join(batch))
+            if not self.transport.is_closing():
+                if batch:
+                    self.transport.write(b"".join(batch))
+                if self.client.coalesce_s:
+                    # Let FreeSWITCH's next events gather in the socket: one wake-up then serves many
+                    # calls' frames instead of one each (a wake-up costs about what a call's frames do).
+                    self.transport.pause_reading()
+                    self._resume = self.client.loop.call_later(self.client.coalesce_s, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self):
         return False
@@ -192,8 +207,9 @@ class InboundLink(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if self._handshake is not None:
             self._handshake.cancel()
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
+        for timer in (self._keepalive_timer, self._resume):
+            if timer is not None:
+                timer.cancel()
         self.serving = False
         self.client._link_lost(self)
         if not self.closed.done():
@@ -313,12 +329,20 @@ class InboundClient:
         password: the event socket's password (``auth``).
         max_calls: calls followed at once; a park beyond it is hung up
             with :data:`FULL_CAUSE`.
+        coalesce_s: after each read, how long to let FreeSWITCH's next
+            bytes gather before reading again (0: read as soon as they
+            come).  Each step of a call then waits up to this much longer;
+            in exchange a wake-up of the loop serves many calls' events.
     """
 
     def __init__(self, router, host: str, port: int = DEFAULT_PORT, settings: Settings | None = None, *,
-                 password: str = DEFAULT_PASSWORD, max_calls: int = DEFAULT_MAX_CALLS) -> None:
+                 password: str = DEFAULT_PASSWORD, max_calls: int = DEFAULT_MAX_CALLS,
+                 coalesce_s: float = DEFAULT_COALESCE_S) -> None:
         if max_calls < 1:
             raise ValueError("max_calls: expected at least 1")
+        if not 0 <= coalesce_s <= MAX_COALESCE_S:
+            raise ValueError(f"coalesce_s: expected 0 to {MAX_COALESCE_S:g} s")
+        self.coalesce_s = coalesce_s
         self.router = router
         self.host, self.port = host, port
         self.settings = settings or Settings()

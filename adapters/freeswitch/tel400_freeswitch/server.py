@@ -295,15 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow", metavar="NETS", default=",".join(LOOPBACK_NETWORKS),
                    help="comma-separated addresses or networks FreeSWITCH may connect from, or 'any'; "
                         "others are closed at once (default: %(default)s, this host)")
-    inbound = p.add_argument_group("inbound mode", "connect to FreeSWITCH's event socket instead of listening: "
+    group = p.add_argument_group("inbound mode", "connect to FreeSWITCH's event socket instead of listening: "
                                    "one connection carries every call FreeSWITCH parks (docs/freeswitch.md)")
-    inbound.add_argument("--inbound", metavar="HOST:PORT", action="append", default=[],
+    group.add_argument("--inbound", metavar="HOST:PORT", action="append", default=[],
                          help="a FreeSWITCH event socket to connect to (port 8021 if not given); repeat for more "
                               "FreeSWITCH hosts. --host and --port are then not listened on")
-    inbound.add_argument("--password-file", metavar="PATH",
+    group.add_argument("--password-file", metavar="PATH",
                          help="the event socket password, in a file (default: $TEL400_ESL_PASSWORD, else ClueCon)")
-    inbound.add_argument("--max-calls", type=int, default=DEFAULT_MAX_CALLS,
+    group.add_argument("--max-calls", type=int, default=DEFAULT_MAX_CALLS,
                          help="calls followed at once per FreeSWITCH; a park beyond is hung up (SWITCH_CONGESTION)")
+    group.add_argument("--coalesce-ms", type=float, default=inbound.DEFAULT_COALESCE_S * 1000,
+                         help="milliseconds reading waits after each read, so that one wake-up serves many calls' "
+                              "events (each step of a call waits up to this much longer); 0 reads at once; "
+                              "at most 100 (default: %(default)g)")
     add_pin_options(p)
     from tel400.server_options import add_worker_options  # here: the module head is another change's
 
@@ -354,6 +358,8 @@ def main(argv=None) -> int:
         loop_asked()
         if args.max_calls < 1:
             raise ValueError("--max-calls: expected at least 1")
+        if not 0 <= args.coalesce_ms <= inbound.MAX_COALESCE_S * 1000:
+            raise ValueError(f"--coalesce-ms: expected 0 to {inbound.MAX_COALESCE_S * 1000:g}")
     except ValueError as exc:
         print(f"tel400-esl: {exc}", file=sys.stderr)
         return 2
@@ -429,7 +435,8 @@ def _password(args) -> str:
 
 async def _serve_inbound(args, router, settings, switches, password, what: str, loop_name: str) -> None:
     """--inbound: keep a connection to each FreeSWITCH until SIGTERM or SIGINT."""
-    clients = [inbound.InboundClient(router, host, port, settings, password=password, max_calls=args.max_calls).start()
+    clients = [inbound.InboundClient(router, host, port, settings, password=password, max_calls=args.max_calls,
+                                     coalesce_s=args.coalesce_ms / 1000).start()
                for host, port in switches]
     where = ", ".join(f"{host}:{port}" for host, port in switches)
     print(f"tel400-esl: {what}, connecting to FreeSWITCH at {where} (inbound, {tel400.IMPLEMENTATION}, {loop_name})",
