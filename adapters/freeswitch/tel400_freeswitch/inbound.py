@@ -135,7 +135,11 @@ class InboundCall(CallDriver):
         """
         try:
             if frame is not None:
-                self.session.receive_frame(frame)
+                session = self.session
+                ignored = session.ignored
+                session.receive_frame(frame)
+                if session.ignored != ignored:
+                    return  # a frame the session had no use for changed nothing: nothing to carry out
             self.pump()
         except Exception as exc:
             self.fail(exc)

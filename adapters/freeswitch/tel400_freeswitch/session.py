@@ -193,14 +193,11 @@ class Session:
         """The earliest time something is waited for until (``None``: nothing is)."""
         if self.state == CLOSED:
             return None
-        candidates = []
-        if self._awaiting:
-            candidates.append(self._awaiting[0][1] + self.s.reply_timeout_s)
-        if self._app_deadline is not None:
-            candidates.append(self._app_deadline)
-        if self._end_deadline is not None:
-            candidates.append(self._end_deadline)
-        return min(candidates) if candidates else None
+        deadline = self._awaiting[0][1] + self.s.reply_timeout_s if self._awaiting else None
+        for candidate in (self._app_deadline, self._end_deadline):  # runs after every frame: no list, no min()
+            if candidate is not None and (deadline is None or candidate < deadline):
+                deadline = candidate
+        return deadline
 
     def take_request(self) -> RouteRequest | None:
         request, self._request = self._request, None
