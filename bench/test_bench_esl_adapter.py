@@ -118,3 +118,67 @@ def test_esl_adapter_cpu_per_call(benchmark, monkeypatch):
         bytes_per_call=sum(map(len, reads)), adapter_cpu_us_per_call=round(statistics.median(rounds), 1),
         router_us_per_call=round(route_us, 1))
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+def test_esl_inbound_adapter_cpu_per_call(benchmark, monkeypatch):
+    """The same for the inbound client: one call's bytes on the shared connection, replayed through a link.
+
+    The call is recorded after the hand-shake with coalescing off (each
+    read as FreeSWITCH's writes come), then replayed through a fresh
+    ``InboundLink`` in the serving state, over a stand-in transport.
+    """
+    from tel400_freeswitch import inbound
+    from tel400_freeswitch.peer import InboundSwitch
+
+    router = _router()
+    reads: list[bytes] = []
+
+    class Recording(inbound.InboundLink):
+        def data_received(self, data: bytes) -> None:
+            if self.serving:
+                reads.append(bytes(data))
+            super().data_received(data)
+
+    async def measure() -> tuple[list[float], float]:
+        switch = await InboundSwitch().start()
+        client = inbound.InboundClient(router, "127.0.0.1", switch.port, coalesce_s=0)
+        monkeypatch.setattr(inbound, "InboundLink", Recording)
+        client.start()
+        await client.wait_serving(10)
+        monkeypatch.setattr(inbound, "InboundLink", Recording.__mro__[1])
+        monkeypatch.setattr(session, "_event_uuids", itertools.count())
+        call = await switch.place(Call(caller="13901012345", bridge=lambda legs: (legs[0], 1)))
+        assert call.billsec == 1 and call.apps[-1][0] == "bridge"
+        await client.close(1)
+        await switch.close()
+
+        def replay() -> _Transport:
+            session._event_uuids = itertools.count()
+            client.finished.clear()  # the same uuid each time: not a park announced again
+            link = inbound.InboundLink(client)
+            transport = _Transport()
+            link.connection_made(transport)
+            link.serving = True
+            for data in reads:
+                link.data_received(data)
+            link._handshake.cancel()
+            link.connection_lost(None)
+            return transport
+
+        client.loop = asyncio.get_running_loop()
+        handled = client.handled
+        assert b"execute-app-name: bridge" in b"".join(replay().written)
+        assert client.handled == handled + 1 and client.active == 0  # the replay is the same call, over
+        rounds = []
+        for _ in range(ROUNDS):
+            started = time.process_time()
+            for _ in range(CALLS):
+                replay()
+            rounds.append((time.process_time() - started) / CALLS * 1e6)
+        return rounds
+
+    rounds = asyncio.run(measure())
+    benchmark.extra_info.update(
+        calls=CALLS * ROUNDS, parser=protocol.IMPLEMENTATION, reads_per_call=len(reads),
+        bytes_per_call=sum(map(len, reads)), adapter_cpu_us_per_call=round(statistics.median(rounds), 1))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
