@@ -535,3 +535,16 @@ def test_a_repeated_park_of_a_call_in_progress_is_ignored():
     s.take_request()
     s.receive_frame(park())
     assert s.ignored == 1 and s.state == sm.ROUTING and s.take_request() is None
+
+
+def test_the_legs_of_a_target_list_are_made_once_and_the_memory_is_bounded(monkeypatch):
+    s = settings()
+    made = []
+    leg = s.leg
+    monkeypatch.setattr(s, "leg", lambda target: made.append(target) or leg(target))
+    assert s.dial_string(BRIDGE) == s.dial_string(BRIDGE)
+    assert made == list(BRIDGE.targets)  # the second call's legs were remembered
+    monkeypatch.setattr(actions, "LEGS_KEPT", 3)
+    for i in range(10):
+        s.legs((f"1390101{i:04d}",))
+    assert len(s._legs) <= 3
