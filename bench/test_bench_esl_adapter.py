@@ -54,6 +54,17 @@ class _Transport:
         return 0
 
 
+def _cpu_us_per_call(replay) -> list[float]:
+    """CPU µs per replayed call, one figure per round of CALLS replays."""
+    rounds = []
+    for _ in range(ROUNDS):
+        started = time.process_time()
+        for _ in range(CALLS):
+            replay()
+        rounds.append((time.process_time() - started) / CALLS * 1e6)
+    return rounds
+
+
 def _router() -> tel400.Router:
     tree = tel400.load_plans(MANUAL).to_dict()
     for number in tree["numbers"]:
@@ -99,12 +110,7 @@ def test_esl_adapter_cpu_per_call(benchmark, monkeypatch):
         # the replay is the same call: bridged, ended, said goodbye
         assert b"execute-app-name: bridge" in b"".join(replay().written)
         assert b"".join(replay().written).endswith(b"exit\n\n")
-        rounds = []
-        for _ in range(ROUNDS):
-            started = time.process_time()
-            for _ in range(CALLS):
-                replay()
-            rounds.append((time.process_time() - started) / CALLS * 1e6)
+        rounds = _cpu_us_per_call(replay)
         started = time.process_time()
         for _ in range(CALLS):
             router.route("4001012345", "13901012345", None, "voice", None, "bench-1")
@@ -169,12 +175,7 @@ def test_esl_inbound_adapter_cpu_per_call(benchmark, monkeypatch):
         handled = client.handled
         assert b"execute-app-name: bridge" in b"".join(replay().written)
         assert client.handled == handled + 1 and client.active == 0  # the replay is the same call, over
-        rounds = []
-        for _ in range(ROUNDS):
-            started = time.process_time()
-            for _ in range(CALLS):
-                replay()
-            rounds.append((time.process_time() - started) / CALLS * 1e6)
+        rounds = _cpu_us_per_call(replay)
         return rounds
 
     rounds = asyncio.run(measure())
