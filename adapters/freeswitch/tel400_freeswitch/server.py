@@ -32,6 +32,10 @@ and its socket closed.  Connections are accepted by
 this host by default; a total, a share per address, a back-off when
 descriptors run out); see docs/limits.md.
 
+With ``--inbound HOST:PORT`` it listens on nothing and connects to
+FreeSWITCH's event socket instead, every parked call on one connection
+(:mod:`tel400_freeswitch.inbound`).
+
 Whoever can connect is FreeSWITCH to this server: it names the dialed number
 and the caller and reports the talk time that is charged.  Hence the
 allow-list, checked before the first byte is written.
