@@ -68,7 +68,7 @@ def until(condition, timeout_s: float = 20, every_s: float = 0.05, what: str = "
         if value:
             return value
         time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
+    raise AssertionError(f"not within {timeout_s} s: {what() if callable(what) else what}")
 
 
 class Supervised:
@@ -377,7 +377,7 @@ def test_four_esl_workers_serve_and_share_one_cap(servers, tmp_path):
     pids = server.workers(4)
     # each worker logs as it starts serving, with its id: 0, 1, 2 and 3 all do
     until(lambda: {int(w) for w in re.findall(r"esl_worker_serving.*worker=(\d)", server.stderr())} == {0, 1, 2, 3},
-          what="workers 0-3 serving")
+          what=lambda: f"workers 0-3 serving; they printed:\n{server.stderr()}")
     # connections that have not spoken yet: held by whichever worker accepted them
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
     try:
