@@ -15,6 +15,7 @@ import structlog
 from . import __version__, provinces
 from .exceptions import BackendError, NumberError, PlanError, SegmentError
 from .loading import load_plans
+from .loglines import stderr_logger
 from .numbers import locate, normalize, use_segments
 from .pins import make_hash
 from .plans import PlanSet
@@ -316,8 +317,7 @@ def _configure_logging() -> None:
     """Warnings and errors only, on stderr: the command's output is its answer."""
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        # Looked up per message, so a replaced sys.stderr is honoured.
-        logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
+        logger_factory=stderr_logger,  # one write per line, to the sys.stderr of the moment
     )
 
 

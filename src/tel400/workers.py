@@ -141,7 +141,9 @@ def own_socket(socks: list, worker: int):
 
 
 def _say(name: str, text: str) -> None:
-    print(f"{name}: {text}", file=sys.stderr, flush=True)
+    # one write per line: the workers' log lines share this stderr (tel400.loglines says why)
+    sys.stderr.write(f"{name}: {text}\n")
+    sys.stderr.flush()
 
 
 def _fork(child: Callable[[], int]) -> int:

@@ -56,6 +56,7 @@ import tel400
 from tel400 import pins
 from tel400.addresses import LOOPBACK, LOOPBACK_NETWORKS, AllowList
 from tel400.listener import Listener, RareLog, listening_socket, raise_descriptor_limit
+from tel400.loglines import stderr_logger
 from tel400.server_options import add_pin_options, pin_policy
 
 from . import inbound
@@ -338,12 +339,17 @@ def allow_list(text: str) -> AllowList:
         raise ValueError(f"--allow: {exc}") from None
 
 
+def configure_logging() -> None:
+    """Info and above on stderr, ``event key=value`` (structlog's console format)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                        logger_factory=stderr_logger)
+
+
 def main(argv=None) -> int:
     from tel400.server_options import worker_policy
 
     args = build_parser().parse_args(argv)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                        logger_factory=lambda *a: structlog.PrintLogger(sys.stderr))
+    configure_logging()
     try:
         for option in ("reply_timeout", "app_timeout", "max_call"):
             if not 0 < getattr(args, option) < float("inf"):

@@ -35,6 +35,7 @@ from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400 import workers
 from tel400.calls import DEFAULT_MAX_AGE_S
 from tel400.listener import raise_descriptor_limit
+from tel400.loglines import stderr_logger
 from tel400.server_options import (add_pin_options, add_worker_options, open_call_registry, pin_policy,
                                    worker_policy)
 
@@ -212,7 +213,7 @@ def configure_logging(level: str) -> None:
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.processors.format_exc_info, structlog.processors.JSONRenderer(ensure_ascii=False)],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=stderr_logger,
         cache_logger_on_first_use=True,
     )
 
