@@ -504,7 +504,7 @@ def serve_workers(args, deadlines, policy: workers.Policy) -> int:
         try:
             service = build_service(args, setup=False)  # after the fork: its own connections, threads, router
         except (ValueError, tel400.PlanError, tel400.BackendError, OSError) as exc:
-            print(f"tel400-http: worker {worker}: {exc}", file=sys.stderr)
+            sys.stderr.write(f"tel400-http: worker {worker}: {exc}\n")  # one write: the workers share stderr
             return 2
         service.worker = worker
         make_server(args, service, deadlines, announce=False).run(sockets=[workers.own_socket(socks, worker)])
