@@ -677,6 +677,32 @@ def test_a_worker_killed_while_charging_leaves_no_call_uncharged(servers, tmp_pa
     assert server.stop() == 0
 
 
+@pytest.mark.parametrize("counters, calls", [
+    ("redis://h:6379/2?timeout_ms=50&max_connections=100", "redis://h:6379/2"),
+    ("rediss://u:p@h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=%2Fetc%2Fca.pem&timeout_ms=50&open_after=5",
+     "rediss://u:p@h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=%2Fetc%2Fca.pem"),
+    ("redis+cluster://a:7000,b:7001/", "redis+cluster://a:7000,b:7001/"),
+])
+def test_the_default_calls_registry_keeps_the_counters_redis_connection_options(tmp_path, counters, calls):
+    """--workers N with Redis counters and no --calls: the calls go to the same Redis, reached the same way.
+
+    The counters' own options (timeout_ms, max_connections, ...) are not the
+    registry's; redis-py's (TLS certificates, say) are how the server is
+    reached: without them a rediss:// server with a private CA refused the
+    registry's connections.
+    """
+    from tel400.calls import open_calls
+    from tel400_http import server as http_server
+
+    args = http_server.build_parser().parse_args(["--workers", "2", "--counters", counters])
+    url = http_server.calls_url(args, tmp_path)
+    assert url == calls
+    if counters.startswith("rediss"):
+        registry = open_calls(url)  # redis-py reads the options; nothing connects until a call
+        kwargs = registry._client.connection_pool.connection_kwargs
+        assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"]) == ("required", "/etc/ca.pem")
+
+
 def test_with_redis_counters_the_workers_share_calls_in_the_same_redis(servers, tmp_path, redis_url):
     """--workers N with redis:// counters: the calls registry defaults to that Redis (no --calls)."""
     import random

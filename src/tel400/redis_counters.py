@@ -297,12 +297,10 @@ class RedisCounters(CounterBackend):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        parts = urlsplit(url)
         given = {"timeout_ms": timeout_ms, "backoff_ms": backoff_ms, "open_after": open_after,
                  "max_late": max_late, "max_connections": max_connections}
-        query = dict(parse_qsl(parts.query))
-        options = _options(query, given)  # removes ours from query; the rest is redis-py's
-        client_url = urlunsplit(parts._replace(query=urlencode(query)))
+        ours, client_url = _split_url(url)
+        options = _options(ours, given)
         self.url = url
         self.timeout_s = options["timeout_ms"] / 1000
         self.backoff_s = options["backoff_ms"] / 1000
@@ -717,6 +715,24 @@ def _tag(key: str) -> str:
     """The hash tag of a key (``{4001012345}``), so that a give-back's token lives in its counters' slot."""
     found = _HASH_TAG.search(key)
     return found.group(0) if found else "{}"
+
+
+def connection_url(url: str) -> str:
+    """``url`` without the counters' own options (``timeout_ms``, ``max_connections``, ...).
+
+    What is left names the server and how redis-py reaches it (``rediss://``
+    certificates, say), for another client of the same Redis: tel400-http's
+    call registry with ``--workers``.
+    """
+    return _split_url(url)[1]
+
+
+def _split_url(url: str) -> tuple[dict, str]:
+    """The counters' own options in ``url``'s query, and ``url`` without them (the rest is redis-py's)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    ours = {name: query.pop(name) for name in DEFAULTS if name in query}
+    return ours, urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _options(query: dict, given: dict) -> dict:

@@ -30,7 +30,7 @@ import structlog
 from tel400_freeswitch.server import Settings as FreeSwitchSettings
 
 import tel400
-from tel400 import pins
+from tel400 import pins, redis_clients, redis_counters
 from tel400.addresses import ANY, LOOPBACK, AllowList
 from tel400 import workers
 from tel400.calls import DEFAULT_MAX_AGE_S
@@ -352,8 +352,9 @@ def calls_url(args, data: pathlib.Path) -> str | None:
     if args.workers == 1:
         return None
     counters = str(args.counters)
-    if counters.lower().startswith(("redis://", "rediss://", "redis+")):
-        return counters.split("?", 1)[0]  # the counters' own query options are not the registry's
+    if redis_clients.url_kind(counters) is not None:
+        # the same server, reached the same way; the counters' own options are not the registry's
+        return redis_counters.connection_url(counters)
     data.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(data / 'calls.db').resolve()}"
 
