@@ -333,6 +333,54 @@ def test_the_tel400_esl_command_inbound(tmp_path):
     asyncio.run(scenario())
 
 
+def test_one_freeswitch_given_twice_has_each_call_routed_once(tmp_path):
+    """Two --inbound spellings of one FreeSWITCH (its address and its name): both connections hear every
+    park; the process routes each call once, on whichever connection heard it first, and says so."""
+
+    async def scenario():
+        switch = await InboundSwitch().start()
+        process = await asyncio.create_subprocess_exec(
+            *_tel400_esl(), "--plans", str(EXAMPLES / "manual.toml"), "--inbound", f"127.0.0.1:{switch.port}",
+            "--inbound", f"localhost:{switch.port}", "--prompt-dir", "/sounds", "--gateway", "gw1",
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            await eventually(lambda: len(switch.listening) == 2, timeout=30)
+            calls = await asyncio.gather(*(
+                switch.place(Call(caller=f"139010{i:05d}", bridge=lambda legs: (legs[0], 1))) for i in range(20)))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 30)
+            await switch.close()
+        return code, calls, switch, (await process.stderr.read()).decode()
+
+    code, calls, switch, stderr = asyncio.run(scenario())
+    assert code == 0
+    assert all([app for app, _ in call.apps] == ["multiset", "bridge"] for call in calls), [c.apps for c in calls]
+    # each call's two applications sent once, over either connection (twice, the second bridge would
+    # wait in the channel's queue, and the call was counted against its caps twice)
+    sent = [command for connection in switch.connections for command in connection.commands]
+    assert sum(command.startswith("sendmsg ") for command in sent) == 2 * 20
+    assert stderr.count("esl_inbound_heard_twice") == 1, stderr  # once: the log is rate-limited
+
+
+def test_what_is_heard_is_bounded_and_a_call_followed_is_never_forgotten():
+    from types import SimpleNamespace
+
+    heard = inbound.Heard()
+    first, second = SimpleNamespace(max_calls=10), SimpleNamespace(max_calls=2000)
+    heard.join(first)
+    heard.join(second)
+    assert heard.keep == 2000
+    assert heard.first("long-call", first) is None  # followed for the whole run below
+    for i in range(5000):
+        assert heard.first(f"short-{i}", second) is None
+        assert heard.first(f"short-{i}", first) is second  # heard again, on the other connection
+        heard.over(f"short-{i}")
+    assert heard.first("long-call", second) is first
+    assert heard.first("short-4999", first) is second and heard.first("short-3000", first) is second
+    assert len(heard._over) == 2000 and heard.first("short-2999", first) is None  # the oldest over: forgotten
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--workers", "2"], "--inbound with --workers"),
     (["--password-file", "/nonexistent/esl-password"], "--password-file"),

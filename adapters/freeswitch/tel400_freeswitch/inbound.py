@@ -74,6 +74,7 @@ _log = structlog.get_logger("tel400.esl")
 _log_unreachable = RareLog("esl_inbound_unreachable", 10.0, _log)
 _log_full = RareLog("esl_inbound_full", 10.0, _log)
 _log_strange = RareLog("esl_inbound_strange_uuid", 10.0, _log)
+_log_heard_twice = RareLog("esl_inbound_heard_twice", 10.0, _log)
 
 #: the channel variable the dialplan sets on the calls tel400 routes (and the filter asks for)
 ROUTE_VARIABLE = "tel400_route"
@@ -323,6 +324,47 @@ class InboundLink(asyncio.Protocol):
             self.transport.abort()
 
 
+class Heard:
+    """The calls a process's inbound connections were told of, so that each is routed once.
+
+    FreeSWITCH announces a park on every connection whose filter lets it
+    through: one FreeSWITCH reached by two connections (its address and its
+    name given to two ``--inbound``) would otherwise have every call routed,
+    counted against its caps and sent its applications twice.  The first
+    connection to hear a park follows the call; the others leave it.  Call
+    uuids are unique across FreeSWITCH hosts, so connections to different
+    hosts share one :class:`Heard` at no risk.
+
+    Calls followed are all kept (each connection follows at most its
+    ``max_calls``); of calls over, the last :attr:`keep` (1,024, or the
+    largest ``max_calls`` of the sharing clients), so a park repeated after
+    its call's end is still known.
+    """
+
+    def __init__(self) -> None:
+        self.keep = 1024
+        self._following: dict[str, InboundClient] = {}
+        self._over: OrderedDict[str, InboundClient] = OrderedDict()
+
+    def join(self, client: InboundClient) -> None:
+        self.keep = max(self.keep, client.max_calls)
+
+    def first(self, uuid: str, client: InboundClient) -> InboundClient | None:
+        """``None`` when ``uuid`` is new (``client`` now follows it); else the client that heard it first."""
+        first = self._following.get(uuid) or self._over.get(uuid)
+        if first is None:
+            self._following[uuid] = client
+        return first
+
+    def over(self, uuid: str) -> None:
+        """The call is no longer followed; its uuid is kept among the last :attr:`keep` calls over."""
+        client = self._following.pop(uuid, None)
+        if client is not None:
+            self._over[uuid] = client
+            if len(self._over) > self.keep:
+                self._over.popitem(last=False)
+
+
 class InboundClient:
     """Keeps one connection to a FreeSWITCH's event socket and routes the calls it parks.
 
@@ -337,11 +379,14 @@ class InboundClient:
             bytes gather before reading again (0: read as soon as they
             come).  Each step of a call then waits up to this much longer;
             in exchange a wake-up of the loop serves many calls' events.
+        heard: shared by all the clients of a process (tel400-esl's
+            ``--inbound``, each given once or more): a call announced on
+            several connections is routed once.  Its own by default.
     """
 
     def __init__(self, router, host: str, port: int = DEFAULT_PORT, settings: Settings | None = None, *,
                  password: str = DEFAULT_PASSWORD, max_calls: int = DEFAULT_MAX_CALLS,
-                 coalesce_s: float = DEFAULT_COALESCE_S) -> None:
+                 coalesce_s: float = DEFAULT_COALESCE_S, heard: Heard | None = None) -> None:
         if max_calls < 1:
             raise ValueError("max_calls: expected at least 1")
         if not 0 <= coalesce_s <= MAX_COALESCE_S:
@@ -355,12 +400,15 @@ class InboundClient:
         self.pin_threads = pins.check_executor(getattr(router, "pin_policy", None) or pins.PinPolicy())
         self.loop: asyncio.AbstractEventLoop | None = None
         self.calls: dict[str, InboundCall] = {}
-        #: uuids of calls over (or refused), newest last: a repeated CHANNEL_PARK of one is not routed again
-        self.finished: OrderedDict[str, None] = OrderedDict()
+        #: the calls announced so far, on this connection and on those sharing it (a repeated park, or
+        #: one heard on two connections to one FreeSWITCH, is not routed again)
+        self.heard = Heard() if heard is None else heard
+        self.heard.join(self)
         self.link: InboundLink | None = None
         self.handled = 0  # calls over
         self.shed = 0  # parks hung up at max_calls
         self.strange = 0  # parks with a Unique-ID that cannot go into a command
+        self.heard_twice = 0  # parks another connection of this process heard first
         self.connected = 0  # hand-shakes completed
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -439,13 +487,18 @@ class InboundClient:
             self.strange += 1
             _log_strange(count=self.strange)
             return
-        if uuid in self.finished:
-            return  # announced again: its call was already routed (and is over)
+        first = self.heard.first(uuid, self)
+        if first is not None:  # announced again: its call is (or was) another's, or already this one's
+            if first is not self:
+                self.heard_twice += 1
+                _log_heard_twice(count=self.heard_twice, host=self.host, port=self.port,
+                                 first=f"{first.host}:{first.port}")
+            return
         if len(self.calls) >= self.max_calls:
             self.shed += 1
             _log_full(shed=self.shed, max_calls=self.max_calls)
             link.send([hangup(FULL_CAUSE, uuid=uuid)], None)
-            self._remember(uuid)
+            self.heard.over(uuid)
             return
         call = InboundCall(self, link, Session.parked(self.settings, self.loop.time, event))
         self.calls[uuid] = call
@@ -455,13 +508,7 @@ class InboundClient:
         uuid = call.session.channel
         if self.calls.pop(uuid, None) is not None:
             self.handled += 1
-            self._remember(uuid)
-
-    def _remember(self, uuid: str) -> None:
-        finished = self.finished
-        finished[uuid] = None
-        if len(finished) > max(1024, self.max_calls):
-            finished.popitem(last=False)
+            self.heard.over(uuid)
 
     def _link_lost(self, link: InboundLink) -> None:
         if self.link is link:

@@ -445,8 +445,9 @@ def _password(args) -> str:
 
 async def _serve_inbound(args, router, settings, switches, password, what: str, loop_name: str) -> None:
     """--inbound: keep a connection to each FreeSWITCH until SIGTERM or SIGINT."""
+    heard = inbound.Heard()  # one FreeSWITCH given twice (address and name): each call still routed once
     clients = [inbound.InboundClient(router, host, port, settings, password=password, max_calls=args.max_calls,
-                                     coalesce_s=args.coalesce_ms / 1000).start()
+                                     coalesce_s=args.coalesce_ms / 1000, heard=heard).start()
                for host, port in switches]
     where = ", ".join(f"{host}:{port}" for host, port in switches)
     print(f"tel400-esl: {what}, connecting to FreeSWITCH at {where} (inbound, {tel400.IMPLEMENTATION}, {loop_name})",
