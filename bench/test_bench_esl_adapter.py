@@ -160,7 +160,7 @@ def test_esl_inbound_adapter_cpu_per_call(benchmark, monkeypatch):
 
         def replay() -> _Transport:
             session._event_uuids = itertools.count()
-            client.finished.clear()  # the same uuid each time: not a park announced again
+            client.heard = inbound.Heard()  # the same uuid each time: not a park announced again
             link = inbound.InboundLink(client)
             transport = _Transport()
             link.connection_made(transport)
