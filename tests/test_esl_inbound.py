@@ -546,3 +546,33 @@ def test_the_coalescing_interval_is_bounded(router):
     for bad in (-0.001, inbound.MAX_COALESCE_S + 0.001):
         with pytest.raises(ValueError):
             InboundClient(router, "127.0.0.1", 8021, coalesce_s=bad)
+
+
+def test_a_decision_waiting_on_redis_holds_no_other_call(make_router, redis_url):
+    """Redis counters: a round trip is I/O, so a call whose caps wait on a stalled Redis must not hold
+    the loop every other call on the connection is served by (nor, outbound, every other connection)."""
+    import redis
+
+    from tel400.redis_counters import RedisCounters
+
+    router = make_router(PLANS, RedisCounters(f"{redis_url}?timeout_ms=5000"))
+    assert router.waits_on_io
+
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        pauser = redis.Redis.from_url(redis_url)
+        pauser.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # counting the cap waits 1.5 s
+        try:
+            capped = asyncio.ensure_future(switch.place(Call(caller="13901012345", destination="4001000001")))
+            await eventually(lambda: client.active == 1)
+            uncapped = await switch.place(Call(caller="13901012345", destination="4001100868"))  # no counter
+            waiting = not capped.done()
+            return uncapped, waiting, await capped
+        finally:
+            pauser.close()
+
+    uncapped, waiting, capped = asyncio.run(with_switch(router, scenario))
+    assert uncapped.apps == [("answer", ""), ("callcenter", "support@default")]
+    assert waiting  # the capped call was still waiting on Redis when the other was over
+    assert [app for app, _ in capped.apps] == ["multiset", "bridge"]
+    assert router.calls_in_progress == 0

@@ -54,6 +54,9 @@ class CounterBackend(abc.ABC):
     """What the router needs from a counter store."""
 
     url: str = ""
+    #: Its operations wait on the network (Redis): a server with an event
+    #: loop then decides off the loop (:attr:`tel400.Router.waits_on_io`).
+    waits_on_io: bool = False
 
     @abc.abstractmethod
     def acquire(self, checks: Sequence[CapCheck], *, dry_run: bool = False) -> int:

@@ -270,6 +270,8 @@ class _Late:
 class RedisCounters(CounterBackend):
     """Counters in Redis, exact across every router that uses the same server.
 
+    Every operation is a round trip (:attr:`waits_on_io`).
+
     Args:
         url: ``redis://[:password@]host:port/db`` (``rediss://``, ``unix://``),
             ``redis+cluster://host:port,host:port/`` or
@@ -289,6 +291,8 @@ class RedisCounters(CounterBackend):
     Raises:
         ValueError: an option is not a number in its range.
     """
+
+    waits_on_io = True
 
     def __init__(self, url: str, *, timeout_ms: float | None = None, backoff_ms: float | None = None,
                  open_after: int | None = None, max_late: int | None = None, max_connections: int | None = None,

@@ -630,6 +630,13 @@ class Router:
         return self._shared.calls.max_age_s
 
     @property
+    def waits_on_io(self) -> bool:
+        """Whether a decision or a call's end may wait on I/O: Redis counters, or a call registry
+        other processes share (SQLite, Redis).  Servers with an event loop (tel400-http, tel400-esl)
+        then run them in a thread, so that one slow round trip holds no other call."""
+        return bool(getattr(self._shared.counters, "waits_on_io", False)) or self._shared.calls.shared
+
+    @property
     def call_registry(self):
         """The registry of calls in progress (:func:`tel400.calls.open_calls`); ``.shared`` when
         other processes share it, so that each of its operations is I/O."""

@@ -25,13 +25,21 @@ class CallDriver:
 
     No task, queue or future per call: the session's timer is one
     ``loop.call_at`` handle, re-armed only for an earlier deadline.
+
+    ``offload``: the router waits on I/O (:attr:`tel400.Router.waits_on_io`:
+    Redis counters, a shared call registry), so its decisions and the
+    call's end run in the loop's thread pool: one slow round trip then
+    holds this call only, not every call the loop serves.
     """
 
-    def __init__(self, router, pin_threads, loop: asyncio.AbstractEventLoop, session: Session) -> None:
+    def __init__(self, router, pin_threads, loop: asyncio.AbstractEventLoop, session: Session, *,
+                 offload: bool = False) -> None:
         self.router = router
         self.pin_threads = pin_threads
         self.loop = loop
         self.session = session
+        self.offload = offload
+        self._charging = False  # an offloaded charge in flight: what follows the end waits for it
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -57,11 +65,13 @@ class CallDriver:
         Runs after every batch of frames: it peeks at the session's pending
         request, end and output before taking them, the cheap test first.
         """
+        if self._charging:
+            return  # _charged pumps again
         session = self.session
         request = session._request
         while request is not None:
             session._request = None
-            if request.pin is None:
+            if request.pin is None and not self.offload:
                 try:
                     decision = self.router.route(request.dialed, request.caller, None, "voice", None, request.uuid)
                 except Exception as exc:
@@ -69,13 +79,20 @@ class CallDriver:
                 else:
                     session.decided(decision)
             else:
-                # a hashed PIN may cost a key derivation: never on the loop that serves every call
-                future = self.loop.run_in_executor(self.pin_threads, self.router.route, request.dialed,
-                                                   request.caller, None, "voice", request.pin, request.uuid)
-                future.add_done_callback(self._pin_checked)
+                # a hashed PIN may cost a key derivation (on the PIN threads, bounded), a backend a
+                # round trip: neither on the loop that serves every call
+                future = self.loop.run_in_executor(None if request.pin is None else self.pin_threads,
+                                                   self.router.route, request.dialed, request.caller, None,
+                                                   "voice", request.pin, request.uuid)
+                future.add_done_callback(self._decided)
             request = session._request
         if session._end is not None:
-            self._report(session.take_end())
+            end = session.take_end()
+            if self.offload:  # charged before anything that follows the end, as inline
+                self._charging = True
+                self.loop.run_in_executor(None, self._report, end).add_done_callback(self._charged)
+                return
+            self._report(end)
         if session._out:
             self._write()
         if session.close is not None:
@@ -111,7 +128,7 @@ class CallDriver:
             self.fail(exc)
         self.pump()
 
-    def _pin_checked(self, future: asyncio.Future) -> None:
+    def _decided(self, future: asyncio.Future) -> None:
         if self.session.state == CLOSED or future.cancelled():
             return
         try:
@@ -122,6 +139,10 @@ class CallDriver:
                 self.session.decided(future.result())
         except Exception as exc:
             self.fail(exc)
+        self.pump()
+
+    def _charged(self, _future: asyncio.Future) -> None:
+        self._charging = False
         self.pump()
 
     def _report(self, end) -> None:

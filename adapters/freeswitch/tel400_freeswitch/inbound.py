@@ -123,7 +123,7 @@ class InboundCall(CallDriver):
     """One parked call: its session's commands go on the shared connection, its end lets it go."""
 
     def __init__(self, client: InboundClient, link: InboundLink, session: Session) -> None:
-        CallDriver.__init__(self, client.router, client.pin_threads, client.loop, session)
+        CallDriver.__init__(self, client.router, client.pin_threads, client.loop, session, offload=client.offload)
         self.client = client
         self.link = link
 
@@ -398,6 +398,7 @@ class InboundClient:
         self.password = check_password(password)
         self.max_calls = max_calls
         self.pin_threads = pins.check_executor(getattr(router, "pin_policy", None) or pins.PinPolicy())
+        self.offload = getattr(router, "waits_on_io", False)  # decisions and ends in a thread (Redis, ...)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.calls: dict[str, InboundCall] = {}
         #: the calls announced so far, on this connection and on those sharing it (a repeated park, or

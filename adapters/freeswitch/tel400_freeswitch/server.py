@@ -85,7 +85,8 @@ class EslCall(asyncio.Protocol, CallDriver):
 
     def __init__(self, server: EslServer, on_closed) -> None:
         loop = asyncio.get_running_loop()
-        CallDriver.__init__(self, server.router, server.pin_threads, loop, Session(server.settings, loop.time))
+        CallDriver.__init__(self, server.router, server.pin_threads, loop, Session(server.settings, loop.time),
+                            offload=server.offload)
         self.server = server
         self._on_closed = on_closed
         self.protocol = EslProtocol()
@@ -184,6 +185,7 @@ class EslServer:
         self.allow = allow
         # a stand-in router (tests) may have no policy: the default's bound then
         self.pin_threads = pins.check_executor(getattr(router, "pin_policy", None) or pins.PinPolicy())
+        self.offload = getattr(router, "waits_on_io", False)  # decisions and ends in a thread (Redis, ...)
         self.handled = 0
         self.shed = 0  # connections without channel data closed at max_connections to make room
         self.listener: Listener | None = None

@@ -143,7 +143,7 @@ class Service:
         self.end_url = end_url.rstrip("/") if end_url else None
         self.max_body = max_body
         if offload is None:  # what waits on I/O (Redis, a shared call registry's SQLite or Redis) runs in a thread
-            offload = type(router.counters).__module__.endswith("redis_counters") or router.call_registry.shared
+            offload = router.waits_on_io
         self.offload = offload
         self.switch_auth = switch_auth
         if not at_tolerance_s >= 0:  # NaN too: it would let every time through
