@@ -576,3 +576,26 @@ def test_a_decision_waiting_on_redis_holds_no_other_call(make_router, redis_url)
     assert waiting  # the capped call was still waiting on Redis when the other was over
     assert [app for app, _ in capped.apps] == ["multiset", "bridge"]
     assert router.calls_in_progress == 0
+
+
+def test_an_event_freeswitch_should_not_write_is_skipped_and_the_calls_go_on(router):
+    """A well-framed event whose block is broken (a header name with a space) costs that event only:
+    the connection and every call on it stay."""
+    payload = b"Event-Name: CHANNEL_PARK\nvariable_tel400_route: true\nodd name: 1\n\n"
+    broken = b"Content-Length: %d\nContent-Type: text/event-plain\n\n%s" % (len(payload), payload)
+
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        placed = asyncio.ensure_future(switch.place(Call(caller="13901012345", stuck_apps=frozenset({"bridge"}))))
+        await eventually(lambda: client.active == 1 and any(
+            app == "bridge" for channel in switch.channels.values() for app, _ in channel.call.apps))
+        switch.connections[0].transport.write(broken)
+        after = await switch.place(Call(caller="13901012345", destination="4001100868"))
+        next(iter(switch.channels.values())).hangup("NORMAL_CLEARING")
+        return client, await placed, after
+
+    client, placed, after = asyncio.run(with_switch(router, scenario))
+    assert client.bad_events == 1 and client.connected == 1  # never connected again
+    assert after.apps == [("answer", ""), ("callcenter", "support@default")]
+    assert placed.apps[-1][0] == "bridge" and placed.hangup_cause == "NORMAL_CLEARING"
+    assert router.calls_in_progress == 0 and client.handled == 2

@@ -174,6 +174,56 @@ def test_peer_frames_round_trip_through_the_parser(esl, headers, body, chunk):
         assert event.body == body
 
 
+# A caller's SIP header "X-Evil*: 1" becomes the channel variable sip_h_X-Evil*, written into every event
+# of the call under its own name, unencoded (switch_event_serialize encodes values only).  SIP header
+# names are tokens (RFC 3261 25.1: alphanumerics and -.!%*_+`'~), and a dialplan may set longer names.
+FREESWITCH_NAMES = ["variable_sip_h_X-Evil*", "variable_sip_h_X-it's", "variable_sip_h_X-a+b~c!d%e`f",
+                    "variable_sip_h_X-" + "N" * 600]
+
+
+@each_parser
+@pytest.mark.parametrize("name", FREESWITCH_NAMES, ids=["star", "quote", "every-token-char", "600-long"])
+def test_every_header_name_freeswitch_writes_is_read(esl, name):
+    frames = parse(esl, event_frame([("Event-Name", "CHANNEL_PARK"), (name, "1"), ("Unique-ID", "u-1")]))
+    event = frames[0].event
+    assert (event.get("Event-Name"), event.get(name), event.get(name.upper()), event.get("Unique-ID")) == (
+        "CHANNEL_PARK", "1", "1", "u-1")
+    assert dict(event.headers)[name] == "1"
+
+
+@pytest.mark.skipif(len(PARSERS) < 2, reason="needs the compiled parser (TEL400_NO_EXTENSIONS=1, or not built)")
+def test_both_parsers_read_names_up_to_one_length():
+    from tel400_freeswitch import _fastparse
+
+    assert _fastparse.MAX_NAME_BYTES == protocol.MAX_NAME_BYTES
+
+
+@each_parser
+@pytest.mark.parametrize("line", [b"with space: 1", b"\xc3\xa9t\xc3\xa9: 1", b"tab\there: 1",
+                                  b"N" * (protocol.MAX_NAME_BYTES + 1) + b": 1"])
+def test_header_names_freeswitch_never_writes_are_refused(esl, line):
+    payload = line + b"\n\n"
+    with pytest.raises(ProtocolError, match="not a header line"):
+        frames = parse(esl, b"Content-Type: text/event-plain\nContent-Length: %d\n\n%s" % (len(payload), payload))
+        frames[0].event  # an event's own block is checked when it is read
+
+
+@each_parser
+def test_a_broken_event_in_a_whole_frame_is_a_bad_event_and_the_next_frame_is_read(esl):
+    payload = b"Event-Name: CHANNEL_PARK\nwith space: 1\n\n"
+    broken = b"Content-Length: %d\nContent-Type: text/event-plain\n\n%s" % (len(payload), payload)
+    proto = esl.EslProtocol()
+    proto.receive_data(broken + event_frame([("Event-Name", "HEARTBEAT")]))
+    with pytest.raises(protocol.BadEvent, match="event: not a header line: b'with space: 1'"):
+        proto.next_frame()
+    assert proto.next_frame().event.get("Event-Name") == "HEARTBEAT"
+    assert proto.next_frame() is None
+    proto.receive_data(b"No colon here\n\n")  # the frame itself: not a BadEvent, the stream is lost
+    with pytest.raises(ProtocolError) as raised:
+        proto.next_frame()
+    assert not isinstance(raised.value, protocol.BadEvent)
+
+
 def test_serialize_puts_the_body_after_its_length():
     assert serialize([("Event-Name", "X")], b"abc") == b"Event-Name: X\nContent-Length: 3\n\nabc"
     assert serialize([("Event-Name", "X")]) == b"Event-Name: X\n\n"

@@ -27,7 +27,8 @@ each_parser = pytest.mark.parametrize("esl", PARSERS, ids=[p.name for p in PARSE
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RESERVED = {"content-length", "content-type", "content-disposition", "reply-text"}
 
-names = st.from_regex(r"\A[A-Za-z][A-Za-z0-9_.\-]{0,30}\Z").filter(lambda n: n.lower() not in RESERVED)
+# every byte a name may hold (printable ASCII but the space and the colon: a SIP header's token, say)
+names = st.from_regex(r"\A[A-Za-z][!-9;-~]{0,30}\Z").filter(lambda n: n.lower() not in RESERVED)
 # no "%": FreeSWITCH leaves an existing %XX escape alone when encoding, so decoding it would not
 # give the text back
 values = st.text(st.characters(blacklist_characters="%", blacklist_categories=("Cs",)), max_size=30)
@@ -196,7 +197,7 @@ def test_a_header_block_that_never_ends_is_refused_at_its_limit(esl, data, step)
 
 # names to look up in every frame: the ones the session reads, in odd cases, and ones no line can have
 LOOKUPS = ["Content-Type", "content-length", "REPLY-TEXT", "Event-Name", "Application-UUID", "unique-id",
-           "x", "X", "", "a b", "Müller", "Reply-Text:", "x\nX", "%41", "Content-Type\r"]
+           "x", "X", "", "a b", "Müller", "Reply-Text:", "x\nX", "%41", "Content-Type\r", "sip_h_X-a*'~!"]
 
 
 def _run(esl, data: bytes, points: list[int], names: list[str]) -> list:
@@ -230,3 +231,31 @@ def test_the_compiled_parser_gives_what_the_reference_gives(pieces, cuts, names)
     points = sorted({c % (len(data) + 1) for c in cuts})
     python, cython = protocol.PARSERS["python"], protocol.PARSERS["cython"]
     assert _run(cython, data, points, names) == _run(python, data, points, names)
+
+
+@pytest.mark.skipif(len(PARSERS) < 2, reason="needs the compiled parser (TEL400_NO_EXTENSIONS=1, or not built)")
+@pytest.mark.parametrize("length", [protocol.MAX_NAME_BYTES - 1, protocol.MAX_NAME_BYTES, protocol.MAX_NAME_BYTES + 1])
+@pytest.mark.parametrize("where", ["frame", "event"])
+def test_both_parsers_agree_at_the_name_length_bound(length, where):
+    name = "v" * (length - 1) + "*"
+    if where == "frame":
+        data = f"Content-Type: api/response\n{name}: 1\n\n".encode()
+    else:
+        payload = f"Event-Name: X\n{name}: 1\n\n".encode()
+        data = b"Content-Length: %d\nContent-Type: text/event-plain\n\n%s" % (len(payload), payload)
+    lookups = [name, name.upper(), name[:-1], "Event-Name"]
+    results = []
+    for esl in (protocol.PARSERS["python"], protocol.PARSERS["cython"]):
+        proto = esl.EslProtocol(max_header_bytes=4096, max_body_bytes=4096)
+        try:
+            proto.receive_data(data)
+            frames = list(proto.frames())
+            heads = [h for f in frames for h in [f.headers] + ([f.event.headers] if f.event is not None else [])]
+            results.append([[h.get(n) for n in lookups] for h in heads])
+        except ProtocolError as exc:
+            results.append(("error", str(exc)))
+    assert results[0] == results[1]
+    read = length <= protocol.MAX_NAME_BYTES
+    assert (results[0][0] != "error") == read, results[0]
+    if read:
+        assert results[0][-1][:2] == ["1", "1"]

@@ -28,6 +28,7 @@ cdef extern from "Python.h":
 cdef object _Frame = None
 cdef object _Event = None
 cdef object _ProtocolError = None
+cdef object _BadEvent = None           # the reference's BadEvent: an event's own block failed, its frame taken
 cdef object _not_a_header = None      # (block, what) -> ProtocolError, its message
 cdef object _content_length_py = None  # the reference's Content-Length check, for anything but plain digits
 cdef object _everything_py = None     # (block) -> {name: decoded value}, for iteration
@@ -38,25 +39,28 @@ cdef object _tuple_new = tuple.__new__
 cdef object _headers_type = None        # the class parsed Headers get (a Mapping subclass of Headers)
 
 cdef enum:
-    MAX_NAME = 128
+    MAX_NAME = 1024  # the reference's MAX_NAME_BYTES (tests/test_esl_protocol.py holds them equal)
+
+#: The longest header name read.
+MAX_NAME_BYTES = MAX_NAME
 
 
-def bind(*, frame, event, error, not_a_header, content_length, everything, max_header_bytes, max_body_bytes,
-         slack_bytes, headers_type):
+def bind(*, frame, event, error, bad_event, not_a_header, content_length, everything, max_header_bytes,
+         max_body_bytes, slack_bytes, headers_type):
     """Called once by protocol.py: the reference's classes, rare paths and limits."""
-    global _Frame, _Event, _ProtocolError, _not_a_header, _content_length_py, _everything_py
+    global _Frame, _Event, _ProtocolError, _BadEvent, _not_a_header, _content_length_py, _everything_py
     global _MAX_HEADER_BYTES, _MAX_BODY_BYTES, _SLACK_BYTES, _headers_type
-    _Frame, _Event, _ProtocolError = frame, event, error
+    _Frame, _Event, _ProtocolError, _BadEvent = frame, event, error, bad_event
     _not_a_header, _content_length_py, _everything_py = not_a_header, content_length, everything
     _MAX_HEADER_BYTES, _MAX_BODY_BYTES, _SLACK_BYTES = max_header_bytes, max_body_bytes, slack_bytes
     _headers_type = headers_type
 
 
-# the bytes a header name is made of ([A-Za-z0-9_.-], the reference's _NAME_CHARS): one table load a byte
+# the bytes a header name is made of (printable ASCII but the space and the colon, the reference's
+# _NAME_CHARS): one table load a byte
 cdef bint _NAME_CHAR[256]
 for _c in range(256):
-    _NAME_CHAR[_c] = (ord("a") <= _c <= ord("z") or ord("A") <= _c <= ord("Z") or ord("0") <= _c <= ord("9")
-                      or _c in b"_.-")
+    _NAME_CHAR[_c] = 0x21 <= _c <= 0x7e and _c != ord(":")
 
 
 cdef inline bint _name_char(unsigned char c) nogil:
@@ -444,7 +448,11 @@ cdef class EslProtocol:
         body = PyBytes_FromStringAndSize(<const char*>s + start, length)
         content_type = headers.get("Content-Type")
         if content_type is not None and content_type.lower() == "text/event-plain":
-            return _tuple_new(_Frame, (headers, body, _parse_event(body)))
+            try:
+                event = _parse_event(body)
+            except _ProtocolError as exc:
+                raise _BadEvent(str(exc)) from None  # the frame is taken: the next one can be read
+            return _tuple_new(_Frame, (headers, body, event))
         return _tuple_new(_Frame, (headers, body, None))
 
     def frames(self):

@@ -67,7 +67,7 @@ from tel400.listener import RareLog
 
 from .actions import Settings
 from .driver import CallDriver
-from .protocol import EslProtocol, Frame, ProtocolError, command, hangup
+from .protocol import BadEvent, EslProtocol, Frame, ProtocolError, command, hangup
 from .session import CLOSED, Session
 
 _log = structlog.get_logger("tel400.esl")
@@ -75,6 +75,7 @@ _log_unreachable = RareLog("esl_inbound_unreachable", 10.0, _log)
 _log_full = RareLog("esl_inbound_full", 10.0, _log)
 _log_strange = RareLog("esl_inbound_strange_uuid", 10.0, _log)
 _log_heard_twice = RareLog("esl_inbound_heard_twice", 10.0, _log)
+_log_bad_event = RareLog("esl_inbound_bad_event", 10.0, _log)
 
 #: the channel variable the dialplan sets on the calls tel400 routes (and the filter asks for)
 ROUTE_VARIABLE = "tel400_route"
@@ -185,7 +186,17 @@ class InboundLink(asyncio.Protocol):
         self._batch = []
         try:
             self.protocol.receive_data(data)
-            while (frame := self.protocol.next_frame()) is not None:
+            while True:
+                try:
+                    frame = self.protocol.next_frame()
+                except BadEvent as exc:
+                    # one event's own block is broken, its frame whole: dropping the connection would
+                    # let go of every call on this FreeSWITCH for one event (a caller's odd SIP header)
+                    self.client.bad_events += 1
+                    _log_bad_event(count=self.client.bad_events, host=self.client.host, error=str(exc))
+                    continue
+                if frame is None:
+                    break
                 self._frame(frame)
         except ProtocolError as exc:
             _log.warning("esl_inbound_broken", host=self.client.host, error=str(exc))
@@ -410,6 +421,7 @@ class InboundClient:
         self.shed = 0  # parks hung up at max_calls
         self.strange = 0  # parks with a Unique-ID that cannot go into a command
         self.heard_twice = 0  # parks another connection of this process heard first
+        self.bad_events = 0  # well-framed events whose own block was not one: skipped
         self.connected = 0  # hand-shakes completed
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task | None = None

@@ -66,6 +66,9 @@ from urllib.parse import unquote_to_bytes
 
 #: Largest header block accepted (FreeSWITCH's events are a few KB).
 MAX_HEADER_BYTES = 64 * 1024
+#: Longest header name read.  FreeSWITCH writes a channel variable's name as
+#: it is, and a caller's SIP header ``X-…`` becomes the variable ``sip_h_X-…``.
+MAX_NAME_BYTES = 1024
 #: Largest body accepted (FreeSWITCH itself refuses over 16 MiB).
 MAX_BODY_BYTES = 16 * 1024 * 1024
 #: What the buffer may hold beyond one frame's limits (the rest of a socket read).
@@ -78,7 +81,10 @@ _UNSAFE = frozenset(b'\r\n #%&+:;<=>?@[\\]^`{|}"')
 
 # One header line: a name, a colon, anything up to the line feed (a \r before it is stripped from the
 # value).  Possessive repeats: a line that does not fit fails at once, without backtracking.
-_NAME_CHARS = rb"[A-Za-z0-9_.\-]{1,128}"
+# A name: printable ASCII but the space and the colon.  FreeSWITCH URL-encodes values, never names, and a
+# caller chooses the names of its SIP headers (any token: RFC 3261 allows -.!%*_+`'~ beside letters and
+# digits); refusing one would drop a connection that carries every other call.
+_NAME_CHARS = rb"[!-9;-~]{1,%d}" % MAX_NAME_BYTES
 _LINE = rb"%s:.*+\n" % _NAME_CHARS
 #: A frame's or event's header lines and the empty line ending them (``\n`` or ``\r\n``).
 _FRAME_HEAD = re.compile(rb"((?:%s)*+)\r?\n" % _LINE)
@@ -86,11 +92,19 @@ _FRAME_HEAD = re.compile(rb"((?:%s)*+)\r?\n" % _LINE)
 _HEADER_LINES = re.compile(rb"(?:%s)*+" % _LINE)
 _ONE_LINE = re.compile(rb"%s:.*+" % _NAME_CHARS)
 _BLANK_LINES = re.compile(rb"[\r\n]*+")
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_NAME = re.compile(_NAME_CHARS.decode("ascii"))
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not the Event Socket protocol."""
+
+
+class BadEvent(ProtocolError):
+    """A well-framed event whose own block is not an event (a header name FreeSWITCH should not write).
+
+    The frame was taken whole, so the stream is still in step: a reader that
+    serves many calls on one connection may skip the event and go on.
+    """
 
 
 def url_decode(value: bytes) -> str:
@@ -481,7 +495,11 @@ class EslProtocol:
         if content_type is _UNSEEN:
             content_type = cache["Content-Type"] = headers._find(_CONTENT_TYPE)
         if content_type is not None and content_type.lower() == "text/event-plain":
-            return _tuple_new(Frame, (headers, body, _py_parse_event(body)))
+            try:
+                event = _py_parse_event(body)
+            except ProtocolError as exc:
+                raise BadEvent(str(exc)) from None  # the frame is taken: the next one can be read
+            return _tuple_new(Frame, (headers, body, event))
         return _tuple_new(Frame, (headers, body, None))
 
     def _search_head(self, buffer: bytes | bytearray, start: int) -> tuple[Headers | None, int]:
@@ -561,8 +579,8 @@ def _load_compiled() -> Parser | None:
 
     CompiledHeaders.__name__ = CompiledHeaders.__qualname__ = "Headers"
 
-    _fastparse.bind(frame=Frame, event=Event, error=ProtocolError, not_a_header=_not_a_header,
-                    content_length=_content_length, everything=_every_header,
+    _fastparse.bind(frame=Frame, event=Event, error=ProtocolError, bad_event=BadEvent,
+                    not_a_header=_not_a_header, content_length=_content_length, everything=_every_header,
                     max_header_bytes=MAX_HEADER_BYTES, max_body_bytes=MAX_BODY_BYTES, slack_bytes=_SLACK_BYTES,
                     headers_type=CompiledHeaders)
     return Parser("cython", _fastparse.EslProtocol, CompiledHeaders, _fastparse.parse_event)
