@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -599,3 +600,40 @@ def test_an_event_freeswitch_should_not_write_is_skipped_and_the_calls_go_on(rou
     assert after.apps == [("answer", ""), ("callcenter", "support@default")]
     assert placed.apps[-1][0] == "bridge" and placed.hangup_cause == "NORMAL_CLEARING"
     assert router.calls_in_progress == 0 and client.handled == 2
+
+
+class _SlowPins:
+    """A router whose PIN checks take 0.5 s (a hashed PIN's key derivation on the PIN threads)."""
+
+    def __init__(self, router):
+        self._router = router
+
+    def route(self, dialed, caller, at=None, channel="voice", pin=None, call_id=None):
+        if pin is not None:
+            time.sleep(0.5)
+        return self._router.route(dialed, caller, at, channel, pin, call_id)
+
+    def __getattr__(self, name):
+        return getattr(self._router, name)
+
+
+def test_a_pin_decision_that_comes_after_the_call_went_lets_the_call_go(router):
+    """The connection is lost while a PIN is checked: the call's end is reported before the router knows
+    the call; the decision that then admits it must not leave it 'in progress' (its place held, never
+    charged) until the registry's maximum age."""
+
+    async def scenario(switch, client):
+        await client.wait_serving(10)
+        placed = asyncio.ensure_future(switch.place(Call(destination="4001532532", digits=["2468"]), timeout=5))
+        await eventually(lambda: switch.channels and [a for a, _ in next(iter(
+            switch.channels.values())).call.apps][-1:] == ["play_and_get_digits"])
+        await asyncio.sleep(0.1)  # the PIN is being checked
+        switch.drop_connections()
+        await eventually(lambda: client.active == 0)
+        await asyncio.sleep(0.8)  # the check is over
+        placed.cancel()
+        return client
+
+    client = asyncio.run(with_switch(_SlowPins(router), scenario))
+    assert client.handled == 1
+    assert router.calls_in_progress == 0

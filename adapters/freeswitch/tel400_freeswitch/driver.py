@@ -129,7 +129,14 @@ class CallDriver:
         self.pump()
 
     def _decided(self, future: asyncio.Future) -> None:
-        if self.session.state == CLOSED or future.cancelled():
+        if future.cancelled():
+            return
+        if self.session.state == CLOSED:
+            # The call went (its connection lost, a shutdown) while it was decided off the loop: its end
+            # was reported before the router knew the call.  A decision that admitted it is let go now,
+            # as that end would have: else it stays in progress, its place held, until the maximum age.
+            if future.exception() is None and future.result().connects:
+                self._release(self.session.uuid)
             return
         try:
             error = future.exception()
@@ -140,6 +147,18 @@ class CallDriver:
         except Exception as exc:
             self.fail(exc)
         self.pump()
+
+    def _release(self, uuid: str) -> None:
+        def release() -> None:
+            try:
+                self.router.call_ended(uuid, 0)
+            except Exception as exc:
+                _log.error("esl_call_end_failed", uuid=uuid, error=str(exc))
+
+        if self.offload:
+            self.loop.run_in_executor(None, release)
+        else:
+            release()
 
     def _charged(self, _future: asyncio.Future) -> None:
         self._charging = False
