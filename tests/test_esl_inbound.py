@@ -289,7 +289,8 @@ def test_inbound_addresses(text, expected):
     assert inbound.parse_address(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "a b", "fs1:0", "fs1:70000", "fs1:x", "[::1"])
+@pytest.mark.parametrize("text", ["", "a b", "fs1:0", "fs1:70000", "fs1:x", "[::1", "fs1..example", ".fs1",
+                                  "x" * 64 + ".example:8021", "fs1." + "a" * 250, "[1:2:3:4:5:6:7:8:9]"])
 def test_bad_inbound_addresses_are_refused(text):
     with pytest.raises(ValueError):
         inbound.parse_address(text)
@@ -637,3 +638,25 @@ def test_a_pin_decision_that_comes_after_the_call_went_lets_the_call_go(router):
     client = asyncio.run(with_switch(_SlowPins(router), scenario))
     assert client.handled == 1
     assert router.calls_in_progress == 0
+
+
+def test_a_connection_attempt_that_fails_in_any_way_is_retried(router, monkeypatch):
+    """Whatever a connection attempt raises (here the UnicodeError of a name the resolver cannot encode),
+    the client logs it and tries again: it never stops connecting for good."""
+    attempts = []
+
+    async def scenario(switch, client):
+        original = client.loop.create_connection
+
+        async def flaky(*args, **kwargs):
+            attempts.append(1)
+            if len(attempts) <= 2:
+                raise UnicodeError("encoding with 'idna' codec failed")
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(client.loop, "create_connection", flaky)
+        await client.wait_serving(10)
+        return await switch.place(Call(destination="4001100868"))
+
+    call = asyncio.run(with_switch(router, scenario))
+    assert len(attempts) == 3 and call.apps == [("answer", ""), ("callcenter", "support@default")]

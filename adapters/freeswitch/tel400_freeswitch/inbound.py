@@ -57,6 +57,7 @@ connected to the same one would both route every call.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 from collections import OrderedDict, deque
 
@@ -117,6 +118,14 @@ def parse_address(text: str) -> tuple[str, int]:
     port = int(match.group(2) or match.group(4) or DEFAULT_PORT)
     if not 0 < port < 65536:
         raise ValueError(f"--inbound {text!r}: port out of range")
+    if match.group(1) is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"--inbound {text!r}: not an IPv6 address in brackets") from None
+    elif len(host.rstrip(".")) > 253 or not all(0 < len(label) < 64 for label in host.rstrip(".").split(".")):
+        # what the resolver cannot encode (an empty or over-long label) fails every attempt to connect
+        raise ValueError(f"--inbound {text!r}: not a host name (labels of 1 to 63 characters, 253 in all)")
     return host, port
 
 
@@ -477,7 +486,7 @@ class InboundClient:
             try:
                 async with asyncio.timeout(self.settings.reply_timeout_s):
                     _, link = await self.loop.create_connection(lambda: InboundLink(self), self.host, self.port)
-            except (OSError, TimeoutError) as exc:
+            except Exception as exc:  # OSError, TimeoutError, and what a resolver may raise besides
                 _log_unreachable(host=self.host, port=self.port, error=str(exc) or type(exc).__name__)
             else:
                 self.link = link
