@@ -38,12 +38,15 @@ class RedisServer:
     def __init__(self, port: int | None = None, *, args: Sequence[str] = ()) -> None:
         """
         Args:
-            port: the port (default: a free one).
+            port: the port (default: a free one, chosen again at :meth:`start`
+                if it was taken meanwhile, with a ``--cluster-port`` in
+                ``args``: read :attr:`port` and :attr:`url` after it).
             args: more command-line options for redis-server (``--replicaof``, ``--cluster-enabled``, ...).
         """
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server); .ci/run installs it")
+        self._chosen = port is None
         self.port = port or free_port()
         self.args = tuple(args)
         self.dir = tempfile.mkdtemp(prefix="tel400-redis-")
@@ -54,22 +57,46 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--enable-debug-command", "yes", "--protected-mode", "no", *self.args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+        """Start it and wait for its PONG.
+
+        A port chosen here can be taken between choosing and binding (the
+        kernel hands it to another program's connection): redis-server then
+        exits with "Address already in use", and other ports are chosen, up
+        to five times.
+        """
+        log = os.path.join(self.dir, "redis.log")
+        for _ in range(5):
+            with open(log, "wb") as out:
+                self.process = subprocess.Popen(
+                    [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                     "no", "--dir", self.dir, "--enable-debug-command", "yes", "--protected-mode", "no", *self.args],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            if self._answers():
+                return self
+            self.stop()
+            with open(log, "rb") as fh:
+                said = fh.read().decode("utf-8", "replace")
+            if not (self._chosen and "Address already in use" in said):
+                break
+            self.port = free_port()
+            self.args = tuple(str(free_port()) if i and self.args[i - 1] == "--cluster-port" else arg
+                              for i, arg in enumerate(self.args))
+        last = said.strip().splitlines()[-3:]
+        raise RuntimeError(f"redis-server did not answer on port {self.port}: {' / '.join(last) or 'no output'}")
+
+    def _answers(self) -> bool:
+        """Until its PONG (True), its exit or 10 s (False)."""
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
-                        return self
+                        return True
             except OSError:
                 time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -201,7 +228,7 @@ class RedisSentinelServers:
     def __init__(self, *, down_after_ms: int = 500, failover_timeout_ms: int = 2000) -> None:
         quick_sync = ["--repl-diskless-sync-delay", "0"]  # not the default 5 s wait for more replicas
         self.master = RedisServer(args=quick_sync)
-        self.replica = RedisServer(args=[*quick_sync, "--replicaof", "127.0.0.1", str(self.master.port)])
+        self.replica = RedisServer(args=quick_sync)  # --replicaof the master's port once it is up
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
@@ -216,6 +243,7 @@ class RedisSentinelServers:
     def start(self) -> RedisSentinelServers:
         try:
             self.master.start()
+            self.replica.args += ("--replicaof", "127.0.0.1", str(self.master.port))
             self.replica.start()
             _wait_until("the replica",
                         lambda: self.replica.cli("INFO", "replication")["master_link_status"] == "up", 20)
