@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -557,21 +558,22 @@ def test_a_decision_waiting_on_redis_holds_no_other_call(make_router, redis_url)
 
     from tel400.redis_counters import RedisCounters
 
-    router = make_router(PLANS, RedisCounters(f"{redis_url}?timeout_ms=5000"))
+    router = make_router(PLANS, RedisCounters(f"{redis_url}?timeout_ms=20000"))
     assert router.waits_on_io
 
     async def scenario(switch, client):
         await client.wait_serving(10)
         pauser = redis.Redis.from_url(redis_url)
-        pauser.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # counting the cap waits 1.5 s
+        pauser.execute_command("CLIENT", "PAUSE", "15000", "WRITE")  # counting the cap waits until UNPAUSE
         try:
             capped = asyncio.ensure_future(switch.place(Call(caller="13901012345", destination="4001000001")))
             await eventually(lambda: client.active == 1)
             uncapped = await switch.place(Call(caller="13901012345", destination="4001100868"))  # no counter
             waiting = not capped.done()
-            return uncapped, waiting, await capped
         finally:
+            pauser.execute_command("CLIENT", "UNPAUSE")
             pauser.close()
+        return uncapped, waiting, await capped
 
     uncapped, waiting, capped = asyncio.run(with_switch(router, scenario))
     assert uncapped.apps == [("answer", ""), ("callcenter", "support@default")]
@@ -608,11 +610,17 @@ class _SlowPins:
 
     def __init__(self, router):
         self._router = router
+        self.checking, self.checked = threading.Event(), threading.Event()
 
     def route(self, dialed, caller, at=None, channel="voice", pin=None, call_id=None):
-        if pin is not None:
-            time.sleep(0.5)
-        return self._router.route(dialed, caller, at, channel, pin, call_id)
+        if pin is None:
+            return self._router.route(dialed, caller, at, channel, pin, call_id)
+        self.checking.set()
+        time.sleep(0.5)
+        try:
+            return self._router.route(dialed, caller, at, channel, pin, call_id)
+        finally:
+            self.checked.set()
 
     def __getattr__(self, name):
         return getattr(self._router, name)
@@ -623,19 +631,21 @@ def test_a_pin_decision_that_comes_after_the_call_went_lets_the_call_go(router):
     the call; the decision that then admits it must not leave it 'in progress' (its place held, never
     charged) until the registry's maximum age."""
 
+    slow = _SlowPins(router)
+
     async def scenario(switch, client):
         await client.wait_serving(10)
         placed = asyncio.ensure_future(switch.place(Call(destination="4001532532", digits=["2468"]), timeout=5))
-        await eventually(lambda: switch.channels and [a for a, _ in next(iter(
-            switch.channels.values())).call.apps][-1:] == ["play_and_get_digits"])
-        await asyncio.sleep(0.1)  # the PIN is being checked
+        await eventually(slow.checking.is_set)  # the PIN is being checked
         switch.drop_connections()
         await eventually(lambda: client.active == 0)
-        await asyncio.sleep(0.8)  # the check is over
+        assert not slow.checked.is_set()  # the call went before its decision came
+        await eventually(slow.checked.is_set)
+        await asyncio.sleep(0.1)  # the decision's callback, on the loop
         placed.cancel()
         return client
 
-    client = asyncio.run(with_switch(_SlowPins(router), scenario))
+    client = asyncio.run(with_switch(slow, scenario))
     assert client.handled == 1
     assert router.calls_in_progress == 0
 
