@@ -682,6 +682,7 @@ def test_a_worker_killed_while_charging_leaves_no_call_uncharged(servers, tmp_pa
     ("rediss://u:p@h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=%2Fetc%2Fca.pem&timeout_ms=50&open_after=5",
      "rediss://u:p@h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=%2Fetc%2Fca.pem"),
     ("redis+cluster://a:7000,b:7001/", "redis+cluster://a:7000,b:7001/"),
+    ("unix:///run/redis.sock?db=3&timeout_ms=50", "unix:///run/redis.sock?db=3"),  # was DATA/calls.db
 ])
 def test_the_default_calls_registry_keeps_the_counters_redis_connection_options(tmp_path, counters, calls):
     """--workers N with Redis counters and no --calls: the calls go to the same Redis, reached the same way.

@@ -64,7 +64,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .counters import CapCheck, CounterBackend
 from .exceptions import BackendError
@@ -733,10 +733,11 @@ def connection_url(url: str) -> str:
 
 def _split_url(url: str) -> tuple[dict, str]:
     """The counters' own options in ``url``'s query, and ``url`` without them (the rest is redis-py's)."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
+    query = dict(parse_qsl(urlsplit(url).query))
     ours = {name: query.pop(name) for name in DEFAULTS if name in query}
-    return ours, urlunsplit(parts._replace(query=urlencode(query)))
+    # the rest of the URL as it was written: urlunsplit would write unix:///path.sock as unix:/path.sock
+    rest = url.split("?", 1)[0]
+    return ours, f"{rest}?{urlencode(query)}" if query else rest
 
 
 def _options(query: dict, given: dict) -> dict:
